@@ -1,0 +1,40 @@
+//! The federated core of fedretail: model parameters as flat vectors with named
+//! segments, the [`Strategy`] seam (who takes part in a round with what work, and how
+//! replies become the new global model), and streaming aggregation whose memory is
+//! O(model size), independent of how many stores reply.
+//!
+//! The core is pure and deterministic for a seed: it knows nothing about gRPC,
+//! DataFusion, files or clocks. Transport and storage wrap it.
+//!
+//! ```
+//! use fedretail_core::{FedAvg, ModelLayout, ModelParameters, Segment, StreamingWeightedSum,
+//!     Strategy, UpdateVector};
+//!
+//! let layout = ModelLayout::new(vec![Segment::new("weights", 3, true)]).unwrap();
+//! let global = ModelParameters::zeros(layout.clone());
+//! let mut fedavg = FedAvg::new(Default::default());
+//! // Two stores send parameter deltas; FedAvg weights them by training rows.
+//! let mut sum = StreamingWeightedSum::new(3);
+//! sum.push(UpdateVector::F64(vec![1.0, 0.0, 0.0]), fedavg.update_weight(30)).unwrap();
+//! sum.push(UpdateVector::F64(vec![0.0, 1.0, 0.0]), fedavg.update_weight(10)).unwrap();
+//! let next = fedavg.apply(1, &global, &sum.finish()).unwrap();
+//! assert_eq!(next.parameters.values(), &[0.75, 0.25, 0.0]);
+//! ```
+
+mod aggregate;
+mod error;
+mod fedavg;
+mod newton;
+mod params;
+mod sampling;
+mod strategy;
+mod validate;
+
+pub use aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
+pub use error::{AggregationError, ConfigError, StrategyError, UpdateRejection};
+pub use fedavg::{FedAvg, FedAvgConfig};
+pub use newton::{newton_statistics_len, pack_upper, unpack_upper, FedNewton, FedNewtonConfig};
+pub use params::{ModelLayout, ModelParameters, Segment};
+pub use sampling::{SamplingConfig, StoreSampler};
+pub use strategy::{Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
+pub use validate::{validate_update, UpdateLimits};

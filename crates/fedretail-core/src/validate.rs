@@ -1,0 +1,101 @@
+use crate::aggregate::UpdateVector;
+use crate::error::UpdateRejection;
+
+/// Limits an update must respect before it may be aggregated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateLimits {
+    /// Reject updates whose L2 norm exceeds this (None: no limit).
+    pub max_l2_norm: Option<f64>,
+}
+
+impl Default for UpdateLimits {
+    fn default() -> Self {
+        UpdateLimits { max_l2_norm: None }
+    }
+}
+
+/// Check an update's shape and values. One read-only pass; nothing is allocated.
+pub fn validate_update(
+    update: &UpdateVector,
+    expected_len: usize,
+    limits: &UpdateLimits,
+) -> Result<(), UpdateRejection> {
+    if update.len() != expected_len {
+        return Err(UpdateRejection::WrongLength {
+            expected: expected_len,
+            got: update.len(),
+        });
+    }
+    let norm_sq = match update {
+        UpdateVector::F32(v) => check_finite(v)?,
+        UpdateVector::F64(v) => check_finite(v)?,
+    };
+    if let Some(limit) = limits.max_l2_norm {
+        let norm = norm_sq.sqrt();
+        if norm > limit {
+            return Err(UpdateRejection::NormTooLarge { norm, limit });
+        }
+    }
+    Ok(())
+}
+
+fn check_finite<T: Copy + Into<f64>>(values: &[T]) -> Result<f64, UpdateRejection> {
+    // Sum of squares is non-finite iff some value is (or the sum overflows), so the
+    // common case is one vectorisable pass; the slow scan runs only to name the index.
+    let mut norm_sq = 0.0f64;
+    for chunk in values.chunks(1024) {
+        let mut s = 0.0f64;
+        for &v in chunk {
+            let v: f64 = v.into();
+            s += v * v;
+        }
+        norm_sq += s;
+    }
+    if norm_sq.is_finite() {
+        return Ok(norm_sq);
+    }
+    for (index, &v) in values.iter().enumerate() {
+        let v: f64 = v.into();
+        if !v.is_finite() {
+            return Err(UpdateRejection::NonFinite { index, value: v });
+        }
+    }
+    Err(UpdateRejection::NormTooLarge {
+        norm: f64::INFINITY,
+        limit: f64::MAX,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_first_bad_value() {
+        let u = UpdateVector::F32(vec![1.0, f32::NAN, 2.0]);
+        let err = validate_update(&u, 3, &UpdateLimits::default()).unwrap_err();
+        assert!(matches!(err, UpdateRejection::NonFinite { index: 1, .. }));
+        assert!(err.to_string().contains("index 1"));
+        let u = UpdateVector::F64(vec![1.0, 2.0, f64::NEG_INFINITY]);
+        assert!(matches!(
+            validate_update(&u, 3, &UpdateLimits::default()),
+            Err(UpdateRejection::NonFinite { index: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_length_and_norm_limit() {
+        let u = UpdateVector::F64(vec![3.0, 4.0]);
+        assert_eq!(
+            validate_update(&u, 3, &UpdateLimits::default()),
+            Err(UpdateRejection::WrongLength { expected: 3, got: 2 })
+        );
+        let limits = UpdateLimits { max_l2_norm: Some(4.0) };
+        assert!(matches!(
+            validate_update(&u, 2, &limits),
+            Err(UpdateRejection::NormTooLarge { .. })
+        ));
+        let limits = UpdateLimits { max_l2_norm: Some(5.0) };
+        assert!(validate_update(&u, 2, &limits).is_ok());
+    }
+}

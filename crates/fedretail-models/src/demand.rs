@@ -1,0 +1,248 @@
+//! Demand forecasting: daily units per store and category over a held-out final
+//! period. Features are computed at the store (in SQL, by `fedretail-data`); this
+//! module holds the prepared rows, the model layout and the [`DemandTask`].
+
+use crate::glm;
+use crate::metrics::{mase, wape};
+use crate::task::{LocalTask, TaskError, TaskMetrics};
+use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout, Segment};
+use std::sync::{Arc, OnceLock};
+
+/// Feature columns in model order; the data layer produces exactly these.
+pub const DEMAND_FEATURES: &[&str] = &[
+    "intercept",
+    "dow_tue",
+    "dow_wed",
+    "dow_thu",
+    "dow_fri",
+    "dow_sat",
+    "dow_sun",
+    "year_sin1",
+    "year_cos1",
+    "year_sin2",
+    "year_cos2",
+    "public_holiday",
+    "shopping_event",
+    "promo_discount",
+    "log_relative_price",
+    "log_lag28",
+    "log_lag35",
+    "log_mean7_lag28",
+    "log_mean28_lag28",
+    "log_lag364",
+    "has_lag364",
+];
+
+/// intercept | calendar (dow, yearly Fourier terms, holidays) | price | history.
+pub fn demand_layout() -> ModelLayout {
+    ModelLayout::new(vec![
+        Segment::new("intercept", 1, false),
+        Segment::new("calendar", 12, true),
+        Segment::new("price", 2, true),
+        Segment::new("history", 6, true),
+    ])
+    .unwrap_or_else(|e| unreachable!("static demand layout is valid: {e}"))
+}
+
+/// Rows of a design matrix, row-major, with what is needed to score forecasts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DemandRows {
+    d: usize,
+    x: Vec<f64>,
+    /// Units relative to the series' scale (the model's target).
+    r: Vec<f64>,
+    scale: Vec<f64>,
+    units: Vec<f64>,
+    /// Weekly seasonal-naive forecast (last observed same weekday before the cut-off).
+    naive: Vec<f64>,
+}
+
+impl DemandRows {
+    pub fn new(d: usize) -> Self {
+        DemandRows { d, ..Default::default() }
+    }
+
+    pub fn push(&mut self, x: &[f64], units: f64, scale: f64, naive: f64) {
+        debug_assert_eq!(x.len(), self.d);
+        self.x.extend_from_slice(x);
+        self.r.push(units / scale);
+        self.scale.push(scale);
+        self.units.push(units);
+        self.naive.push(naive);
+    }
+
+    pub fn len(&self) -> usize {
+        self.r.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.r.is_empty()
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.d
+    }
+
+    /// (features, relative target, scale) of row i.
+    #[inline]
+    pub fn row(&self, i: usize) -> (&[f64], f64, f64) {
+        (&self.x[i * self.d..(i + 1) * self.d], self.r[i], self.scale[i])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[f64], f64, f64)> + '_ {
+        self.x.chunks_exact(self.d.max(1)).zip(&self.r).zip(&self.scale).map(|((x, &r), &s)| (x, r, s))
+    }
+
+    pub fn units(&self) -> &[f64] {
+        &self.units
+    }
+
+    pub fn naive(&self) -> &[f64] {
+        &self.naive
+    }
+
+    /// Sum of |units - forecast| over rows.
+    pub fn abs_error(&self, forecast: &[f64]) -> f64 {
+        self.units.iter().zip(forecast).map(|(y, f)| (y - f).abs()).sum()
+    }
+
+    /// Rows concatenated (the centralized reference pools stores this way).
+    pub fn extend_from(&mut self, other: &DemandRows) {
+        self.x.extend_from_slice(&other.x);
+        self.r.extend_from_slice(&other.r);
+        self.scale.extend_from_slice(&other.scale);
+        self.units.extend_from_slice(&other.units);
+        self.naive.extend_from_slice(&other.naive);
+    }
+}
+
+/// One store's prepared demand data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemandDataset {
+    pub store_id: String,
+    pub train: DemandRows,
+    pub test: DemandRows,
+    /// In-sample mean absolute error of the weekly seasonal-naive forecast (MASE scale).
+    pub naive_scale: f64,
+    /// Days of history the store has.
+    pub history_days: u32,
+}
+
+/// Hyper-parameters of the store-side fits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DemandOptions {
+    /// L2 penalty of the local-only baseline fit (same as the federated Newton's).
+    pub l2: f64,
+    pub max_step: f64,
+}
+
+impl Default for DemandOptions {
+    fn default() -> Self {
+        DemandOptions { l2: 1.0, max_step: 2.0 }
+    }
+}
+
+/// The demand task at one store.
+pub struct DemandTask {
+    data: Arc<DemandDataset>,
+    options: DemandOptions,
+    local_only: OnceLock<Vec<f64>>,
+}
+
+impl DemandTask {
+    pub fn new(data: Arc<DemandDataset>, options: DemandOptions) -> Self {
+        DemandTask { data, options, local_only: OnceLock::new() }
+    }
+
+    pub fn dataset(&self) -> &DemandDataset {
+        &self.data
+    }
+
+    /// The model this store would fit alone (the local-only baseline).
+    pub fn local_only_model(&self) -> &[f64] {
+        self.local_only.get_or_init(|| {
+            let mask = demand_layout().regularization_mask();
+            glm::fit_newton(&[&self.data.train], &mask, self.options.l2, self.options.max_step, 50, 1e-9).0
+        })
+    }
+
+    fn check_len(&self, global: &[f64]) -> Result<(), TaskError> {
+        let expected = DEMAND_FEATURES.len();
+        if global.len() != expected {
+            return Err(TaskError::WrongParameterCount { task: "demand", expected, got: global.len() });
+        }
+        Ok(())
+    }
+}
+
+/// Forecast errors of a model on a store's test rows.
+pub fn test_errors(data: &DemandDataset, w: &[f64]) -> f64 {
+    let mut forecast = Vec::with_capacity(data.test.len());
+    glm::predict_into(&data.test, w, &mut forecast);
+    data.test.abs_error(&forecast)
+}
+
+impl LocalTask for DemandTask {
+    fn task_name(&self) -> &'static str {
+        "demand"
+    }
+
+    fn layout(&self) -> ModelLayout {
+        demand_layout()
+    }
+
+    fn num_train_examples(&self) -> u64 {
+        self.data.train.len() as u64
+    }
+
+    fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError> {
+        self.check_len(global)?;
+        if self.data.train.is_empty() {
+            return Err(TaskError::NoTrainingRows("demand"));
+        }
+        let d = global.len();
+        match work {
+            LocalWork::SecondOrderStatistics => {
+                let mut out = vec![0.0; newton_statistics_len(d)];
+                glm::add_second_order_statistics(&self.data.train, global, &mut out);
+                Ok(out)
+            }
+            LocalWork::LocalEpochs { epochs, batch_size, learning_rate, l2, seed } => {
+                let mut w = global.to_vec();
+                let mask = demand_layout().regularization_mask();
+                glm::sgd(&self.data.train, &mut w, &mask, *epochs, *batch_size, *learning_rate, *l2, *seed);
+                if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+                    return Err(TaskError::Diverged(format!("parameter {i} is not finite; lower the learning rate")));
+                }
+                Ok(w.iter().zip(global).map(|(a, b)| a - b).collect())
+            }
+        }
+    }
+
+    fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
+        self.check_len(global)?;
+        let data = &self.data;
+        let test_rows = data.test.len();
+        let actual: f64 = data.test.units().iter().sum();
+        let mut m = TaskMetrics::new();
+        m.insert("train_rows".into(), data.train.len() as f64);
+        m.insert("test_rows".into(), test_rows as f64);
+        m.insert("actual_units".into(), actual);
+        m.insert("history_days".into(), data.history_days as f64);
+        let mut put = |name: &str, abs_err: f64| {
+            m.insert(format!("abs_error_{name}"), abs_err);
+            if let Some(v) = wape(abs_err, actual) {
+                m.insert(format!("wape_{name}"), v);
+            }
+            if let Some(v) = mase(abs_err, test_rows, data.naive_scale) {
+                m.insert(format!("mase_{name}"), v);
+            }
+        };
+        put("federated", test_errors(data, global));
+        if !data.train.is_empty() {
+            put("local", test_errors(data, self.local_only_model()));
+        }
+        put("naive", data.test.abs_error(data.test.naive()));
+        Ok(m)
+    }
+}
