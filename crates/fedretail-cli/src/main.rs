@@ -1,1 +1,58 @@
-fn main() {}
+//! `fedretail`: the command line. Glue only: parse, wire the library crates together,
+//! show progress and report. Every capability lives in a library crate.
+
+mod bench;
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Federated learning for networks of independent retailers: shared demand models
+/// trained where each store's transactions live, without any of them leaving it.
+#[derive(Parser)]
+#[command(name = "fedretail", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a shared demand model over a simulated network (coordinator + one agent per store on 127.0.0.1) and compare it with local-only and centralized models.
+    Demo(commands::DemoArgs),
+    /// Write a synthetic retail network, one export directory per store.
+    Generate(commands::GenerateArgs),
+    /// Run the coordinator of a real deployment.
+    Coordinator(commands::CoordinatorArgs),
+    /// Run a store's agent beside its data.
+    Agent(commands::AgentArgs),
+    /// Check a store's export and show the features it yields (nothing leaves the machine).
+    Inspect(commands::InspectArgs),
+    /// Measure performance and print JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FEDRETAIL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Demo(a) => commands::demo(a),
+        Command::Generate(a) => commands::generate(a),
+        Command::Coordinator(a) => commands::coordinator(a),
+        Command::Agent(a) => commands::agent(a),
+        Command::Inspect(a) => commands::inspect(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,23 @@
+//! Store data: a store's point-of-sale export read with DataFusion (CSV or Parquet),
+//! mapped onto the canonical schema by an optional SQL view, validated with errors that
+//! name the file, column and line, and turned into model features in SQL.
+//!
+//! Everything here runs at the store, beside its data. What leaves this crate is a
+//! prepared in-memory dataset for the store's own agent, never for the coordinator.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), fedretail_data::DataError> {
+//! use fedretail_data::{load_demand_dataset, DemandSpec, StoreSource};
+//! let source = StoreSource::from_dir("network/store-001".as_ref());
+//! let data = load_demand_dataset("store-001", &source, &DemandSpec::default()).await?;
+//! println!("{} training rows", data.train.len());
+//! # Ok(()) }
+//! ```
 
+mod demand_sql;
+mod error;
+mod source;
+
+pub use demand_sql::{load_demand_dataset, DemandSpec};
+pub use error::DataError;
+pub use source::{open_store, StoreSource};

@@ -71,11 +71,13 @@ impl FromStr for BusinessType {
     }
 }
 
-/// Size band of a store by the rows it trains on, for reports.
-pub fn size_band(train_rows: u64) -> &'static str {
-    match train_rows {
-        0..=1_999 => "small",
-        2_000..=5_999 => "medium",
-        _ => "large",
+/// Size band of a store by the units it sells per day, for reports.
+pub fn size_band(units_per_day: f64) -> &'static str {
+    if units_per_day < 50.0 {
+        "small"
+    } else if units_per_day < 300.0 {
+        "medium"
+    } else {
+        "large"
     }
 }

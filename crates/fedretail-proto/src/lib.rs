@@ -1,1 +1,25 @@
+//! The fedretail wire protocol: generated gRPC code for `proto/fedretail.proto`,
+//! conversions between wire and core types, and the one mapping from service errors to
+//! gRPC status codes (and back, for clients).
+//!
+//! ```
+//! use fedretail_proto::{decode_tensor, encode_f64};
+//! let t = encode_f64(&[1.0, 2.5]);
+//! assert_eq!(decode_tensor(&t, 2, 1 << 20).unwrap().to_f64(), vec![1.0, 2.5]);
+//! ```
 
+mod convert;
+mod error;
+
+pub mod v1 {
+    tonic::include_proto!("fedretail.v1");
+}
+
+pub use convert::{decode_tensor, encode_f32, encode_f64, encode_update, layout_from_wire, layout_to_wire, TensorError};
+pub use error::{ErrorKind, ServiceError};
+
+/// Protocol version spoken by this build; registration refuses any other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default largest message accepted (64 MiB): enough for a 10M-parameter f32 update.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;

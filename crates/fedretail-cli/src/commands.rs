@@ -1,0 +1,358 @@
+use crate::progress::DemoProgress;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use fedretail_agent::{AgentConfig, StoreAgent};
+use fedretail_coordinator::{run_coordinator, CoordinatorConfig, CoordinatorEvent, JobConfig, StrategyKind};
+use fedretail_data::{load_demand_dataset, DemandSpec, StoreSource};
+use fedretail_models::demand::DemandOptions;
+use fedretail_models::{DemandTask, LocalTask};
+use fedretail_sim::{render_summary, run_demo, DemoOptions};
+use fedretail_synth::{generate_network_with_progress, NetworkConfig};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StrategyArg {
+    /// Exact federated Newton: sums gradients and Hessians; equals the centralized fit.
+    Newton,
+    /// Federated averaging of local SGD epochs, weighted by training rows.
+    Fedavg,
+}
+
+impl From<StrategyArg> for StrategyKind {
+    fn from(s: StrategyArg) -> Self {
+        match s {
+            StrategyArg::Newton => StrategyKind::Newton,
+            StrategyArg::Fedavg => StrategyKind::Fedavg,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct NetworkArgs {
+    /// Number of stores.
+    #[arg(long, default_value_t = 40)]
+    pub stores: usize,
+    /// Days of history of a full-history store.
+    #[arg(long, default_value_t = 730)]
+    pub days: u32,
+    /// Seed; the same seed writes the same network.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fraction of stores that joined recently (only months of history).
+    #[arg(long, default_value_t = 0.2)]
+    pub young_fraction: f64,
+    /// Multiplies every store's traffic.
+    #[arg(long, default_value_t = 1.0)]
+    pub volume: f64,
+    /// Do not inject labelled fraud and data-quality anomalies.
+    #[arg(long)]
+    pub no_anomalies: bool,
+}
+
+impl NetworkArgs {
+    fn config(&self) -> NetworkConfig {
+        NetworkConfig {
+            stores: self.stores,
+            days: self.days,
+            seed: self.seed,
+            young_fraction: self.young_fraction,
+            volume: self.volume,
+            anomalies: !self.no_anomalies,
+            ..NetworkConfig::default()
+        }
+    }
+}
+
+fn generate_into(args: &NetworkArgs, out: &std::path::Path) -> Result<fedretail_synth::NetworkSummary> {
+    let config = args.config();
+    let bar = indicatif::ProgressBar::new(config.stores as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} stores").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix("generating");
+    let summary = generate_network_with_progress(&config, out, &|_| bar.inc(1)).with_context(|| format!("generating network into {}", out.display()))?;
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Directory to write (one sub-directory per store).
+    #[arg(long, short, default_value = "fedretail-data/network")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let t = std::time::Instant::now();
+    let summary = generate_into(&args.network, &args.out)?;
+    let mut by_type = std::collections::BTreeMap::new();
+    for s in &summary.stores {
+        *by_type.entry(s.business_type.to_string()).or_insert(0) += 1;
+    }
+    println!(
+        "wrote {} stores ({}) to {}: {} transaction lines, {} labelled anomalies, in {:.1} s",
+        summary.stores.len(),
+        by_type.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "),
+        args.out.display(),
+        summary.lines,
+        summary.anomalies,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Use this network directory instead of generating one.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where a generated network is written.
+    #[arg(long, default_value = "fedretail-data/demo-network")]
+    pub generate_into: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Federated algorithm.
+    #[arg(long, value_enum, default_value = "newton")]
+    pub strategy: StrategyArg,
+    /// Training rounds.
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Fraction of stores sampled each round.
+    #[arg(long, default_value_t = 1.0)]
+    pub fraction: f64,
+    /// FedAvg: local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    pub local_epochs: u32,
+    /// FedAvg: local learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub learning_rate: f64,
+    /// L2 regularisation of the model.
+    #[arg(long, default_value_t = 1.0)]
+    pub l2: f64,
+    /// Days held out at the end of every store's history.
+    #[arg(long, default_value_t = 28)]
+    pub holdout_days: u32,
+    /// Keep coordinator checkpoints in this SQLite file (default: in memory).
+    #[arg(long)]
+    pub database: Option<PathBuf>,
+    /// Write the full report as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print the report JSON to stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn demo(args: DemoArgs) -> Result<()> {
+    let data_dir = match &args.data {
+        Some(d) => d.clone(),
+        None => {
+            let summary = generate_into(&args.network, &args.generate_into)?;
+            if !args.json {
+                eprintln!("generated {} stores ({} lines) in {}", summary.stores.len(), summary.lines, args.generate_into.display());
+            }
+            args.generate_into.clone()
+        }
+    };
+    let strategy: StrategyKind = args.strategy.into();
+    let job = JobConfig {
+        strategy,
+        rounds: args.rounds.unwrap_or(match strategy {
+            StrategyKind::Newton => 8,
+            StrategyKind::Fedavg => 20,
+        }),
+        fraction: args.fraction,
+        l2: args.l2,
+        round_timeout_secs: 300.0,
+        fedavg: fedretail_coordinator::FedAvgSettings { local_epochs: args.local_epochs, learning_rate: args.learning_rate, ..Default::default() },
+        ..JobConfig::default()
+    };
+    let options = DemoOptions { data_dir, holdout_days: args.holdout_days, job, database: args.database.clone(), prepare_parallelism: 2 };
+    let progress = Arc::new(DemoProgress::new());
+    let p = progress.clone();
+    let report = runtime()?.block_on(run_demo(&options, Arc::new(move |e| p.on_event(e))))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, &json).with_context(|| format!("writing report {}", path.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", render_summary(&report));
+        if let Some(path) = &args.report {
+            println!("  report: {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// Coordinator configuration (TOML): listen address, database, stores and job.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override the listen address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Write the job outcome (rounds, evaluations, model) as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let mut config = CoordinatorConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    fedretail_coordinator::CheckedJob::new(config.job.clone()).with_context(|| format!("{}", args.config.display()))?;
+    let rt = runtime()?;
+    let outcome = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        eprintln!("coordinator listening on {} for job '{}'", listener.local_addr()?, config.job.job_id);
+        let observer = Arc::new(|e: &CoordinatorEvent| match e {
+            CoordinatorEvent::StoreRegistered { store_id, registered } => eprintln!("store {store_id} joined ({registered} registered)"),
+            CoordinatorEvent::RoundStarted { round, total_rounds, selected } => eprintln!("round {round}/{total_rounds}: {selected} stores selected"),
+            CoordinatorEvent::RoundCompleted { round, participants, dropped, step_norm } => {
+                eprintln!("round {round} done: {participants} updates, {dropped} dropped, step {step_norm:.3e}")
+            }
+            CoordinatorEvent::RoundFailed { round, attempt, reason } => eprintln!("round {round} attempt {attempt} failed: {reason}"),
+            CoordinatorEvent::EvaluationStarted { stores } => eprintln!("evaluating at {stores} stores"),
+            CoordinatorEvent::Finished { status } => eprintln!("job {status}"),
+            CoordinatorEvent::UpdateAccepted { .. } => {}
+        });
+        anyhow::Ok(run_coordinator(config, listener, observer).await?)
+    })?;
+    let json = serde_json::to_string_pretty(&outcome)?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, &json).with_context(|| format!("writing report {}", path.display()))?;
+    }
+    println!(
+        "job {}: {} ({} rounds, {} evaluations, {} bytes up, {} down, {:.1} s)",
+        outcome.job_id,
+        outcome.status,
+        outcome.rounds.len(),
+        outcome.evaluations.len(),
+        outcome.bytes_up,
+        outcome.bytes_down,
+        outcome.wall_seconds
+    );
+    Ok(())
+}
+
+/// A store agent's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// e.g. "http://coordinator.example:50051"
+    pub coordinator: String,
+    pub store_id: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub business_type: String,
+    #[serde(default = "default_holdout")]
+    pub holdout_days: u32,
+    #[serde(default = "default_l2")]
+    pub l2: f64,
+    pub data: StoreSource,
+}
+
+fn default_holdout() -> u32 {
+    28
+}
+fn default_l2() -> f64 {
+    1.0
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Agent configuration (TOML): coordinator address, store id, token and data files.
+    #[arg(long, short)]
+    pub config: PathBuf,
+}
+
+pub fn agent(args: AgentArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let mut file: AgentFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    // Relative data paths are relative to the config file.
+    let base = args.config.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    if file.data.transactions.is_relative() {
+        file.data.transactions = base.join(&file.data.transactions);
+    }
+    if let Some(p) = file.data.promotions.as_mut() {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        let spec = DemandSpec { holdout_days: file.holdout_days };
+        let data = load_demand_dataset(&file.store_id, &file.data, &spec).await?;
+        eprintln!("store {}: {} training rows, {} held-out rows", file.store_id, data.train.len(), data.test.len());
+        let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(Arc::new(data), DemandOptions { l2: file.l2, ..Default::default() }));
+        let mut cfg = AgentConfig::new(file.coordinator.clone(), file.store_id.clone());
+        cfg.token = file.token.clone();
+        cfg.business_type = file.business_type.clone();
+        anyhow::Ok(StoreAgent::new(cfg, task).run().await?)
+    })?;
+    println!(
+        "store {}: trained in {} rounds, {} evaluations, {} retries; coordinator says: {}",
+        file.store_id, summary.rounds_trained, summary.evaluations, summary.retries, summary.finish_reason
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// A store's export directory (transactions.csv, optional promotions.csv).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Or an agent config file (uses its data section, including view_sql).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 28)]
+    pub holdout_days: u32,
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let (store_id, source) = match (&args.store, &args.config) {
+        (Some(dir), None) => (dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), StoreSource::from_dir(dir)),
+        (None, Some(cfg)) => {
+            let text = std::fs::read_to_string(cfg).with_context(|| format!("reading {}", cfg.display()))?;
+            let file: AgentFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.display()))?;
+            (file.store_id, file.data)
+        }
+        _ => bail!("give exactly one of --store DIR or --config FILE"),
+    };
+    let data = runtime()?.block_on(load_demand_dataset(&store_id, &source, &DemandSpec { holdout_days: args.holdout_days }))?;
+    let d = fedretail_models::DEMAND_FEATURES.len();
+    let mut means = vec![0.0; d];
+    for (x, _, _) in data.train.iter() {
+        for (m, v) in means.iter_mut().zip(x) {
+            *m += v;
+        }
+    }
+    let n = data.train.len().max(1) as f64;
+    let features: serde_json::Map<String, serde_json::Value> =
+        fedretail_models::DEMAND_FEATURES.iter().zip(&means).map(|(f, m)| (f.to_string(), serde_json::json!((m / n * 1e4).round() / 1e4))).collect();
+    let out = serde_json::json!({
+        "store_id": store_id,
+        "history_days": data.history_days,
+        "train_rows": data.train.len(),
+        "test_rows": data.test.len(),
+        "train_units": data.train.units().iter().sum::<f64>(),
+        "seasonal_naive_mae": data.naive_scale,
+        "feature_means": features,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

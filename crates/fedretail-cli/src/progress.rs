@@ -1,0 +1,93 @@
+//! Progress bars for long work. indicatif draws only on a terminal, so logs and CI
+//! output stay clean.
+
+use fedretail_coordinator::CoordinatorEvent;
+use fedretail_sim::DemoEvent;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Mutex;
+
+pub struct DemoProgress {
+    prepare: Mutex<Option<ProgressBar>>,
+    rounds: Mutex<Option<ProgressBar>>,
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+impl DemoProgress {
+    pub fn new() -> Self {
+        DemoProgress { prepare: Mutex::new(None), rounds: Mutex::new(None) }
+    }
+
+    pub fn on_event(&self, event: &DemoEvent) {
+        match event {
+            DemoEvent::Preparing { store_id, done, total } => {
+                let mut bar = self.prepare.lock().unwrap_or_else(|p| p.into_inner());
+                let b = bar.get_or_insert_with(|| {
+                    let b = ProgressBar::new(*total as u64);
+                    b.set_style(style("{prefix:>12} [{bar:30}] {pos}/{len} stores {msg}"));
+                    b.set_prefix("features");
+                    b
+                });
+                b.set_position(*done as u64);
+                b.set_message(store_id.clone());
+            }
+            DemoEvent::Prepared { .. } => {
+                if let Some(b) = self.prepare.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    b.finish_and_clear();
+                }
+            }
+            DemoEvent::Coordinator(e) => self.on_coordinator(e),
+            DemoEvent::Baselines => {
+                if let Some(b) = self.rounds.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    b.finish_and_clear();
+                }
+            }
+        }
+    }
+
+    pub fn on_coordinator(&self, event: &CoordinatorEvent) {
+        let mut bar = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            CoordinatorEvent::RoundStarted { round, total_rounds, selected } => {
+                let b = bar.get_or_insert_with(|| {
+                    let b = ProgressBar::new(*total_rounds);
+                    b.set_style(style("{prefix:>12} [{bar:30}] {pos}/{len} rounds {msg}"));
+                    b.set_prefix("training");
+                    b
+                });
+                b.set_message(format!("round {round}: 0/{selected} updates"));
+            }
+            CoordinatorEvent::UpdateAccepted { round, received, selected, .. } => {
+                if let Some(b) = bar.as_ref() {
+                    b.set_message(format!("round {round}: {received}/{selected} updates"));
+                }
+            }
+            CoordinatorEvent::RoundCompleted { round, step_norm, dropped, .. } => {
+                if let Some(b) = bar.as_ref() {
+                    b.set_position(*round);
+                    b.set_message(format!("step {step_norm:.2e}, {dropped} dropped"));
+                }
+            }
+            CoordinatorEvent::RoundFailed { round, attempt, reason } => {
+                if let Some(b) = bar.as_ref() {
+                    b.println(format!("round {round} attempt {attempt} failed: {reason}"));
+                } else {
+                    eprintln!("round {round} attempt {attempt} failed: {reason}");
+                }
+            }
+            CoordinatorEvent::EvaluationStarted { stores } => {
+                if let Some(b) = bar.as_ref() {
+                    b.set_message(format!("evaluating at {stores} stores"));
+                }
+            }
+            CoordinatorEvent::Finished { .. } => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+            }
+            CoordinatorEvent::StoreRegistered { .. } => {}
+        }
+    }
+}

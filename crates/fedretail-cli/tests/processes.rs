@@ -1,0 +1,124 @@
+//! The built `fedretail` binary as an operator runs it: one coordinator process and
+//! several agent processes on 127.0.0.1, configured by files.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fedretail");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_all(children: &mut [(String, Child)], limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let mut running = 0;
+        for (name, c) in children.iter_mut() {
+            match c.try_wait().unwrap() {
+                Some(status) => assert!(status.success(), "{name} exited with {status}"),
+                None => running += 1,
+            }
+        }
+        if running == 0 {
+            return;
+        }
+        if start.elapsed() > limit {
+            for (_, c) in children.iter_mut() {
+                let _ = c.kill();
+            }
+            panic!("processes still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn write(path: &Path, body: &str) {
+    std::fs::write(path, body).unwrap();
+}
+
+#[test]
+fn coordinator_and_three_agent_processes_complete_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+    let out = Command::new(BIN)
+        .args(["generate", "--stores", "3", "--days", "200", "--young-fraction", "0", "--seed", "9", "--out"])
+        .arg(&net)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 3 stores"));
+
+    let port = free_port();
+    let stores = ["store-001", "store-002", "store-003"];
+    let mut coordinator_toml = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n\n[job]\nstrategy = \"fedavg\"\nrounds = 3\nmin_stores = 3\nround_timeout_secs = 60\n\n[job.fedavg]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.05\nf32_updates = true\n",
+        dir.path().join("coordinator.db").display()
+    );
+    for s in stores {
+        coordinator_toml.push_str(&format!("\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"));
+    }
+    write(&dir.path().join("coordinator.toml"), &coordinator_toml);
+
+    // Agents start first: they must retry until the coordinator is up.
+    let mut children = Vec::new();
+    for s in stores {
+        let cfg = dir.path().join(format!("{s}.toml"));
+        write(
+            &cfg,
+            &format!(
+                "coordinator = \"http://127.0.0.1:{port}\"\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\nbusiness_type = \"grocery\"\n\n[data]\ntransactions = \"net/{s}/transactions.csv\"\npromotions = \"net/{s}/promotions.csv\"\n"
+            ),
+        );
+        let child = Command::new(BIN).args(["agent", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        children.push((s.to_string(), child));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let report = dir.path().join("outcome.json");
+    let coordinator = Command::new(BIN)
+        .args(["coordinator", "--config"])
+        .arg(dir.path().join("coordinator.toml"))
+        .arg("--report")
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    children.push(("coordinator".into(), coordinator));
+    wait_all(&mut children, Duration::from_secs(240));
+
+    let outcome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(outcome["strategy"], "fedavg");
+    assert_eq!(outcome["rounds"].as_array().unwrap().len(), 3);
+    for r in outcome["rounds"].as_array().unwrap() {
+        assert_eq!(r["participants"].as_array().unwrap().len(), 3);
+    }
+    let evals = outcome["evaluations"].as_array().unwrap();
+    assert_eq!(evals.len(), 3);
+    for e in evals {
+        let wape = e["metrics"]["wape_federated"].as_f64().unwrap();
+        assert!(wape.is_finite() && wape > 0.0 && wape < 2.0, "{wape}");
+    }
+    assert!(outcome["bytes_up"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_configs_and_data_are_reported_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    write(&cfg, "[job]\nfraction = 2.0\n");
+    let out = Command::new(BIN).args(["coordinator", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sampling fraction must be in (0, 1], got 2"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let store = dir.path().join("s");
+    std::fs::create_dir_all(&store).unwrap();
+    write(&store.join("transactions.csv"), "transaction_id,timestamp,product_id,category,quantity,unit_price\nt1,not-a-date,p,c,1,2\n");
+    let out = Command::new(BIN).args(["inspect", "--store"]).arg(&store).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("column 'timestamp', line 2: cannot read 'not-a-date'"), "{err}");
+}

@@ -1,0 +1,204 @@
+//! Durable job state in SQLite: every completed round's global model, who took part and
+//! who dropped, and the final evaluation. A coordinator restarted with the same job id
+//! resumes after the last completed round, so no completed round is lost.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint database {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("checkpoint database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("checkpoint of round {round} is corrupt: {reason}")]
+    Corrupt { round: u64, reason: String },
+}
+
+/// A completed round as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoundRecord {
+    pub round: u64,
+    pub participants: Vec<String>,
+    /// Stores selected that did not reply, with why.
+    pub dropped: Vec<(String, String)>,
+    pub step_norm: f64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub seconds: f64,
+}
+
+pub struct CheckpointStore {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+  job_id TEXT PRIMARY KEY,
+  config TEXT NOT NULL,
+  status TEXT NOT NULL,
+  outcome TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+  job_id TEXT NOT NULL,
+  round INTEGER NOT NULL,
+  participants TEXT NOT NULL,
+  dropped TEXT NOT NULL,
+  step_norm REAL NOT NULL,
+  bytes_up INTEGER NOT NULL,
+  bytes_down INTEGER NOT NULL,
+  seconds REAL NOT NULL,
+  parameters BLOB NOT NULL,
+  PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS failed_rounds (
+  job_id TEXT NOT NULL,
+  round INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  reason TEXT NOT NULL
+);
+";
+
+fn to_blob(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn from_blob(round: u64, blob: &[u8]) -> Result<Vec<f64>, CheckpointError> {
+    if blob.len() % 8 != 0 {
+        return Err(CheckpointError::Corrupt { round, reason: format!("{} bytes is not a whole number of f64", blob.len()) });
+    }
+    Ok(blob.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
+}
+
+impl CheckpointStore {
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
+        let conn = Connection::open(path).map_err(|source| CheckpointError::Open { path: path.display().to_string(), source })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(CheckpointStore { conn })
+    }
+
+    pub fn in_memory() -> Result<Self, CheckpointError> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(CheckpointStore { conn })
+    }
+
+    pub fn start_job(&self, job_id: &str, config_json: &str) -> Result<(), CheckpointError> {
+        self.conn.execute(
+            "INSERT INTO jobs (job_id, config, status) VALUES (?1, ?2, 'running')
+             ON CONFLICT(job_id) DO UPDATE SET config = excluded.config, status = 'running'",
+            params![job_id, config_json],
+        )?;
+        Ok(())
+    }
+
+    /// Store a completed round atomically.
+    pub fn save_round(&self, job_id: &str, record: &RoundRecord, parameters: &[f64]) -> Result<(), CheckpointError> {
+        let participants = serde_json::to_string(&record.participants).unwrap_or_default();
+        let dropped = serde_json::to_string(&record.dropped).unwrap_or_default();
+        self.conn.execute(
+            "INSERT OR REPLACE INTO rounds (job_id, round, participants, dropped, step_norm, bytes_up, bytes_down, seconds, parameters)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                job_id,
+                record.round as i64,
+                participants,
+                dropped,
+                record.step_norm,
+                record.bytes_up as i64,
+                record.bytes_down as i64,
+                record.seconds,
+                to_blob(parameters)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_failed_round(&self, job_id: &str, round: u64, attempt: u32, reason: &str) -> Result<(), CheckpointError> {
+        self.conn.execute(
+            "INSERT INTO failed_rounds (job_id, round, attempt, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![job_id, round as i64, attempt, reason],
+        )?;
+        Ok(())
+    }
+
+    /// The last completed round and its global model, if any.
+    pub fn latest(&self, job_id: &str) -> Result<Option<(RoundRecord, Vec<f64>)>, CheckpointError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT round, participants, dropped, step_norm, bytes_up, bytes_down, seconds, parameters
+                 FROM rounds WHERE job_id = ?1 ORDER BY round DESC LIMIT 1",
+                params![job_id],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, f64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, f64>(6)?,
+                        r.get::<_, Vec<u8>>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((round, participants, dropped, step_norm, up, down, seconds, blob)) = row else {
+            return Ok(None);
+        };
+        let round = round as u64;
+        let corrupt = |e: serde_json::Error| CheckpointError::Corrupt { round, reason: e.to_string() };
+        let record = RoundRecord {
+            round,
+            participants: serde_json::from_str(&participants).map_err(corrupt)?,
+            dropped: serde_json::from_str(&dropped).map_err(corrupt)?,
+            step_norm,
+            bytes_up: up as u64,
+            bytes_down: down as u64,
+            seconds,
+        };
+        Ok(Some((record, from_blob(round, &blob)?)))
+    }
+
+    pub fn finish_job(&self, job_id: &str, status: &str, outcome_json: &str) -> Result<(), CheckpointError> {
+        self.conn.execute(
+            "UPDATE jobs SET status = ?2, outcome = ?3 WHERE job_id = ?1",
+            params![job_id, status, outcome_json],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let rec = RoundRecord {
+            round: 3,
+            participants: vec!["a".into(), "b".into()],
+            dropped: vec![("c".into(), "deadline".into())],
+            step_norm: 0.5,
+            bytes_up: 10,
+            bytes_down: 20,
+            seconds: 1.5,
+        };
+        {
+            let s = CheckpointStore::open(&path).unwrap();
+            s.start_job("j", "{}").unwrap();
+            s.save_round("j", &RoundRecord { round: 2, ..rec.clone() }, &[0.0, 0.0]).unwrap();
+            s.save_round("j", &rec, &[1.5, -2.0]).unwrap();
+        }
+        let s = CheckpointStore::open(&path).unwrap();
+        let (back, params) = s.latest("j").unwrap().unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(params, vec![1.5, -2.0]);
+        assert!(s.latest("other").unwrap().is_none());
+    }
+}

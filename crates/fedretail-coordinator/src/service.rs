@@ -1,0 +1,406 @@
+//! gRPC adapter. Every message from a peer is checked here — session, task, shape,
+//! values — before it can reach job state; refusals use the one error mapping of
+//! `fedretail-proto`.
+
+use crate::config::{CheckedJob, CoordinatorConfig};
+use crate::driver::{CoordinatorEvent, Observer};
+use fedretail_core::{validate_update, LocalWork, ModelLayout, ModelParameters, StreamingWeightedSum, UpdateLimits, UpdatePrecision};
+use fedretail_models::TaskMetrics;
+use fedretail_proto::v1::{self, coordinator_server::Coordinator};
+use fedretail_proto::{decode_tensor, encode_f64, layout_to_wire, ErrorKind, ServiceError, PROTOCOL_VERSION};
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tonic::{Request, Response, Status};
+
+/// Longest a poll may wait before answering `Wait`.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+const MAX_METRICS: usize = 64;
+const MAX_NAME_LEN: usize = 128;
+
+pub(crate) struct StoreEntry {
+    pub session_id: String,
+    pub business_type: String,
+    pub num_train_examples: u64,
+    pub last_seen: Instant,
+    pub saw_finish: bool,
+}
+
+pub(crate) struct RoundState {
+    pub round: u64,
+    /// Selected store -> its task id for this round.
+    pub tasks: BTreeMap<String, String>,
+    pub weights: BTreeMap<String, f64>,
+    pub received: BTreeSet<String>,
+    pub aggregator: StreamingWeightedSum,
+    pub update_len: usize,
+    pub global_wire: v1::Tensor,
+    pub work: LocalWork,
+    pub precision: UpdatePrecision,
+}
+
+pub(crate) struct EvalState {
+    pub round: u64,
+    pub tasks: BTreeMap<String, String>,
+    pub results: BTreeMap<String, TaskMetrics>,
+    pub global_wire: v1::Tensor,
+}
+
+pub(crate) enum Phase {
+    Idle,
+    Training(Box<RoundState>),
+    Evaluating(EvalState),
+    Finished(String),
+}
+
+pub(crate) struct JobState {
+    pub stores: BTreeMap<String, StoreEntry>,
+    pub phase: Phase,
+}
+
+/// State shared by the gRPC handlers and the round driver.
+pub struct Shared {
+    pub(crate) job: CheckedJob,
+    pub(crate) layout: ModelLayout,
+    credentials: HashMap<String, String>,
+    open_token: Option<String>,
+    max_update_bytes: usize,
+    pub(crate) state: Mutex<JobState>,
+    /// Bumped whenever the phase changes, to wake long-polls.
+    pub(crate) phase_tx: watch::Sender<u64>,
+    /// Wakes the driver when a store registers or a reply arrives.
+    pub(crate) progress: Notify,
+    pub(crate) bytes_up: AtomicU64,
+    pub(crate) bytes_down: AtomicU64,
+    pub(crate) observer: Observer,
+}
+
+impl Shared {
+    pub fn new(config: &CoordinatorConfig, job: CheckedJob, observer: Observer) -> Result<Self, fedretail_core::ConfigError> {
+        let layout = fedretail_models::layout_for_task(&job.config.task).map_err(|e| fedretail_core::ConfigError::Layout(e.to_string()))?;
+        let (phase_tx, _) = watch::channel(0);
+        Ok(Shared {
+            job,
+            layout,
+            credentials: config.stores.iter().map(|c| (c.store_id.clone(), c.token.clone())).collect(),
+            open_token: config.open_token.clone(),
+            max_update_bytes: config.max_message_bytes,
+            state: Mutex::new(JobState { stores: BTreeMap::new(), phase: Phase::Idle }),
+            phase_tx,
+            progress: Notify::new(),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            observer,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, JobState> {
+        // A handler that panicked mid-update cannot leave the aggregate half-written
+        // (pushes are all-or-nothing), so the state stays usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.lock().phase = phase;
+        self.phase_tx.send_modify(|v| *v += 1);
+    }
+
+    pub(crate) fn global_tensor(params: &ModelParameters) -> v1::Tensor {
+        encode_f64(params.values())
+    }
+
+    fn count_up(&self, m: &impl Message) {
+        self.bytes_up.fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
+    }
+
+    fn count_down(&self, m: &impl Message) {
+        self.bytes_down.fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> Status {
+    ServiceError::new(kind, msg).to_status()
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn valid_store_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_NAME_LEN && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn new_session_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+pub struct CoordinatorService {
+    shared: Arc<Shared>,
+}
+
+impl CoordinatorService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        CoordinatorService { shared }
+    }
+
+    /// The store's entry if the session is current; refreshes its liveness.
+    fn check_session(state: &mut JobState, store_id: &str, session_id: &str) -> Result<(), Status> {
+        match state.stores.get_mut(store_id) {
+            None => Err(err(ErrorKind::UnknownStore, format!("store '{store_id}' has not registered with this coordinator"))),
+            Some(e) if !constant_time_eq(&e.session_id, session_id) => Err(err(
+                ErrorKind::UnknownStore,
+                format!("session of store '{store_id}' is not current (the store registered again since); register again"),
+            )),
+            Some(e) => {
+                e.last_seen = Instant::now();
+                Ok(())
+            }
+        }
+    }
+
+    fn task_for(&self, state: &mut JobState, store_id: &str) -> Option<v1::poll_task_response::Outcome> {
+        use v1::poll_task_response::Outcome;
+        match &state.phase {
+            Phase::Training(rs) => {
+                let task_id = rs.tasks.get(store_id)?;
+                if rs.received.contains(store_id) {
+                    return None;
+                }
+                let work = match &rs.work {
+                    LocalWork::LocalEpochs { epochs, batch_size, learning_rate, l2, seed } => v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
+                        epochs: *epochs,
+                        batch_size: *batch_size,
+                        learning_rate: *learning_rate,
+                        l2: *l2,
+                        seed: *seed,
+                    }),
+                    LocalWork::SecondOrderStatistics => v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {}),
+                };
+                Some(Outcome::Train(v1::TrainTask {
+                    task_id: task_id.clone(),
+                    round: rs.round,
+                    layout: Some(layout_to_wire(&self.shared.layout)),
+                    global: Some(rs.global_wire.clone()),
+                    work: Some(work),
+                    update_dtype: match rs.precision {
+                        UpdatePrecision::F32 => v1::Dtype::F32 as i32,
+                        UpdatePrecision::F64 => v1::Dtype::F64 as i32,
+                    },
+                }))
+            }
+            Phase::Evaluating(es) => {
+                let task_id = es.tasks.get(store_id)?;
+                if es.results.contains_key(store_id) {
+                    return None;
+                }
+                Some(Outcome::Evaluate(v1::EvaluateTask {
+                    task_id: task_id.clone(),
+                    round: es.round,
+                    layout: Some(layout_to_wire(&self.shared.layout)),
+                    global: Some(es.global_wire.clone()),
+                }))
+            }
+            Phase::Finished(reason) => {
+                if let Some(e) = state.stores.get_mut(store_id) {
+                    e.saw_finish = true;
+                }
+                let reason = reason.clone();
+                self.shared.progress.notify_one();
+                Some(Outcome::Finished(v1::JobFinished { reason }))
+            }
+            Phase::Idle => None,
+        }
+    }
+
+    fn check_metrics(store_id: &str, metrics: &HashMap<String, f64>) -> Result<TaskMetrics, Status> {
+        if metrics.len() > MAX_METRICS {
+            return Err(err(ErrorKind::InvalidUpdate, format!("store '{store_id}' sent {} metrics; at most {MAX_METRICS}", metrics.len())));
+        }
+        let mut out = TaskMetrics::new();
+        for (k, v) in metrics {
+            if k.len() > MAX_NAME_LEN {
+                return Err(err(ErrorKind::InvalidUpdate, format!("store '{store_id}' sent a metric name of {} bytes", k.len())));
+            }
+            if !v.is_finite() {
+                return Err(err(ErrorKind::InvalidUpdate, format!("store '{store_id}' sent metric '{k}' = {v}, which is not finite")));
+            }
+            out.insert(k.clone(), *v);
+        }
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register_store(&self, request: Request<v1::RegisterStoreRequest>) -> Result<Response<v1::RegisterStoreResponse>, Status> {
+        let req = request.into_inner();
+        self.shared.count_up(&req);
+        if req.protocol_version != PROTOCOL_VERSION {
+            return Err(err(
+                ErrorKind::Incompatible,
+                format!("store speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}", req.protocol_version),
+            ));
+        }
+        if !valid_store_id(&req.store_id) {
+            return Err(err(ErrorKind::InvalidUpdate, "store id must be 1-128 characters of letters, digits, '-', '_' or '.'"));
+        }
+        if req.task != self.shared.job.config.task {
+            return Err(err(
+                ErrorKind::Incompatible,
+                format!("store '{}' is set up for task '{}', this job runs '{}'", req.store_id, req.task, self.shared.job.config.task),
+            ));
+        }
+        if !self.shared.credentials.is_empty() {
+            match self.shared.credentials.get(&req.store_id) {
+                None => return Err(err(ErrorKind::UnknownStore, format!("store '{}' is not part of this network", req.store_id))),
+                Some(t) if !constant_time_eq(t, &req.token) => {
+                    return Err(err(ErrorKind::Unauthenticated, format!("wrong token for store '{}'", req.store_id)))
+                }
+                Some(_) => {}
+            }
+        } else if let Some(t) = &self.shared.open_token {
+            if !constant_time_eq(t, &req.token) {
+                return Err(err(ErrorKind::Unauthenticated, format!("wrong enrolment token from store '{}'", req.store_id)));
+            }
+        }
+        let session_id = new_session_id();
+        let count = {
+            let mut state = self.shared.lock();
+            state.stores.insert(
+                req.store_id.clone(),
+                StoreEntry {
+                    session_id: session_id.clone(),
+                    business_type: req.business_type.chars().take(MAX_NAME_LEN).collect(),
+                    num_train_examples: req.num_train_examples,
+                    last_seen: Instant::now(),
+                    saw_finish: false,
+                },
+            );
+            state.stores.len()
+        };
+        (self.shared.observer)(&CoordinatorEvent::StoreRegistered { store_id: req.store_id.clone(), registered: count });
+        self.shared.progress.notify_one();
+        let resp = v1::RegisterStoreResponse { session_id, job_id: self.shared.job.config.job_id.clone(), protocol_version: PROTOCOL_VERSION };
+        self.shared.count_down(&resp);
+        Ok(Response::new(resp))
+    }
+
+    async fn poll_task(&self, request: Request<v1::PollTaskRequest>) -> Result<Response<v1::PollTaskResponse>, Status> {
+        let req = request.into_inner();
+        self.shared.count_up(&req);
+        let mut phase_rx = self.shared.phase_tx.subscribe();
+        let wait = Duration::from_millis(req.wait_millis as u64).min(MAX_POLL_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let outcome = {
+                let mut state = self.shared.lock();
+                Self::check_session(&mut state, &req.store_id, &req.session_id)?;
+                phase_rx.borrow_and_update();
+                self.task_for(&mut state, &req.store_id)
+            };
+            if let Some(outcome) = outcome {
+                let resp = v1::PollTaskResponse { outcome: Some(outcome) };
+                self.shared.count_down(&resp);
+                return Ok(Response::new(resp));
+            }
+            match tokio::time::timeout_at(deadline, phase_rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => break,
+            }
+        }
+        let resp = v1::PollTaskResponse { outcome: Some(v1::poll_task_response::Outcome::Wait(v1::Wait { retry_after_millis: 100 })) };
+        self.shared.count_down(&resp);
+        Ok(Response::new(resp))
+    }
+
+    async fn submit_update(&self, request: Request<v1::SubmitUpdateRequest>) -> Result<Response<v1::SubmitUpdateResponse>, Status> {
+        let req = request.into_inner();
+        self.shared.count_up(&req);
+        let store = req.store_id.as_str();
+        // 1. Is this the store's current task? (cheap, under the lock)
+        let update_len = {
+            let mut state = self.shared.lock();
+            Self::check_session(&mut state, store, &req.session_id)?;
+            current_task_len(&state.phase, store, &req.task_id, req.round)?
+        };
+        // 2. Decode and validate outside the lock: O(model size) work.
+        let tensor = req.update.as_ref().ok_or_else(|| err(ErrorKind::InvalidUpdate, format!("update from '{store}' carries no tensor")))?;
+        let update = decode_tensor(tensor, update_len, self.shared.max_update_bytes)
+            .map_err(|e| err(ErrorKind::InvalidUpdate, format!("update from '{store}' for round {}: {e}", req.round)))?;
+        validate_update(&update, update_len, &UpdateLimits::default())
+            .map_err(|e| err(ErrorKind::InvalidUpdate, format!("update from '{store}' for round {}: {e}", req.round)))?;
+        Self::check_metrics(store, &req.metrics)?;
+        // 3. Fold it in, re-checking: the round may have closed meanwhile.
+        let (received, selected) = {
+            let mut state = self.shared.lock();
+            current_task_len(&state.phase, store, &req.task_id, req.round)?;
+            let Phase::Training(rs) = &mut state.phase else {
+                return Err(err(ErrorKind::StaleTask, "no round is in progress"));
+            };
+            let weight = rs.weights.get(store).copied().unwrap_or(0.0);
+            rs.aggregator
+                .push(update, weight)
+                .map_err(|e| err(ErrorKind::InvalidUpdate, format!("update from '{store}': {e}")))?;
+            rs.received.insert(store.to_string());
+            (rs.received.len(), rs.tasks.len())
+        };
+        (self.shared.observer)(&CoordinatorEvent::UpdateAccepted { round: req.round, store_id: store.to_string(), received, selected });
+        self.shared.progress.notify_one();
+        let resp = v1::SubmitUpdateResponse { accepted: true };
+        self.shared.count_down(&resp);
+        Ok(Response::new(resp))
+    }
+
+    async fn submit_evaluation(&self, request: Request<v1::SubmitEvaluationRequest>) -> Result<Response<v1::SubmitEvaluationResponse>, Status> {
+        let req = request.into_inner();
+        self.shared.count_up(&req);
+        let store = req.store_id.as_str();
+        let metrics = Self::check_metrics(store, &req.metrics)?;
+        {
+            let mut state = self.shared.lock();
+            Self::check_session(&mut state, store, &req.session_id)?;
+            let Phase::Evaluating(es) = &mut state.phase else {
+                return Err(err(ErrorKind::StaleTask, format!("evaluation task '{}' from '{store}' is not current", req.task_id)));
+            };
+            match es.tasks.get(store) {
+                Some(t) if *t == req.task_id => {}
+                _ => return Err(err(ErrorKind::StaleTask, format!("evaluation task '{}' from '{store}' is not current", req.task_id))),
+            }
+            if es.results.contains_key(store) {
+                return Err(err(ErrorKind::Duplicate, format!("evaluation from '{store}' was already received")));
+            }
+            es.results.insert(store.to_string(), metrics);
+        }
+        self.shared.progress.notify_one();
+        let resp = v1::SubmitEvaluationResponse { accepted: true };
+        self.shared.count_down(&resp);
+        Ok(Response::new(resp))
+    }
+}
+
+/// The expected update length if `task_id` is `store`'s current, unanswered task.
+fn current_task_len(phase: &Phase, store: &str, task_id: &str, round: u64) -> Result<usize, Status> {
+    let Phase::Training(rs) = phase else {
+        return Err(err(ErrorKind::StaleTask, format!("task '{task_id}' from '{store}' is not current: no round is in progress")));
+    };
+    match rs.tasks.get(store) {
+        Some(t) if t == task_id && round == rs.round => {
+            if rs.received.contains(store) {
+                Err(err(ErrorKind::Duplicate, format!("update from '{store}' for round {round} was already received (replay)")))
+            } else {
+                Ok(rs.update_len)
+            }
+        }
+        Some(_) | None => Err(err(
+            ErrorKind::StaleTask,
+            format!("task '{task_id}' (round {round}) from '{store}' is not current: round {} is in progress", rs.round),
+        )),
+    }
+}

@@ -1,0 +1,244 @@
+//! Demand features, computed at the store in SQL: a dense day x category grid of units
+//! sold, lags and rolling means that are known 28 days ahead (so the whole held-out
+//! period is forecast from data before it), calendar terms, holidays, promotions and
+//! relative price, all relative to the series' own scale.
+
+use crate::error::{sql_err, DataError};
+use crate::source::{open_store, register_file, StoreSource};
+use chrono::{Datelike, NaiveDate};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use fedretail_domain::calendar::{is_public_holiday, shopping_event};
+use fedretail_models::{DemandDataset, DemandRows, DEMAND_FEATURES};
+use std::sync::Arc;
+
+/// Days of history a row needs before it can be used (the 28-day mean ending 28 days
+/// back reaches 55 days back).
+const WARM_UP_DAYS: i64 = 56;
+
+/// What to forecast and how much to hold out.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DemandSpec {
+    /// The final days held out for evaluation (the forecast horizon).
+    pub holdout_days: u32,
+}
+
+impl Default for DemandSpec {
+    fn default() -> Self {
+        DemandSpec { holdout_days: 28 }
+    }
+}
+
+/// The store's calendar from its first to its last day, as a table.
+fn calendar_table(first: NaiveDate, last: NaiveDate) -> Result<MemTable, datafusion::error::DataFusionError> {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(NaiveDate::MIN);
+    let days: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("day", DataType::Date32, false),
+        Field::new("day_index", DataType::Int64, false),
+        Field::new("dow", DataType::Int64, false),
+        Field::new("doy", DataType::Float64, false),
+        Field::new("public_holiday", DataType::Boolean, false),
+        Field::new("shopping_event", DataType::Boolean, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Date32Array::from_iter_values(days.iter().map(|d| (*d - epoch).num_days() as i32))),
+        Arc::new(Int64Array::from_iter_values(days.iter().map(|d| (*d - first).num_days()))),
+        Arc::new(Int64Array::from_iter_values(days.iter().map(|d| d.weekday().num_days_from_monday() as i64))),
+        Arc::new(Float64Array::from_iter_values(days.iter().map(|d| d.ordinal() as f64))),
+        Arc::new(BooleanArray::from_iter(days.iter().map(|d| Some(is_public_holiday(*d))))),
+        Arc::new(BooleanArray::from_iter(days.iter().map(|d| Some(shopping_event(*d).is_some())))),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    MemTable::try_new(schema, vec![vec![batch]])
+}
+
+async fn register_promotions(ctx: &SessionContext, source: &StoreSource) -> Result<(), DataError> {
+    match &source.promotions {
+        Some(path) => {
+            register_file(ctx, "raw_promotions", path).await?;
+            let sql = "SELECT CAST(category AS VARCHAR) AS category, CAST(start_date AS DATE) AS start_date, \
+                       CAST(end_date AS DATE) AS end_date, CAST(discount AS DOUBLE) AS discount FROM raw_promotions";
+            let df = ctx.sql(sql).await.map_err(sql_err(path, "reading promotions"))?;
+            // Materialise once so a bad promotion row is reported here, not mid-query.
+            let batches = df.collect().await.map_err(sql_err(path, "reading promotions (expected category, start_date, end_date, discount)"))?;
+            let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(promo_schema()));
+            let table = MemTable::try_new(schema, vec![batches]).map_err(sql_err(path, "reading promotions"))?;
+            ctx.register_table("promotions", Arc::new(table)).map_err(sql_err(path, "reading promotions"))?;
+        }
+        None => {
+            let table = MemTable::try_new(Arc::new(promo_schema()), vec![vec![]])
+                .map_err(sql_err(&source.transactions, "empty promotions"))?;
+            ctx.register_table("promotions", Arc::new(table)).map_err(sql_err(&source.transactions, "empty promotions"))?;
+        }
+    }
+    Ok(())
+}
+
+fn promo_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("category", DataType::Utf8, true),
+        Field::new("start_date", DataType::Date32, true),
+        Field::new("end_date", DataType::Date32, true),
+        Field::new("discount", DataType::Float64, true),
+    ])
+}
+
+/// The feature query. `{cutoff}` is the day index of the first held-out day.
+fn feature_sql(cutoff: i64) -> String {
+    format!(
+        r#"
+WITH daily AS (
+  SELECT category, CAST(timestamp AS DATE) AS day, SUM(quantity) AS units
+  FROM transactions WHERE NOT is_refund GROUP BY category, CAST(timestamp AS DATE)
+),
+cats AS (SELECT DISTINCT category FROM daily),
+grid AS (
+  SELECT c.category, k.day, k.day_index, k.dow, k.doy, k.public_holiday, k.shopping_event,
+         COALESCE(d.units, 0.0) AS units
+  FROM cats c CROSS JOIN calendar k
+  LEFT JOIN daily d ON d.category = c.category AND d.day = k.day
+),
+promo AS (
+  SELECT g.category, g.day_index, MAX(p.discount) AS discount
+  FROM grid g JOIN promotions p
+    ON p.category = g.category AND g.day >= p.start_date AND g.day <= p.end_date
+  GROUP BY g.category, g.day_index
+),
+scale AS (
+  SELECT category, GREATEST(AVG(units), 0.05) AS scale
+  FROM grid WHERE day_index < {cutoff} GROUP BY category
+),
+hist AS (
+  SELECT g.category, g.day_index, g.dow, g.doy, g.public_holiday, g.shopping_event, g.units,
+    COALESCE(pr.discount, 0.0) AS discount, s.scale,
+    LAG(g.units, 7) OVER w AS lag7, LAG(g.units, 14) OVER w AS lag14,
+    LAG(g.units, 21) OVER w AS lag21, LAG(g.units, 28) OVER w AS lag28,
+    LAG(g.units, 35) OVER w AS lag35, LAG(g.units, 364) OVER w AS lag364,
+    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 34 PRECEDING AND 28 PRECEDING) AS mean7_lag28,
+    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 55 PRECEDING AND 28 PRECEDING) AS mean28_lag28
+  FROM grid g
+  JOIN scale s ON s.category = g.category
+  LEFT JOIN promo pr ON pr.category = g.category AND pr.day_index = g.day_index
+  WINDOW w AS (PARTITION BY g.category ORDER BY g.day_index)
+)
+SELECT
+  category,
+  CAST(day_index AS DOUBLE) AS day_index,
+  units, scale,
+  CAST(day_index >= {cutoff} AS DOUBLE) AS is_test,
+  CASE WHEN day_index - {cutoff} < 7 THEN lag7 WHEN day_index - {cutoff} < 14 THEN lag14
+       WHEN day_index - {cutoff} < 21 THEN lag21 ELSE lag28 END AS naive,
+  ABS(units - lag7) AS abs_diff7,
+  1.0 AS intercept,
+  CAST(dow = 1 AS DOUBLE) AS dow_tue, CAST(dow = 2 AS DOUBLE) AS dow_wed,
+  CAST(dow = 3 AS DOUBLE) AS dow_thu, CAST(dow = 4 AS DOUBLE) AS dow_fri,
+  CAST(dow = 5 AS DOUBLE) AS dow_sat, CAST(dow = 6 AS DOUBLE) AS dow_sun,
+  sin(2 * pi() * doy / 365.25) AS year_sin1, cos(2 * pi() * doy / 365.25) AS year_cos1,
+  sin(4 * pi() * doy / 365.25) AS year_sin2, cos(4 * pi() * doy / 365.25) AS year_cos2,
+  CAST(public_holiday AS DOUBLE) AS public_holiday,
+  CAST(shopping_event AS DOUBLE) AS shopping_event,
+  discount AS promo_discount,
+  ln(1.0 - LEAST(discount, 0.95)) AS log_relative_price,
+  ln((lag28 + 0.5) / (scale + 0.5)) AS log_lag28,
+  ln((lag35 + 0.5) / (scale + 0.5)) AS log_lag35,
+  ln((mean7_lag28 + 0.5) / (scale + 0.5)) AS log_mean7_lag28,
+  ln((mean28_lag28 + 0.5) / (scale + 0.5)) AS log_mean28_lag28,
+  COALESCE(ln((lag364 + 0.5) / (scale + 0.5)), 0.0) AS log_lag364,
+  CAST(lag364 IS NOT NULL AS DOUBLE) AS has_lag364
+FROM hist
+WHERE day_index >= {warm_up}
+ORDER BY category, day_index
+"#,
+        cutoff = cutoff,
+        warm_up = WARM_UP_DAYS - 1,
+    )
+}
+
+/// Read, validate and featurise one store's data for the demand task.
+pub async fn load_demand_dataset(store_id: &str, source: &StoreSource, spec: &DemandSpec) -> Result<DemandDataset, DataError> {
+    if spec.holdout_days == 0 || spec.holdout_days > 365 {
+        return Err(DataError::Spec(format!("holdout_days must be in 1..=365, got {}", spec.holdout_days)));
+    }
+    let path = source.transactions.clone();
+    let ctx = open_store(source).await?;
+
+    let range = ctx
+        .sql("SELECT CAST(MIN(CAST(timestamp AS DATE)) AS VARCHAR), CAST(MAX(CAST(timestamp AS DATE)) AS VARCHAR) FROM transactions")
+        .await
+        .map_err(sql_err(&path, "finding date range"))?
+        .collect()
+        .await
+        .map_err(sql_err(&path, "finding date range"))?;
+    let (first, last) = range
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            let a = b.column(0).as_string::<i32>();
+            let z = b.column(1).as_string::<i32>();
+            if a.is_null(0) || z.is_null(0) {
+                return None;
+            }
+            Some((a.value(0).parse::<NaiveDate>().ok()?, z.value(0).parse::<NaiveDate>().ok()?))
+        })
+        .ok_or_else(|| DataError::NoRows { path: path.clone() })?;
+    let days = (last - first).num_days() + 1;
+    let needed = WARM_UP_DAYS + spec.holdout_days as i64 + 14;
+    if days < needed {
+        return Err(DataError::TooLittleHistory { path, days, needed, holdout: spec.holdout_days });
+    }
+    let cutoff = days - spec.holdout_days as i64;
+
+    let calendar = calendar_table(first, last).map_err(sql_err(&path, "building calendar"))?;
+    ctx.register_table("calendar", Arc::new(calendar)).map_err(sql_err(&path, "building calendar"))?;
+    register_promotions(&ctx, source).await?;
+
+    let batches = ctx
+        .sql(&feature_sql(cutoff))
+        .await
+        .map_err(sql_err(&path, "computing demand features"))?
+        .collect()
+        .await
+        .map_err(sql_err(&path, "computing demand features"))?;
+
+    let d = DEMAND_FEATURES.len();
+    let mut train = DemandRows::new(d);
+    let mut test = DemandRows::new(d);
+    let mut naive_abs = 0.0;
+    let mut naive_n = 0usize;
+    let mut x = vec![0.0; d];
+    for batch in &batches {
+        let col = |name: &str| -> Result<&Float64Array, DataError> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<Float64Type>())
+                .ok_or_else(|| DataError::Spec(format!("feature query lost column {name}")))
+        };
+        let features: Vec<&Float64Array> = DEMAND_FEATURES.iter().map(|f| col(f)).collect::<Result<_, _>>()?;
+        let (units, scale, is_test, naive, diff7) = (col("units")?, col("scale")?, col("is_test")?, col("naive")?, col("abs_diff7")?);
+        for i in 0..batch.num_rows() {
+            for (xj, f) in x.iter_mut().zip(&features) {
+                *xj = f.value(i);
+            }
+            let naive_i = if naive.is_null(i) { 0.0 } else { naive.value(i) };
+            if is_test.value(i) > 0.5 {
+                test.push(&x, units.value(i), scale.value(i), naive_i);
+            } else {
+                train.push(&x, units.value(i), scale.value(i), naive_i);
+                if !diff7.is_null(i) {
+                    naive_abs += diff7.value(i);
+                    naive_n += 1;
+                }
+            }
+        }
+    }
+    Ok(DemandDataset {
+        store_id: store_id.to_string(),
+        train,
+        test,
+        naive_scale: if naive_n > 0 { naive_abs / naive_n as f64 } else { 0.0 },
+        history_days: days as u32,
+    })
+}

@@ -1,0 +1,94 @@
+//! The data layer against files a store could really hand us: generated exports, and
+//! broken ones.
+
+use fedretail_data::{load_demand_dataset, DataError, DemandSpec, StoreSource};
+use fedretail_synth::{generate_network, NetworkConfig};
+use std::path::Path;
+
+fn write(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+async fn load(path: std::path::PathBuf) -> Result<fedretail_models::DemandDataset, DataError> {
+    let source = StoreSource { transactions: path, promotions: None, view_sql: None };
+    load_demand_dataset("s", &source, &DemandSpec::default()).await
+}
+
+const HEADER: &str = "transaction_id,timestamp,product_id,category,quantity,unit_price\n";
+
+#[tokio::test]
+async fn generated_store_becomes_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = NetworkConfig { stores: 2, days: 200, young_fraction: 0.0, ..Default::default() };
+    let summary = generate_network(&cfg, dir.path()).unwrap();
+    let store = &summary.stores[0];
+    let source = StoreSource::from_dir(&dir.path().join(&store.store_id));
+    assert!(source.promotions.is_some());
+    let data = load_demand_dataset(&store.store_id, &source, &DemandSpec::default()).await.unwrap();
+    let n_cat = data.test.len() / 28;
+    assert!(n_cat >= 4, "{} test rows", data.test.len());
+    assert_eq!(data.test.len(), 28 * n_cat);
+    // 200 days, 55 warm-up days, 28 held out.
+    assert_eq!(data.train.len(), (200 - 55 - 28) * n_cat);
+    assert!(data.naive_scale > 0.0);
+    // Promotions reach the features: some training row has a discount.
+    let promo_col = fedretail_models::DEMAND_FEATURES.iter().position(|f| *f == "promo_discount").unwrap();
+    assert!(data.train.iter().any(|(x, _, _)| x[promo_col] > 0.0));
+    for (x, r, s) in data.train.iter() {
+        assert!(x.iter().all(|v| v.is_finite()) && r >= 0.0 && s > 0.0);
+    }
+}
+
+#[tokio::test]
+async fn a_view_maps_differently_named_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = String::from("receipt,sold_at,sku,dept,qty,price\n");
+    let start = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+    for i in 0..130 {
+        let day = start + chrono::Duration::days(i);
+        body.push_str(&format!("r{i},{day} 10:00:00,p1,bread,{},2.5\n", 1 + i % 3));
+    }
+    let path = write(dir.path(), "export.csv", &body);
+    let source = StoreSource {
+        transactions: path.clone(),
+        promotions: None,
+        view_sql: Some("SELECT receipt AS transaction_id, sold_at AS timestamp, sku AS product_id, dept AS category, qty AS quantity, price AS unit_price FROM raw_transactions".into()),
+    };
+    let data = load_demand_dataset("s", &source, &DemandSpec::default()).await.unwrap();
+    assert_eq!(data.test.len(), 28);
+    // Without the view the same file is refused, naming the missing column.
+    let err = load(path).await.unwrap_err();
+    assert!(err.to_string().contains("missing required column 'transaction_id'"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_files_get_precise_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load(write(dir.path(), "empty.csv", "")).await.unwrap_err();
+    assert!(matches!(err, DataError::EmptyFile { .. }), "{err}");
+    let err = load(write(dir.path(), "header.csv", HEADER)).await.unwrap_err();
+    assert!(matches!(err, DataError::NoRows { .. }), "{err}");
+    let err = load(dir.path().join("missing.csv")).await.unwrap_err();
+    assert!(err.to_string().contains("file not found"), "{err}");
+    let err = load(write(dir.path(), "x.xlsx", "a")).await.unwrap_err();
+    assert!(matches!(err, DataError::UnsupportedFormat { .. }), "{err}");
+
+    let body = format!("{HEADER}t1,2025-01-01 10:00:00,p,c,1,2.0\nt2,yesterday,p,c,1,2.0\n");
+    let err = load(write(dir.path(), "ts.csv", &body)).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("ts.csv") && msg.contains("column 'timestamp', line 3") && msg.contains("'yesterday'"), "{msg}");
+
+    let body = format!("{HEADER}t1,2025-01-01 10:00:00,p,c,1,2.0\nt2,2025-01-01 11:00:00,p,c,two,2.0\n");
+    let err = load(write(dir.path(), "qty.csv", &body)).await.unwrap_err();
+    assert!(err.to_string().contains("column 'quantity', line 3: cannot read 'two' as a number"), "{err}");
+
+    let body = format!("{HEADER}t1,,p,c,1,2.0\n");
+    let err = load(write(dir.path(), "nots.csv", &body)).await.unwrap_err();
+    assert!(err.to_string().contains("column 'timestamp', line 2: value is required"), "{err}");
+
+    let body = format!("{HEADER}t1,2025-01-01 10:00:00,p,c,1,2.0\n");
+    let err = load(write(dir.path(), "short.csv", &body)).await.unwrap_err();
+    assert!(matches!(err, DataError::TooLittleHistory { days: 1, .. }), "{err}");
+}

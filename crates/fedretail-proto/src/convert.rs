@@ -1,0 +1,129 @@
+use crate::v1;
+use fedretail_core::{ModelLayout, Segment, UpdatePrecision, UpdateVector};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TensorError {
+    #[error("tensor dtype is unspecified or unknown ({0})")]
+    UnknownDType(i32),
+    #[error("tensor declares {declared} values but carries {bytes} bytes ({per} bytes each)")]
+    LengthMismatch { declared: u64, bytes: usize, per: usize },
+    #[error("tensor has {got} values, expected {expected}")]
+    WrongLength { expected: usize, got: u64 },
+    #[error("tensor of {bytes} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("layout is missing or invalid: {0}")]
+    BadLayout(String),
+}
+
+pub fn encode_f32(values: &[f32]) -> v1::Tensor {
+    let mut data = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    v1::Tensor { dtype: v1::Dtype::F32 as i32, len: values.len() as u64, data }
+}
+
+pub fn encode_f64(values: &[f64]) -> v1::Tensor {
+    let mut data = Vec::with_capacity(values.len() * 8);
+    for v in values {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    v1::Tensor { dtype: v1::Dtype::F64 as i32, len: values.len() as u64, data }
+}
+
+/// Encode an f64 update at the precision the task asked for.
+pub fn encode_update(values: &[f64], precision: UpdatePrecision) -> v1::Tensor {
+    match precision {
+        UpdatePrecision::F64 => encode_f64(values),
+        UpdatePrecision::F32 => {
+            let f: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            encode_f32(&f)
+        }
+    }
+}
+
+/// Decode a tensor, checking declared length, byte length and size limit. Values are
+/// not checked for finiteness here; that is the aggregator's validation.
+pub fn decode_tensor(t: &v1::Tensor, expected_len: usize, max_bytes: usize) -> Result<UpdateVector, TensorError> {
+    if t.data.len() > max_bytes {
+        return Err(TensorError::TooLarge { bytes: t.data.len(), limit: max_bytes });
+    }
+    let per = match v1::Dtype::try_from(t.dtype) {
+        Ok(v1::Dtype::F32) => 4,
+        Ok(v1::Dtype::F64) => 8,
+        _ => return Err(TensorError::UnknownDType(t.dtype)),
+    };
+    if (t.data.len() as u64) != t.len.saturating_mul(per as u64) {
+        return Err(TensorError::LengthMismatch { declared: t.len, bytes: t.data.len(), per });
+    }
+    if t.len != expected_len as u64 {
+        return Err(TensorError::WrongLength { expected: expected_len, got: t.len });
+    }
+    Ok(if per == 4 {
+        UpdateVector::F32(t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    } else {
+        UpdateVector::F64(
+            t.data.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
+        )
+    })
+}
+
+pub fn layout_to_wire(layout: &ModelLayout) -> v1::ModelLayout {
+    v1::ModelLayout {
+        segments: layout
+            .segments()
+            .iter()
+            .map(|s| v1::Segment { name: s.name.clone(), len: s.len as u64, regularized: s.regularized })
+            .collect(),
+    }
+}
+
+pub fn layout_from_wire(layout: Option<&v1::ModelLayout>) -> Result<ModelLayout, TensorError> {
+    let layout = layout.ok_or_else(|| TensorError::BadLayout("missing".into()))?;
+    ModelLayout::new(
+        layout.segments.iter().map(|s| Segment::new(s.name.clone(), s.len as usize, s.regularized)).collect(),
+    )
+    .map_err(|e| TensorError::BadLayout(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn f64_round_trip_is_exact(values in prop::collection::vec(any::<f64>().prop_filter("finite", |v| v.is_finite()), 0..200)) {
+            let t = encode_f64(&values);
+            prop_assert_eq!(decode_tensor(&t, values.len(), usize::MAX).unwrap(), UpdateVector::F64(values));
+        }
+
+        #[test]
+        fn f32_round_trip_is_exact(values in prop::collection::vec(any::<f32>(), 0..200)) {
+            let t = encode_f32(&values);
+            let back = decode_tensor(&t, values.len(), usize::MAX).unwrap();
+            match back {
+                UpdateVector::F32(b) => prop_assert!(b.iter().zip(&values).all(|(x, y)| x.to_bits() == y.to_bits())),
+                _ => prop_assert!(false),
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(dtype in -2i32..4, len in 0u64..100, data in prop::collection::vec(any::<u8>(), 0..400)) {
+            let t = v1::Tensor { dtype, len, data };
+            let _ = decode_tensor(&t, len as usize, 1 << 20);
+        }
+    }
+
+    #[test]
+    fn malformed_tensors_are_named() {
+        let mut t = encode_f32(&[1.0, 2.0]);
+        t.len = 3;
+        assert!(matches!(decode_tensor(&t, 3, 1 << 20), Err(TensorError::LengthMismatch { .. })));
+        let t = encode_f32(&[1.0, 2.0]);
+        assert_eq!(decode_tensor(&t, 3, 1 << 20), Err(TensorError::WrongLength { expected: 3, got: 2 }));
+        assert_eq!(decode_tensor(&t, 2, 4), Err(TensorError::TooLarge { bytes: 8, limit: 4 }));
+        let t = v1::Tensor { dtype: 0, len: 0, data: vec![] };
+        assert_eq!(decode_tensor(&t, 0, 4), Err(TensorError::UnknownDType(0)));
+    }
+}

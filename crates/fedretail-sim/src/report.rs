@@ -1,0 +1,170 @@
+use crate::prepare::SkippedStore;
+use fedretail_coordinator::RoundRecord;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// One store's forecast accuracy on its held-out days, under each model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoreReport {
+    pub store_id: String,
+    pub business_type: String,
+    pub size_band: String,
+    pub units_per_day: f64,
+    pub history_days: u32,
+    pub train_rows: u64,
+    pub test_rows: u64,
+    pub wape_seasonal_naive: Option<f64>,
+    pub wape_local: Option<f64>,
+    pub wape_federated: Option<f64>,
+    pub wape_centralized: Option<f64>,
+    pub mase_local: Option<f64>,
+    pub mase_federated: Option<f64>,
+    pub mase_centralized: Option<f64>,
+}
+
+/// Medians over a group of stores.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupSummary {
+    pub group: String,
+    pub stores: usize,
+    pub median_wape_seasonal_naive: Option<f64>,
+    pub median_wape_local: Option<f64>,
+    pub median_wape_federated: Option<f64>,
+    pub median_wape_centralized: Option<f64>,
+    /// Stores whose federated WAPE is below their local-only WAPE.
+    pub federated_beats_local: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DemandReport {
+    pub task: String,
+    pub strategy: String,
+    pub rounds: usize,
+    pub holdout_days: u32,
+    pub data_dir: String,
+    pub wall_seconds: f64,
+    pub prepare_seconds: f64,
+    pub federated_seconds: f64,
+    pub baseline_seconds: f64,
+    /// Protobuf payload bytes sent by stores (up) and by the coordinator (down).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub stores: Vec<StoreReport>,
+    pub overall: GroupSummary,
+    pub by_business_type: Vec<GroupSummary>,
+    pub by_size_band: Vec<GroupSummary>,
+    pub skipped_stores: Vec<SkippedStore>,
+    pub missing_evaluations: Vec<String>,
+    pub round_history: Vec<RoundRecord>,
+    /// The federated model's weights by feature.
+    pub model: BTreeMap<String, f64>,
+    /// Largest |federated - centralized| weight (0 when the exact solver converged).
+    pub max_weight_gap_to_centralized: f64,
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+pub(crate) fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
+    let col = |f: fn(&StoreReport) -> Option<f64>| median(stores.iter().filter_map(|s| f(s)).collect());
+    GroupSummary {
+        group: group.to_string(),
+        stores: stores.len(),
+        median_wape_seasonal_naive: col(|s| s.wape_seasonal_naive),
+        median_wape_local: col(|s| s.wape_local),
+        median_wape_federated: col(|s| s.wape_federated),
+        median_wape_centralized: col(|s| s.wape_centralized),
+        federated_beats_local: stores
+            .iter()
+            .filter(|s| matches!((s.wape_federated, s.wape_local), (Some(f), Some(l)) if f < l))
+            .count(),
+    }
+}
+
+pub(crate) fn group_by(stores: &[StoreReport], key: fn(&StoreReport) -> &str, order: &[&str]) -> Vec<GroupSummary> {
+    let mut groups: BTreeMap<String, Vec<&StoreReport>> = BTreeMap::new();
+    for s in stores {
+        groups.entry(key(s).to_string()).or_default().push(s);
+    }
+    let mut out: Vec<GroupSummary> = groups.iter().map(|(g, v)| summarize(g, v)).collect();
+    out.sort_by_key(|g| order.iter().position(|o| *o == g.group).unwrap_or(usize::MAX));
+    out
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into())
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.2} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// A readable end-of-run summary.
+pub fn render_summary(r: &DemandReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Demand forecasting, {} stores, {} rounds of {}; held-out {} days; WAPE (lower is better), medians:",
+        r.stores.len(),
+        r.rounds,
+        r.strategy,
+        r.holdout_days
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "  {:<14} {:>6} {:>9} {:>9} {:>10} {:>12} {:>12}", "group", "stores", "naive", "local", "federated", "centralized", "fed < local");
+    for g in &r.by_business_type {
+        s.push_str(&group_line(g));
+    }
+    s.push('\n');
+    for g in r.by_size_band.iter().chain(std::iter::once(&r.overall)) {
+        s.push_str(&group_line(g));
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "  traffic: {} up, {} down ({} per store per round); wall time {:.1} s (features {:.1} s, federated {:.1} s, baselines {:.1} s)",
+        bytes(r.bytes_up),
+        bytes(r.bytes_down),
+        bytes(((r.bytes_up + r.bytes_down) as f64 / (r.stores.len().max(1) * r.rounds.max(1)) as f64) as u64),
+        r.wall_seconds,
+        r.prepare_seconds,
+        r.federated_seconds,
+        r.baseline_seconds
+    );
+    let _ = writeln!(s, "  federated vs centralized: largest weight difference {:.2e}", r.max_weight_gap_to_centralized);
+    if !r.skipped_stores.is_empty() {
+        let _ = writeln!(s, "  skipped {} stores:", r.skipped_stores.len());
+        for k in &r.skipped_stores {
+            let _ = writeln!(s, "    {}: {}", k.store_id, k.reason);
+        }
+    }
+    if !r.missing_evaluations.is_empty() {
+        let _ = writeln!(s, "  no evaluation from: {}", r.missing_evaluations.join(", "));
+    }
+    s
+}
+
+fn group_line(g: &GroupSummary) -> String {
+    format!(
+        "  {:<14} {:>6} {:>9} {:>9} {:>10} {:>12} {:>12}\n",
+        g.group,
+        g.stores,
+        pct(g.median_wape_seasonal_naive),
+        pct(g.median_wape_local),
+        pct(g.median_wape_federated),
+        pct(g.median_wape_centralized),
+        format!("{}/{}", g.federated_beats_local, g.stores)
+    )
+}
