@@ -17,8 +17,12 @@
 
 use fedretail_core::{LocalWork, UpdatePrecision};
 use fedretail_models::LocalTask;
-use fedretail_proto::v1::{self, coordinator_client::CoordinatorClient, poll_task_response::Outcome};
-use fedretail_proto::{decode_tensor, encode_update, layout_from_wire, ErrorKind, ServiceError, PROTOCOL_VERSION};
+use fedretail_proto::v1::{
+    self, coordinator_client::CoordinatorClient, poll_task_response::Outcome,
+};
+use fedretail_proto::{
+    decode_tensor, encode_update, layout_from_wire, ErrorKind, ServiceError, PROTOCOL_VERSION,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -91,10 +95,18 @@ impl StoreAgent {
 
     async fn connect(&self) -> Result<CoordinatorClient<Channel>, AgentError> {
         let endpoint = Endpoint::from_shared(self.config.coordinator_url.clone())
-            .map_err(|e| AgentError::BadAddress(self.config.coordinator_url.clone(), e.to_string()))?
+            .map_err(|e| {
+                AgentError::BadAddress(self.config.coordinator_url.clone(), e.to_string())
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| AgentError::Unreachable { attempts: 1, last: e.to_string() })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| AgentError::Unreachable {
+                attempts: 1,
+                last: e.to_string(),
+            })?;
         Ok(CoordinatorClient::new(channel)
             .max_decoding_message_size(self.config.max_message_bytes)
             .max_encoding_message_size(self.config.max_message_bytes))
@@ -111,7 +123,10 @@ impl StoreAgent {
             num_train_examples: self.task.num_train_examples(),
         };
         let resp = client.register_store(req).await.map_err(|s| classify(&s))?;
-        Ok(Session { client, session_id: resp.into_inner().session_id })
+        Ok(Session {
+            client,
+            session_id: resp.into_inner().session_id,
+        })
     }
 
     /// Run until the coordinator says the job is finished.
@@ -140,12 +155,17 @@ impl StoreAgent {
                     failures += 1;
                     summary.retries += 1;
                     if failures > self.config.max_retries {
-                        return Err(AgentError::Unreachable { attempts: failures, last });
+                        return Err(AgentError::Unreachable {
+                            attempts: failures,
+                            last,
+                        });
                     }
                     session = None;
                     tokio::time::sleep(backoff(failures)).await;
                 }
-                Err(AgentError::Refused(e)) if e.kind == ErrorKind::UnknownStore && session.is_some() => {
+                Err(AgentError::Refused(e))
+                    if e.kind == ErrorKind::UnknownStore && session.is_some() =>
+                {
                     // The coordinator restarted or we were replaced: join again.
                     session = None;
                 }
@@ -155,22 +175,34 @@ impl StoreAgent {
     }
 
     /// One poll and, if there is work, doing it. Ok(Some(reason)) when the job ended.
-    async fn step(&self, s: &mut Session, summary: &mut AgentSummary) -> Result<Option<String>, AgentError> {
+    async fn step(
+        &self,
+        s: &mut Session,
+        summary: &mut AgentSummary,
+    ) -> Result<Option<String>, AgentError> {
         let poll = v1::PollTaskRequest {
             store_id: self.config.store_id.clone(),
             session_id: s.session_id.clone(),
             wait_millis: self.config.poll_wait.as_millis() as u32,
         };
-        let resp = s.client.poll_task(poll).await.map_err(|st| classify(&st))?.into_inner();
+        let resp = s
+            .client
+            .poll_task(poll)
+            .await
+            .map_err(|st| classify(&st))?
+            .into_inner();
         match resp.outcome {
             None | Some(Outcome::Wait(_)) => Ok(None),
             Some(Outcome::Finished(f)) => Ok(Some(f.reason)),
             Some(Outcome::Train(t)) => {
                 let (global, work, precision) = self.read_train_task(&t)?;
                 let task = self.task.clone();
-                let update = tokio::task::spawn_blocking(move || task.compute_update(&global, &work))
-                    .await
-                    .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
+                let update =
+                    tokio::task::spawn_blocking(move || task.compute_update(&global, &work))
+                        .await
+                        .map_err(|e| {
+                            AgentError::BadTask(format!("training thread failed: {e}"))
+                        })??;
                 let req = v1::SubmitUpdateRequest {
                     store_id: self.config.store_id.clone(),
                     session_id: s.session_id.clone(),
@@ -183,19 +215,27 @@ impl StoreAgent {
                 match s.client.submit_update(req).await {
                     Ok(_) => summary.rounds_trained += 1,
                     // The round closed without us, or this was a resend: move on.
-                    Err(st) if matches!(ServiceError::from_status(&st).kind, ErrorKind::StaleTask | ErrorKind::Duplicate) => {}
+                    Err(st)
+                        if matches!(
+                            ServiceError::from_status(&st).kind,
+                            ErrorKind::StaleTask | ErrorKind::Duplicate
+                        ) => {}
                     Err(st) => return Err(classify(&st)),
                 }
                 Ok(None)
             }
             Some(Outcome::Evaluate(t)) => {
-                let layout = layout_from_wire(t.layout.as_ref()).map_err(|e| AgentError::BadTask(e.to_string()))?;
+                let layout = layout_from_wire(t.layout.as_ref())
+                    .map_err(|e| AgentError::BadTask(e.to_string()))?;
                 self.check_layout(&layout)?;
                 let global = t
                     .global
                     .as_ref()
                     .ok_or_else(|| AgentError::BadTask("evaluation task has no model".into()))
-                    .and_then(|g| decode_tensor(g, layout.len(), self.config.max_message_bytes).map_err(|e| AgentError::BadTask(e.to_string())))?
+                    .and_then(|g| {
+                        decode_tensor(g, layout.len(), self.config.max_message_bytes)
+                            .map_err(|e| AgentError::BadTask(e.to_string()))
+                    })?
                     .to_f64();
                 let task = self.task.clone();
                 let metrics = tokio::task::spawn_blocking(move || task.evaluate(&global))
@@ -209,7 +249,11 @@ impl StoreAgent {
                 };
                 match s.client.submit_evaluation(req).await {
                     Ok(_) => summary.evaluations += 1,
-                    Err(st) if matches!(ServiceError::from_status(&st).kind, ErrorKind::StaleTask | ErrorKind::Duplicate) => {}
+                    Err(st)
+                        if matches!(
+                            ServiceError::from_status(&st).kind,
+                            ErrorKind::StaleTask | ErrorKind::Duplicate
+                        ) => {}
                     Err(st) => return Err(classify(&st)),
                 }
                 Ok(None)
@@ -229,17 +273,26 @@ impl StoreAgent {
         Ok(())
     }
 
-    fn read_train_task(&self, t: &v1::TrainTask) -> Result<(Vec<f64>, LocalWork, UpdatePrecision), AgentError> {
-        let layout = layout_from_wire(t.layout.as_ref()).map_err(|e| AgentError::BadTask(e.to_string()))?;
+    fn read_train_task(
+        &self,
+        t: &v1::TrainTask,
+    ) -> Result<(Vec<f64>, LocalWork, UpdatePrecision), AgentError> {
+        let layout =
+            layout_from_wire(t.layout.as_ref()).map_err(|e| AgentError::BadTask(e.to_string()))?;
         self.check_layout(&layout)?;
         let global = t
             .global
             .as_ref()
             .ok_or_else(|| AgentError::BadTask("training task has no model".into()))
-            .and_then(|g| decode_tensor(g, layout.len(), self.config.max_message_bytes).map_err(|e| AgentError::BadTask(e.to_string())))?
+            .and_then(|g| {
+                decode_tensor(g, layout.len(), self.config.max_message_bytes)
+                    .map_err(|e| AgentError::BadTask(e.to_string()))
+            })?
             .to_f64();
         if let Some(i) = global.iter().position(|v| !v.is_finite()) {
-            return Err(AgentError::BadTask(format!("global model value {i} is not finite")));
+            return Err(AgentError::BadTask(format!(
+                "global model value {i} is not finite"
+            )));
         }
         let work = match &t.work {
             Some(v1::train_task::Work::LocalEpochs(e)) => LocalWork::LocalEpochs {
@@ -263,7 +316,10 @@ impl StoreAgent {
 fn classify(status: &tonic::Status) -> AgentError {
     let e = ServiceError::from_status(status);
     if e.kind.is_transient() {
-        AgentError::Unreachable { attempts: 1, last: e.message }
+        AgentError::Unreachable {
+            attempts: 1,
+            last: e.message,
+        }
     } else {
         AgentError::Refused(e)
     }

@@ -23,7 +23,11 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Aggregate { updates, dim, repeat } => aggregate(updates, dim, repeat),
+        BenchCommand::Aggregate {
+            updates,
+            dim,
+            repeat,
+        } => aggregate(updates, dim, repeat),
     }
 }
 

@@ -2,7 +2,9 @@ use crate::progress::DemoProgress;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use fedretail_agent::{AgentConfig, StoreAgent};
-use fedretail_coordinator::{run_coordinator, CoordinatorConfig, CoordinatorEvent, JobConfig, StrategyKind};
+use fedretail_coordinator::{
+    run_coordinator, CoordinatorConfig, CoordinatorEvent, JobConfig, StrategyKind,
+};
 use fedretail_data::{load_demand_dataset, DemandSpec, StoreSource};
 use fedretail_models::demand::DemandOptions;
 use fedretail_models::{DemandTask, LocalTask};
@@ -13,7 +15,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -69,14 +74,19 @@ impl NetworkArgs {
     }
 }
 
-fn generate_into(args: &NetworkArgs, out: &std::path::Path) -> Result<fedretail_synth::NetworkSummary> {
+fn generate_into(
+    args: &NetworkArgs,
+    out: &std::path::Path,
+) -> Result<fedretail_synth::NetworkSummary> {
     let config = args.config();
     let bar = indicatif::ProgressBar::new(config.stores as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} stores").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} stores")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_prefix("generating");
-    let summary = generate_network_with_progress(&config, out, &|_| bar.inc(1)).with_context(|| format!("generating network into {}", out.display()))?;
+    let summary = generate_network_with_progress(&config, out, &|_| bar.inc(1))
+        .with_context(|| format!("generating network into {}", out.display()))?;
     bar.finish_and_clear();
     Ok(summary)
 }
@@ -100,7 +110,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     println!(
         "wrote {} stores ({}) to {}: {} transaction lines, {} labelled anomalies, in {:.1} s",
         summary.stores.len(),
-        by_type.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "),
+        by_type
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         args.out.display(),
         summary.lines,
         summary.anomalies,
@@ -157,7 +171,12 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         None => {
             let summary = generate_into(&args.network, &args.generate_into)?;
             if !args.json {
-                eprintln!("generated {} stores ({} lines) in {}", summary.stores.len(), summary.lines, args.generate_into.display());
+                eprintln!(
+                    "generated {} stores ({} lines) in {}",
+                    summary.stores.len(),
+                    summary.lines,
+                    args.generate_into.display()
+                );
             }
             args.generate_into.clone()
         }
@@ -172,16 +191,27 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         fraction: args.fraction,
         l2: args.l2,
         round_timeout_secs: 300.0,
-        fedavg: fedretail_coordinator::FedAvgSettings { local_epochs: args.local_epochs, learning_rate: args.learning_rate, ..Default::default() },
+        fedavg: fedretail_coordinator::FedAvgSettings {
+            local_epochs: args.local_epochs,
+            learning_rate: args.learning_rate,
+            ..Default::default()
+        },
         ..JobConfig::default()
     };
-    let options = DemoOptions { data_dir, holdout_days: args.holdout_days, job, database: args.database.clone(), prepare_parallelism: 2 };
+    let options = DemoOptions {
+        data_dir,
+        holdout_days: args.holdout_days,
+        job,
+        database: args.database.clone(),
+        prepare_parallelism: 2,
+    };
     let progress = Arc::new(DemoProgress::new());
     let p = progress.clone();
     let report = runtime()?.block_on(run_demo(&options, Arc::new(move |e| p.on_event(e))))?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.report {
-        std::fs::write(path, &json).with_context(|| format!("writing report {}", path.display()))?;
+        std::fs::write(path, &json)
+            .with_context(|| format!("writing report {}", path.display()))?;
     }
     if args.json {
         println!("{json}");
@@ -208,12 +238,15 @@ pub struct CoordinatorArgs {
 }
 
 pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let mut config = CoordinatorConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let mut config = CoordinatorConfig::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    fedretail_coordinator::CheckedJob::new(config.job.clone()).with_context(|| format!("{}", args.config.display()))?;
+    fedretail_coordinator::CheckedJob::new(config.job.clone())
+        .with_context(|| format!("{}", args.config.display()))?;
     let rt = runtime()?;
     let outcome = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -233,7 +266,8 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
     })?;
     let json = serde_json::to_string_pretty(&outcome)?;
     if let Some(path) = &args.report {
-        std::fs::write(path, &json).with_context(|| format!("writing report {}", path.display()))?;
+        std::fs::write(path, &json)
+            .with_context(|| format!("writing report {}", path.display()))?;
     }
     println!(
         "job {}: {} ({} rounds, {} evaluations, {} bytes up, {} down, {:.1} s)",
@@ -281,10 +315,16 @@ pub struct AgentArgs {
 }
 
 pub fn agent(args: AgentArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let mut file: AgentFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let mut file: AgentFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     // Relative data paths are relative to the config file.
-    let base = args.config.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let base = args
+        .config
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
     if file.data.transactions.is_relative() {
         file.data.transactions = base.join(&file.data.transactions);
     }
@@ -295,10 +335,23 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     }
     let rt = runtime()?;
     let summary = rt.block_on(async {
-        let spec = DemandSpec { holdout_days: file.holdout_days };
+        let spec = DemandSpec {
+            holdout_days: file.holdout_days,
+        };
         let data = load_demand_dataset(&file.store_id, &file.data, &spec).await?;
-        eprintln!("store {}: {} training rows, {} held-out rows", file.store_id, data.train.len(), data.test.len());
-        let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(Arc::new(data), DemandOptions { l2: file.l2, ..Default::default() }));
+        eprintln!(
+            "store {}: {} training rows, {} held-out rows",
+            file.store_id,
+            data.train.len(),
+            data.test.len()
+        );
+        let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(
+            Arc::new(data),
+            DemandOptions {
+                l2: file.l2,
+                ..Default::default()
+            },
+        ));
         let mut cfg = AgentConfig::new(file.coordinator.clone(), file.store_id.clone());
         cfg.token = file.token.clone();
         cfg.business_type = file.business_type.clone();
@@ -306,7 +359,11 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     })?;
     println!(
         "store {}: trained in {} rounds, {} evaluations, {} retries; coordinator says: {}",
-        file.store_id, summary.rounds_trained, summary.evaluations, summary.retries, summary.finish_reason
+        file.store_id,
+        summary.rounds_trained,
+        summary.evaluations,
+        summary.retries,
+        summary.finish_reason
     );
     Ok(())
 }
@@ -325,15 +382,28 @@ pub struct InspectArgs {
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let (store_id, source) = match (&args.store, &args.config) {
-        (Some(dir), None) => (dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), StoreSource::from_dir(dir)),
+        (Some(dir), None) => (
+            dir.file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            StoreSource::from_dir(dir),
+        ),
         (None, Some(cfg)) => {
-            let text = std::fs::read_to_string(cfg).with_context(|| format!("reading {}", cfg.display()))?;
-            let file: AgentFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.display()))?;
+            let text = std::fs::read_to_string(cfg)
+                .with_context(|| format!("reading {}", cfg.display()))?;
+            let file: AgentFile =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.display()))?;
             (file.store_id, file.data)
         }
         _ => bail!("give exactly one of --store DIR or --config FILE"),
     };
-    let data = runtime()?.block_on(load_demand_dataset(&store_id, &source, &DemandSpec { holdout_days: args.holdout_days }))?;
+    let data = runtime()?.block_on(load_demand_dataset(
+        &store_id,
+        &source,
+        &DemandSpec {
+            holdout_days: args.holdout_days,
+        },
+    ))?;
     let d = fedretail_models::DEMAND_FEATURES.len();
     let mut means = vec![0.0; d];
     for (x, _, _) in data.train.iter() {
@@ -342,8 +412,16 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         }
     }
     let n = data.train.len().max(1) as f64;
-    let features: serde_json::Map<String, serde_json::Value> =
-        fedretail_models::DEMAND_FEATURES.iter().zip(&means).map(|(f, m)| (f.to_string(), serde_json::json!((m / n * 1e4).round() / 1e4))).collect();
+    let features: serde_json::Map<String, serde_json::Value> = fedretail_models::DEMAND_FEATURES
+        .iter()
+        .zip(&means)
+        .map(|(f, m)| {
+            (
+                f.to_string(),
+                serde_json::json!((m / n * 1e4).round() / 1e4),
+            )
+        })
+        .collect();
     let out = serde_json::json!({
         "store_id": store_id,
         "history_days": data.history_days,

@@ -17,12 +17,19 @@ fn style(template: &str) -> ProgressStyle {
 
 impl DemoProgress {
     pub fn new() -> Self {
-        DemoProgress { prepare: Mutex::new(None), rounds: Mutex::new(None) }
+        DemoProgress {
+            prepare: Mutex::new(None),
+            rounds: Mutex::new(None),
+        }
     }
 
     pub fn on_event(&self, event: &DemoEvent) {
         match event {
-            DemoEvent::Preparing { store_id, done, total } => {
+            DemoEvent::Preparing {
+                store_id,
+                done,
+                total,
+            } => {
                 let mut bar = self.prepare.lock().unwrap_or_else(|p| p.into_inner());
                 let b = bar.get_or_insert_with(|| {
                     let b = ProgressBar::new(*total as u64);
@@ -34,7 +41,12 @@ impl DemoProgress {
                 b.set_message(store_id.clone());
             }
             DemoEvent::Prepared { .. } => {
-                if let Some(b) = self.prepare.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                if let Some(b) = self
+                    .prepare
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
                     b.finish_and_clear();
                 }
             }
@@ -50,7 +62,11 @@ impl DemoProgress {
     pub fn on_coordinator(&self, event: &CoordinatorEvent) {
         let mut bar = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            CoordinatorEvent::RoundStarted { round, total_rounds, selected } => {
+            CoordinatorEvent::RoundStarted {
+                round,
+                total_rounds,
+                selected,
+            } => {
                 let b = bar.get_or_insert_with(|| {
                     let b = ProgressBar::new(*total_rounds);
                     b.set_style(style("{prefix:>12} [{bar:30}] {pos}/{len} rounds {msg}"));
@@ -59,18 +75,32 @@ impl DemoProgress {
                 });
                 b.set_message(format!("round {round}: 0/{selected} updates"));
             }
-            CoordinatorEvent::UpdateAccepted { round, received, selected, .. } => {
+            CoordinatorEvent::UpdateAccepted {
+                round,
+                received,
+                selected,
+                ..
+            } => {
                 if let Some(b) = bar.as_ref() {
                     b.set_message(format!("round {round}: {received}/{selected} updates"));
                 }
             }
-            CoordinatorEvent::RoundCompleted { round, step_norm, dropped, .. } => {
+            CoordinatorEvent::RoundCompleted {
+                round,
+                step_norm,
+                dropped,
+                ..
+            } => {
                 if let Some(b) = bar.as_ref() {
                     b.set_position(*round);
                     b.set_message(format!("step {step_norm:.2e}, {dropped} dropped"));
                 }
             }
-            CoordinatorEvent::RoundFailed { round, attempt, reason } => {
+            CoordinatorEvent::RoundFailed {
+                round,
+                attempt,
+                reason,
+            } => {
                 if let Some(b) = bar.as_ref() {
                     b.println(format!("round {round} attempt {attempt} failed: {reason}"));
                 } else {

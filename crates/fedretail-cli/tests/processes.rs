@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_fedretail");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_all(children: &mut [(String, Child)], limit: Duration) {
@@ -43,11 +47,26 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
     let dir = tempfile::tempdir().unwrap();
     let net = dir.path().join("net");
     let out = Command::new(BIN)
-        .args(["generate", "--stores", "3", "--days", "200", "--young-fraction", "0", "--seed", "9", "--out"])
+        .args([
+            "generate",
+            "--stores",
+            "3",
+            "--days",
+            "200",
+            "--young-fraction",
+            "0",
+            "--seed",
+            "9",
+            "--out",
+        ])
         .arg(&net)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 3 stores"));
 
     let port = free_port();
@@ -57,7 +76,9 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
         dir.path().join("coordinator.db").display()
     );
     for s in stores {
-        coordinator_toml.push_str(&format!("\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"));
+        coordinator_toml.push_str(&format!(
+            "\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"
+        ));
     }
     write(&dir.path().join("coordinator.toml"), &coordinator_toml);
 
@@ -71,7 +92,13 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
                 "coordinator = \"http://127.0.0.1:{port}\"\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\nbusiness_type = \"grocery\"\n\n[data]\ntransactions = \"net/{s}/transactions.csv\"\npromotions = \"net/{s}/promotions.csv\"\n"
             ),
         );
-        let child = Command::new(BIN).args(["agent", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         children.push((s.to_string(), child));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -88,7 +115,8 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
     children.push(("coordinator".into(), coordinator));
     wait_all(&mut children, Duration::from_secs(240));
 
-    let outcome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(outcome["strategy"], "fedavg");
     assert_eq!(outcome["rounds"].as_array().unwrap().len(), 3);
     for r in outcome["rounds"].as_array().unwrap() {
@@ -108,17 +136,34 @@ fn bad_configs_and_data_are_reported_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     write(&cfg, "[job]\nfraction = 2.0\n");
-    let out = Command::new(BIN).args(["coordinator", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["coordinator", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sampling fraction must be in (0, 1], got 2"), "{err}");
+    assert!(
+        err.contains("sampling fraction must be in (0, 1], got 2"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     let store = dir.path().join("s");
     std::fs::create_dir_all(&store).unwrap();
-    write(&store.join("transactions.csv"), "transaction_id,timestamp,product_id,category,quantity,unit_price\nt1,not-a-date,p,c,1,2\n");
-    let out = Command::new(BIN).args(["inspect", "--store"]).arg(&store).output().unwrap();
+    write(
+        &store.join("transactions.csv"),
+        "transaction_id,timestamp,product_id,category,quantity,unit_price\nt1,not-a-date,p,c,1,2\n",
+    );
+    let out = Command::new(BIN)
+        .args(["inspect", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("column 'timestamp', line 2: cannot read 'not-a-date'"), "{err}");
+    assert!(
+        err.contains("column 'timestamp', line 2: cannot read 'not-a-date'"),
+        "{err}"
+    );
 }

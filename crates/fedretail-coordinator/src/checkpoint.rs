@@ -8,7 +8,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint database {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("checkpoint database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("checkpoint of round {round} is corrupt: {reason}")]
@@ -64,15 +67,24 @@ fn to_blob(values: &[f64]) -> Vec<u8> {
 }
 
 fn from_blob(round: u64, blob: &[u8]) -> Result<Vec<f64>, CheckpointError> {
-    if blob.len() % 8 != 0 {
-        return Err(CheckpointError::Corrupt { round, reason: format!("{} bytes is not a whole number of f64", blob.len()) });
+    if !blob.len().is_multiple_of(8) {
+        return Err(CheckpointError::Corrupt {
+            round,
+            reason: format!("{} bytes is not a whole number of f64", blob.len()),
+        });
     }
-    Ok(blob.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
+    Ok(blob
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
 }
 
 impl CheckpointStore {
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let conn = Connection::open(path).map_err(|source| CheckpointError::Open { path: path.display().to_string(), source })?;
+        let conn = Connection::open(path).map_err(|source| CheckpointError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
@@ -95,7 +107,12 @@ impl CheckpointStore {
     }
 
     /// Store a completed round atomically.
-    pub fn save_round(&self, job_id: &str, record: &RoundRecord, parameters: &[f64]) -> Result<(), CheckpointError> {
+    pub fn save_round(
+        &self,
+        job_id: &str,
+        record: &RoundRecord,
+        parameters: &[f64],
+    ) -> Result<(), CheckpointError> {
         let participants = serde_json::to_string(&record.participants).unwrap_or_default();
         let dropped = serde_json::to_string(&record.dropped).unwrap_or_default();
         self.conn.execute(
@@ -116,7 +133,13 @@ impl CheckpointStore {
         Ok(())
     }
 
-    pub fn record_failed_round(&self, job_id: &str, round: u64, attempt: u32, reason: &str) -> Result<(), CheckpointError> {
+    pub fn record_failed_round(
+        &self,
+        job_id: &str,
+        round: u64,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<(), CheckpointError> {
         self.conn.execute(
             "INSERT INTO failed_rounds (job_id, round, attempt, reason) VALUES (?1, ?2, ?3, ?4)",
             params![job_id, round as i64, attempt, reason],
@@ -150,7 +173,10 @@ impl CheckpointStore {
             return Ok(None);
         };
         let round = round as u64;
-        let corrupt = |e: serde_json::Error| CheckpointError::Corrupt { round, reason: e.to_string() };
+        let corrupt = |e: serde_json::Error| CheckpointError::Corrupt {
+            round,
+            reason: e.to_string(),
+        };
         let record = RoundRecord {
             round,
             participants: serde_json::from_str(&participants).map_err(corrupt)?,
@@ -163,7 +189,12 @@ impl CheckpointStore {
         Ok(Some((record, from_blob(round, &blob)?)))
     }
 
-    pub fn finish_job(&self, job_id: &str, status: &str, outcome_json: &str) -> Result<(), CheckpointError> {
+    pub fn finish_job(
+        &self,
+        job_id: &str,
+        status: &str,
+        outcome_json: &str,
+    ) -> Result<(), CheckpointError> {
         self.conn.execute(
             "UPDATE jobs SET status = ?2, outcome = ?3 WHERE job_id = ?1",
             params![job_id, status, outcome_json],
@@ -192,7 +223,15 @@ mod tests {
         {
             let s = CheckpointStore::open(&path).unwrap();
             s.start_job("j", "{}").unwrap();
-            s.save_round("j", &RoundRecord { round: 2, ..rec.clone() }, &[0.0, 0.0]).unwrap();
+            s.save_round(
+                "j",
+                &RoundRecord {
+                    round: 2,
+                    ..rec.clone()
+                },
+                &[0.0, 0.0],
+            )
+            .unwrap();
             s.save_round("j", &rec, &[1.5, -2.0]).unwrap();
         }
         let s = CheckpointStore::open(&path).unwrap();

@@ -1,4 +1,7 @@
-use fedretail_core::{ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, SamplingConfig, Strategy, UpdatePrecision};
+use fedretail_core::{
+    ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, SamplingConfig, Strategy,
+    UpdatePrecision,
+};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -99,7 +102,12 @@ pub struct FedAvgSettings {
 
 impl Default for FedAvgSettings {
     fn default() -> Self {
-        FedAvgSettings { local_epochs: 1, batch_size: 32, learning_rate: 0.05, f32_updates: true }
+        FedAvgSettings {
+            local_epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.05,
+            f32_updates: true,
+        }
     }
 }
 
@@ -177,7 +185,13 @@ impl CheckedJob {
         if config.rounds == 0 {
             return Err(ConfigError::out_of_range("rounds", ">= 1", 0));
         }
-        for (name, v) in [("round_timeout_secs", config.round_timeout_secs), ("registration_timeout_secs", config.registration_timeout_secs)] {
+        for (name, v) in [
+            ("round_timeout_secs", config.round_timeout_secs),
+            (
+                "registration_timeout_secs",
+                config.registration_timeout_secs,
+            ),
+        ] {
             if !(v > 0.0 && v.is_finite()) {
                 return Err(ConfigError::out_of_range(name, "> 0", v));
             }
@@ -189,7 +203,11 @@ impl CheckedJob {
             .map_err(|e| ConfigError::Layout(e.to_string()))?;
         let expected_stores = config.expected_stores.unwrap_or(config.min_stores);
         if expected_stores < config.min_stores {
-            return Err(ConfigError::out_of_range("expected_stores", ">= min_stores", expected_stores));
+            return Err(ConfigError::out_of_range(
+                "expected_stores",
+                ">= min_stores",
+                expected_stores,
+            ));
         }
         let job = CheckedJob {
             round_timeout: Duration::from_secs_f64(config.round_timeout_secs),
@@ -203,9 +221,17 @@ impl CheckedJob {
 
     pub fn build_strategy(&self) -> Result<Box<dyn Strategy>, ConfigError> {
         let c = &self.config;
-        let sampling = SamplingConfig { fraction: c.fraction, min_stores: c.min_stores, seed: c.seed };
+        let sampling = SamplingConfig {
+            fraction: c.fraction,
+            min_stores: c.min_stores,
+            seed: c.seed,
+        };
         Ok(match c.strategy {
-            StrategyKind::Newton => Box::new(FedNewton::try_new(FedNewtonConfig { sampling, l2: c.l2, ..Default::default() })?),
+            StrategyKind::Newton => Box::new(FedNewton::try_new(FedNewtonConfig {
+                sampling,
+                l2: c.l2,
+                ..Default::default()
+            })?),
             StrategyKind::Fedavg => Box::new(FedAvg::try_new(FedAvgConfig {
                 sampling,
                 local_epochs: c.fedavg.local_epochs,
@@ -214,7 +240,11 @@ impl CheckedJob {
                 // FedAvg's local objective is a mean, so its penalty is per example.
                 l2: c.l2 * 1e-4,
                 server_learning_rate: 1.0,
-                precision: if c.fedavg.f32_updates { UpdatePrecision::F32 } else { UpdatePrecision::F64 },
+                precision: if c.fedavg.f32_updates {
+                    UpdatePrecision::F32
+                } else {
+                    UpdatePrecision::F64
+                },
             })?),
         })
     }
@@ -234,9 +264,15 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let cfg = CoordinatorConfig::from_toml("[job]\nfraction = 1.5\n").unwrap();
-        assert_eq!(CheckedJob::new(cfg.job).unwrap_err().to_string(), "sampling fraction must be in (0, 1], got 1.5");
+        assert_eq!(
+            CheckedJob::new(cfg.job).unwrap_err().to_string(),
+            "sampling fraction must be in (0, 1], got 1.5"
+        );
         let cfg = CoordinatorConfig::from_toml("[job]\ntask = \"astrology\"\n").unwrap();
-        assert!(CheckedJob::new(cfg.job).unwrap_err().to_string().contains("unknown task 'astrology'"));
+        assert!(CheckedJob::new(cfg.job)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown task 'astrology'"));
         let err = CoordinatorConfig::from_toml("[job]\nrounds = 3\nround = 4\n").unwrap_err();
         assert!(err.contains("unknown field `round`"), "{err}");
     }

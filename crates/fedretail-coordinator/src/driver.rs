@@ -7,7 +7,7 @@
 use crate::checkpoint::{CheckpointStore, RoundRecord};
 use crate::service::{EvalState, Phase, RoundState, Shared};
 use crate::CoordinatorError;
-use fedretail_core::{ModelParameters, StreamingWeightedSum, Strategy, StrategyError};
+use fedretail_core::{ModelParameters, Strategy, StrategyError, StreamingWeightedSum};
 use fedretail_models::TaskMetrics;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,13 +23,38 @@ const FINISH_GRACE: Duration = Duration::from_secs(5);
 /// What the coordinator reports as the job goes (for progress bars and logs).
 #[derive(Debug, Clone, PartialEq)]
 pub enum CoordinatorEvent {
-    StoreRegistered { store_id: String, registered: usize },
-    RoundStarted { round: u64, total_rounds: u64, selected: usize },
-    UpdateAccepted { round: u64, store_id: String, received: usize, selected: usize },
-    RoundCompleted { round: u64, participants: usize, dropped: usize, step_norm: f64 },
-    RoundFailed { round: u64, attempt: u32, reason: String },
-    EvaluationStarted { stores: usize },
-    Finished { status: String },
+    StoreRegistered {
+        store_id: String,
+        registered: usize,
+    },
+    RoundStarted {
+        round: u64,
+        total_rounds: u64,
+        selected: usize,
+    },
+    UpdateAccepted {
+        round: u64,
+        store_id: String,
+        received: usize,
+        selected: usize,
+    },
+    RoundCompleted {
+        round: u64,
+        participants: usize,
+        dropped: usize,
+        step_norm: f64,
+    },
+    RoundFailed {
+        round: u64,
+        attempt: u32,
+        reason: String,
+    },
+    EvaluationStarted {
+        stores: usize,
+    },
+    Finished {
+        status: String,
+    },
 }
 
 pub type Observer = Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>;
@@ -69,14 +94,22 @@ async fn wait_progress(shared: &Shared, until: tokio::time::Instant) {
 
 fn live_stores(shared: &Shared) -> Vec<String> {
     let state = shared.lock();
-    state.stores.iter().filter(|(_, e)| e.last_seen.elapsed() < LIVENESS).map(|(id, _)| id.clone()).collect()
+    state
+        .stores
+        .iter()
+        .filter(|(_, e)| e.last_seen.elapsed() < LIVENESS)
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 fn task_id(job: &str, kind: &str, round: u64, store: &str) -> String {
     format!("{job}/{kind}/{round}/{store}/{:08x}", rand::random::<u32>())
 }
 
-pub(crate) async fn drive(shared: Arc<Shared>, checkpoints: CheckpointStore) -> Result<JobOutcome, CoordinatorError> {
+pub(crate) async fn drive(
+    shared: Arc<Shared>,
+    checkpoints: CheckpointStore,
+) -> Result<JobOutcome, CoordinatorError> {
     let started = Instant::now();
     let job = shared.job.clone();
     let cfg = &job.config;
@@ -89,7 +122,11 @@ pub(crate) async fn drive(shared: Arc<Shared>, checkpoints: CheckpointStore) -> 
     let mut resumed_after_round = None;
     if let Some((record, values)) = checkpoints.latest(&cfg.job_id)? {
         if values.len() != shared.layout.len() {
-            return Err(CoordinatorError::IncompatibleCheckpoint { job_id: cfg.job_id.clone(), expected: shared.layout.len(), got: values.len() });
+            return Err(CoordinatorError::IncompatibleCheckpoint {
+                job_id: cfg.job_id.clone(),
+                expected: shared.layout.len(),
+                got: values.len(),
+            });
         }
         global = ModelParameters::from_values(shared.layout.clone(), values)?;
         first_round = record.round + 1;
@@ -108,9 +145,16 @@ pub(crate) async fn drive(shared: Arc<Shared>, checkpoints: CheckpointStore) -> 
                 break;
             }
             shared.set_phase(Phase::Finished(format!("only {n} stores joined")));
-            return Err(CoordinatorError::TooFewStores { registered: n, required: cfg.min_stores });
+            return Err(CoordinatorError::TooFewStores {
+                registered: n,
+                required: cfg.min_stores,
+            });
         }
-        wait_progress(&shared, reg_deadline.min(tokio::time::Instant::now() + Duration::from_millis(250))).await;
+        wait_progress(
+            &shared,
+            reg_deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
+        )
+        .await;
     }
 
     let mut rounds = Vec::new();
@@ -134,16 +178,28 @@ pub(crate) async fn drive(shared: Arc<Shared>, checkpoints: CheckpointStore) -> 
                 }
                 Err(reason) => {
                     checkpoints.record_failed_round(&cfg.job_id, round, attempt, &reason)?;
-                    (shared.observer)(&CoordinatorEvent::RoundFailed { round, attempt, reason: reason.clone() });
+                    (shared.observer)(&CoordinatorEvent::RoundFailed {
+                        round,
+                        attempt,
+                        reason: reason.clone(),
+                    });
                     if attempt >= cfg.round_attempts {
                         let status = format!("failed in round {round}: {reason}");
                         shared.set_phase(Phase::Finished(status.clone()));
                         checkpoints.finish_job(&cfg.job_id, "failed", &status)?;
                         finish_grace(&shared).await;
-                        return Err(CoordinatorError::RoundFailed { round, attempts: attempt, reason });
+                        return Err(CoordinatorError::RoundFailed {
+                            round,
+                            attempts: attempt,
+                            reason,
+                        });
                     }
                     // Let stores come back before the next attempt.
-                    wait_progress(&shared, tokio::time::Instant::now() + Duration::from_millis(500)).await;
+                    wait_progress(
+                        &shared,
+                        tokio::time::Instant::now() + Duration::from_millis(500),
+                    )
+                    .await;
                 }
             }
         }
@@ -151,8 +207,13 @@ pub(crate) async fn drive(shared: Arc<Shared>, checkpoints: CheckpointStore) -> 
 
     // Final evaluation of the global model at every live store.
     let stores = live_stores(&shared);
-    (shared.observer)(&CoordinatorEvent::EvaluationStarted { stores: stores.len() });
-    let tasks: BTreeMap<String, String> = stores.iter().map(|s| (s.clone(), task_id(&cfg.job_id, "evaluate", total_rounds, s))).collect();
+    (shared.observer)(&CoordinatorEvent::EvaluationStarted {
+        stores: stores.len(),
+    });
+    let tasks: BTreeMap<String, String> = stores
+        .iter()
+        .map(|s| (s.clone(), task_id(&cfg.job_id, "evaluate", total_rounds, s)))
+        .collect();
     shared.set_phase(Phase::Evaluating(EvalState {
         round: total_rounds,
         tasks: tasks.clone(),
@@ -186,7 +247,11 @@ pub(crate) async fn drive(shared: Arc<Shared>, checkpoints: CheckpointStore) -> 
             })
             .collect::<Vec<_>>();
         let answered: BTreeSet<&String> = evaluations.iter().map(|e| &e.store_id).collect();
-        let missing = tasks.keys().filter(|s| !answered.contains(s)).cloned().collect::<Vec<_>>();
+        let missing = tasks
+            .keys()
+            .filter(|s| !answered.contains(s))
+            .cloned()
+            .collect::<Vec<_>>();
         (evaluations, missing)
     };
 
@@ -206,7 +271,11 @@ pub(crate) async fn drive(shared: Arc<Shared>, checkpoints: CheckpointStore) -> 
         bytes_down: shared.bytes_down.load(Ordering::Relaxed),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
-    checkpoints.finish_job(&cfg.job_id, "completed", &serde_json::to_string(&outcome).unwrap_or_default())?;
+    checkpoints.finish_job(
+        &cfg.job_id,
+        "completed",
+        &serde_json::to_string(&outcome).unwrap_or_default(),
+    )?;
     (shared.observer)(&CoordinatorEvent::Finished { status });
     finish_grace(&shared).await;
     Ok(outcome)
@@ -216,11 +285,19 @@ pub(crate) async fn drive(shared: Arc<Shared>, checkpoints: CheckpointStore) -> 
 async fn finish_grace(shared: &Shared) {
     let deadline = tokio::time::Instant::now() + FINISH_GRACE;
     loop {
-        let all_heard = shared.lock().stores.values().all(|e| e.saw_finish || e.last_seen.elapsed() > LIVENESS);
+        let all_heard = shared
+            .lock()
+            .stores
+            .values()
+            .all(|e| e.saw_finish || e.last_seen.elapsed() > LIVENESS);
         if all_heard || tokio::time::Instant::now() >= deadline {
             return;
         }
-        wait_progress(shared, deadline.min(tokio::time::Instant::now() + Duration::from_millis(100))).await;
+        wait_progress(
+            shared,
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+        )
+        .await;
     }
 }
 
@@ -234,18 +311,38 @@ async fn run_round(
     total_rounds: u64,
 ) -> Result<(RoundRecord, ModelParameters), String> {
     let round_start = Instant::now();
-    let (up0, down0) = (shared.bytes_up.load(Ordering::Relaxed), shared.bytes_down.load(Ordering::Relaxed));
+    let (up0, down0) = (
+        shared.bytes_up.load(Ordering::Relaxed),
+        shared.bytes_down.load(Ordering::Relaxed),
+    );
     let available = live_stores(shared);
-    let plan = strategy.configure_round(round, &available).map_err(|e| e.to_string())?;
+    let plan = strategy
+        .configure_round(round, &available)
+        .map_err(|e| e.to_string())?;
     let update_len = strategy.update_len(&shared.layout);
     let cfg = &shared.job.config;
     let (tasks, weights) = {
         let state = shared.lock();
-        let tasks: BTreeMap<String, String> = plan.stores.iter().map(|s| (s.clone(), task_id(&cfg.job_id, "train", round, s))).collect();
+        let tasks: BTreeMap<String, String> = plan
+            .stores
+            .iter()
+            .map(|s| (s.clone(), task_id(&cfg.job_id, "train", round, s)))
+            .collect();
         let weights = plan
             .stores
             .iter()
-            .map(|s| (s.clone(), strategy.update_weight(state.stores.get(s).map(|e| e.num_train_examples).unwrap_or(0))))
+            .map(|s| {
+                (
+                    s.clone(),
+                    strategy.update_weight(
+                        state
+                            .stores
+                            .get(s)
+                            .map(|e| e.num_train_examples)
+                            .unwrap_or(0),
+                    ),
+                )
+            })
             .collect();
         (tasks, weights)
     };
@@ -261,7 +358,11 @@ async fn run_round(
         work: plan.work.clone(),
         precision: plan.precision,
     })));
-    (shared.observer)(&CoordinatorEvent::RoundStarted { round, total_rounds, selected });
+    (shared.observer)(&CoordinatorEvent::RoundStarted {
+        round,
+        total_rounds,
+        selected,
+    });
 
     let deadline = tokio::time::Instant::now() + shared.job.round_timeout;
     loop {
@@ -281,13 +382,28 @@ async fn run_round(
         .tasks
         .keys()
         .filter(|s| !rs.received.contains(*s))
-        .map(|s| (s.clone(), format!("no reply within {:.0} s", shared.job.round_timeout.as_secs_f64())))
+        .map(|s| {
+            (
+                s.clone(),
+                format!(
+                    "no reply within {:.0} s",
+                    shared.job.round_timeout.as_secs_f64()
+                ),
+            )
+        })
         .collect();
     if participants.len() < cfg.min_stores {
-        return Err(format!("{} of {} selected stores replied; the round needs {}", participants.len(), selected, cfg.min_stores));
+        return Err(format!(
+            "{} of {} selected stores replied; the round needs {}",
+            participants.len(),
+            selected,
+            cfg.min_stores
+        ));
     }
     let aggregate = rs.aggregator.finish();
-    let applied = strategy.apply(round, global, &aggregate).map_err(|e: StrategyError| e.to_string())?;
+    let applied = strategy
+        .apply(round, global, &aggregate)
+        .map_err(|e: StrategyError| e.to_string())?;
     let record = RoundRecord {
         round,
         participants,

@@ -25,7 +25,9 @@ pub mod driver;
 pub mod service;
 
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
-pub use config::{CheckedJob, CoordinatorConfig, FedAvgSettings, JobConfig, StoreCredential, StrategyKind};
+pub use config::{
+    CheckedJob, CoordinatorConfig, FedAvgSettings, JobConfig, StoreCredential, StrategyKind,
+};
 pub use driver::{CoordinatorEvent, JobOutcome, Observer, StoreEvaluation};
 
 use std::sync::Arc;
@@ -37,18 +39,32 @@ pub enum CoordinatorError {
     Config(#[from] fedretail_core::ConfigError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("only {registered} stores joined within the registration timeout; the job needs {required}")]
+    #[error(
+        "only {registered} stores joined within the registration timeout; the job needs {required}"
+    )]
     TooFewStores { registered: usize, required: usize },
     #[error("round {round} failed {attempts} times; last reason: {reason}")]
-    RoundFailed { round: u64, attempts: u32, reason: String },
+    RoundFailed {
+        round: u64,
+        attempts: u32,
+        reason: String,
+    },
     #[error("checkpoint of job '{job_id}' has {got} parameters but the task's model has {expected}; use a new job id or database")]
-    IncompatibleCheckpoint { job_id: String, expected: usize, got: usize },
+    IncompatibleCheckpoint {
+        job_id: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("gRPC server failed: {0}")]
     Server(String),
 }
 
 /// Serve the job on `listener` until it finishes, then stop serving.
-pub async fn run_coordinator(config: CoordinatorConfig, listener: TcpListener, observer: Observer) -> Result<JobOutcome, CoordinatorError> {
+pub async fn run_coordinator(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    observer: Observer,
+) -> Result<JobOutcome, CoordinatorError> {
     let checkpoints = CheckpointStore::open(&config.database)?;
     run_coordinator_with(config, listener, checkpoints, observer).await
 }
@@ -72,9 +88,12 @@ pub async fn run_coordinator_with(
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             )
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                let _ = stop_rx.await;
-            }),
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
     );
     let outcome = driver::drive(shared, checkpoints).await;
     let _ = stop_tx.send(());

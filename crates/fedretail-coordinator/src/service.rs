@@ -4,10 +4,15 @@
 
 use crate::config::{CheckedJob, CoordinatorConfig};
 use crate::driver::{CoordinatorEvent, Observer};
-use fedretail_core::{validate_update, LocalWork, ModelLayout, ModelParameters, StreamingWeightedSum, UpdateLimits, UpdatePrecision};
+use fedretail_core::{
+    validate_update, LocalWork, ModelLayout, ModelParameters, StreamingWeightedSum, UpdateLimits,
+    UpdatePrecision,
+};
 use fedretail_models::TaskMetrics;
 use fedretail_proto::v1::{self, coordinator_server::Coordinator};
-use fedretail_proto::{decode_tensor, encode_f64, layout_to_wire, ErrorKind, ServiceError, PROTOCOL_VERSION};
+use fedretail_proto::{
+    decode_tensor, encode_f64, layout_to_wire, ErrorKind, ServiceError, PROTOCOL_VERSION,
+};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,16 +84,28 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: &CoordinatorConfig, job: CheckedJob, observer: Observer) -> Result<Self, fedretail_core::ConfigError> {
-        let layout = fedretail_models::layout_for_task(&job.config.task).map_err(|e| fedretail_core::ConfigError::Layout(e.to_string()))?;
+    pub fn new(
+        config: &CoordinatorConfig,
+        job: CheckedJob,
+        observer: Observer,
+    ) -> Result<Self, fedretail_core::ConfigError> {
+        let layout = fedretail_models::layout_for_task(&job.config.task)
+            .map_err(|e| fedretail_core::ConfigError::Layout(e.to_string()))?;
         let (phase_tx, _) = watch::channel(0);
         Ok(Shared {
             job,
             layout,
-            credentials: config.stores.iter().map(|c| (c.store_id.clone(), c.token.clone())).collect(),
+            credentials: config
+                .stores
+                .iter()
+                .map(|c| (c.store_id.clone(), c.token.clone()))
+                .collect(),
             open_token: config.open_token.clone(),
             max_update_bytes: config.max_message_bytes,
-            state: Mutex::new(JobState { stores: BTreeMap::new(), phase: Phase::Idle }),
+            state: Mutex::new(JobState {
+                stores: BTreeMap::new(),
+                phase: Phase::Idle,
+            }),
             phase_tx,
             progress: Notify::new(),
             bytes_up: AtomicU64::new(0),
@@ -113,11 +130,13 @@ impl Shared {
     }
 
     fn count_up(&self, m: &impl Message) {
-        self.bytes_up.fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
+        self.bytes_up
+            .fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
     }
 
     fn count_down(&self, m: &impl Message) {
-        self.bytes_down.fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
+        self.bytes_down
+            .fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -134,7 +153,11 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 fn valid_store_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_NAME_LEN && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !id.is_empty()
+        && id.len() <= MAX_NAME_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn new_session_id() -> String {
@@ -165,7 +188,11 @@ impl CoordinatorService {
         }
     }
 
-    fn task_for(&self, state: &mut JobState, store_id: &str) -> Option<v1::poll_task_response::Outcome> {
+    fn task_for(
+        &self,
+        state: &mut JobState,
+        store_id: &str,
+    ) -> Option<v1::poll_task_response::Outcome> {
         use v1::poll_task_response::Outcome;
         match &state.phase {
             Phase::Training(rs) => {
@@ -174,14 +201,22 @@ impl CoordinatorService {
                     return None;
                 }
                 let work = match &rs.work {
-                    LocalWork::LocalEpochs { epochs, batch_size, learning_rate, l2, seed } => v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
+                    LocalWork::LocalEpochs {
+                        epochs,
+                        batch_size,
+                        learning_rate,
+                        l2,
+                        seed,
+                    } => v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
                         epochs: *epochs,
                         batch_size: *batch_size,
                         learning_rate: *learning_rate,
                         l2: *l2,
                         seed: *seed,
                     }),
-                    LocalWork::SecondOrderStatistics => v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {}),
+                    LocalWork::SecondOrderStatistics => {
+                        v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {})
+                    }
                 };
                 Some(Outcome::Train(v1::TrainTask {
                     task_id: task_id.clone(),
@@ -219,17 +254,32 @@ impl CoordinatorService {
         }
     }
 
-    fn check_metrics(store_id: &str, metrics: &HashMap<String, f64>) -> Result<TaskMetrics, Status> {
+    fn check_metrics(
+        store_id: &str,
+        metrics: &HashMap<String, f64>,
+    ) -> Result<TaskMetrics, Status> {
         if metrics.len() > MAX_METRICS {
-            return Err(err(ErrorKind::InvalidUpdate, format!("store '{store_id}' sent {} metrics; at most {MAX_METRICS}", metrics.len())));
+            return Err(err(
+                ErrorKind::InvalidUpdate,
+                format!(
+                    "store '{store_id}' sent {} metrics; at most {MAX_METRICS}",
+                    metrics.len()
+                ),
+            ));
         }
         let mut out = TaskMetrics::new();
         for (k, v) in metrics {
             if k.len() > MAX_NAME_LEN {
-                return Err(err(ErrorKind::InvalidUpdate, format!("store '{store_id}' sent a metric name of {} bytes", k.len())));
+                return Err(err(
+                    ErrorKind::InvalidUpdate,
+                    format!("store '{store_id}' sent a metric name of {} bytes", k.len()),
+                ));
             }
             if !v.is_finite() {
-                return Err(err(ErrorKind::InvalidUpdate, format!("store '{store_id}' sent metric '{k}' = {v}, which is not finite")));
+                return Err(err(
+                    ErrorKind::InvalidUpdate,
+                    format!("store '{store_id}' sent metric '{k}' = {v}, which is not finite"),
+                ));
             }
             out.insert(k.clone(), *v);
         }
@@ -239,35 +289,58 @@ impl CoordinatorService {
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn register_store(&self, request: Request<v1::RegisterStoreRequest>) -> Result<Response<v1::RegisterStoreResponse>, Status> {
+    async fn register_store(
+        &self,
+        request: Request<v1::RegisterStoreRequest>,
+    ) -> Result<Response<v1::RegisterStoreResponse>, Status> {
         let req = request.into_inner();
         self.shared.count_up(&req);
         if req.protocol_version != PROTOCOL_VERSION {
             return Err(err(
                 ErrorKind::Incompatible,
-                format!("store speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}", req.protocol_version),
+                format!(
+                    "store speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}",
+                    req.protocol_version
+                ),
             ));
         }
         if !valid_store_id(&req.store_id) {
-            return Err(err(ErrorKind::InvalidUpdate, "store id must be 1-128 characters of letters, digits, '-', '_' or '.'"));
+            return Err(err(
+                ErrorKind::InvalidUpdate,
+                "store id must be 1-128 characters of letters, digits, '-', '_' or '.'",
+            ));
         }
         if req.task != self.shared.job.config.task {
             return Err(err(
                 ErrorKind::Incompatible,
-                format!("store '{}' is set up for task '{}', this job runs '{}'", req.store_id, req.task, self.shared.job.config.task),
+                format!(
+                    "store '{}' is set up for task '{}', this job runs '{}'",
+                    req.store_id, req.task, self.shared.job.config.task
+                ),
             ));
         }
         if !self.shared.credentials.is_empty() {
             match self.shared.credentials.get(&req.store_id) {
-                None => return Err(err(ErrorKind::UnknownStore, format!("store '{}' is not part of this network", req.store_id))),
+                None => {
+                    return Err(err(
+                        ErrorKind::UnknownStore,
+                        format!("store '{}' is not part of this network", req.store_id),
+                    ))
+                }
                 Some(t) if !constant_time_eq(t, &req.token) => {
-                    return Err(err(ErrorKind::Unauthenticated, format!("wrong token for store '{}'", req.store_id)))
+                    return Err(err(
+                        ErrorKind::Unauthenticated,
+                        format!("wrong token for store '{}'", req.store_id),
+                    ))
                 }
                 Some(_) => {}
             }
         } else if let Some(t) = &self.shared.open_token {
             if !constant_time_eq(t, &req.token) {
-                return Err(err(ErrorKind::Unauthenticated, format!("wrong enrolment token from store '{}'", req.store_id)));
+                return Err(err(
+                    ErrorKind::Unauthenticated,
+                    format!("wrong enrolment token from store '{}'", req.store_id),
+                ));
             }
         }
         let session_id = new_session_id();
@@ -285,14 +358,24 @@ impl Coordinator for CoordinatorService {
             );
             state.stores.len()
         };
-        (self.shared.observer)(&CoordinatorEvent::StoreRegistered { store_id: req.store_id.clone(), registered: count });
+        (self.shared.observer)(&CoordinatorEvent::StoreRegistered {
+            store_id: req.store_id.clone(),
+            registered: count,
+        });
         self.shared.progress.notify_one();
-        let resp = v1::RegisterStoreResponse { session_id, job_id: self.shared.job.config.job_id.clone(), protocol_version: PROTOCOL_VERSION };
+        let resp = v1::RegisterStoreResponse {
+            session_id,
+            job_id: self.shared.job.config.job_id.clone(),
+            protocol_version: PROTOCOL_VERSION,
+        };
         self.shared.count_down(&resp);
         Ok(Response::new(resp))
     }
 
-    async fn poll_task(&self, request: Request<v1::PollTaskRequest>) -> Result<Response<v1::PollTaskResponse>, Status> {
+    async fn poll_task(
+        &self,
+        request: Request<v1::PollTaskRequest>,
+    ) -> Result<Response<v1::PollTaskResponse>, Status> {
         let req = request.into_inner();
         self.shared.count_up(&req);
         let mut phase_rx = self.shared.phase_tx.subscribe();
@@ -306,7 +389,9 @@ impl Coordinator for CoordinatorService {
                 self.task_for(&mut state, &req.store_id)
             };
             if let Some(outcome) = outcome {
-                let resp = v1::PollTaskResponse { outcome: Some(outcome) };
+                let resp = v1::PollTaskResponse {
+                    outcome: Some(outcome),
+                };
                 self.shared.count_down(&resp);
                 return Ok(Response::new(resp));
             }
@@ -315,12 +400,19 @@ impl Coordinator for CoordinatorService {
                 _ => break,
             }
         }
-        let resp = v1::PollTaskResponse { outcome: Some(v1::poll_task_response::Outcome::Wait(v1::Wait { retry_after_millis: 100 })) };
+        let resp = v1::PollTaskResponse {
+            outcome: Some(v1::poll_task_response::Outcome::Wait(v1::Wait {
+                retry_after_millis: 100,
+            })),
+        };
         self.shared.count_down(&resp);
         Ok(Response::new(resp))
     }
 
-    async fn submit_update(&self, request: Request<v1::SubmitUpdateRequest>) -> Result<Response<v1::SubmitUpdateResponse>, Status> {
+    async fn submit_update(
+        &self,
+        request: Request<v1::SubmitUpdateRequest>,
+    ) -> Result<Response<v1::SubmitUpdateResponse>, Status> {
         let req = request.into_inner();
         self.shared.count_up(&req);
         let store = req.store_id.as_str();
@@ -331,11 +423,25 @@ impl Coordinator for CoordinatorService {
             current_task_len(&state.phase, store, &req.task_id, req.round)?
         };
         // 2. Decode and validate outside the lock: O(model size) work.
-        let tensor = req.update.as_ref().ok_or_else(|| err(ErrorKind::InvalidUpdate, format!("update from '{store}' carries no tensor")))?;
-        let update = decode_tensor(tensor, update_len, self.shared.max_update_bytes)
-            .map_err(|e| err(ErrorKind::InvalidUpdate, format!("update from '{store}' for round {}: {e}", req.round)))?;
-        validate_update(&update, update_len, &UpdateLimits::default())
-            .map_err(|e| err(ErrorKind::InvalidUpdate, format!("update from '{store}' for round {}: {e}", req.round)))?;
+        let tensor = req.update.as_ref().ok_or_else(|| {
+            err(
+                ErrorKind::InvalidUpdate,
+                format!("update from '{store}' carries no tensor"),
+            )
+        })?;
+        let update =
+            decode_tensor(tensor, update_len, self.shared.max_update_bytes).map_err(|e| {
+                err(
+                    ErrorKind::InvalidUpdate,
+                    format!("update from '{store}' for round {}: {e}", req.round),
+                )
+            })?;
+        validate_update(&update, update_len, &UpdateLimits::default()).map_err(|e| {
+            err(
+                ErrorKind::InvalidUpdate,
+                format!("update from '{store}' for round {}: {e}", req.round),
+            )
+        })?;
         Self::check_metrics(store, &req.metrics)?;
         // 3. Fold it in, re-checking: the round may have closed meanwhile.
         let (received, selected) = {
@@ -345,20 +451,31 @@ impl Coordinator for CoordinatorService {
                 return Err(err(ErrorKind::StaleTask, "no round is in progress"));
             };
             let weight = rs.weights.get(store).copied().unwrap_or(0.0);
-            rs.aggregator
-                .push(update, weight)
-                .map_err(|e| err(ErrorKind::InvalidUpdate, format!("update from '{store}': {e}")))?;
+            rs.aggregator.push(update, weight).map_err(|e| {
+                err(
+                    ErrorKind::InvalidUpdate,
+                    format!("update from '{store}': {e}"),
+                )
+            })?;
             rs.received.insert(store.to_string());
             (rs.received.len(), rs.tasks.len())
         };
-        (self.shared.observer)(&CoordinatorEvent::UpdateAccepted { round: req.round, store_id: store.to_string(), received, selected });
+        (self.shared.observer)(&CoordinatorEvent::UpdateAccepted {
+            round: req.round,
+            store_id: store.to_string(),
+            received,
+            selected,
+        });
         self.shared.progress.notify_one();
         let resp = v1::SubmitUpdateResponse { accepted: true };
         self.shared.count_down(&resp);
         Ok(Response::new(resp))
     }
 
-    async fn submit_evaluation(&self, request: Request<v1::SubmitEvaluationRequest>) -> Result<Response<v1::SubmitEvaluationResponse>, Status> {
+    async fn submit_evaluation(
+        &self,
+        request: Request<v1::SubmitEvaluationRequest>,
+    ) -> Result<Response<v1::SubmitEvaluationResponse>, Status> {
         let req = request.into_inner();
         self.shared.count_up(&req);
         let store = req.store_id.as_str();
@@ -367,14 +484,31 @@ impl Coordinator for CoordinatorService {
             let mut state = self.shared.lock();
             Self::check_session(&mut state, store, &req.session_id)?;
             let Phase::Evaluating(es) = &mut state.phase else {
-                return Err(err(ErrorKind::StaleTask, format!("evaluation task '{}' from '{store}' is not current", req.task_id)));
+                return Err(err(
+                    ErrorKind::StaleTask,
+                    format!(
+                        "evaluation task '{}' from '{store}' is not current",
+                        req.task_id
+                    ),
+                ));
             };
             match es.tasks.get(store) {
                 Some(t) if *t == req.task_id => {}
-                _ => return Err(err(ErrorKind::StaleTask, format!("evaluation task '{}' from '{store}' is not current", req.task_id))),
+                _ => {
+                    return Err(err(
+                        ErrorKind::StaleTask,
+                        format!(
+                            "evaluation task '{}' from '{store}' is not current",
+                            req.task_id
+                        ),
+                    ))
+                }
             }
             if es.results.contains_key(store) {
-                return Err(err(ErrorKind::Duplicate, format!("evaluation from '{store}' was already received")));
+                return Err(err(
+                    ErrorKind::Duplicate,
+                    format!("evaluation from '{store}' was already received"),
+                ));
             }
             es.results.insert(store.to_string(), metrics);
         }
@@ -386,9 +520,17 @@ impl Coordinator for CoordinatorService {
 }
 
 /// The expected update length if `task_id` is `store`'s current, unanswered task.
-fn current_task_len(phase: &Phase, store: &str, task_id: &str, round: u64) -> Result<usize, Status> {
+fn current_task_len(
+    phase: &Phase,
+    store: &str,
+    task_id: &str,
+    round: u64,
+) -> Result<usize, Status> {
     let Phase::Training(rs) = phase else {
-        return Err(err(ErrorKind::StaleTask, format!("task '{task_id}' from '{store}' is not current: no round is in progress")));
+        return Err(err(
+            ErrorKind::StaleTask,
+            format!("task '{task_id}' from '{store}' is not current: no round is in progress"),
+        ));
     };
     match rs.tasks.get(store) {
         Some(t) if t == task_id && round == rs.round => {

@@ -1,9 +1,13 @@
 //! Hostile and malformed peer input against a live coordinator on 127.0.0.1: every bad
 //! message is refused with a precise status, and the job carries on to completion.
 
-use fedretail_coordinator::{run_coordinator_with, CheckpointStore, CoordinatorConfig, JobOutcome, StoreCredential};
+use fedretail_coordinator::{
+    run_coordinator_with, CheckpointStore, CoordinatorConfig, JobOutcome, StoreCredential,
+};
 use fedretail_core::{newton_statistics_len, pack_upper};
-use fedretail_proto::v1::{self, coordinator_client::CoordinatorClient, poll_task_response::Outcome};
+use fedretail_proto::v1::{
+    self, coordinator_client::CoordinatorClient, poll_task_response::Outcome,
+};
 use fedretail_proto::{encode_f32, encode_f64, PROTOCOL_VERSION};
 use std::sync::Arc;
 use tonic::transport::Channel;
@@ -17,18 +21,40 @@ struct Peer {
     session: String,
 }
 
-async fn start(max_message_bytes: usize) -> (String, tokio::task::JoinHandle<Result<JobOutcome, fedretail_coordinator::CoordinatorError>>) {
+async fn start(
+    max_message_bytes: usize,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<JobOutcome, fedretail_coordinator::CoordinatorError>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = CoordinatorConfig::from_toml("[job]\nrounds = 1\nmin_stores = 2\nround_timeout_secs = 30\n").unwrap();
+    let mut config = CoordinatorConfig::from_toml(
+        "[job]\nrounds = 1\nmin_stores = 2\nround_timeout_secs = 30\n",
+    )
+    .unwrap();
     config.max_message_bytes = max_message_bytes;
-    config.stores = ["a", "b"].iter().map(|s| StoreCredential { store_id: s.to_string(), token: format!("secret-{s}") }).collect();
-    let handle = tokio::spawn(run_coordinator_with(config, listener, CheckpointStore::in_memory().unwrap(), Arc::new(|_| {})));
+    config.stores = ["a", "b"]
+        .iter()
+        .map(|s| StoreCredential {
+            store_id: s.to_string(),
+            token: format!("secret-{s}"),
+        })
+        .collect();
+    let handle = tokio::spawn(run_coordinator_with(
+        config,
+        listener,
+        CheckpointStore::in_memory().unwrap(),
+        Arc::new(|_| {}),
+    ));
     (addr, handle)
 }
 
 async fn join(addr: &str, store: &str, token: &str) -> Result<Peer, tonic::Status> {
-    let mut client = CoordinatorClient::connect(addr.to_string()).await.unwrap().max_encoding_message_size(usize::MAX);
+    let mut client = CoordinatorClient::connect(addr.to_string())
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
     let resp = client
         .register_store(v1::RegisterStoreRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -39,12 +65,24 @@ async fn join(addr: &str, store: &str, token: &str) -> Result<Peer, tonic::Statu
             num_train_examples: 100,
         })
         .await?;
-    Ok(Peer { client, store: store.into(), session: resp.into_inner().session_id })
+    Ok(Peer {
+        client,
+        store: store.into(),
+        session: resp.into_inner().session_id,
+    })
 }
 
 async fn poll(p: &mut Peer) -> Outcome {
     for _ in 0..50 {
-        let r = p.client.poll_task(v1::PollTaskRequest { store_id: p.store.clone(), session_id: p.session.clone(), wait_millis: 500 }).await.unwrap();
+        let r = p
+            .client
+            .poll_task(v1::PollTaskRequest {
+                store_id: p.store.clone(),
+                session_id: p.session.clone(),
+                wait_millis: 500,
+            })
+            .await
+            .unwrap();
         match r.into_inner().outcome.unwrap() {
             Outcome::Wait(_) => continue,
             o => return o,
@@ -77,7 +115,10 @@ fn submit(p: &Peer, task: &v1::TrainTask, update: v1::Tensor) -> v1::SubmitUpdat
     }
 }
 
-async fn code_of(client: &mut CoordinatorClient<Channel>, req: v1::SubmitUpdateRequest) -> (Code, String) {
+async fn code_of(
+    client: &mut CoordinatorClient<Channel>,
+    req: v1::SubmitUpdateRequest,
+) -> (Code, String) {
     let e = client.submit_update(req).await.unwrap_err();
     (e.code(), e.message().to_string())
 }
@@ -89,30 +130,52 @@ async fn bad_updates_are_refused_and_the_job_completes() {
     // Unknown store, wrong token, wrong protocol, wrong task.
     let e = join(&addr, "mallory", "x").await.err().unwrap();
     assert_eq!(e.code(), Code::NotFound);
-    assert!(e.message().contains("'mallory' is not part of this network"));
+    assert!(e
+        .message()
+        .contains("'mallory' is not part of this network"));
     let e = join(&addr, "a", "wrong").await.err().unwrap();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut raw = CoordinatorClient::connect(addr.clone()).await.unwrap();
     let e = raw
-        .register_store(v1::RegisterStoreRequest { protocol_version: 99, store_id: "a".into(), token: "secret-a".into(), task: "demand".into(), ..Default::default() })
+        .register_store(v1::RegisterStoreRequest {
+            protocol_version: 99,
+            store_id: "a".into(),
+            token: "secret-a".into(),
+            task: "demand".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(e.message().contains("protocol version 99"));
     let e = raw
-        .register_store(v1::RegisterStoreRequest { protocol_version: PROTOCOL_VERSION, store_id: "a".into(), token: "secret-a".into(), task: "churn".into(), ..Default::default() })
+        .register_store(v1::RegisterStoreRequest {
+            protocol_version: PROTOCOL_VERSION,
+            store_id: "a".into(),
+            token: "secret-a".into(),
+            task: "churn".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
 
     let mut a = join(&addr, "a", "secret-a").await.unwrap();
     let mut b = join(&addr, "b", "secret-b").await.unwrap();
-    let Outcome::Train(task_a) = poll(&mut a).await else { panic!("expected a training task") };
-    let Outcome::Train(task_b) = poll(&mut b).await else { panic!("expected a training task") };
+    let Outcome::Train(task_a) = poll(&mut a).await else {
+        panic!("expected a training task")
+    };
+    let Outcome::Train(task_b) = poll(&mut b).await else {
+        panic!("expected a training task")
+    };
     let good = neutral_statistics();
 
     // Wrong shape.
-    let (code, msg) = code_of(&mut a.client.clone(), submit(&a, &task_a, encode_f64(&good[..10]))).await;
+    let (code, msg) = code_of(
+        &mut a.client.clone(),
+        submit(&a, &task_a, encode_f64(&good[..10])),
+    )
+    .await;
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("tensor has 10 values, expected 252"), "{msg}");
     // Declared length disagrees with the bytes.
@@ -127,19 +190,48 @@ async fn bad_updates_are_refused_and_the_job_completes() {
     let (code, msg) = code_of(&mut a.client.clone(), submit(&a, &task_a, encode_f64(&bad))).await;
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("index 7 is not finite"), "{msg}");
-    let f32s: Vec<f32> = good.iter().enumerate().map(|(i, v)| if i == 3 { f32::INFINITY } else { *v as f32 }).collect();
-    let (code, msg) = code_of(&mut a.client.clone(), submit(&a, &task_a, encode_f32(&f32s))).await;
+    let f32s: Vec<f32> = good
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i == 3 { f32::INFINITY } else { *v as f32 })
+        .collect();
+    let (code, msg) = code_of(
+        &mut a.client.clone(),
+        submit(&a, &task_a, encode_f32(&f32s)),
+    )
+    .await;
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("index 3"), "{msg}");
     // Unknown dtype.
-    let (code, _) = code_of(&mut a.client.clone(), submit(&a, &task_a, v1::Tensor { dtype: 0, len: 0, data: vec![] })).await;
+    let (code, _) = code_of(
+        &mut a.client.clone(),
+        submit(
+            &a,
+            &task_a,
+            v1::Tensor {
+                dtype: 0,
+                len: 0,
+                data: vec![],
+            },
+        ),
+    )
+    .await;
     assert_eq!(code, Code::InvalidArgument);
-    // Oversize message: refused by the transport limit.
+    // Oversize message: refused by the transport's size limit before it is decoded.
     let huge = vec![0.0f64; (1 << 20) / 8 + 1000];
-    let (code, _) = code_of(&mut a.client.clone(), submit(&a, &task_a, encode_f64(&huge))).await;
-    assert_eq!(code, Code::ResourceExhausted);
+    let (code, msg) = code_of(
+        &mut a.client.clone(),
+        submit(&a, &task_a, encode_f64(&huge)),
+    )
+    .await;
+    assert_eq!(code, Code::OutOfRange, "{msg}");
+    assert!(msg.contains("too large"), "{msg}");
     // Store a using b's task, an unknown session, an old round.
-    let (code, msg) = code_of(&mut a.client.clone(), submit(&a, &task_b, encode_f64(&good))).await;
+    let (code, msg) = code_of(
+        &mut a.client.clone(),
+        submit(&a, &task_b, encode_f64(&good)),
+    )
+    .await;
     assert_eq!(code, Code::FailedPrecondition, "{msg}");
     let mut forged = submit(&a, &task_a, encode_f64(&good));
     forged.session_id = "0".repeat(32);
@@ -157,26 +249,48 @@ async fn bad_updates_are_refused_and_the_job_completes() {
     assert!(msg.contains("metric 'loss'"), "{msg}");
 
     // After all that, good updates are accepted; a replay is refused.
-    a.client.submit_update(submit(&a, &task_a, encode_f64(&good))).await.unwrap();
-    let (code, msg) = code_of(&mut a.client.clone(), submit(&a, &task_a, encode_f64(&good))).await;
+    a.client
+        .submit_update(submit(&a, &task_a, encode_f64(&good)))
+        .await
+        .unwrap();
+    let (code, msg) = code_of(
+        &mut a.client.clone(),
+        submit(&a, &task_a, encode_f64(&good)),
+    )
+    .await;
     assert_eq!(code, Code::AlreadyExists);
     assert!(msg.contains("replay"), "{msg}");
-    b.client.submit_update(submit(&b, &task_b, encode_f64(&good))).await.unwrap();
+    b.client
+        .submit_update(submit(&b, &task_b, encode_f64(&good)))
+        .await
+        .unwrap();
 
     // Evaluation, then the job ends.
     for p in [&mut a, &mut b] {
-        let Outcome::Evaluate(ev) = poll(p).await else { panic!("expected evaluation") };
+        let Outcome::Evaluate(ev) = poll(p).await else {
+            panic!("expected evaluation")
+        };
         let mut metrics = std::collections::HashMap::new();
         metrics.insert("wape_federated".to_string(), 0.25);
         p.client
-            .submit_evaluation(v1::SubmitEvaluationRequest { store_id: p.store.clone(), session_id: p.session.clone(), task_id: ev.task_id, metrics })
+            .submit_evaluation(v1::SubmitEvaluationRequest {
+                store_id: p.store.clone(),
+                session_id: p.session.clone(),
+                task_id: ev.task_id,
+                metrics,
+            })
             .await
             .unwrap();
+    }
+    for p in [&mut a, &mut b] {
         assert!(matches!(poll(p).await, Outcome::Finished(_)));
     }
     let outcome = handle.await.unwrap().unwrap();
     assert_eq!(outcome.rounds.len(), 1);
-    assert_eq!(outcome.rounds[0].participants, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(
+        outcome.rounds[0].participants,
+        vec!["a".to_string(), "b".to_string()]
+    );
     assert_eq!(outcome.evaluations.len(), 2);
     assert!(outcome.parameters.iter().all(|v| *v == 0.0));
 }
@@ -185,13 +299,30 @@ async fn bad_updates_are_refused_and_the_job_completes() {
 async fn a_round_without_enough_replies_fails_cleanly() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let config = CoordinatorConfig::from_toml("[job]\nrounds = 2\nmin_stores = 2\nround_timeout_secs = 0.5\nround_attempts = 2\n").unwrap();
-    let handle = tokio::spawn(run_coordinator_with(config, listener, CheckpointStore::in_memory().unwrap(), Arc::new(|_| {})));
+    let config = CoordinatorConfig::from_toml(
+        "[job]\nrounds = 2\nmin_stores = 2\nround_timeout_secs = 0.5\nround_attempts = 2\n",
+    )
+    .unwrap();
+    let handle = tokio::spawn(run_coordinator_with(
+        config,
+        listener,
+        CheckpointStore::in_memory().unwrap(),
+        Arc::new(|_| {}),
+    ));
     let mut a = join(&addr, "a", "").await.unwrap();
     let _b = join(&addr, "b", "").await.unwrap(); // joins, then never answers
-    let Outcome::Train(task) = poll(&mut a).await else { panic!() };
-    a.client.submit_update(submit(&a, &task, encode_f64(&neutral_statistics()))).await.unwrap();
+    let Outcome::Train(task) = poll(&mut a).await else {
+        panic!()
+    };
+    a.client
+        .submit_update(submit(&a, &task, encode_f64(&neutral_statistics())))
+        .await
+        .unwrap();
     let err = handle.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("round 1 failed 2 times"), "{err}");
-    assert!(err.to_string().contains("of 2 selected stores replied; the round needs 2"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("of 2 selected stores replied; the round needs 2"),
+        "{err}"
+    );
 }

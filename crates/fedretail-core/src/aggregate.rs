@@ -176,7 +176,9 @@ mod tests {
     }
 
     fn close(a: &[f64], b: &[f64], scale: f64) -> bool {
-        a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-9 * scale.max(1.0))
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-9 * scale.max(1.0))
     }
 
     proptest! {
@@ -273,6 +275,9 @@ mod tests {
 
     #[test]
     fn empty_round_has_no_mean() {
-        assert!(StreamingWeightedSum::new(3).finish().weighted_mean().is_none());
+        assert!(StreamingWeightedSum::new(3)
+            .finish()
+            .weighted_mean()
+            .is_none());
     }
 }

@@ -2,7 +2,9 @@ use crate::aggregate::Aggregate;
 use crate::error::{ConfigError, StrategyError};
 use crate::params::ModelParameters;
 use crate::sampling::{SamplingConfig, StoreSampler};
-use crate::strategy::{check_finite_model, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
+use crate::strategy::{
+    check_finite_model, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision,
+};
 
 /// Federated Averaging (McMahan et al., 2017): stores run local epochs from the global
 /// model and send their parameter delta; the new global model adds the mean delta,
@@ -53,7 +55,11 @@ impl FedAvg {
             return Err(ConfigError::out_of_range("batch_size", ">= 1", 0));
         }
         if !(config.learning_rate > 0.0 && config.learning_rate.is_finite()) {
-            return Err(ConfigError::out_of_range("learning_rate", "> 0", config.learning_rate));
+            return Err(ConfigError::out_of_range(
+                "learning_rate",
+                "> 0",
+                config.learning_rate,
+            ));
         }
         if !(config.l2 >= 0.0 && config.l2.is_finite()) {
             return Err(ConfigError::out_of_range("l2", ">= 0", config.l2));
@@ -75,7 +81,11 @@ impl Strategy for FedAvg {
         "fedavg"
     }
 
-    fn configure_round(&mut self, round: u64, available: &[StoreId]) -> Result<RoundPlan, StrategyError> {
+    fn configure_round(
+        &mut self,
+        round: u64,
+        available: &[StoreId],
+    ) -> Result<RoundPlan, StrategyError> {
         Ok(RoundPlan {
             stores: self.sampler.sample(round, available)?,
             work: LocalWork::LocalEpochs {
@@ -93,7 +103,12 @@ impl Strategy for FedAvg {
         num_examples as f64
     }
 
-    fn apply(&mut self, round: u64, global: &ModelParameters, aggregate: &Aggregate) -> Result<Applied, StrategyError> {
+    fn apply(
+        &mut self,
+        round: u64,
+        global: &ModelParameters,
+        aggregate: &Aggregate,
+    ) -> Result<Applied, StrategyError> {
         let expected = global.layout().len();
         if aggregate.weighted_sum.len() != expected {
             return Err(StrategyError::AggregateShape {
@@ -101,7 +116,9 @@ impl Strategy for FedAvg {
                 got: aggregate.weighted_sum.len(),
             });
         }
-        let mean_delta = aggregate.weighted_mean().ok_or(StrategyError::EmptyRound { round })?;
+        let mean_delta = aggregate
+            .weighted_mean()
+            .ok_or(StrategyError::EmptyRound { round })?;
         let eta = self.config.server_learning_rate;
         let mut step_sq = 0.0;
         let values: Vec<f64> = global
@@ -114,8 +131,13 @@ impl Strategy for FedAvg {
             })
             .collect();
         check_finite_model(&values)?;
-        let parameters = ModelParameters::from_values(global.layout().clone(), values)
-            .map_err(|_| StrategyError::AggregateShape { expected, got: mean_delta.len() })?;
+        let parameters =
+            ModelParameters::from_values(global.layout().clone(), values).map_err(|_| {
+                StrategyError::AggregateShape {
+                    expected,
+                    got: mean_delta.len(),
+                }
+            })?;
         Ok(Applied {
             parameters,
             step_norm: step_sq.sqrt(),
@@ -134,8 +156,10 @@ mod tests {
         let global = ModelParameters::from_values(layout, vec![1.0, 1.0]).unwrap();
         let mut s = FedAvg::new(FedAvgConfig::default());
         let mut sum = StreamingWeightedSum::new(2);
-        sum.push(UpdateVector::F64(vec![1.0, 0.0]), s.update_weight(100)).unwrap();
-        sum.push(UpdateVector::F64(vec![0.0, 4.0]), s.update_weight(300)).unwrap();
+        sum.push(UpdateVector::F64(vec![1.0, 0.0]), s.update_weight(100))
+            .unwrap();
+        sum.push(UpdateVector::F64(vec![0.0, 4.0]), s.update_weight(300))
+            .unwrap();
         let out = s.apply(1, &global, &sum.finish()).unwrap();
         assert_eq!(out.parameters.values(), &[1.25, 4.0]);
     }
@@ -146,12 +170,18 @@ mod tests {
         let global = ModelParameters::zeros(layout);
         let mut s = FedAvg::new(FedAvgConfig::default());
         let agg = StreamingWeightedSum::new(2).finish();
-        assert_eq!(s.apply(4, &global, &agg), Err(StrategyError::EmptyRound { round: 4 }));
+        assert_eq!(
+            s.apply(4, &global, &agg),
+            Err(StrategyError::EmptyRound { round: 4 })
+        );
     }
 
     #[test]
     fn config_is_validated() {
-        let bad = FedAvgConfig { learning_rate: -1.0, ..Default::default() };
+        let bad = FedAvgConfig {
+            learning_rate: -1.0,
+            ..Default::default()
+        };
         assert_eq!(
             FedAvg::try_new(bad).unwrap_err().to_string(),
             "learning_rate must be > 0, got -1"

@@ -2,7 +2,9 @@ use crate::aggregate::Aggregate;
 use crate::error::{ConfigError, StrategyError};
 use crate::params::{ModelLayout, ModelParameters};
 use crate::sampling::{SamplingConfig, StoreSampler};
-use crate::strategy::{check_finite_model, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
+use crate::strategy::{
+    check_finite_model, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision,
+};
 use nalgebra::{DMatrix, DVector};
 
 /// Exact federated Newton for models with additive second-order statistics (GLMs):
@@ -66,8 +68,12 @@ impl FedNewton {
         if !(config.l2 >= 0.0 && config.l2.is_finite()) {
             return Err(ConfigError::out_of_range("l2", ">= 0", config.l2));
         }
-        if !(config.max_step > 0.0) {
-            return Err(ConfigError::out_of_range("max_step", "> 0", config.max_step));
+        if config.max_step.is_nan() || config.max_step <= 0.0 {
+            return Err(ConfigError::out_of_range(
+                "max_step",
+                "> 0",
+                config.max_step,
+            ));
         }
         let sampler = StoreSampler::new(config.sampling)?;
         Ok(FedNewton { config, sampler })
@@ -107,7 +113,11 @@ impl Strategy for FedNewton {
         "newton"
     }
 
-    fn configure_round(&mut self, round: u64, available: &[StoreId]) -> Result<RoundPlan, StrategyError> {
+    fn configure_round(
+        &mut self,
+        round: u64,
+        available: &[StoreId],
+    ) -> Result<RoundPlan, StrategyError> {
         Ok(RoundPlan {
             stores: self.sampler.sample(round, available)?,
             work: LocalWork::SecondOrderStatistics,
@@ -124,7 +134,12 @@ impl Strategy for FedNewton {
         1.0
     }
 
-    fn apply(&mut self, round: u64, global: &ModelParameters, aggregate: &Aggregate) -> Result<Applied, StrategyError> {
+    fn apply(
+        &mut self,
+        round: u64,
+        global: &ModelParameters,
+        aggregate: &Aggregate,
+    ) -> Result<Applied, StrategyError> {
         let d = global.layout().len();
         let expected = newton_statistics_len(d);
         if aggregate.weighted_sum.len() != expected {
@@ -138,8 +153,15 @@ impl Strategy for FedNewton {
         }
         let (g, h) = aggregate.weighted_sum.split_at(d);
         let mask = global.layout().regularization_mask();
-        let next = Self::newton_step(global.values(), g, h, &mask, self.config.l2, self.config.max_step)
-            .ok_or(StrategyError::NotPositiveDefinite { round })?;
+        let next = Self::newton_step(
+            global.values(),
+            g,
+            h,
+            &mask,
+            self.config.l2,
+            self.config.max_step,
+        )
+        .ok_or(StrategyError::NotPositiveDefinite { round })?;
         check_finite_model(&next)?;
         let step_norm = next
             .iter()
@@ -147,9 +169,17 @@ impl Strategy for FedNewton {
             .map(|(a, b)| (a - b) * (a - b))
             .sum::<f64>()
             .sqrt();
-        let parameters = ModelParameters::from_values(global.layout().clone(), next)
-            .map_err(|_| StrategyError::AggregateShape { expected: d, got: 0 })?;
-        Ok(Applied { parameters, step_norm })
+        let parameters =
+            ModelParameters::from_values(global.layout().clone(), next).map_err(|_| {
+                StrategyError::AggregateShape {
+                    expected: d,
+                    got: 0,
+                }
+            })?;
+        Ok(Applied {
+            parameters,
+            step_norm,
+        })
     }
 }
 
@@ -177,8 +207,19 @@ mod tests {
     fn indefinite_hessian_is_reported() {
         let layout = ModelLayout::new(vec![crate::Segment::new("w", 1, false)]).unwrap();
         let global = ModelParameters::zeros(layout);
-        let mut s = FedNewton::try_new(FedNewtonConfig { l2: 0.0, ..Default::default() }).unwrap();
-        let agg = Aggregate { weighted_sum: vec![1.0, -1.0], total_weight: 1.0, num_updates: 1 };
-        assert_eq!(s.apply(2, &global, &agg).unwrap_err(), StrategyError::NotPositiveDefinite { round: 2 });
+        let mut s = FedNewton::try_new(FedNewtonConfig {
+            l2: 0.0,
+            ..Default::default()
+        })
+        .unwrap();
+        let agg = Aggregate {
+            weighted_sum: vec![1.0, -1.0],
+            total_weight: 1.0,
+            num_updates: 1,
+        };
+        assert_eq!(
+            s.apply(2, &global, &agg).unwrap_err(),
+            StrategyError::NotPositiveDefinite { round: 2 }
+        );
     }
 }

@@ -32,22 +32,27 @@ pub struct ModelLayout {
 impl ModelLayout {
     pub fn new(segments: Vec<Segment>) -> Result<Self, ConfigError> {
         if segments.is_empty() {
-            return Err(ConfigError::Layout("a model needs at least one segment".into()));
+            return Err(ConfigError::Layout(
+                "a model needs at least one segment".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for s in &segments {
             if s.len == 0 {
-                return Err(ConfigError::Layout(format!("segment '{}' is empty", s.name)));
+                return Err(ConfigError::Layout(format!(
+                    "segment '{}' is empty",
+                    s.name
+                )));
             }
             if !seen.insert(s.name.as_str()) {
-                return Err(ConfigError::Layout(format!("segment '{}' appears twice", s.name)));
+                return Err(ConfigError::Layout(format!(
+                    "segment '{}' appears twice",
+                    s.name
+                )));
             }
         }
         let len = segments.iter().map(|s| s.len).sum();
-        Ok(ModelLayout {
-            segments,
-            len,
-        })
+        Ok(ModelLayout { segments, len })
     }
 
     /// Total number of parameters.

@@ -63,7 +63,8 @@ impl StoreSampler {
             .min(n);
         let mut sorted: Vec<&StoreId> = available.iter().collect();
         sorted.sort();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.config.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut chosen: Vec<StoreId> = if k == n {
             sorted.into_iter().cloned().collect()
         } else {
@@ -87,7 +88,12 @@ mod tests {
 
     #[test]
     fn samples_fraction_deterministically() {
-        let s = StoreSampler::new(SamplingConfig { fraction: 0.3, min_stores: 2, seed: 7 }).unwrap();
+        let s = StoreSampler::new(SamplingConfig {
+            fraction: 0.3,
+            min_stores: 2,
+            seed: 7,
+        })
+        .unwrap();
         let a = s.sample(3, &stores(10)).unwrap();
         assert_eq!(a.len(), 3);
         assert_eq!(a, s.sample(3, &stores(10)).unwrap());
@@ -96,17 +102,29 @@ mod tests {
 
     #[test]
     fn enforces_minimum() {
-        let s = StoreSampler::new(SamplingConfig { fraction: 0.1, min_stores: 4, seed: 0 }).unwrap();
+        let s = StoreSampler::new(SamplingConfig {
+            fraction: 0.1,
+            min_stores: 4,
+            seed: 0,
+        })
+        .unwrap();
         assert_eq!(s.sample(1, &stores(10)).unwrap().len(), 4);
         assert!(matches!(
             s.sample(1, &stores(3)),
-            Err(StrategyError::TooFewStores { available: 3, required: 4 })
+            Err(StrategyError::TooFewStores {
+                available: 3,
+                required: 4
+            })
         ));
     }
 
     #[test]
     fn refuses_bad_config() {
-        let e = StoreSampler::new(SamplingConfig { fraction: 0.0, ..Default::default() }).unwrap_err();
+        let e = StoreSampler::new(SamplingConfig {
+            fraction: 0.0,
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(e.to_string(), "sampling fraction must be in (0, 1], got 0");
     }
 }

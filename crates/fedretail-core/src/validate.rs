@@ -2,16 +2,10 @@ use crate::aggregate::UpdateVector;
 use crate::error::UpdateRejection;
 
 /// Limits an update must respect before it may be aggregated.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct UpdateLimits {
     /// Reject updates whose L2 norm exceeds this (None: no limit).
     pub max_l2_norm: Option<f64>,
-}
-
-impl Default for UpdateLimits {
-    fn default() -> Self {
-        UpdateLimits { max_l2_norm: None }
-    }
 }
 
 /// Check an update's shape and values. One read-only pass; nothing is allocated.
@@ -88,14 +82,21 @@ mod tests {
         let u = UpdateVector::F64(vec![3.0, 4.0]);
         assert_eq!(
             validate_update(&u, 3, &UpdateLimits::default()),
-            Err(UpdateRejection::WrongLength { expected: 3, got: 2 })
+            Err(UpdateRejection::WrongLength {
+                expected: 3,
+                got: 2
+            })
         );
-        let limits = UpdateLimits { max_l2_norm: Some(4.0) };
+        let limits = UpdateLimits {
+            max_l2_norm: Some(4.0),
+        };
         assert!(matches!(
             validate_update(&u, 2, &limits),
             Err(UpdateRejection::NormTooLarge { .. })
         ));
-        let limits = UpdateLimits { max_l2_norm: Some(5.0) };
+        let limits = UpdateLimits {
+            max_l2_norm: Some(5.0),
+        };
         assert!(validate_update(&u, 2, &limits).is_ok());
     }
 }

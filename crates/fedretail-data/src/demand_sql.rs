@@ -6,7 +6,9 @@
 use crate::error::{sql_err, DataError};
 use crate::source::{open_store, register_file, StoreSource};
 use chrono::{Datelike, NaiveDate};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -32,7 +34,10 @@ impl Default for DemandSpec {
 }
 
 /// The store's calendar from its first to its last day, as a table.
-fn calendar_table(first: NaiveDate, last: NaiveDate) -> Result<MemTable, datafusion::error::DataFusionError> {
+fn calendar_table(
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<MemTable, datafusion::error::DataFusionError> {
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(NaiveDate::MIN);
     let days: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
     let schema = Arc::new(Schema::new(vec![
@@ -44,12 +49,25 @@ fn calendar_table(first: NaiveDate, last: NaiveDate) -> Result<MemTable, datafus
         Field::new("shopping_event", DataType::Boolean, false),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(Date32Array::from_iter_values(days.iter().map(|d| (*d - epoch).num_days() as i32))),
-        Arc::new(Int64Array::from_iter_values(days.iter().map(|d| (*d - first).num_days()))),
-        Arc::new(Int64Array::from_iter_values(days.iter().map(|d| d.weekday().num_days_from_monday() as i64))),
-        Arc::new(Float64Array::from_iter_values(days.iter().map(|d| d.ordinal() as f64))),
-        Arc::new(BooleanArray::from_iter(days.iter().map(|d| Some(is_public_holiday(*d))))),
-        Arc::new(BooleanArray::from_iter(days.iter().map(|d| Some(shopping_event(*d).is_some())))),
+        Arc::new(Date32Array::from_iter_values(
+            days.iter().map(|d| (*d - epoch).num_days() as i32),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            days.iter().map(|d| (*d - first).num_days()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            days.iter()
+                .map(|d| d.weekday().num_days_from_monday() as i64),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            days.iter().map(|d| d.ordinal() as f64),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            days.iter().map(|d| Some(is_public_holiday(*d))),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            days.iter().map(|d| Some(shopping_event(*d).is_some())),
+        )),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     MemTable::try_new(schema, vec![vec![batch]])
@@ -61,17 +79,29 @@ async fn register_promotions(ctx: &SessionContext, source: &StoreSource) -> Resu
             register_file(ctx, "raw_promotions", path).await?;
             let sql = "SELECT CAST(category AS VARCHAR) AS category, CAST(start_date AS DATE) AS start_date, \
                        CAST(end_date AS DATE) AS end_date, CAST(discount AS DOUBLE) AS discount FROM raw_promotions";
-            let df = ctx.sql(sql).await.map_err(sql_err(path, "reading promotions"))?;
+            let df = ctx
+                .sql(sql)
+                .await
+                .map_err(sql_err(path, "reading promotions"))?;
             // Materialise once so a bad promotion row is reported here, not mid-query.
-            let batches = df.collect().await.map_err(sql_err(path, "reading promotions (expected category, start_date, end_date, discount)"))?;
-            let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(promo_schema()));
-            let table = MemTable::try_new(schema, vec![batches]).map_err(sql_err(path, "reading promotions"))?;
-            ctx.register_table("promotions", Arc::new(table)).map_err(sql_err(path, "reading promotions"))?;
+            let batches = df.collect().await.map_err(sql_err(
+                path,
+                "reading promotions (expected category, start_date, end_date, discount)",
+            ))?;
+            let schema = batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| Arc::new(promo_schema()));
+            let table = MemTable::try_new(schema, vec![batches])
+                .map_err(sql_err(path, "reading promotions"))?;
+            ctx.register_table("promotions", Arc::new(table))
+                .map_err(sql_err(path, "reading promotions"))?;
         }
         None => {
             let table = MemTable::try_new(Arc::new(promo_schema()), vec![vec![]])
                 .map_err(sql_err(&source.transactions, "empty promotions"))?;
-            ctx.register_table("promotions", Arc::new(table)).map_err(sql_err(&source.transactions, "empty promotions"))?;
+            ctx.register_table("promotions", Arc::new(table))
+                .map_err(sql_err(&source.transactions, "empty promotions"))?;
         }
     }
     Ok(())
@@ -158,9 +188,16 @@ ORDER BY category, day_index
 }
 
 /// Read, validate and featurise one store's data for the demand task.
-pub async fn load_demand_dataset(store_id: &str, source: &StoreSource, spec: &DemandSpec) -> Result<DemandDataset, DataError> {
+pub async fn load_demand_dataset(
+    store_id: &str,
+    source: &StoreSource,
+    spec: &DemandSpec,
+) -> Result<DemandDataset, DataError> {
     if spec.holdout_days == 0 || spec.holdout_days > 365 {
-        return Err(DataError::Spec(format!("holdout_days must be in 1..=365, got {}", spec.holdout_days)));
+        return Err(DataError::Spec(format!(
+            "holdout_days must be in 1..=365, got {}",
+            spec.holdout_days
+        )));
     }
     let path = source.transactions.clone();
     let ctx = open_store(source).await?;
@@ -181,18 +218,27 @@ pub async fn load_demand_dataset(store_id: &str, source: &StoreSource, spec: &De
             if a.is_null(0) || z.is_null(0) {
                 return None;
             }
-            Some((a.value(0).parse::<NaiveDate>().ok()?, z.value(0).parse::<NaiveDate>().ok()?))
+            Some((
+                a.value(0).parse::<NaiveDate>().ok()?,
+                z.value(0).parse::<NaiveDate>().ok()?,
+            ))
         })
         .ok_or_else(|| DataError::NoRows { path: path.clone() })?;
     let days = (last - first).num_days() + 1;
     let needed = WARM_UP_DAYS + spec.holdout_days as i64 + 14;
     if days < needed {
-        return Err(DataError::TooLittleHistory { path, days, needed, holdout: spec.holdout_days });
+        return Err(DataError::TooLittleHistory {
+            path,
+            days,
+            needed,
+            holdout: spec.holdout_days,
+        });
     }
     let cutoff = days - spec.holdout_days as i64;
 
     let calendar = calendar_table(first, last).map_err(sql_err(&path, "building calendar"))?;
-    ctx.register_table("calendar", Arc::new(calendar)).map_err(sql_err(&path, "building calendar"))?;
+    ctx.register_table("calendar", Arc::new(calendar))
+        .map_err(sql_err(&path, "building calendar"))?;
     register_promotions(&ctx, source).await?;
 
     let batches = ctx
@@ -216,13 +262,26 @@ pub async fn load_demand_dataset(store_id: &str, source: &StoreSource, spec: &De
                 .and_then(|c| c.as_primitive_opt::<Float64Type>())
                 .ok_or_else(|| DataError::Spec(format!("feature query lost column {name}")))
         };
-        let features: Vec<&Float64Array> = DEMAND_FEATURES.iter().map(|f| col(f)).collect::<Result<_, _>>()?;
-        let (units, scale, is_test, naive, diff7) = (col("units")?, col("scale")?, col("is_test")?, col("naive")?, col("abs_diff7")?);
+        let features: Vec<&Float64Array> = DEMAND_FEATURES
+            .iter()
+            .map(|f| col(f))
+            .collect::<Result<_, _>>()?;
+        let (units, scale, is_test, naive, diff7) = (
+            col("units")?,
+            col("scale")?,
+            col("is_test")?,
+            col("naive")?,
+            col("abs_diff7")?,
+        );
         for i in 0..batch.num_rows() {
             for (xj, f) in x.iter_mut().zip(&features) {
                 *xj = f.value(i);
             }
-            let naive_i = if naive.is_null(i) { 0.0 } else { naive.value(i) };
+            let naive_i = if naive.is_null(i) {
+                0.0
+            } else {
+                naive.value(i)
+            };
             if is_test.value(i) > 0.5 {
                 test.push(&x, units.value(i), scale.value(i), naive_i);
             } else {
@@ -238,7 +297,11 @@ pub async fn load_demand_dataset(store_id: &str, source: &StoreSource, spec: &De
         store_id: store_id.to_string(),
         train,
         test,
-        naive_scale: if naive_n > 0 { naive_abs / naive_n as f64 } else { 0.0 },
+        naive_scale: if naive_n > 0 {
+            naive_abs / naive_n as f64
+        } else {
+            0.0
+        },
         history_days: days as u32,
     })
 }

@@ -1,7 +1,9 @@
 use crate::error::{sql_err, DataError};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
-use fedretail_domain::schema::{ColumnType, PROMOTIONS_FILE, TRANSACTIONS_FILE, TRANSACTION_COLUMNS};
+use fedretail_domain::schema::{
+    ColumnType, PROMOTIONS_FILE, TRANSACTIONS_FILE, TRANSACTION_COLUMNS,
+};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -34,44 +36,89 @@ impl StoreSource {
 /// Column names of a CSV header line.
 fn csv_header(path: &Path) -> Result<Vec<String>, DataError> {
     let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => DataError::NotFound { path: path.to_path_buf() },
-        _ => DataError::Io { path: path.to_path_buf(), source: e },
+        std::io::ErrorKind::NotFound => DataError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => DataError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
     })?;
     let mut reader = std::io::BufReader::new(file);
     let mut header = String::new();
-    let n = reader.read_line(&mut header).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let n = reader
+        .read_line(&mut header)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if n == 0 || header.trim().is_empty() {
-        return Err(DataError::EmptyFile { path: path.to_path_buf() });
+        return Err(DataError::EmptyFile {
+            path: path.to_path_buf(),
+        });
     }
     let mut second = String::new();
-    let rows = reader.read_line(&mut second).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let rows = reader
+        .read_line(&mut second)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if rows == 0 || second.trim().is_empty() {
-        return Err(DataError::NoRows { path: path.to_path_buf() });
+        return Err(DataError::NoRows {
+            path: path.to_path_buf(),
+        });
     }
-    Ok(header.trim_end_matches(['\r', '\n']).split(',').map(|c| c.trim().trim_matches('"').to_string()).collect())
+    Ok(header
+        .trim_end_matches(['\r', '\n'])
+        .split(',')
+        .map(|c| c.trim().trim_matches('"').to_string())
+        .collect())
 }
 
 /// Register `path` as table `name`. CSV columns are read as text and typed later by
 /// validation, so a bad value is reported with its line instead of failing the read.
-pub(crate) async fn register_file(ctx: &SessionContext, name: &str, path: &Path) -> Result<(), DataError> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+pub(crate) async fn register_file(
+    ctx: &SessionContext,
+    name: &str,
+    path: &Path,
+) -> Result<(), DataError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let path_str = path.to_string_lossy().to_string();
     match ext.as_str() {
         "csv" => {
             let columns = csv_header(path)?;
-            let schema = Schema::new(columns.iter().map(|c| Field::new(c, DataType::Utf8, true)).collect::<Vec<_>>());
-            let options = CsvReadOptions::new().has_header(true).schema(&schema).file_extension(".csv");
-            ctx.register_csv(name, &path_str, options).await.map_err(sql_err(path, "reading CSV"))
+            let schema = Schema::new(
+                columns
+                    .iter()
+                    .map(|c| Field::new(c, DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            );
+            let options = CsvReadOptions::new()
+                .has_header(true)
+                .schema(&schema)
+                .file_extension(".csv");
+            ctx.register_csv(name, &path_str, options)
+                .await
+                .map_err(sql_err(path, "reading CSV"))
         }
         "parquet" => {
             if !path.exists() {
-                return Err(DataError::NotFound { path: path.to_path_buf() });
+                return Err(DataError::NotFound {
+                    path: path.to_path_buf(),
+                });
             }
             ctx.register_parquet(name, &path_str, ParquetReadOptions::default())
                 .await
                 .map_err(sql_err(path, "reading Parquet"))
         }
-        _ => Err(DataError::UnsupportedFormat { path: path.to_path_buf() }),
+        _ => Err(DataError::UnsupportedFormat {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
@@ -83,24 +130,54 @@ pub async fn open_store(source: &StoreSource) -> Result<SessionContext, DataErro
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     let path = &source.transactions;
     register_file(&ctx, "raw_transactions", path).await?;
-    let view = source.view_sql.clone().unwrap_or_else(|| "SELECT * FROM raw_transactions".to_string());
-    let mapped = ctx.sql(&view).await.map_err(|e| DataError::BadView(e.to_string()))?;
-    ctx.register_table("mapped_transactions", mapped.into_view()).map_err(sql_err(path, "registering view"))?;
+    let view = source
+        .view_sql
+        .clone()
+        .unwrap_or_else(|| "SELECT * FROM raw_transactions".to_string());
+    let mapped = ctx
+        .sql(&view)
+        .await
+        .map_err(|e| DataError::BadView(e.to_string()))?;
+    ctx.register_table("mapped_transactions", mapped.into_view())
+        .map_err(sql_err(path, "registering view"))?;
 
-    let schema = ctx.table("mapped_transactions").await.map_err(sql_err(path, "reading view"))?.schema().clone();
+    let schema = ctx
+        .table("mapped_transactions")
+        .await
+        .map_err(sql_err(path, "reading view"))?
+        .schema()
+        .clone();
     let present: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let has = |c: &str| present.iter().any(|p| p == c);
     for col in TRANSACTION_COLUMNS.iter().filter(|c| c.required) {
         if !has(col.name) {
-            return Err(DataError::MissingColumn { path: path.clone(), column: col.name.to_string(), present: present.join(", ") });
+            return Err(DataError::MissingColumn {
+                path: path.clone(),
+                column: col.name.to_string(),
+                present: present.join(", "),
+            });
         }
     }
     validate(&ctx, path, &has).await?;
 
     // Canonical typed view. Optional columns get their defaults.
-    let text = |c: &str| if has(c) { format!("CAST({c} AS VARCHAR)") } else { "CAST(NULL AS VARCHAR)".into() };
-    let refund = if has("is_refund") { "COALESCE(TRY_CAST(is_refund AS BOOLEAN), false)".to_string() } else { "false".into() };
-    let amount = if has("amount") { "TRY_CAST(amount AS DOUBLE)".to_string() } else { "TRY_CAST(quantity AS DOUBLE) * TRY_CAST(unit_price AS DOUBLE)".into() };
+    let text = |c: &str| {
+        if has(c) {
+            format!("CAST({c} AS VARCHAR)")
+        } else {
+            "CAST(NULL AS VARCHAR)".into()
+        }
+    };
+    let refund = if has("is_refund") {
+        "COALESCE(TRY_CAST(is_refund AS BOOLEAN), false)".to_string()
+    } else {
+        "false".into()
+    };
+    let amount = if has("amount") {
+        "TRY_CAST(amount AS DOUBLE)".to_string()
+    } else {
+        "TRY_CAST(quantity AS DOUBLE) * TRY_CAST(unit_price AS DOUBLE)".into()
+    };
     let canonical = format!(
         "SELECT {store} AS store_id, CAST(transaction_id AS VARCHAR) AS transaction_id, \
          CAST(timestamp AS TIMESTAMP) AS timestamp, NULLIF({customer}, '') AS customer_id, \
@@ -112,13 +189,21 @@ pub async fn open_store(source: &StoreSource) -> Result<SessionContext, DataErro
         customer = text("customer_id"),
         payment = text("payment_method"),
     );
-    let df = ctx.sql(&canonical).await.map_err(sql_err(path, "building canonical view"))?;
-    ctx.register_table("transactions", df.into_view()).map_err(sql_err(path, "registering view"))?;
+    let df = ctx
+        .sql(&canonical)
+        .await
+        .map_err(sql_err(path, "building canonical view"))?;
+    ctx.register_table("transactions", df.into_view())
+        .map_err(sql_err(path, "registering view"))?;
     Ok(ctx)
 }
 
 /// Find the first row whose value cannot be typed, in one pass over the file.
-async fn validate(ctx: &SessionContext, path: &Path, has: &(dyn Fn(&str) -> bool + Sync)) -> Result<(), DataError> {
+async fn validate(
+    ctx: &SessionContext,
+    path: &Path,
+    has: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<(), DataError> {
     use datafusion::arrow::array::{Array, AsArray};
     let mut checks = Vec::new();
     for col in TRANSACTION_COLUMNS.iter().filter(|c| has(c.name)) {
@@ -128,7 +213,11 @@ async fn validate(ctx: &SessionContext, path: &Path, has: &(dyn Fn(&str) -> bool
             ColumnType::Boolean => "BOOLEAN",
             ColumnType::Text => {
                 if col.required {
-                    checks.push((col.name, "required", format!("NULLIF(CAST({} AS VARCHAR), '') IS NULL", col.name)));
+                    checks.push((
+                        col.name,
+                        "required",
+                        format!("NULLIF(CAST({} AS VARCHAR), '') IS NULL", col.name),
+                    ));
                 }
                 continue;
             }
@@ -137,40 +226,74 @@ async fn validate(ctx: &SessionContext, path: &Path, has: &(dyn Fn(&str) -> bool
         if col.required {
             checks.push((col.name, "required", format!("{v} IS NULL")));
         }
-        checks.push((col.name, sql_type, format!("({v} IS NOT NULL AND TRY_CAST({v} AS {sql_type}) IS NULL)")));
+        checks.push((
+            col.name,
+            sql_type,
+            format!("({v} IS NOT NULL AND TRY_CAST({v} AS {sql_type}) IS NULL)"),
+        ));
     }
     if checks.is_empty() {
         return Ok(());
     }
-    let flags: Vec<String> = checks.iter().enumerate().map(|(i, (_, _, c))| format!("{c} AS bad_{i}")).collect();
+    let flags: Vec<String> = checks
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, c))| format!("{c} AS bad_{i}"))
+        .collect();
     let any: Vec<String> = (0..checks.len()).map(|i| format!("bad_{i}")).collect();
-    let values: Vec<String> = checks.iter().map(|(n, _, _)| format!("CAST({n} AS VARCHAR)")).collect();
+    let values: Vec<String> = checks
+        .iter()
+        .map(|(n, _, _)| format!("CAST({n} AS VARCHAR)"))
+        .collect();
     let sql = format!(
         "SELECT * FROM (SELECT ROW_NUMBER() OVER () AS row_number, {flags}, {values} FROM mapped_transactions) WHERE {any} ORDER BY row_number LIMIT 1",
         flags = flags.join(", "),
         values = values.iter().enumerate().map(|(i, v)| format!("{v} AS value_{i}")).collect::<Vec<_>>().join(", "),
         any = any.join(" OR "),
     );
-    let batches = ctx.sql(&sql).await.map_err(sql_err(path, "validating"))?.collect().await.map_err(sql_err(path, "validating"))?;
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(sql_err(path, "validating"))?
+        .collect()
+        .await
+        .map_err(sql_err(path, "validating"))?;
     let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
         return Ok(());
     };
-    let row = batch.column(0).as_primitive::<datafusion::arrow::datatypes::UInt64Type>().value(0);
+    let row = batch
+        .column(0)
+        .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+        .value(0);
     for (i, (name, expected, _)) in checks.iter().enumerate() {
         let bad = batch.column(1 + i).as_boolean();
         if !bad.is_null(0) && bad.value(0) {
             let line = row + 1; // the header is line 1
             if *expected == "required" {
-                return Err(DataError::MissingValue { path: path.to_path_buf(), column: name.to_string(), line });
+                return Err(DataError::MissingValue {
+                    path: path.to_path_buf(),
+                    column: name.to_string(),
+                    line,
+                });
             }
             let value_col = batch.column(1 + checks.len() + i).as_string::<i32>();
-            let value = if value_col.is_null(0) { String::new() } else { value_col.value(0).to_string() };
+            let value = if value_col.is_null(0) {
+                String::new()
+            } else {
+                value_col.value(0).to_string()
+            };
             let expected = match *expected {
                 "TIMESTAMP" => "a timestamp (YYYY-MM-DD HH:MM:SS)",
                 "DOUBLE" => "a number",
                 _ => "true/false",
             };
-            return Err(DataError::BadValue { path: path.to_path_buf(), column: name.to_string(), line, value, expected });
+            return Err(DataError::BadValue {
+                path: path.to_path_buf(),
+                column: name.to_string(),
+                line,
+                value,
+                expected,
+            });
         }
     }
     Ok(())

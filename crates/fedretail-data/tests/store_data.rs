@@ -12,7 +12,11 @@ fn write(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
 }
 
 async fn load(path: std::path::PathBuf) -> Result<fedretail_models::DemandDataset, DataError> {
-    let source = StoreSource { transactions: path, promotions: None, view_sql: None };
+    let source = StoreSource {
+        transactions: path,
+        promotions: None,
+        view_sql: None,
+    };
     load_demand_dataset("s", &source, &DemandSpec::default()).await
 }
 
@@ -21,12 +25,19 @@ const HEADER: &str = "transaction_id,timestamp,product_id,category,quantity,unit
 #[tokio::test]
 async fn generated_store_becomes_features() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = NetworkConfig { stores: 2, days: 200, young_fraction: 0.0, ..Default::default() };
+    let cfg = NetworkConfig {
+        stores: 2,
+        days: 200,
+        young_fraction: 0.0,
+        ..Default::default()
+    };
     let summary = generate_network(&cfg, dir.path()).unwrap();
     let store = &summary.stores[0];
     let source = StoreSource::from_dir(&dir.path().join(&store.store_id));
     assert!(source.promotions.is_some());
-    let data = load_demand_dataset(&store.store_id, &source, &DemandSpec::default()).await.unwrap();
+    let data = load_demand_dataset(&store.store_id, &source, &DemandSpec::default())
+        .await
+        .unwrap();
     let n_cat = data.test.len() / 28;
     assert!(n_cat >= 4, "{} test rows", data.test.len());
     assert_eq!(data.test.len(), 28 * n_cat);
@@ -34,7 +45,10 @@ async fn generated_store_becomes_features() {
     assert_eq!(data.train.len(), (200 - 55 - 28) * n_cat);
     assert!(data.naive_scale > 0.0);
     // Promotions reach the features: some training row has a discount.
-    let promo_col = fedretail_models::DEMAND_FEATURES.iter().position(|f| *f == "promo_discount").unwrap();
+    let promo_col = fedretail_models::DEMAND_FEATURES
+        .iter()
+        .position(|f| *f == "promo_discount")
+        .unwrap();
     assert!(data.train.iter().any(|(x, _, _)| x[promo_col] > 0.0));
     for (x, r, s) in data.train.iter() {
         assert!(x.iter().all(|v| v.is_finite()) && r >= 0.0 && s > 0.0);
@@ -56,11 +70,17 @@ async fn a_view_maps_differently_named_columns() {
         promotions: None,
         view_sql: Some("SELECT receipt AS transaction_id, sold_at AS timestamp, sku AS product_id, dept AS category, qty AS quantity, price AS unit_price FROM raw_transactions".into()),
     };
-    let data = load_demand_dataset("s", &source, &DemandSpec::default()).await.unwrap();
+    let data = load_demand_dataset("s", &source, &DemandSpec::default())
+        .await
+        .unwrap();
     assert_eq!(data.test.len(), 28);
     // Without the view the same file is refused, naming the missing column.
     let err = load(path).await.unwrap_err();
-    assert!(err.to_string().contains("missing required column 'transaction_id'"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("missing required column 'transaction_id'"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +88,9 @@ async fn bad_files_get_precise_errors() {
     let dir = tempfile::tempdir().unwrap();
     let err = load(write(dir.path(), "empty.csv", "")).await.unwrap_err();
     assert!(matches!(err, DataError::EmptyFile { .. }), "{err}");
-    let err = load(write(dir.path(), "header.csv", HEADER)).await.unwrap_err();
+    let err = load(write(dir.path(), "header.csv", HEADER))
+        .await
+        .unwrap_err();
     assert!(matches!(err, DataError::NoRows { .. }), "{err}");
     let err = load(dir.path().join("missing.csv")).await.unwrap_err();
     assert!(err.to_string().contains("file not found"), "{err}");
@@ -78,17 +100,38 @@ async fn bad_files_get_precise_errors() {
     let body = format!("{HEADER}t1,2025-01-01 10:00:00,p,c,1,2.0\nt2,yesterday,p,c,1,2.0\n");
     let err = load(write(dir.path(), "ts.csv", &body)).await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("ts.csv") && msg.contains("column 'timestamp', line 3") && msg.contains("'yesterday'"), "{msg}");
+    assert!(
+        msg.contains("ts.csv")
+            && msg.contains("column 'timestamp', line 3")
+            && msg.contains("'yesterday'"),
+        "{msg}"
+    );
 
-    let body = format!("{HEADER}t1,2025-01-01 10:00:00,p,c,1,2.0\nt2,2025-01-01 11:00:00,p,c,two,2.0\n");
+    let body =
+        format!("{HEADER}t1,2025-01-01 10:00:00,p,c,1,2.0\nt2,2025-01-01 11:00:00,p,c,two,2.0\n");
     let err = load(write(dir.path(), "qty.csv", &body)).await.unwrap_err();
-    assert!(err.to_string().contains("column 'quantity', line 3: cannot read 'two' as a number"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("column 'quantity', line 3: cannot read 'two' as a number"),
+        "{err}"
+    );
 
     let body = format!("{HEADER}t1,,p,c,1,2.0\n");
-    let err = load(write(dir.path(), "nots.csv", &body)).await.unwrap_err();
-    assert!(err.to_string().contains("column 'timestamp', line 2: value is required"), "{err}");
+    let err = load(write(dir.path(), "nots.csv", &body))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("column 'timestamp', line 2: value is required"),
+        "{err}"
+    );
 
     let body = format!("{HEADER}t1,2025-01-01 10:00:00,p,c,1,2.0\n");
-    let err = load(write(dir.path(), "short.csv", &body)).await.unwrap_err();
-    assert!(matches!(err, DataError::TooLittleHistory { days: 1, .. }), "{err}");
+    let err = load(write(dir.path(), "short.csv", &body))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DataError::TooLittleHistory { days: 1, .. }),
+        "{err}"
+    );
 }

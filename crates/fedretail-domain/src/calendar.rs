@@ -94,8 +94,14 @@ mod tests {
         assert!(is_public_holiday(ymd(2025, 4, 18))); // Good Friday
         assert!(is_public_holiday(ymd(2025, 4, 21))); // Easter Monday
         assert!(!is_public_holiday(ymd(2025, 4, 22)));
-        assert_eq!(shopping_event(ymd(2025, 11, 28)), Some(ShoppingEvent::BlackFriday));
-        assert_eq!(shopping_event(ymd(2025, 5, 11)), Some(ShoppingEvent::MothersDay));
+        assert_eq!(
+            shopping_event(ymd(2025, 11, 28)),
+            Some(ShoppingEvent::BlackFriday)
+        );
+        assert_eq!(
+            shopping_event(ymd(2025, 5, 11)),
+            Some(ShoppingEvent::MothersDay)
+        );
         assert_eq!(shopping_event(ymd(2025, 6, 11)), None);
     }
 }

@@ -59,7 +59,10 @@ pub struct DemandRows {
 
 impl DemandRows {
     pub fn new(d: usize) -> Self {
-        DemandRows { d, ..Default::default() }
+        DemandRows {
+            d,
+            ..Default::default()
+        }
     }
 
     pub fn push(&mut self, x: &[f64], units: f64, scale: f64, naive: f64) {
@@ -86,11 +89,19 @@ impl DemandRows {
     /// (features, relative target, scale) of row i.
     #[inline]
     pub fn row(&self, i: usize) -> (&[f64], f64, f64) {
-        (&self.x[i * self.d..(i + 1) * self.d], self.r[i], self.scale[i])
+        (
+            &self.x[i * self.d..(i + 1) * self.d],
+            self.r[i],
+            self.scale[i],
+        )
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[f64], f64, f64)> + '_ {
-        self.x.chunks_exact(self.d.max(1)).zip(&self.r).zip(&self.scale).map(|((x, &r), &s)| (x, r, s))
+        self.x
+            .chunks_exact(self.d.max(1))
+            .zip(&self.r)
+            .zip(&self.scale)
+            .map(|((x, &r), &s)| (x, r, s))
     }
 
     pub fn units(&self) -> &[f64] {
@@ -103,7 +114,11 @@ impl DemandRows {
 
     /// Sum of |units - forecast| over rows.
     pub fn abs_error(&self, forecast: &[f64]) -> f64 {
-        self.units.iter().zip(forecast).map(|(y, f)| (y - f).abs()).sum()
+        self.units
+            .iter()
+            .zip(forecast)
+            .map(|(y, f)| (y - f).abs())
+            .sum()
     }
 
     /// Rows concatenated (the centralized reference pools stores this way).
@@ -138,7 +153,10 @@ pub struct DemandOptions {
 
 impl Default for DemandOptions {
     fn default() -> Self {
-        DemandOptions { l2: 1.0, max_step: 2.0 }
+        DemandOptions {
+            l2: 1.0,
+            max_step: 2.0,
+        }
     }
 }
 
@@ -151,7 +169,11 @@ pub struct DemandTask {
 
 impl DemandTask {
     pub fn new(data: Arc<DemandDataset>, options: DemandOptions) -> Self {
-        DemandTask { data, options, local_only: OnceLock::new() }
+        DemandTask {
+            data,
+            options,
+            local_only: OnceLock::new(),
+        }
     }
 
     pub fn dataset(&self) -> &DemandDataset {
@@ -162,14 +184,26 @@ impl DemandTask {
     pub fn local_only_model(&self) -> &[f64] {
         self.local_only.get_or_init(|| {
             let mask = demand_layout().regularization_mask();
-            glm::fit_newton(&[&self.data.train], &mask, self.options.l2, self.options.max_step, 50, 1e-9).0
+            glm::fit_newton(
+                &[&self.data.train],
+                &mask,
+                self.options.l2,
+                self.options.max_step,
+                50,
+                1e-9,
+            )
+            .0
         })
     }
 
     fn check_len(&self, global: &[f64]) -> Result<(), TaskError> {
         let expected = DEMAND_FEATURES.len();
         if global.len() != expected {
-            return Err(TaskError::WrongParameterCount { task: "demand", expected, got: global.len() });
+            return Err(TaskError::WrongParameterCount {
+                task: "demand",
+                expected,
+                got: global.len(),
+            });
         }
         Ok(())
     }
@@ -207,12 +241,29 @@ impl LocalTask for DemandTask {
                 glm::add_second_order_statistics(&self.data.train, global, &mut out);
                 Ok(out)
             }
-            LocalWork::LocalEpochs { epochs, batch_size, learning_rate, l2, seed } => {
+            LocalWork::LocalEpochs {
+                epochs,
+                batch_size,
+                learning_rate,
+                l2,
+                seed,
+            } => {
                 let mut w = global.to_vec();
                 let mask = demand_layout().regularization_mask();
-                glm::sgd(&self.data.train, &mut w, &mask, *epochs, *batch_size, *learning_rate, *l2, *seed);
+                glm::sgd(
+                    &self.data.train,
+                    &mut w,
+                    &mask,
+                    *epochs,
+                    *batch_size,
+                    *learning_rate,
+                    *l2,
+                    *seed,
+                );
                 if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-                    return Err(TaskError::Diverged(format!("parameter {i} is not finite; lower the learning rate")));
+                    return Err(TaskError::Diverged(format!(
+                        "parameter {i} is not finite; lower the learning rate"
+                    )));
                 }
                 Ok(w.iter().zip(global).map(|(a, b)| a - b).collect())
             }

@@ -32,10 +32,12 @@ pub fn predict_into(rows: &DemandRows, w: &[f64], out: &mut Vec<f64>) {
 
 /// Loss (unpenalised) summed over rows.
 pub fn loss(rows: &DemandRows, w: &[f64]) -> f64 {
-    rows.iter().map(|(x, r, _)| {
-        let e = eta(x, w);
-        e.exp() - r * e
-    }).sum()
+    rows.iter()
+        .map(|(x, r, _)| {
+            let e = eta(x, w);
+            e.exp() - r * e
+        })
+        .sum()
 }
 
 /// Gradient and Hessian of the summed loss at `w`, packed as `[g, upper(H)]` and
@@ -50,8 +52,8 @@ pub fn add_second_order_statistics(rows: &DemandRows, w: &[f64], out: &mut [f64]
         for i in 0..d {
             g[i] += resid * x[i];
             let mxi = mu * x[i];
-            for j in i..d {
-                h[k] += mxi * x[j];
+            for xj in &x[i..] {
+                h[k] += mxi * xj;
                 k += 1;
             }
         }
@@ -60,7 +62,14 @@ pub fn add_second_order_statistics(rows: &DemandRows, w: &[f64], out: &mut [f64]
 
 /// Newton's method on the pooled rows of several sources, the same iteration as the
 /// federated Newton strategy: the reference for local-only and centralized fits.
-pub fn fit_newton(sources: &[&DemandRows], mask: &[bool], l2: f64, max_step: f64, max_iter: usize, tol: f64) -> (Vec<f64>, usize) {
+pub fn fit_newton(
+    sources: &[&DemandRows],
+    mask: &[bool],
+    l2: f64,
+    max_step: f64,
+    max_iter: usize,
+    tol: f64,
+) -> (Vec<f64>, usize) {
     let d = mask.len();
     let mut w = vec![0.0; d];
     let len = fedretail_core::newton_statistics_len(d);
@@ -74,7 +83,12 @@ pub fn fit_newton(sources: &[&DemandRows], mask: &[bool], l2: f64, max_step: f64
         let Some(next) = FedNewton::newton_step(&w, g, h, mask, l2, max_step) else {
             return (w, iter);
         };
-        let step: f64 = next.iter().zip(&w).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+        let step: f64 = next
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt();
         w = next;
         if step < tol {
             return (w, iter);
@@ -86,7 +100,16 @@ pub fn fit_newton(sources: &[&DemandRows], mask: &[bool], l2: f64, max_step: f64
 /// Mini-batch SGD from `w`, in place: the local work of FedAvg. The shuffle depends
 /// only on `seed`, so stores with identical data and seed take identical steps.
 #[allow(clippy::too_many_arguments)]
-pub fn sgd(rows: &DemandRows, w: &mut [f64], mask: &[bool], epochs: u32, batch_size: u32, learning_rate: f64, l2: f64, seed: u64) {
+pub fn sgd(
+    rows: &DemandRows,
+    w: &mut [f64],
+    mask: &[bool],
+    epochs: u32,
+    batch_size: u32,
+    learning_rate: f64,
+    l2: f64,
+    seed: u64,
+) {
     let n = rows.len();
     if n == 0 {
         return;
@@ -130,13 +153,16 @@ mod tests {
     fn toy_rows(n: usize, d: usize, seed: u64) -> DemandRows {
         use rand::Rng;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let truth: Vec<f64> = (0..d).map(|j| if j == 0 { 0.2 } else { 0.3 / j as f64 }).collect();
+        let truth: Vec<f64> = (0..d)
+            .map(|j| if j == 0 { 0.2 } else { 0.3 / j as f64 })
+            .collect();
         let mut rows = DemandRows::new(d);
         for _ in 0..n {
             let mut x = vec![1.0];
             x.extend((1..d).map(|_| rng.random_range(-1.0..1.0)));
             let mu = dot(&x, &truth).exp() * 5.0;
-            let y = rand_distr::Distribution::sample(&rand_distr::Poisson::new(mu).unwrap(), &mut rng);
+            let y =
+                rand_distr::Distribution::sample(&rand_distr::Poisson::new(mu).unwrap(), &mut rng);
             rows.push(&x, y, 5.0, 0.0);
         }
         rows
@@ -154,7 +180,11 @@ mod tests {
             wp[j] += 1e-6;
             wm[j] -= 1e-6;
             let fd = (loss(&rows, &wp) - loss(&rows, &wm)) / 2e-6;
-            assert!((fd - stats[j]).abs() < 1e-4 * fd.abs().max(1.0), "{j}: {fd} vs {}", stats[j]);
+            assert!(
+                (fd - stats[j]).abs() < 1e-4 * fd.abs().max(1.0),
+                "{j}: {fd} vs {}",
+                stats[j]
+            );
         }
     }
 
@@ -164,7 +194,10 @@ mod tests {
         let mask = vec![false, true, true, true];
         let (w, iters) = fit_newton(&[&rows], &mask, 0.0, 2.0, 50, 1e-10);
         assert!(iters < 15);
-        assert!((w[0] - 0.2).abs() < 0.05 && (w[1] - 0.3).abs() < 0.05, "{w:?}");
+        assert!(
+            (w[0] - 0.2).abs() < 0.05 && (w[1] - 0.3).abs() < 0.05,
+            "{w:?}"
+        );
         let mut ws = vec![0.0; 4];
         sgd(&rows, &mut ws, &mask, 20, 32, 0.02, 0.0, 9);
         for j in 0..4 {

@@ -7,7 +7,11 @@ pub type TaskMetrics = BTreeMap<String, f64>;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TaskError {
     #[error("global parameters have {got} values, task '{task}' expects {expected}")]
-    WrongParameterCount { task: &'static str, expected: usize, got: usize },
+    WrongParameterCount {
+        task: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("store has no training rows for task '{0}'")]
     NoTrainingRows(&'static str),
     #[error("unknown task '{0}' (known: demand)")]

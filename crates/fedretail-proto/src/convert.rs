@@ -6,7 +6,11 @@ pub enum TensorError {
     #[error("tensor dtype is unspecified or unknown ({0})")]
     UnknownDType(i32),
     #[error("tensor declares {declared} values but carries {bytes} bytes ({per} bytes each)")]
-    LengthMismatch { declared: u64, bytes: usize, per: usize },
+    LengthMismatch {
+        declared: u64,
+        bytes: usize,
+        per: usize,
+    },
     #[error("tensor has {got} values, expected {expected}")]
     WrongLength { expected: usize, got: u64 },
     #[error("tensor of {bytes} bytes exceeds the limit of {limit} bytes")]
@@ -20,7 +24,11 @@ pub fn encode_f32(values: &[f32]) -> v1::Tensor {
     for v in values {
         data.extend_from_slice(&v.to_le_bytes());
     }
-    v1::Tensor { dtype: v1::Dtype::F32 as i32, len: values.len() as u64, data }
+    v1::Tensor {
+        dtype: v1::Dtype::F32 as i32,
+        len: values.len() as u64,
+        data,
+    }
 }
 
 pub fn encode_f64(values: &[f64]) -> v1::Tensor {
@@ -28,7 +36,11 @@ pub fn encode_f64(values: &[f64]) -> v1::Tensor {
     for v in values {
         data.extend_from_slice(&v.to_le_bytes());
     }
-    v1::Tensor { dtype: v1::Dtype::F64 as i32, len: values.len() as u64, data }
+    v1::Tensor {
+        dtype: v1::Dtype::F64 as i32,
+        len: values.len() as u64,
+        data,
+    }
 }
 
 /// Encode an f64 update at the precision the task asked for.
@@ -44,9 +56,16 @@ pub fn encode_update(values: &[f64], precision: UpdatePrecision) -> v1::Tensor {
 
 /// Decode a tensor, checking declared length, byte length and size limit. Values are
 /// not checked for finiteness here; that is the aggregator's validation.
-pub fn decode_tensor(t: &v1::Tensor, expected_len: usize, max_bytes: usize) -> Result<UpdateVector, TensorError> {
+pub fn decode_tensor(
+    t: &v1::Tensor,
+    expected_len: usize,
+    max_bytes: usize,
+) -> Result<UpdateVector, TensorError> {
     if t.data.len() > max_bytes {
-        return Err(TensorError::TooLarge { bytes: t.data.len(), limit: max_bytes });
+        return Err(TensorError::TooLarge {
+            bytes: t.data.len(),
+            limit: max_bytes,
+        });
     }
     let per = match v1::Dtype::try_from(t.dtype) {
         Ok(v1::Dtype::F32) => 4,
@@ -54,16 +73,31 @@ pub fn decode_tensor(t: &v1::Tensor, expected_len: usize, max_bytes: usize) -> R
         _ => return Err(TensorError::UnknownDType(t.dtype)),
     };
     if (t.data.len() as u64) != t.len.saturating_mul(per as u64) {
-        return Err(TensorError::LengthMismatch { declared: t.len, bytes: t.data.len(), per });
+        return Err(TensorError::LengthMismatch {
+            declared: t.len,
+            bytes: t.data.len(),
+            per,
+        });
     }
     if t.len != expected_len as u64 {
-        return Err(TensorError::WrongLength { expected: expected_len, got: t.len });
+        return Err(TensorError::WrongLength {
+            expected: expected_len,
+            got: t.len,
+        });
     }
     Ok(if per == 4 {
-        UpdateVector::F32(t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        UpdateVector::F32(
+            t.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
     } else {
         UpdateVector::F64(
-            t.data.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
+            t.data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
         )
     })
 }
@@ -73,7 +107,11 @@ pub fn layout_to_wire(layout: &ModelLayout) -> v1::ModelLayout {
         segments: layout
             .segments()
             .iter()
-            .map(|s| v1::Segment { name: s.name.clone(), len: s.len as u64, regularized: s.regularized })
+            .map(|s| v1::Segment {
+                name: s.name.clone(),
+                len: s.len as u64,
+                regularized: s.regularized,
+            })
             .collect(),
     }
 }
@@ -81,7 +119,11 @@ pub fn layout_to_wire(layout: &ModelLayout) -> v1::ModelLayout {
 pub fn layout_from_wire(layout: Option<&v1::ModelLayout>) -> Result<ModelLayout, TensorError> {
     let layout = layout.ok_or_else(|| TensorError::BadLayout("missing".into()))?;
     ModelLayout::new(
-        layout.segments.iter().map(|s| Segment::new(s.name.clone(), s.len as usize, s.regularized)).collect(),
+        layout
+            .segments
+            .iter()
+            .map(|s| Segment::new(s.name.clone(), s.len as usize, s.regularized))
+            .collect(),
     )
     .map_err(|e| TensorError::BadLayout(e.to_string()))
 }
@@ -119,11 +161,27 @@ mod tests {
     fn malformed_tensors_are_named() {
         let mut t = encode_f32(&[1.0, 2.0]);
         t.len = 3;
-        assert!(matches!(decode_tensor(&t, 3, 1 << 20), Err(TensorError::LengthMismatch { .. })));
+        assert!(matches!(
+            decode_tensor(&t, 3, 1 << 20),
+            Err(TensorError::LengthMismatch { .. })
+        ));
         let t = encode_f32(&[1.0, 2.0]);
-        assert_eq!(decode_tensor(&t, 3, 1 << 20), Err(TensorError::WrongLength { expected: 3, got: 2 }));
-        assert_eq!(decode_tensor(&t, 2, 4), Err(TensorError::TooLarge { bytes: 8, limit: 4 }));
-        let t = v1::Tensor { dtype: 0, len: 0, data: vec![] };
+        assert_eq!(
+            decode_tensor(&t, 3, 1 << 20),
+            Err(TensorError::WrongLength {
+                expected: 3,
+                got: 2
+            })
+        );
+        assert_eq!(
+            decode_tensor(&t, 2, 4),
+            Err(TensorError::TooLarge { bytes: 8, limit: 4 })
+        );
+        let t = v1::Tensor {
+            dtype: 0,
+            len: 0,
+            data: vec![],
+        };
         assert_eq!(decode_tensor(&t, 0, 4), Err(TensorError::UnknownDType(0)));
     }
 }

@@ -55,7 +55,10 @@ impl ErrorKind {
     }
 
     fn from_code(code: Code) -> ErrorKind {
-        ErrorKind::ALL.into_iter().find(|k| k.code() == code).unwrap_or(ErrorKind::Internal)
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.code() == code)
+            .unwrap_or(ErrorKind::Internal)
     }
 
     /// Whether a client should retry the same call later.
@@ -73,7 +76,10 @@ pub struct ServiceError {
 
 impl ServiceError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ServiceError { kind, message: message.into() }
+        ServiceError {
+            kind,
+            message: message.into(),
+        }
     }
 
     pub fn to_status(&self) -> Status {
@@ -84,10 +90,15 @@ impl ServiceError {
     /// come back as `Unavailable`, so the client retries them.
     pub fn from_status(status: &Status) -> Self {
         let kind = match status.code() {
-            Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted => ErrorKind::Unavailable,
+            Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted => {
+                ErrorKind::Unavailable
+            }
             code => ErrorKind::from_code(code),
         };
-        ServiceError { kind, message: status.message().to_string() }
+        ServiceError {
+            kind,
+            message: status.message().to_string(),
+        }
     }
 }
 

@@ -15,7 +15,10 @@ pub mod v1 {
     tonic::include_proto!("fedretail.v1");
 }
 
-pub use convert::{decode_tensor, encode_f32, encode_f64, encode_update, layout_from_wire, layout_to_wire, TensorError};
+pub use convert::{
+    decode_tensor, encode_f32, encode_f64, encode_update, layout_from_wire, layout_to_wire,
+    TensorError,
+};
 pub use error::{ErrorKind, ServiceError};
 
 /// Protocol version spoken by this build; registration refuses any other.

@@ -2,7 +2,10 @@ use crate::prepare::{prepare_network, PreparedStore};
 use crate::report::{group_by, summarize, DemandReport, StoreReport};
 use crate::SimError;
 use fedretail_agent::{AgentConfig, StoreAgent};
-use fedretail_coordinator::{run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorEvent, JobConfig, StoreCredential};
+use fedretail_coordinator::{
+    run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorEvent, JobConfig,
+    StoreCredential,
+};
 use fedretail_data::DemandSpec;
 use fedretail_domain::size_band;
 use fedretail_models::demand::{test_errors, DemandOptions};
@@ -25,35 +28,77 @@ pub struct DemoOptions {
 
 impl DemoOptions {
     pub fn new(data_dir: PathBuf) -> Self {
-        DemoOptions { data_dir, holdout_days: 28, job: JobConfig::default(), database: None, prepare_parallelism: 2 }
+        DemoOptions {
+            data_dir,
+            holdout_days: 28,
+            job: JobConfig::default(),
+            database: None,
+            prepare_parallelism: 2,
+        }
     }
 }
 
 /// Progress of a demo run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DemoEvent {
-    Preparing { store_id: String, done: usize, total: usize },
-    Prepared { stores: usize, skipped: usize },
+    Preparing {
+        store_id: String,
+        done: usize,
+        total: usize,
+    },
+    Prepared {
+        stores: usize,
+        skipped: usize,
+    },
     Coordinator(CoordinatorEvent),
     Baselines,
 }
 
 /// Run the demand task over the network in `options.data_dir`: real coordinator, one
 /// real agent per store, over gRPC on 127.0.0.1.
-pub async fn run_demo(options: &DemoOptions, observer: Arc<dyn Fn(&DemoEvent) + Send + Sync>) -> Result<DemandReport, SimError> {
+pub async fn run_demo(
+    options: &DemoOptions,
+    observer: Arc<dyn Fn(&DemoEvent) + Send + Sync>,
+) -> Result<DemandReport, SimError> {
     let started = Instant::now();
-    let spec = DemandSpec { holdout_days: options.holdout_days };
+    let spec = DemandSpec {
+        holdout_days: options.holdout_days,
+    };
     let obs = observer.clone();
-    let on_done = move |store: &str, done: usize, total: usize| obs(&DemoEvent::Preparing { store_id: store.to_string(), done, total });
-    let (stores, skipped) = prepare_network(&options.data_dir, &spec, options.prepare_parallelism, &on_done).await?;
-    observer(&DemoEvent::Prepared { stores: stores.len(), skipped: skipped.len() });
+    let on_done = move |store: &str, done: usize, total: usize| {
+        obs(&DemoEvent::Preparing {
+            store_id: store.to_string(),
+            done,
+            total,
+        })
+    };
+    let (stores, skipped) = prepare_network(
+        &options.data_dir,
+        &spec,
+        options.prepare_parallelism,
+        &on_done,
+    )
+    .await?;
+    observer(&DemoEvent::Prepared {
+        stores: stores.len(),
+        skipped: skipped.len(),
+    });
     let prepare_seconds = started.elapsed().as_secs_f64();
 
     // Coordinator on an ephemeral loopback port; every store gets its own token.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| SimError::Runtime(format!("cannot listen on 127.0.0.1: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| SimError::Runtime(e.to_string()))?;
-    let credentials: Vec<StoreCredential> =
-        stores.iter().map(|s| StoreCredential { store_id: s.store_id.clone(), token: format!("{:032x}", rand::random::<u128>()) }).collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| SimError::Runtime(format!("cannot listen on 127.0.0.1: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SimError::Runtime(e.to_string()))?;
+    let credentials: Vec<StoreCredential> = stores
+        .iter()
+        .map(|s| StoreCredential {
+            store_id: s.store_id.clone(),
+            token: format!("{:032x}", rand::random::<u128>()),
+        })
+        .collect();
     let mut job = options.job.clone();
     job.expected_stores = Some(stores.len());
     job.min_stores = job.min_stores.min(stores.len()).max(1);
@@ -72,25 +117,42 @@ pub async fn run_demo(options: &DemoOptions, observer: Arc<dyn Fn(&DemoEvent) + 
     .map_err(|e| SimError::Coordinator(e.into()))?;
     let fed_start = Instant::now();
     let obs = observer.clone();
-    let coordinator = tokio::spawn(run_coordinator_with(config, listener, checkpoints, Arc::new(move |e: &CoordinatorEvent| obs(&DemoEvent::Coordinator(e.clone())))));
+    let coordinator = tokio::spawn(run_coordinator_with(
+        config,
+        listener,
+        checkpoints,
+        Arc::new(move |e: &CoordinatorEvent| obs(&DemoEvent::Coordinator(e.clone()))),
+    ));
 
-    let demand_options = DemandOptions { l2: job.l2, ..Default::default() };
+    let demand_options = DemandOptions {
+        l2: job.l2,
+        ..Default::default()
+    };
     let mut agents = tokio::task::JoinSet::new();
     for (store, cred) in stores.iter().zip(&credentials) {
         let mut cfg = AgentConfig::new(format!("http://{addr}"), store.store_id.clone());
         cfg.token = cred.token.clone();
         cfg.business_type = store.business_type.clone();
-        let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(store.dataset.clone(), demand_options));
+        let task: Arc<dyn LocalTask> =
+            Arc::new(DemandTask::new(store.dataset.clone(), demand_options));
         let id = store.store_id.clone();
         agents.spawn(async move { (id, StoreAgent::new(cfg, task).run().await) });
     }
-    let outcome = coordinator.await.map_err(|e| SimError::Runtime(format!("coordinator task failed: {e}")))??;
+    let outcome = coordinator
+        .await
+        .map_err(|e| SimError::Runtime(format!("coordinator task failed: {e}")))??;
     let mut agent_failures = Vec::new();
     while let Some(joined) = agents.join_next().await {
         match joined {
             Ok((_, Ok(_))) => {}
-            Ok((id, Err(e))) => agent_failures.push(crate::SkippedStore { store_id: id, reason: format!("agent failed: {e}") }),
-            Err(e) => agent_failures.push(crate::SkippedStore { store_id: "?".into(), reason: format!("agent task failed: {e}") }),
+            Ok((id, Err(e))) => agent_failures.push(crate::SkippedStore {
+                store_id: id,
+                reason: format!("agent failed: {e}"),
+            }),
+            Err(e) => agent_failures.push(crate::SkippedStore {
+                store_id: "?".into(),
+                reason: format!("agent task failed: {e}"),
+            }),
         }
     }
     let federated_seconds = fed_start.elapsed().as_secs_f64();
@@ -101,15 +163,23 @@ pub async fn run_demo(options: &DemoOptions, observer: Arc<dyn Fn(&DemoEvent) + 
     let base_start = Instant::now();
     let stores_for_baseline = stores.clone();
     let l2 = job.l2;
-    let centralized = tokio::task::spawn_blocking(move || centralized_fit(&stores_for_baseline, l2))
-        .await
-        .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
-    let max_gap = centralized.iter().zip(&outcome.parameters).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let centralized =
+        tokio::task::spawn_blocking(move || centralized_fit(&stores_for_baseline, l2))
+            .await
+            .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
+    let max_gap = centralized
+        .iter()
+        .zip(&outcome.parameters)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
 
-    let by_id: std::collections::HashMap<&str, &PreparedStore> = stores.iter().map(|s| (s.store_id.as_str(), s)).collect();
+    let by_id: std::collections::HashMap<&str, &PreparedStore> =
+        stores.iter().map(|s| (s.store_id.as_str(), s)).collect();
     let mut store_reports = Vec::new();
     for ev in &outcome.evaluations {
-        let Some(store) = by_id.get(ev.store_id.as_str()) else { continue };
+        let Some(store) = by_id.get(ev.store_id.as_str()) else {
+            continue;
+        };
         let ds = &store.dataset;
         let m = |k: &str| ev.metrics.get(k).copied();
         let actual: f64 = ds.test.units().iter().sum();
@@ -150,20 +220,48 @@ pub async fn run_demo(options: &DemoOptions, observer: Arc<dyn Fn(&DemoEvent) + 
         bytes_up: outcome.bytes_up,
         bytes_down: outcome.bytes_down,
         overall: summarize("all stores", &refs),
-        by_business_type: group_by(&store_reports, |s| &s.business_type, &["grocery", "convenience", "florist", "hardware", "pharmacy", "fashion"]),
-        by_size_band: group_by(&store_reports, |s| &s.size_band, &["small", "medium", "large"]),
+        by_business_type: group_by(
+            &store_reports,
+            |s| &s.business_type,
+            &[
+                "grocery",
+                "convenience",
+                "florist",
+                "hardware",
+                "pharmacy",
+                "fashion",
+            ],
+        ),
+        by_size_band: group_by(
+            &store_reports,
+            |s| &s.size_band,
+            &["small", "medium", "large"],
+        ),
         stores: store_reports,
         skipped_stores,
         missing_evaluations: outcome.missing_evaluations.clone(),
         round_history: outcome.rounds.clone(),
-        model: DEMAND_FEATURES.iter().map(|f| f.to_string()).zip(outcome.parameters.iter().copied()).collect(),
+        model: DEMAND_FEATURES
+            .iter()
+            .map(|f| f.to_string())
+            .zip(outcome.parameters.iter().copied())
+            .collect(),
         max_weight_gap_to_centralized: max_gap,
     })
 }
 
 /// Newton to convergence on the pooled training rows of every store.
 pub(crate) fn centralized_fit(stores: &[PreparedStore], l2: f64) -> Vec<f64> {
-    let sources: Vec<&fedretail_models::DemandRows> = stores.iter().map(|s| &s.dataset.train).collect();
+    let sources: Vec<&fedretail_models::DemandRows> =
+        stores.iter().map(|s| &s.dataset.train).collect();
     let mask = demand_layout().regularization_mask();
-    glm::fit_newton(&sources, &mask, l2, DemandOptions::default().max_step, 100, 1e-10).0
+    glm::fit_newton(
+        &sources,
+        &mask,
+        l2,
+        DemandOptions::default().max_step,
+        100,
+        1e-10,
+    )
+    .0
 }

@@ -24,10 +24,15 @@ pub use report::{render_summary, DemandReport, GroupSummary, StoreReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("no store directories found under {0} (run `fedretail generate` first, or pass --data)")]
+    #[error(
+        "no store directories found under {0} (run `fedretail generate` first, or pass --data)"
+    )]
     NoStores(String),
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("every store was skipped; first reason: {0}")]
     AllSkipped(String),
     #[error(transparent)]

@@ -21,10 +21,16 @@ pub struct SkippedStore {
 }
 
 fn store_dirs(root: &Path) -> Result<Vec<PathBuf>, SimError> {
-    let entries = std::fs::read_dir(root).map_err(|source| SimError::Io { path: root.display().to_string(), source })?;
+    let entries = std::fs::read_dir(root).map_err(|source| SimError::Io {
+        path: root.display().to_string(),
+        source,
+    })?;
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && (p.join(TRANSACTIONS_FILE).exists() || p.join("transactions.parquet").exists()))
+        .filter(|p| {
+            p.is_dir()
+                && (p.join(TRANSACTIONS_FILE).exists() || p.join("transactions.parquet").exists())
+        })
         .collect();
     dirs.sort();
     Ok(dirs)
@@ -34,7 +40,11 @@ fn business_type_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join(STORE_META_FILE))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v.get("business_type").and_then(|b| b.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("business_type")
+                .and_then(|b| b.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -57,7 +67,10 @@ pub async fn prepare_network(
         let semaphore = semaphore.clone();
         set.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
-            let store_id = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let store_id = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             let mut source = StoreSource::from_dir(&dir);
             if !source.transactions.exists() {
                 source.transactions = dir.join("transactions.parquet");
@@ -69,7 +82,8 @@ pub async fn prepare_network(
     let mut results = Vec::with_capacity(total);
     let mut done = 0;
     while let Some(joined) = set.join_next().await {
-        let r = joined.map_err(|e| SimError::Runtime(format!("store preparation task failed: {e}")))?;
+        let r =
+            joined.map_err(|e| SimError::Runtime(format!("store preparation task failed: {e}")))?;
         done += 1;
         on_done(&r.1, done, total);
         results.push(r);
@@ -79,13 +93,28 @@ pub async fn prepare_network(
     let mut skipped = Vec::new();
     for (_, store_id, business_type, result) in results {
         match result {
-            Ok(ds) if ds.train.is_empty() => skipped.push(SkippedStore { store_id, reason: "no training rows after the warm-up period".into() }),
-            Ok(ds) => prepared.push(PreparedStore { store_id, business_type, dataset: Arc::new(ds) }),
-            Err(e) => skipped.push(SkippedStore { store_id, reason: e.to_string() }),
+            Ok(ds) if ds.train.is_empty() => skipped.push(SkippedStore {
+                store_id,
+                reason: "no training rows after the warm-up period".into(),
+            }),
+            Ok(ds) => prepared.push(PreparedStore {
+                store_id,
+                business_type,
+                dataset: Arc::new(ds),
+            }),
+            Err(e) => skipped.push(SkippedStore {
+                store_id,
+                reason: e.to_string(),
+            }),
         }
     }
     if prepared.is_empty() {
-        return Err(SimError::AllSkipped(skipped.first().map(|s| s.reason.clone()).unwrap_or_default()));
+        return Err(SimError::AllSkipped(
+            skipped
+                .first()
+                .map(|s| s.reason.clone())
+                .unwrap_or_default(),
+        ));
     }
     Ok((prepared, skipped))
 }

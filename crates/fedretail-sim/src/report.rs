@@ -69,11 +69,16 @@ pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 pub(crate) fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
-    let col = |f: fn(&StoreReport) -> Option<f64>| median(stores.iter().filter_map(|s| f(s)).collect());
+    let col =
+        |f: fn(&StoreReport) -> Option<f64>| median(stores.iter().filter_map(|s| f(s)).collect());
     GroupSummary {
         group: group.to_string(),
         stores: stores.len(),
@@ -88,18 +93,28 @@ pub(crate) fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
     }
 }
 
-pub(crate) fn group_by(stores: &[StoreReport], key: fn(&StoreReport) -> &str, order: &[&str]) -> Vec<GroupSummary> {
+pub(crate) fn group_by(
+    stores: &[StoreReport],
+    key: fn(&StoreReport) -> &str,
+    order: &[&str],
+) -> Vec<GroupSummary> {
     let mut groups: BTreeMap<String, Vec<&StoreReport>> = BTreeMap::new();
     for s in stores {
         groups.entry(key(s).to_string()).or_default().push(s);
     }
     let mut out: Vec<GroupSummary> = groups.iter().map(|(g, v)| summarize(g, v)).collect();
-    out.sort_by_key(|g| order.iter().position(|o| *o == g.group).unwrap_or(usize::MAX));
+    out.sort_by_key(|g| {
+        order
+            .iter()
+            .position(|o| *o == g.group)
+            .unwrap_or(usize::MAX)
+    });
     out
 }
 
 fn pct(v: Option<f64>) -> String {
-    v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into())
+    v.map(|x| format!("{:.1}%", x * 100.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn bytes(n: u64) -> String {
@@ -123,7 +138,11 @@ pub fn render_summary(r: &DemandReport) -> String {
         r.holdout_days
     );
     let _ = writeln!(s);
-    let _ = writeln!(s, "  {:<14} {:>6} {:>9} {:>9} {:>10} {:>12} {:>12}", "group", "stores", "naive", "local", "federated", "centralized", "fed < local");
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>6} {:>9} {:>9} {:>10} {:>12} {:>12}",
+        "group", "stores", "naive", "local", "federated", "centralized", "fed < local"
+    );
     for g in &r.by_business_type {
         s.push_str(&group_line(g));
     }
@@ -143,7 +162,11 @@ pub fn render_summary(r: &DemandReport) -> String {
         r.federated_seconds,
         r.baseline_seconds
     );
-    let _ = writeln!(s, "  federated vs centralized: largest weight difference {:.2e}", r.max_weight_gap_to_centralized);
+    let _ = writeln!(
+        s,
+        "  federated vs centralized: largest weight difference {:.2e}",
+        r.max_weight_gap_to_centralized
+    );
     if !r.skipped_stores.is_empty() {
         let _ = writeln!(s, "  skipped {} stores:", r.skipped_stores.len());
         for k in &r.skipped_stores {
@@ -151,7 +174,11 @@ pub fn render_summary(r: &DemandReport) -> String {
         }
     }
     if !r.missing_evaluations.is_empty() {
-        let _ = writeln!(s, "  no evaluation from: {}", r.missing_evaluations.join(", "));
+        let _ = writeln!(
+            s,
+            "  no evaluation from: {}",
+            r.missing_evaluations.join(", ")
+        );
     }
     s
 }

@@ -9,48 +9,112 @@ use std::sync::Arc;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
     let dir = tempfile::tempdir().unwrap();
-    let net = NetworkConfig { stores: 6, days: 300, young_fraction: 0.0, seed: 3, ..Default::default() };
+    let net = NetworkConfig {
+        stores: 6,
+        days: 300,
+        young_fraction: 0.0,
+        seed: 3,
+        ..Default::default()
+    };
     generate_network(&net, dir.path()).unwrap();
     // One store with a broken export: it is skipped with its reason, the rest run.
     let broken = dir.path().join("store-999");
     std::fs::create_dir_all(&broken).unwrap();
-    std::fs::write(broken.join("transactions.csv"), "transaction_id,timestamp\n1,2025-01-01 00:00:00\n").unwrap();
+    std::fs::write(
+        broken.join("transactions.csv"),
+        "transaction_id,timestamp\n1,2025-01-01 00:00:00\n",
+    )
+    .unwrap();
 
     let db = dir.path().join("coordinator.db");
     let options = DemoOptions {
-        job: JobConfig { strategy: StrategyKind::Newton, rounds: 8, ..JobConfig::default() },
+        job: JobConfig {
+            strategy: StrategyKind::Newton,
+            rounds: 8,
+            ..JobConfig::default()
+        },
         database: Some(db.clone()),
         ..DemoOptions::new(dir.path().to_path_buf())
     };
     let events = Arc::new(std::sync::Mutex::new(Vec::new()));
     let ev = events.clone();
-    let report = run_demo(&options, Arc::new(move |e| ev.lock().unwrap().push(format!("{e:?}")))).await.unwrap();
+    let report = run_demo(
+        &options,
+        Arc::new(move |e| ev.lock().unwrap().push(format!("{e:?}"))),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(report.stores.len(), 6);
     assert_eq!(report.rounds, 8);
     assert_eq!(report.skipped_stores.len(), 1);
-    assert!(report.skipped_stores[0].reason.contains("missing required column"), "{:?}", report.skipped_stores);
-    assert!(report.max_weight_gap_to_centralized < 1e-6, "gap {}", report.max_weight_gap_to_centralized);
+    assert!(
+        report.skipped_stores[0]
+            .reason
+            .contains("missing required column"),
+        "{:?}",
+        report.skipped_stores
+    );
+    assert!(
+        report.max_weight_gap_to_centralized < 1e-6,
+        "gap {}",
+        report.max_weight_gap_to_centralized
+    );
     for s in &report.stores {
         let (f, c) = (s.wape_federated.unwrap(), s.wape_centralized.unwrap());
-        assert!((f - c).abs() < 1e-6, "{}: federated {f} vs centralized {c}", s.store_id);
+        assert!(
+            (f - c).abs() < 1e-6,
+            "{}: federated {f} vs centralized {c}",
+            s.store_id
+        );
         assert!(s.wape_local.is_some() && s.wape_seasonal_naive.is_some());
-        assert!(f < s.wape_seasonal_naive.unwrap(), "{}: model worse than seasonal naive", s.store_id);
+        assert!(
+            f < s.wape_seasonal_naive.unwrap(),
+            "{}: model worse than seasonal naive",
+            s.store_id
+        );
     }
     assert!(report.bytes_up > 0 && report.bytes_down > 0);
     assert_eq!(report.round_history.len(), 8);
-    assert!(report.round_history.iter().all(|r| r.participants.len() == 6 && r.dropped.is_empty()));
+    assert!(report
+        .round_history
+        .iter()
+        .all(|r| r.participants.len() == 6 && r.dropped.is_empty()));
     let summary = render_summary(&report);
-    assert!(summary.contains("federated") && summary.contains("store-999"), "{summary}");
-    assert!(events.lock().unwrap().iter().any(|e| e.contains("RoundCompleted")));
+    assert!(
+        summary.contains("federated") && summary.contains("store-999"),
+        "{summary}"
+    );
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.contains("RoundCompleted")));
 
     // The report serialises with the fields scripts rely on.
     let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-    for key in ["task", "rounds", "wall_seconds", "bytes_up", "bytes_down", "stores"] {
+    for key in [
+        "task",
+        "rounds",
+        "wall_seconds",
+        "bytes_up",
+        "bytes_down",
+        "stores",
+    ] {
         assert!(json.get(key).is_some(), "report lacks {key}");
     }
-    for key in ["store_id", "business_type", "train_rows", "wape_local", "wape_federated", "wape_centralized"] {
-        assert!(json["stores"][0].get(key).is_some(), "store report lacks {key}");
+    for key in [
+        "store_id",
+        "business_type",
+        "train_rows",
+        "wape_local",
+        "wape_federated",
+        "wape_centralized",
+    ] {
+        assert!(
+            json["stores"][0].get(key).is_some(),
+            "store report lacks {key}"
+        );
     }
 
     // Every completed round was checkpointed.

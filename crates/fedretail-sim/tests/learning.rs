@@ -1,8 +1,13 @@
 //! Learning is checked against references, not against itself.
 
-use fedretail_core::{FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig, UpdatePrecision};
+use fedretail_core::{
+    FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig,
+    UpdatePrecision,
+};
 use fedretail_models::demand::DemandOptions;
-use fedretail_models::{demand_layout, glm, DemandDataset, DemandRows, DemandTask, LocalTask, DEMAND_FEATURES};
+use fedretail_models::{
+    demand_layout, glm, DemandDataset, DemandRows, DemandTask, LocalTask, DEMAND_FEATURES,
+};
 use fedretail_sim::inprocess::run_rounds;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -11,7 +16,15 @@ use std::sync::Arc;
 fn synthetic_store(id: &str, rows: usize, seed: u64) -> DemandDataset {
     let d = DEMAND_FEATURES.len();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let truth: Vec<f64> = (0..d).map(|j| if j == 0 { 0.1 } else { 0.2 * ((j % 5) as f64 - 2.0) / 2.0 }).collect();
+    let truth: Vec<f64> = (0..d)
+        .map(|j| {
+            if j == 0 {
+                0.1
+            } else {
+                0.2 * ((j % 5) as f64 - 2.0) / 2.0
+            }
+        })
+        .collect();
     let make = |n: usize, rng: &mut rand_chacha::ChaCha8Rng| {
         let mut out = DemandRows::new(d);
         for _ in 0..n {
@@ -33,21 +46,45 @@ fn synthetic_store(id: &str, rows: usize, seed: u64) -> DemandDataset {
     };
     let train = make(rows, &mut rng);
     let test = make(rows / 4, &mut rng);
-    DemandDataset { store_id: id.into(), train, test, naive_scale: 1.0, history_days: 365 }
+    DemandDataset {
+        store_id: id.into(),
+        train,
+        test,
+        naive_scale: 1.0,
+        history_days: 365,
+    }
 }
 
 fn tasks(data: &[DemandDataset]) -> Vec<(String, Arc<dyn LocalTask>)> {
     data.iter()
-        .map(|d| (d.store_id.clone(), Arc::new(DemandTask::new(Arc::new(d.clone()), DemandOptions::default())) as Arc<dyn LocalTask>))
+        .map(|d| {
+            (
+                d.store_id.clone(),
+                Arc::new(DemandTask::new(
+                    Arc::new(d.clone()),
+                    DemandOptions::default(),
+                )) as Arc<dyn LocalTask>,
+            )
+        })
         .collect()
 }
 
 #[test]
 fn fedavg_of_identical_stores_equals_local_training() {
     let one = synthetic_store("a", 400, 1);
-    let same: Vec<DemandDataset> = ["a", "b", "c"].iter().map(|id| DemandDataset { store_id: id.to_string(), ..one.clone() }).collect();
+    let same: Vec<DemandDataset> = ["a", "b", "c"]
+        .iter()
+        .map(|id| DemandDataset {
+            store_id: id.to_string(),
+            ..one.clone()
+        })
+        .collect();
     let config = FedAvgConfig {
-        sampling: SamplingConfig { fraction: 1.0, min_stores: 1, seed: 5 },
+        sampling: SamplingConfig {
+            fraction: 1.0,
+            min_stores: 1,
+            seed: 5,
+        },
         local_epochs: 2,
         batch_size: 16,
         learning_rate: 0.05,
@@ -56,40 +93,113 @@ fn fedavg_of_identical_stores_equals_local_training() {
         precision: UpdatePrecision::F64,
     };
     let rounds = 4;
-    let federated = run_rounds(&mut FedAvg::new(config.clone()), &tasks(&same), ModelParameters::zeros(demand_layout()), rounds).unwrap();
+    let federated = run_rounds(
+        &mut FedAvg::new(config.clone()),
+        &tasks(&same),
+        ModelParameters::zeros(demand_layout()),
+        rounds,
+    )
+    .unwrap();
 
     // Plain local training with the same schedule: round r runs the epochs seeded r.
     let mask = demand_layout().regularization_mask();
     let mut w = vec![0.0; DEMAND_FEATURES.len()];
     for round in 1..=rounds {
-        glm::sgd(&one.train, &mut w, &mask, config.local_epochs, config.batch_size, config.learning_rate, config.l2, config.sampling.seed + round);
+        glm::sgd(
+            &one.train,
+            &mut w,
+            &mask,
+            config.local_epochs,
+            config.batch_size,
+            config.learning_rate,
+            config.l2,
+            config.sampling.seed + round,
+        );
     }
-    let gap = federated.values().iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(gap < 1e-6, "FedAvg of identical stores differs from local training by {gap}");
-    assert!(w.iter().any(|v| v.abs() > 1e-3), "training must have moved the model");
+    let gap = federated
+        .values()
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        gap < 1e-6,
+        "FedAvg of identical stores differs from local training by {gap}"
+    );
+    assert!(
+        w.iter().any(|v| v.abs() > 1e-3),
+        "training must have moved the model"
+    );
 }
 
 #[test]
 fn federated_newton_equals_the_centralized_fit() {
-    let stores: Vec<DemandDataset> = (0..5).map(|i| synthetic_store(&format!("s{i}"), 100 + 150 * i, 10 + i as u64)).collect();
+    let stores: Vec<DemandDataset> = (0..5)
+        .map(|i| synthetic_store(&format!("s{i}"), 100 + 150 * i, 10 + i as u64))
+        .collect();
     let l2 = 1.0;
-    let mut strategy = FedNewton::try_new(FedNewtonConfig { l2, ..Default::default() }).unwrap();
-    let federated = run_rounds(&mut strategy, &tasks(&stores), ModelParameters::zeros(demand_layout()), 12).unwrap();
+    let mut strategy = FedNewton::try_new(FedNewtonConfig {
+        l2,
+        ..Default::default()
+    })
+    .unwrap();
+    let federated = run_rounds(
+        &mut strategy,
+        &tasks(&stores),
+        ModelParameters::zeros(demand_layout()),
+        12,
+    )
+    .unwrap();
     let pooled: Vec<&DemandRows> = stores.iter().map(|s| &s.train).collect();
-    let (central, iters) = glm::fit_newton(&pooled, &demand_layout().regularization_mask(), l2, 2.0, 100, 1e-12);
+    let (central, iters) = glm::fit_newton(
+        &pooled,
+        &demand_layout().regularization_mask(),
+        l2,
+        2.0,
+        100,
+        1e-12,
+    );
     assert!(iters < 12, "centralized Newton needed {iters} iterations");
-    let gap = federated.values().iter().zip(&central).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(gap < 1e-8, "federated Newton differs from centralized by {gap}");
+    let gap = federated
+        .values()
+        .iter()
+        .zip(&central)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        gap < 1e-8,
+        "federated Newton differs from centralized by {gap}"
+    );
 }
 
 #[test]
 fn federated_newton_with_f32_free_transport_is_exact_per_step() {
     // One round from zero equals one centralized Newton step exactly (same sums).
-    let stores: Vec<DemandDataset> = (0..3).map(|i| synthetic_store(&format!("s{i}"), 200, 30 + i as u64)).collect();
+    let stores: Vec<DemandDataset> = (0..3)
+        .map(|i| synthetic_store(&format!("s{i}"), 200, 30 + i as u64))
+        .collect();
     let mut strategy = FedNewton::try_new(FedNewtonConfig::default()).unwrap();
-    let one_round = run_rounds(&mut strategy, &tasks(&stores), ModelParameters::zeros(demand_layout()), 1).unwrap();
+    let one_round = run_rounds(
+        &mut strategy,
+        &tasks(&stores),
+        ModelParameters::zeros(demand_layout()),
+        1,
+    )
+    .unwrap();
     let pooled: Vec<&DemandRows> = stores.iter().map(|s| &s.train).collect();
-    let (one_step, _) = glm::fit_newton(&pooled, &demand_layout().regularization_mask(), 1.0, 2.0, 1, 0.0);
-    let gap = one_round.values().iter().zip(&one_step).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let (one_step, _) = glm::fit_newton(
+        &pooled,
+        &demand_layout().regularization_mask(),
+        1.0,
+        2.0,
+        1,
+        0.0,
+    );
+    let gap = one_round
+        .values()
+        .iter()
+        .zip(&one_step)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     assert!(gap < 1e-12, "{gap}");
 }

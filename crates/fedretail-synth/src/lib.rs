@@ -78,7 +78,10 @@ impl NetworkConfig {
             return Err(SynthError::Config("stores must be >= 1, got 0".into()));
         }
         if self.days < 120 {
-            return Err(SynthError::Config(format!("days must be >= 120, got {}", self.days)));
+            return Err(SynthError::Config(format!(
+                "days must be >= 120, got {}",
+                self.days
+            )));
         }
         if !(0.0..=1.0).contains(&self.young_fraction) {
             return Err(SynthError::Config(format!(
@@ -87,7 +90,10 @@ impl NetworkConfig {
             )));
         }
         if !(self.volume > 0.0 && self.volume <= 100.0) {
-            return Err(SynthError::Config(format!("volume must be in (0, 100], got {}", self.volume)));
+            return Err(SynthError::Config(format!(
+                "volume must be in (0, 100], got {}",
+                self.volume
+            )));
         }
         Ok(())
     }
@@ -122,7 +128,8 @@ pub fn plan_network(config: &NetworkConfig) -> Vec<StoreProfile> {
             let spec = profiles::spec(business);
             // Long tail of sizes: log-normal around the business type's median.
             let z: f64 = rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng);
-            let receipts = (spec.median_receipts * (0.9 * z).exp() * config.volume).clamp(2.0, 900.0);
+            let receipts =
+                (spec.median_receipts * (0.9 * z).exp() * config.volume).clamp(2.0, 900.0);
             let young = rng.random::<f64>() < config.young_fraction;
             let history_days = if young {
                 rng.random_range(120..=300).min(config.days)
@@ -144,7 +151,10 @@ pub fn plan_network(config: &NetworkConfig) -> Vec<StoreProfile> {
 
 /// Generate the whole network into `out_dir/<store_id>/`. Stores are generated in
 /// parallel; each store's output depends only on the config and its own seed.
-pub fn generate_network(config: &NetworkConfig, out_dir: &Path) -> Result<NetworkSummary, SynthError> {
+pub fn generate_network(
+    config: &NetworkConfig,
+    out_dir: &Path,
+) -> Result<NetworkSummary, SynthError> {
     generate_network_with_progress(config, out_dir, &|_| {})
 }
 
@@ -175,7 +185,8 @@ pub fn generate_network_with_progress(
         anomalies: counts.iter().map(|c| c.1).sum(),
     };
     let path = out_dir.join("network.json");
-    let json = serde_json::to_string_pretty(&summary).map_err(|e| SynthError::Config(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&summary).map_err(|e| SynthError::Config(e.to_string()))?;
     std::fs::write(&path, json).map_err(|source| SynthError::Io { path, source })?;
     Ok(summary)
 }

@@ -33,8 +33,24 @@ pub(crate) struct BusinessSpec {
     pub categories: &'static [CategorySpec],
 }
 
-const fn cat(name: &'static str, share: f64, price: (f64, f64), products: u32, peak_month: f64, season: f64, quantity: f64) -> CategorySpec {
-    CategorySpec { name, share, price, products, peak_day: (peak_month - 0.5) * 30.4, season, quantity }
+const fn cat(
+    name: &'static str,
+    share: f64,
+    price: (f64, f64),
+    products: u32,
+    peak_month: f64,
+    season: f64,
+    quantity: f64,
+) -> CategorySpec {
+    CategorySpec {
+        name,
+        share,
+        price,
+        products,
+        peak_day: (peak_month - 0.5) * 30.4,
+        season,
+        quantity,
+    }
 }
 
 static GROCERY: &[CategorySpec] = &[
