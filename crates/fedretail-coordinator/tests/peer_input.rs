@@ -13,7 +13,8 @@ use std::sync::Arc;
 use tonic::transport::Channel;
 use tonic::Code;
 
-const D: usize = 21; // the demand model
+/// Parameters of the demand model.
+const D: usize = fedretail_models::DEMAND_FEATURES.len();
 
 struct Peer {
     client: CoordinatorClient<Channel>,
@@ -177,13 +178,22 @@ async fn bad_updates_are_refused_and_the_job_completes() {
     )
     .await;
     assert_eq!(code, Code::InvalidArgument);
-    assert!(msg.contains("tensor has 10 values, expected 252"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "tensor has 10 values, expected {}",
+            newton_statistics_len(D)
+        )),
+        "{msg}"
+    );
     // Declared length disagrees with the bytes.
     let mut t = encode_f64(&good);
     t.len += 1;
     let (code, msg) = code_of(&mut a.client.clone(), submit(&a, &task_a, t)).await;
     assert_eq!(code, Code::InvalidArgument);
-    assert!(msg.contains("declares 253 values"), "{msg}");
+    assert!(
+        msg.contains(&format!("declares {} values", newton_statistics_len(D) + 1)),
+        "{msg}"
+    );
     // NaN and infinity, named by index.
     let mut bad = good.clone();
     bad[7] = f64::NAN;

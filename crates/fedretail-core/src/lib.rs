@@ -33,7 +33,9 @@ mod validate;
 pub use aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
 pub use error::{AggregationError, ConfigError, StrategyError, UpdateRejection};
 pub use fedavg::{FedAvg, FedAvgConfig};
-pub use newton::{newton_statistics_len, pack_upper, unpack_upper, FedNewton, FedNewtonConfig};
+pub use newton::{
+    newton_statistics_len, pack_upper, unpack_upper, FedNewton, FedNewtonConfig, L2Penalty,
+};
 pub use params::{ModelLayout, ModelParameters, Segment};
 pub use sampling::{SamplingConfig, StoreSampler};
 pub use strategy::{Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};

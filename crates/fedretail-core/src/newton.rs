@@ -63,6 +63,15 @@ pub fn unpack_upper(packed: &[f64], d: usize) -> Vec<f64> {
     h
 }
 
+/// `l2 / 2 * sum over masked i of (w_i - center_i)^2`: plain ridge with no center, or a
+/// pull toward another model (personalisation toward the global model).
+#[derive(Debug, Clone, Copy)]
+pub struct L2Penalty<'a> {
+    pub mask: &'a [bool],
+    pub l2: f64,
+    pub center: Option<&'a [f64]>,
+}
+
 impl FedNewton {
     pub fn try_new(config: FedNewtonConfig) -> Result<Self, ConfigError> {
         if !(config.l2 >= 0.0 && config.l2.is_finite()) {
@@ -80,22 +89,22 @@ impl FedNewton {
     }
 
     /// One damped Newton step from `w` given summed (unpenalised) statistics. Also used
-    /// by local-only and centralized fits, so all three follow the same iteration.
+    /// by local-only, centralized and personalised fits, so all follow the same iteration.
     pub fn newton_step(
         w: &[f64],
         gradient: &[f64],
         hessian_packed: &[f64],
-        mask: &[bool],
-        l2: f64,
+        penalty: &L2Penalty<'_>,
         max_step: f64,
     ) -> Option<Vec<f64>> {
         let d = w.len();
         let mut h = DMatrix::from_row_slice(d, d, &unpack_upper(hessian_packed, d));
         let mut g = DVector::from_column_slice(gradient);
         for i in 0..d {
-            if mask[i] {
-                g[i] += l2 * w[i];
-                h[(i, i)] += l2;
+            if penalty.mask[i] {
+                let center = penalty.center.map_or(0.0, |c| c[i]);
+                g[i] += penalty.l2 * (w[i] - center);
+                h[(i, i)] += penalty.l2;
             }
         }
         let chol = h.cholesky()?;
@@ -153,15 +162,13 @@ impl Strategy for FedNewton {
         }
         let (g, h) = aggregate.weighted_sum.split_at(d);
         let mask = global.layout().regularization_mask();
-        let next = Self::newton_step(
-            global.values(),
-            g,
-            h,
-            &mask,
-            self.config.l2,
-            self.config.max_step,
-        )
-        .ok_or(StrategyError::NotPositiveDefinite { round })?;
+        let penalty = L2Penalty {
+            mask: &mask,
+            l2: self.config.l2,
+            center: None,
+        };
+        let next = Self::newton_step(global.values(), g, h, &penalty, self.config.max_step)
+            .ok_or(StrategyError::NotPositiveDefinite { round })?;
         check_finite_model(&next)?;
         let step_norm = next
             .iter()
@@ -199,7 +206,18 @@ mod tests {
     #[test]
     fn newton_solves_a_quadratic_in_one_step() {
         // loss = 0.5 (w - 3)^2 * 2  => g = 2(w-3), H = 2; from w = 0: g = -6.
-        let next = FedNewton::newton_step(&[0.0], &[-6.0], &[2.0], &[false], 0.0, 10.0).unwrap();
+        let next = FedNewton::newton_step(
+            &[0.0],
+            &[-6.0],
+            &[2.0],
+            &L2Penalty {
+                mask: &[false],
+                l2: 0.0,
+                center: None,
+            },
+            10.0,
+        )
+        .unwrap();
         assert!((next[0] - 3.0).abs() < 1e-12);
     }
 

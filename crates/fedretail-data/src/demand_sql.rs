@@ -4,7 +4,7 @@
 //! relative price, all relative to the series' own scale.
 
 use crate::error::{sql_err, DataError};
-use crate::source::{open_store, register_file, StoreSource};
+use crate::source::{open_store, register_file, text_value, StoreSource};
 use chrono::{Datelike, NaiveDate};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch,
@@ -16,9 +16,9 @@ use fedretail_domain::calendar::{is_public_holiday, shopping_event};
 use fedretail_models::{DemandDataset, DemandRows, DEMAND_FEATURES};
 use std::sync::Arc;
 
-/// Days of history a row needs before it can be used (the 28-day mean ending 28 days
-/// back reaches 55 days back).
-const WARM_UP_DAYS: i64 = 56;
+/// Days of history a row needs before it can be used (its 35-day lag). Longer windows
+/// use what history there is, so young stores keep their rows.
+const WARM_UP_DAYS: i64 = 35;
 
 /// What to forecast and how much to hold out.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -146,9 +146,15 @@ hist AS (
     COALESCE(pr.discount, 0.0) AS discount, s.scale,
     LAG(g.units, 7) OVER w AS lag7, LAG(g.units, 14) OVER w AS lag14,
     LAG(g.units, 21) OVER w AS lag21, LAG(g.units, 28) OVER w AS lag28,
-    LAG(g.units, 35) OVER w AS lag35, LAG(g.units, 364) OVER w AS lag364,
+    LAG(g.units, 35) OVER w AS lag35,
     AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 34 PRECEDING AND 28 PRECEDING) AS mean7_lag28,
-    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 55 PRECEDING AND 28 PRECEDING) AS mean28_lag28
+    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 55 PRECEDING AND 28 PRECEDING) AS mean28_lag28,
+    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 83 PRECEDING AND 28 PRECEDING) AS mean56_lag28,
+    -- The same weekday over weeks 4-11 back: the series' own weekly profile.
+    AVG(g.units) OVER (PARTITION BY g.category, g.dow ORDER BY g.day_index ROWS BETWEEN 11 PRECEDING AND 4 PRECEDING) AS same_dow_mean,
+    -- A year ago: the week around this day, and the 28 days before the forecast origin.
+    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 367 PRECEDING AND 361 PRECEDING) AS year_ago_week,
+    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 419 PRECEDING AND 392 PRECEDING) AS year_ago_base
   FROM grid g
   JOIN scale s ON s.category = g.category
   LEFT JOIN promo pr ON pr.category = g.category AND pr.day_index = g.day_index
@@ -176,8 +182,9 @@ SELECT
   ln((lag35 + 0.5) / (scale + 0.5)) AS log_lag35,
   ln((mean7_lag28 + 0.5) / (scale + 0.5)) AS log_mean7_lag28,
   ln((mean28_lag28 + 0.5) / (scale + 0.5)) AS log_mean28_lag28,
-  COALESCE(ln((lag364 + 0.5) / (scale + 0.5)), 0.0) AS log_lag364,
-  CAST(lag364 IS NOT NULL AS DOUBLE) AS has_lag364
+  COALESCE(ln((same_dow_mean + 0.5) / (mean56_lag28 + 0.5)), 0.0) AS log_dow_ratio,
+  COALESCE(ln((year_ago_week + 0.5) / (year_ago_base + 0.5)), 0.0) AS log_year_ago_change,
+  CAST(year_ago_week IS NOT NULL AND year_ago_base IS NOT NULL AS DOUBLE) AS has_year_ago
 FROM hist
 WHERE day_index >= {warm_up}
 ORDER BY category, day_index
@@ -213,15 +220,9 @@ pub async fn load_demand_dataset(
         .iter()
         .find(|b| b.num_rows() > 0)
         .and_then(|b| {
-            let a = b.column(0).as_string::<i32>();
-            let z = b.column(1).as_string::<i32>();
-            if a.is_null(0) || z.is_null(0) {
-                return None;
-            }
-            Some((
-                a.value(0).parse::<NaiveDate>().ok()?,
-                z.value(0).parse::<NaiveDate>().ok()?,
-            ))
+            let a = text_value(b.column(0), 0)?;
+            let z = text_value(b.column(1), 0)?;
+            Some((a.parse::<NaiveDate>().ok()?, z.parse::<NaiveDate>().ok()?))
         })
         .ok_or_else(|| DataError::NoRows { path: path.clone() })?;
     let days = (last - first).num_days() + 1;

@@ -261,13 +261,12 @@ async fn validate(
     let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
         return Ok(());
     };
-    let row = batch
-        .column(0)
-        .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
-        .value(0);
+    let row = text_value(batch.column(0), 0)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     for (i, (name, expected, _)) in checks.iter().enumerate() {
-        let bad = batch.column(1 + i).as_boolean();
-        if !bad.is_null(0) && bad.value(0) {
+        let bad = batch.column(1 + i).as_boolean_opt();
+        if bad.is_some_and(|b| b.is_valid(0) && b.value(0)) {
             let line = row + 1; // the header is line 1
             if *expected == "required" {
                 return Err(DataError::MissingValue {
@@ -276,12 +275,7 @@ async fn validate(
                     line,
                 });
             }
-            let value_col = batch.column(1 + checks.len() + i).as_string::<i32>();
-            let value = if value_col.is_null(0) {
-                String::new()
-            } else {
-                value_col.value(0).to_string()
-            };
+            let value = text_value(batch.column(1 + checks.len() + i), 0).unwrap_or_default();
             let expected = match *expected {
                 "TIMESTAMP" => "a timestamp (YYYY-MM-DD HH:MM:SS)",
                 "DOUBLE" => "a number",
@@ -297,4 +291,16 @@ async fn validate(
         }
     }
     Ok(())
+}
+
+/// A cell as text, whatever its Arrow type (DataFusion may return Utf8 or Utf8View).
+pub(crate) fn text_value(
+    column: &datafusion::arrow::array::ArrayRef,
+    row: usize,
+) -> Option<String> {
+    use datafusion::arrow::array::Array;
+    if column.is_null(row) {
+        return None;
+    }
+    datafusion::arrow::util::display::array_value_to_string(column, row).ok()
 }

@@ -29,8 +29,9 @@ pub const DEMAND_FEATURES: &[&str] = &[
     "log_lag35",
     "log_mean7_lag28",
     "log_mean28_lag28",
-    "log_lag364",
-    "has_lag364",
+    "log_dow_ratio",
+    "log_year_ago_change",
+    "has_year_ago",
 ];
 
 /// intercept | calendar (dow, yearly Fourier terms, holidays) | price | history.
@@ -39,7 +40,7 @@ pub fn demand_layout() -> ModelLayout {
         Segment::new("intercept", 1, false),
         Segment::new("calendar", 12, true),
         Segment::new("price", 2, true),
-        Segment::new("history", 6, true),
+        Segment::new("history", 7, true),
     ])
     .unwrap_or_else(|e| unreachable!("static demand layout is valid: {e}"))
 }
@@ -149,6 +150,10 @@ pub struct DemandOptions {
     /// L2 penalty of the local-only baseline fit (same as the federated Newton's).
     pub l2: f64,
     pub max_step: f64,
+    /// Strength of the pull toward the global model when a store fine-tunes it on its
+    /// own rows (Ditto-style personalisation). Large stores move further from the
+    /// global model than small ones because their data outweighs the pull.
+    pub personalization: f64,
 }
 
 impl Default for DemandOptions {
@@ -156,6 +161,7 @@ impl Default for DemandOptions {
         DemandOptions {
             l2: 1.0,
             max_step: 2.0,
+            personalization: 20.0,
         }
     }
 }
@@ -194,6 +200,25 @@ impl DemandTask {
             )
             .0
         })
+    }
+
+    /// The global model fine-tuned on this store's rows, pulled toward the global model.
+    pub fn personalize(&self, global: &[f64]) -> Vec<f64> {
+        let mask = vec![true; global.len()];
+        let penalty = fedretail_core::L2Penalty {
+            mask: &mask,
+            l2: self.options.personalization,
+            center: Some(global),
+        };
+        glm::fit_newton_from(
+            &[&self.data.train],
+            global,
+            &penalty,
+            self.options.max_step,
+            50,
+            1e-9,
+        )
+        .0
     }
 
     fn check_len(&self, global: &[f64]) -> Result<(), TaskError> {
@@ -292,6 +317,7 @@ impl LocalTask for DemandTask {
         put("federated", test_errors(data, global));
         if !data.train.is_empty() {
             put("local", test_errors(data, self.local_only_model()));
+            put("personalized", test_errors(data, &self.personalize(global)));
         }
         put("naive", data.test.abs_error(data.test.naive()));
         Ok(m)

@@ -6,7 +6,7 @@
 //! federated Newton solver possible.
 
 use crate::demand::DemandRows;
-use fedretail_core::{pack_upper, FedNewton};
+use fedretail_core::{pack_upper, FedNewton, L2Penalty};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -70,17 +70,41 @@ pub fn fit_newton(
     max_iter: usize,
     tol: f64,
 ) -> (Vec<f64>, usize) {
-    let d = mask.len();
-    let mut w = vec![0.0; d];
-    let len = fedretail_core::newton_statistics_len(d);
-    let mut stats = vec![0.0; len];
+    let penalty = L2Penalty {
+        mask,
+        l2,
+        center: None,
+    };
+    fit_newton_from(
+        sources,
+        &vec![0.0; mask.len()],
+        &penalty,
+        max_step,
+        max_iter,
+        tol,
+    )
+}
+
+/// Newton from `start` under `penalty` (with a center, this fine-tunes a model toward
+/// local data while pulling it toward the center).
+pub fn fit_newton_from(
+    sources: &[&DemandRows],
+    start: &[f64],
+    penalty: &L2Penalty<'_>,
+    max_step: f64,
+    max_iter: usize,
+    tol: f64,
+) -> (Vec<f64>, usize) {
+    let d = start.len();
+    let mut w = start.to_vec();
+    let mut stats = vec![0.0; fedretail_core::newton_statistics_len(d)];
     for iter in 1..=max_iter {
         stats.iter_mut().for_each(|s| *s = 0.0);
         for rows in sources {
             add_second_order_statistics(rows, &w, &mut stats);
         }
         let (g, h) = stats.split_at(d);
-        let Some(next) = FedNewton::newton_step(&w, g, h, mask, l2, max_step) else {
+        let Some(next) = FedNewton::newton_step(&w, g, h, penalty, max_step) else {
             return (w, iter);
         };
         let step: f64 = next

@@ -199,6 +199,7 @@ pub async fn run_demo(
             wape_local: m("wape_local"),
             wape_federated: m("wape_federated"),
             wape_centralized: metrics::wape(central_err, actual),
+            wape_personalized: m("wape_personalized"),
             mase_local: m("mase_local"),
             mase_federated: m("mase_federated"),
             mase_centralized: metrics::mase(central_err, ds.test.len(), ds.naive_scale),

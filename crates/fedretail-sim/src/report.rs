@@ -18,6 +18,8 @@ pub struct StoreReport {
     pub wape_local: Option<f64>,
     pub wape_federated: Option<f64>,
     pub wape_centralized: Option<f64>,
+    /// The federated model fine-tuned at the store on its own rows.
+    pub wape_personalized: Option<f64>,
     pub mase_local: Option<f64>,
     pub mase_federated: Option<f64>,
     pub mase_centralized: Option<f64>,
@@ -32,8 +34,11 @@ pub struct GroupSummary {
     pub median_wape_local: Option<f64>,
     pub median_wape_federated: Option<f64>,
     pub median_wape_centralized: Option<f64>,
+    pub median_wape_personalized: Option<f64>,
     /// Stores whose federated WAPE is below their local-only WAPE.
     pub federated_beats_local: usize,
+    /// Stores whose personalised WAPE is below their local-only WAPE.
+    pub personalized_beats_local: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -86,9 +91,14 @@ pub(crate) fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
         median_wape_local: col(|s| s.wape_local),
         median_wape_federated: col(|s| s.wape_federated),
         median_wape_centralized: col(|s| s.wape_centralized),
+        median_wape_personalized: col(|s| s.wape_personalized),
         federated_beats_local: stores
             .iter()
             .filter(|s| matches!((s.wape_federated, s.wape_local), (Some(f), Some(l)) if f < l))
+            .count(),
+        personalized_beats_local: stores
+            .iter()
+            .filter(|s| matches!((s.wape_personalized, s.wape_local), (Some(f), Some(l)) if f < l))
             .count(),
     }
 }
@@ -140,8 +150,16 @@ pub fn render_summary(r: &DemandReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "  {:<14} {:>6} {:>9} {:>9} {:>10} {:>12} {:>12}",
-        "group", "stores", "naive", "local", "federated", "centralized", "fed < local"
+        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>12} {:>13}",
+        "group",
+        "stores",
+        "naive",
+        "local",
+        "federated",
+        "centralized",
+        "personalized",
+        "fed < local",
+        "pers < local"
     );
     for g in &r.by_business_type {
         s.push_str(&group_line(g));
@@ -185,13 +203,15 @@ pub fn render_summary(r: &DemandReport) -> String {
 
 fn group_line(g: &GroupSummary) -> String {
     format!(
-        "  {:<14} {:>6} {:>9} {:>9} {:>10} {:>12} {:>12}\n",
+        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>12} {:>13}\n",
         g.group,
         g.stores,
         pct(g.median_wape_seasonal_naive),
         pct(g.median_wape_local),
         pct(g.median_wape_federated),
         pct(g.median_wape_centralized),
-        format!("{}/{}", g.federated_beats_local, g.stores)
+        pct(g.median_wape_personalized),
+        format!("{}/{}", g.federated_beats_local, g.stores),
+        format!("{}/{}", g.personalized_beats_local, g.stores)
     )
 }
