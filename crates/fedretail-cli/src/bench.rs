@@ -78,12 +78,14 @@ fn aggregate(updates: usize, dim: usize, repeat: usize) -> Result<()> {
         streaming.push(t.elapsed().as_secs_f64());
         checksum += agg.weighted_sum[dim / 2];
 
-        // Reference: one pass over the accumulator per update.
+        // Reference: one pass over the accumulator per update, consuming (and freeing)
+        // owned updates as the streaming path does.
+        let owned: Vec<Vec<f32>> = data.to_vec();
         let t = Instant::now();
         let mut acc = vec![0.0f64; dim];
-        for (i, u) in data.iter().enumerate() {
+        for (i, u) in owned.into_iter().enumerate() {
             let w = 1.0 + i as f64;
-            for (a, &x) in acc.iter_mut().zip(u) {
+            for (a, &x) in acc.iter_mut().zip(&u) {
                 *a += w * x as f64;
             }
         }
