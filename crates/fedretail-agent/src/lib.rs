@@ -303,6 +303,7 @@ impl StoreAgent {
                 seed: e.seed,
             },
             Some(v1::train_task::Work::SecondOrder(_)) => LocalWork::SecondOrderStatistics,
+            Some(v1::train_task::Work::ClusterStatistics(_)) => LocalWork::ClusterStatistics,
             None => return Err(AgentError::BadTask("training task names no work".into())),
         };
         let precision = match v1::Dtype::try_from(t.update_dtype) {

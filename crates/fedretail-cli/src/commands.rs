@@ -14,7 +14,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,6 +163,27 @@ pub struct DemoArgs {
     /// Print the report JSON to stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The network at `data`, or a synthetic one written to `generate_into`.
+pub(crate) fn ensure_network(
+    data: &Option<PathBuf>,
+    out: &std::path::Path,
+    network: &NetworkArgs,
+) -> Result<PathBuf> {
+    match data {
+        Some(d) => Ok(d.clone()),
+        None => {
+            let summary = generate_into(network, out)?;
+            eprintln!(
+                "generated {} stores ({} lines) in {}",
+                summary.stores.len(),
+                summary.lines,
+                out.display()
+            );
+            Ok(out.to_path_buf())
+        }
+    }
 }
 
 pub fn demo(args: DemoArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `fedretail`: the command line. Glue only: parse, wire the library crates together,
 //! show progress and report. Every capability lives in a library crate.
 
+mod analyze;
 mod bench;
 mod commands;
 mod progress;
@@ -29,6 +30,9 @@ enum Command {
     Agent(commands::AgentArgs),
     /// Check a store's export and show the features it yields (nothing leaves the machine).
     Inspect(commands::InspectArgs),
+    /// Analytics tasks: anomaly detection, customer segments, churn, credit scoring.
+    #[command(subcommand)]
+    Analyze(analyze::AnalyzeCommand),
     /// Measure performance and print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Coordinator(a) => commands::coordinator(a),
         Command::Agent(a) => commands::agent(a),
         Command::Inspect(a) => commands::inspect(a),
+        Command::Analyze(a) => analyze::run(a),
         Command::Bench(b) => bench::run(b),
     };
     match result {

@@ -217,6 +217,9 @@ impl CoordinatorService {
                     LocalWork::SecondOrderStatistics => {
                         v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {})
                     }
+                    LocalWork::ClusterStatistics => {
+                        v1::train_task::Work::ClusterStatistics(v1::ClusterStatistics {})
+                    }
                 };
                 Some(Outcome::Train(v1::TrainTask {
                     task_id: task_id.clone(),

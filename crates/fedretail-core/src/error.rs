@@ -57,4 +57,6 @@ pub enum StrategyError {
     TooFewStores { available: usize, required: usize },
     #[error("the new global model has a non-finite value at index {index}")]
     NonFiniteModel { index: usize },
+    #[error("invalid strategy configuration: {0}")]
+    Config(String),
 }

@@ -24,6 +24,7 @@
 mod aggregate;
 mod error;
 mod fedavg;
+pub mod kmeans;
 mod newton;
 mod params;
 mod sampling;

@@ -31,6 +31,9 @@ pub enum LocalWork {
     /// The gradient and Hessian of the local loss at the global parameters, packed as
     /// `[gradient (d), upper triangle of the Hessian (d(d+1)/2)]`.
     SecondOrderStatistics,
+    /// Per-cluster sums, weights and squared errors of the store's points under the
+    /// global clustering (see [`crate::kmeans`]).
+    ClusterStatistics,
 }
 
 /// Who takes part in a round and with what work.
@@ -81,7 +84,7 @@ pub trait Strategy: Send {
     ) -> Result<Applied, StrategyError>;
 }
 
-pub(crate) fn check_finite_model(values: &[f64]) -> Result<(), StrategyError> {
+pub fn check_finite_model(values: &[f64]) -> Result<(), StrategyError> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(StrategyError::NonFiniteModel { index }),
         None => Ok(()),

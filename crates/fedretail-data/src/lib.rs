@@ -14,10 +14,18 @@
 //! # Ok(()) }
 //! ```
 
+mod customer_sql;
 mod demand_sql;
 mod error;
 mod source;
+mod tabular;
 
+pub use customer_sql::{
+    load_churn_rows, load_customer_points, load_transaction_points, CustomerFeatureSet,
+    CustomerPoints, FeatureWindow, TransactionPoints, CUSTOMER_ANOMALY_FEATURES, SEGMENT_FEATURES,
+    TRANSACTION_FEATURES,
+};
 pub use demand_sql::{load_demand_dataset, DemandSpec};
 pub use error::DataError;
 pub use source::{open_store, StoreSource};
+pub use tabular::{load_tabular, TabularSilo, TabularSpec, TabularTable};

@@ -292,6 +292,10 @@ impl LocalTask for DemandTask {
                 }
                 Ok(w.iter().zip(global).map(|(a, b)| a - b).collect())
             }
+            LocalWork::ClusterStatistics => Err(TaskError::UnsupportedWork {
+                task: "demand",
+                work: "cluster statistics",
+            }),
         }
     }
 

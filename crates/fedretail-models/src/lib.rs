@@ -13,11 +13,15 @@
 //! assert_eq!(layout.len(), fedretail_models::DEMAND_FEATURES.len());
 //! ```
 
+pub mod classify;
+pub mod clustering;
 pub mod demand;
 pub mod glm;
 pub mod metrics;
 mod task;
 
+pub use classify::{ClassifierKind, ClassifierTask, LabeledRows};
+pub use clustering::{ClusterTask, PointSet};
 pub use demand::{demand_layout, DemandDataset, DemandRows, DemandTask, DEMAND_FEATURES};
 pub use fedretail_core::LocalWork;
 pub use task::{layout_for_task, LocalTask, TaskError, TaskMetrics};

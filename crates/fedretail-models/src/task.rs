@@ -16,6 +16,11 @@ pub enum TaskError {
     NoTrainingRows(&'static str),
     #[error("unknown task '{0}' (known: demand)")]
     UnknownTask(String),
+    #[error("task '{task}' cannot do {work}")]
+    UnsupportedWork {
+        task: &'static str,
+        work: &'static str,
+    },
     #[error("local training diverged: {0}")]
     Diverged(String),
 }

@@ -13,11 +13,21 @@
 //! # Ok(()) }
 //! ```
 
+pub mod classification;
+pub mod clustering;
 mod demo;
 pub mod inprocess;
 mod prepare;
 mod report;
 
+pub use classification::{
+    render_classification, run_churn, run_classification, run_credit, ClassificationEvent,
+    ClassificationOptions, ClassificationReport,
+};
+pub use clustering::{
+    render_anomaly, render_segments, run_anomaly, run_segments, AnomalyReport, ClusteringEvent,
+    ClusteringOptions, SegmentReport,
+};
 pub use demo::{run_demo, DemoEvent, DemoOptions};
 pub use prepare::{prepare_network, PreparedStore, SkippedStore};
 pub use report::{render_summary, DemandReport, GroupSummary, StoreReport};

@@ -20,7 +20,7 @@ pub struct SkippedStore {
     pub reason: String,
 }
 
-fn store_dirs(root: &Path) -> Result<Vec<PathBuf>, SimError> {
+pub(crate) fn store_dirs(root: &Path) -> Result<Vec<PathBuf>, SimError> {
     let entries = std::fs::read_dir(root).map_err(|source| SimError::Io {
         path: root.display().to_string(),
         source,
@@ -36,7 +36,7 @@ fn store_dirs(root: &Path) -> Result<Vec<PathBuf>, SimError> {
     Ok(dirs)
 }
 
-fn business_type_of(dir: &Path) -> String {
+pub(crate) fn business_type_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join(STORE_META_FILE))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())

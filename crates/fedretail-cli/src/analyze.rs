@@ -1,0 +1,284 @@
+//! `fedretail analyze …`: the analytics tasks (anomaly detection, customer segments,
+//! churn, credit scoring), each local vs federated vs a centralized yardstick.
+
+use crate::commands::{ensure_network, NetworkArgs};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use fedretail_data::{FeatureWindow, TabularSpec};
+use fedretail_sim::{
+    render_anomaly, render_classification, render_segments, run_anomaly, run_churn, run_credit,
+    run_segments, ClassificationEvent, ClassificationOptions, ClusteringEvent, ClusteringOptions,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum AnalyzeCommand {
+    /// Customer- and receipt-level anomaly detection with bisecting k-means (local, the seed's meta-model, exact federated), scored against the network's labelled anomalies.
+    Anomaly(ClusterArgs),
+    /// RFM customer segments by federated bisecting k-means, described in words.
+    Segments(ClusterArgs),
+    /// Churn prediction: logistic regression (FedAvg and exact Newton) and an MLP, against local-only, centralized and the seed's recency rule.
+    Churn(ChurnArgs),
+    /// Credit scoring from a tabular file split into lenders by a column (e.g. ../shared/data/credit_data.csv by Job).
+    Credit(CreditArgs),
+}
+
+#[derive(Args)]
+pub struct Output {
+    /// Write the full report as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print the report JSON to stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SyntheticArgs {
+    /// Network directory (one sub-directory per store); generated when absent.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where a generated network is written.
+    #[arg(long, default_value = "fedretail-data/demo-network")]
+    pub generate_into: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+#[derive(Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub source: SyntheticArgs,
+    /// Days of history up to each store's last day.
+    #[arg(long, default_value_t = 180)]
+    pub window_days: u32,
+    /// Customer clusters (segments).
+    #[arg(long, default_value_t = 6)]
+    pub clusters: usize,
+    /// Receipt clusters (anomaly task).
+    #[arg(long, default_value_t = 8)]
+    pub receipt_clusters: usize,
+    /// Silhouette is exact up to this many points per store, sampled above.
+    #[arg(long, default_value_t = 600)]
+    pub silhouette_points: usize,
+    /// Share of each store's receipts its calibrated threshold flags.
+    #[arg(long, default_value_t = 0.01)]
+    pub flag_share: f64,
+    /// Seeds the direction in which clusters are split.
+    #[arg(long, default_value_t = 2)]
+    pub kmeans_seed: u64,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// FedAvg rounds (epochs for the local and centralized references).
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: u32,
+    /// L2 penalty per training example on the weights.
+    #[arg(long, default_value_t = 1e-4)]
+    pub l2: f64,
+    /// Hidden units of the MLP trained beside the logistic regression (0: none).
+    #[arg(long, default_value_t = 8)]
+    pub mlp_hidden: usize,
+    /// Parties with fewer training rows are skipped (and listed).
+    #[arg(long, default_value_t = 20)]
+    pub min_train_rows: usize,
+    /// Seeds the train/test split, the initial MLP and the SGD shuffles.
+    #[arg(long, default_value_t = 7)]
+    pub train_seed: u64,
+}
+
+impl TrainArgs {
+    fn options(&self) -> ClassificationOptions {
+        ClassificationOptions {
+            rounds: self.rounds,
+            learning_rate: self.learning_rate,
+            batch_size: self.batch_size,
+            l2: self.l2,
+            mlp_hidden: self.mlp_hidden,
+            min_train_rows: self.min_train_rows,
+            seed: self.train_seed,
+            ..ClassificationOptions::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub source: SyntheticArgs,
+    /// Days of history before the cut-off that the features describe.
+    #[arg(long, default_value_t = 180)]
+    pub window_days: u32,
+    /// A customer who buys nothing in this many days after the cut-off has churned.
+    #[arg(long, default_value_t = 60)]
+    pub horizon_days: u32,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Args)]
+pub struct CreditArgs {
+    /// Tabular file (CSV or Parquet) with a binary target column.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "Status")]
+    pub target: String,
+    /// Target value that counts as positive (the other must be the only other value).
+    #[arg(long, default_value = "bad")]
+    pub positive: String,
+    /// Column whose value names the lender (silo).
+    #[arg(long, default_value = "Job")]
+    pub split_by: String,
+    /// Share of each lender's rows held out, stratified by the target.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+fn spinner() -> ProgressBar {
+    let b = ProgressBar::new_spinner();
+    b.set_style(
+        ProgressStyle::with_template("{spinner} {prefix:>12} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    b
+}
+
+fn emit<R: Serialize>(report: &R, summary: String, output: &Output) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    if let Some(path) = &output.report {
+        std::fs::write(path, &json)
+            .with_context(|| format!("writing report {}", path.display()))?;
+    }
+    if output.json {
+        println!("{json}");
+    } else {
+        print!("{summary}");
+        if let Some(path) = &output.report {
+            println!("  report: {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn cluster_options(a: &ClusterArgs) -> ClusteringOptions {
+    ClusteringOptions {
+        window_days: a.window_days,
+        customer_clusters: a.clusters,
+        transaction_clusters: a.receipt_clusters,
+        silhouette_points: a.silhouette_points,
+        flag_share: a.flag_share,
+        seed: a.kmeans_seed,
+        ..ClusteringOptions::default()
+    }
+}
+
+fn on_cluster_event(bar: &ProgressBar) -> impl Fn(ClusteringEvent) + '_ {
+    move |e| match e {
+        ClusteringEvent::StoreLoaded {
+            store_id,
+            done,
+            total,
+        } => {
+            bar.set_prefix("features");
+            bar.set_message(format!("{done}/{total} stores ({store_id})"));
+        }
+        ClusteringEvent::Stage(s) => {
+            bar.set_prefix("training");
+            bar.set_message(s);
+        }
+    }
+}
+
+fn on_class_event(bar: &ProgressBar) -> impl Fn(ClassificationEvent) + '_ {
+    move |e| match e {
+        ClassificationEvent::Prepared { parties, skipped } => {
+            bar.set_prefix("prepared");
+            bar.set_message(format!("{parties} parties, {skipped} skipped"));
+        }
+        ClassificationEvent::Stage(s) => {
+            bar.set_prefix("training");
+            bar.set_message(s);
+        }
+    }
+}
+
+pub fn run(command: AnalyzeCommand) -> Result<()> {
+    let rt = crate::commands::runtime()?;
+    match command {
+        AnalyzeCommand::Anomaly(a) => {
+            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
+            let bar = spinner();
+            let report = rt.block_on(run_anomaly(
+                &dir,
+                &cluster_options(&a),
+                &on_cluster_event(&bar),
+            ))?;
+            bar.finish_and_clear();
+            emit(&report, render_anomaly(&report), &a.output)
+        }
+        AnalyzeCommand::Segments(a) => {
+            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
+            let bar = spinner();
+            let report = rt.block_on(run_segments(
+                &dir,
+                &cluster_options(&a),
+                &on_cluster_event(&bar),
+            ))?;
+            bar.finish_and_clear();
+            emit(&report, render_segments(&report), &a.output)
+        }
+        AnalyzeCommand::Churn(a) => {
+            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
+            let bar = spinner();
+            let window = FeatureWindow {
+                window_days: a.window_days,
+            };
+            let report = rt.block_on(run_churn(
+                &dir,
+                &window,
+                a.horizon_days,
+                &a.train.options(),
+                &on_class_event(&bar),
+            ))?;
+            bar.finish_and_clear();
+            emit(&report, render_classification(&report), &a.output)
+        }
+        AnalyzeCommand::Credit(a) => {
+            let spec = TabularSpec {
+                target: a.target.clone(),
+                positive: a.positive.clone(),
+                split_by: a.split_by.clone(),
+                test_fraction: a.test_fraction,
+                seed: a.train.train_seed,
+                min_train_rows: a.train.min_train_rows,
+            };
+            let bar = spinner();
+            let report = rt
+                .block_on(run_credit(
+                    &a.data,
+                    &spec,
+                    &a.train.options(),
+                    &on_class_event(&bar),
+                ))
+                .with_context(|| format!("credit scoring on {}", a.data.display()))?;
+            bar.finish_and_clear();
+            emit(&report, render_classification(&report), &a.output)
+        }
+    }
+}

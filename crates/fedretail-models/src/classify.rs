@@ -1,0 +1,537 @@
+//! Binary classifiers for churn and credit scoring: logistic regression (with exact
+//! second-order statistics, so federated Newton applies) and a one-hidden-layer MLP
+//! (FedAvg only). Both train by the same mini-batch SGD so that local-only,
+//! centralized and federated runs differ only in whose rows they see.
+
+use crate::metrics::ranking::{accuracy, roc_auc};
+use crate::task::{LocalTask, TaskError, TaskMetrics};
+use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout, Segment};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Rows of features with a binary label, row-major.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabeledRows {
+    dim: usize,
+    x: Vec<f64>,
+    y: Vec<bool>,
+}
+
+impl LabeledRows {
+    pub fn new(dim: usize) -> Self {
+        LabeledRows {
+            dim,
+            x: Vec::new(),
+            y: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, x: &[f64], y: bool) {
+        debug_assert_eq!(x.len(), self.dim);
+        self.x.extend_from_slice(x);
+        self.y.push(y);
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> (&[f64], bool) {
+        (&self.x[i * self.dim..(i + 1) * self.dim], self.y[i])
+    }
+
+    pub fn labels(&self) -> &[bool] {
+        &self.y
+    }
+
+    pub fn positives(&self) -> usize {
+        self.y.iter().filter(|&&y| y).count()
+    }
+
+    /// All rows of several parts, in order (the centralized reference's pooled data).
+    pub fn concat<'a>(dim: usize, parts: impl IntoIterator<Item = &'a LabeledRows>) -> Self {
+        let mut out = LabeledRows::new(dim);
+        for p in parts {
+            out.x.extend_from_slice(&p.x);
+            out.y.extend_from_slice(&p.y);
+        }
+        out
+    }
+}
+
+/// Which classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassifierKind {
+    Logistic,
+    /// One hidden layer of `hidden` tanh units.
+    Mlp {
+        hidden: usize,
+    },
+}
+
+impl ClassifierKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClassifierKind::Logistic => "logistic_regression",
+            ClassifierKind::Mlp { .. } => "mlp",
+        }
+    }
+
+    pub fn layout(&self, dim: usize) -> ModelLayout {
+        let segments = match *self {
+            ClassifierKind::Logistic => vec![
+                Segment::new("weights", dim, true),
+                Segment::new("bias", 1, false),
+            ],
+            ClassifierKind::Mlp { hidden } => vec![
+                Segment::new("hidden_weights", hidden * dim, true),
+                Segment::new("hidden_bias", hidden, false),
+                Segment::new("output_weights", hidden, true),
+                Segment::new("output_bias", 1, false),
+            ],
+        };
+        // Segment names are distinct and non-empty, so this cannot fail.
+        ModelLayout::new(segments).unwrap_or_else(|_| unreachable!("static layout"))
+    }
+
+    /// Starting parameters: zeros for logistic regression, small seeded random
+    /// weights for the MLP (zeros would keep every hidden unit identical).
+    pub fn initial_parameters(&self, dim: usize, seed: u64) -> Vec<f64> {
+        match *self {
+            ClassifierKind::Logistic => vec![0.0; dim + 1],
+            ClassifierKind::Mlp { hidden } => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let a = (6.0 / (dim + hidden) as f64).sqrt();
+                let b = (6.0 / (hidden + 1) as f64).sqrt();
+                let mut w: Vec<f64> = (0..hidden * dim).map(|_| rng.random_range(-a..a)).collect();
+                w.extend(std::iter::repeat_n(0.0, hidden));
+                w.extend((0..hidden).map(|_| rng.random_range(-b..b)));
+                w.push(0.0);
+                w
+            }
+        }
+    }
+}
+
+#[inline]
+fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// A classifier's parameters viewed by kind; scratch space for the hidden layer.
+struct Net<'a> {
+    kind: ClassifierKind,
+    dim: usize,
+    w: &'a [f64],
+}
+
+impl Net<'_> {
+    /// P(y = 1 | x); fills `hidden` with the hidden activations for the MLP.
+    #[inline]
+    fn forward(&self, x: &[f64], hidden: &mut [f64]) -> f64 {
+        match self.kind {
+            ClassifierKind::Logistic => {
+                let z: f64 =
+                    x.iter().zip(self.w).map(|(a, b)| a * b).sum::<f64>() + self.w[self.dim];
+                sigmoid(z)
+            }
+            ClassifierKind::Mlp { hidden: h } => {
+                let d = self.dim;
+                let (wh, rest) = self.w.split_at(h * d);
+                let (bh, rest) = rest.split_at(h);
+                let (wo, bo) = rest.split_at(h);
+                let mut z = bo[0];
+                for k in 0..h {
+                    let a = (wh[k * d..(k + 1) * d]
+                        .iter()
+                        .zip(x)
+                        .map(|(p, q)| p * q)
+                        .sum::<f64>()
+                        + bh[k])
+                        .tanh();
+                    hidden[k] = a;
+                    z += wo[k] * a;
+                }
+                sigmoid(z)
+            }
+        }
+    }
+
+    /// Adds d(log loss)/d(params) for one row into `grad`.
+    #[inline]
+    fn add_gradient(&self, x: &[f64], y: bool, hidden: &mut [f64], grad: &mut [f64]) {
+        let p = self.forward(x, hidden);
+        let r = p - if y { 1.0 } else { 0.0 };
+        match self.kind {
+            ClassifierKind::Logistic => {
+                for (g, xi) in grad.iter_mut().zip(x) {
+                    *g += r * xi;
+                }
+                grad[self.dim] += r;
+            }
+            ClassifierKind::Mlp { hidden: h } => {
+                let d = self.dim;
+                let wo = &self.w[h * d + h..h * d + 2 * h];
+                let (gh, rest) = grad.split_at_mut(h * d);
+                let (gbh, rest) = rest.split_at_mut(h);
+                let (gwo, gbo) = rest.split_at_mut(h);
+                gbo[0] += r;
+                for k in 0..h {
+                    gwo[k] += r * hidden[k];
+                    let delta = r * wo[k] * (1.0 - hidden[k] * hidden[k]);
+                    gbh[k] += delta;
+                    for (g, xi) in gh[k * d..(k + 1) * d].iter_mut().zip(x) {
+                        *g += delta * xi;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn hidden_len(kind: ClassifierKind) -> usize {
+    match kind {
+        ClassifierKind::Logistic => 0,
+        ClassifierKind::Mlp { hidden } => hidden,
+    }
+}
+
+/// P(y = 1) for every row.
+pub fn predict_proba(kind: ClassifierKind, w: &[f64], rows: &LabeledRows) -> Vec<f64> {
+    let net = Net {
+        kind,
+        dim: rows.dim(),
+        w,
+    };
+    let mut hidden = vec![0.0; hidden_len(kind)];
+    (0..rows.len())
+        .map(|i| net.forward(rows.row(i).0, &mut hidden))
+        .collect()
+}
+
+/// Mini-batch SGD on the mean log loss plus `l2/2 |w|^2` on regularised segments, in
+/// place. The shuffle depends only on `seed`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgd(
+    kind: ClassifierKind,
+    rows: &LabeledRows,
+    w: &mut [f64],
+    epochs: u32,
+    batch_size: u32,
+    learning_rate: f64,
+    l2: f64,
+    seed: u64,
+) {
+    let n = rows.len();
+    if n == 0 {
+        return;
+    }
+    let mask = kind.layout(rows.dim()).regularization_mask();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut grad = vec![0.0; w.len()];
+    let mut hidden = vec![0.0; hidden_len(kind)];
+    for _ in 0..epochs {
+        order.shuffle(&mut rng);
+        for batch in order.chunks(batch_size.max(1) as usize) {
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            {
+                let net = Net {
+                    kind,
+                    dim: rows.dim(),
+                    w,
+                };
+                for &i in batch {
+                    let (x, y) = rows.row(i);
+                    net.add_gradient(x, y, &mut hidden, &mut grad);
+                }
+            }
+            let inv = 1.0 / batch.len() as f64;
+            for k in 0..w.len() {
+                let pen = if mask[k] { l2 * w[k] } else { 0.0 };
+                w[k] -= learning_rate * (grad[k] * inv + pen);
+            }
+        }
+    }
+}
+
+/// Gradient and Hessian of the summed logistic log loss at `w`, packed as
+/// `[g, upper(H)]`, added into `out`.
+pub fn add_logistic_second_order_statistics(rows: &LabeledRows, w: &[f64], out: &mut [f64]) {
+    let d = rows.dim() + 1;
+    let (g, h) = out.split_at_mut(d);
+    let mut xb = vec![0.0; d];
+    for i in 0..rows.len() {
+        let (x, y) = rows.row(i);
+        xb[..d - 1].copy_from_slice(x);
+        xb[d - 1] = 1.0;
+        let z: f64 = xb.iter().zip(w).map(|(a, b)| a * b).sum();
+        let p = sigmoid(z);
+        let r = p - if y { 1.0 } else { 0.0 };
+        let s = p * (1.0 - p);
+        let mut k = 0;
+        for a in 0..d {
+            g[a] += r * xb[a];
+            let sa = s * xb[a];
+            for xj in &xb[a..] {
+                h[k] += sa * xj;
+                k += 1;
+            }
+        }
+    }
+}
+
+/// Metrics of `w` on `rows`: ROC AUC (when both classes are present), accuracy, mean
+/// log loss, and the row counts.
+pub fn classification_metrics(kind: ClassifierKind, w: &[f64], rows: &LabeledRows) -> TaskMetrics {
+    let p = predict_proba(kind, w, rows);
+    let mut m = TaskMetrics::new();
+    m.insert("rows".into(), rows.len() as f64);
+    m.insert("positives".into(), rows.positives() as f64);
+    if let Some(auc) = roc_auc(&p, rows.labels()) {
+        m.insert("auc".into(), auc);
+    }
+    if let Some(acc) = accuracy(&p, rows.labels()) {
+        m.insert("accuracy".into(), acc);
+    }
+    if !rows.is_empty() {
+        let ll: f64 = p
+            .iter()
+            .zip(rows.labels())
+            .map(|(&p, &y)| {
+                let p = p.clamp(1e-12, 1.0 - 1e-12);
+                if y {
+                    -p.ln()
+                } else {
+                    -(1.0 - p).ln()
+                }
+            })
+            .sum::<f64>()
+            / rows.len() as f64;
+        m.insert("log_loss".into(), ll);
+    }
+    m
+}
+
+/// A store's (or lender's) classification task: its own train and test rows.
+#[derive(Debug, Clone)]
+pub struct ClassifierTask {
+    pub name: &'static str,
+    pub kind: ClassifierKind,
+    pub train: LabeledRows,
+    pub test: LabeledRows,
+}
+
+impl ClassifierTask {
+    fn check_len(&self, global: &[f64]) -> Result<(), TaskError> {
+        let expected = self.kind.layout(self.train.dim()).len();
+        if global.len() != expected {
+            return Err(TaskError::WrongParameterCount {
+                task: self.name,
+                expected,
+                got: global.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl LocalTask for ClassifierTask {
+    fn task_name(&self) -> &'static str {
+        self.name
+    }
+
+    fn layout(&self) -> ModelLayout {
+        self.kind.layout(self.train.dim())
+    }
+
+    fn num_train_examples(&self) -> u64 {
+        self.train.len() as u64
+    }
+
+    fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError> {
+        self.check_len(global)?;
+        if self.train.is_empty() {
+            return Err(TaskError::NoTrainingRows(self.name));
+        }
+        match (work, self.kind) {
+            (
+                LocalWork::LocalEpochs {
+                    epochs,
+                    batch_size,
+                    learning_rate,
+                    l2,
+                    seed,
+                },
+                kind,
+            ) => {
+                let mut w = global.to_vec();
+                sgd(
+                    kind,
+                    &self.train,
+                    &mut w,
+                    *epochs,
+                    *batch_size,
+                    *learning_rate,
+                    *l2,
+                    *seed,
+                );
+                if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+                    return Err(TaskError::Diverged(format!(
+                        "parameter {i} is not finite; lower the learning rate"
+                    )));
+                }
+                Ok(w.iter().zip(global).map(|(a, b)| a - b).collect())
+            }
+            (LocalWork::SecondOrderStatistics, ClassifierKind::Logistic) => {
+                let mut out = vec![0.0; newton_statistics_len(global.len())];
+                add_logistic_second_order_statistics(&self.train, global, &mut out);
+                Ok(out)
+            }
+            (LocalWork::SecondOrderStatistics, ClassifierKind::Mlp { .. }) => {
+                Err(TaskError::UnsupportedWork {
+                    task: self.name,
+                    work: "second-order statistics with an MLP (use FedAvg)",
+                })
+            }
+            (LocalWork::ClusterStatistics, _) => Err(TaskError::UnsupportedWork {
+                task: self.name,
+                work: "cluster statistics",
+            }),
+        }
+    }
+
+    fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
+        self.check_len(global)?;
+        Ok(classification_metrics(self.kind, global, &self.test))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(n: usize, seed: u64) -> LabeledRows {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rows = LabeledRows::new(2);
+        for _ in 0..n {
+            let x = [rng.random_range(-2.0..2.0), rng.random_range(-2.0..2.0)];
+            let p = sigmoid(1.5 * x[0] - x[1] + 0.3);
+            rows.push(&x, rng.random::<f64>() < p);
+        }
+        rows
+    }
+
+    fn loss(kind: ClassifierKind, w: &[f64], rows: &LabeledRows) -> f64 {
+        predict_proba(kind, w, rows)
+            .iter()
+            .zip(rows.labels())
+            .map(|(p, &y)| if y { -p.ln() } else { -(1.0 - p).ln() })
+            .sum()
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let rows = toy(30, 1);
+        for kind in [ClassifierKind::Logistic, ClassifierKind::Mlp { hidden: 3 }] {
+            let w: Vec<f64> = kind
+                .initial_parameters(2, 5)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + 0.1 * (i as f64 % 3.0 - 1.0))
+                .collect();
+            let net = Net {
+                kind,
+                dim: 2,
+                w: &w,
+            };
+            let mut grad = vec![0.0; w.len()];
+            let mut hidden = vec![0.0; hidden_len(kind)];
+            for i in 0..rows.len() {
+                let (x, y) = rows.row(i);
+                net.add_gradient(x, y, &mut hidden, &mut grad);
+            }
+            for j in 0..w.len() {
+                let (mut wp, mut wm) = (w.clone(), w.clone());
+                wp[j] += 1e-6;
+                wm[j] -= 1e-6;
+                let fd = (loss(kind, &wp, &rows) - loss(kind, &wm, &rows)) / 2e-6;
+                assert!(
+                    (fd - grad[j]).abs() < 1e-5 * fd.abs().max(1.0),
+                    "{kind:?} {j}: {fd} vs {}",
+                    grad[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn logistic_hessian_matches_finite_differences_of_the_gradient() {
+        let rows = toy(40, 2);
+        let w = vec![0.2, -0.1, 0.05];
+        let mut stats = vec![0.0; newton_statistics_len(3)];
+        add_logistic_second_order_statistics(&rows, &w, &mut stats);
+        let h = fedretail_core::unpack_upper(&stats[3..], 3);
+        for j in 0..3 {
+            let grad_at = |w: &[f64]| {
+                let mut s = vec![0.0; newton_statistics_len(3)];
+                add_logistic_second_order_statistics(&rows, w, &mut s);
+                s[..3].to_vec()
+            };
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp[j] += 1e-6;
+            wm[j] -= 1e-6;
+            let (gp, gm) = (grad_at(&wp), grad_at(&wm));
+            for i in 0..3 {
+                let fd = (gp[i] - gm[i]) / 2e-6;
+                assert!((fd - h[i * 3 + j]).abs() < 1e-5 * fd.abs().max(1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn sgd_learns_a_separable_signal() {
+        let train = toy(2000, 3);
+        let test = toy(500, 4);
+        for kind in [ClassifierKind::Logistic, ClassifierKind::Mlp { hidden: 8 }] {
+            let mut w = kind.initial_parameters(2, 1);
+            sgd(kind, &train, &mut w, 10, 32, 0.1, 1e-4, 7);
+            let auc = classification_metrics(kind, &w, &test)["auc"];
+            assert!(auc > 0.8, "{kind:?}: auc {auc}");
+        }
+    }
+
+    #[test]
+    fn mlp_cannot_be_asked_for_newton_statistics() {
+        let task = ClassifierTask {
+            name: "churn",
+            kind: ClassifierKind::Mlp { hidden: 2 },
+            train: toy(10, 1),
+            test: toy(10, 2),
+        };
+        let w = task.kind.initial_parameters(2, 1);
+        assert!(matches!(
+            task.compute_update(&w, &LocalWork::SecondOrderStatistics),
+            Err(TaskError::UnsupportedWork { .. })
+        ));
+        assert!(matches!(
+            task.compute_update(&w[1..], &LocalWork::SecondOrderStatistics),
+            Err(TaskError::WrongParameterCount { .. })
+        ));
+    }
+}
