@@ -21,6 +21,8 @@ pub enum AnalyzeCommand {
     Segments(ClusterArgs),
     /// Churn prediction: logistic regression (FedAvg and exact Newton) and an MLP, against local-only, centralized and the seed's recency rule.
     Churn(ChurnArgs),
+    /// Gradient-inversion attack on single-record updates: no protection, DP-SGD at several epsilon, and a sum of updates (what secure aggregation reveals).
+    Attack(AttackArgs),
     /// Credit scoring from a tabular file split into lenders by a column (e.g. ../shared/data/credit_data.csv by Job).
     Credit(CreditArgs),
 }
@@ -94,6 +96,15 @@ pub struct TrainArgs {
     /// Seeds the train/test split, the initial MLP and the SGD shuffles.
     #[arg(long, default_value_t = 7)]
     pub train_seed: u64,
+    /// Customer-level DP: every party runs DP-SGD calibrated to this epsilon for its whole run.
+    #[arg(long)]
+    pub dp_epsilon: Option<f64>,
+    /// Delta of the customer-level DP guarantee.
+    #[arg(long, default_value_t = 1e-5)]
+    pub dp_delta: f64,
+    /// Per-example gradient clipping norm of DP-SGD.
+    #[arg(long, default_value_t = 1.0)]
+    pub dp_clip: f64,
 }
 
 impl TrainArgs {
@@ -106,6 +117,13 @@ impl TrainArgs {
             mlp_hidden: self.mlp_hidden,
             min_train_rows: self.min_train_rows,
             seed: self.train_seed,
+            customer_dp: self
+                .dp_epsilon
+                .map(|epsilon| fedretail_sim::classification::CustomerDp {
+                    epsilon,
+                    delta: self.dp_delta,
+                    clip_norm: self.dp_clip,
+                }),
             ..ClassificationOptions::default()
         }
     }
@@ -145,6 +163,30 @@ pub struct CreditArgs {
     pub test_fraction: f64,
     #[command(flatten)]
     pub train: TrainArgs,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Args)]
+pub struct AttackArgs {
+    /// Tabular file (CSV or Parquet), prepared as for `analyze credit`.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "Status")]
+    pub target: String,
+    #[arg(long, default_value = "bad")]
+    pub positive: String,
+    #[arg(long, default_value = "Job")]
+    pub split_by: String,
+    /// Records attacked.
+    #[arg(long, default_value_t = 200)]
+    pub records: usize,
+    /// Epsilons of the DP settings tried (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub epsilons: Vec<f64>,
+    /// Updates per sum in the secure-aggregation setting.
+    #[arg(long, default_value_t = 10)]
+    pub stores_per_sum: usize,
     #[command(flatten)]
     pub output: Output,
 }
@@ -218,6 +260,55 @@ fn on_class_event(bar: &ProgressBar) -> impl Fn(ClassificationEvent) + '_ {
     }
 }
 
+/// `fedretail demo --task …`: an analytics task with its defaults on `dir`.
+pub fn demo_task(
+    task: crate::commands::DemoTask,
+    dir: PathBuf,
+    report: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    use crate::commands::DemoTask;
+    let output = Output { report, json };
+    let rt = crate::commands::runtime()?;
+    let bar = spinner();
+    match task {
+        DemoTask::Anomaly => {
+            let r = rt.block_on(run_anomaly(
+                &dir,
+                &ClusteringOptions::default(),
+                &on_cluster_event(&bar),
+            ))?;
+            bar.finish_and_clear();
+            emit(&r, render_anomaly(&r), &output)
+        }
+        DemoTask::Segments => {
+            let r = rt.block_on(run_segments(
+                &dir,
+                &ClusteringOptions::default(),
+                &on_cluster_event(&bar),
+            ))?;
+            bar.finish_and_clear();
+            emit(&r, render_segments(&r), &output)
+        }
+        DemoTask::Demand => {
+            bar.finish_and_clear();
+            anyhow::bail!("the demand task runs over gRPC in `fedretail demo`, not here")
+        }
+        DemoTask::Churn => {
+            let window = FeatureWindow { window_days: 180 };
+            let r = rt.block_on(run_churn(
+                &dir,
+                &window,
+                60,
+                &ClassificationOptions::default(),
+                &on_class_event(&bar),
+            ))?;
+            bar.finish_and_clear();
+            emit(&r, render_classification(&r), &output)
+        }
+    }
+}
+
 pub fn run(command: AnalyzeCommand) -> Result<()> {
     let rt = crate::commands::runtime()?;
     match command {
@@ -258,6 +349,30 @@ pub fn run(command: AnalyzeCommand) -> Result<()> {
             ))?;
             bar.finish_and_clear();
             emit(&report, render_classification(&report), &a.output)
+        }
+        AnalyzeCommand::Attack(a) => {
+            let spec = TabularSpec {
+                target: a.target.clone(),
+                positive: a.positive.clone(),
+                split_by: a.split_by.clone(),
+                test_fraction: 0.2,
+                seed: 7,
+                min_train_rows: 1,
+            };
+            let options = fedretail_sim::attack::AttackOptions {
+                records: a.records,
+                epsilons: a.epsilons.clone(),
+                stores_per_sum: a.stores_per_sum,
+                ..Default::default()
+            };
+            let report = rt
+                .block_on(fedretail_sim::attack::run_attack(&a.data, &spec, &options))
+                .with_context(|| format!("attack on {}", a.data.display()))?;
+            emit(
+                &report,
+                fedretail_sim::attack::render_attack(&report),
+                &a.output,
+            )
         }
         AnalyzeCommand::Credit(a) => {
             let spec = TabularSpec {

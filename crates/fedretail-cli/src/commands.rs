@@ -123,8 +123,24 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// What the demo trains.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoTask {
+    /// Demand forecasting over real gRPC (coordinator + one agent per store).
+    Demand,
+    /// Customer and receipt anomaly detection (as `fedretail analyze anomaly`).
+    Anomaly,
+    /// RFM customer segments (as `fedretail analyze segments`).
+    Segments,
+    /// Churn prediction (as `fedretail analyze churn`).
+    Churn,
+}
+
 #[derive(Args)]
 pub struct DemoArgs {
+    /// Task to demonstrate; the analytics tasks run in process with their defaults.
+    #[arg(long, value_enum, default_value = "demand")]
+    pub task: DemoTask,
     /// Use this network directory instead of generating one.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -202,6 +218,9 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             args.generate_into.clone()
         }
     };
+    if args.task != DemoTask::Demand {
+        return crate::analyze::demo_task(args.task, data_dir, args.report.clone(), args.json);
+    }
     let strategy: StrategyKind = args.strategy.into();
     let job = JobConfig {
         strategy,

@@ -167,3 +167,56 @@ fn bad_configs_and_data_are_reported_without_a_panic() {
         "{err}"
     );
 }
+
+#[test]
+fn analyze_credit_writes_its_report_and_names_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("Status,Job,Income,Home\n");
+    for i in 0..160 {
+        let job = ["fixed", "freelance"][i % 2];
+        let bad = i % 3 == 0; // both lenders need both classes
+        let income = if bad { 40 + i % 50 } else { 90 + i % 60 };
+        let status = if bad { "bad" } else { "good" };
+        let home = ["rent", "owner", ""][i % 3];
+        text.push_str(&format!("{status},{job},{income},{home}\n"));
+    }
+    let data = dir.path().join("credit.csv");
+    write(&data, &text);
+    let report = dir.path().join("credit.json");
+    let out = Command::new(BIN)
+        .args(["analyze", "credit", "--rounds", "5", "--mlp-hidden", "0"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    for key in ["pooled_auc_federated", "pooled_auc_centralized", "silos"] {
+        assert!(json.get(key).is_some(), "report lacks {key}");
+    }
+    let silos = json["silos"].as_array().unwrap();
+    assert_eq!(silos.len(), 2);
+    for s in silos {
+        assert!(s["auc_local"].is_number() && s["auc_federated"].is_number());
+    }
+
+    let out = Command::new(BIN)
+        .args(["analyze", "credit", "--target", "Missing"])
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Missing") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

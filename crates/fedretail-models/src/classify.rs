@@ -270,6 +270,98 @@ pub fn sgd(
     }
 }
 
+/// Customer-level differential privacy at the store: DP-SGD (Abadi et al. 2016) with
+/// Poisson sampling at rate `batch_size / rows`, each example's gradient clipped to
+/// `clip_norm`, and Gaussian noise of std `noise_multiplier * clip_norm` on every
+/// step's sum. The store's accountant turns (rate, noise multiplier, steps) into ε.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DpSgdConfig {
+    pub clip_norm: f64,
+    pub noise_multiplier: f64,
+}
+
+/// Sampling rate and steps of [`dp_sgd`] over `epochs` on `rows` examples: what the
+/// accountant needs.
+pub fn dp_sgd_schedule(rows: usize, batch_size: u32, epochs: u32) -> (f64, u64) {
+    let b = f64::from(batch_size.max(1));
+    let n = rows.max(1) as f64;
+    let q = (b / n).min(1.0);
+    let steps_per_epoch = (n / b).ceil() as u64;
+    (q, steps_per_epoch * u64::from(epochs))
+}
+
+/// DP-SGD on the mean log loss plus `l2/2 |w|^2`, in place; see [`DpSgdConfig`].
+#[allow(clippy::too_many_arguments)]
+pub fn dp_sgd(
+    kind: ClassifierKind,
+    rows: &LabeledRows,
+    w: &mut [f64],
+    epochs: u32,
+    batch_size: u32,
+    learning_rate: f64,
+    l2: f64,
+    dp: DpSgdConfig,
+    seed: u64,
+) -> Result<(), TaskError> {
+    let n = rows.len();
+    if n == 0 {
+        return Ok(());
+    }
+    if !(dp.clip_norm > 0.0 && dp.clip_norm.is_finite()) {
+        return Err(TaskError::InvalidPrivacy(format!(
+            "clip norm must be positive and finite, got {}",
+            dp.clip_norm
+        )));
+    }
+    let (q, steps) = dp_sgd_schedule(n, batch_size, epochs);
+    // Normalise by the expected batch, not the drawn one: the drawn size is private.
+    let expected = q * n as f64;
+    let mask = kind.layout(rows.dim()).regularization_mask();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let noise = rand_distr::Normal::new(0.0, dp.noise_multiplier * dp.clip_norm).map_err(|_| {
+        TaskError::InvalidPrivacy(format!(
+            "noise multiplier must be non-negative and finite, got {}",
+            dp.noise_multiplier
+        ))
+    })?;
+    let mut sum = vec![0.0; w.len()];
+    let mut one = vec![0.0; w.len()];
+    let mut hidden = vec![0.0; hidden_len(kind)];
+    for _ in 0..steps {
+        sum.iter_mut().for_each(|g| *g = 0.0);
+        {
+            let net = Net {
+                kind,
+                dim: rows.dim(),
+                w,
+            };
+            for i in 0..n {
+                if rng.random::<f64>() >= q {
+                    continue;
+                }
+                one.iter_mut().for_each(|g| *g = 0.0);
+                let (x, y) = rows.row(i);
+                net.add_gradient(x, y, &mut hidden, &mut one);
+                let norm = one.iter().map(|g| g * g).sum::<f64>().sqrt();
+                let scale = if norm > dp.clip_norm {
+                    dp.clip_norm / norm
+                } else {
+                    1.0
+                };
+                for (s, g) in sum.iter_mut().zip(&one) {
+                    *s += scale * g;
+                }
+            }
+        }
+        for k in 0..w.len() {
+            let noisy = sum[k] + rng.sample(noise);
+            let pen = if mask[k] { l2 * w[k] } else { 0.0 };
+            w[k] -= learning_rate * (noisy / expected + pen);
+        }
+    }
+    Ok(())
+}
+
 /// Gradient and Hessian of the summed logistic log loss at `w`, packed as
 /// `[g, upper(H)]`, added into `out`.
 pub fn add_logistic_second_order_statistics(rows: &LabeledRows, w: &[f64], out: &mut [f64]) {
@@ -335,6 +427,8 @@ pub struct ClassifierTask {
     pub kind: ClassifierKind,
     pub train: LabeledRows,
     pub test: LabeledRows,
+    /// Customer-level DP for local epochs; the store's own choice.
+    pub dp: Option<DpSgdConfig>,
 }
 
 impl ClassifierTask {
@@ -381,22 +475,41 @@ impl LocalTask for ClassifierTask {
                 kind,
             ) => {
                 let mut w = global.to_vec();
-                sgd(
-                    kind,
-                    &self.train,
-                    &mut w,
-                    *epochs,
-                    *batch_size,
-                    *learning_rate,
-                    *l2,
-                    *seed,
-                );
+                match self.dp {
+                    None => sgd(
+                        kind,
+                        &self.train,
+                        &mut w,
+                        *epochs,
+                        *batch_size,
+                        *learning_rate,
+                        *l2,
+                        *seed,
+                    ),
+                    Some(dp) => dp_sgd(
+                        kind,
+                        &self.train,
+                        &mut w,
+                        *epochs,
+                        *batch_size,
+                        *learning_rate,
+                        *l2,
+                        dp,
+                        *seed,
+                    )?,
+                }
                 if let Some(i) = w.iter().position(|v| !v.is_finite()) {
                     return Err(TaskError::Diverged(format!(
                         "parameter {i} is not finite; lower the learning rate"
                     )));
                 }
                 Ok(w.iter().zip(global).map(|(a, b)| a - b).collect())
+            }
+            (LocalWork::SecondOrderStatistics, _) if self.dp.is_some() => {
+                Err(TaskError::UnsupportedWork {
+                    task: self.name,
+                    work: "second-order statistics under DP-SGD (exact sums are not private)",
+                })
             }
             (LocalWork::SecondOrderStatistics, ClassifierKind::Logistic) => {
                 let mut out = vec![0.0; newton_statistics_len(global.len())];
@@ -523,6 +636,7 @@ mod tests {
             kind: ClassifierKind::Mlp { hidden: 2 },
             train: toy(10, 1),
             test: toy(10, 2),
+            dp: None,
         };
         let w = task.kind.initial_parameters(2, 1);
         assert!(matches!(
@@ -532,6 +646,43 @@ mod tests {
         assert!(matches!(
             task.compute_update(&w[1..], &LocalWork::SecondOrderStatistics),
             Err(TaskError::WrongParameterCount { .. })
+        ));
+    }
+
+    #[test]
+    fn dp_sgd_learns_with_moderate_noise_and_clipping_bounds_one_example() {
+        let train = toy(4000, 5);
+        let test = toy(500, 6);
+        let kind = ClassifierKind::Logistic;
+        let mut w = kind.initial_parameters(2, 1);
+        let dp = DpSgdConfig {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+        };
+        dp_sgd(kind, &train, &mut w, 5, 64, 0.2, 1e-4, dp, 3).unwrap();
+        let auc = classification_metrics(kind, &w, &test)["auc"];
+        assert!(auc > 0.8, "auc {auc}");
+
+        // Without noise, one step's change from adding an example is at most
+        // lr * clip / expected batch, however extreme the example.
+        let mut rows = LabeledRows::new(2);
+        rows.push(&[1e6, -1e6], true);
+        let mut w = vec![0.0; 3];
+        let quiet = DpSgdConfig {
+            clip_norm: 0.5,
+            noise_multiplier: 0.0,
+        };
+        dp_sgd(kind, &rows, &mut w, 1, 1, 1.0, 0.0, quiet, 1).unwrap();
+        let moved = w.iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert!(moved <= 0.5 + 1e-12, "moved {moved}");
+
+        let bad = DpSgdConfig {
+            clip_norm: 1.0,
+            noise_multiplier: f64::NAN,
+        };
+        assert!(matches!(
+            dp_sgd(kind, &train, &mut w, 1, 64, 0.1, 0.0, bad, 1),
+            Err(TaskError::InvalidPrivacy(_))
         ));
     }
 }

@@ -21,6 +21,8 @@ pub enum TaskError {
         task: &'static str,
         work: &'static str,
     },
+    #[error("invalid differential-privacy setting: {0}")]
+    InvalidPrivacy(String),
     #[error("local training diverged: {0}")]
     Diverged(String),
 }

@@ -16,9 +16,12 @@ use fedretail_data::{
     load_churn_rows, load_tabular, FeatureWindow, StoreSource, TabularSpec,
     CUSTOMER_ANOMALY_FEATURES,
 };
-use fedretail_models::classify::{classification_metrics, predict_proba, sgd};
+use fedretail_models::classify::{
+    classification_metrics, dp_sgd, dp_sgd_schedule, predict_proba, sgd, DpSgdConfig,
+};
 use fedretail_models::metrics::ranking::{accuracy, roc_auc};
 use fedretail_models::{ClassifierKind, ClassifierTask, LabeledRows, LocalTask};
+use fedretail_privacy::{calibrate_noise_multiplier, RdpAccountant};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::Path;
@@ -54,6 +57,29 @@ pub struct ClassificationOptions {
     /// A party with fewer training rows, or only one class, is skipped and listed.
     pub min_train_rows: usize,
     pub seed: u64,
+    /// Customer-level DP at every party (DP-SGD); None trains without it.
+    pub customer_dp: Option<CustomerDp>,
+}
+
+/// A per-customer budget each party enforces on its own training: noise is calibrated
+/// so that its whole run (local epochs of every round) stays within (ε, δ). Customers
+/// belong to one party, so the guarantee of the federation is the largest party's ε.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CustomerDp {
+    pub epsilon: f64,
+    pub delta: f64,
+    pub clip_norm: f64,
+}
+
+/// What each party's DP-SGD spent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartyPrivacy {
+    pub silo: String,
+    pub sampling_rate: f64,
+    pub steps: u64,
+    pub noise_multiplier: f64,
+    pub epsilon: f64,
+    pub delta: f64,
 }
 
 impl Default for ClassificationOptions {
@@ -69,6 +95,7 @@ impl Default for ClassificationOptions {
             mlp_learning_rate: 0.05,
             min_train_rows: 20,
             seed: 7,
+            customer_dp: None,
         }
     }
 }
@@ -122,6 +149,8 @@ pub struct ClassificationReport {
     pub pooled_accuracy_rule: Option<f64>,
     /// Largest parameter difference between federated and centralized Newton.
     pub newton_max_parameter_gap: f64,
+    /// Per-party DP-SGD settings and ε spent, when customer-level DP is on.
+    pub privacy: Option<Vec<PartyPrivacy>>,
     pub silos: Vec<SiloReport>,
     pub skipped: Vec<SkippedStore>,
 }
@@ -174,15 +203,44 @@ pub fn run_classification(
     };
     let lr = ClassifierKind::Logistic;
     let pooled_train = LabeledRows::concat(dim, parties.iter().map(|p| &p.train));
-    let tasks = |kind: ClassifierKind| -> Vec<(String, Arc<dyn LocalTask>)> {
+    // Each party calibrates its own DP-SGD noise to the budget for its whole run.
+    let mut privacy = None;
+    let mut party_dp: Vec<Option<DpSgdConfig>> = vec![None; parties.len()];
+    if let Some(budget) = options.customer_dp {
+        let mut spent = Vec::new();
+        for (i, p) in parties.iter().enumerate() {
+            let epochs = options.local_epochs.saturating_mul(options.rounds as u32);
+            let (q, steps) = dp_sgd_schedule(p.train.len(), options.batch_size, epochs);
+            let sigma = calibrate_noise_multiplier(q, steps, budget.epsilon, budget.delta)
+                .map_err(|e| SimError::Options(format!("{}: {e}", p.name)))?;
+            let mut acc = RdpAccountant::new();
+            acc.compose_poisson_gaussian(q, sigma, steps).map_err(err)?;
+            spent.push(PartyPrivacy {
+                silo: p.name.clone(),
+                sampling_rate: q,
+                steps,
+                noise_multiplier: sigma,
+                epsilon: acc.epsilon(budget.delta).map_err(err)?.epsilon,
+                delta: budget.delta,
+            });
+            party_dp[i] = Some(DpSgdConfig {
+                clip_norm: budget.clip_norm,
+                noise_multiplier: sigma,
+            });
+        }
+        privacy = Some(spent);
+    }
+    let tasks = |kind: ClassifierKind, private: bool| -> Vec<(String, Arc<dyn LocalTask>)> {
         parties
             .iter()
-            .map(|p| {
+            .zip(&party_dp)
+            .map(|(p, dp)| {
                 let t: Arc<dyn LocalTask> = Arc::new(ClassifierTask {
                     name: "classify",
                     kind,
                     train: p.train.clone(),
                     test: p.test.clone(),
+                    dp: if private { *dp } else { None },
                 });
                 (p.name.clone(), t)
             })
@@ -210,29 +268,48 @@ pub fn run_classification(
         .map_err(err)?;
         run_until(
             &mut strategy,
-            &tasks(kind),
+            &tasks(kind, true),
             init,
             options.rounds,
             &mut |_, _| false,
         )
         .map_err(err)
     };
-    let local_sgd = |kind: ClassifierKind, rows: &LabeledRows, learning_rate: f64| {
+    let local_sgd = |kind: ClassifierKind,
+                     rows: &LabeledRows,
+                     learning_rate: f64,
+                     dp: Option<DpSgdConfig>|
+     -> Result<Vec<f64>, SimError> {
         let mut w = kind.initial_parameters(dim, options.seed);
         // One epoch per "round", reshuffled each time, as the federation does it.
         for epoch in 0..options.rounds {
-            sgd(
-                kind,
-                rows,
-                &mut w,
-                options.local_epochs,
-                options.batch_size,
-                learning_rate,
-                options.l2,
-                options.seed.wrapping_add(epoch),
-            );
+            let seed = options.seed.wrapping_add(epoch);
+            match dp {
+                None => sgd(
+                    kind,
+                    rows,
+                    &mut w,
+                    options.local_epochs,
+                    options.batch_size,
+                    learning_rate,
+                    options.l2,
+                    seed,
+                ),
+                Some(dp) => dp_sgd(
+                    kind,
+                    rows,
+                    &mut w,
+                    options.local_epochs,
+                    options.batch_size,
+                    learning_rate,
+                    options.l2,
+                    dp,
+                    seed,
+                )
+                .map_err(err)?,
+            }
         }
-        w
+        Ok(w)
     };
 
     on_event(ClassificationEvent::Stage("logistic regression: FedAvg"));
@@ -241,11 +318,13 @@ pub fn run_classification(
     on_event(ClassificationEvent::Stage(
         "logistic regression: local and centralized",
     ));
-    let w_central = local_sgd(lr, &pooled_train, options.learning_rate);
+    // The centralized yardstick trains without DP: it is what privacy costs against.
+    let w_central = local_sgd(lr, &pooled_train, options.learning_rate, None)?;
     let w_local: Vec<Vec<f64>> = parties
         .iter()
-        .map(|p| local_sgd(lr, &p.train, options.learning_rate))
-        .collect();
+        .zip(&party_dp)
+        .map(|(p, dp)| local_sgd(lr, &p.train, options.learning_rate, *dp))
+        .collect::<Result<_, _>>()?;
 
     on_event(ClassificationEvent::Stage(
         "logistic regression: exact Newton",
@@ -270,7 +349,8 @@ pub fn run_classification(
         .parameters
         .into_values())
     };
-    let w_newton = newton(&tasks(lr))?;
+    // The exact solver is a non-private reference (exact sums are not DP).
+    let w_newton = newton(&tasks(lr, false))?;
     let pooled_party: Vec<(String, Arc<dyn LocalTask>)> = vec![(
         "pooled".into(),
         Arc::new(ClassifierTask {
@@ -278,6 +358,7 @@ pub fn run_classification(
             kind: lr,
             train: pooled_train.clone(),
             test: LabeledRows::new(dim),
+            dp: None,
         }),
     )];
     let w_newton_central = newton(&pooled_party)?;
@@ -298,11 +379,12 @@ pub fn run_classification(
         let fed = fedavg(kind, options.mlp_learning_rate)?
             .parameters
             .into_values();
-        let central = local_sgd(kind, &pooled_train, options.mlp_learning_rate);
+        let central = local_sgd(kind, &pooled_train, options.mlp_learning_rate, None)?;
         let local: Vec<Vec<f64>> = parties
             .iter()
-            .map(|p| local_sgd(kind, &p.train, options.mlp_learning_rate))
-            .collect();
+            .zip(&party_dp)
+            .map(|(p, dp)| local_sgd(kind, &p.train, options.mlp_learning_rate, *dp))
+            .collect::<Result<_, _>>()?;
         mlp_models = Some((kind, fed, central, local));
     }
 
@@ -408,6 +490,7 @@ pub fn run_classification(
         pooled_accuracy_centralized: acc(2),
         pooled_accuracy_rule: rule_acc,
         newton_max_parameter_gap: newton_gap,
+        privacy,
         silos,
         skipped,
     })
@@ -609,6 +692,18 @@ pub fn render_classification(r: &ClassificationReport) -> String {
         f(r.pooled_accuracy_federated),
         f(r.pooled_accuracy_centralized)
     ));
+    if let Some(p) = &r.privacy {
+        let worst = p.iter().map(|x| x.epsilon).fold(0.0, f64::max);
+        s.push_str(&format!(
+            "  customer-level DP-SGD at every party: epsilon {:.2} at delta {:e} (largest party); noise multipliers {}\n\n",
+            worst,
+            p.first().map_or(0.0, |x| x.delta),
+            p.iter()
+                .map(|x| format!("{} {:.2}", x.silo, x.noise_multiplier))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let show = r.silos.len() <= 12;
     if show {
         s.push_str("  party         train  test  pos   AUC local  federated  centralized   acc local  federated\n");

@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attack;
 pub mod classification;
 pub mod clustering;
 mod demo;

@@ -2,6 +2,7 @@
 //! broken store and a bad tabular file among the inputs.
 
 use fedretail_data::{FeatureWindow, TabularSpec};
+use fedretail_sim::classification::CustomerDp;
 use fedretail_sim::{
     run_anomaly, run_churn, run_credit, run_segments, ClassificationOptions, ClusteringOptions,
 };
@@ -148,6 +149,27 @@ async fn credit_reports_bad_input_clearly() {
         r.skipped[0].reason
     );
     assert!(r.pooled_auc_federated.unwrap() > 0.9);
+    assert!(r.privacy.is_none());
+
+    // Customer-level DP: every party calibrates its noise to the budget and stays in it.
+    let private = ClassificationOptions {
+        customer_dp: Some(CustomerDp {
+            epsilon: 2.0,
+            delta: 1e-5,
+            clip_norm: 1.0,
+        }),
+        ..ClassificationOptions::default()
+    };
+    let p = run_credit(&path, &credit_spec(), &private, &|_| {})
+        .await
+        .unwrap();
+    let spent = p.privacy.as_ref().unwrap();
+    assert_eq!(spent.len(), 2);
+    for party in spent {
+        assert!(party.epsilon <= 2.0 && party.epsilon > 1.9, "{party:?}");
+        assert!(party.noise_multiplier > 0.5, "{party:?}");
+    }
+    assert!(p.pooled_auc_federated.unwrap() > 0.7);
 
     let missing = write(dir.path(), "missing.csv", "Status,Income\ngood,1\nbad,2\n");
     let e = run_credit(
