@@ -21,10 +21,36 @@ pub enum AnalyzeCommand {
     Segments(ClusterArgs),
     /// Churn prediction: logistic regression (FedAvg and exact Newton) and an MLP, against local-only, centralized and the seed's recency rule.
     Churn(ChurnArgs),
-    /// Gradient-inversion attack on single-record updates: no protection, DP-SGD at several epsilon, and a sum of updates (what secure aggregation reveals).
+    /// Gradient-inversion attack on single-record updates: no protection, DP-SGD at several epsilon, and a real SecAgg+ round (one masked input, and the sum the coordinator learns).
     Attack(AttackArgs),
     /// Credit scoring from a tabular file split into lenders by a column (e.g. ../shared/data/credit_data.csv by Job).
     Credit(CreditArgs),
+    /// Store-level differential privacy for demand forecasting: DP-FedAvg at several epsilon against no DP (central noise with adaptive clipping, or --secure: SecAgg+ with distributed discrete Gaussian noise). Needs many stores, e.g. --stores 300.
+    DpDemand(DpDemandArgs),
+}
+
+#[derive(Args)]
+pub struct DpDemandArgs {
+    #[command(flatten)]
+    pub source: SyntheticArgs,
+    /// Epsilons tried (comma-separated), at --delta.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub epsilons: Vec<f64>,
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    #[arg(long, default_value_t = 30)]
+    pub rounds: u64,
+    /// Chance a store takes part in a round (share drawn per round with --secure).
+    #[arg(long, default_value_t = 0.5)]
+    pub sampling_rate: f64,
+    /// Starting L2 clip of a store's update (adapted toward the median norm when the budget allows).
+    #[arg(long, default_value_t = 0.5)]
+    pub clip: f64,
+    /// Each store clips, adds its share of discrete Gaussian noise and masks its update; the coordinator sees only the noised sum.
+    #[arg(long)]
+    pub secure: bool,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Args)]
@@ -184,7 +210,7 @@ pub struct AttackArgs {
     /// Epsilons of the DP settings tried (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub epsilons: Vec<f64>,
-    /// Updates per sum in the secure-aggregation setting.
+    /// Stores in each SecAgg+ round.
     #[arg(long, default_value_t = 10)]
     pub stores_per_sum: usize,
     #[command(flatten)]
@@ -373,6 +399,27 @@ pub fn run(command: AnalyzeCommand) -> Result<()> {
                 fedretail_sim::attack::render_attack(&report),
                 &a.output,
             )
+        }
+        AnalyzeCommand::DpDemand(a) => {
+            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
+            let mut options = fedretail_sim::DpDemandOptions::new(dir.clone());
+            options.epsilons = a.epsilons.clone();
+            options.delta = a.delta;
+            options.rounds = a.rounds;
+            options.sampling_rate = a.sampling_rate;
+            options.clip = a.clip;
+            options.secure = a.secure;
+            let bar = spinner();
+            bar.set_prefix("dp-demand");
+            let b = bar.clone();
+            let report = rt
+                .block_on(fedretail_sim::run_dp_demand(
+                    &options,
+                    std::sync::Arc::new(move |msg: &str| b.set_message(msg.to_string())),
+                ))
+                .with_context(|| format!("store-level DP on {}", dir.display()))?;
+            bar.finish_and_clear();
+            emit(&report, fedretail_sim::render_dp_demand(&report), &a.output)
         }
         AnalyzeCommand::Credit(a) => {
             let spec = TabularSpec {

@@ -1,5 +1,6 @@
-//! Privacy accounting for fedretail jobs: what a job has spent, in (ε, δ), and a budget
-//! that refuses a round before it would overspend.
+//! Privacy for fedretail jobs: secure aggregation ([`secagg`], SecAgg+), and accounting
+//! of what a job has spent, in (ε, δ), with a budget that refuses a round before it
+//! would overspend.
 //!
 //! [`RdpAccountant`] tracks Rényi DP of the Poisson-subsampled Gaussian mechanism
 //! (Mironov, Talwar and Zhang 2019) over a grid of orders and converts it to (ε, δ) with
@@ -17,9 +18,12 @@
 
 mod ledger;
 mod rdp;
+pub mod secagg;
+mod store_dp;
 
 pub use ledger::{BudgetExceeded, LedgerEntry, PrivacyBudget, PrivacyLedger};
 pub use rdp::{
-    calibrate_noise_multiplier, rdp_poisson_subsampled_gaussian, AccountingError, EpsilonAtDelta,
-    RdpAccountant, DEFAULT_ORDERS,
+    calibrate_noise_multiplier, rdp_distributed_discrete_gaussian, rdp_poisson_subsampled_gaussian,
+    AccountingError, EpsilonAtDelta, RdpAccountant, DEFAULT_ORDERS,
 };
+pub use store_dp::{clip_l2, sum_noise_multiplier_with_count, AdaptiveClip};

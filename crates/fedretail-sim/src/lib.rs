@@ -17,6 +17,7 @@ pub mod attack;
 pub mod classification;
 pub mod clustering;
 mod demo;
+pub mod dp_demand;
 pub mod inprocess;
 mod prepare;
 mod report;
@@ -30,6 +31,7 @@ pub use clustering::{
     ClusteringOptions, SegmentReport,
 };
 pub use demo::{run_demo, DemoEvent, DemoOptions};
+pub use dp_demand::{render_dp_demand, run_dp_demand, DpDemandOptions, DpDemandReport};
 pub use prepare::{prepare_network, PreparedStore, SkippedStore};
 pub use report::{render_summary, DemandReport, GroupSummary, StoreReport};
 

@@ -1,0 +1,78 @@
+//! What stores and the coordinator send each other. Plain data, so the same protocol
+//! runs in process and over the wire.
+
+use serde::{Deserialize, Serialize};
+
+/// Round 0: a store's two fresh public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advertisement {
+    pub store: u32,
+    /// Agrees the key that encrypts shares between two stores.
+    pub cipher_public_key: [u8; 32],
+    /// Agrees the seed of the pairwise mask between two stores.
+    pub mask_public_key: [u8; 32],
+}
+
+/// One store's shares for one neighbour, readable by that neighbour only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedShare {
+    pub from: u32,
+    pub to: u32,
+    pub ciphertext: Vec<u8>,
+}
+
+/// Round 1: the shares a store deals and a commitment to its self-mask seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareKeys {
+    pub store: u32,
+    /// SHA-256 of the self-mask seed, so that a seed rebuilt from tampered shares is
+    /// caught rather than silently corrupting the sum.
+    pub self_mask_commitment: [u8; 32],
+    pub shares: Vec<EncryptedShare>,
+}
+
+/// Round 2: the masked input, in Z_{2^32}.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedInput {
+    pub store: u32,
+    pub words: Vec<u32>,
+}
+
+/// Round 3, coordinator to one survivor: which of its neighbours survived and which
+/// dropped after dealing their shares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskRequest {
+    pub survivors: Vec<u32>,
+    pub dropped: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareKind {
+    /// A share of a survivor's self-mask seed.
+    SelfMaskSeed,
+    /// A share of a dropped store's mask secret key.
+    MaskKey,
+}
+
+impl std::fmt::Display for ShareKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShareKind::SelfMaskSeed => "self-mask seed",
+            ShareKind::MaskKey => "mask secret key",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevealedShare {
+    pub owner: u32,
+    pub kind: ShareKind,
+    pub share: Vec<u8>,
+}
+
+/// Round 3, survivor to coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskResponse {
+    pub store: u32,
+    pub shares: Vec<RevealedShare>,
+}

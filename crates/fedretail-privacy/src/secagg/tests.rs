@@ -1,0 +1,334 @@
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use super::*;
+
+fn complete(n: u32, dimension: usize) -> SecAggConfig {
+    let k = n - 1;
+    SecAggConfig {
+        num_stores: n,
+        dimension,
+        neighbours: k,
+        threshold: k / 2 + 1,
+        session: 99,
+    }
+}
+
+fn plain_sum(inputs: &[Vec<u32>], members: &[u32]) -> Vec<u32> {
+    let mut sum = vec![0u32; inputs[0].len()];
+    for &u in members {
+        for (s, &x) in sum.iter_mut().zip(&inputs[u as usize]) {
+            *s = s.wrapping_add(x);
+        }
+    }
+    sum
+}
+
+fn run(
+    config: &SecAggConfig,
+    plan: &DropoutPlan,
+    inputs: &[Vec<u32>],
+) -> Result<SecAggOutcome, SecAggError> {
+    simulate_round(config, plan, 5, |u, words| {
+        words.copy_from_slice(&inputs[u as usize])
+    })
+    .map(|(outcome, _)| outcome)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Complete graph: any dropouts that leave every store `t` surviving holders.
+    #[test]
+    fn unmasked_sum_equals_plain_sum_exactly(
+        n in 3u32..14,
+        d in 1usize..40,
+        seed in any::<u64>(),
+        drops in proptest::collection::vec((0u32..14, 0u8..2), 0..8),
+    ) {
+        let config = complete(n, d);
+        let t = config.threshold;
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let inputs: Vec<Vec<u32>> = (0..n).map(|_| (0..d).map(|_| rng.random()).collect()).collect();
+        let mut plan = DropoutPlan::default();
+        let budget = (n - 1 - t) as usize; // each neighbourhood may lose this many
+        for (u, stage) in drops.into_iter().filter(|(u, _)| *u < n).take(budget) {
+            if stage == 0 { plan.before_masking.insert(u); } else { plan.before_unmasking.insert(u); }
+        }
+        for u in plan.before_masking.clone() {
+            plan.before_unmasking.remove(&u);
+        }
+        let outcome = run(&config, &plan, &inputs).unwrap();
+        let counted: Vec<u32> = (0..n).filter(|u| !plan.before_masking.contains(u)).collect();
+        prop_assert_eq!(&outcome.survivors, &counted);
+        prop_assert_eq!(outcome.sum, plain_sum(&inputs, &counted));
+    }
+
+    /// Sparse SecAgg+ graphs, weighted real inputs through the fixed-point encoding.
+    #[test]
+    fn sparse_graph_weighted_sum_is_exact_in_integers(
+        n in 20u32..48,
+        d in 1usize..24,
+        seed in any::<u64>(),
+        drop_share in 0.0f64..0.08,
+    ) {
+        let config = SecAggConfig::for_network(n, d + 1, seed).unwrap();
+        let graph = NeighbourGraph::new(&config);
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let dropped: BTreeSet<u32> = (0..n).filter(|_| rng.random::<f64>() < drop_share).collect();
+        let worst_loss = (0..n)
+            .map(|u| graph.neighbours(u).iter().filter(|v| dropped.contains(v)).count())
+            .max()
+            .unwrap_or(0);
+        prop_assume!(worst_loss as u32 <= config.neighbours - config.threshold);
+        // Each store sends (w/W) x and w/W, as a weighted FedAvg would.
+        let weight_cap = 1000.0;
+        let fp = FixedPoint::for_sum(n, 1.0, 0.0).unwrap();
+        let mut inputs = Vec::new();
+        let mut exact = vec![0.0; d + 1];
+        for u in 0..n {
+            let w: f64 = rng.random_range(1.0..weight_cap);
+            let mut values: Vec<f64> = (0..d).map(|_| rng.random_range(-1.0..1.0) * w / weight_cap).collect();
+            values.push(w / weight_cap);
+            let mut words = vec![0u32; d + 1];
+            fp.encode_into(&values, &mut words, &mut rng);
+            if !dropped.contains(&u) {
+                for (e, v) in exact.iter_mut().zip(&values) { *e += v; }
+            }
+            inputs.push(words);
+        }
+        let plan = DropoutPlan { before_masking: dropped.clone(), ..Default::default() };
+        let outcome = run(&config, &plan, &inputs).unwrap();
+        let survivors: Vec<u32> = (0..n).filter(|u| !dropped.contains(u)).collect();
+        prop_assert_eq!(&outcome.sum, &plain_sum(&inputs, &survivors));
+        let decoded = fp.decode(&outcome.sum);
+        for (got, want) in decoded.iter().zip(&exact) {
+            prop_assert!((got - want).abs() <= n as f64 / fp.scale());
+        }
+    }
+
+    /// Too many dropouts: the round aborts with a clear error and returns no sum.
+    #[test]
+    fn too_many_dropouts_abort(n in 4u32..14, seed in any::<u64>()) {
+        let config = complete(n, 3);
+        let inputs = vec![vec![1u32, 2, 3]; n as usize];
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut order: Vec<u32> = (0..n).collect();
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+        let keep = config.threshold as usize - 1;
+        let plan = DropoutPlan {
+            before_masking: order[keep..].iter().copied().collect(),
+            ..Default::default()
+        };
+        let err = run(&config, &plan, &inputs).unwrap_err();
+        prop_assert!(matches!(err, SecAggError::TooManyDropouts(_)), "{err}");
+    }
+}
+
+use rand::Rng;
+
+/// Drives a five-store round by hand so a test can interfere at any point.
+struct Round {
+    server: SecAggServer,
+    stores: Vec<SecAggStore>,
+}
+
+impl Round {
+    fn new(session: u64) -> (Self, Vec<Advertisement>) {
+        let config = SecAggConfig {
+            session,
+            ..complete(5, 4)
+        };
+        let graph = Arc::new(NeighbourGraph::new(&config));
+        let mut rng = ChaCha20Rng::seed_from_u64(session);
+        let server = SecAggServer::new(config.clone(), graph.clone()).unwrap();
+        let mut stores = Vec::new();
+        let mut ads = Vec::new();
+        for u in 0..5 {
+            let (s, ad) = SecAggStore::new(config.clone(), graph.clone(), u, &mut rng).unwrap();
+            stores.push(s);
+            ads.push(ad);
+        }
+        (Round { server, stores }, ads)
+    }
+
+    fn to_masking(session: u64) -> (Self, std::collections::BTreeMap<u32, Vec<EncryptedShare>>) {
+        let (mut round, ads) = Round::new(session);
+        for ad in ads {
+            round.server.receive_advertisement(ad).unwrap();
+        }
+        let neighbour_ads = round.server.close_advertising().unwrap();
+        for (u, ads) in &neighbour_ads {
+            let msg = round.stores[*u as usize].share_keys(ads).unwrap();
+            round.server.receive_share_keys(msg).unwrap();
+        }
+        let inboxes = round.server.close_share_keys().unwrap();
+        (round, inboxes)
+    }
+}
+
+#[test]
+fn a_tampered_or_replayed_share_does_not_decrypt() {
+    let (mut round, inboxes) = Round::to_masking(1);
+    let mut tampered = inboxes[&0].clone();
+    tampered[0].ciphertext[3] ^= 0x40;
+    let err = round.stores[0]
+        .masked_input(&tampered, &[0; 4])
+        .unwrap_err();
+    assert!(matches!(err, SecAggError::BadCiphertext { .. }), "{err}");
+
+    // The same share replayed into another session (same store indices, new keys).
+    let (mut other, _) = Round::to_masking(2);
+    let err = other.stores[0]
+        .masked_input(&inboxes[&0], &[0; 4])
+        .unwrap_err();
+    assert!(matches!(err, SecAggError::BadCiphertext { .. }), "{err}");
+
+    // Misrouted: a share meant for store 0 handed to store 1.
+    let mut misrouted = inboxes[&1].clone();
+    misrouted[0] = inboxes[&0][0].clone();
+    let err = round.stores[1]
+        .masked_input(&misrouted, &[0; 4])
+        .unwrap_err();
+    assert!(err.to_string().contains("addressed to store 0"), "{err}");
+}
+
+#[test]
+fn replayed_messages_are_refused_and_leave_the_sum_alone() {
+    let (mut round, ads) = Round::new(3);
+    let first = ads[0].clone();
+    for ad in ads {
+        round.server.receive_advertisement(ad).unwrap();
+    }
+    let err = round.server.receive_advertisement(first).unwrap_err();
+    assert!(err.to_string().contains("already advertised"), "{err}");
+
+    let (mut round, inboxes) = Round::to_masking(4);
+    let mut sent = Vec::new();
+    for (u, inbox) in &inboxes {
+        let msg = round.stores[*u as usize]
+            .masked_input(inbox, &[*u + 1, 0, 0, 7])
+            .unwrap();
+        round.server.receive_masked_input(&msg).unwrap();
+        sent.push(msg);
+    }
+    let err = round.server.receive_masked_input(&sent[2]).unwrap_err();
+    assert!(err.to_string().contains("already sent its input"), "{err}");
+    let short = MaskedInput {
+        store: 9,
+        words: vec![1],
+    };
+    assert!(round.server.receive_masked_input(&short).is_err());
+    let requests = round.server.close_masked_input().unwrap();
+    for (v, req) in &requests {
+        let resp = round.stores[*v as usize].unmask(req).unwrap();
+        round.server.receive_unmask(resp.clone()).unwrap();
+        assert!(round.server.receive_unmask(resp).is_err());
+    }
+    let outcome = round.server.finish().unwrap();
+    assert_eq!(outcome.sum, vec![15, 0, 0, 35]);
+}
+
+#[test]
+fn a_store_never_reveals_both_shares_of_a_neighbour() {
+    let (mut round, inboxes) = Round::to_masking(5);
+    for (u, inbox) in &inboxes {
+        round.stores[*u as usize]
+            .masked_input(inbox, &[0; 4])
+            .unwrap();
+    }
+    // A curious coordinator asks for store 1 as both survivor and dropped...
+    let greedy = UnmaskRequest {
+        survivors: vec![0, 1, 2, 3, 4],
+        dropped: vec![1],
+    };
+    let err = round.stores[0].unmask(&greedy).unwrap_err();
+    assert!(err.to_string().contains("listed twice"), "{err}");
+    // ...or asks twice with different answers in mind: the second request is refused.
+    let err = round.stores[0]
+        .unmask(&UnmaskRequest {
+            survivors: vec![0],
+            dropped: vec![1, 2, 3, 4],
+        })
+        .unwrap_err();
+    assert!(matches!(err, SecAggError::OutOfOrder { .. }), "{err}");
+    let honest = UnmaskRequest {
+        survivors: vec![0, 1, 2, 3, 4],
+        dropped: vec![],
+    };
+    let err = round.stores[1].unmask(&UnmaskRequest {
+        survivors: vec![1],
+        dropped: vec![0, 2, 3, 4],
+    });
+    // Too few survivors to answer safely: refused, nothing revealed.
+    assert!(matches!(err, Err(SecAggError::TooManyDropouts(_))));
+    assert!(round.stores[2].unmask(&honest).is_ok());
+}
+
+#[test]
+fn a_tampered_revealed_share_is_caught_by_the_commitment() {
+    let (mut round, inboxes) = Round::to_masking(6);
+    for (u, inbox) in &inboxes {
+        let msg = round.stores[*u as usize]
+            .masked_input(inbox, &[1; 4])
+            .unwrap();
+        round.server.receive_masked_input(&msg).unwrap();
+    }
+    let requests = round.server.close_masked_input().unwrap();
+    for (v, req) in &requests {
+        let mut resp = round.stores[*v as usize].unmask(req).unwrap();
+        if *v == 0 {
+            for share in &mut resp.shares {
+                share.share[5] ^= 1;
+            }
+        }
+        round.server.receive_unmask(resp).unwrap();
+    }
+    let err = round.server.finish().unwrap_err();
+    assert!(
+        matches!(err, SecAggError::BadReconstruction { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_store_that_deals_too_few_shares_is_refused() {
+    let (mut round, ads) = Round::new(7);
+    for ad in ads {
+        round.server.receive_advertisement(ad).unwrap();
+    }
+    let neighbour_ads = round.server.close_advertising().unwrap();
+    let mut msg = round.stores[0].share_keys(&neighbour_ads[&0]).unwrap();
+    msg.shares.pop();
+    let err = round.server.receive_share_keys(msg).unwrap_err();
+    assert!(err.to_string().contains("shares for 3 of its 4"), "{err}");
+}
+
+#[test]
+fn configs_are_checked() {
+    assert!(SecAggConfig::for_network(2, 10, 0).is_err());
+    let weak = SecAggConfig {
+        threshold: 2,
+        ..complete(5, 3)
+    };
+    assert!(weak
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("above half"));
+    let odd = SecAggConfig {
+        neighbours: 5,
+        threshold: 3,
+        ..complete(40, 3)
+    };
+    assert!(odd.validate().is_err());
+    let c = SecAggConfig::for_network_tolerating(1000, 10, 0, 0.1).unwrap();
+    assert!(
+        c.neighbours < 100 && c.neighbours.is_multiple_of(2),
+        "{c:?}"
+    );
+}
