@@ -220,3 +220,32 @@ fn analyze_credit_writes_its_report_and_names_bad_input() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_secagg_checks_its_sums_and_prints_json() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "secagg",
+            "--stores",
+            "5,12",
+            "--dims",
+            "64",
+            "--dropouts",
+            "0,0.2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        assert_eq!(row["secagg"]["sum_exact"], true);
+        assert!(row["secagg"]["store_bytes_up"].as_f64().unwrap() > 4.0 * 64.0);
+    }
+}
