@@ -130,12 +130,17 @@ fn wapes(stores: &[PreparedStore], model: &dyn Fn(usize) -> Vec<f64>) -> (f64, f
 
 enum Noise {
     None,
+    /// `z` is the accounted noise multiplier; `z_sum` what the update sum gets once
+    /// the adaptive clip's count has taken its share (equal to `z` with a fixed clip).
     Central {
         z: f64,
-        adaptive: Option<(AdaptiveClip, f64)>,
+        z_sum: f64,
+        adaptive: Option<AdaptiveClip>,
     },
+    /// `spent` is the ε the calibration reached.
     Secure {
         z: f64,
+        spent: f64,
     },
 }
 
@@ -212,12 +217,11 @@ pub async fn run_dp_demand(
     for &eps in &o.epsilons {
         let noise = if o.secure {
             // Smallest z whose DDG accounting meets eps, by bisection.
-            let fp = FixedPoint::for_sum(m, o.clip, 0.0)
-                .map_err(|e| SimError::Options(e.to_string()))?;
             let dim = demand_layout().len();
             let spend = |z: f64| {
-                let fp = FixedPoint::for_sum(m, o.clip, z * o.clip).unwrap_or(fp);
-                ddg_epsilon(z, m, o.clip * fp.scale(), dim, o.rounds, o.delta)
+                FixedPoint::for_sum(m, o.clip, z * o.clip)
+                    .ok()
+                    .and_then(|fp| ddg_epsilon(z, m, o.clip * fp.scale(), dim, o.rounds, o.delta))
                     .unwrap_or(f64::INFINITY)
             };
             let (mut lo, mut hi) = (0.01, 1e4);
@@ -234,7 +238,10 @@ pub async fn run_dp_demand(
                     hi = mid
                 }
             }
-            Noise::Secure { z: hi }
+            Noise::Secure {
+                z: hi,
+                spent: spend(hi),
+            }
         } else {
             let z = calibrate_noise_multiplier(o.sampling_rate, o.rounds, eps, o.delta)
                 .map_err(|e| SimError::Options(e.to_string()))?;
@@ -245,7 +252,18 @@ pub async fn run_dp_demand(
                     .ok()
                     .map(|a| (a, z_sum))
             });
-            Noise::Central { z, adaptive }
+            match adaptive {
+                Some((a, z_sum)) => Noise::Central {
+                    z,
+                    z_sum,
+                    adaptive: Some(a),
+                },
+                None => Noise::Central {
+                    z,
+                    z_sum: z,
+                    adaptive: None,
+                },
+            }
         };
         settings.push((Some(eps), noise));
     }
@@ -272,21 +290,12 @@ pub async fn run_dp_demand(
         on_progress(&label);
         let mut rng = ChaCha20Rng::seed_from_u64(o.seed);
         let mut global = vec![0.0; dim];
-        let mut clip = match &noise {
-            Noise::Central {
-                adaptive: Some((a, _)),
-                ..
-            } => a.clip,
-            _ => o.clip,
-        };
         let mut adaptive = match &noise {
-            Noise::Central {
-                adaptive: Some((a, _)),
-                ..
-            } => Some(*a),
+            Noise::Central { adaptive, .. } => *adaptive,
             _ => None,
         };
         for round in 1..=o.rounds {
+            let clip = adaptive.map_or(o.clip, |a| a.clip);
             let chosen: Vec<usize> = if o.secure {
                 sample(&mut rng, n, m as usize).into_vec()
             } else {
@@ -317,14 +326,7 @@ pub async fn run_dp_demand(
                     let k = updates.len().max(1) as f64;
                     sum.iter().map(|s| s / k).collect()
                 }
-                Noise::Central { z, .. } => {
-                    let z_sum = match &noise {
-                        Noise::Central {
-                            adaptive: Some((_, z_sum)),
-                            ..
-                        } => *z_sum,
-                        _ => *z,
-                    };
+                Noise::Central { z_sum, .. } => {
                     let mut sum = vec![0.0; dim];
                     let mut below = 0.0;
                     for u in &mut updates {
@@ -342,12 +344,11 @@ pub async fn run_dp_demand(
                         let count_noise = Normal::new(0.0, a.count_noise_multiplier)
                             .map_err(|e| SimError::Options(e.to_string()))?;
                         a.update(below + count_noise.sample(&mut rng), expected);
-                        clip = a.clip;
                     }
                     // Fixed denominator: the expected number of stores, not the actual.
                     sum.iter().map(|s| s / expected).collect()
                 }
-                Noise::Secure { z } => {
+                Noise::Secure { z, .. } => {
                     let fp = FixedPoint::for_sum(m, clip, z * clip)
                         .map_err(|e| SimError::Options(e.to_string()))?;
                     let sigma_store = z * clip * fp.scale() / (m as f64).sqrt();
@@ -383,14 +384,7 @@ pub async fn run_dp_demand(
                     .map_err(|e| SimError::Options(e.to_string()))?;
                 (acc.epsilon(o.delta).ok().map(|e| e.epsilon), Some(*z))
             }
-            (Noise::Secure { z }, Some(_)) => {
-                let fp = FixedPoint::for_sum(m, o.clip, z * o.clip)
-                    .map_err(|e| SimError::Options(e.to_string()))?;
-                (
-                    ddg_epsilon(*z, m, o.clip * fp.scale(), dim, o.rounds, o.delta),
-                    Some(*z),
-                )
-            }
+            (Noise::Secure { z, spent }, Some(_)) => (Some(*spent), Some(*z)),
             _ => (None, None),
         };
         rows.push(DpDemandRow {
@@ -399,7 +393,7 @@ pub async fn run_dp_demand(
             epsilon_spent: spent,
             noise_multiplier: z_report,
             adaptive_clipping: adaptive.is_some(),
-            final_clip: eps.map(|_| clip),
+            final_clip: eps.map(|_| adaptive.map_or(o.clip, |a| a.clip)),
             median_wape,
             pooled_wape,
         });
