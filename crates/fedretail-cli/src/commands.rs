@@ -149,9 +149,9 @@ pub struct DemoArgs {
     pub generate_into: PathBuf,
     #[command(flatten)]
     pub network: NetworkArgs,
-    /// Federated algorithm.
-    #[arg(long, value_enum, default_value = "newton")]
-    pub strategy: StrategyArg,
+    /// Federated algorithm [default: newton; fedavg when any privacy option is set].
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategyArg>,
     /// Training rounds.
     #[arg(long)]
     pub rounds: Option<u32>,
@@ -179,6 +179,71 @@ pub struct DemoArgs {
     /// Print the report JSON to stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub privacy: PrivacyArgs,
+}
+
+/// Secure aggregation and store-level differential privacy for a job.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Privacy")]
+pub struct PrivacyArgs {
+    /// Run every round under SecAgg+: the coordinator learns only the sum of updates.
+    #[arg(long)]
+    pub secure_aggregation: bool,
+    /// L2 norm each store clips its update to [default with any privacy option: 0.5].
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Who adds Gaussian noise: the coordinator (central), the stores in shares under
+    /// SecAgg+ (distributed), or each store alone (local).
+    #[arg(long, value_enum, default_value = "none")]
+    pub noise: NoiseArg,
+    /// Noise standard deviation of the sum, in clips.
+    #[arg(long, default_value_t = 1.0)]
+    pub noise_multiplier: f64,
+    /// Stop training before a round would spend more than this ε.
+    #[arg(long)]
+    pub budget_epsilon: Option<f64>,
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    /// Share of a round's stores expected to drop out (sizes the SecAgg+ graph).
+    #[arg(long, default_value_t = 0.1)]
+    pub expected_dropout: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NoiseArg {
+    None,
+    Central,
+    Distributed,
+    Local,
+}
+
+impl PrivacyArgs {
+    fn is_set(&self) -> bool {
+        self.secure_aggregation || self.clip.is_some() || self.noise != NoiseArg::None
+    }
+
+    pub fn settings(&self) -> fedretail_coordinator::PrivacySettings {
+        use fedretail_coordinator::{NoiseKind, PrivacySettings};
+        if !self.is_set() {
+            return PrivacySettings::default();
+        }
+        let noise = match self.noise {
+            NoiseArg::None => NoiseKind::None,
+            NoiseArg::Central => NoiseKind::Central,
+            NoiseArg::Distributed => NoiseKind::Distributed,
+            NoiseArg::Local => NoiseKind::Local,
+        };
+        PrivacySettings {
+            secure_aggregation: self.secure_aggregation,
+            expected_dropout: self.expected_dropout,
+            clip: Some(self.clip.unwrap_or(0.5)),
+            noise,
+            noise_multiplier: (noise != NoiseKind::None).then_some(self.noise_multiplier),
+            budget_epsilon: self.budget_epsilon,
+            delta: self.delta,
+        }
+    }
 }
 
 /// The network at `data`, or a synthetic one written to `generate_into`.
@@ -221,7 +286,11 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     if args.task != DemoTask::Demand {
         return crate::analyze::demo_task(args.task, data_dir, args.report.clone(), args.json);
     }
-    let strategy: StrategyKind = args.strategy.into();
+    let strategy: StrategyKind = match args.strategy {
+        Some(s) => s.into(),
+        None if args.privacy.is_set() => StrategyKind::Fedavg,
+        None => StrategyKind::Newton,
+    };
     let job = JobConfig {
         strategy,
         rounds: args.rounds.unwrap_or(match strategy {
@@ -236,8 +305,16 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             learning_rate: args.learning_rate,
             ..Default::default()
         },
+        privacy: args.privacy.settings(),
+        // SecAgg+ needs three stores to hide any one of them.
+        min_stores: if args.privacy.secure_aggregation {
+            3
+        } else {
+            2
+        },
         ..JobConfig::default()
     };
+    fedretail_coordinator::CheckedJob::new(job.clone()).context("demo job")?;
     let options = DemoOptions {
         data_dir,
         holdout_days: args.holdout_days,
@@ -294,9 +371,11 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         let observer = Arc::new(|e: &CoordinatorEvent| match e {
             CoordinatorEvent::StoreRegistered { store_id, registered } => eprintln!("store {store_id} joined ({registered} registered)"),
             CoordinatorEvent::RoundStarted { round, total_rounds, selected } => eprintln!("round {round}/{total_rounds}: {selected} stores selected"),
-            CoordinatorEvent::RoundCompleted { round, participants, dropped, step_norm } => {
-                eprintln!("round {round} done: {participants} updates, {dropped} dropped, step {step_norm:.3e}")
+            CoordinatorEvent::RoundCompleted { round, participants, dropped, step_norm, epsilon_spent } => {
+                let eps = epsilon_spent.map(|e| format!(", epsilon spent {e:.3}")).unwrap_or_default();
+                eprintln!("round {round} done: {participants} updates, {dropped} dropped, step {step_norm:.3e}{eps}")
             }
+            CoordinatorEvent::BudgetReached { round, reason } => eprintln!("not starting round {round}: {reason}"),
             CoordinatorEvent::RoundFailed { round, attempt, reason } => eprintln!("round {round} attempt {attempt} failed: {reason}"),
             CoordinatorEvent::EvaluationStarted { stores } => eprintln!("evaluating at {stores} stores"),
             CoordinatorEvent::Finished { status } => eprintln!("job {status}"),

@@ -89,11 +89,22 @@ impl DemoProgress {
                 round,
                 step_norm,
                 dropped,
+                epsilon_spent,
                 ..
             } => {
                 if let Some(b) = bar.as_ref() {
                     b.set_position(*round);
-                    b.set_message(format!("step {step_norm:.2e}, {dropped} dropped"));
+                    let eps = epsilon_spent
+                        .map(|e| format!(", epsilon {e:.2}"))
+                        .unwrap_or_default();
+                    b.set_message(format!("step {step_norm:.2e}, {dropped} dropped{eps}"));
+                }
+            }
+            CoordinatorEvent::BudgetReached { round, reason } => {
+                let line = format!("not starting round {round}: {reason}");
+                match bar.as_ref() {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
                 }
             }
             CoordinatorEvent::RoundFailed {

@@ -2,6 +2,7 @@
 //! who dropped, and the final evaluation. A coordinator restarted with the same job id
 //! resumes after the last completed round, so no completed round is lost.
 
+use fedretail_privacy::LedgerEntry;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
@@ -29,6 +30,9 @@ pub struct RoundRecord {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub seconds: f64,
+    /// ε spent by the job after this round, at the job's δ (when it adds noise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_spent: Option<f64>,
 }
 
 pub struct CheckpointStore {
@@ -52,6 +56,12 @@ CREATE TABLE IF NOT EXISTS rounds (
   bytes_down INTEGER NOT NULL,
   seconds REAL NOT NULL,
   parameters BLOB NOT NULL,
+  PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS privacy_ledger (
+  job_id TEXT NOT NULL,
+  round INTEGER NOT NULL,
+  entry TEXT NOT NULL,
   PRIMARY KEY (job_id, round)
 );
 CREATE TABLE IF NOT EXISTS failed_rounds (
@@ -106,16 +116,29 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Store a completed round atomically.
+    /// Store a completed round, and what it spent of the privacy budget, atomically:
+    /// a resumed job never holds a model whose privacy cost is not on its ledger.
     pub fn save_round(
         &self,
         job_id: &str,
         record: &RoundRecord,
         parameters: &[f64],
+        privacy: Option<&LedgerEntry>,
     ) -> Result<(), CheckpointError> {
         let participants = serde_json::to_string(&record.participants).unwrap_or_default();
         let dropped = serde_json::to_string(&record.dropped).unwrap_or_default();
-        self.conn.execute(
+        let tx = self.conn.unchecked_transaction()?;
+        if let Some(entry) = privacy {
+            let json = serde_json::to_string(entry).map_err(|e| CheckpointError::Corrupt {
+                round: record.round,
+                reason: e.to_string(),
+            })?;
+            tx.execute(
+                "INSERT OR REPLACE INTO privacy_ledger (job_id, round, entry) VALUES (?1, ?2, ?3)",
+                params![job_id, record.round as i64, json],
+            )?;
+        }
+        tx.execute(
             "INSERT OR REPLACE INTO rounds (job_id, round, participants, dropped, step_norm, bytes_up, bytes_down, seconds, parameters)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -130,7 +153,29 @@ impl CheckpointStore {
                 to_blob(parameters)
             ],
         )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// The privacy ledger of a job, in round order.
+    pub fn ledger_entries(&self, job_id: &str) -> Result<Vec<LedgerEntry>, CheckpointError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT round, entry FROM privacy_ledger WHERE job_id = ?1 ORDER BY round")?;
+        let rows = stmt.query_map(params![job_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (round, json) = row?;
+            out.push(
+                serde_json::from_str(&json).map_err(|e| CheckpointError::Corrupt {
+                    round: round as u64,
+                    reason: format!("privacy ledger entry: {e}"),
+                })?,
+            );
+        }
+        Ok(out)
     }
 
     pub fn record_failed_round(
@@ -185,6 +230,7 @@ impl CheckpointStore {
             bytes_up: up as u64,
             bytes_down: down as u64,
             seconds,
+            epsilon_spent: None,
         };
         Ok(Some((record, from_blob(round, &blob)?)))
     }
@@ -219,6 +265,7 @@ mod tests {
             bytes_up: 10,
             bytes_down: 20,
             seconds: 1.5,
+            epsilon_spent: None,
         };
         {
             let s = CheckpointStore::open(&path).unwrap();
@@ -230,14 +277,28 @@ mod tests {
                     ..rec.clone()
                 },
                 &[0.0, 0.0],
+                None,
             )
             .unwrap();
-            s.save_round("j", &rec, &[1.5, -2.0]).unwrap();
+            let entry = LedgerEntry {
+                round: 3,
+                mechanism: "gaussian".into(),
+                sampling_rate: 1.0,
+                noise_multiplier: 2.0,
+                steps: 1,
+                epsilon_after: 1.25,
+                rdp: vec![0.5, 0.25],
+            };
+            s.save_round("j", &rec, &[1.5, -2.0], Some(&entry)).unwrap();
         }
         let s = CheckpointStore::open(&path).unwrap();
         let (back, params) = s.latest("j").unwrap().unwrap();
         assert_eq!(back, rec);
         assert_eq!(params, vec![1.5, -2.0]);
         assert!(s.latest("other").unwrap().is_none());
+        let ledger = s.ledger_entries("j").unwrap();
+        assert_eq!(ledger.len(), 1);
+        assert_eq!(ledger[0].epsilon_after, 1.25);
+        assert_eq!(ledger[0].rdp, vec![0.5, 0.25]);
     }
 }

@@ -88,6 +88,172 @@ pub struct JobConfig {
     pub l2: f64,
     #[serde(default)]
     pub fedavg: FedAvgSettings,
+    /// Secure aggregation and store-level differential privacy; off by default.
+    #[serde(default)]
+    pub privacy: PrivacySettings,
+}
+
+/// `[job.privacy]`: what protects the stores' updates.
+///
+/// ```toml
+/// [job.privacy]
+/// secure_aggregation = true   # SecAgg+: the coordinator sees only the sum
+/// clip = 0.5                  # L2 clip of each store's update
+/// noise = "distributed"       # "none", "central", "distributed" or "local"
+/// noise_multiplier = 1.0      # noise std of the sum, in clips
+/// budget_epsilon = 8.0        # refuse any round that would spend more
+/// delta = 1e-5
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    #[serde(default)]
+    pub secure_aggregation: bool,
+    /// Share of a round's stores expected to drop out; sizes the SecAgg+ graph.
+    #[serde(default = "default_dropout")]
+    pub expected_dropout: f64,
+    /// L2 norm each store clips its update to. Needed by secure aggregation (the
+    /// fixed-point encoding needs a bound) and by any noise (it is the sensitivity).
+    #[serde(default)]
+    pub clip: Option<f64>,
+    #[serde(default = "default_noise")]
+    pub noise: NoiseKind,
+    #[serde(default)]
+    pub noise_multiplier: Option<f64>,
+    /// ε the job may spend at `delta`; without it the ledger only records.
+    #[serde(default)]
+    pub budget_epsilon: Option<f64>,
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+}
+
+/// Who adds the Gaussian noise (see `fedretail_privacy::NoisePlacement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseKind {
+    None,
+    Central,
+    Distributed,
+    Local,
+}
+
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_noise() -> NoiseKind {
+    NoiseKind::None
+}
+fn default_delta() -> f64 {
+    1e-5
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        PrivacySettings {
+            secure_aggregation: false,
+            expected_dropout: default_dropout(),
+            clip: None,
+            noise: NoiseKind::None,
+            noise_multiplier: None,
+            budget_epsilon: None,
+            delta: default_delta(),
+        }
+    }
+}
+
+impl PrivacySettings {
+    pub fn is_active(&self) -> bool {
+        self.secure_aggregation || self.noise != NoiseKind::None || self.clip.is_some()
+    }
+
+    fn validate(&self, strategy: StrategyKind) -> Result<(), ConfigError> {
+        if !self.is_active() {
+            return Ok(());
+        }
+        if strategy != StrategyKind::Fedavg {
+            return Err(ConfigError::out_of_range(
+                "privacy",
+                "strategy = \"fedavg\" (newton sums unbounded second-order statistics, which \
+                 cannot be clipped or fit a 32-bit secure-aggregation ring)",
+                format!("{strategy:?}").to_lowercase(),
+            ));
+        }
+        let clip =
+            match self.clip {
+                Some(c) if c > 0.0 && c.is_finite() => c,
+                Some(c) => return Err(ConfigError::out_of_range("privacy.clip", "> 0", c)),
+                None => return Err(ConfigError::out_of_range(
+                    "privacy.clip",
+                    "set (secure aggregation and noise both need each update's L2 norm bounded)",
+                    "nothing",
+                )),
+            };
+        let _ = clip;
+        if !(0.0..0.5).contains(&self.expected_dropout) {
+            return Err(ConfigError::out_of_range(
+                "privacy.expected_dropout",
+                "in [0, 0.5)",
+                self.expected_dropout,
+            ));
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(ConfigError::out_of_range(
+                "privacy.delta",
+                "in (0, 1)",
+                self.delta,
+            ));
+        }
+        match (self.noise, self.noise_multiplier) {
+            (NoiseKind::None, Some(_)) => {
+                return Err(ConfigError::out_of_range(
+                    "privacy.noise_multiplier",
+                    "unset when noise = \"none\"",
+                    "a value",
+                ))
+            }
+            (NoiseKind::None, None) => {}
+            (_, Some(z)) if z > 0.0 && z.is_finite() => {}
+            (_, Some(z)) => {
+                return Err(ConfigError::out_of_range(
+                    "privacy.noise_multiplier",
+                    "> 0",
+                    z,
+                ))
+            }
+            (_, None) => {
+                return Err(ConfigError::out_of_range(
+                    "privacy.noise_multiplier",
+                    "set when noise is added",
+                    "nothing",
+                ))
+            }
+        }
+        if self.noise == NoiseKind::Distributed && !self.secure_aggregation {
+            return Err(ConfigError::out_of_range(
+                "privacy.noise",
+                "\"distributed\" only with secure_aggregation = true (otherwise the coordinator \
+                 sees each store's update with only its small share of the noise)",
+                "\"distributed\"",
+            ));
+        }
+        if let Some(eps) = self.budget_epsilon {
+            if !(eps > 0.0 && eps.is_finite()) {
+                return Err(ConfigError::out_of_range(
+                    "privacy.budget_epsilon",
+                    "> 0",
+                    eps,
+                ));
+            }
+            if self.noise == NoiseKind::None {
+                return Err(ConfigError::out_of_range(
+                    "privacy.budget_epsilon",
+                    "set only with noise (without noise nothing is private in the DP sense)",
+                    eps,
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +324,7 @@ impl Default for JobConfig {
             seed: 0,
             l2: default_l2(),
             fedavg: FedAvgSettings::default(),
+            privacy: PrivacySettings::default(),
         }
     }
 }
@@ -207,6 +374,14 @@ impl CheckedJob {
                 "expected_stores",
                 ">= min_stores",
                 expected_stores,
+            ));
+        }
+        config.privacy.validate(config.strategy)?;
+        if config.privacy.secure_aggregation && config.min_stores < 3 {
+            return Err(ConfigError::out_of_range(
+                "min_stores",
+                ">= 3 with secure aggregation",
+                config.min_stores,
             ));
         }
         let job = CheckedJob {
@@ -275,5 +450,51 @@ mod tests {
             .contains("unknown task 'astrology'"));
         let err = CoordinatorConfig::from_toml("[job]\nrounds = 3\nround = 4\n").unwrap_err();
         assert!(err.contains("unknown field `round`"), "{err}");
+    }
+
+    #[test]
+    fn privacy_settings_are_checked_and_named() {
+        let check = |privacy: &str| {
+            let text =
+                format!("[job]\nstrategy = \"fedavg\"\nmin_stores = 3\n[job.privacy]\n{privacy}");
+            CheckedJob::new(CoordinatorConfig::from_toml(&text).unwrap().job)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert!(check("secure_aggregation = true\nclip = 0.5\n").is_ok());
+        assert!(check("secure_aggregation = true\nclip = 0.5\nnoise = \"distributed\"\nnoise_multiplier = 1.0\nbudget_epsilon = 8.0\n").is_ok());
+        assert!(check("clip = 0.5\nnoise = \"local\"\nnoise_multiplier = 1.0\n").is_ok());
+        for (privacy, says) in [
+            ("secure_aggregation = true\n", "privacy.clip"),
+            (
+                "clip = 0.5\nnoise = \"distributed\"\nnoise_multiplier = 1.0\n",
+                "only with secure_aggregation",
+            ),
+            (
+                "clip = 0.5\nnoise = \"central\"\n",
+                "privacy.noise_multiplier",
+            ),
+            ("clip = -1.0\n", "privacy.clip"),
+            ("clip = 0.5\nbudget_epsilon = 4.0\n", "set only with noise"),
+            (
+                "clip = 0.5\nnoise = \"central\"\nnoise_multiplier = 1.0\ndelta = 2.0\n",
+                "privacy.delta",
+            ),
+            (
+                "secure_aggregation = true\nclip = 0.5\nexpected_dropout = 0.7\n",
+                "expected_dropout",
+            ),
+        ] {
+            let err = check(privacy).unwrap_err();
+            assert!(err.contains(says), "{privacy}: {err}");
+        }
+        let newton = CoordinatorConfig::from_toml(
+            "[job]\nmin_stores = 3\n[job.privacy]\nsecure_aggregation = true\nclip = 1.0\n",
+        )
+        .unwrap();
+        assert!(CheckedJob::new(newton.job)
+            .unwrap_err()
+            .to_string()
+            .contains("fedavg"));
     }
 }

@@ -22,13 +22,17 @@
 mod checkpoint;
 mod config;
 pub mod driver;
+mod privacy;
 pub mod service;
 
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
 pub use config::{
-    CheckedJob, CoordinatorConfig, FedAvgSettings, JobConfig, StoreCredential, StrategyKind,
+    CheckedJob, CoordinatorConfig, FedAvgSettings, JobConfig, NoiseKind, PrivacySettings,
+    StoreCredential, StrategyKind,
 };
-pub use driver::{CoordinatorEvent, JobOutcome, Observer, StoreEvaluation};
+pub use driver::{
+    CoordinatorEvent, JobOutcome, Observer, PrivacyOutcome, PrivacyRound, StoreEvaluation,
+};
 
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -57,6 +61,8 @@ pub enum CoordinatorError {
     },
     #[error("gRPC server failed: {0}")]
     Server(String),
+    #[error("privacy accounting: {0}")]
+    Privacy(String),
 }
 
 /// Serve the job on `listener` until it finishes, then stop serving.

@@ -4,11 +4,13 @@
 
 use crate::config::{CheckedJob, CoordinatorConfig};
 use crate::driver::{CoordinatorEvent, Observer};
+use crate::privacy::{RoundPrivacy, SecureRound, SecureStage};
 use fedretail_core::{
     validate_update, LocalWork, ModelLayout, ModelParameters, StreamingWeightedSum, UpdateLimits,
     UpdatePrecision,
 };
 use fedretail_models::TaskMetrics;
+use fedretail_proto::secagg as wire;
 use fedretail_proto::v1::{self, coordinator_server::Coordinator};
 use fedretail_proto::{
     decode_tensor, encode_f64, layout_to_wire, ErrorKind, ServiceError, PROTOCOL_VERSION,
@@ -45,6 +47,18 @@ pub(crate) struct RoundState {
     pub global_wire: v1::Tensor,
     pub work: LocalWork,
     pub precision: UpdatePrecision,
+    /// Clipping, noise and secure aggregation for this round, if the job asks for any.
+    pub privacy: Option<RoundPrivacy>,
+}
+
+impl RoundState {
+    pub fn secure(&self) -> Option<&SecureRound> {
+        self.privacy.as_ref().and_then(|p| p.secure.as_ref())
+    }
+
+    pub fn secure_mut(&mut self) -> Option<&mut SecureRound> {
+        self.privacy.as_mut().and_then(|p| p.secure.as_mut())
+    }
 }
 
 pub(crate) struct EvalState {
@@ -197,41 +211,21 @@ impl CoordinatorService {
         match &state.phase {
             Phase::Training(rs) => {
                 let task_id = rs.tasks.get(store_id)?;
-                if rs.received.contains(store_id) {
+                if let Some(sec) = rs.secure() {
+                    if sec.answered.contains(store_id) || !sec.expected.contains(store_id) {
+                        return None;
+                    }
+                    if sec.stage != SecureStage::Advertising {
+                        return Some(Outcome::Secagg(v1::SecAggStep {
+                            task_id: task_id.clone(),
+                            round: rs.round,
+                            step: sec.outbox.get(store_id).cloned(),
+                        }));
+                    }
+                } else if rs.received.contains(store_id) {
                     return None;
                 }
-                let work = match &rs.work {
-                    LocalWork::LocalEpochs {
-                        epochs,
-                        batch_size,
-                        learning_rate,
-                        l2,
-                        seed,
-                    } => v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
-                        epochs: *epochs,
-                        batch_size: *batch_size,
-                        learning_rate: *learning_rate,
-                        l2: *l2,
-                        seed: *seed,
-                    }),
-                    LocalWork::SecondOrderStatistics => {
-                        v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {})
-                    }
-                    LocalWork::ClusterStatistics => {
-                        v1::train_task::Work::ClusterStatistics(v1::ClusterStatistics {})
-                    }
-                };
-                Some(Outcome::Train(v1::TrainTask {
-                    task_id: task_id.clone(),
-                    round: rs.round,
-                    layout: Some(layout_to_wire(&self.shared.layout)),
-                    global: Some(rs.global_wire.clone()),
-                    work: Some(work),
-                    update_dtype: match rs.precision {
-                        UpdatePrecision::F32 => v1::Dtype::F32 as i32,
-                        UpdatePrecision::F64 => v1::Dtype::F64 as i32,
-                    },
-                }))
+                Some(Outcome::Train(self.train_task(rs, store_id, task_id)))
             }
             Phase::Evaluating(es) => {
                 let task_id = es.tasks.get(store_id)?;
@@ -254,6 +248,56 @@ impl CoordinatorService {
                 Some(Outcome::Finished(v1::JobFinished { reason }))
             }
             Phase::Idle => None,
+        }
+    }
+
+    fn train_task(&self, rs: &RoundState, store_id: &str, task_id: &str) -> v1::TrainTask {
+        let work = match &rs.work {
+            LocalWork::LocalEpochs {
+                epochs,
+                batch_size,
+                learning_rate,
+                l2,
+                seed,
+            } => v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
+                epochs: *epochs,
+                batch_size: *batch_size,
+                learning_rate: *learning_rate,
+                l2: *l2,
+                seed: *seed,
+            }),
+            LocalWork::SecondOrderStatistics => {
+                v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {})
+            }
+            LocalWork::ClusterStatistics => {
+                v1::train_task::Work::ClusterStatistics(v1::ClusterStatistics {})
+            }
+        };
+        let secure = rs.secure().map(|sec| v1::SecureAggregation {
+            store_index: sec.index.get(store_id).copied().unwrap_or(u32::MAX),
+            ..sec.params
+        });
+        let privacy = rs.privacy.as_ref().map(|p| v1::UpdatePrivacy {
+            // Only a secure round leaves the weighting to the store.
+            weight: if secure.is_some() {
+                p.weights.get(store_id).copied().unwrap_or(0.0)
+            } else {
+                1.0
+            },
+            ..p.update
+        });
+        v1::TrainTask {
+            task_id: task_id.to_string(),
+            round: rs.round,
+            layout: Some(layout_to_wire(&self.shared.layout)),
+            global: Some(rs.global_wire.clone()),
+            work: Some(work),
+            update_dtype: match rs.precision {
+                UpdatePrecision::F32 => v1::Dtype::F32 as i32,
+                UpdatePrecision::F64 => v1::Dtype::F64 as i32,
+            },
+            privacy,
+            secure,
         }
     }
 
@@ -420,10 +464,26 @@ impl Coordinator for CoordinatorService {
         self.shared.count_up(&req);
         let store = req.store_id.as_str();
         // 1. Is this the store's current task? (cheap, under the lock)
-        let update_len = {
+        let (update_len, max_norm) = {
             let mut state = self.shared.lock();
             Self::check_session(&mut state, store, &req.session_id)?;
-            current_task_len(&state.phase, store, &req.task_id, req.round)?
+            let len = current_task_len(&state.phase, store, &req.task_id, req.round)?;
+            let privacy = match &state.phase {
+                Phase::Training(rs) => rs.privacy.as_ref(),
+                _ => None,
+            };
+            if privacy.is_some_and(|p| p.secure.is_some()) {
+                return Err(err(
+                    ErrorKind::InvalidUpdate,
+                    format!("round {} runs under secure aggregation: '{store}' must send SecAgg+ messages, not a plain update", req.round),
+                ));
+            }
+            // A clipped update must come in clipped (f32 rounding aside); local noise
+            // makes the norm unknowable, so then only the other checks apply.
+            let max_norm = privacy
+                .filter(|p| p.update.clip > 0.0 && p.update.local_noise_stddev == 0.0)
+                .map(|p| p.update.clip * (1.0 + 1e-5));
+            (len, max_norm)
         };
         // 2. Decode and validate outside the lock: O(model size) work.
         let tensor = req.update.as_ref().ok_or_else(|| {
@@ -439,7 +499,10 @@ impl Coordinator for CoordinatorService {
                     format!("update from '{store}' for round {}: {e}", req.round),
                 )
             })?;
-        validate_update(&update, update_len, &UpdateLimits::default()).map_err(|e| {
+        let limits = UpdateLimits {
+            max_l2_norm: max_norm,
+        };
+        validate_update(&update, update_len, &limits).map_err(|e| {
             err(
                 ErrorKind::InvalidUpdate,
                 format!("update from '{store}' for round {}: {e}", req.round),
@@ -517,6 +580,131 @@ impl Coordinator for CoordinatorService {
         }
         self.shared.progress.notify_one();
         let resp = v1::SubmitEvaluationResponse { accepted: true };
+        self.shared.count_down(&resp);
+        Ok(Response::new(resp))
+    }
+    async fn submit_sec_agg(
+        &self,
+        request: Request<v1::SubmitSecAggRequest>,
+    ) -> Result<Response<v1::SubmitSecAggResponse>, Status> {
+        use v1::submit_sec_agg_request::Message;
+        let req = request.into_inner();
+        self.shared.count_up(&req);
+        let store = req.store_id.as_str();
+        let bad = |e: String| {
+            err(
+                ErrorKind::InvalidUpdate,
+                format!(
+                    "SecAgg+ message from '{store}' for round {}: {e}",
+                    req.round
+                ),
+            )
+        };
+        {
+            let mut state = self.shared.lock();
+            Self::check_session(&mut state, store, &req.session_id)?;
+            let Phase::Training(rs) = &mut state.phase else {
+                return Err(err(
+                    ErrorKind::StaleTask,
+                    format!("SecAgg+ message from '{store}' (task '{}') is not current: no round is in progress", req.task_id),
+                ));
+            };
+            if rs.tasks.get(store).map(String::as_str) != Some(req.task_id.as_str())
+                || rs.round != req.round
+            {
+                return Err(err(
+                    ErrorKind::StaleTask,
+                    format!("SecAgg+ message from '{store}' for task '{}' (round {}) is not current: round {} is in progress", req.task_id, req.round, rs.round),
+                ));
+            }
+            let Some(sec) = rs.secure_mut() else {
+                return Err(bad("this round does not run secure aggregation".into()));
+            };
+            let index = sec
+                .index
+                .get(store)
+                .copied()
+                .ok_or_else(|| bad("the store is not in this round".into()))?;
+            if sec.answered.contains(store) {
+                return Err(err(
+                    ErrorKind::Duplicate,
+                    format!(
+                        "'{store}' already sent its {} for round {} (replay)",
+                        sec.stage.message(),
+                        req.round
+                    ),
+                ));
+            }
+            if !sec.expected.contains(store) {
+                return Err(err(
+                    ErrorKind::StaleTask,
+                    format!(
+                        "'{store}' fell out of round {}'s secure aggregation and cannot rejoin it",
+                        req.round
+                    ),
+                ));
+            }
+            let claims = |i: u32| {
+                if i == index {
+                    Ok(())
+                } else {
+                    Err(bad(format!(
+                        "the message claims store index {i}, the store's index is {index}"
+                    )))
+                }
+            };
+            let stage = sec.stage;
+            let Some(server) = sec.server.as_mut() else {
+                return Err(err(
+                    ErrorKind::StaleTask,
+                    "the secure aggregation has finished",
+                ));
+            };
+            let result = match (stage, req.message) {
+                (SecureStage::Advertising, Some(Message::Advertisement(a))) => {
+                    claims(a.store)?;
+                    let ad = wire::advertisement_from_wire(&a).map_err(|e| bad(e.to_string()))?;
+                    server.receive_advertisement(ad)
+                }
+                (SecureStage::SharingKeys, Some(Message::ShareKeys(m))) => {
+                    claims(m.store)?;
+                    let m = wire::share_keys_from_wire(m).map_err(|e| bad(e.to_string()))?;
+                    server.receive_share_keys(m)
+                }
+                (SecureStage::Masking, Some(Message::MaskedInput(m))) => {
+                    claims(m.store)?;
+                    server.receive_masked_input(&wire::masked_input_from_wire(m))
+                }
+                (SecureStage::Unmasking, Some(Message::Unmask(m))) => {
+                    claims(m.store)?;
+                    server.receive_unmask(wire::unmask_response_from_wire(m))
+                }
+                (stage, other) => {
+                    let got = match other {
+                        None => "nothing",
+                        Some(Message::Advertisement(_)) => "a key advertisement",
+                        Some(Message::ShareKeys(_)) => "key shares",
+                        Some(Message::MaskedInput(_)) => "a masked input",
+                        Some(Message::Unmask(_)) => "unmasking shares",
+                    };
+                    return Err(err(
+                        ErrorKind::StaleTask,
+                        format!(
+                            "'{store}' sent {got} for round {}, which now expects its {}",
+                            req.round,
+                            stage.message()
+                        ),
+                    ));
+                }
+            };
+            result.map_err(|e| bad(e.to_string()))?;
+            sec.answered.insert(store.to_string());
+            if stage == SecureStage::Advertising {
+                rs.received.insert(store.to_string());
+            }
+        }
+        self.shared.progress.notify_one();
+        let resp = v1::SubmitSecAggResponse { accepted: true };
         self.shared.count_down(&resp);
         Ok(Response::new(resp))
     }

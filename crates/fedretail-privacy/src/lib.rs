@@ -26,4 +26,6 @@ pub use rdp::{
     calibrate_noise_multiplier, rdp_distributed_discrete_gaussian, rdp_poisson_subsampled_gaussian,
     AccountingError, EpsilonAtDelta, RdpAccountant, DEFAULT_ORDERS,
 };
-pub use store_dp::{clip_l2, sum_noise_multiplier_with_count, AdaptiveClip};
+pub use store_dp::{
+    clip_l2, sum_noise_multiplier_with_count, AdaptiveClip, NoisePlacement, RoundMechanism,
+};

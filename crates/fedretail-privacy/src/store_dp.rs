@@ -5,7 +5,82 @@
 //! Adaptive clipping follows Andrew, Thakkar, McMahan and Ramaswamy (2021): the clip
 //! tracks a quantile of the update norms through a noised count of the stores below it.
 
-use crate::rdp::AccountingError;
+use crate::rdp::{
+    rdp_distributed_discrete_gaussian, rdp_poisson_subsampled_gaussian, AccountingError,
+};
+use serde::{Deserialize, Serialize};
+
+/// Where store-level noise is added, which decides whom the guarantee holds against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoisePlacement {
+    /// The coordinator adds Gaussian noise to the sum: private against everyone who
+    /// sees the model, but the stores trust the coordinator.
+    Central,
+    /// Each store adds its share of discrete Gaussian noise before SecAgg+ masking: the
+    /// coordinator only ever sees the noised sum (Kairouz, Liu and Steinke 2021).
+    Distributed,
+    /// Each store adds the whole noise to its own update: for stores that trust nobody.
+    Local,
+}
+
+/// One round of store-level noise, as the ledger accounts it. No amplification by
+/// sampling is claimed: the coordinator samples a fixed number of stores, not a
+/// Poisson sample, so each round is charged as if every store took part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RoundMechanism {
+    /// Gaussian noise of `noise_multiplier` times the clip (central, or local for one
+    /// store's own update).
+    Gaussian { noise_multiplier: f64 },
+    /// The distributed discrete Gaussian: `stores` shares of scale
+    /// `noise_multiplier * clip_units / sqrt(stores)` in integer units, where
+    /// `clip_units` is the clip in fixed-point units.
+    DistributedDiscreteGaussian {
+        noise_multiplier: f64,
+        stores: u32,
+        clip_units: f64,
+        dimension: usize,
+    },
+}
+
+impl RoundMechanism {
+    pub fn noise_multiplier(&self) -> f64 {
+        match *self {
+            RoundMechanism::Gaussian { noise_multiplier }
+            | RoundMechanism::DistributedDiscreteGaussian {
+                noise_multiplier, ..
+            } => noise_multiplier,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            RoundMechanism::Gaussian { .. } => "gaussian",
+            RoundMechanism::DistributedDiscreteGaussian { .. } => "distributed discrete gaussian",
+        }
+    }
+
+    /// RDP of one round at each of `orders`.
+    pub fn rdp(&self, orders: &[f64]) -> Result<Vec<f64>, AccountingError> {
+        match *self {
+            RoundMechanism::Gaussian { noise_multiplier } => {
+                rdp_poisson_subsampled_gaussian(1.0, noise_multiplier, orders)
+            }
+            RoundMechanism::DistributedDiscreteGaussian {
+                noise_multiplier,
+                stores,
+                clip_units,
+                dimension,
+            } => {
+                let sigma = noise_multiplier * clip_units / (stores.max(1) as f64).sqrt();
+                // Stochastic rounding moves each coordinate by less than one unit.
+                let l2 = clip_units + (dimension as f64).sqrt();
+                let l1 = l2 * (dimension as f64).sqrt();
+                rdp_distributed_discrete_gaussian(l2, l1, sigma, stores, dimension, orders)
+            }
+        }
+    }
+}
 
 /// Scales `update` to L2 norm at most `clip`; returns whether it was already within.
 /// A non-finite update is zeroed (and counts as clipped): it must not reach the sum.

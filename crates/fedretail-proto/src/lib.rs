@@ -10,6 +10,7 @@
 
 mod convert;
 mod error;
+pub mod secagg;
 
 pub mod v1 {
     tonic::include_proto!("fedretail.v1");

@@ -248,6 +248,8 @@ pub async fn run_demo(
             .zip(outcome.parameters.iter().copied())
             .collect(),
         max_weight_gap_to_centralized: max_gap,
+        privacy: outcome.privacy.clone(),
+        status: outcome.status.clone(),
     })
 }
 

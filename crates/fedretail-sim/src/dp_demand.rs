@@ -18,8 +18,8 @@ use fedretail_privacy::secagg::{
     sample_discrete_gaussian, simulate_round, DropoutPlan, FixedPoint, SecAggConfig,
 };
 use fedretail_privacy::{
-    calibrate_noise_multiplier, clip_l2, rdp_distributed_discrete_gaussian,
-    sum_noise_multiplier_with_count, AdaptiveClip, RdpAccountant,
+    calibrate_noise_multiplier, clip_l2, sum_noise_multiplier_with_count, AdaptiveClip,
+    RdpAccountant, RoundMechanism,
 };
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -154,12 +154,15 @@ fn ddg_epsilon(
     rounds: u64,
     delta: f64,
 ) -> Option<f64> {
-    let sigma_store = z * scale_clip / (m as f64).sqrt();
-    // Stochastic rounding can move each coordinate by less than 1.
-    let l2 = scale_clip + (dim as f64).sqrt();
-    let l1 = l2 * (dim as f64).sqrt();
     let mut acc = RdpAccountant::new();
-    let per = rdp_distributed_discrete_gaussian(l2, l1, sigma_store, m, dim, acc.orders()).ok()?;
+    let per = RoundMechanism::DistributedDiscreteGaussian {
+        noise_multiplier: z,
+        stores: m,
+        clip_units: scale_clip,
+        dimension: dim,
+    }
+    .rdp(acc.orders())
+    .ok()?;
     acc.compose_rdp(&per, rounds);
     acc.epsilon(delta).ok().map(|e| e.epsilon)
 }

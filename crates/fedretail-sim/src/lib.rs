@@ -33,7 +33,7 @@ pub use clustering::{
 pub use demo::{run_demo, DemoEvent, DemoOptions};
 pub use dp_demand::{render_dp_demand, run_dp_demand, DpDemandOptions, DpDemandReport};
 pub use prepare::{prepare_network, PreparedStore, SkippedStore};
-pub use report::{render_summary, DemandReport, GroupSummary, StoreReport};
+pub use report::{privacy_line, render_summary, DemandReport, GroupSummary, StoreReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

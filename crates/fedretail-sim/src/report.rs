@@ -66,6 +66,10 @@ pub struct DemandReport {
     pub model: BTreeMap<String, f64>,
     /// Largest |federated - centralized| weight (0 when the exact solver converged).
     pub max_weight_gap_to_centralized: f64,
+    /// Secure aggregation and differential privacy of the job, when configured.
+    pub privacy: Option<fedretail_coordinator::PrivacyOutcome>,
+    /// Why training ended (all rounds, or the privacy budget).
+    pub status: String,
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -137,6 +141,30 @@ fn bytes(n: u64) -> String {
 }
 
 /// A readable end-of-run summary.
+/// One line on what protected the updates and what the job spent.
+pub fn privacy_line(p: &fedretail_coordinator::PrivacyOutcome) -> String {
+    use fedretail_coordinator::NoiseKind;
+    let secure = if p.secure_aggregation {
+        "SecAgg+ (the coordinator saw only sums)"
+    } else {
+        "no secure aggregation"
+    };
+    let clip = p.clip.map(|c| format!(", clip {c}")).unwrap_or_default();
+    let noise = match (p.noise, p.noise_multiplier) {
+        (NoiseKind::None, _) | (_, None) => "no noise".to_string(),
+        (kind, Some(z)) => format!("{kind:?} Gaussian noise, multiplier {z}").to_lowercase(),
+    };
+    let spent = match (p.epsilon_spent, p.budget_epsilon) {
+        (Some(e), Some(b)) => format!("; epsilon spent {e:.3} of {b} at delta {:e}", p.delta),
+        (Some(e), None) => format!(
+            "; epsilon spent {e:.3} at delta {:e} (no budget set)",
+            p.delta
+        ),
+        _ => String::new(),
+    };
+    format!("  privacy: {secure}{clip}, {noise}{spent}\n")
+}
+
 pub fn render_summary(r: &DemandReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -185,6 +213,12 @@ pub fn render_summary(r: &DemandReport) -> String {
         "  federated vs centralized: largest weight difference {:.2e}",
         r.max_weight_gap_to_centralized
     );
+    if let Some(p) = &r.privacy {
+        s.push_str(&privacy_line(p));
+        if let Some(reason) = &p.stopped_by_budget {
+            let _ = writeln!(s, "  training stopped early: {reason}");
+        }
+    }
     if !r.skipped_stores.is_empty() {
         let _ = writeln!(s, "  skipped {} stores:", r.skipped_stores.len());
         for k in &r.skipped_stores {

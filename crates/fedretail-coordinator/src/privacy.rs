@@ -1,0 +1,250 @@
+//! What `[job.privacy]` means for one round: the clip and noise each store applies,
+//! the SecAgg+ round the updates travel through, the noise the coordinator adds, and
+//! what the round costs in the privacy ledger. The driver asks for a [`RoundPrivacy`]
+//! once the round's stores are chosen, and the service routes SecAgg+ messages through
+//! the [`SecureRound`] it holds.
+
+use crate::config::{NoiseKind, PrivacySettings};
+use fedretail_privacy::secagg::{
+    Advertisement, FixedPoint, NeighbourGraph, SecAggConfig, SecAggError, SecAggServer,
+};
+use fedretail_privacy::RoundMechanism;
+use fedretail_proto::secagg as wire;
+use fedretail_proto::v1;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Where a SecAgg+ round is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SecureStage {
+    /// Stores train, encode and mask nothing yet: they send their public keys.
+    Advertising,
+    SharingKeys,
+    Masking,
+    Unmasking,
+}
+
+impl SecureStage {
+    pub fn message(self) -> &'static str {
+        match self {
+            SecureStage::Advertising => "key advertisement",
+            SecureStage::SharingKeys => "encrypted key shares",
+            SecureStage::Masking => "masked input",
+            SecureStage::Unmasking => "unmasking shares",
+        }
+    }
+}
+
+/// The coordinator's side of one SecAgg+ round over the wire.
+pub(crate) struct SecureRound {
+    pub stage: SecureStage,
+    /// Taken when the round finishes (unmasking consumes it).
+    pub server: Option<SecAggServer>,
+    pub params: v1::SecureAggregation,
+    pub fixed_point: FixedPoint,
+    /// Store id -> index in the round, and back.
+    pub index: BTreeMap<String, u32>,
+    pub stores: Vec<String>,
+    /// Stores from which this stage expects a message, and the step each is sent.
+    pub outbox: BTreeMap<String, v1::sec_agg_step::Step>,
+    pub expected: BTreeSet<String>,
+    pub answered: BTreeSet<String>,
+    /// Stores that fell out, with the stage they did not answer.
+    pub left: BTreeMap<String, &'static str>,
+}
+
+impl SecureRound {
+    pub fn stage_done(&self) -> bool {
+        self.answered.len() >= self.expected.len()
+    }
+
+    /// Closes the current stage and opens the next. Ok(false) after unmasking: the
+    /// round is ready to finish.
+    pub fn advance(&mut self) -> Result<bool, SecAggError> {
+        for s in self.expected.difference(&self.answered) {
+            self.left.entry(s.clone()).or_insert(self.stage.message());
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Ok(false);
+        };
+        let name = |stores: &[String], i: u32| stores.get(i as usize).cloned();
+        let outbox: BTreeMap<String, v1::sec_agg_step::Step> = match self.stage {
+            SecureStage::Advertising => {
+                let ads: BTreeMap<u32, Vec<Advertisement>> = server.close_advertising()?;
+                self.stage = SecureStage::SharingKeys;
+                ads.into_iter()
+                    .filter_map(|(i, ads)| {
+                        let step = v1::sec_agg_step::Step::ShareKeys(v1::SecAggNeighbours {
+                            advertisements: ads.iter().map(wire::advertisement_to_wire).collect(),
+                        });
+                        name(&self.stores, i).map(|s| (s, step))
+                    })
+                    .collect()
+            }
+            SecureStage::SharingKeys => {
+                let inboxes = server.close_share_keys()?;
+                self.stage = SecureStage::Masking;
+                inboxes
+                    .into_iter()
+                    .filter_map(|(i, shares)| {
+                        let step = v1::sec_agg_step::Step::MaskedInput(v1::SecAggInbox {
+                            shares: shares.iter().map(wire::share_to_wire).collect(),
+                        });
+                        name(&self.stores, i).map(|s| (s, step))
+                    })
+                    .collect()
+            }
+            SecureStage::Masking => {
+                let requests = server.close_masked_input()?;
+                self.stage = SecureStage::Unmasking;
+                requests
+                    .into_iter()
+                    .filter_map(|(i, r)| {
+                        let step = v1::sec_agg_step::Step::Unmask(wire::unmask_request_to_wire(&r));
+                        name(&self.stores, i).map(|s| (s, step))
+                    })
+                    .collect()
+            }
+            SecureStage::Unmasking => return Ok(false),
+        };
+        self.expected = outbox.keys().cloned().collect();
+        self.outbox = outbox;
+        self.answered.clear();
+        Ok(true)
+    }
+}
+
+/// One round's privacy, decided once its stores are chosen.
+pub(crate) struct RoundPrivacy {
+    /// Sent to each store with its task (weight filled in per store).
+    pub update: v1::UpdatePrivacy,
+    /// Per-store multiplier of the clipped update.
+    pub weights: BTreeMap<String, f64>,
+    /// Denominator of the mean: fixed at the number selected when noise is added (so
+    /// that no one store moves it), otherwise the surviving stores' weights.
+    pub fixed_denominator: Option<f64>,
+    /// Gaussian noise std the coordinator adds to the sum (central DP).
+    pub central_noise_std: f64,
+    /// Fewest survivors the noise was calibrated for (distributed DP).
+    pub min_survivors: usize,
+    pub secure: Option<SecureRound>,
+    pub mechanism: Option<RoundMechanism>,
+}
+
+/// Plans the privacy of a round of `selected` stores (in index order) whose updates
+/// have `dimension` values and whose plain aggregation weights are `weights`.
+pub(crate) fn plan_round(
+    settings: &PrivacySettings,
+    selected: &[String],
+    weights: &BTreeMap<String, f64>,
+    dimension: usize,
+    session: u64,
+) -> Result<RoundPrivacy, String> {
+    let clip = settings.clip.unwrap_or(f64::INFINITY);
+    let z = settings.noise_multiplier.unwrap_or(0.0);
+    let m = selected.len();
+    let noisy = settings.noise != NoiseKind::None;
+    // With noise every store counts once (its clip is the sensitivity); without it, the
+    // usual FedAvg weights, scaled into (0, 1] so the clipped bound still holds.
+    let max_w = weights.values().copied().fold(0.0, f64::max);
+    let weights: BTreeMap<String, f64> = selected
+        .iter()
+        .map(|s| {
+            let w = if noisy || max_w <= 0.0 {
+                1.0
+            } else {
+                weights.get(s).copied().unwrap_or(0.0) / max_w
+            };
+            (s.clone(), w)
+        })
+        .collect();
+    let min_survivors = if settings.noise == NoiseKind::Distributed {
+        ((m as f64) * (1.0 - settings.expected_dropout)).ceil() as usize
+    } else {
+        0
+    }
+    .clamp(0, m);
+    let local_noise_std = if settings.noise == NoiseKind::Local {
+        z * clip
+    } else {
+        0.0
+    };
+    let mut mechanism = noisy.then_some(RoundMechanism::Gaussian {
+        noise_multiplier: z,
+    });
+    let secure = if settings.secure_aggregation {
+        let n = u32::try_from(m).map_err(|_| format!("{m} stores is too many for one round"))?;
+        let config =
+            SecAggConfig::for_network_tolerating(n, dimension, session, settings.expected_dropout)
+                .map_err(|e| e.to_string())?;
+        // Local noise is inside each input: leave room for six of its deviations.
+        let bound = clip + 6.0 * local_noise_std;
+        let (sum_noise_std, per_store_units);
+        let fixed_point = if settings.noise == NoiseKind::Distributed {
+            let floor = min_survivors.max(1) as f64;
+            sum_noise_std = z * clip * (m as f64 / floor).sqrt();
+            let fp = FixedPoint::for_sum(n, bound, sum_noise_std).map_err(|e| e.to_string())?;
+            per_store_units = z * clip * fp.scale() / floor.sqrt();
+            mechanism = Some(RoundMechanism::DistributedDiscreteGaussian {
+                noise_multiplier: z,
+                stores: min_survivors as u32,
+                clip_units: clip * fp.scale(),
+                dimension,
+            });
+            fp
+        } else {
+            sum_noise_std = 0.0;
+            per_store_units = 0.0;
+            FixedPoint::for_sum(n, bound, 0.0).map_err(|e| e.to_string())?
+        };
+        let graph = Arc::new(NeighbourGraph::new(&config));
+        let server = SecAggServer::new(config.clone(), graph).map_err(|e| e.to_string())?;
+        let params = v1::SecureAggregation {
+            session,
+            num_stores: n,
+            neighbours: config.neighbours,
+            threshold: config.threshold,
+            store_index: 0,
+            dimension: dimension as u64,
+            bound,
+            sum_noise_stddev: sum_noise_std,
+            store_noise_stddev_units: per_store_units,
+        };
+        let index = selected
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        Some(SecureRound {
+            stage: SecureStage::Advertising,
+            server: Some(server),
+            params,
+            fixed_point,
+            index,
+            stores: selected.to_vec(),
+            outbox: BTreeMap::new(),
+            expected: selected.iter().cloned().collect(),
+            answered: BTreeSet::new(),
+            left: BTreeMap::new(),
+        })
+    } else {
+        None
+    };
+    Ok(RoundPrivacy {
+        update: v1::UpdatePrivacy {
+            clip: if clip.is_finite() { clip } else { 0.0 },
+            local_noise_stddev: local_noise_std,
+            weight: 1.0,
+        },
+        weights,
+        fixed_denominator: noisy.then_some(m as f64),
+        central_noise_std: if settings.noise == NoiseKind::Central {
+            z * clip
+        } else {
+            0.0
+        },
+        min_survivors,
+        secure,
+        mechanism,
+    })
+}

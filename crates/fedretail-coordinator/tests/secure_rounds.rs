@@ -1,0 +1,444 @@
+//! Secure aggregation and differential privacy over the real transport: a coordinator
+//! and real store agents on 127.0.0.1, with stores whose updates are known, so that the
+//! model the coordinator ends with can be checked exactly against the plain arithmetic.
+
+use fedretail_agent::{AgentConfig, StoreAgent};
+use fedretail_coordinator::{
+    run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorError, JobOutcome,
+};
+use fedretail_core::{LocalWork, ModelLayout};
+use fedretail_models::{demand_layout, LocalTask, TaskError, TaskMetrics};
+use fedretail_privacy::secagg::{NeighbourGraph, SecAggConfig, SecAggStore};
+use fedretail_privacy::{PrivacyBudget, PrivacyLedger, RoundMechanism};
+use fedretail_proto::secagg as wire;
+use fedretail_proto::v1::{
+    self, coordinator_client::CoordinatorClient, poll_task_response::Outcome,
+    submit_sec_agg_request::Message,
+};
+use fedretail_proto::{encode_f64, PROTOCOL_VERSION};
+use rand::SeedableRng;
+use std::sync::Arc;
+use tonic::Code;
+
+/// A store whose every update is the same known vector.
+struct FixedStore {
+    update: Vec<f64>,
+    rows: u64,
+}
+
+impl LocalTask for FixedStore {
+    fn task_name(&self) -> &'static str {
+        "demand"
+    }
+    fn layout(&self) -> ModelLayout {
+        demand_layout()
+    }
+    fn num_train_examples(&self) -> u64 {
+        self.rows
+    }
+    fn compute_update(&self, _: &[f64], _: &LocalWork) -> Result<Vec<f64>, TaskError> {
+        Ok(self.update.clone())
+    }
+    fn evaluate(&self, _: &[f64]) -> Result<TaskMetrics, TaskError> {
+        Ok(TaskMetrics::new())
+    }
+}
+
+fn d() -> usize {
+    demand_layout().len()
+}
+
+/// Store i's update: small, distinct, within an L2 norm of 1 except store 0's, which is
+/// ten times too long and must arrive clipped.
+fn update_of(i: usize) -> Vec<f64> {
+    let mut u: Vec<f64> = (0..d())
+        .map(|j| ((i * 7 + j * 3) % 11) as f64 / 100.0 - 0.05)
+        .collect();
+    if i == 0 {
+        let n = norm(&u);
+        u.iter_mut().for_each(|v| *v *= 10.0 / n);
+    }
+    u
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+fn clipped(mut u: Vec<f64>, clip: f64) -> Vec<f64> {
+    let n = norm(&u);
+    if n > clip {
+        u.iter_mut().for_each(|v| *v *= clip / n);
+    }
+    u
+}
+
+async fn start(
+    toml: &str,
+    checkpoints: CheckpointStore,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<JobOutcome, CoordinatorError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let config = CoordinatorConfig::from_toml(toml).unwrap();
+    let handle = tokio::spawn(run_coordinator_with(
+        config,
+        listener,
+        checkpoints,
+        Arc::new(|_| {}),
+    ));
+    (addr, handle)
+}
+
+fn spawn_agents(addr: &str, stores: &[(String, Vec<f64>, u64)]) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for (id, update, rows) in stores.iter().cloned() {
+        let mut cfg = AgentConfig::new(addr.to_string(), id);
+        cfg.poll_wait = std::time::Duration::from_millis(500);
+        let task = Arc::new(FixedStore { update, rows });
+        set.spawn(async move {
+            StoreAgent::new(cfg, task).run().await.unwrap();
+        });
+    }
+    set
+}
+
+struct Peer {
+    client: CoordinatorClient<tonic::transport::Channel>,
+    store: String,
+    session: String,
+}
+
+impl Peer {
+    async fn join(addr: &str, store: &str) -> Peer {
+        let mut client = CoordinatorClient::connect(addr.to_string()).await.unwrap();
+        let resp = client
+            .register_store(v1::RegisterStoreRequest {
+                protocol_version: PROTOCOL_VERSION,
+                store_id: store.into(),
+                token: String::new(),
+                business_type: "grocery".into(),
+                task: "demand".into(),
+                num_train_examples: 400,
+            })
+            .await
+            .unwrap();
+        Peer {
+            client,
+            store: store.into(),
+            session: resp.into_inner().session_id,
+        }
+    }
+
+    async fn poll(&mut self) -> Outcome {
+        for _ in 0..100 {
+            let r = self
+                .client
+                .poll_task(v1::PollTaskRequest {
+                    store_id: self.store.clone(),
+                    session_id: self.session.clone(),
+                    wait_millis: 500,
+                })
+                .await
+                .unwrap();
+            match r.into_inner().outcome.unwrap() {
+                Outcome::Wait(_) => continue,
+                o => return o,
+            }
+        }
+        panic!("no task for {}", self.store);
+    }
+
+    async fn send(&mut self, task: &str, round: u64, m: Message) -> Result<(), (Code, String)> {
+        self.client
+            .submit_sec_agg(v1::SubmitSecAggRequest {
+                store_id: self.store.clone(),
+                session_id: self.session.clone(),
+                task_id: task.into(),
+                round,
+                message: Some(m),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| (s.code(), s.message().to_string()))
+    }
+}
+
+/// Four agents and one hand-driven peer in a SecAgg+ round. The peer first sends
+/// hostile messages (refused, each with its reason), then takes part honestly until
+/// its key shares are dealt, then vanishes before sending its masked input: its
+/// pairwise masks are in its neighbours' inputs and must be rebuilt from their shares.
+/// The model must be the plain weighted mean of the four survivors' clipped updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_round_over_grpc_recovers_a_dropout_and_refuses_hostile_messages() {
+    let toml = "[job]\nstrategy = \"fedavg\"\nrounds = 1\nmin_stores = 3\nexpected_stores = 5\n\
+                round_timeout_secs = 3\nregistration_timeout_secs = 30\n\
+                [job.privacy]\nsecure_aggregation = true\nclip = 1.0\n";
+    let (addr, coordinator) = start(toml, CheckpointStore::in_memory().unwrap()).await;
+    let stores: Vec<(String, Vec<f64>, u64)> = (0..4)
+        .map(|i| (format!("s{i}"), update_of(i), 100 * (i as u64 + 1)))
+        .collect();
+    let mut agents = spawn_agents(&addr, &stores);
+
+    let mut peer = Peer::join(&addr, "peer").await;
+    let Outcome::Train(task) = peer.poll().await else {
+        panic!("expected a training task")
+    };
+    let params = task.secure.expect("a secure round");
+    assert_eq!(params.num_stores, 5);
+    assert_eq!(task.privacy.as_ref().map(|p| p.clip), Some(1.0));
+    let (id, round) = (task.task_id.clone(), task.round);
+
+    // A plain update in a secure round is refused.
+    let plain = peer
+        .client
+        .submit_update(v1::SubmitUpdateRequest {
+            store_id: "peer".into(),
+            session_id: peer.session.clone(),
+            task_id: id.clone(),
+            round,
+            update: Some(encode_f64(&vec![0.0; d()])),
+            num_examples: 400,
+            metrics: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(plain.code(), Code::InvalidArgument);
+    assert!(
+        plain.message().contains("secure aggregation"),
+        "{}",
+        plain.message()
+    );
+
+    let config = SecAggConfig {
+        num_stores: params.num_stores,
+        dimension: params.dimension as usize,
+        neighbours: params.neighbours,
+        threshold: params.threshold,
+        session: params.session,
+    };
+    let graph = Arc::new(NeighbourGraph::new(&config));
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    let (mut secagg, ad) = SecAggStore::new(config, graph, params.store_index, &mut rng).unwrap();
+    let good = wire::advertisement_to_wire(&ad);
+
+    // Posing as another store, a short key, a message of the wrong stage: refused.
+    let mut other = good.clone();
+    other.store = (params.store_index + 1) % params.num_stores;
+    let (code, msg) = peer
+        .send(&id, round, Message::Advertisement(other))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("claims store index"), "{msg}");
+    let mut short = good.clone();
+    short.cipher_public_key.pop();
+    let (code, msg) = peer
+        .send(&id, round, Message::Advertisement(short))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("must be 32 bytes"), "{msg}");
+    let early = v1::SecAggMaskedInput {
+        store: params.store_index,
+        words: vec![0; d()],
+    };
+    let (code, msg) = peer
+        .send(&id, round, Message::MaskedInput(early))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(msg.contains("key advertisement"), "{msg}");
+
+    // Honest advertisement, then its replay.
+    peer.send(&id, round, Message::Advertisement(good.clone()))
+        .await
+        .unwrap();
+    let (code, _) = peer
+        .send(&id, round, Message::Advertisement(good))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::AlreadyExists);
+
+    // Deal key shares, then vanish.
+    let Outcome::Secagg(step) = peer.poll().await else {
+        panic!("expected a SecAgg+ step")
+    };
+    let Some(v1::sec_agg_step::Step::ShareKeys(neighbours)) = step.step else {
+        panic!("expected the neighbours' keys")
+    };
+    let ads: Vec<_> = neighbours
+        .advertisements
+        .iter()
+        .map(|a| wire::advertisement_from_wire(a).unwrap())
+        .collect();
+    assert_eq!(ads.len(), 4, "a complete graph for five stores");
+    let keys = secagg.share_keys(&ads).unwrap();
+    peer.send(
+        &id,
+        round,
+        Message::ShareKeys(wire::share_keys_to_wire(&keys)),
+    )
+    .await
+    .unwrap();
+
+    let outcome = coordinator.await.unwrap().unwrap();
+    while agents.join_next().await.is_some() {}
+
+    let record = &outcome.rounds[0];
+    assert_eq!(record.participants, vec!["s0", "s1", "s2", "s3"]);
+    assert_eq!(record.dropped.len(), 1);
+    assert_eq!(record.dropped[0].0, "peer");
+    assert!(
+        record.dropped[0].1.contains("masked input"),
+        "{:?}",
+        record.dropped
+    );
+    // The plain FedAvg arithmetic on what the stores would have sent in the clear.
+    let total: f64 = stores.iter().map(|s| s.2 as f64).sum();
+    let mut expected = vec![0.0; d()];
+    for (_, u, rows) in &stores {
+        for (e, v) in expected.iter_mut().zip(clipped(u.clone(), 1.0)) {
+            *e += v * *rows as f64 / total;
+        }
+    }
+    let gap = expected
+        .iter()
+        .zip(&outcome.parameters)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    // Fixed point: 2^31 units over 5 summands of bound 1 is ~2e-9 per unit.
+    assert!(
+        gap < 1e-7,
+        "secure mean differs from the plain mean by {gap}"
+    );
+    let privacy = outcome.privacy.expect("privacy in the outcome");
+    assert!(privacy.secure_aggregation);
+    assert_eq!(privacy.epsilon_spent, None);
+}
+
+/// A DP job with a budget stops before the round that would overspend, says so, and
+/// keeps its ledger with its rounds: restarted with a larger budget it resumes after
+/// the last round and goes on spending from where it stopped, not from zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dp_job_stops_at_its_budget_and_resumes_its_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("job.db");
+    let z = 4.0;
+    let job = |budget: f64| {
+        format!(
+            "[job]\nstrategy = \"fedavg\"\nrounds = 20\nmin_stores = 3\nexpected_stores = 3\n\
+             round_timeout_secs = 10\n\
+             [job.privacy]\nclip = 1.0\nnoise = \"central\"\nnoise_multiplier = {z}\n\
+             budget_epsilon = {budget}\ndelta = 1e-5\n"
+        )
+    };
+    // What the accountant allows: the reference the job must agree with.
+    let mut reference = PrivacyLedger::new(PrivacyBudget {
+        epsilon: 3.0,
+        delta: 1e-5,
+    })
+    .unwrap();
+    let gaussian = RoundMechanism::Gaussian {
+        noise_multiplier: z,
+    };
+    let mut allowed = 0u64;
+    while reference.spend_round(allowed + 1, &gaussian).is_ok() {
+        allowed += 1;
+    }
+    assert!((1..20).contains(&allowed), "{allowed}");
+
+    let stores: Vec<(String, Vec<f64>, u64)> = (1..4)
+        .map(|i| (format!("s{i}"), update_of(i), 100))
+        .collect();
+    let (addr, coordinator) = start(&job(3.0), CheckpointStore::open(&db).unwrap()).await;
+    let mut agents = spawn_agents(&addr, &stores);
+    let first = coordinator.await.unwrap().unwrap();
+    while agents.join_next().await.is_some() {}
+    assert_eq!(first.rounds.len() as u64, allowed);
+    assert!(first.status.contains("privacy budget"), "{}", first.status);
+    let p = first.privacy.as_ref().unwrap();
+    let spent = p.epsilon_spent.unwrap();
+    assert!(spent <= 3.0);
+    assert!((spent - reference.spent().unwrap().epsilon).abs() < 1e-9);
+    assert_eq!(p.ledger.len() as u64, allowed);
+    assert_eq!(first.rounds.last().unwrap().epsilon_spent, Some(spent));
+    // Evaluation still ran on the model trained so far.
+    assert_eq!(first.evaluations.len(), 3);
+
+    // Same job, same database, more budget.
+    let (addr, coordinator) = start(&job(3.5), CheckpointStore::open(&db).unwrap()).await;
+    let mut agents = spawn_agents(&addr, &stores);
+    let second = coordinator.await.unwrap().unwrap();
+    while agents.join_next().await.is_some() {}
+    assert_eq!(second.resumed_after_round, Some(allowed));
+    let next = second.rounds.first().expect("at least one more round");
+    assert_eq!(next.round, allowed + 1);
+    let mut more = PrivacyLedger::restore(
+        PrivacyBudget {
+            epsilon: 3.5,
+            delta: 1e-5,
+        },
+        reference.entries().to_vec(),
+    )
+    .unwrap();
+    let e = more
+        .spend_round(allowed + 1, &gaussian)
+        .unwrap()
+        .epsilon_after;
+    assert!((next.epsilon_spent.unwrap() - e).abs() < 1e-9);
+    let total = second.privacy.unwrap().epsilon_spent.unwrap();
+    assert!(total > spent && total <= 3.5);
+}
+
+/// Noise that is really there, of the size the settings promise, wherever it is added:
+/// the model's deviation from the plain mean has the standard deviation z C / m for
+/// central and distributed noise and z C / sqrt(m) for local noise. A missing noise or
+/// one off by sqrt(m) falls outside the bounds; a correct one falls outside them about
+/// once in 10^4 runs (22 coordinates, chi-squared tails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_has_the_promised_size_central_distributed_and_local() {
+    let m = 6usize;
+    let z = 1.0;
+    let stores: Vec<(String, Vec<f64>, u64)> = (1..=m)
+        .map(|i| (format!("s{i}"), update_of(i), 100))
+        .collect();
+    let plain: Vec<f64> = (0..d())
+        .map(|j| stores.iter().map(|s| s.1[j]).sum::<f64>() / m as f64)
+        .collect();
+    for (noise, secure, expected_std) in [
+        ("central", false, z / m as f64),
+        ("distributed", true, z / m as f64),
+        ("local", false, z / (m as f64).sqrt()),
+        ("local", true, z / (m as f64).sqrt()),
+    ] {
+        let toml = format!(
+            "[job]\nstrategy = \"fedavg\"\nrounds = 1\nmin_stores = 3\nexpected_stores = {m}\n\
+             round_timeout_secs = 10\n\
+             [job.privacy]\nsecure_aggregation = {secure}\nclip = 1.0\nnoise = \"{noise}\"\n\
+             noise_multiplier = {z}\n"
+        );
+        let (addr, coordinator) = start(&toml, CheckpointStore::in_memory().unwrap()).await;
+        let mut agents = spawn_agents(&addr, &stores);
+        let outcome = coordinator.await.unwrap().unwrap();
+        while agents.join_next().await.is_some() {}
+        assert_eq!(outcome.rounds[0].participants.len(), m);
+        let dev: Vec<f64> = outcome
+            .parameters
+            .iter()
+            .zip(&plain)
+            .map(|(a, b)| a - b)
+            .collect();
+        let std = (dev.iter().map(|x| x * x).sum::<f64>() / dev.len() as f64).sqrt();
+        let ratio = std / expected_std;
+        assert!(
+            (0.5..1.7).contains(&ratio),
+            "{noise} noise (secure {secure}): deviation std {std:.4}, expected {expected_std:.4}"
+        );
+        let p = outcome.privacy.unwrap();
+        assert!(p.epsilon_spent.unwrap() > 0.0);
+        assert_eq!(p.ledger.len(), 1);
+    }
+}

@@ -1,0 +1,182 @@
+//! SecAgg+ messages between their wire form and `fedretail_privacy::secagg`. Keys and
+//! commitments must have their exact sizes; everything else the protocol itself checks.
+
+use crate::v1;
+use fedretail_privacy::secagg::{
+    Advertisement, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind, UnmaskRequest,
+    UnmaskResponse,
+};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("secure-aggregation message: {0}")]
+pub struct SecAggWireError(pub String);
+
+fn bytes32(field: &str, b: &[u8]) -> Result<[u8; 32], SecAggWireError> {
+    b.try_into()
+        .map_err(|_| SecAggWireError(format!("{field} must be 32 bytes, got {}", b.len())))
+}
+
+pub fn advertisement_to_wire(a: &Advertisement) -> v1::SecAggAdvertisement {
+    v1::SecAggAdvertisement {
+        store: a.store,
+        cipher_public_key: a.cipher_public_key.to_vec(),
+        mask_public_key: a.mask_public_key.to_vec(),
+    }
+}
+
+pub fn advertisement_from_wire(
+    a: &v1::SecAggAdvertisement,
+) -> Result<Advertisement, SecAggWireError> {
+    Ok(Advertisement {
+        store: a.store,
+        cipher_public_key: bytes32("cipher public key", &a.cipher_public_key)?,
+        mask_public_key: bytes32("mask public key", &a.mask_public_key)?,
+    })
+}
+
+pub fn share_to_wire(s: &EncryptedShare) -> v1::SecAggEncryptedShare {
+    v1::SecAggEncryptedShare {
+        from: s.from,
+        to: s.to,
+        ciphertext: s.ciphertext.clone(),
+    }
+}
+
+pub fn share_from_wire(s: v1::SecAggEncryptedShare) -> EncryptedShare {
+    EncryptedShare {
+        from: s.from,
+        to: s.to,
+        ciphertext: s.ciphertext,
+    }
+}
+
+pub fn share_keys_to_wire(m: &ShareKeys) -> v1::SecAggShareKeys {
+    v1::SecAggShareKeys {
+        store: m.store,
+        self_mask_commitment: m.self_mask_commitment.to_vec(),
+        shares: m.shares.iter().map(share_to_wire).collect(),
+    }
+}
+
+pub fn share_keys_from_wire(m: v1::SecAggShareKeys) -> Result<ShareKeys, SecAggWireError> {
+    Ok(ShareKeys {
+        store: m.store,
+        self_mask_commitment: bytes32("self-mask commitment", &m.self_mask_commitment)?,
+        shares: m.shares.into_iter().map(share_from_wire).collect(),
+    })
+}
+
+pub fn masked_input_to_wire(m: MaskedInput) -> v1::SecAggMaskedInput {
+    v1::SecAggMaskedInput {
+        store: m.store,
+        words: m.words,
+    }
+}
+
+pub fn masked_input_from_wire(m: v1::SecAggMaskedInput) -> MaskedInput {
+    MaskedInput {
+        store: m.store,
+        words: m.words,
+    }
+}
+
+pub fn unmask_request_to_wire(r: &UnmaskRequest) -> v1::SecAggUnmaskRequest {
+    v1::SecAggUnmaskRequest {
+        survivors: r.survivors.clone(),
+        dropped: r.dropped.clone(),
+    }
+}
+
+pub fn unmask_request_from_wire(r: v1::SecAggUnmaskRequest) -> UnmaskRequest {
+    UnmaskRequest {
+        survivors: r.survivors,
+        dropped: r.dropped,
+    }
+}
+
+pub fn unmask_response_to_wire(m: &UnmaskResponse) -> v1::SecAggUnmaskResponse {
+    v1::SecAggUnmaskResponse {
+        store: m.store,
+        shares: m
+            .shares
+            .iter()
+            .map(|s| v1::SecAggRevealedShare {
+                owner: s.owner,
+                mask_key: s.kind == ShareKind::MaskKey,
+                share: s.share.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub fn unmask_response_from_wire(m: v1::SecAggUnmaskResponse) -> UnmaskResponse {
+    UnmaskResponse {
+        store: m.store,
+        shares: m
+            .shares
+            .into_iter()
+            .map(|s| RevealedShare {
+                owner: s.owner,
+                kind: if s.mask_key {
+                    ShareKind::MaskKey
+                } else {
+                    ShareKind::SelfMaskSeed
+                },
+                share: s.share,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_survive_the_wire_and_short_keys_are_named() {
+        let ad = Advertisement {
+            store: 3,
+            cipher_public_key: [7; 32],
+            mask_public_key: [9; 32],
+        };
+        assert_eq!(
+            advertisement_from_wire(&advertisement_to_wire(&ad)).unwrap(),
+            ad
+        );
+        let keys = ShareKeys {
+            store: 3,
+            self_mask_commitment: [1; 32],
+            shares: vec![EncryptedShare {
+                from: 3,
+                to: 4,
+                ciphertext: vec![1, 2, 3],
+            }],
+        };
+        assert_eq!(
+            share_keys_from_wire(share_keys_to_wire(&keys)).unwrap(),
+            keys
+        );
+        let un = UnmaskResponse {
+            store: 1,
+            shares: vec![
+                RevealedShare {
+                    owner: 2,
+                    kind: ShareKind::MaskKey,
+                    share: vec![5; 33],
+                },
+                RevealedShare {
+                    owner: 0,
+                    kind: ShareKind::SelfMaskSeed,
+                    share: vec![6; 33],
+                },
+            ],
+        };
+        assert_eq!(unmask_response_from_wire(unmask_response_to_wire(&un)), un);
+        let mut short = advertisement_to_wire(&ad);
+        short.mask_public_key.truncate(31);
+        assert_eq!(
+            advertisement_from_wire(&short).unwrap_err().to_string(),
+            "secure-aggregation message: mask public key must be 32 bytes, got 31"
+        );
+    }
+}
