@@ -72,7 +72,7 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
     let port = free_port();
     let stores = ["store-001", "store-002", "store-003"];
     let mut coordinator_toml = format!(
-        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n\n[job]\nstrategy = \"fedavg\"\nrounds = 3\nmin_stores = 3\nround_timeout_secs = 60\n\n[job.fedavg]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.05\nf32_updates = true\n",
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n\n[job]\nstrategy = \"fedavg\"\nrounds = 3\nmin_stores = 3\nround_timeout_secs = 60\n\n[job.fedavg]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.05\nf32_updates = true\n\n[job.privacy]\nsecure_aggregation = true\nclip = 0.5\nnoise = \"distributed\"\nnoise_multiplier = 0.3\nexpected_dropout = 0.0\n",
         dir.path().join("coordinator.db").display()
     );
     for s in stores {
@@ -129,6 +129,12 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
         assert!(wape.is_finite() && wape > 0.0 && wape < 2.0, "{wape}");
     }
     assert!(outcome["bytes_up"].as_u64().unwrap() > 0);
+    // Every round ran under SecAgg+ with distributed noise, and was charged for it.
+    let privacy = &outcome["privacy"];
+    assert_eq!(privacy["secure_aggregation"], true);
+    assert_eq!(privacy["noise"], "distributed");
+    assert_eq!(privacy["ledger"].as_array().unwrap().len(), 3);
+    assert!(privacy["epsilon_spent"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -147,6 +153,20 @@ fn bad_configs_and_data_are_reported_without_a_panic() {
         err.contains("sampling fraction must be in (0, 1], got 2"),
         "{err}"
     );
+    assert!(!err.contains("panicked"), "{err}");
+
+    write(
+        &cfg,
+        "[job]\nstrategy = \"fedavg\"\nmin_stores = 3\n[job.privacy]\nclip = 0.5\nnoise = \"distributed\"\nnoise_multiplier = 1.0\n",
+    );
+    let out = Command::new(BIN)
+        .args(["coordinator", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only with secure_aggregation = true"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
     let store = dir.path().join("s");

@@ -204,6 +204,20 @@ impl Net<'_> {
     }
 }
 
+/// The log-loss gradient of one example: what a store's update on a single record
+/// carries, and where gradient-inversion attacks start.
+pub fn example_gradient(kind: ClassifierKind, w: &[f64], x: &[f64], y: bool) -> Vec<f64> {
+    let net = Net {
+        kind,
+        dim: x.len(),
+        w,
+    };
+    let mut hidden = vec![0.0; hidden_len(kind)];
+    let mut grad = vec![0.0; w.len()];
+    net.add_gradient(x, y, &mut hidden, &mut grad);
+    grad
+}
+
 fn hidden_len(kind: ClassifierKind) -> usize {
     match kind {
         ClassifierKind::Logistic => 0,

@@ -20,7 +20,7 @@ pub mod glm;
 pub mod metrics;
 mod task;
 
-pub use classify::{ClassifierKind, ClassifierTask, LabeledRows};
+pub use classify::{example_gradient, ClassifierKind, ClassifierTask, LabeledRows};
 pub use clustering::{ClusterTask, PointSet};
 pub use demand::{demand_layout, DemandDataset, DemandRows, DemandTask, DEMAND_FEATURES};
 pub use fedretail_core::LocalWork;
