@@ -178,17 +178,17 @@ impl PrivacySettings {
                 format!("{strategy:?}").to_lowercase(),
             ));
         }
-        let clip =
-            match self.clip {
-                Some(c) if c > 0.0 && c.is_finite() => c,
-                Some(c) => return Err(ConfigError::out_of_range("privacy.clip", "> 0", c)),
-                None => return Err(ConfigError::out_of_range(
+        match self.clip {
+            Some(c) if c > 0.0 && c.is_finite() => {}
+            Some(c) => return Err(ConfigError::out_of_range("privacy.clip", "> 0", c)),
+            None => {
+                return Err(ConfigError::out_of_range(
                     "privacy.clip",
                     "set (secure aggregation and noise both need each update's L2 norm bounded)",
                     "nothing",
-                )),
-            };
-        let _ = clip;
+                ))
+            }
+        }
         if !(0.0..0.5).contains(&self.expected_dropout) {
             return Err(ConfigError::out_of_range(
                 "privacy.expected_dropout",

@@ -67,17 +67,16 @@ impl SecureRound {
         let Some(server) = self.server.as_mut() else {
             return Ok(false);
         };
-        let name = |stores: &[String], i: u32| stores.get(i as usize).cloned();
-        let outbox: BTreeMap<String, v1::sec_agg_step::Step> = match self.stage {
+        use v1::sec_agg_step::Step;
+        // Each closing stage yields, per store index, the step that store is sent next.
+        let steps: Vec<(u32, Step)> = match self.stage {
             SecureStage::Advertising => {
                 let ads: BTreeMap<u32, Vec<Advertisement>> = server.close_advertising()?;
                 self.stage = SecureStage::SharingKeys;
                 ads.into_iter()
-                    .filter_map(|(i, ads)| {
-                        let step = v1::sec_agg_step::Step::ShareKeys(v1::SecAggNeighbours {
-                            advertisements: ads.iter().map(wire::advertisement_to_wire).collect(),
-                        });
-                        name(&self.stores, i).map(|s| (s, step))
+                    .map(|(i, ads)| {
+                        let advertisements = ads.iter().map(wire::advertisement_to_wire).collect();
+                        (i, Step::ShareKeys(v1::SecAggNeighbours { advertisements }))
                     })
                     .collect()
             }
@@ -86,11 +85,9 @@ impl SecureRound {
                 self.stage = SecureStage::Masking;
                 inboxes
                     .into_iter()
-                    .filter_map(|(i, shares)| {
-                        let step = v1::sec_agg_step::Step::MaskedInput(v1::SecAggInbox {
-                            shares: shares.iter().map(wire::share_to_wire).collect(),
-                        });
-                        name(&self.stores, i).map(|s| (s, step))
+                    .map(|(i, shares)| {
+                        let shares = shares.iter().map(wire::share_to_wire).collect();
+                        (i, Step::MaskedInput(v1::SecAggInbox { shares }))
                     })
                     .collect()
             }
@@ -99,14 +96,15 @@ impl SecureRound {
                 self.stage = SecureStage::Unmasking;
                 requests
                     .into_iter()
-                    .filter_map(|(i, r)| {
-                        let step = v1::sec_agg_step::Step::Unmask(wire::unmask_request_to_wire(&r));
-                        name(&self.stores, i).map(|s| (s, step))
-                    })
+                    .map(|(i, r)| (i, Step::Unmask(wire::unmask_request_to_wire(&r))))
                     .collect()
             }
             SecureStage::Unmasking => return Ok(false),
         };
+        let outbox: BTreeMap<String, Step> = steps
+            .into_iter()
+            .filter_map(|(i, step)| self.stores.get(i as usize).map(|s| (s.clone(), step)))
+            .collect();
         self.expected = outbox.keys().cloned().collect();
         self.outbox = outbox;
         self.answered.clear();
@@ -163,7 +161,7 @@ pub(crate) fn plan_round(
     } else {
         0
     }
-    .clamp(0, m);
+    .min(m);
     let local_noise_std = if settings.noise == NoiseKind::Local {
         z * clip
     } else {

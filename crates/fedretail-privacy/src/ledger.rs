@@ -1,7 +1,7 @@
 //! A job's privacy ledger: every spend recorded, and a budget that refuses a round
 //! which would exceed it (checked before the round, never after).
 
-use crate::rdp::{AccountingError, EpsilonAtDelta, RdpAccountant};
+use crate::rdp::{rdp_poisson_subsampled_gaussian, AccountingError, EpsilonAtDelta, RdpAccountant};
 use crate::store_dp::RoundMechanism;
 
 /// The most a job may spend.
@@ -98,16 +98,16 @@ impl PrivacyLedger {
         Ok(ledger)
     }
 
-    /// ε at the budget's δ if one more round of `mechanism` were spent; refuses (and
-    /// changes nothing) if that is over the budget.
-    pub fn check_round(
+    /// The accountant after `steps` more steps of a mechanism with RDP `per_step`, and
+    /// its ε at the budget's δ; refuses (changing nothing) if that is over the budget.
+    fn within_budget(
         &self,
         round: u64,
-        mechanism: &RoundMechanism,
-    ) -> Result<f64, BudgetExceeded> {
-        let rdp = mechanism.rdp(self.accountant.orders())?;
+        per_step: &[f64],
+        steps: u64,
+    ) -> Result<(RdpAccountant, f64), BudgetExceeded> {
         let mut next = self.accountant.clone();
-        next.compose_rdp(&rdp, 1);
+        next.compose_rdp(per_step, steps);
         let would_reach = next.epsilon(self.budget.delta)?.epsilon;
         if would_reach > self.budget.epsilon {
             return Err(BudgetExceeded::Exceeded {
@@ -118,7 +118,18 @@ impl PrivacyLedger {
                 delta: self.budget.delta,
             });
         }
-        Ok(would_reach)
+        Ok((next, would_reach))
+    }
+
+    /// ε at the budget's δ if one more round of `mechanism` were spent; refuses (and
+    /// changes nothing) if that is over the budget.
+    pub fn check_round(
+        &self,
+        round: u64,
+        mechanism: &RoundMechanism,
+    ) -> Result<f64, BudgetExceeded> {
+        let rdp = mechanism.rdp(self.accountant.orders())?;
+        Ok(self.within_budget(round, &rdp, 1)?.1)
     }
 
     /// Record one round of `mechanism` if, and only if, it keeps the job within budget.
@@ -127,9 +138,9 @@ impl PrivacyLedger {
         round: u64,
         mechanism: &RoundMechanism,
     ) -> Result<&LedgerEntry, BudgetExceeded> {
-        let would_reach = self.check_round(round, mechanism)?;
         let rdp = mechanism.rdp(self.accountant.orders())?;
-        self.accountant.compose_rdp(&rdp, 1);
+        let (next, would_reach) = self.within_budget(round, &rdp, 1)?;
+        self.accountant = next;
         self.entries.push(LedgerEntry {
             round,
             mechanism: mechanism.name().to_string(),
@@ -142,7 +153,8 @@ impl PrivacyLedger {
         Ok(&self.entries[self.entries.len() - 1])
     }
 
-    /// Record a round's spend if, and only if, it keeps the job within budget.
+    /// Record `steps` steps of the Poisson-subsampled Gaussian if, and only if, they
+    /// keep the job within budget.
     pub fn spend(
         &mut self,
         round: u64,
@@ -150,19 +162,12 @@ impl PrivacyLedger {
         noise_multiplier: f64,
         steps: u64,
     ) -> Result<&LedgerEntry, BudgetExceeded> {
-        let next = self
-            .accountant
-            .after(sampling_rate, noise_multiplier, steps)?;
-        let would_reach = next.epsilon(self.budget.delta)?.epsilon;
-        if would_reach > self.budget.epsilon {
-            return Err(BudgetExceeded::Exceeded {
-                round,
-                spent: self.spent()?.epsilon,
-                would_reach,
-                budget: self.budget.epsilon,
-                delta: self.budget.delta,
-            });
-        }
+        let per_step = rdp_poisson_subsampled_gaussian(
+            sampling_rate,
+            noise_multiplier,
+            self.accountant.orders(),
+        )?;
+        let (next, would_reach) = self.within_budget(round, &per_step, steps)?;
         self.accountant = next;
         self.entries.push(LedgerEntry {
             round,
