@@ -1,19 +1,29 @@
-//! The store agent: runs beside a store's data, registers with the coordinator, and
-//! for each task computes an update or aggregate metrics with its [`LocalTask`]. Only
-//! those leave the store. Transient failures (coordinator restarting, network blips)
-//! are retried with backoff; a coordinator that forgot the store is re-joined.
+//! The store agent: runs beside a store's data, registers with the coordinator once,
+//! and serves job after job. For each job it prepares the job's task from the store's
+//! own data (or says why it cannot), computes updates and aggregate metrics with that
+//! [`LocalTask`], and from the final model writes the store's results — forecasts,
+//! flagged receipts, segments, churn scores, the model itself — into the store's
+//! results folder. Only updates and named metrics leave the store. Transient failures
+//! (coordinator restarting, network blips) are retried with backoff; a coordinator
+//! that forgot the store is re-joined.
 //!
-//! The agent knows nothing about how the store's data was read: it is handed a ready
-//! [`LocalTask`] (the CLI builds one from files with `fedretail-data`).
+//! The agent knows nothing about how the store's data is read: a [`TaskSource`] (the
+//! CLI's reads files with `fedretail-data`) builds the task for each job's spec.
 //!
 //! ```no_run
-//! # async fn run(task: std::sync::Arc<dyn fedretail_models::LocalTask>) {
+//! # async fn run(tasks: std::sync::Arc<dyn fedretail_agent::TaskSource>) {
 //! use fedretail_agent::{AgentConfig, StoreAgent};
-//! let agent = StoreAgent::new(AgentConfig::new("http://127.0.0.1:50051", "store-001"), task);
-//! let summary = agent.run().await.unwrap();
-//! println!("trained in {} rounds", summary.rounds_trained);
+//! let mut config = AgentConfig::new("http://127.0.0.1:50051", "store-001");
+//! config.results_dir = Some("results".into());
+//! let summary = StoreAgent::new(config, tasks).run().await.unwrap();
+//! println!("{} jobs", summary.jobs.len());
 //! # }
 //! ```
+
+mod results;
+
+pub use fedretail_models::{FixedTasks, PrepareFuture, TaskSource};
+pub use results::{read_model, write_results, ModelFile, ResultsError, MODEL_FORMAT};
 
 use fedretail_core::{LocalWork, UpdatePrecision};
 use fedretail_models::LocalTask;
@@ -26,7 +36,8 @@ use fedretail_proto::v1::{
     self, coordinator_client::CoordinatorClient, poll_task_response::Outcome,
 };
 use fedretail_proto::{
-    decode_tensor, encode_update, layout_from_wire, ErrorKind, ServiceError, PROTOCOL_VERSION,
+    decode_tensor, encode_update, job_from_wire, layout_from_wire, ErrorKind, ServiceError,
+    PROTOCOL_VERSION,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -47,6 +58,8 @@ pub struct AgentConfig {
     /// How long one poll may wait at the coordinator.
     pub poll_wait: Duration,
     pub max_message_bytes: usize,
+    /// Where the store's results are written, one folder per job; None keeps none.
+    pub results_dir: Option<std::path::PathBuf>,
 }
 
 impl AgentConfig {
@@ -59,6 +72,7 @@ impl AgentConfig {
             max_retries: 30,
             poll_wait: Duration::from_secs(10),
             max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            results_dir: None,
         }
     }
 }
@@ -75,6 +89,11 @@ pub enum AgentError {
     BadTask(String),
     #[error("local task failed: {0}")]
     Task(#[from] fedretail_models::TaskError),
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    /// The store's data cannot serve the job's task (told to the coordinator).
+    #[error("this store cannot take part in job '{job_id}': {reason}")]
+    CannotServe { job_id: String, reason: String },
 }
 
 /// The store's half of a SecAgg+ round in progress: its secrets and its encoded,
@@ -83,6 +102,17 @@ struct PendingSecure {
     task_id: String,
     store: SecAggStore,
     words: Vec<u32>,
+}
+
+/// What the agent did in one job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobReport {
+    pub job_id: String,
+    pub task: String,
+    /// Why the store did not take part, when it did not.
+    pub cannot_serve: Option<String>,
+    /// Where the job's results were written.
+    pub results: Option<std::path::PathBuf>,
 }
 
 /// What the agent did.
@@ -95,11 +125,16 @@ pub struct AgentSummary {
     /// Secure rounds this store left because a coordinator message did not check out
     /// (a wrong neighbour, a share that failed authentication...).
     pub secure_rounds_abandoned: u32,
+    /// Rounds this store could not compute an update for (the round went on without it).
+    pub failed_rounds: u32,
+    pub jobs: Vec<JobReport>,
 }
 
 pub struct StoreAgent {
     config: AgentConfig,
-    task: Arc<dyn LocalTask>,
+    tasks: Arc<dyn TaskSource>,
+    /// The task of the job being served: prepared once, reused every round.
+    current: std::sync::Mutex<Option<(String, Arc<dyn LocalTask>)>>,
 }
 
 struct Session {
@@ -109,8 +144,12 @@ struct Session {
 }
 
 impl StoreAgent {
-    pub fn new(config: AgentConfig, task: Arc<dyn LocalTask>) -> Self {
-        StoreAgent { config, task }
+    pub fn new(config: AgentConfig, tasks: Arc<dyn TaskSource>) -> Self {
+        StoreAgent {
+            config,
+            tasks,
+            current: std::sync::Mutex::new(None),
+        }
     }
 
     async fn connect(&self) -> Result<CoordinatorClient<Channel>, AgentError> {
@@ -139,8 +178,6 @@ impl StoreAgent {
             store_id: self.config.store_id.clone(),
             token: self.config.token.clone(),
             business_type: self.config.business_type.clone(),
-            task: self.task.task_name().to_string(),
-            num_train_examples: self.task.num_train_examples(),
         };
         let resp = client.register_store(req).await.map_err(|s| classify(&s))?;
         Ok(Session {
@@ -195,7 +232,8 @@ impl StoreAgent {
         }
     }
 
-    /// One poll and, if there is work, doing it. Ok(Some(reason)) when the job ended.
+    /// One poll and, if there is work, doing it. Ok(Some(reason)) when the
+    /// coordinator has no more work.
     async fn step(
         &self,
         s: &mut Session,
@@ -212,126 +250,247 @@ impl StoreAgent {
             .await
             .map_err(|st| classify(&st))?
             .into_inner();
-        match resp.outcome {
-            None | Some(Outcome::Wait(_)) => Ok(None),
-            Some(Outcome::Finished(f)) => Ok(Some(f.reason)),
-            Some(Outcome::Train(t)) => {
-                let (global, work, precision) = self.read_train_task(&t)?;
-                let privacy = t.privacy;
-                if let Some(p) = &privacy {
-                    check_privacy(p)?;
-                }
-                let task = self.task.clone();
-                let update = tokio::task::spawn_blocking(move || {
-                    let mut update = task.compute_update(&global, &work)?;
-                    if let Some(p) = &privacy {
-                        protect_update(&mut update, p);
-                    }
-                    Ok::<_, fedretail_models::TaskError>(update)
-                })
-                .await
-                .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
-                if let Some(params) = &t.secure {
-                    let (store, message, words) = prepare_secure(params, &update)?;
-                    s.secure = Some(PendingSecure {
-                        task_id: t.task_id.clone(),
-                        store,
-                        words,
-                    });
-                    let sent = self.send_secagg(s, &t.task_id, t.round, message).await?;
-                    if sent {
-                        summary.rounds_trained += 1;
-                    }
-                    return Ok(None);
-                }
-                let req = v1::SubmitUpdateRequest {
-                    store_id: self.config.store_id.clone(),
-                    session_id: s.session_id.clone(),
-                    task_id: t.task_id.clone(),
-                    round: t.round,
-                    update: Some(encode_update(&update, precision)),
-                    num_examples: self.task.num_train_examples(),
-                    metrics: Default::default(),
-                };
-                match s.client.submit_update(req).await {
-                    Ok(_) => summary.rounds_trained += 1,
-                    // The round closed without us, or this was a resend: move on.
-                    Err(st)
-                        if matches!(
-                            ServiceError::from_status(&st).kind,
-                            ErrorKind::StaleTask | ErrorKind::Duplicate
-                        ) => {}
-                    Err(st) => return Err(classify(&st)),
-                }
+        let result = match resp.outcome {
+            None | Some(Outcome::Wait(_)) => Ok(()),
+            Some(Outcome::Finished(f)) => return Ok(Some(f.reason)),
+            Some(Outcome::Prepare(p)) => self.prepare(s, p, summary).await,
+            Some(Outcome::Train(t)) => self.train(s, t, summary).await,
+            Some(Outcome::Secagg(step)) => self.secure_step(s, step, summary).await,
+            Some(Outcome::Evaluate(t)) => self.evaluate(s, t, summary).await,
+        };
+        match result {
+            // This store's part failed (bad data for this model, a task the coordinator
+            // sent that does not check out): the round goes on without it, and so does
+            // the agent.
+            Err(
+                e @ (AgentError::Task(_)
+                | AgentError::BadTask(_)
+                | AgentError::Results(_)
+                | AgentError::CannotServe { .. }),
+            ) => {
+                tracing::warn!(store = %self.config.store_id, "{e}");
+                summary.failed_rounds += 1;
                 Ok(None)
             }
-            Some(Outcome::Secagg(step)) => {
-                // A step for a round this store no longer holds secrets for: it has
-                // dropped out of that round, which the protocol tolerates.
-                let Some(mut pending) = s.secure.take() else {
-                    return Ok(None);
-                };
-                if pending.task_id != step.task_id {
-                    return Ok(None);
-                }
-                let (pending, result) = tokio::task::spawn_blocking(move || {
-                    let result = secure_step(&mut pending, step.step);
-                    (pending, result)
-                })
-                .await
-                .map_err(|e| {
-                    AgentError::BadTask(format!("secure aggregation thread failed: {e}"))
-                })?;
-                match result {
-                    Ok((message, last)) => {
-                        let task_id = pending.task_id.clone();
-                        if !last {
-                            s.secure = Some(pending);
-                        }
-                        self.send_secagg(s, &task_id, step.round, message).await?;
-                    }
-                    Err(e) => {
-                        tracing::warn!(store = %self.config.store_id, "leaving secure round {}: {e}", step.round);
-                        summary.secure_rounds_abandoned += 1;
-                    }
-                }
-                Ok(None)
-            }
-            Some(Outcome::Evaluate(t)) => {
-                let layout = layout_from_wire(t.layout.as_ref())
-                    .map_err(|e| AgentError::BadTask(e.to_string()))?;
-                self.check_layout(&layout)?;
-                let global = t
-                    .global
-                    .as_ref()
-                    .ok_or_else(|| AgentError::BadTask("evaluation task has no model".into()))
-                    .and_then(|g| {
-                        decode_tensor(g, layout.len(), self.config.max_message_bytes)
-                            .map_err(|e| AgentError::BadTask(e.to_string()))
-                    })?
-                    .to_f64();
-                let task = self.task.clone();
-                let metrics = tokio::task::spawn_blocking(move || task.evaluate(&global))
-                    .await
-                    .map_err(|e| AgentError::BadTask(format!("evaluation thread failed: {e}")))??;
-                let req = v1::SubmitEvaluationRequest {
-                    store_id: self.config.store_id.clone(),
-                    session_id: s.session_id.clone(),
-                    task_id: t.task_id,
-                    metrics: metrics.into_iter().collect(),
-                };
-                match s.client.submit_evaluation(req).await {
-                    Ok(_) => summary.evaluations += 1,
-                    Err(st)
-                        if matches!(
-                            ServiceError::from_status(&st).kind,
-                            ErrorKind::StaleTask | ErrorKind::Duplicate
-                        ) => {}
-                    Err(st) => return Err(classify(&st)),
-                }
-                Ok(None)
+            other => other.map(|()| None),
+        }
+    }
+
+    /// The task of job `job`, prepared from the store's data (once per job).
+    async fn task_for(
+        &self,
+        job: Option<&v1::JobContext>,
+    ) -> Result<Arc<dyn LocalTask>, AgentError> {
+        let (job_id, spec) = job_from_wire(job).map_err(|e| AgentError::BadTask(e.to_string()))?;
+        if let Some((id, task)) = self.lock_current().as_ref() {
+            if *id == job_id {
+                return Ok(task.clone());
             }
         }
+        let task = self
+            .tasks
+            .prepare(&spec)
+            .await
+            .map_err(|reason| AgentError::CannotServe {
+                job_id: job_id.clone(),
+                reason,
+            })?;
+        *self.lock_current() = Some((job_id, task.clone()));
+        Ok(task)
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<(String, Arc<dyn LocalTask>)>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds the job's task and tells the coordinator how many rows it trains on,
+    /// or why the store cannot take part (it stays connected for the next job).
+    async fn prepare(
+        &self,
+        s: &mut Session,
+        p: v1::PrepareTask,
+        summary: &mut AgentSummary,
+    ) -> Result<(), AgentError> {
+        use v1::submit_ready_request::Answer;
+        let (job_id, kind) = match job_from_wire(p.job.as_ref()) {
+            Ok((id, spec)) => (id, spec.kind().name().to_string()),
+            Err(e) => (String::new(), format!("unreadable task ({e})")),
+        };
+        let answer = match self.task_for(p.job.as_ref()).await {
+            Ok(task) => Answer::NumTrainExamples(task.num_train_examples()),
+            Err(AgentError::CannotServe { reason, .. }) => Answer::CannotServe(reason),
+            Err(e) => Answer::CannotServe(e.to_string()),
+        };
+        if let Answer::CannotServe(reason) = &answer {
+            tracing::info!(store = %self.config.store_id, "sitting job '{job_id}' out: {reason}");
+        }
+        summary.jobs.push(JobReport {
+            job_id,
+            task: kind,
+            cannot_serve: match &answer {
+                Answer::CannotServe(r) => Some(r.clone()),
+                Answer::NumTrainExamples(_) => None,
+            },
+            results: None,
+        });
+        let req = v1::SubmitReadyRequest {
+            store_id: self.config.store_id.clone(),
+            session_id: s.session_id.clone(),
+            task_id: p.task_id,
+            answer: Some(answer),
+        };
+        match s.client.submit_ready(req).await {
+            Ok(_) => Ok(()),
+            Err(st) if is_stale(&st) => Ok(()),
+            Err(st) => Err(classify(&st)),
+        }
+    }
+
+    async fn train(
+        &self,
+        s: &mut Session,
+        t: v1::TrainTask,
+        summary: &mut AgentSummary,
+    ) -> Result<(), AgentError> {
+        let task = self.task_for(t.job.as_ref()).await?;
+        let (global, work, precision) =
+            read_train_task(task.as_ref(), &t, self.config.max_message_bytes)?;
+        let privacy = t.privacy;
+        if let Some(p) = &privacy {
+            check_privacy(p)?;
+        }
+        let worker = task.clone();
+        let update = tokio::task::spawn_blocking(move || {
+            let mut update = worker.compute_update(&global, &work)?;
+            if let Some(p) = &privacy {
+                protect_update(&mut update, p);
+            }
+            Ok::<_, fedretail_models::TaskError>(update)
+        })
+        .await
+        .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
+        if let Some(params) = &t.secure {
+            let (store, message, words) = prepare_secure(params, &update)?;
+            s.secure = Some(PendingSecure {
+                task_id: t.task_id.clone(),
+                store,
+                words,
+            });
+            if self.send_secagg(s, &t.task_id, t.round, message).await? {
+                summary.rounds_trained += 1;
+            }
+            return Ok(());
+        }
+        let req = v1::SubmitUpdateRequest {
+            store_id: self.config.store_id.clone(),
+            session_id: s.session_id.clone(),
+            task_id: t.task_id.clone(),
+            round: t.round,
+            update: Some(encode_update(&update, precision)),
+            num_examples: task.num_train_examples(),
+            metrics: Default::default(),
+        };
+        match s.client.submit_update(req).await {
+            Ok(_) => summary.rounds_trained += 1,
+            // The round closed without us, or this was a resend: move on.
+            Err(st) if is_stale(&st) => {}
+            Err(st) => return Err(classify(&st)),
+        }
+        Ok(())
+    }
+
+    async fn secure_step(
+        &self,
+        s: &mut Session,
+        step: v1::SecAggStep,
+        summary: &mut AgentSummary,
+    ) -> Result<(), AgentError> {
+        // A step for a round this store no longer holds secrets for: it has dropped
+        // out of that round, which the protocol tolerates.
+        let Some(mut pending) = s.secure.take() else {
+            return Ok(());
+        };
+        if pending.task_id != step.task_id {
+            return Ok(());
+        }
+        let (pending, result) = tokio::task::spawn_blocking(move || {
+            let result = secure_step(&mut pending, step.step);
+            (pending, result)
+        })
+        .await
+        .map_err(|e| AgentError::BadTask(format!("secure aggregation thread failed: {e}")))?;
+        match result {
+            Ok((message, last)) => {
+                let task_id = pending.task_id.clone();
+                if !last {
+                    s.secure = Some(pending);
+                }
+                self.send_secagg(s, &task_id, step.round, message).await?;
+            }
+            Err(e) => {
+                tracing::warn!(store = %self.config.store_id, "leaving secure round {}: {e}", step.round);
+                summary.secure_rounds_abandoned += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Metrics of the model on the store's held-out data; for the job's final model,
+    /// also the store's results, written here and never sent.
+    async fn evaluate(
+        &self,
+        s: &mut Session,
+        t: v1::EvaluateTask,
+        summary: &mut AgentSummary,
+    ) -> Result<(), AgentError> {
+        let task = self.task_for(t.job.as_ref()).await?;
+        let layout =
+            layout_from_wire(t.layout.as_ref()).map_err(|e| AgentError::BadTask(e.to_string()))?;
+        check_layout(task.as_ref(), &layout)?;
+        let global = t
+            .global
+            .as_ref()
+            .ok_or_else(|| AgentError::BadTask("evaluation task has no model".into()))
+            .and_then(|g| {
+                decode_tensor(g, layout.len(), self.config.max_message_bytes)
+                    .map_err(|e| AgentError::BadTask(e.to_string()))
+            })?
+            .to_f64();
+        let keep = match (&self.config.results_dir, t.final_model) {
+            (Some(dir), true) => Some(dir.clone()),
+            _ => None,
+        };
+        let job = t.job.clone();
+        let (store, version) = (self.config.store_id.clone(), t.round);
+        let worker = task.clone();
+        let (metrics, written) = tokio::task::spawn_blocking(move || {
+            let Some(dir) = keep else {
+                return Ok::<_, AgentError>((worker.evaluate(&global)?, None));
+            };
+            let results = worker.results(&global)?;
+            let (job_id, spec) =
+                job_from_wire(job.as_ref()).map_err(|e| AgentError::BadTask(e.to_string()))?;
+            let model = ModelFile::new(&store, &job_id, spec.spec(), &layout, version, global);
+            let path = write_results(&dir, &model, &results)?;
+            Ok((results.metrics, Some(path)))
+        })
+        .await
+        .map_err(|e| AgentError::BadTask(format!("evaluation thread failed: {e}")))??;
+        if let (Some(path), Some(report)) = (written, summary.jobs.last_mut()) {
+            report.results = Some(path);
+        }
+        let req = v1::SubmitEvaluationRequest {
+            store_id: self.config.store_id.clone(),
+            session_id: s.session_id.clone(),
+            task_id: t.task_id,
+            metrics: metrics.into_iter().collect(),
+        };
+        match s.client.submit_evaluation(req).await {
+            Ok(_) => summary.evaluations += 1,
+            Err(st) if is_stale(&st) => {}
+            Err(st) => return Err(classify(&st)),
+        }
+        Ok(())
     }
 
     /// Sends one SecAgg+ message; Ok(false) if the coordinator had moved on.
@@ -351,12 +510,7 @@ impl StoreAgent {
         };
         match s.client.submit_sec_agg(req).await {
             Ok(_) => Ok(true),
-            Err(st)
-                if matches!(
-                    ServiceError::from_status(&st).kind,
-                    ErrorKind::StaleTask | ErrorKind::Duplicate
-                ) =>
-            {
+            Err(st) if is_stale(&st) => {
                 s.secure = None;
                 Ok(false)
             }
@@ -366,58 +520,74 @@ impl StoreAgent {
             }
         }
     }
+}
 
-    fn check_layout(&self, layout: &fedretail_core::ModelLayout) -> Result<(), AgentError> {
-        if *layout != self.task.layout() {
-            return Err(AgentError::BadTask(format!(
-                "coordinator's model has {} parameters in segments {:?}; this store's task expects {}",
-                layout.len(),
-                layout.segments().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-                self.task.layout().len()
-            )));
-        }
-        Ok(())
-    }
+/// The coordinator moved on (round closed) or already has this message.
+fn is_stale(st: &tonic::Status) -> bool {
+    matches!(
+        ServiceError::from_status(st).kind,
+        ErrorKind::StaleTask | ErrorKind::Duplicate
+    )
+}
 
-    fn read_train_task(
-        &self,
-        t: &v1::TrainTask,
-    ) -> Result<(Vec<f64>, LocalWork, UpdatePrecision), AgentError> {
-        let layout =
-            layout_from_wire(t.layout.as_ref()).map_err(|e| AgentError::BadTask(e.to_string()))?;
-        self.check_layout(&layout)?;
-        let global = t
-            .global
-            .as_ref()
-            .ok_or_else(|| AgentError::BadTask("training task has no model".into()))
-            .and_then(|g| {
-                decode_tensor(g, layout.len(), self.config.max_message_bytes)
-                    .map_err(|e| AgentError::BadTask(e.to_string()))
-            })?
-            .to_f64();
-        if let Some(i) = global.iter().position(|v| !v.is_finite()) {
-            return Err(AgentError::BadTask(format!(
-                "global model value {i} is not finite"
-            )));
-        }
-        let work = match &t.work {
-            Some(v1::train_task::Work::LocalEpochs(e)) => LocalWork::LocalEpochs {
-                epochs: e.epochs.clamp(1, 1000),
-                batch_size: e.batch_size.max(1),
-                learning_rate: e.learning_rate,
-                l2: e.l2,
-                seed: e.seed,
-            },
-            Some(v1::train_task::Work::SecondOrder(_)) => LocalWork::SecondOrderStatistics,
-            Some(v1::train_task::Work::ClusterStatistics(_)) => LocalWork::ClusterStatistics,
-            None => return Err(AgentError::BadTask("training task names no work".into())),
-        };
-        let precision = match v1::Dtype::try_from(t.update_dtype) {
-            Ok(v1::Dtype::F32) => UpdatePrecision::F32,
-            _ => UpdatePrecision::F64,
-        };
-        Ok((global, work, precision))
+fn check_layout(
+    task: &dyn LocalTask,
+    layout: &fedretail_core::ModelLayout,
+) -> Result<(), AgentError> {
+    if *layout != task.layout() {
+        return Err(AgentError::BadTask(format!(
+            "coordinator's model has {} parameters in segments {:?}; this store's task expects {}",
+            layout.len(),
+            layout
+                .segments()
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            task.layout().len()
+        )));
     }
+    Ok(())
+}
+
+fn read_train_task(
+    task: &dyn LocalTask,
+    t: &v1::TrainTask,
+    max_bytes: usize,
+) -> Result<(Vec<f64>, LocalWork, UpdatePrecision), AgentError> {
+    let layout =
+        layout_from_wire(t.layout.as_ref()).map_err(|e| AgentError::BadTask(e.to_string()))?;
+    check_layout(task, &layout)?;
+    let global = t
+        .global
+        .as_ref()
+        .ok_or_else(|| AgentError::BadTask("training task has no model".into()))
+        .and_then(|g| {
+            decode_tensor(g, layout.len(), max_bytes)
+                .map_err(|e| AgentError::BadTask(e.to_string()))
+        })?
+        .to_f64();
+    if let Some(i) = global.iter().position(|v| !v.is_finite()) {
+        return Err(AgentError::BadTask(format!(
+            "global model value {i} is not finite"
+        )));
+    }
+    let work = match &t.work {
+        Some(v1::train_task::Work::LocalEpochs(e)) => LocalWork::LocalEpochs {
+            epochs: e.epochs.clamp(1, 1000),
+            batch_size: e.batch_size.max(1),
+            learning_rate: e.learning_rate,
+            l2: e.l2,
+            seed: e.seed,
+        },
+        Some(v1::train_task::Work::SecondOrder(_)) => LocalWork::SecondOrderStatistics,
+        Some(v1::train_task::Work::ClusterStatistics(_)) => LocalWork::ClusterStatistics,
+        None => return Err(AgentError::BadTask("training task names no work".into())),
+    };
+    let precision = match v1::Dtype::try_from(t.update_dtype) {
+        Ok(v1::Dtype::F32) => UpdatePrecision::F32,
+        _ => UpdatePrecision::F64,
+    };
+    Ok((global, work, precision))
 }
 
 fn check_privacy(p: &v1::UpdatePrivacy) -> Result<(), AgentError> {

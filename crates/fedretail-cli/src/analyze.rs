@@ -2,16 +2,19 @@
 //! churn, credit scoring), each local vs federated vs a centralized yardstick.
 
 use crate::commands::{ensure_network, NetworkArgs};
+use crate::progress::DemoProgress;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use fedretail_data::{FeatureWindow, TabularSpec};
 use fedretail_sim::{
-    render_anomaly, render_classification, render_segments, run_anomaly, run_churn, run_credit,
-    run_segments, ClassificationEvent, ClassificationOptions, ClusteringEvent, ClusteringOptions,
+    default_job, render_anomaly, render_classification, render_network_run, render_segments,
+    run_anomaly, run_churn, run_credit, run_network_jobs, run_segments, ClassificationEvent,
+    ClassificationOptions, ClusteringEvent, ClusteringOptions,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum AnalyzeCommand {
@@ -287,6 +290,8 @@ fn on_class_event(bar: &ProgressBar) -> impl Fn(ClassificationEvent) + '_ {
 }
 
 /// `fedretail demo --task …`: an analytics task with its defaults on `dir`.
+/// `fedretail demo --task …` for the analytics: real federated jobs over gRPC, one
+/// coordinator and one agent per store, every store keeping its results.
 pub fn demo_task(
     task: crate::commands::DemoTask,
     dir: PathBuf,
@@ -294,45 +299,30 @@ pub fn demo_task(
     json: bool,
 ) -> Result<()> {
     use crate::commands::DemoTask;
-    let output = Output { report, json };
+    use fedretail_core::TaskKind;
+    let kinds: &[TaskKind] = match task {
+        DemoTask::Demand => &[TaskKind::Demand],
+        DemoTask::Anomaly => &[TaskKind::CustomerAnomaly, TaskKind::ReceiptAnomaly],
+        DemoTask::Segments => &[TaskKind::Segments],
+        DemoTask::Churn => &[TaskKind::Churn],
+        DemoTask::All => &TaskKind::ALL,
+    };
+    let jobs = kinds.iter().map(|k| default_job(*k)).collect();
+    let progress = Arc::new(DemoProgress::new());
+    let p = progress.clone();
+    let observer = Arc::new(move |e: &fedretail_coordinator::CoordinatorEvent| p.on_coordinator(e));
     let rt = crate::commands::runtime()?;
-    let bar = spinner();
-    match task {
-        DemoTask::Anomaly => {
-            let r = rt.block_on(run_anomaly(
-                &dir,
-                &ClusteringOptions::default(),
-                &on_cluster_event(&bar),
-            ))?;
-            bar.finish_and_clear();
-            emit(&r, render_anomaly(&r), &output)
-        }
-        DemoTask::Segments => {
-            let r = rt.block_on(run_segments(
-                &dir,
-                &ClusteringOptions::default(),
-                &on_cluster_event(&bar),
-            ))?;
-            bar.finish_and_clear();
-            emit(&r, render_segments(&r), &output)
-        }
-        DemoTask::Demand => {
-            bar.finish_and_clear();
-            anyhow::bail!("the demand task runs over gRPC in `fedretail demo`, not here")
-        }
-        DemoTask::Churn => {
-            let window = FeatureWindow { window_days: 180 };
-            let r = rt.block_on(run_churn(
-                &dir,
-                &window,
-                60,
-                &ClassificationOptions::default(),
-                &on_class_event(&bar),
-            ))?;
-            bar.finish_and_clear();
-            emit(&r, render_classification(&r), &output)
-        }
-    }
+    let r = rt.block_on(run_network_jobs(&dir, jobs, 2, observer))?;
+    let output = Output { report, json };
+    emit(&r, render_network_run(&r), &output)?;
+    let failed: Vec<&str> = r
+        .jobs
+        .iter()
+        .filter(|j| j.job.failed)
+        .map(|j| j.job.job_id.as_str())
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "jobs failed: {}", failed.join(", "));
+    Ok(())
 }
 
 pub fn run(command: AnalyzeCommand) -> Result<()> {

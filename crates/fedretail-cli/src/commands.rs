@@ -1,16 +1,10 @@
 use crate::progress::DemoProgress;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use fedretail_agent::{AgentConfig, StoreAgent};
-use fedretail_coordinator::{
-    run_coordinator, CoordinatorConfig, CoordinatorEvent, JobConfig, StrategyKind,
-};
+use fedretail_coordinator::{JobConfig, StrategyKind};
 use fedretail_data::{load_demand_dataset, DemandSpec, StoreSource};
-use fedretail_models::demand::DemandOptions;
-use fedretail_models::{DemandTask, LocalTask};
 use fedretail_sim::{render_summary, run_demo, DemoOptions};
 use fedretail_synth::{generate_network_with_progress, NetworkConfig};
-use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -128,17 +122,21 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 pub enum DemoTask {
     /// Demand forecasting over real gRPC (coordinator + one agent per store).
     Demand,
-    /// Customer and receipt anomaly detection (as `fedretail analyze anomaly`).
+    /// Customer and receipt anomaly detection: two jobs against the same agents.
     Anomaly,
-    /// RFM customer segments (as `fedretail analyze segments`).
+    /// RFM customer segments, named in words.
     Segments,
-    /// Churn prediction (as `fedretail analyze churn`).
+    /// Churn scores for every customer.
     Churn,
+    /// Demand, customer and receipt anomalies, segments and churn: five jobs in a row
+    /// against the same agents.
+    All,
 }
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Task to demonstrate; the analytics tasks run in process with their defaults.
+    /// Task to demonstrate. Every task runs as real jobs over gRPC, and every store
+    /// keeps its results in `<network>/<store>/results/<job>/`.
     #[arg(long, value_enum, default_value = "demand")]
     pub task: DemoTask,
     /// Use this network directory instead of generating one.
@@ -292,11 +290,8 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         None => StrategyKind::Newton,
     };
     let job = JobConfig {
-        strategy,
-        rounds: args.rounds.unwrap_or(match strategy {
-            StrategyKind::Newton => 8,
-            StrategyKind::Fedavg => 20,
-        }),
+        strategy: Some(strategy),
+        rounds: args.rounds,
         fraction: args.fraction,
         l2: args.l2,
         round_timeout_secs: 300.0,
@@ -321,6 +316,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         job,
         database: args.database.clone(),
         prepare_parallelism: 2,
+        write_results: true,
     };
     let progress = Arc::new(DemoProgress::new());
     let p = progress.clone();
@@ -334,156 +330,14 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         println!("{json}");
     } else {
         print!("{}", render_summary(&report));
+        println!(
+            "  each store's 28-day forecast and the model: {}/<store>/results/{}/",
+            report.data_dir, options.job.job_id
+        );
         if let Some(path) = &args.report {
             println!("  report: {}", path.display());
         }
     }
-    Ok(())
-}
-
-#[derive(Args)]
-pub struct CoordinatorArgs {
-    /// Coordinator configuration (TOML): listen address, database, stores and job.
-    #[arg(long, short)]
-    pub config: PathBuf,
-    /// Override the listen address.
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Write the job outcome (rounds, evaluations, model) as JSON here.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-}
-
-pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    let mut config = CoordinatorConfig::from_toml(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    fedretail_coordinator::CheckedJob::new(config.job.clone())
-        .with_context(|| format!("{}", args.config.display()))?;
-    let rt = runtime()?;
-    let outcome = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-        eprintln!("coordinator listening on {} for job '{}'", listener.local_addr()?, config.job.job_id);
-        let observer = Arc::new(|e: &CoordinatorEvent| match e {
-            CoordinatorEvent::StoreRegistered { store_id, registered } => eprintln!("store {store_id} joined ({registered} registered)"),
-            CoordinatorEvent::RoundStarted { round, total_rounds, selected } => eprintln!("round {round}/{total_rounds}: {selected} stores selected"),
-            CoordinatorEvent::RoundCompleted { round, participants, dropped, step_norm, epsilon_spent } => {
-                let eps = epsilon_spent.map(|e| format!(", epsilon spent {e:.3}")).unwrap_or_default();
-                eprintln!("round {round} done: {participants} updates, {dropped} dropped, step {step_norm:.3e}{eps}")
-            }
-            CoordinatorEvent::BudgetReached { round, reason } => eprintln!("not starting round {round}: {reason}"),
-            CoordinatorEvent::RoundFailed { round, attempt, reason } => eprintln!("round {round} attempt {attempt} failed: {reason}"),
-            CoordinatorEvent::EvaluationStarted { stores } => eprintln!("evaluating at {stores} stores"),
-            CoordinatorEvent::Finished { status } => eprintln!("job {status}"),
-            CoordinatorEvent::UpdateAccepted { .. } => {}
-        });
-        anyhow::Ok(run_coordinator(config, listener, observer).await?)
-    })?;
-    let json = serde_json::to_string_pretty(&outcome)?;
-    if let Some(path) = &args.report {
-        std::fs::write(path, &json)
-            .with_context(|| format!("writing report {}", path.display()))?;
-    }
-    println!(
-        "job {}: {} ({} rounds, {} evaluations, {} bytes up, {} down, {:.1} s)",
-        outcome.job_id,
-        outcome.status,
-        outcome.rounds.len(),
-        outcome.evaluations.len(),
-        outcome.bytes_up,
-        outcome.bytes_down,
-        outcome.wall_seconds
-    );
-    Ok(())
-}
-
-/// A store agent's configuration file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentFile {
-    /// e.g. "http://coordinator.example:50051"
-    pub coordinator: String,
-    pub store_id: String,
-    #[serde(default)]
-    pub token: String,
-    #[serde(default)]
-    pub business_type: String,
-    #[serde(default = "default_holdout")]
-    pub holdout_days: u32,
-    #[serde(default = "default_l2")]
-    pub l2: f64,
-    pub data: StoreSource,
-}
-
-fn default_holdout() -> u32 {
-    28
-}
-fn default_l2() -> f64 {
-    1.0
-}
-
-#[derive(Args)]
-pub struct AgentArgs {
-    /// Agent configuration (TOML): coordinator address, store id, token and data files.
-    #[arg(long, short)]
-    pub config: PathBuf,
-}
-
-pub fn agent(args: AgentArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    let mut file: AgentFile =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
-    // Relative data paths are relative to the config file.
-    let base = args
-        .config
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_default();
-    if file.data.transactions.is_relative() {
-        file.data.transactions = base.join(&file.data.transactions);
-    }
-    if let Some(p) = file.data.promotions.as_mut() {
-        if p.is_relative() {
-            *p = base.join(&*p);
-        }
-    }
-    let rt = runtime()?;
-    let summary = rt.block_on(async {
-        let spec = DemandSpec {
-            holdout_days: file.holdout_days,
-        };
-        let data = load_demand_dataset(&file.store_id, &file.data, &spec).await?;
-        eprintln!(
-            "store {}: {} training rows, {} held-out rows",
-            file.store_id,
-            data.train.len(),
-            data.test.len()
-        );
-        let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(
-            Arc::new(data),
-            DemandOptions {
-                l2: file.l2,
-                ..Default::default()
-            },
-        ));
-        let mut cfg = AgentConfig::new(file.coordinator.clone(), file.store_id.clone());
-        cfg.token = file.token.clone();
-        cfg.business_type = file.business_type.clone();
-        anyhow::Ok(StoreAgent::new(cfg, task).run().await?)
-    })?;
-    println!(
-        "store {}: trained in {} rounds, {} evaluations, {} retries; coordinator says: {}",
-        file.store_id,
-        summary.rounds_trained,
-        summary.evaluations,
-        summary.retries,
-        summary.finish_reason
-    );
     Ok(())
 }
 
@@ -508,10 +362,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             StoreSource::from_dir(dir),
         ),
         (None, Some(cfg)) => {
-            let text = std::fs::read_to_string(cfg)
-                .with_context(|| format!("reading {}", cfg.display()))?;
-            let file: AgentFile =
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.display()))?;
+            let file = crate::deploy::AgentFile::read(cfg)?;
             (file.store_id, file.data)
         }
         _ => bail!("give exactly one of --store DIR or --config FILE"),
@@ -521,6 +372,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         &source,
         &DemandSpec {
             holdout_days: args.holdout_days,
+            ..Default::default()
         },
     ))?;
     let d = fedretail_models::DEMAND_FEATURES.len();

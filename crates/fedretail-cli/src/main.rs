@@ -4,6 +4,7 @@
 mod analyze;
 mod bench;
 mod commands;
+mod deploy;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -24,10 +25,12 @@ enum Command {
     Demo(commands::DemoArgs),
     /// Write a synthetic retail network, one export directory per store.
     Generate(commands::GenerateArgs),
-    /// Run the coordinator of a real deployment.
-    Coordinator(commands::CoordinatorArgs),
-    /// Run a store's agent beside its data.
-    Agent(commands::AgentArgs),
+    /// Run the coordinator of a real deployment: its jobs, one after another.
+    Coordinator(deploy::CoordinatorArgs),
+    /// Run a store's agent beside its data; it keeps each job's results at the store.
+    Agent(deploy::AgentArgs),
+    /// Score a store's current data with a saved model (no coordinator needed).
+    Predict(deploy::PredictArgs),
     /// Check a store's export and show the features it yields (nothing leaves the machine).
     Inspect(commands::InspectArgs),
     /// Analytics tasks: anomaly detection, customer segments, churn, credit scoring.
@@ -50,8 +53,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(a) => commands::demo(a),
         Command::Generate(a) => commands::generate(a),
-        Command::Coordinator(a) => commands::coordinator(a),
-        Command::Agent(a) => commands::agent(a),
+        Command::Coordinator(a) => deploy::coordinator(a),
+        Command::Agent(a) => deploy::agent(a),
+        Command::Predict(a) => deploy::predict(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Analyze(a) => analyze::run(a),
         Command::Bench(b) => bench::run(b),

@@ -62,18 +62,40 @@ impl DemoProgress {
     pub fn on_coordinator(&self, event: &CoordinatorEvent) {
         let mut bar = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
         match event {
+            CoordinatorEvent::JobStarted { job_id, .. } => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                let b = ProgressBar::new_spinner();
+                b.set_style(style("{prefix:>12} {msg}"));
+                b.set_prefix(job_id.clone());
+                b.set_message("stores preparing the task from their own data");
+                *bar = Some(b);
+            }
+            CoordinatorEvent::StoreReady { store_id, .. } => {
+                if let Some(b) = bar.as_ref() {
+                    b.set_message(format!("{store_id} prepared"));
+                }
+            }
             CoordinatorEvent::RoundStarted {
+                job_id,
                 round,
                 total_rounds,
                 selected,
             } => {
-                let b = bar.get_or_insert_with(|| {
+                let fresh = bar.as_ref().is_none_or(|b| b.length().is_none());
+                if fresh {
+                    if let Some(b) = bar.take() {
+                        b.finish_and_clear();
+                    }
                     let b = ProgressBar::new(*total_rounds);
                     b.set_style(style("{prefix:>12} [{bar:30}] {pos}/{len} rounds {msg}"));
-                    b.set_prefix("training");
-                    b
-                });
-                b.set_message(format!("round {round}: 0/{selected} updates"));
+                    b.set_prefix(job_id.clone());
+                    *bar = Some(b);
+                }
+                if let Some(b) = bar.as_ref() {
+                    b.set_message(format!("round {round}: 0/{selected} updates"));
+                }
             }
             CoordinatorEvent::UpdateAccepted {
                 round,
@@ -123,10 +145,13 @@ impl DemoProgress {
                     b.set_message(format!("evaluating at {stores} stores"));
                 }
             }
-            CoordinatorEvent::Finished { .. } => {
+            CoordinatorEvent::JobFinished { .. } | CoordinatorEvent::Finished { .. } => {
                 if let Some(b) = bar.take() {
                     b.finish_and_clear();
                 }
+            }
+            CoordinatorEvent::JobSkipped { job_id, reason } => {
+                eprintln!("job {job_id} skipped: {reason}");
             }
             CoordinatorEvent::StoreRegistered { .. } => {}
         }

@@ -5,42 +5,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fedretail");
+mod common;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_all(children: &mut [(String, Child)], limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let mut running = 0;
-        for (name, c) in children.iter_mut() {
-            match c.try_wait().unwrap() {
-                Some(status) => assert!(status.success(), "{name} exited with {status}"),
-                None => running += 1,
-            }
-        }
-        if running == 0 {
-            return;
-        }
-        if start.elapsed() > limit {
-            for (_, c) in children.iter_mut() {
-                let _ = c.kill();
-            }
-            panic!("processes still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn write(path: &Path, body: &str) {
-    std::fs::write(path, body).unwrap();
-}
+use common::{free_port, wait_all, write, BIN};
 
 #[test]
 fn coordinator_and_three_agent_processes_complete_a_job() {
@@ -115,8 +82,9 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
     children.push(("coordinator".into(), coordinator));
     wait_all(&mut children, Duration::from_secs(240));
 
-    let outcome: serde_json::Value =
+    let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let outcome = &report["jobs"][0];
     assert_eq!(outcome["strategy"], "fedavg");
     assert_eq!(outcome["rounds"].as_array().unwrap().len(), 3);
     for r in outcome["rounds"].as_array().unwrap() {
@@ -168,6 +136,34 @@ fn bad_configs_and_data_are_reported_without_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("only with secure_aggregation = true"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+
+    // A job naming an unknown task, or an option the task does not have, is refused
+    // before anything starts, with the name.
+    for (job, says) in [
+        ("[job]\ntask = \"weather\"\n", "weather"),
+        (
+            "[job.task]\nkind = \"segments\"\nclusters = 1\n",
+            "task.clusters must be in 2..=64, got 1",
+        ),
+        ("[job.task]\nkind = \"churn\"\nhorizon = 30\n", "horizon"),
+        (
+            "[job]\ntask = \"segments\"\nstrategy = \"newton\"\n",
+            "bisecting_kmeans",
+        ),
+    ] {
+        write(&cfg, job);
+        let out = Command::new(BIN)
+            .args(["coordinator", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(says) && !err.contains("panicked"),
+            "{job}: {err}"
+        );
+    }
 
     let store = dir.path().join("s");
     std::fs::create_dir_all(&store).unwrap();

@@ -35,8 +35,10 @@ pub struct RoundRecord {
     pub epsilon_spent: Option<f64>,
 }
 
+/// The coordinator's database. The connection sits behind a mutex so that the driver
+/// can hold the store across awaits on a multi-threaded runtime.
 pub struct CheckpointStore {
-    conn: Connection,
+    conn: std::sync::Mutex<Connection>,
 }
 
 const SCHEMA: &str = "
@@ -90,6 +92,12 @@ fn from_blob(round: u64, blob: &[u8]) -> Result<Vec<f64>, CheckpointError> {
 }
 
 impl CheckpointStore {
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic mid-statement leaves SQLite consistent (each write is a statement or
+        // a transaction), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
         let conn = Connection::open(path).map_err(|source| CheckpointError::Open {
             path: path.display().to_string(),
@@ -98,17 +106,21 @@ impl CheckpointStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(CheckpointStore { conn })
+        Ok(CheckpointStore {
+            conn: std::sync::Mutex::new(conn),
+        })
     }
 
     pub fn in_memory() -> Result<Self, CheckpointError> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
-        Ok(CheckpointStore { conn })
+        Ok(CheckpointStore {
+            conn: std::sync::Mutex::new(conn),
+        })
     }
 
     pub fn start_job(&self, job_id: &str, config_json: &str) -> Result<(), CheckpointError> {
-        self.conn.execute(
+        self.conn().execute(
             "INSERT INTO jobs (job_id, config, status) VALUES (?1, ?2, 'running')
              ON CONFLICT(job_id) DO UPDATE SET config = excluded.config, status = 'running'",
             params![job_id, config_json],
@@ -127,7 +139,8 @@ impl CheckpointStore {
     ) -> Result<(), CheckpointError> {
         let participants = serde_json::to_string(&record.participants).unwrap_or_default();
         let dropped = serde_json::to_string(&record.dropped).unwrap_or_default();
-        let tx = self.conn.unchecked_transaction()?;
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
         if let Some(entry) = privacy {
             let json = serde_json::to_string(entry).map_err(|e| CheckpointError::Corrupt {
                 round: record.round,
@@ -159,8 +172,8 @@ impl CheckpointStore {
 
     /// The privacy ledger of a job, in round order.
     pub fn ledger_entries(&self, job_id: &str) -> Result<Vec<LedgerEntry>, CheckpointError> {
-        let mut stmt = self
-            .conn
+        let conn = self.conn();
+        let mut stmt = conn
             .prepare("SELECT round, entry FROM privacy_ledger WHERE job_id = ?1 ORDER BY round")?;
         let rows = stmt.query_map(params![job_id], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
@@ -185,7 +198,7 @@ impl CheckpointStore {
         attempt: u32,
         reason: &str,
     ) -> Result<(), CheckpointError> {
-        self.conn.execute(
+        self.conn().execute(
             "INSERT INTO failed_rounds (job_id, round, attempt, reason) VALUES (?1, ?2, ?3, ?4)",
             params![job_id, round as i64, attempt, reason],
         )?;
@@ -195,7 +208,7 @@ impl CheckpointStore {
     /// The last completed round and its global model, if any.
     pub fn latest(&self, job_id: &str) -> Result<Option<(RoundRecord, Vec<f64>)>, CheckpointError> {
         let row = self
-            .conn
+            .conn()
             .query_row(
                 "SELECT round, participants, dropped, step_norm, bytes_up, bytes_down, seconds, parameters
                  FROM rounds WHERE job_id = ?1 ORDER BY round DESC LIMIT 1",
@@ -235,13 +248,25 @@ impl CheckpointStore {
         Ok(Some((record, from_blob(round, &blob)?)))
     }
 
+    /// A job's stored status (`running`, `completed`, `stopped`, `failed`), if known.
+    pub fn job_status(&self, job_id: &str) -> Result<Option<String>, CheckpointError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT status FROM jobs WHERE job_id = ?1",
+                params![job_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?)
+    }
+
     pub fn finish_job(
         &self,
         job_id: &str,
         status: &str,
         outcome_json: &str,
     ) -> Result<(), CheckpointError> {
-        self.conn.execute(
+        self.conn().execute(
             "UPDATE jobs SET status = ?2, outcome = ?3 WHERE job_id = ?1",
             params![job_id, status, outcome_json],
         )?;
@@ -292,6 +317,8 @@ mod tests {
             s.save_round("j", &rec, &[1.5, -2.0], Some(&entry)).unwrap();
         }
         let s = CheckpointStore::open(&path).unwrap();
+        assert_eq!(s.job_status("j").unwrap().as_deref(), Some("running"));
+        assert_eq!(s.job_status("nope").unwrap(), None);
         let (back, params) = s.latest("j").unwrap().unwrap();
         assert_eq!(back, rec);
         assert_eq!(params, vec![1.5, -2.0]);

@@ -1,6 +1,8 @@
+use fedretail_core::kmeans::{FedBisectingKMeans, KMeansConfig};
+use fedretail_core::task::{ClassifierKind, TaskKind};
 use fedretail_core::{
-    ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, SamplingConfig, Strategy,
-    UpdatePrecision,
+    CheckedTask, ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelLayout,
+    ModelParameters, SamplingConfig, Strategy, TaskSpec, UpdatePrecision,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -14,6 +16,29 @@ pub enum StrategyKind {
     Newton,
     /// Federated averaging of local SGD, weighted by training rows.
     Fedavg,
+    /// Exact federated bisecting k-means: stores send per-cluster sums, so every
+    /// round is the centralized Lloyd step (clustering tasks).
+    BisectingKmeans,
+}
+
+impl StrategyKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StrategyKind::Newton => "newton",
+            StrategyKind::Fedavg => "fedavg",
+            StrategyKind::BisectingKmeans => "bisecting_kmeans",
+        }
+    }
+
+    /// The strategy a task runs when the job does not name one.
+    pub fn default_for(task: &TaskSpec) -> StrategyKind {
+        match task {
+            TaskSpec::Demand(_) => StrategyKind::Newton,
+            TaskSpec::Churn(o) if o.model == ClassifierKind::Logistic => StrategyKind::Newton,
+            TaskSpec::Churn(_) => StrategyKind::Fedavg,
+            _ => StrategyKind::BisectingKmeans,
+        }
+    }
 }
 
 /// A store allowed to join, with its pre-shared token.
@@ -42,7 +67,17 @@ pub struct CoordinatorConfig {
     /// Token for open enrolment (when `stores` is empty).
     #[serde(default)]
     pub open_token: Option<String>,
-    pub job: JobConfig,
+    /// A single job (`[job]`), run before any in `jobs`.
+    #[serde(default)]
+    pub job: Option<JobConfig>,
+    /// Jobs run one after another against the same connected stores (`[[jobs]]`).
+    #[serde(default)]
+    pub jobs: Vec<JobConfig>,
+    /// A folder watched for more jobs while the coordinator runs: each `*.toml` file
+    /// in it is one job (the fields of `[job]`), run in file-name order once the
+    /// configured ones are done. With a folder the coordinator serves until stopped.
+    #[serde(default)]
+    pub jobs_dir: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -60,12 +95,18 @@ fn default_max_message() -> usize {
 pub struct JobConfig {
     #[serde(default = "default_job_id")]
     pub job_id: String,
-    #[serde(default = "default_task")]
-    pub task: String,
-    #[serde(default = "default_strategy")]
-    pub strategy: StrategyKind,
-    #[serde(default = "default_rounds")]
-    pub rounds: u32,
+    /// The task and its options: a name (`task = "segments"`) or a table with `kind`
+    /// (`[job.task]`, `kind = "segments"`, `clusters = 4`).
+    #[serde(default, deserialize_with = "task_field")]
+    pub task: TaskSpec,
+    /// The federated algorithm; by default the task's own (newton for demand and
+    /// logistic churn, fedavg for the MLP, bisecting_kmeans for clustering).
+    #[serde(default)]
+    pub strategy: Option<StrategyKind>,
+    /// Rounds at most; by default 8 (newton), 20 (fedavg) or as many as the clustering
+    /// can take (it stops when its tree is complete).
+    #[serde(default)]
+    pub rounds: Option<u32>,
     /// Stores to wait for before round 1 (defaults to `min_stores`).
     #[serde(default)]
     pub expected_stores: Option<usize>,
@@ -280,14 +321,17 @@ impl Default for FedAvgSettings {
 fn default_job_id() -> String {
     "demand-forecast".into()
 }
-fn default_task() -> String {
-    "demand".into()
-}
-fn default_strategy() -> StrategyKind {
-    StrategyKind::Newton
-}
-fn default_rounds() -> u32 {
-    8
+
+/// A task as a name with default options, or as a table of options with its `kind`.
+fn task_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TaskSpec, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(name) => name
+            .parse::<TaskKind>()
+            .map(|k| k.default_spec())
+            .map_err(D::Error::custom),
+        other => serde_json::from_value(other).map_err(D::Error::custom),
+    }
 }
 fn default_min_stores() -> usize {
     2
@@ -312,9 +356,9 @@ impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
             job_id: default_job_id(),
-            task: default_task(),
-            strategy: default_strategy(),
-            rounds: default_rounds(),
+            task: TaskSpec::default(),
+            strategy: None,
+            rounds: None,
             expected_stores: None,
             min_stores: default_min_stores(),
             fraction: default_fraction(),
@@ -333,15 +377,76 @@ impl CoordinatorConfig {
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
+
+    /// The configured jobs in order (`[job]` first), each checked, with distinct ids.
+    /// No job at all means one demand job with every default.
+    pub fn checked_jobs(&self) -> Result<Vec<CheckedJob>, ConfigError> {
+        let mut configs: Vec<JobConfig> = self.job.iter().chain(&self.jobs).cloned().collect();
+        if configs.is_empty() && self.jobs_dir.is_none() {
+            configs.push(JobConfig::default());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        configs
+            .into_iter()
+            .map(|c| {
+                if !seen.insert(c.job_id.clone()) {
+                    return Err(ConfigError::out_of_range(
+                        "job_id",
+                        "distinct for every job",
+                        format!("'{}' twice", c.job_id),
+                    ));
+                }
+                CheckedJob::new(c)
+            })
+            .collect()
+    }
+}
+
+impl JobConfig {
+    /// One job from a file of the jobs folder (the fields of `[job]`).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
 }
 
 /// A validated job: every parameter checked before round 1.
 #[derive(Debug, Clone)]
 pub struct CheckedJob {
     pub config: JobConfig,
+    pub task: CheckedTask,
+    pub strategy: StrategyKind,
+    pub rounds: u64,
+    pub layout: ModelLayout,
     pub round_timeout: Duration,
     pub registration_timeout: Duration,
     pub expected_stores: usize,
+}
+
+/// Whether `strategy` can train `task`, and if not why.
+fn check_pairing(task: &TaskSpec, strategy: StrategyKind) -> Result<(), ConfigError> {
+    let ok = match (task, strategy) {
+        (TaskSpec::Demand(_), StrategyKind::Newton | StrategyKind::Fedavg) => true,
+        (TaskSpec::Churn(o), StrategyKind::Newton) => o.model == ClassifierKind::Logistic,
+        (TaskSpec::Churn(_), StrategyKind::Fedavg) => true,
+        (
+            TaskSpec::CustomerAnomaly(_) | TaskSpec::ReceiptAnomaly(_) | TaskSpec::Segments(_),
+            StrategyKind::BisectingKmeans,
+        ) => true,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let requirement = match task {
+        TaskSpec::Demand(_) => "newton or fedavg for task 'demand'",
+        TaskSpec::Churn(_) => "fedavg, or newton with model = \"logistic\", for task 'churn'",
+        _ => "bisecting_kmeans for a clustering task",
+    };
+    Err(ConfigError::out_of_range(
+        "strategy",
+        requirement,
+        strategy.name(),
+    ))
 }
 
 impl CheckedJob {
@@ -349,9 +454,14 @@ impl CheckedJob {
         if config.job_id.trim().is_empty() {
             return Err(ConfigError::out_of_range("job_id", "non-empty", "\"\""));
         }
-        if config.rounds == 0 {
+        if config.rounds == Some(0) {
             return Err(ConfigError::out_of_range("rounds", ">= 1", 0));
         }
+        let task = config.task.checked()?;
+        let strategy = config
+            .strategy
+            .unwrap_or_else(|| StrategyKind::default_for(&config.task));
+        check_pairing(&config.task, strategy)?;
         for (name, v) in [
             ("round_timeout_secs", config.round_timeout_secs),
             (
@@ -366,8 +476,7 @@ impl CheckedJob {
         if config.round_attempts == 0 {
             return Err(ConfigError::out_of_range("round_attempts", ">= 1", 0));
         }
-        fedretail_models::layout_for_task(&config.task)
-            .map_err(|e| ConfigError::Layout(e.to_string()))?;
+        let layout = task.layout()?;
         let expected_stores = config.expected_stores.unwrap_or(config.min_stores);
         if expected_stores < config.min_stores {
             return Err(ConfigError::out_of_range(
@@ -376,7 +485,7 @@ impl CheckedJob {
                 expected_stores,
             ));
         }
-        config.privacy.validate(config.strategy)?;
+        config.privacy.validate(strategy)?;
         if config.privacy.secure_aggregation && config.min_stores < 3 {
             return Err(ConfigError::out_of_range(
                 "min_stores",
@@ -384,14 +493,36 @@ impl CheckedJob {
                 config.min_stores,
             ));
         }
-        let job = CheckedJob {
+        let rounds = match (config.rounds, strategy) {
+            (Some(r), _) => r as u64,
+            (None, StrategyKind::Newton) => 8,
+            (None, StrategyKind::Fedavg) => 20,
+            (None, StrategyKind::BisectingKmeans) => u64::MAX,
+        };
+        let mut job = CheckedJob {
+            task,
+            strategy,
+            rounds,
+            layout,
             round_timeout: Duration::from_secs_f64(config.round_timeout_secs),
             registration_timeout: Duration::from_secs_f64(config.registration_timeout_secs),
             expected_stores,
             config,
         };
-        job.build_strategy()?;
+        let built = job.build_strategy()?;
+        if job.rounds == u64::MAX {
+            job.rounds = built.round_limit().unwrap_or(8);
+        }
         Ok(job)
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.config.job_id
+    }
+
+    /// Where round 1 starts.
+    pub fn initial_model(&self) -> Result<ModelParameters, ConfigError> {
+        self.task.initial_model()
     }
 
     pub fn build_strategy(&self) -> Result<Box<dyn Strategy>, ConfigError> {
@@ -401,7 +532,7 @@ impl CheckedJob {
             min_stores: c.min_stores,
             seed: c.seed,
         };
-        Ok(match c.strategy {
+        Ok(match self.strategy {
             StrategyKind::Newton => Box::new(FedNewton::try_new(FedNewtonConfig {
                 sampling,
                 l2: c.l2,
@@ -421,6 +552,22 @@ impl CheckedJob {
                     UpdatePrecision::F64
                 },
             })?),
+            StrategyKind::BisectingKmeans => {
+                let (max_iterations, seed) = match self.task.spec() {
+                    TaskSpec::CustomerAnomaly(o)
+                    | TaskSpec::ReceiptAnomaly(o)
+                    | TaskSpec::Segments(o) => (o.max_iterations, o.seed),
+                    _ => (15, 2),
+                };
+                Box::new(FedBisectingKMeans::try_new(KMeansConfig {
+                    num_clusters: self.task.clusters().unwrap_or(2),
+                    dim: self.task.features().len(),
+                    max_iterations,
+                    tolerance: 1e-6,
+                    seed,
+                    sampling,
+                })?)
+            }
         })
     }
 }
@@ -432,22 +579,69 @@ mod tests {
     #[test]
     fn defaults_parse_and_validate() {
         let cfg = CoordinatorConfig::from_toml("[job]\n").unwrap();
-        assert_eq!(cfg.job.strategy, StrategyKind::Newton);
-        assert!(CheckedJob::new(cfg.job).is_ok());
+        let jobs = cfg.checked_jobs().unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].strategy, StrategyKind::Newton);
+        assert_eq!(jobs[0].rounds, 8);
+        // No job at all: one demand job with every default.
+        let none = CoordinatorConfig::from_toml("")
+            .unwrap()
+            .checked_jobs()
+            .unwrap();
+        assert_eq!(none[0].task.kind(), TaskKind::Demand);
+    }
+
+    #[test]
+    fn a_queue_of_jobs_names_tasks_and_options() {
+        let cfg = CoordinatorConfig::from_toml(
+            "[[jobs]]\njob_id = \"a\"\ntask = \"demand\"\n\n[[jobs]]\njob_id = \"b\"\n[jobs.task]\nkind = \"receipt_anomaly\"\nclusters = 5\n\n[[jobs]]\njob_id = \"c\"\n[jobs.task]\nkind = \"churn\"\nmodel = { mlp = { hidden = 4 } }\n",
+        )
+        .unwrap();
+        let jobs = cfg.checked_jobs().unwrap();
+        let kinds: Vec<_> = jobs.iter().map(|j| (j.job_id(), j.strategy)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("a", StrategyKind::Newton),
+                ("b", StrategyKind::BisectingKmeans),
+                ("c", StrategyKind::Fedavg)
+            ]
+        );
+        assert_eq!(jobs[1].task.clusters(), Some(5));
+        // Bisecting k-means with 5 clusters of 15 iterations stops when complete.
+        assert_eq!(jobs[1].rounds, 1 + 4 * 16 + 1);
+        assert_eq!(jobs[2].layout.len(), 4 * 5 + 4 + 4 + 1);
+        let dup =
+            CoordinatorConfig::from_toml("[[jobs]]\njob_id = \"x\"\n[[jobs]]\njob_id = \"x\"\n")
+                .unwrap();
+        assert!(dup
+            .checked_jobs()
+            .unwrap_err()
+            .to_string()
+            .contains("'x' twice"));
+        let mlp_newton = CoordinatorConfig::from_toml(
+            "[[jobs]]\nstrategy = \"newton\"\n[jobs.task]\nkind = \"churn\"\nmodel = { mlp = { hidden = 4 } }\n",
+        )
+        .unwrap();
+        let e = mlp_newton.checked_jobs().unwrap_err().to_string();
+        assert!(e.contains("newton with model = \"logistic\""), "{e}");
     }
 
     #[test]
     fn bad_values_are_named() {
         let cfg = CoordinatorConfig::from_toml("[job]\nfraction = 1.5\n").unwrap();
         assert_eq!(
-            CheckedJob::new(cfg.job).unwrap_err().to_string(),
+            cfg.checked_jobs().unwrap_err().to_string(),
             "sampling fraction must be in (0, 1], got 1.5"
         );
-        let cfg = CoordinatorConfig::from_toml("[job]\ntask = \"astrology\"\n").unwrap();
-        assert!(CheckedJob::new(cfg.job)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown task 'astrology'"));
+        let err = CoordinatorConfig::from_toml("[job]\ntask = \"astrology\"\n").unwrap_err();
+        assert!(
+            err.contains("astrology") && err.contains("customer_anomaly"),
+            "{err}"
+        );
+        let err = CoordinatorConfig::from_toml("[job.task]\nkind = \"segments\"\nclustrs = 3\n")
+            .unwrap_err();
+        assert!(err.contains("clustrs"), "{err}");
         let err = CoordinatorConfig::from_toml("[job]\nrounds = 3\nround = 4\n").unwrap_err();
         assert!(err.contains("unknown field `round`"), "{err}");
     }
@@ -457,7 +651,9 @@ mod tests {
         let check = |privacy: &str| {
             let text =
                 format!("[job]\nstrategy = \"fedavg\"\nmin_stores = 3\n[job.privacy]\n{privacy}");
-            CheckedJob::new(CoordinatorConfig::from_toml(&text).unwrap().job)
+            CoordinatorConfig::from_toml(&text)
+                .unwrap()
+                .checked_jobs()
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
@@ -492,7 +688,8 @@ mod tests {
             "[job]\nmin_stores = 3\n[job.privacy]\nsecure_aggregation = true\nclip = 1.0\n",
         )
         .unwrap();
-        assert!(CheckedJob::new(newton.job)
+        assert!(newton
+            .checked_jobs()
             .unwrap_err()
             .to_string()
             .contains("fedavg"));

@@ -1,19 +1,25 @@
-//! The coordinator: registers stores, hands out tasks, receives updates and metrics,
-//! aggregates them as they arrive (memory O(model size)) and keeps every completed
-//! round in SQLite. It runs one job: a number of rounds of one [`Strategy`] on one
-//! task, then a final evaluation at every store.
+//! The coordinator: registers stores, runs a queue of jobs against them (each a task
+//! spec and a [`Strategy`]), hands out tasks, receives updates and metrics, aggregates
+//! them as they arrive (memory O(model size)) and keeps every completed round in
+//! SQLite. Stores stay connected from one job to the next; each job ends with a final
+//! evaluation at every ready store, which also keeps its results at the store.
 //!
-//! The round logic lives in [`driver`]; [`service`] is the gRPC adapter that checks
+//! [`driver`] sequences jobs, [`round`](crate) runs one round attempt, `jobs` holds the
+//! queue (config, then a watched folder); [`service`] is the gRPC adapter that checks
 //! every peer message before it can touch job state. A malformed, oversize, replayed,
 //! stale or unknown-store message is refused with a precise status and changes nothing.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use fedretail_coordinator::{run_coordinator, CoordinatorConfig};
-//! let config = CoordinatorConfig::from_toml("[job]\nmin_stores = 3\n")?;
+//! let config = CoordinatorConfig::from_toml(
+//!     "[[jobs]]\njob_id = \"demand\"\ntask = \"demand\"\n\n[[jobs]]\njob_id = \"segments\"\ntask = \"segments\"\n",
+//! )?;
 //! let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-//! let outcome = run_coordinator(config, listener, std::sync::Arc::new(|_| {})).await?;
-//! println!("{} rounds", outcome.rounds.len());
+//! let outcomes = run_coordinator(config, listener, std::sync::Arc::new(|_| {})).await?;
+//! for o in &outcomes {
+//!     println!("{}: {}", o.job_id, o.status);
+//! }
 //! # Ok(()) }
 //! ```
 //!
@@ -22,7 +28,9 @@
 mod checkpoint;
 mod config;
 pub mod driver;
+mod jobs;
 mod privacy;
+mod round;
 pub mod service;
 
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
@@ -43,16 +51,6 @@ pub enum CoordinatorError {
     Config(#[from] fedretail_core::ConfigError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error(
-        "only {registered} stores joined within the registration timeout; the job needs {required}"
-    )]
-    TooFewStores { registered: usize, required: usize },
-    #[error("round {round} failed {attempts} times; last reason: {reason}")]
-    RoundFailed {
-        round: u64,
-        attempts: u32,
-        reason: String,
-    },
     #[error("checkpoint of job '{job_id}' has {got} parameters but the task's model has {expected}; use a new job id or database")]
     IncompatibleCheckpoint {
         job_id: String,
@@ -65,12 +63,15 @@ pub enum CoordinatorError {
     Privacy(String),
 }
 
-/// Serve the job on `listener` until it finishes, then stop serving.
+/// Serve the jobs on `listener` until the last finishes (with a jobs folder: until
+/// the future is dropped), then stop serving. A job that could not run is an outcome
+/// with `failed` set, not an error; errors are the coordinator's own (database,
+/// server, configuration).
 pub async fn run_coordinator(
     config: CoordinatorConfig,
     listener: TcpListener,
     observer: Observer,
-) -> Result<JobOutcome, CoordinatorError> {
+) -> Result<Vec<JobOutcome>, CoordinatorError> {
     let checkpoints = CheckpointStore::open(&config.database)?;
     run_coordinator_with(config, listener, checkpoints, observer).await
 }
@@ -81,9 +82,9 @@ pub async fn run_coordinator_with(
     listener: TcpListener,
     checkpoints: CheckpointStore,
     observer: Observer,
-) -> Result<JobOutcome, CoordinatorError> {
-    let job = CheckedJob::new(config.job.clone())?;
-    let shared = Arc::new(service::Shared::new(&config, job, observer)?);
+) -> Result<Vec<JobOutcome>, CoordinatorError> {
+    let queue = jobs::JobQueue::new(config.checked_jobs()?, config.jobs_dir.clone());
+    let shared = Arc::new(service::Shared::new(&config, observer));
     let svc = service::CoordinatorService::new(shared.clone());
     let max = config.max_message_bytes;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -101,7 +102,7 @@ pub async fn run_coordinator_with(
                 },
             ),
     );
-    let outcome = driver::drive(shared, checkpoints).await;
+    let outcome = driver::drive(shared, checkpoints, queue).await;
     let _ = stop_tx.send(());
     match server.await {
         Ok(Ok(())) => {}

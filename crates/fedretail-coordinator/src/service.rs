@@ -5,15 +5,16 @@
 use crate::config::{CheckedJob, CoordinatorConfig};
 use crate::driver::{CoordinatorEvent, Observer};
 use crate::privacy::{RoundPrivacy, SecureRound, SecureStage};
+use crate::round::task_id;
 use fedretail_core::{
-    validate_update, LocalWork, ModelLayout, ModelParameters, StreamingWeightedSum, UpdateLimits,
-    UpdatePrecision,
+    validate_update, LocalWork, ModelLayout, ModelParameters, StreamingWeightedSum, TaskMetrics,
+    UpdateLimits, UpdatePrecision,
 };
-use fedretail_models::TaskMetrics;
 use fedretail_proto::secagg as wire;
 use fedretail_proto::v1::{self, coordinator_server::Coordinator};
 use fedretail_proto::{
-    decode_tensor, encode_f64, layout_to_wire, ErrorKind, ServiceError, PROTOCOL_VERSION,
+    decode_tensor, encode_f64, job_to_wire, layout_to_wire, ErrorKind, ServiceError,
+    PROTOCOL_VERSION,
 };
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -27,13 +28,30 @@ use tonic::{Request, Response, Status};
 const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 const MAX_METRICS: usize = 64;
 const MAX_NAME_LEN: usize = 128;
+/// Longest reason a store may give for not taking part in a job.
+const MAX_REASON_LEN: usize = 1024;
+/// A store that has not polled for this long is not offered work.
+const LIVENESS: Duration = Duration::from_secs(90);
 
 pub(crate) struct StoreEntry {
     pub session_id: String,
     pub business_type: String,
-    pub num_train_examples: u64,
     pub last_seen: Instant,
     pub saw_finish: bool,
+}
+
+/// The job running now, as the handlers see it: what every task carries, and which
+/// stores are ready for it.
+pub(crate) struct JobSlot {
+    pub job_id: String,
+    pub wire: v1::JobContext,
+    pub layout: ModelLayout,
+    /// The prepare task each store was given.
+    pub prepare: BTreeMap<String, String>,
+    /// Stores ready to take part, with their training rows.
+    pub ready: BTreeMap<String, u64>,
+    /// Stores that cannot take part, with their reason.
+    pub cannot: BTreeMap<String, String>,
 }
 
 pub(crate) struct RoundState {
@@ -78,12 +96,12 @@ pub(crate) enum Phase {
 pub(crate) struct JobState {
     pub stores: BTreeMap<String, StoreEntry>,
     pub phase: Phase,
+    pub job: Option<JobSlot>,
 }
 
-/// State shared by the gRPC handlers and the round driver.
+/// State shared by the gRPC handlers and the job driver: the store registry, which
+/// outlives jobs, and the current job's slot and phase.
 pub struct Shared {
-    pub(crate) job: CheckedJob,
-    pub(crate) layout: ModelLayout,
     credentials: HashMap<String, String>,
     open_token: Option<String>,
     max_update_bytes: usize,
@@ -98,17 +116,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        config: &CoordinatorConfig,
-        job: CheckedJob,
-        observer: Observer,
-    ) -> Result<Self, fedretail_core::ConfigError> {
-        let layout = fedretail_models::layout_for_task(&job.config.task)
-            .map_err(|e| fedretail_core::ConfigError::Layout(e.to_string()))?;
+    pub fn new(config: &CoordinatorConfig, observer: Observer) -> Self {
         let (phase_tx, _) = watch::channel(0);
-        Ok(Shared {
-            job,
-            layout,
+        Shared {
             credentials: config
                 .stores
                 .iter()
@@ -119,13 +129,86 @@ impl Shared {
             state: Mutex::new(JobState {
                 stores: BTreeMap::new(),
                 phase: Phase::Idle,
+                job: None,
             }),
             phase_tx,
             progress: Notify::new(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             observer,
-        })
+        }
+    }
+
+    /// Wakes at the next registration or reply, or at `until`.
+    pub(crate) async fn wait_progress(&self, until: tokio::time::Instant) {
+        let _ = tokio::time::timeout_at(until, self.progress.notified()).await;
+    }
+
+    /// Makes `job` the current job: every store is asked to prepare it.
+    pub(crate) fn open_job(&self, job: &CheckedJob) {
+        let mut state = self.lock();
+        state.job = Some(JobSlot {
+            job_id: job.job_id().to_string(),
+            wire: job_to_wire(job.job_id(), job.task.spec()),
+            layout: job.layout.clone(),
+            prepare: BTreeMap::new(),
+            ready: BTreeMap::new(),
+            cannot: BTreeMap::new(),
+        });
+        state.phase = Phase::Idle;
+        drop(state);
+        self.phase_tx.send_modify(|v| *v += 1);
+    }
+
+    /// Ends the current job; returns the stores that could not take part, and why.
+    pub(crate) fn close_job(&self) -> Vec<(String, String)> {
+        let slot = self.lock().job.take();
+        self.phase_tx.send_modify(|v| *v += 1);
+        slot.map(|s| s.cannot.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// (ready stores, stores that answered the prepare task either way).
+    pub(crate) fn readiness(&self) -> (usize, usize) {
+        let state = self.lock();
+        state
+            .job
+            .as_ref()
+            .map_or((0, 0), |j| (j.ready.len(), j.ready.len() + j.cannot.len()))
+    }
+
+    /// Stores ready for the current job that are still polling.
+    pub(crate) fn ready_stores(&self) -> Vec<String> {
+        let state = self.lock();
+        let Some(job) = state.job.as_ref() else {
+            return Vec::new();
+        };
+        job.ready
+            .keys()
+            .filter(|s| {
+                state
+                    .stores
+                    .get(*s)
+                    .is_some_and(|e| e.last_seen.elapsed() < LIVENESS)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Training rows of each ready store.
+    pub(crate) fn ready_counts(&self) -> BTreeMap<String, u64> {
+        self.lock()
+            .job
+            .as_ref()
+            .map(|j| j.ready.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn all_heard_finish(&self) -> bool {
+        self.lock()
+            .stores
+            .values()
+            .all(|e| e.saw_finish || e.last_seen.elapsed() > LIVENESS)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, JobState> {
@@ -208,8 +291,13 @@ impl CoordinatorService {
         store_id: &str,
     ) -> Option<v1::poll_task_response::Outcome> {
         use v1::poll_task_response::Outcome;
+        if let Some(prepare) = Self::prepare_for(state, store_id) {
+            return Some(Outcome::Prepare(prepare));
+        }
+        let slot = state.job.as_ref();
         match &state.phase {
             Phase::Training(rs) => {
+                let slot = slot?;
                 let task_id = rs.tasks.get(store_id)?;
                 if let Some(sec) = rs.secure() {
                     if sec.answered.contains(store_id) || !sec.expected.contains(store_id) {
@@ -225,9 +313,12 @@ impl CoordinatorService {
                 } else if rs.received.contains(store_id) {
                     return None;
                 }
-                Some(Outcome::Train(self.train_task(rs, store_id, task_id)))
+                Some(Outcome::Train(Self::train_task(
+                    slot, rs, store_id, task_id,
+                )))
             }
             Phase::Evaluating(es) => {
+                let slot = slot?;
                 let task_id = es.tasks.get(store_id)?;
                 if es.results.contains_key(store_id) {
                     return None;
@@ -235,8 +326,10 @@ impl CoordinatorService {
                 Some(Outcome::Evaluate(v1::EvaluateTask {
                     task_id: task_id.clone(),
                     round: es.round,
-                    layout: Some(layout_to_wire(&self.shared.layout)),
+                    layout: Some(layout_to_wire(&slot.layout)),
                     global: Some(es.global_wire.clone()),
+                    job: Some(slot.wire.clone()),
+                    final_model: true,
                 }))
             }
             Phase::Finished(reason) => {
@@ -251,7 +344,28 @@ impl CoordinatorService {
         }
     }
 
-    fn train_task(&self, rs: &RoundState, store_id: &str, task_id: &str) -> v1::TrainTask {
+    /// The current job's prepare task, for a store that has not answered it yet.
+    fn prepare_for(state: &mut JobState, store_id: &str) -> Option<v1::PrepareTask> {
+        if matches!(state.phase, Phase::Finished(_)) {
+            return None;
+        }
+        let slot = state.job.as_mut()?;
+        if slot.ready.contains_key(store_id) || slot.cannot.contains_key(store_id) {
+            return None;
+        }
+        let job_id = slot.job_id.clone();
+        let task_id = slot
+            .prepare
+            .entry(store_id.to_string())
+            .or_insert_with(|| task_id(&job_id, "prepare", 0, store_id))
+            .clone();
+        Some(v1::PrepareTask {
+            task_id,
+            job: Some(slot.wire.clone()),
+        })
+    }
+
+    fn train_task(slot: &JobSlot, rs: &RoundState, store_id: &str, task_id: &str) -> v1::TrainTask {
         let work = match &rs.work {
             LocalWork::LocalEpochs {
                 epochs,
@@ -289,7 +403,8 @@ impl CoordinatorService {
         v1::TrainTask {
             task_id: task_id.to_string(),
             round: rs.round,
-            layout: Some(layout_to_wire(&self.shared.layout)),
+            job: Some(slot.wire.clone()),
+            layout: Some(layout_to_wire(&slot.layout)),
             global: Some(rs.global_wire.clone()),
             work: Some(work),
             update_dtype: match rs.precision {
@@ -357,15 +472,6 @@ impl Coordinator for CoordinatorService {
                 "store id must be 1-128 characters of letters, digits, '-', '_' or '.'",
             ));
         }
-        if req.task != self.shared.job.config.task {
-            return Err(err(
-                ErrorKind::Incompatible,
-                format!(
-                    "store '{}' is set up for task '{}', this job runs '{}'",
-                    req.store_id, req.task, self.shared.job.config.task
-                ),
-            ));
-        }
         if !self.shared.credentials.is_empty() {
             match self.shared.credentials.get(&req.store_id) {
                 None => {
@@ -391,19 +497,23 @@ impl Coordinator for CoordinatorService {
             }
         }
         let session_id = new_session_id();
-        let count = {
+        let (count, job_id) = {
             let mut state = self.shared.lock();
             state.stores.insert(
                 req.store_id.clone(),
                 StoreEntry {
                     session_id: session_id.clone(),
                     business_type: req.business_type.chars().take(MAX_NAME_LEN).collect(),
-                    num_train_examples: req.num_train_examples,
                     last_seen: Instant::now(),
                     saw_finish: false,
                 },
             );
-            state.stores.len()
+            let job_id = state
+                .job
+                .as_ref()
+                .map(|j| j.job_id.clone())
+                .unwrap_or_default();
+            (state.stores.len(), job_id)
         };
         (self.shared.observer)(&CoordinatorEvent::StoreRegistered {
             store_id: req.store_id.clone(),
@@ -412,7 +522,7 @@ impl Coordinator for CoordinatorService {
         self.shared.progress.notify_one();
         let resp = v1::RegisterStoreResponse {
             session_id,
-            job_id: self.shared.job.config.job_id.clone(),
+            job_id,
             protocol_version: PROTOCOL_VERSION,
         };
         self.shared.count_down(&resp);
@@ -534,6 +644,71 @@ impl Coordinator for CoordinatorService {
         });
         self.shared.progress.notify_one();
         let resp = v1::SubmitUpdateResponse { accepted: true };
+        self.shared.count_down(&resp);
+        Ok(Response::new(resp))
+    }
+
+    async fn submit_ready(
+        &self,
+        request: Request<v1::SubmitReadyRequest>,
+    ) -> Result<Response<v1::SubmitReadyResponse>, Status> {
+        use v1::submit_ready_request::Answer;
+        let req = request.into_inner();
+        self.shared.count_up(&req);
+        let store = req.store_id.as_str();
+        let (job_id, rows, reason) = {
+            let mut state = self.shared.lock();
+            Self::check_session(&mut state, store, &req.session_id)?;
+            let Some(slot) = state.job.as_mut() else {
+                return Err(err(
+                    ErrorKind::StaleTask,
+                    format!(
+                        "no job is running; '{store}' answered task '{}'",
+                        req.task_id
+                    ),
+                ));
+            };
+            if slot.prepare.get(store) != Some(&req.task_id) {
+                return Err(err(
+                    ErrorKind::StaleTask,
+                    format!(
+                        "prepare task '{}' from '{store}' is not current (job '{}')",
+                        req.task_id, slot.job_id
+                    ),
+                ));
+            }
+            if slot.ready.contains_key(store) || slot.cannot.contains_key(store) {
+                return Err(err(
+                    ErrorKind::Duplicate,
+                    format!("'{store}' already answered job '{}'", slot.job_id),
+                ));
+            }
+            match req.answer {
+                Some(Answer::NumTrainExamples(n)) => {
+                    slot.ready.insert(store.to_string(), n);
+                    (slot.job_id.clone(), Some(n), None)
+                }
+                Some(Answer::CannotServe(reason)) => {
+                    let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
+                    slot.cannot.insert(store.to_string(), reason.clone());
+                    (slot.job_id.clone(), None, Some(reason))
+                }
+                None => {
+                    return Err(err(
+                        ErrorKind::InvalidUpdate,
+                        format!("'{store}' answered prepare task '{}' with neither a row count nor a reason", req.task_id),
+                    ))
+                }
+            }
+        };
+        (self.shared.observer)(&CoordinatorEvent::StoreReady {
+            job_id,
+            store_id: store.to_string(),
+            num_train_examples: rows,
+            reason,
+        });
+        self.shared.progress.notify_one();
+        let resp = v1::SubmitReadyResponse { accepted: true };
         self.shared.count_down(&resp);
         Ok(Response::new(resp))
     }

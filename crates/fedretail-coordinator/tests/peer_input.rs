@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 /// Parameters of the demand model.
-const D: usize = fedretail_models::DEMAND_FEATURES.len();
+const D: usize = fedretail_core::task::DEMAND_FEATURES.len();
 
 struct Peer {
     client: CoordinatorClient<Channel>,
@@ -26,7 +26,7 @@ async fn start(
     max_message_bytes: usize,
 ) -> (
     String,
-    tokio::task::JoinHandle<Result<JobOutcome, fedretail_coordinator::CoordinatorError>>,
+    tokio::task::JoinHandle<Result<Vec<JobOutcome>, fedretail_coordinator::CoordinatorError>>,
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -51,6 +51,7 @@ async fn start(
     (addr, handle)
 }
 
+/// Registers, then answers the job's prepare task: ready, with 100 rows.
 async fn join(addr: &str, store: &str, token: &str) -> Result<Peer, tonic::Status> {
     let mut client = CoordinatorClient::connect(addr.to_string())
         .await
@@ -62,15 +63,27 @@ async fn join(addr: &str, store: &str, token: &str) -> Result<Peer, tonic::Statu
             store_id: store.into(),
             token: token.into(),
             business_type: "grocery".into(),
-            task: "demand".into(),
-            num_train_examples: 100,
         })
         .await?;
-    Ok(Peer {
+    let mut peer = Peer {
         client,
         store: store.into(),
         session: resp.into_inner().session_id,
-    })
+    };
+    let Outcome::Prepare(p) = poll(&mut peer).await else {
+        panic!("expected the job's prepare task first")
+    };
+    peer.client.submit_ready(ready(&peer, &p.task_id)).await?;
+    Ok(peer)
+}
+
+fn ready(p: &Peer, task_id: &str) -> v1::SubmitReadyRequest {
+    v1::SubmitReadyRequest {
+        store_id: p.store.clone(),
+        session_id: p.session.clone(),
+        task_id: task_id.into(),
+        answer: Some(v1::submit_ready_request::Answer::NumTrainExamples(100)),
+    }
 }
 
 async fn poll(p: &mut Peer) -> Outcome {
@@ -128,7 +141,7 @@ async fn code_of(
 async fn bad_updates_are_refused_and_the_job_completes() {
     let (addr, handle) = start(1 << 20).await;
 
-    // Unknown store, wrong token, wrong protocol, wrong task.
+    // Unknown store, wrong token, wrong protocol.
     let e = join(&addr, "mallory", "x").await.err().unwrap();
     assert_eq!(e.code(), Code::NotFound);
     assert!(e
@@ -142,26 +155,17 @@ async fn bad_updates_are_refused_and_the_job_completes() {
             protocol_version: 99,
             store_id: "a".into(),
             token: "secret-a".into(),
-            task: "demand".into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(e.message().contains("protocol version 99"));
-    let e = raw
-        .register_store(v1::RegisterStoreRequest {
-            protocol_version: PROTOCOL_VERSION,
-            store_id: "a".into(),
-            token: "secret-a".into(),
-            task: "churn".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
 
     let mut a = join(&addr, "a", "secret-a").await.unwrap();
+    // Answering the prepare task again, or one that is not current, changes nothing.
+    let e = a.client.submit_ready(ready(&a, "nope")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     let mut b = join(&addr, "b", "secret-b").await.unwrap();
     let Outcome::Train(task_a) = poll(&mut a).await else {
         panic!("expected a training task")
@@ -295,7 +299,9 @@ async fn bad_updates_are_refused_and_the_job_completes() {
     for p in [&mut a, &mut b] {
         assert!(matches!(poll(p).await, Outcome::Finished(_)));
     }
-    let outcome = handle.await.unwrap().unwrap();
+    let outcomes = handle.await.unwrap().unwrap();
+    let outcome = &outcomes[0];
+    assert!(!outcome.failed, "{}", outcome.status);
     assert_eq!(outcome.rounds.len(), 1);
     assert_eq!(
         outcome.rounds[0].participants,
@@ -328,11 +334,12 @@ async fn a_round_without_enough_replies_fails_cleanly() {
         .submit_update(submit(&a, &task, encode_f64(&neutral_statistics())))
         .await
         .unwrap();
-    let err = handle.await.unwrap().unwrap_err();
-    assert!(err.to_string().contains("round 1 failed 2 times"), "{err}");
+    let outcomes = handle.await.unwrap().unwrap();
+    let status = &outcomes[0].status;
+    assert!(outcomes[0].failed);
+    assert!(status.contains("round 1 failed 2 times"), "{status}");
     assert!(
-        err.to_string()
-            .contains("of 2 selected stores replied; the round needs 2"),
-        "{err}"
+        status.contains("of 2 selected stores replied; the round needs 2"),
+        "{status}"
     );
 }

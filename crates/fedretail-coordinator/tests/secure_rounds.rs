@@ -6,8 +6,8 @@ use fedretail_agent::{AgentConfig, StoreAgent};
 use fedretail_coordinator::{
     run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorError, JobOutcome,
 };
-use fedretail_core::{LocalWork, ModelLayout};
-use fedretail_models::{demand_layout, LocalTask, TaskError, TaskMetrics};
+use fedretail_core::{LocalWork, ModelLayout, TaskKind};
+use fedretail_models::{demand_layout, FixedTasks, LocalTask, TaskError, TaskMetrics};
 use fedretail_privacy::secagg::{NeighbourGraph, SecAggConfig, SecAggStore};
 use fedretail_privacy::{PrivacyBudget, PrivacyLedger, RoundMechanism};
 use fedretail_proto::secagg as wire;
@@ -83,12 +83,11 @@ async fn start(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let config = CoordinatorConfig::from_toml(toml).unwrap();
-    let handle = tokio::spawn(run_coordinator_with(
-        config,
-        listener,
-        checkpoints,
-        Arc::new(|_| {}),
-    ));
+    let handle = tokio::spawn(async move {
+        let mut outcomes =
+            run_coordinator_with(config, listener, checkpoints, Arc::new(|_| {})).await?;
+        Ok(outcomes.remove(0))
+    });
     (addr, handle)
 }
 
@@ -97,7 +96,8 @@ fn spawn_agents(addr: &str, stores: &[(String, Vec<f64>, u64)]) -> tokio::task::
     for (id, update, rows) in stores.iter().cloned() {
         let mut cfg = AgentConfig::new(addr.to_string(), id);
         cfg.poll_wait = std::time::Duration::from_millis(500);
-        let task = Arc::new(FixedStore { update, rows });
+        let task: Arc<dyn LocalTask> = Arc::new(FixedStore { update, rows });
+        let task = Arc::new(FixedTasks::new().with(TaskKind::Demand, task));
         set.spawn(async move {
             StoreAgent::new(cfg, task).run().await.unwrap();
         });
@@ -120,16 +120,27 @@ impl Peer {
                 store_id: store.into(),
                 token: String::new(),
                 business_type: "grocery".into(),
-                task: "demand".into(),
-                num_train_examples: 400,
             })
             .await
             .unwrap();
-        Peer {
+        let mut peer = Peer {
             client,
             store: store.into(),
             session: resp.into_inner().session_id,
-        }
+        };
+        let Outcome::Prepare(p) = peer.poll().await else {
+            panic!("expected the job's prepare task first")
+        };
+        peer.client
+            .submit_ready(v1::SubmitReadyRequest {
+                store_id: peer.store.clone(),
+                session_id: peer.session.clone(),
+                task_id: p.task_id,
+                answer: Some(v1::submit_ready_request::Answer::NumTrainExamples(400)),
+            })
+            .await
+            .unwrap();
+        peer
     }
 
     async fn poll(&mut self) -> Outcome {

@@ -598,6 +598,15 @@ impl Strategy for FedBisectingKMeans {
         cluster_statistics_len(max_nodes(self.config.num_clusters), self.config.dim)
     }
 
+    fn round_limit(&self) -> Option<u64> {
+        Some(self.max_rounds())
+    }
+
+    fn is_finished(&self, global: &ModelParameters) -> bool {
+        ClusterTree::new(global.values(), self.config.num_clusters, self.config.dim)
+            .is_ok_and(|t| t.is_complete())
+    }
+
     fn update_weight(&self, _num_examples: u64) -> f64 {
         1.0
     }

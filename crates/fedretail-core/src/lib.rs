@@ -29,6 +29,7 @@ mod newton;
 mod params;
 mod sampling;
 mod strategy;
+pub mod task;
 mod validate;
 
 pub use aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
@@ -40,4 +41,5 @@ pub use newton::{
 pub use params::{ModelLayout, ModelParameters, Segment};
 pub use sampling::{SamplingConfig, StoreSampler};
 pub use strategy::{Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
+pub use task::{CheckedTask, TaskKind, TaskMetrics, TaskSpec};
 pub use validate::{validate_update, UpdateLimits};

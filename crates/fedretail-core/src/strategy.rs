@@ -75,6 +75,17 @@ pub trait Strategy: Send {
     /// Weight of a store's update in the aggregate, from its training rows.
     fn update_weight(&self, num_examples: u64) -> f64;
 
+    /// Whether `global` is final, so the job stops before its round limit (k-means
+    /// ends when its tree is complete; averaging strategies run every round).
+    fn is_finished(&self, _global: &ModelParameters) -> bool {
+        false
+    }
+
+    /// Rounds after which the strategy is surely finished, if it knows.
+    fn round_limit(&self) -> Option<u64> {
+        None
+    }
+
     /// Turn the round's aggregate into the next global model.
     fn apply(
         &mut self,

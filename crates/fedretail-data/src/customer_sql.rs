@@ -12,36 +12,7 @@ use fedretail_models::{LabeledRows, PointSet};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-/// The seed's four customer features, plus the share of a customer's receipts that
-/// are refunds (the signal of refund abuse, which the seed's four cannot see).
-pub const CUSTOMER_ANOMALY_FEATURES: [&str; 5] = [
-    "avg_order_value",
-    "total_orders",
-    "customer_lifetime",
-    "days_since_last_purchase",
-    "refund_rate",
-];
-
-/// RFM-style features for segmentation (log scale where counts and money are skewed).
-pub const SEGMENT_FEATURES: [&str; 4] = [
-    "recency_days",
-    "log_orders",
-    "log_avg_order_value",
-    "tenure_days",
-];
-
-/// Receipt-level features for transaction anomalies.
-pub const TRANSACTION_FEATURES: [&str; 9] = [
-    "log_amount",
-    "hour_sin",
-    "hour_cos",
-    "refund",
-    "log_lines",
-    "duplicate_share",
-    "price_deviation",
-    "anonymous",
-    "burst",
-];
+pub use fedretail_core::task::{CUSTOMER_ANOMALY_FEATURES, SEGMENT_FEATURES, TRANSACTION_FEATURES};
 
 /// Which period of a store's history to use.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +35,8 @@ pub struct CustomerPoints {
 /// Receipt-level points with ground truth.
 #[derive(Debug, Clone, Default)]
 pub struct TransactionPoints {
+    /// The receipt (transaction id) of each point.
+    pub ids: Vec<String>,
     pub points: PointSet,
     pub labels: Vec<bool>,
 }
@@ -426,6 +399,7 @@ pub async fn load_transaction_points(
         None => HashSet::new(),
     };
     let mut out = TransactionPoints {
+        ids: Vec::new(),
         points: PointSet::new(TRANSACTION_FEATURES.len()),
         labels: Vec::new(),
     };
@@ -435,6 +409,7 @@ pub async fn load_transaction_points(
         for i in 0..b.num_rows() {
             let id = text_value(ids, i).unwrap_or_default();
             out.labels.push(anomalous.contains(&id));
+            out.ids.push(id);
             out.points.values.extend(
                 cols.iter()
                     .map(|c| if c.is_null(i) { 0.0 } else { c.value(i) }),

@@ -23,13 +23,20 @@ const WARM_UP_DAYS: i64 = 35;
 /// What to forecast and how much to hold out.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DemandSpec {
-    /// The final days held out for evaluation (the forecast horizon).
+    /// The final days held out for evaluation.
     pub holdout_days: u32,
+    /// Days after the end of the history to forecast (at most 28: the features are
+    /// known that far ahead); 0 for none.
+    #[serde(default)]
+    pub horizon_days: u32,
 }
 
 impl Default for DemandSpec {
     fn default() -> Self {
-        DemandSpec { holdout_days: 28 }
+        DemandSpec {
+            holdout_days: 28,
+            horizon_days: 0,
+        }
     }
 }
 
@@ -116,8 +123,9 @@ fn promo_schema() -> Schema {
     ])
 }
 
-/// The feature query. `{cutoff}` is the day index of the first held-out day.
-fn feature_sql(cutoff: i64) -> String {
+/// The feature query. `{cutoff}` is the day index of the first held-out day, `{end}`
+/// that of the first day after the history (the first one forecast).
+fn feature_sql(cutoff: i64, end: i64) -> String {
     format!(
         r#"
 WITH daily AS (
@@ -142,7 +150,7 @@ scale AS (
   FROM grid WHERE day_index < {cutoff} GROUP BY category
 ),
 hist AS (
-  SELECT g.category, g.day_index, g.dow, g.doy, g.public_holiday, g.shopping_event, g.units,
+  SELECT g.category, g.day, g.day_index, g.dow, g.doy, g.public_holiday, g.shopping_event, g.units,
     COALESCE(pr.discount, 0.0) AS discount, s.scale,
     LAG(g.units, 7) OVER w AS lag7, LAG(g.units, 14) OVER w AS lag14,
     LAG(g.units, 21) OVER w AS lag21, LAG(g.units, 28) OVER w AS lag28,
@@ -165,6 +173,8 @@ SELECT
   CAST(day_index AS DOUBLE) AS day_index,
   units, scale,
   CAST(day_index >= {cutoff} AS DOUBLE) AS is_test,
+  CAST(day_index >= {end} AS DOUBLE) AS is_future,
+  CAST(day AS VARCHAR) AS day_text,
   CASE WHEN day_index - {cutoff} < 7 THEN lag7 WHEN day_index - {cutoff} < 14 THEN lag14
        WHEN day_index - {cutoff} < 21 THEN lag21 ELSE lag28 END AS naive,
   ABS(units - lag7) AS abs_diff7,
@@ -190,6 +200,7 @@ WHERE day_index >= {warm_up}
 ORDER BY category, day_index
 "#,
         cutoff = cutoff,
+        end = end,
         warm_up = WARM_UP_DAYS - 1,
     )
 }
@@ -235,15 +246,21 @@ pub async fn load_demand_dataset(
             holdout: spec.holdout_days,
         });
     }
+    if spec.horizon_days > 28 {
+        return Err(DataError::Spec(format!(
+            "horizon_days must be at most 28 (features are known 28 days ahead), got {}",
+            spec.horizon_days
+        )));
+    }
     let cutoff = days - spec.holdout_days as i64;
-
-    let calendar = calendar_table(first, last).map_err(sql_err(&path, "building calendar"))?;
+    let until = last + chrono::Duration::days(spec.horizon_days as i64);
+    let calendar = calendar_table(first, until).map_err(sql_err(&path, "building calendar"))?;
     ctx.register_table("calendar", Arc::new(calendar))
         .map_err(sql_err(&path, "building calendar"))?;
     register_promotions(&ctx, source).await?;
 
     let batches = ctx
-        .sql(&feature_sql(cutoff))
+        .sql(&feature_sql(cutoff, days))
         .await
         .map_err(sql_err(&path, "computing demand features"))?
         .collect()
@@ -253,6 +270,8 @@ pub async fn load_demand_dataset(
     let d = DEMAND_FEATURES.len();
     let mut train = DemandRows::new(d);
     let mut test = DemandRows::new(d);
+    let mut future = DemandRows::new(d);
+    let mut future_keys = Vec::new();
     let mut naive_abs = 0.0;
     let mut naive_n = 0usize;
     let mut x = vec![0.0; d];
@@ -267,16 +286,31 @@ pub async fn load_demand_dataset(
             .iter()
             .map(|f| col(f))
             .collect::<Result<_, _>>()?;
-        let (units, scale, is_test, naive, diff7) = (
+        let (units, scale, is_test, naive, diff7, is_future) = (
             col("units")?,
             col("scale")?,
             col("is_test")?,
             col("naive")?,
             col("abs_diff7")?,
+            col("is_future")?,
         );
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| DataError::Spec(format!("feature query lost column {name}")))
+        };
+        let (category, day) = (text("category")?, text("day_text")?);
         for i in 0..batch.num_rows() {
             for (xj, f) in x.iter_mut().zip(&features) {
                 *xj = f.value(i);
+            }
+            if is_future.value(i) > 0.5 {
+                future.push(&x, 0.0, scale.value(i), 0.0);
+                future_keys.push((
+                    text_value(category, i).unwrap_or_default(),
+                    text_value(day, i).unwrap_or_default(),
+                ));
+                continue;
             }
             let naive_i = if naive.is_null(i) {
                 0.0
@@ -298,6 +332,8 @@ pub async fn load_demand_dataset(
         store_id: store_id.to_string(),
         train,
         test,
+        future,
+        future_keys,
         naive_scale: if naive_n > 0 {
             naive_abs / naive_n as f64
         } else {

@@ -54,6 +54,8 @@ pub enum DataError {
     },
     #[error("invalid demand spec: {0}")]
     Spec(String),
+    #[error("this store cannot take part in task '{task}': {reason}")]
+    CannotServe { task: &'static str, reason: String },
 }
 
 /// Wrap a DataFusion error with the file and what was being done.

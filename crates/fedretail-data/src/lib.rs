@@ -19,6 +19,7 @@ mod demand_sql;
 mod error;
 mod source;
 mod tabular;
+mod tasks;
 
 pub use customer_sql::{
     load_churn_rows, load_customer_points, load_transaction_points, CustomerFeatureSet,
@@ -27,5 +28,6 @@ pub use customer_sql::{
 };
 pub use demand_sql::{load_demand_dataset, DemandSpec};
 pub use error::DataError;
-pub use source::{open_store, StoreSource};
+pub use source::{open_store, StoreSource, LABELS_FILE};
 pub use tabular::{load_tabular, TabularSilo, TabularSpec, TabularTable};
+pub use tasks::{build_local_task, StoreExport};

@@ -5,6 +5,9 @@ use fedretail_domain::schema::{
     ColumnType, PROMOTIONS_FILE, TRANSACTIONS_FILE, TRANSACTION_COLUMNS,
 };
 use std::io::BufRead;
+
+/// The ground-truth file `fedretail generate` writes beside each store's export.
+pub const LABELS_FILE: &str = "anomaly_labels.csv";
 use std::path::{Path, PathBuf};
 
 /// Where a store's data lives and how it maps onto the canonical schema.
@@ -19,16 +22,22 @@ pub struct StoreSource {
     /// names, for exports that name or shape columns differently.
     #[serde(default)]
     pub view_sql: Option<String>,
+    /// Ground truth of labelled anomalies (`transaction_id,product_id,anomaly`), used
+    /// only to score the store's own anomaly flags; synthetic networks have one.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
 }
 
 impl StoreSource {
     /// The layout `fedretail generate` writes: `DIR/transactions.csv`, `DIR/promotions.csv`.
     pub fn from_dir(dir: &Path) -> Self {
         let promotions = dir.join(PROMOTIONS_FILE);
+        let labels = dir.join(LABELS_FILE);
         StoreSource {
             transactions: dir.join(TRANSACTIONS_FILE),
             promotions: promotions.exists().then_some(promotions),
             view_sql: None,
+            labels: labels.exists().then_some(labels),
         }
     }
 }

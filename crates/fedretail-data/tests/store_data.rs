@@ -16,6 +16,7 @@ async fn load(path: std::path::PathBuf) -> Result<fedretail_models::DemandDatase
         transactions: path,
         promotions: None,
         view_sql: None,
+        labels: None,
     };
     load_demand_dataset("s", &source, &DemandSpec::default()).await
 }
@@ -69,6 +70,7 @@ async fn a_view_maps_differently_named_columns() {
         transactions: path.clone(),
         promotions: None,
         view_sql: Some("SELECT receipt AS transaction_id, sold_at AS timestamp, sku AS product_id, dept AS category, qty AS quantity, price AS unit_price FROM raw_transactions".into()),
+        labels: None,
     };
     let data = load_demand_dataset("s", &source, &DemandSpec::default())
         .await

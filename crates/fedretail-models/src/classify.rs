@@ -5,7 +5,7 @@
 
 use crate::metrics::ranking::{accuracy, roc_auc};
 use crate::task::{LocalTask, TaskError, TaskMetrics};
-use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout, Segment};
+use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -68,60 +68,7 @@ impl LabeledRows {
     }
 }
 
-/// Which classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClassifierKind {
-    Logistic,
-    /// One hidden layer of `hidden` tanh units.
-    Mlp {
-        hidden: usize,
-    },
-}
-
-impl ClassifierKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            ClassifierKind::Logistic => "logistic_regression",
-            ClassifierKind::Mlp { .. } => "mlp",
-        }
-    }
-
-    pub fn layout(&self, dim: usize) -> ModelLayout {
-        let segments = match *self {
-            ClassifierKind::Logistic => vec![
-                Segment::new("weights", dim, true),
-                Segment::new("bias", 1, false),
-            ],
-            ClassifierKind::Mlp { hidden } => vec![
-                Segment::new("hidden_weights", hidden * dim, true),
-                Segment::new("hidden_bias", hidden, false),
-                Segment::new("output_weights", hidden, true),
-                Segment::new("output_bias", 1, false),
-            ],
-        };
-        // Segment names are distinct and non-empty, so this cannot fail.
-        ModelLayout::new(segments).unwrap_or_else(|_| unreachable!("static layout"))
-    }
-
-    /// Starting parameters: zeros for logistic regression, small seeded random
-    /// weights for the MLP (zeros would keep every hidden unit identical).
-    pub fn initial_parameters(&self, dim: usize, seed: u64) -> Vec<f64> {
-        match *self {
-            ClassifierKind::Logistic => vec![0.0; dim + 1],
-            ClassifierKind::Mlp { hidden } => {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let a = (6.0 / (dim + hidden) as f64).sqrt();
-                let b = (6.0 / (hidden + 1) as f64).sqrt();
-                let mut w: Vec<f64> = (0..hidden * dim).map(|_| rng.random_range(-a..a)).collect();
-                w.extend(std::iter::repeat_n(0.0, hidden));
-                w.extend((0..hidden).map(|_| rng.random_range(-b..b)));
-                w.push(0.0);
-                w
-            }
-        }
-    }
-}
+pub use fedretail_core::task::ClassifierKind;
 
 #[inline]
 fn sigmoid(z: f64) -> f64 {
@@ -432,6 +379,34 @@ pub fn classification_metrics(kind: ClassifierKind, w: &[f64], rows: &LabeledRow
         m.insert("log_loss".into(), ll);
     }
     m
+}
+
+/// Hold out `test_fraction` of each class, seeded.
+pub fn stratified_split(
+    rows: &LabeledRows,
+    test_fraction: f64,
+    seed: u64,
+) -> (LabeledRows, LabeledRows) {
+    let mut train = LabeledRows::new(rows.dim());
+    let mut test = LabeledRows::new(rows.dim());
+    for class in [true, false] {
+        let mut idx: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows.row(i).1 == class)
+            .collect();
+        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            seed.wrapping_mul(2).wrapping_add(u64::from(class)),
+        ));
+        let n_test = (idx.len() as f64 * test_fraction).round() as usize;
+        for (j, &i) in idx.iter().enumerate() {
+            let (x, y) = rows.row(i);
+            if j < n_test {
+                test.push(x, y);
+            } else {
+                train.push(x, y);
+            }
+        }
+    }
+    (train, test)
 }
 
 /// A store's (or lender's) classification task: its own train and test rows.

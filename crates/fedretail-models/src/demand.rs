@@ -4,46 +4,11 @@
 
 use crate::glm;
 use crate::metrics::{mase, wape};
-use crate::task::{LocalTask, TaskError, TaskMetrics};
-use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout, Segment};
+use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
+use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
 use std::sync::{Arc, OnceLock};
 
-/// Feature columns in model order; the data layer produces exactly these.
-pub const DEMAND_FEATURES: &[&str] = &[
-    "intercept",
-    "dow_tue",
-    "dow_wed",
-    "dow_thu",
-    "dow_fri",
-    "dow_sat",
-    "dow_sun",
-    "year_sin1",
-    "year_cos1",
-    "year_sin2",
-    "year_cos2",
-    "public_holiday",
-    "shopping_event",
-    "promo_discount",
-    "log_relative_price",
-    "log_lag28",
-    "log_lag35",
-    "log_mean7_lag28",
-    "log_mean28_lag28",
-    "log_dow_ratio",
-    "log_year_ago_change",
-    "has_year_ago",
-];
-
-/// intercept | calendar (dow, yearly Fourier terms, holidays) | price | history.
-pub fn demand_layout() -> ModelLayout {
-    ModelLayout::new(vec![
-        Segment::new("intercept", 1, false),
-        Segment::new("calendar", 12, true),
-        Segment::new("price", 2, true),
-        Segment::new("history", 7, true),
-    ])
-    .unwrap_or_else(|e| unreachable!("static demand layout is valid: {e}"))
-}
+pub use fedretail_core::task::{demand_layout, DEMAND_FEATURES};
 
 /// Rows of a design matrix, row-major, with what is needed to score forecasts.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -133,11 +98,15 @@ impl DemandRows {
 }
 
 /// One store's prepared demand data.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DemandDataset {
     pub store_id: String,
     pub train: DemandRows,
     pub test: DemandRows,
+    /// Rows for the days after the store's history (units unknown, zero), to forecast.
+    pub future: DemandRows,
+    /// (category, ISO date) of each future row.
+    pub future_keys: Vec<(String, String)>,
     /// In-sample mean absolute error of the weekly seasonal-naive forecast (MASE scale).
     pub naive_scale: f64,
     /// Days of history the store has.
@@ -154,6 +123,8 @@ pub struct DemandOptions {
     /// own rows (Ditto-style personalisation). Large stores move further from the
     /// global model than small ones because their data outweighs the pull.
     pub personalization: f64,
+    /// Coverage of the forecast interval the store writes.
+    pub interval: f64,
 }
 
 impl Default for DemandOptions {
@@ -162,6 +133,7 @@ impl Default for DemandOptions {
             l2: 1.0,
             max_step: 2.0,
             personalization: 20.0,
+            interval: 0.8,
         }
     }
 }
@@ -326,4 +298,83 @@ impl LocalTask for DemandTask {
         put("naive", data.test.abs_error(data.test.naive()));
         Ok(m)
     }
+
+    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
+        let metrics = self.evaluate(global)?;
+        let (chosen, model) = self.forecast_model(global, &metrics);
+        let table = forecast_table(&self.data, &model, chosen, self.options.interval);
+        let mut metrics = metrics;
+        metrics.insert("forecast_rows".into(), table.rows.len() as f64);
+        Ok(StoreResults {
+            tables: vec![table],
+            metrics,
+        })
+    }
+}
+
+impl DemandTask {
+    /// The model whose forecast the store keeps: the lowest WAPE on its held-out days
+    /// among the federated, personalized and local-only models.
+    fn forecast_model(&self, global: &[f64], metrics: &TaskMetrics) -> (&'static str, Vec<f64>) {
+        let wape = |k: &str| metrics.get(k).copied().unwrap_or(f64::INFINITY);
+        let mut best = ("federated", wape("wape_federated"));
+        for name in ["personalized", "local"] {
+            let w = wape(&format!("wape_{name}"));
+            if w < best.1 {
+                best = (name, w);
+            }
+        }
+        let model = match best.0 {
+            "personalized" => self.personalize(global),
+            "local" => self.local_only_model().to_vec(),
+            _ => global.to_vec(),
+        };
+        (best.0, model)
+    }
+}
+
+/// Forecasts for the days after the history, with a central interval of `coverage`
+/// from a Poisson with the overdispersion seen on the held-out days.
+fn forecast_table(data: &DemandDataset, model: &[f64], chosen: &str, coverage: f64) -> ResultTable {
+    let mut held_out = Vec::new();
+    glm::predict_into(&data.test, model, &mut held_out);
+    let pearson: Vec<f64> = data
+        .test
+        .units()
+        .iter()
+        .zip(&held_out)
+        .filter(|(_, mu)| **mu > 1e-9)
+        .map(|(y, mu)| (y - mu) * (y - mu) / mu)
+        .collect();
+    let dispersion = if pearson.is_empty() {
+        1.0
+    } else {
+        (pearson.iter().sum::<f64>() / pearson.len() as f64).max(1.0)
+    };
+    let z = crate::metrics::normal_quantile(0.5 + coverage / 2.0);
+    let mut forecast = Vec::new();
+    glm::predict_into(&data.future, model, &mut forecast);
+    let mut table = ResultTable::new(
+        "forecast",
+        &[
+            "date",
+            "category",
+            "forecast_units",
+            "lower",
+            "upper",
+            "model",
+        ],
+    );
+    for ((category, date), mu) in data.future_keys.iter().zip(&forecast) {
+        let half = z * (dispersion * mu).sqrt();
+        table.push(vec![
+            date.clone(),
+            category.clone(),
+            format!("{mu:.2}"),
+            format!("{:.2}", (mu - half).max(0.0)),
+            format!("{:.2}", mu + half),
+            chosen.to_string(),
+        ]);
+    }
+    table
 }

@@ -3,9 +3,11 @@
 //! update; given a model, compute aggregate metrics. Nothing here does IO or knows
 //! about the network: a task holds its store's prepared rows in memory.
 //!
-//! The first task is demand forecasting ([`DemandTask`]): a Poisson GLM on daily units
-//! per store and category, relative to the series' own scale so that stores of very
-//! different size share one model.
+//! Demand forecasting ([`DemandTask`]) is a Poisson GLM on daily units per store and
+//! category, relative to the series' own scale so that stores of very different size
+//! share one model. The analytics tasks ([`analytics`]) cluster customers and receipts
+//! and score churn. Every task can turn the final model into the store's own results
+//! ([`LocalTask::results`]): tables its agent writes into the store's results folder.
 //!
 //! ```
 //! use fedretail_models::{glm, demand_layout};
@@ -13,15 +15,20 @@
 //! assert_eq!(layout.len(), fedretail_models::DEMAND_FEATURES.len());
 //! ```
 
+pub mod analytics;
 pub mod classify;
 pub mod clustering;
 pub mod demand;
 pub mod glm;
 pub mod metrics;
+mod source;
 mod task;
+pub mod words;
 
+pub use analytics::{ChurnTask, ClusterPurpose, ClusterSettings, LabelledClusterTask};
 pub use classify::{example_gradient, ClassifierKind, ClassifierTask, LabeledRows};
 pub use clustering::{ClusterTask, PointSet};
 pub use demand::{demand_layout, DemandDataset, DemandRows, DemandTask, DEMAND_FEATURES};
 pub use fedretail_core::LocalWork;
-pub use task::{layout_for_task, LocalTask, TaskError, TaskMetrics};
+pub use source::{FixedTasks, PrepareFuture, TaskSource};
+pub use task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};

@@ -1,8 +1,6 @@
 use fedretail_core::{LocalWork, ModelLayout};
-use std::collections::BTreeMap;
 
-/// Aggregate metrics a store reports: named numbers, never rows.
-pub type TaskMetrics = BTreeMap<String, f64>;
+pub use fedretail_core::TaskMetrics;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TaskError {
@@ -14,8 +12,6 @@ pub enum TaskError {
     },
     #[error("store has no training rows for task '{0}'")]
     NoTrainingRows(&'static str),
-    #[error("unknown task '{0}' (known: demand)")]
-    UnknownTask(String),
     #[error("task '{task}' cannot do {work}")]
     UnsupportedWork {
         task: &'static str,
@@ -25,6 +21,40 @@ pub enum TaskError {
     InvalidPrivacy(String),
     #[error("local training diverged: {0}")]
     Diverged(String),
+}
+
+/// A table a store keeps from a job (forecasts, flagged receipts, segments, scores):
+/// the agent writes it as CSV into the store's own results folder. Cells are text,
+/// already formatted for a spreadsheet.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResultTable {
+    /// File stem, e.g. `forecast` for `forecast.csv`.
+    pub name: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl ResultTable {
+    pub fn new(name: &str, columns: &[&str]) -> Self {
+        ResultTable {
+            name: name.to_string(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        debug_assert_eq!(row.len(), self.columns.len());
+        self.rows.push(row);
+    }
+}
+
+/// What a store gets from a job, computed from the final model and its own rows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StoreResults {
+    pub tables: Vec<ResultTable>,
+    /// Metrics of the model on the store's own held-out data (the model card's).
+    pub metrics: TaskMetrics,
 }
 
 /// A federated task as one store sees it. The agent calls these; the coordinator never
@@ -38,12 +68,12 @@ pub trait LocalTask: Send + Sync {
     fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError>;
     /// Metrics of `global` on the store's held-out rows, with the store's own baselines.
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError>;
-}
-
-/// The layout of a task's model, by task name (what the coordinator needs to start).
-pub fn layout_for_task(task: &str) -> Result<ModelLayout, TaskError> {
-    match task {
-        "demand" => Ok(crate::demand_layout()),
-        other => Err(TaskError::UnknownTask(other.to_string())),
+    /// What the store keeps from the final model: tables for its results folder. They
+    /// never leave the store.
+    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
+        Ok(StoreResults {
+            tables: Vec::new(),
+            metrics: self.evaluate(global)?,
+        })
     }
 }

@@ -1,5 +1,5 @@
 use crate::v1;
-use fedretail_core::{ModelLayout, Segment, UpdatePrecision, UpdateVector};
+use fedretail_core::{CheckedTask, ModelLayout, Segment, TaskSpec, UpdatePrecision, UpdateVector};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
@@ -17,6 +17,45 @@ pub enum TensorError {
     TooLarge { bytes: usize, limit: usize },
     #[error("layout is missing or invalid: {0}")]
     BadLayout(String),
+}
+
+/// Largest task spec accepted from the wire; a real one is a few hundred bytes.
+pub const MAX_TASK_SPEC_BYTES: usize = 16 << 10;
+
+/// Why a job context from the wire cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobContextError {
+    #[error("the task carries no job context")]
+    Missing,
+    #[error("task spec of {0} bytes exceeds the limit of {MAX_TASK_SPEC_BYTES}")]
+    TooLarge(usize),
+    #[error("task spec is not a known task with valid options: {0}")]
+    BadSpec(String),
+}
+
+/// A job's context as the coordinator sends it with every task.
+pub fn job_to_wire(job_id: &str, spec: &TaskSpec) -> v1::JobContext {
+    v1::JobContext {
+        job_id: job_id.to_string(),
+        // A TaskSpec is plain data: serializing it cannot fail.
+        task_spec: serde_json::to_string(spec).unwrap_or_default(),
+    }
+}
+
+/// The job id and checked task spec of a task from the coordinator.
+pub fn job_from_wire(
+    job: Option<&v1::JobContext>,
+) -> Result<(String, CheckedTask), JobContextError> {
+    let job = job.ok_or(JobContextError::Missing)?;
+    if job.task_spec.len() > MAX_TASK_SPEC_BYTES {
+        return Err(JobContextError::TooLarge(job.task_spec.len()));
+    }
+    let spec: TaskSpec = serde_json::from_str(&job.task_spec)
+        .map_err(|e| JobContextError::BadSpec(e.to_string()))?;
+    let checked = spec
+        .checked()
+        .map_err(|e| JobContextError::BadSpec(e.to_string()))?;
+    Ok((job.job_id.clone(), checked))
 }
 
 pub fn encode_f32(values: &[f32]) -> v1::Tensor {
@@ -155,6 +194,29 @@ mod tests {
             let t = v1::Tensor { dtype, len, data };
             let _ = decode_tensor(&t, len as usize, 1 << 20);
         }
+    }
+
+    #[test]
+    fn job_contexts_round_trip_and_bad_specs_are_named() {
+        let spec = fedretail_core::TaskKind::Churn.default_spec();
+        let wire = job_to_wire("churn-1", &spec);
+        let (id, checked) = job_from_wire(Some(&wire)).unwrap();
+        assert_eq!((id.as_str(), checked.spec()), ("churn-1", &spec));
+        let bad = v1::JobContext {
+            job_id: "x".into(),
+            task_spec: r#"{"kind":"teleport"}"#.into(),
+        };
+        let e = job_from_wire(Some(&bad)).unwrap_err().to_string();
+        assert!(e.contains("teleport"), "{e}");
+        let huge = v1::JobContext {
+            job_id: "x".into(),
+            task_spec: " ".repeat(MAX_TASK_SPEC_BYTES + 1),
+        };
+        assert!(matches!(
+            job_from_wire(Some(&huge)),
+            Err(JobContextError::TooLarge(_))
+        ));
+        assert_eq!(job_from_wire(None), Err(JobContextError::Missing));
     }
 
     #[test]

@@ -17,13 +17,13 @@ pub mod v1 {
 }
 
 pub use convert::{
-    decode_tensor, encode_f32, encode_f64, encode_update, layout_from_wire, layout_to_wire,
-    TensorError,
+    decode_tensor, encode_f32, encode_f64, encode_update, job_from_wire, job_to_wire,
+    layout_from_wire, layout_to_wire, JobContextError, TensorError, MAX_TASK_SPEC_BYTES,
 };
 pub use error::{ErrorKind, ServiceError};
 
 /// Protocol version spoken by this build; registration refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default largest message accepted (64 MiB): enough for a 10M-parameter f32 update.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;

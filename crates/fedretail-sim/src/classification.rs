@@ -17,13 +17,12 @@ use fedretail_data::{
     CUSTOMER_ANOMALY_FEATURES,
 };
 use fedretail_models::classify::{
-    classification_metrics, dp_sgd, dp_sgd_schedule, predict_proba, sgd, DpSgdConfig,
+    classification_metrics, dp_sgd, dp_sgd_schedule, predict_proba, sgd, stratified_split,
+    DpSgdConfig,
 };
 use fedretail_models::metrics::ranking::{accuracy, roc_auc};
 use fedretail_models::{ClassifierKind, ClassifierTask, LabeledRows, LocalTask};
 use fedretail_privacy::{calibrate_noise_multiplier, RdpAccountant};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -615,34 +614,6 @@ pub async fn run_churn(
         Some(3),
         on_event,
     )
-}
-
-/// Hold out `test_fraction` of each class, seeded.
-pub fn stratified_split(
-    rows: &LabeledRows,
-    test_fraction: f64,
-    seed: u64,
-) -> (LabeledRows, LabeledRows) {
-    let mut train = LabeledRows::new(rows.dim());
-    let mut test = LabeledRows::new(rows.dim());
-    for class in [true, false] {
-        let mut idx: Vec<usize> = (0..rows.len())
-            .filter(|&i| rows.row(i).1 == class)
-            .collect();
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-            seed.wrapping_mul(2).wrapping_add(u64::from(class)),
-        ));
-        let n_test = (idx.len() as f64 * test_fraction).round() as usize;
-        for (j, &i) in idx.iter().enumerate() {
-            let (x, y) = rows.row(i);
-            if j < n_test {
-                test.push(x, y);
-            } else {
-                train.push(x, y);
-            }
-        }
-    }
-    (train, test)
 }
 
 /// A readable summary of a classification report.

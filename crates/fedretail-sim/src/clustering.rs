@@ -18,8 +18,11 @@ use fedretail_data::{
     load_customer_points, load_transaction_points, CustomerFeatureSet, FeatureWindow, StoreSource,
     CUSTOMER_ANOMALY_FEATURES, SEGMENT_FEATURES, TRANSACTION_FEATURES,
 };
+use fedretail_models::analytics::rarity_scores;
 use fedretail_models::clustering::{silhouette, summarize};
 use fedretail_models::metrics::ranking::{precision_at_k, roc_auc};
+use fedretail_models::words::describe_customer_anomaly;
+pub use fedretail_models::words::describe_segment;
 use fedretail_models::{ClusterTask, LocalTask, PointSet};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -187,27 +190,6 @@ fn assign(model: &[f64], k: usize, points: &PointSet) -> Result<(Vec<usize>, Vec
             (l, d2.sqrt())
         })
         .unzip())
-}
-
-/// The seed's reading of a customer clustering: far from its centroid, or in a small
-/// cluster, is suspicious. Score = distance + ln(1 / share of the store's customers
-/// in that cluster), both in standardized units.
-fn customer_scores(labels: &[usize], dist: &[f64], k: usize) -> Vec<f64> {
-    let mut counts = vec![0usize; k.max(1)];
-    for &l in labels {
-        if l < counts.len() {
-            counts[l] += 1;
-        }
-    }
-    let n = labels.len().max(1) as f64;
-    labels
-        .iter()
-        .zip(dist)
-        .map(|(&l, &d)| {
-            let share = counts.get(l).copied().unwrap_or(1).max(1) as f64 / n;
-            d + (1.0 / share).ln()
-        })
-        .collect()
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -399,7 +381,7 @@ fn scores_for(
 ) -> Result<(ModelScores, Vec<f64>), SimError> {
     let (assigned, dist) = assign(model, k, points)?;
     let score = if customer {
-        customer_scores(&assigned, &dist, k)
+        rarity_scores(&assigned, &dist, k)
     } else {
         dist
     };
@@ -573,79 +555,6 @@ fn describe(
             }
         })
         .collect())
-}
-
-fn level(means: &BTreeMap<String, f64>, name: &str) -> f64 {
-    means.get(name).copied().unwrap_or(0.0)
-}
-
-fn describe_customer_anomaly(m: &BTreeMap<String, f64>) -> String {
-    let mut parts = Vec::new();
-    if level(m, "refund_rate") > 1.0 {
-        parts.push("refunds far more than usual");
-    }
-    if level(m, "avg_order_value") > 1.0 {
-        parts.push("very large baskets");
-    }
-    if level(m, "total_orders") > 1.0 {
-        parts.push("very frequent");
-    }
-    if level(m, "days_since_last_purchase") > 1.0 {
-        parts.push("gone quiet");
-    }
-    if parts.is_empty() {
-        "ordinary customers".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
-/// Plain words for an RFM segment from its standardized centroid.
-pub fn describe_segment(m: &BTreeMap<String, f64>) -> String {
-    let recency = level(m, "recency_days");
-    let orders = level(m, "log_orders");
-    let value = level(m, "log_avg_order_value");
-    let tenure = level(m, "tenure_days");
-    let name = if recency > 0.8 && value > 0.3 {
-        "lapsed high-value"
-    } else if recency > 0.8 {
-        "lapsed"
-    } else if orders > 0.8 && value > 0.3 {
-        "loyal big-basket regulars"
-    } else if orders > 0.8 {
-        "weekly stock-up regulars"
-    } else if tenure < -0.8 && orders < 0.0 {
-        "new customers"
-    } else if value > 0.8 {
-        "occasional big spenders"
-    } else if value < -0.8 {
-        "small top-up shoppers"
-    } else {
-        "steady occasional shoppers"
-    };
-    let tilt = |v: f64, hi: &str, lo: &str| -> Option<String> {
-        if v > 0.5 {
-            Some(hi.to_string())
-        } else if v < -0.5 {
-            Some(lo.to_string())
-        } else {
-            None
-        }
-    };
-    let detail: Vec<String> = [
-        tilt(-recency, "bought recently", "not seen for a while"),
-        tilt(orders, "many orders", "few orders"),
-        tilt(value, "large baskets", "small baskets"),
-        tilt(tenure, "long-standing", "recently joined"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if detail.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name} ({})", detail.join(", "))
-    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

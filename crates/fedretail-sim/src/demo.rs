@@ -1,15 +1,16 @@
+use crate::federation::{run_federation, SimStore};
 use crate::prepare::{prepare_network, PreparedStore};
 use crate::report::{group_by, summarize, DemandReport, StoreReport};
 use crate::SimError;
-use fedretail_agent::{AgentConfig, StoreAgent};
-use fedretail_coordinator::{
-    run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorEvent, JobConfig,
-    StoreCredential,
-};
+use fedretail_coordinator::{CoordinatorEvent, JobConfig};
+use fedretail_core::task::DemandTaskOptions;
+use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::DemandSpec;
 use fedretail_domain::size_band;
 use fedretail_models::demand::{test_errors, DemandOptions};
-use fedretail_models::{demand_layout, glm, metrics, DemandTask, LocalTask, DEMAND_FEATURES};
+use fedretail_models::{
+    demand_layout, glm, metrics, DemandTask, FixedTasks, LocalTask, DEMAND_FEATURES,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,8 @@ pub struct DemoOptions {
     pub database: Option<PathBuf>,
     /// Stores whose features are computed at once.
     pub prepare_parallelism: usize,
+    /// Each store's agent writes its forecasts and model into `<store>/results/`.
+    pub write_results: bool,
 }
 
 impl DemoOptions {
@@ -34,6 +37,7 @@ impl DemoOptions {
             job: JobConfig::default(),
             database: None,
             prepare_parallelism: 2,
+            write_results: true,
         }
     }
 }
@@ -63,6 +67,7 @@ pub async fn run_demo(
     let started = Instant::now();
     let spec = DemandSpec {
         holdout_days: options.holdout_days,
+        horizon_days: 28,
     };
     let obs = observer.clone();
     let on_done = move |store: &str, done: usize, total: usize| {
@@ -85,75 +90,52 @@ pub async fn run_demo(
     });
     let prepare_seconds = started.elapsed().as_secs_f64();
 
-    // Coordinator on an ephemeral loopback port; every store gets its own token.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| SimError::Runtime(format!("cannot listen on 127.0.0.1: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| SimError::Runtime(e.to_string()))?;
-    let credentials: Vec<StoreCredential> = stores
-        .iter()
-        .map(|s| StoreCredential {
-            store_id: s.store_id.clone(),
-            token: format!("{:032x}", rand::random::<u128>()),
-        })
-        .collect();
     let mut job = options.job.clone();
-    job.expected_stores = Some(stores.len());
-    job.min_stores = job.min_stores.min(stores.len()).max(1);
-    let config = CoordinatorConfig {
-        listen: addr.to_string(),
-        database: options.database.clone().unwrap_or_default(),
-        max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
-        stores: credentials.clone(),
-        open_token: None,
-        job: job.clone(),
-    };
-    let checkpoints = match &options.database {
-        Some(path) => CheckpointStore::open(path),
-        None => CheckpointStore::in_memory(),
-    }
-    .map_err(|e| SimError::Coordinator(e.into()))?;
-    let fed_start = Instant::now();
-    let obs = observer.clone();
-    let coordinator = tokio::spawn(run_coordinator_with(
-        config,
-        listener,
-        checkpoints,
-        Arc::new(move |e: &CoordinatorEvent| obs(&DemoEvent::Coordinator(e.clone()))),
-    ));
-
+    job.task = TaskSpec::Demand(DemandTaskOptions {
+        holdout_days: options.holdout_days,
+        ..Default::default()
+    });
     let demand_options = DemandOptions {
         l2: job.l2,
         ..Default::default()
     };
-    let mut agents = tokio::task::JoinSet::new();
-    for (store, cred) in stores.iter().zip(&credentials) {
-        let mut cfg = AgentConfig::new(format!("http://{addr}"), store.store_id.clone());
-        cfg.token = cred.token.clone();
-        cfg.business_type = store.business_type.clone();
-        let task: Arc<dyn LocalTask> =
-            Arc::new(DemandTask::new(store.dataset.clone(), demand_options));
-        let id = store.store_id.clone();
-        agents.spawn(async move { (id, StoreAgent::new(cfg, task).run().await) });
-    }
-    let outcome = coordinator
-        .await
-        .map_err(|e| SimError::Runtime(format!("coordinator task failed: {e}")))??;
-    let mut agent_failures = Vec::new();
-    while let Some(joined) = agents.join_next().await {
-        match joined {
-            Ok((_, Ok(_))) => {}
-            Ok((id, Err(e))) => agent_failures.push(crate::SkippedStore {
-                store_id: id,
-                reason: format!("agent failed: {e}"),
-            }),
-            Err(e) => agent_failures.push(crate::SkippedStore {
-                store_id: "?".into(),
-                reason: format!("agent task failed: {e}"),
-            }),
-        }
+    // Each agent gets the task its store prepared above (timed apart), and keeps its
+    // results (forecasts, the model) in the store's own folder.
+    let sim_stores: Vec<SimStore> = stores
+        .iter()
+        .map(|store| {
+            let task: Arc<dyn LocalTask> =
+                Arc::new(DemandTask::new(store.dataset.clone(), demand_options));
+            SimStore {
+                store_id: store.store_id.clone(),
+                business_type: store.business_type.clone(),
+                tasks: Arc::new(FixedTasks::new().with(TaskKind::Demand, task)),
+                results_dir: options
+                    .write_results
+                    .then(|| options.data_dir.join(&store.store_id).join("results")),
+            }
+        })
+        .collect();
+    let fed_start = Instant::now();
+    let obs = observer.clone();
+    let run = run_federation(
+        &sim_stores,
+        vec![job.clone()],
+        options.database.as_deref(),
+        Arc::new(move |e: &CoordinatorEvent| obs(&DemoEvent::Coordinator(e.clone()))),
+    )
+    .await?;
+    let agent_failures = run.agent_failures;
+    let outcome = run
+        .outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| SimError::Runtime("the coordinator ran no job".into()))?;
+    if outcome.failed {
+        return Err(SimError::Runtime(format!(
+            "the demand job {}",
+            outcome.status
+        )));
     }
     let federated_seconds = fed_start.elapsed().as_secs_f64();
 

@@ -186,6 +186,7 @@ pub async fn run_dp_demand(
     }
     let spec = DemandSpec {
         holdout_days: o.holdout_days,
+        ..Default::default()
     };
     let progress = on_progress.clone();
     let on_done = move |store: &str, done: usize, total: usize| {

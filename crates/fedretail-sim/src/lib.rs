@@ -18,7 +18,9 @@ pub mod classification;
 pub mod clustering;
 mod demo;
 pub mod dp_demand;
+pub mod federation;
 pub mod inprocess;
+mod network_jobs;
 mod prepare;
 mod report;
 
@@ -32,6 +34,10 @@ pub use clustering::{
 };
 pub use demo::{run_demo, DemoEvent, DemoOptions};
 pub use dp_demand::{render_dp_demand, run_dp_demand, DpDemandOptions, DpDemandReport};
+pub use network_jobs::{
+    default_job, render_network_run, run_network_jobs, GroupMetrics, NetworkJobReport,
+    NetworkRunReport,
+};
 pub use prepare::{prepare_network, PreparedStore, SkippedStore};
 pub use report::{privacy_line, render_summary, DemandReport, GroupSummary, StoreReport};
 

@@ -29,8 +29,8 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
     let db = dir.path().join("coordinator.db");
     let options = DemoOptions {
         job: JobConfig {
-            strategy: StrategyKind::Newton,
-            rounds: 8,
+            strategy: Some(StrategyKind::Newton),
+            rounds: Some(8),
             ..JobConfig::default()
         },
         database: Some(db.clone()),
@@ -121,6 +121,28 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
             json["stores"][0].get(key).is_some(),
             "store report lacks {key}"
         );
+    }
+
+    // Every store kept its forecast and the model, at the store.
+    for s in &report.stores {
+        let folder = dir
+            .path()
+            .join(&s.store_id)
+            .join("results")
+            .join("demand-forecast");
+        let forecast = std::fs::read_to_string(folder.join("forecast.csv")).unwrap();
+        let mut lines = forecast.lines();
+        assert_eq!(
+            lines.next(),
+            Some("date,category,forecast_units,lower,upper,model")
+        );
+        assert_eq!(
+            lines.count() % 28,
+            0,
+            "{}: 28 days per category",
+            s.store_id
+        );
+        assert!(folder.join("model.json").exists() && folder.join("model_card.json").exists());
     }
 
     // Every completed round was checkpointed.

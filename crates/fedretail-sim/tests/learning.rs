@@ -52,6 +52,7 @@ fn synthetic_store(id: &str, rows: usize, seed: u64) -> DemandDataset {
         test,
         naive_scale: 1.0,
         history_days: 365,
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,317 @@
+//! The commands of a real deployment: `coordinator`, `agent` and `predict`.
+
+use crate::commands::runtime;
+use anyhow::{Context, Result};
+use clap::Args;
+use fedretail_agent::{read_model, write_results, AgentConfig, StoreAgent};
+use fedretail_coordinator::{run_coordinator, CoordinatorConfig, CoordinatorEvent, JobOutcome};
+use fedretail_data::{build_local_task, StoreExport, StoreSource};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// Coordinator configuration (TOML): listen address, database, stores and jobs.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override the listen address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Write every job's outcome (rounds, evaluations, model) as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+fn log_event(e: &CoordinatorEvent) {
+    use CoordinatorEvent as E;
+    match e {
+        E::StoreRegistered {
+            store_id,
+            registered,
+        } => eprintln!("store {store_id} joined ({registered} registered)"),
+        E::JobStarted {
+            job_id,
+            task,
+            strategy,
+        } => eprintln!("job {job_id}: task {task}, strategy {strategy}"),
+        E::StoreReady {
+            store_id,
+            num_train_examples: Some(n),
+            ..
+        } => eprintln!("store {store_id} ready ({n} training rows)"),
+        E::StoreReady {
+            store_id, reason, ..
+        } => eprintln!(
+            "store {store_id} sits this job out: {}",
+            reason.as_deref().unwrap_or("no reason given")
+        ),
+        E::RoundStarted {
+            round,
+            total_rounds,
+            selected,
+            ..
+        } => eprintln!("round {round}/{total_rounds}: {selected} stores selected"),
+        E::RoundCompleted {
+            round,
+            participants,
+            dropped,
+            step_norm,
+            epsilon_spent,
+        } => {
+            let eps = epsilon_spent
+                .map(|e| format!(", epsilon spent {e:.3}"))
+                .unwrap_or_default();
+            eprintln!("round {round} done: {participants} updates, {dropped} dropped, step {step_norm:.3e}{eps}")
+        }
+        E::BudgetReached { round, reason } => eprintln!("not starting round {round}: {reason}"),
+        E::RoundFailed {
+            round,
+            attempt,
+            reason,
+        } => eprintln!("round {round} attempt {attempt} failed: {reason}"),
+        E::EvaluationStarted { stores } => {
+            eprintln!("evaluating at {stores} stores (each keeps its results)")
+        }
+        E::JobFinished { job_id, status } => eprintln!("job {job_id}: {status}"),
+        E::JobSkipped { job_id, reason } => eprintln!("job {job_id} skipped: {reason}"),
+        E::Finished { status } => eprintln!("coordinator done: {status}"),
+        E::UpdateAccepted { .. } => {}
+    }
+}
+
+pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let mut config = CoordinatorConfig::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let jobs = config
+        .checked_jobs()
+        .with_context(|| format!("{}", args.config.display()))?;
+    let rt = runtime()?;
+    let outcomes = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let names: Vec<&str> = jobs.iter().map(|j| j.job_id()).collect();
+        eprintln!("coordinator listening on {} for jobs [{}]", listener.local_addr()?, names.join(", "));
+        if let Some(dir) = &config.jobs_dir {
+            eprintln!("watching {} for more jobs (*.toml); stop with Ctrl-C", dir.display());
+        }
+        let run = run_coordinator(config.clone(), listener, Arc::new(log_event));
+        tokio::select! {
+            r = run => anyhow::Ok(r?),
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped by Ctrl-C; the running job resumes from its last round on restart"),
+        }
+    })?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&serde_json::json!({ "jobs": outcomes }))?;
+        std::fs::write(path, json).with_context(|| format!("writing report {}", path.display()))?;
+    }
+    for o in &outcomes {
+        println!("{}", job_line(o));
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.failed)
+        .map(|o| o.job_id.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} jobs failed: {}",
+            failed.len(),
+            outcomes.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn job_line(o: &JobOutcome) -> String {
+    let skipped = if o.stores_not_taking_part.is_empty() {
+        String::new()
+    } else {
+        format!(", {} stores sat out", o.stores_not_taking_part.len())
+    };
+    format!(
+        "job {} ({}, {}): {} ({} rounds, {} evaluations{skipped}, {} bytes up, {} down, {:.1} s)",
+        o.job_id,
+        o.task,
+        o.strategy,
+        o.status,
+        o.rounds.len(),
+        o.evaluations.len(),
+        o.bytes_up,
+        o.bytes_down,
+        o.wall_seconds
+    )
+}
+
+/// A store agent's configuration file. What to train comes with each job from the
+/// coordinator; this file says only who the store is and where its data lives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// e.g. "http://coordinator.example:50051"
+    pub coordinator: String,
+    pub store_id: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub business_type: String,
+    /// Where the store's results go, one folder per job (default `results` beside
+    /// this file).
+    #[serde(default)]
+    pub results_dir: Option<PathBuf>,
+    pub data: StoreSource,
+}
+
+impl AgentFile {
+    /// Reads the file; relative paths in it are relative to the file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut file: AgentFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut file.data.transactions);
+        for p in [&mut file.data.promotions, &mut file.data.labels]
+            .into_iter()
+            .flatten()
+        {
+            rebase(p);
+        }
+        let mut results = file
+            .results_dir
+            .take()
+            .unwrap_or_else(|| PathBuf::from("results"));
+        rebase(&mut results);
+        file.results_dir = Some(results);
+        Ok(file)
+    }
+
+    fn results_dir(&self) -> PathBuf {
+        self.results_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results"))
+    }
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Agent configuration (TOML): coordinator address, store id, token, data files
+    /// and results folder.
+    #[arg(long, short)]
+    pub config: PathBuf,
+}
+
+pub fn agent(args: AgentArgs) -> Result<()> {
+    let file = AgentFile::read(&args.config)?;
+    let mut cfg = AgentConfig::new(file.coordinator.clone(), file.store_id.clone());
+    cfg.token = file.token.clone();
+    cfg.business_type = file.business_type.clone();
+    cfg.results_dir = Some(file.results_dir());
+    let tasks = Arc::new(StoreExport {
+        store_id: file.store_id.clone(),
+        source: file.data.clone(),
+    });
+    eprintln!(
+        "store {}: results go to {}",
+        file.store_id,
+        file.results_dir().display()
+    );
+    let summary = runtime()?.block_on(StoreAgent::new(cfg, tasks).run())?;
+    for job in &summary.jobs {
+        match (&job.cannot_serve, &job.results) {
+            (Some(reason), _) => println!(
+                "store {}: job {} ({}): sat out: {reason}",
+                file.store_id, job.job_id, job.task
+            ),
+            (None, Some(dir)) => println!(
+                "store {}: job {} ({}): results in {}",
+                file.store_id,
+                job.job_id,
+                job.task,
+                dir.display()
+            ),
+            (None, None) => println!(
+                "store {}: job {} ({}): no results (the job ended without a final model here)",
+                file.store_id, job.job_id, job.task
+            ),
+        }
+    }
+    println!(
+        "store {}: {} rounds trained, {} evaluations, {} retries; coordinator says: {}",
+        file.store_id,
+        summary.rounds_trained,
+        summary.evaluations,
+        summary.retries,
+        summary.finish_reason
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// The store's agent configuration (its data section says where the export is).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// A saved model (`model.json` from a job's results folder).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Folder to write the `<job id>-predict` results folder into [default: the
+    /// store's results folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Scores the store's current data with a saved model, no coordinator needed.
+pub fn predict(args: PredictArgs) -> Result<()> {
+    let file = AgentFile::read(&args.config)?;
+    let model = read_model(&args.model)?;
+    let spec = model
+        .task
+        .checked()
+        .with_context(|| format!("{}: task options", args.model.display()))?;
+    let results = runtime()?.block_on(async {
+        let task = build_local_task(&file.store_id, &file.data, &spec).await?;
+        let parameters = model
+            .parameters()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
+        anyhow::ensure!(
+            *parameters.layout() == task.layout(),
+            "{}: the model has {} parameters, task '{}' on this store's data needs {}",
+            args.model.display(),
+            parameters.values().len(),
+            spec.kind(),
+            task.layout().len()
+        );
+        let values = parameters.into_values();
+        Ok(tokio::task::spawn_blocking(move || task.results(&values)).await??)
+    })?;
+    let mut saved = model.clone();
+    saved.job_id = format!("{}-predict", model.job_id);
+    let out_root = match &args.out {
+        Some(dir) => dir.clone(),
+        None => file.results_dir(),
+    };
+    let folder = write_results(&out_root, &saved, &results)?;
+    for t in &results.tables {
+        println!("{}.csv: {} rows", t.name, t.rows.len());
+    }
+    println!(
+        "results of {} (model version {}) in {}",
+        spec.kind(),
+        model.model_version,
+        folder.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Helpers for the tests that run the built binary as processes.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fedretail");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for every process to exit successfully; kills them all after `limit`.
+pub fn wait_all(children: &mut [(String, Child)], limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let mut running = 0;
+        for (name, c) in children.iter_mut() {
+            match c.try_wait().unwrap() {
+                Some(status) => assert!(status.success(), "{name} exited with {status}"),
+                None => running += 1,
+            }
+        }
+        if running == 0 {
+            return;
+        }
+        if start.elapsed() > limit {
+            for (_, c) in children.iter_mut() {
+                let _ = c.kill();
+            }
+            panic!("processes still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn write(path: &Path, body: &str) {
+    std::fs::write(path, body).unwrap();
+}

@@ -1,0 +1,436 @@
+//! The built binary running a network's jobs as an operator would: one coordinator
+//! process running several jobs in a row against the same four agent processes (one
+//! a till that records no customer ids, which sits the customer tasks out and says
+//! why), each store keeping its results in its own folder; and a coordinator killed
+//! with SIGKILL mid-job that, restarted, finishes that job and runs the rest.
+
+use fedretail_core::kmeans::{fit_bisecting_kmeans, KMeansConfig};
+use fedretail_core::SamplingConfig;
+use fedretail_data::{load_customer_points, CustomerFeatureSet, FeatureWindow, StoreSource};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{free_port, wait_all, BIN};
+const STORES: [&str; 3] = ["store-001", "store-002", "store-003"];
+/// A till without customer ids: store-001's sales with the customer column dropped.
+const TILL: &str = "store-004";
+
+fn generate(dir: &Path) -> PathBuf {
+    let net = dir.join("net");
+    let out = Command::new(BIN)
+        .args([
+            "generate",
+            "--stores",
+            "3",
+            "--days",
+            "240",
+            "--young-fraction",
+            "0",
+            "--seed",
+            "11",
+            "--out",
+        ])
+        .arg(&net)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(net.join(STORES[0]).join("transactions.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let drop = header.iter().position(|h| *h == "customer_id").unwrap();
+    let keep = |l: &str| {
+        let f: Vec<&str> = l.split(',').collect();
+        let kept: Vec<&str> = (0..f.len()).filter(|&i| i != drop).map(|i| f[i]).collect();
+        kept.join(",")
+    };
+    let mut till = keep(&header.join(","));
+    for l in lines {
+        till.push('\n');
+        till.push_str(&keep(l));
+    }
+    std::fs::create_dir_all(net.join(TILL)).unwrap();
+    std::fs::write(net.join(TILL).join("transactions.csv"), till + "\n").unwrap();
+    net
+}
+
+/// Four jobs, one per task family, small enough to run in seconds.
+fn coordinator_config(dir: &Path, port: u16) -> PathBuf {
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n",
+        dir.join("coordinator.db").display()
+    );
+    text.push_str(
+        r#"
+[[jobs]]
+job_id = "demand"
+task = "demand"
+rounds = 6
+min_stores = 3
+expected_stores = 4
+round_timeout_secs = 60
+
+[[jobs]]
+job_id = "customer-anomaly"
+min_stores = 3
+expected_stores = 4
+round_timeout_secs = 60
+[jobs.task]
+kind = "customer_anomaly"
+clusters = 3
+max_iterations = 6
+flag_share = 0.02
+
+[[jobs]]
+job_id = "segments"
+min_stores = 3
+expected_stores = 4
+round_timeout_secs = 60
+[jobs.task]
+kind = "segments"
+clusters = 4
+max_iterations = 6
+
+[[jobs]]
+job_id = "churn"
+task = "churn"
+min_stores = 3
+expected_stores = 4
+round_timeout_secs = 60
+"#,
+    );
+    for s in STORES.iter().chain([&TILL]) {
+        text.push_str(&format!(
+            "\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"
+        ));
+    }
+    let path = dir.join("coordinator.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn_agents(dir: &Path, port: u16) -> Vec<(String, Child)> {
+    STORES
+        .iter()
+        .chain([&TILL])
+        .map(|s| {
+            let cfg = dir.join(format!("{s}.toml"));
+            let extra = if *s == TILL {
+                String::new()
+            } else {
+                format!("promotions = \"net/{s}/promotions.csv\"\nlabels = \"net/{s}/anomaly_labels.csv\"\n")
+            };
+            std::fs::write(
+                &cfg,
+                format!(
+                    "coordinator = \"http://127.0.0.1:{port}\"\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\nbusiness_type = \"grocery\"\nresults_dir = \"net/{s}/results\"\n\n[data]\ntransactions = \"net/{s}/transactions.csv\"\n{extra}"
+                ),
+            )
+            .unwrap();
+            let child = Command::new(BIN)
+                .args(["agent", "--config"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            (s.to_string(), child)
+        })
+        .collect()
+}
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = r.headers().unwrap().iter().map(str::to_string).collect();
+    let rows = r
+        .records()
+        .map(|rec| rec.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    (header, rows)
+}
+
+fn column(header: &[String], name: &str) -> usize {
+    header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
+/// Everything in a store's results came from its own rows: customer ids carry the
+/// store's prefix, forecast categories are its own, and each job wrote its model.
+fn check_results(net: &Path, store: &str) {
+    let results = net.join(store).join("results");
+    let own_categories: BTreeSet<String> = {
+        let (h, rows) = read_csv(&net.join(store).join("transactions.csv"));
+        let c = column(&h, "category");
+        rows.into_iter().map(|r| r[c].clone()).collect()
+    };
+    for job in ["demand", "customer-anomaly", "segments", "churn"] {
+        let card: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(results.join(job).join("model_card.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(card["store_id"], store);
+        assert!(card["model_version"].as_u64().unwrap() >= 1, "{card}");
+        assert!(results.join(job).join("model.json").exists());
+    }
+    let (h, rows) = read_csv(&results.join("demand").join("forecast.csv"));
+    let (cat, lo, mid, hi) = (
+        column(&h, "category"),
+        column(&h, "lower"),
+        column(&h, "forecast_units"),
+        column(&h, "upper"),
+    );
+    assert_eq!(
+        rows.len(),
+        own_categories.len() * 28,
+        "28 days per category"
+    );
+    for r in &rows {
+        assert!(
+            own_categories.contains(&r[cat]),
+            "{} is not a category of {store}",
+            r[cat]
+        );
+        let (l, m, u): (f64, f64, f64) = (
+            r[lo].parse().unwrap(),
+            r[mid].parse().unwrap(),
+            r[hi].parse().unwrap(),
+        );
+        assert!(l <= m && m <= u && l >= 0.0, "{r:?}");
+    }
+    let prefix = format!("{store}-c");
+    for (job, file) in [
+        ("customer-anomaly", "customers.csv"),
+        ("segments", "segments.csv"),
+        ("churn", "churn_scores.csv"),
+    ] {
+        let (h, rows) = read_csv(&results.join(job).join(file));
+        let id = column(&h, "customer_id");
+        assert!(rows.len() >= 30, "{job}: {} rows", rows.len());
+        for r in &rows {
+            assert!(
+                r[id].starts_with(&prefix),
+                "{job}: customer {} is not {store}'s",
+                r[id]
+            );
+        }
+    }
+    let (h, rows) = read_csv(&results.join("customer-anomaly").join("customers.csv"));
+    let (flag, reason) = (column(&h, "flagged"), column(&h, "reason"));
+    let flagged: Vec<&Vec<String>> = rows.iter().filter(|r| r[flag] == "yes").collect();
+    assert!(!flagged.is_empty());
+    assert!(
+        flagged.iter().all(|r| !r[reason].is_empty()),
+        "every flag has a reason"
+    );
+    let (h, _) = read_csv(&results.join("segments").join("segments.csv"));
+    column(&h, "segment_name");
+}
+
+/// Every job completed; the till took part in demand only and said why not in the rest.
+fn check_jobs(jobs: &[serde_json::Value]) {
+    for j in jobs {
+        assert_eq!(j["failed"], false, "{}", j["status"]);
+        let demand = j["task"] == "demand";
+        let evaluated = j["evaluations"].as_array().unwrap().len();
+        assert_eq!(evaluated, if demand { 4 } else { 3 }, "{}", j["job_id"]);
+        let out = j["stores_not_taking_part"].as_array().unwrap();
+        if !demand {
+            assert_eq!(out.len(), 1, "{}", j["job_id"]);
+            assert_eq!(out[0][0], TILL);
+            assert!(
+                out[0][1].as_str().unwrap().contains("no customer ids"),
+                "{}",
+                out[0][1]
+            );
+        }
+    }
+}
+
+/// The till has its demand forecast and nothing for the customer tasks.
+fn check_till(net: &Path) {
+    let results = net.join(TILL).join("results");
+    assert!(results.join("demand").join("forecast.csv").exists());
+    for job in ["customer-anomaly", "segments", "churn"] {
+        assert!(!results.join(job).exists(), "{job}");
+    }
+}
+
+/// Federated bisecting k-means over the wire equals the centralized fit on the
+/// pooled points of the three stores.
+fn check_segments_equal_centralized(net: &Path, job: &serde_json::Value) {
+    assert_eq!(job["job_id"], "segments");
+    let federated: Vec<f64> = job["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let window = FeatureWindow { window_days: 180 };
+    let mut pooled = Vec::new();
+    for s in STORES {
+        let source = StoreSource::from_dir(&net.join(s));
+        let c = rt
+            .block_on(load_customer_points(
+                &source,
+                &window,
+                CustomerFeatureSet::Segments,
+                None,
+            ))
+            .unwrap();
+        pooled.extend(c.points.values);
+    }
+    let config = KMeansConfig {
+        num_clusters: 4,
+        dim: 4,
+        max_iterations: 6,
+        tolerance: 1e-6,
+        seed: 2,
+        sampling: SamplingConfig::default(),
+    };
+    let central = fit_bisecting_kmeans(&config, &pooled, &[])
+        .unwrap()
+        .into_values();
+    assert_eq!(central.len(), federated.len());
+    let gap = central
+        .iter()
+        .zip(&federated)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        gap < 1e-9,
+        "federated and centralized bisecting k-means differ by {gap}"
+    );
+}
+
+#[test]
+fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = generate(dir.path());
+    let port = free_port();
+    let config = coordinator_config(dir.path(), port);
+    let mut children = spawn_agents(dir.path(), port);
+    let report = dir.path().join("outcome.json");
+    let coordinator = Command::new(BIN)
+        .args(["coordinator", "--config"])
+        .arg(&config)
+        .arg("--report")
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    children.push(("coordinator".into(), coordinator));
+    wait_all(&mut children, Duration::from_secs(300));
+
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let jobs = outcome["jobs"].as_array().unwrap();
+    let ids: Vec<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["demand", "customer-anomaly", "segments", "churn"]);
+    check_jobs(jobs);
+    assert_eq!(jobs[1]["strategy"], "bisecting_kmeans");
+    for e in jobs[1]["evaluations"].as_array().unwrap() {
+        let auc = e["metrics"]["auc_federated"].as_f64().unwrap();
+        assert!(auc > 0.7, "customer anomaly AUC {auc}");
+    }
+    for e in jobs[3]["evaluations"].as_array().unwrap() {
+        assert!(e["metrics"]["auc"].as_f64().unwrap() > 0.5);
+    }
+    // Only named metrics crossed the wire: the outcome holds no customer id.
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        !text.contains("-c0"),
+        "a customer id reached the coordinator"
+    );
+    for s in STORES {
+        check_results(&net, s);
+    }
+    check_till(&net);
+    check_segments_equal_centralized(&net, &jobs[2]);
+}
+
+/// Starts the coordinator with its stderr read line by line on a thread.
+fn start_coordinator(config: &Path, report: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["coordinator", "--config"])
+        .arg(config)
+        .arg("--report")
+        .arg(report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+#[test]
+fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = generate(dir.path());
+    let port = free_port();
+    let config = coordinator_config(dir.path(), port);
+    let mut agents = spawn_agents(dir.path(), port);
+    let report = dir.path().join("outcome.json");
+    let (mut first, lines) = start_coordinator(&config, &report);
+    // Kill it (SIGKILL) once the second job has completed two rounds.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut in_second = false;
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the coordinator went quiet before the second job's second round");
+        in_second |= line.starts_with("job customer-anomaly: task");
+        if in_second && line.starts_with("round 2 done") {
+            break;
+        }
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!report.exists(), "a killed coordinator wrote no report");
+
+    let (second, lines) = start_coordinator(&config, &report);
+    agents.push(("coordinator".into(), second));
+    wait_all(&mut agents, Duration::from_secs(300));
+    let log: Vec<String> = lines.iter().collect();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("job demand skipped") && l.contains("already completed")),
+        "{log:#?}"
+    );
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let jobs = outcome["jobs"].as_array().unwrap();
+    let ids: Vec<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["customer-anomaly", "segments", "churn"]);
+    assert!(
+        jobs[0]["resumed_after_round"].as_u64().unwrap() >= 2,
+        "{}",
+        jobs[0]
+    );
+    check_jobs(jobs);
+    for s in STORES {
+        check_results(&net, s);
+    }
+    check_till(&net);
+    check_segments_equal_centralized(&net, &jobs[1]);
+}

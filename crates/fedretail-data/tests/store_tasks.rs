@@ -1,0 +1,119 @@
+//! Every task built from a store's own export, including exports that are not in the
+//! canonical layout: an online shop's order-lines file with its own column names and
+//! a day-first date format, mapped by the store's `view_sql`; and a till export with
+//! no customer ids, which runs demand and receipt anomalies and sits the customer
+//! tasks out with its reason.
+
+use fedretail_core::TaskKind;
+use fedretail_data::{build_local_task, DataError, StoreSource};
+use fedretail_synth::{generate_network, NetworkConfig};
+use std::path::Path;
+
+/// The generated store rewritten as an online shop would export it:
+/// `order_no;ordered;sku;department;units;price_each;shopper` with dates as
+/// `31/12/2025 18:04:05`, semicolons replaced by commas for CSV.
+fn online_shop_export(canonical: &Path, out: &Path, with_customers: bool) {
+    let text = std::fs::read_to_string(canonical).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let cols = [
+        at("transaction_id"),
+        at("timestamp"),
+        at("product_id"),
+        at("category"),
+        at("quantity"),
+        at("unit_price"),
+        at("customer_id"),
+    ];
+    let mut w = String::from("order_no,ordered,sku,department,units,price_each");
+    w.push_str(if with_customers { ",shopper\n" } else { "\n" });
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let ts = f[cols[1]];
+        // 2025-12-31 18:04:05 -> 31/12/2025 18:04:05
+        let (date, time) = ts.split_once(' ').unwrap();
+        let d: Vec<&str> = date.split('-').collect();
+        let ordered = format!("{}/{}/{} {time}", d[2], d[1], d[0]);
+        w.push_str(&format!(
+            "{},{ordered},{},{},{},{}",
+            f[cols[0]], f[cols[2]], f[cols[3]], f[cols[4]], f[cols[5]]
+        ));
+        if with_customers {
+            w.push_str(&format!(",{}", f[cols[6]]));
+        }
+        w.push('\n');
+    }
+    std::fs::write(out, w).unwrap();
+}
+
+fn view(with_customers: bool) -> String {
+    format!(
+        "SELECT order_no AS transaction_id, to_timestamp(ordered, '%d/%m/%Y %H:%M:%S') AS timestamp, \
+         sku AS product_id, department AS category, units AS quantity, price_each AS unit_price{} \
+         FROM raw_transactions",
+        if with_customers { ", shopper AS customer_id" } else { "" }
+    )
+}
+
+#[tokio::test]
+async fn an_online_shops_own_layout_runs_every_task_and_a_till_without_ids_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = NetworkConfig {
+        stores: 1,
+        days: 240,
+        young_fraction: 0.0,
+        seed: 3,
+        ..Default::default()
+    };
+    let summary = generate_network(&cfg, dir.path()).unwrap();
+    let store = &summary.stores[0].store_id;
+    let canonical = dir.path().join(store).join("transactions.csv");
+    for with_customers in [true, false] {
+        let export = dir.path().join(format!("orders-{with_customers}.csv"));
+        online_shop_export(&canonical, &export, with_customers);
+        let source = StoreSource {
+            transactions: export,
+            promotions: None,
+            view_sql: Some(view(with_customers)),
+            labels: None,
+        };
+        for kind in TaskKind::ALL {
+            let spec = kind.default_spec().checked().unwrap();
+            let built = build_local_task(store, &source, &spec).await;
+            match (with_customers || !kind.needs_customers(), built) {
+                (true, Ok(task)) => assert!(task.num_train_examples() > 30, "{kind}"),
+                (false, Err(DataError::CannotServe { reason, .. })) => {
+                    assert!(reason.contains("no customer ids"), "{kind}: {reason}")
+                }
+                (expect_ok, Ok(_)) => panic!("{kind}: expected ok = {expect_ok}, got a task"),
+                (expect_ok, Err(e)) => panic!("{kind}: expected ok = {expect_ok}, got {e}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_young_store_sits_demand_out_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    let mut text =
+        String::from("transaction_id,timestamp,product_id,category,quantity,unit_price\n");
+    for d in 1..=20 {
+        text.push_str(&format!("t{d},2025-03-{d:02} 10:00:00,p,c,1,2.5\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    let source = StoreSource {
+        transactions: path,
+        ..Default::default()
+    };
+    let spec = TaskKind::Demand.default_spec().checked().unwrap();
+    match build_local_task("s", &source, &spec).await {
+        Err(DataError::CannotServe { task, reason }) => {
+            assert_eq!(task, "demand");
+            assert!(reason.contains("20 days of history"), "{reason}");
+        }
+        Err(e) => panic!("expected a reason to sit out, got {e}"),
+        Ok(_) => panic!("expected a reason to sit out, got a task"),
+    }
+}

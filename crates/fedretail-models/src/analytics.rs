@@ -1,0 +1,520 @@
+//! The store-side analytics tasks of a job: customer anomalies and segments (seed 001),
+//! receipt anomalies and churn scores. Each wraps a generic learner ([`ClusterTask`],
+//! [`ClassifierTask`]) with what the store needs to get its own results from the final
+//! model: ids, ground truth where the store has it, and words for what a cluster or a
+//! flag means. Results are tables for the store's results folder; only the metrics
+//! from [`LocalTask::evaluate`] travel.
+
+use crate::classify::{predict_proba, sgd, ClassifierKind, ClassifierTask, LabeledRows};
+use crate::clustering::{silhouette, ClusterTask, PointSet};
+use crate::metrics::ranking::{precision_at_k, roc_auc};
+use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
+use crate::words::{describe_customer_anomaly, describe_segment, flag_reason};
+use fedretail_core::kmeans::{fit_bisecting_kmeans, ClusterTree, KMeansConfig};
+use fedretail_core::{LocalWork, ModelLayout, SamplingConfig};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// What a clustering job is for: it decides the score, the words and the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterPurpose {
+    /// Seed 001: customers far from their centroid or in a small cluster are unusual.
+    CustomerAnomaly,
+    /// Receipts far from every receipt centroid are unusual.
+    ReceiptAnomaly,
+    /// RFM segments named in words.
+    Segments,
+}
+
+impl ClusterPurpose {
+    fn task_name(&self) -> &'static str {
+        match self {
+            ClusterPurpose::CustomerAnomaly => "customer_anomaly",
+            ClusterPurpose::ReceiptAnomaly => "receipt_anomaly",
+            ClusterPurpose::Segments => "segments",
+        }
+    }
+}
+
+/// Settings of a store's clustering task (from the job's task spec).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    pub clusters: usize,
+    pub max_iterations: u32,
+    pub seed: u64,
+    pub flag_share: f64,
+    pub silhouette_points: usize,
+}
+
+/// A store's clustering task with the ids of its points.
+pub struct LabelledClusterTask {
+    purpose: ClusterPurpose,
+    features: &'static [&'static str],
+    ids: Vec<String>,
+    /// Ground truth where the store has it (synthetic networks do); empty otherwise.
+    truth: Vec<bool>,
+    inner: ClusterTask,
+    settings: ClusterSettings,
+    local_only: OnceLock<Result<Vec<f64>, TaskError>>,
+}
+
+/// How one model reads a store's points.
+struct Reading {
+    labels: Vec<usize>,
+    distances: Vec<f64>,
+    scores: Vec<f64>,
+    centroids: Vec<f64>,
+    leaves: usize,
+}
+
+impl LabelledClusterTask {
+    pub fn new(
+        purpose: ClusterPurpose,
+        features: &'static [&'static str],
+        ids: Vec<String>,
+        truth: Vec<bool>,
+        points: PointSet,
+        settings: ClusterSettings,
+    ) -> Self {
+        let inner = ClusterTask {
+            name: purpose.task_name(),
+            num_clusters: settings.clusters,
+            points,
+            silhouette_points: settings.silhouette_points,
+        };
+        LabelledClusterTask {
+            purpose,
+            features,
+            ids,
+            truth,
+            inner,
+            settings,
+            local_only: OnceLock::new(),
+        }
+    }
+
+    pub fn points(&self) -> &PointSet {
+        &self.inner.points
+    }
+
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// The bisecting k-means this store would fit alone, by the same rounds.
+    pub fn local_only_model(&self) -> Result<&[f64], TaskError> {
+        let fitted = self.local_only.get_or_init(|| {
+            let config = KMeansConfig {
+                num_clusters: self.settings.clusters,
+                dim: self.inner.points.dim,
+                max_iterations: self.settings.max_iterations,
+                tolerance: 1e-6,
+                seed: self.settings.seed,
+                sampling: SamplingConfig::default(),
+            };
+            fit_bisecting_kmeans(&config, &self.inner.points.values, &[])
+                .map(|m| m.into_values())
+                .map_err(|e| TaskError::Diverged(format!("local clustering: {e}")))
+        });
+        fitted.as_deref().map_err(Clone::clone)
+    }
+
+    fn read(&self, model: &[f64]) -> Result<Reading, TaskError> {
+        let (labels, distances) = self.inner.predict(model)?;
+        let tree = ClusterTree::new(model, self.settings.clusters, self.inner.points.dim)
+            .map_err(|e| TaskError::Diverged(e.to_string()))?;
+        let centroids = tree.leaf_centroids();
+        let leaves = tree.leaves().len().max(1);
+        let scores = match self.purpose {
+            ClusterPurpose::CustomerAnomaly => rarity_scores(&labels, &distances, leaves),
+            _ => distances.clone(),
+        };
+        Ok(Reading {
+            labels,
+            distances,
+            scores,
+            centroids,
+            leaves,
+        })
+    }
+
+    fn put_scores(&self, m: &mut TaskMetrics, which: &str, r: &Reading) {
+        let s = &self.settings;
+        if let Some(v) = silhouette(
+            &self.inner.points,
+            &r.labels,
+            r.leaves,
+            s.silhouette_points,
+            s.seed,
+        ) {
+            m.insert(format!("silhouette_{which}"), v);
+        }
+        let positives = self.truth.iter().filter(|&&t| t).count();
+        if self.truth.len() == r.scores.len() && positives > 0 {
+            if let Some(v) = roc_auc(&r.scores, &self.truth) {
+                m.insert(format!("auc_{which}"), v);
+            }
+            if let Some(v) = precision_at_k(&r.scores, &self.truth, positives) {
+                m.insert(format!("precision_at_k_{which}"), v);
+            }
+        }
+    }
+}
+
+/// The seed's reading of a customer clustering: distance to the centroid plus
+/// ln(1 / share of the store's customers in that cluster), in standardized units.
+pub fn rarity_scores(labels: &[usize], distances: &[f64], k: usize) -> Vec<f64> {
+    let mut counts = vec![0usize; k.max(1)];
+    for &l in labels {
+        if let Some(c) = counts.get_mut(l) {
+            *c += 1;
+        }
+    }
+    let n = labels.len().max(1) as f64;
+    labels
+        .iter()
+        .zip(distances)
+        .map(|(&l, &d)| {
+            let share = counts.get(l).copied().unwrap_or(1).max(1) as f64 / n;
+            d + (1.0 / share).ln()
+        })
+        .collect()
+}
+
+/// Indices of `scores` from the highest to the lowest.
+fn descending(scores: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+}
+
+/// The score above which a store flags `share` of its points (at least one).
+pub fn flag_threshold(scores: &[f64], share: f64) -> f64 {
+    if scores.is_empty() {
+        return f64::INFINITY;
+    }
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let k = ((scores.len() as f64 * share).ceil() as usize).clamp(1, scores.len());
+    sorted[k - 1]
+}
+
+impl LocalTask for LabelledClusterTask {
+    fn task_name(&self) -> &'static str {
+        self.purpose.task_name()
+    }
+
+    fn layout(&self) -> ModelLayout {
+        self.inner.layout()
+    }
+
+    fn num_train_examples(&self) -> u64 {
+        self.inner.num_train_examples()
+    }
+
+    fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError> {
+        self.inner.compute_update(global, work)
+    }
+
+    fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
+        let mut m = TaskMetrics::new();
+        m.insert("points".into(), self.inner.points.len() as f64);
+        let federated = self.read(global)?;
+        m.insert("clusters".into(), federated.leaves as f64);
+        self.put_scores(&mut m, "federated", &federated);
+        let local = self.read(self.local_only_model()?)?;
+        self.put_scores(&mut m, "local", &local);
+        m.insert(
+            "labelled".into(),
+            self.truth.iter().filter(|&&t| t).count() as f64,
+        );
+        if self.purpose != ClusterPurpose::Segments {
+            let threshold = flag_threshold(&federated.scores, self.settings.flag_share);
+            let flagged: Vec<bool> = federated.scores.iter().map(|&s| s >= threshold).collect();
+            m.insert(
+                "flagged".into(),
+                flagged.iter().filter(|&&f| f).count() as f64,
+            );
+            let hits = flagged
+                .iter()
+                .zip(&self.truth)
+                .filter(|(f, t)| **f && **t)
+                .count();
+            if !self.truth.is_empty() {
+                m.insert("flagged_true".into(), hits as f64);
+            }
+        }
+        Ok(m)
+    }
+
+    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
+        let metrics = self.evaluate(global)?;
+        let r = self.read(global)?;
+        let tables = match self.purpose {
+            ClusterPurpose::Segments => self.segment_tables(&r),
+            _ => vec![self.flag_table(&r)],
+        };
+        Ok(StoreResults { tables, metrics })
+    }
+}
+
+impl LabelledClusterTask {
+    fn centroid_words(&self, r: &Reading, c: usize) -> String {
+        let dim = self.inner.points.dim;
+        let means: BTreeMap<String, f64> = self
+            .features
+            .iter()
+            .zip(&r.centroids[c * dim..(c + 1) * dim])
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect();
+        match self.purpose {
+            ClusterPurpose::Segments => describe_segment(&means),
+            _ => describe_customer_anomaly(&means),
+        }
+    }
+
+    /// Every customer (or each flagged receipt) with its score, cluster, the store's
+    /// threshold and, when flagged, why in words.
+    fn flag_table(&self, r: &Reading) -> ResultTable {
+        let receipts = self.purpose == ClusterPurpose::ReceiptAnomaly;
+        let (name, id) = if receipts {
+            ("flagged_receipts", "transaction_id")
+        } else {
+            ("customers", "customer_id")
+        };
+        let mut table = ResultTable::new(
+            name,
+            &[
+                id,
+                "cluster",
+                "cluster_description",
+                "score",
+                "threshold",
+                "flagged",
+                "reason",
+            ],
+        );
+        let threshold = flag_threshold(&r.scores, self.settings.flag_share);
+        let dim = self.inner.points.dim;
+        let mut share = vec![0usize; r.leaves];
+        r.labels
+            .iter()
+            .for_each(|&l| share[l.min(r.leaves - 1)] += 1);
+        let n = r.labels.len().max(1) as f64;
+        let words: Vec<String> = (0..r.leaves).map(|c| self.centroid_words(r, c)).collect();
+        for i in descending(&r.scores) {
+            let flagged = r.scores[i] >= threshold;
+            if receipts && !flagged {
+                continue;
+            }
+            let c = r.labels[i];
+            let reason = if flagged {
+                flag_reason(
+                    self.features,
+                    self.inner.points.row(i),
+                    &r.centroids[c * dim..(c + 1) * dim],
+                    share[c] as f64 / n,
+                    r.distances[i],
+                    if receipts { "receipts" } else { "customers" },
+                )
+            } else {
+                String::new()
+            };
+            table.push(vec![
+                self.ids.get(i).cloned().unwrap_or_default(),
+                c.to_string(),
+                words[c].clone(),
+                format!("{:.3}", r.scores[i]),
+                format!("{threshold:.3}"),
+                if flagged { "yes" } else { "no" }.into(),
+                reason,
+            ]);
+        }
+        table
+    }
+
+    /// Every customer's segment, and one row per segment describing it.
+    fn segment_tables(&self, r: &Reading) -> Vec<ResultTable> {
+        let words: Vec<String> = (0..r.leaves).map(|c| self.centroid_words(r, c)).collect();
+        let mut customers = ResultTable::new(
+            "segments",
+            &["customer_id", "segment", "segment_name", "distance"],
+        );
+        let mut sizes = vec![0usize; r.leaves];
+        for (i, &c) in r.labels.iter().enumerate() {
+            sizes[c] += 1;
+            customers.push(vec![
+                self.ids.get(i).cloned().unwrap_or_default(),
+                c.to_string(),
+                words[c].clone(),
+                format!("{:.3}", r.distances[i]),
+            ]);
+        }
+        let mut columns = vec!["segment", "segment_name", "customers", "share"];
+        columns.extend(self.features.iter().map(|f| *f));
+        let mut summary = ResultTable::new("segment_summary", &columns);
+        let dim = self.inner.points.dim;
+        let n = r.labels.len().max(1) as f64;
+        for c in 0..r.leaves {
+            let mut row = vec![
+                c.to_string(),
+                words[c].clone(),
+                sizes[c].to_string(),
+                format!("{:.3}", sizes[c] as f64 / n),
+            ];
+            row.extend(
+                r.centroids[c * dim..(c + 1) * dim]
+                    .iter()
+                    .map(|v| format!("{v:.3}")),
+            );
+            summary.push(row);
+        }
+        vec![customers, summary]
+    }
+}
+
+/// A store's churn task: a classifier trained on customers as of a past cut-off
+/// (labelled by whether they bought again), and its customers as of today to score.
+pub struct ChurnTask {
+    pub inner: ClassifierTask,
+    /// Today's customers (features over the window up to the last day) and their ids.
+    pub current_ids: Vec<String>,
+    pub current: LabeledRows,
+}
+
+/// Column of the seed's rule `standardized recency > 1` among the churn features.
+const RECENCY: usize = 3;
+
+impl LocalTask for ChurnTask {
+    fn task_name(&self) -> &'static str {
+        "churn"
+    }
+
+    fn layout(&self) -> ModelLayout {
+        self.inner.layout()
+    }
+
+    fn num_train_examples(&self) -> u64 {
+        self.inner.num_train_examples()
+    }
+
+    fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError> {
+        self.inner.compute_update(global, work)
+    }
+
+    fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
+        let mut m = self.inner.evaluate(global)?;
+        let test = &self.inner.test;
+        // The store alone: 20 epochs of the same SGD the federation's FedAvg runs.
+        let kind = self.inner.kind;
+        let mut local = kind.initial_parameters(test.dim(), 7);
+        let rate = if kind == ClassifierKind::Logistic {
+            0.1
+        } else {
+            0.05
+        };
+        sgd(kind, &self.inner.train, &mut local, 20, 32, rate, 1e-4, 7);
+        let p_local = predict_proba(kind, &local, test);
+        if let Some(v) = roc_auc(&p_local, test.labels()) {
+            m.insert("auc_local".into(), v);
+        }
+        let rule: Vec<f64> = (0..test.len())
+            .map(|i| test.row(i).0.get(RECENCY).copied().unwrap_or(0.0))
+            .collect();
+        if let Some(v) = roc_auc(&rule, test.labels()) {
+            m.insert("auc_rule".into(), v);
+        }
+        m.insert("customers_scored".into(), self.current.len() as f64);
+        Ok(m)
+    }
+
+    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
+        let metrics = self.evaluate(global)?;
+        let p = predict_proba(self.inner.kind, global, &self.current);
+        let mut table = ResultTable::new(
+            "churn_scores",
+            &["customer_id", "churn_probability", "risk"],
+        );
+        for i in descending(&p) {
+            let risk = match p[i] {
+                v if v >= 0.7 => "high",
+                v if v >= 0.4 => "medium",
+                _ => "low",
+            };
+            table.push(vec![
+                self.current_ids.get(i).cloned().unwrap_or_default(),
+                format!("{:.3}", p[i]),
+                risk.into(),
+            ]);
+        }
+        Ok(StoreResults {
+            tables: vec![table],
+            metrics,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs() -> (Vec<String>, PointSet, Vec<bool>) {
+        let mut values = Vec::new();
+        let mut ids = Vec::new();
+        let mut truth = Vec::new();
+        for i in 0..60 {
+            let c = (i % 3) as f64 * 5.0;
+            values.extend([
+                c + (i as f64 * 0.37).sin() * 0.3,
+                c + (i as f64 * 0.11).cos() * 0.3,
+            ]);
+            ids.push(format!("c{i}"));
+            truth.push(false);
+        }
+        values.extend([30.0, -30.0]);
+        ids.push("odd".into());
+        truth.push(true);
+        (ids, PointSet { dim: 2, values }, truth)
+    }
+
+    const FEATURES: &[&str] = &["avg_order_value", "refund_rate"];
+
+    #[test]
+    fn the_outlier_is_flagged_with_a_reason_and_nothing_else_is() {
+        let (ids, points, truth) = blobs();
+        // Three blobs and the outlier on its own: a rare cluster.
+        let settings = ClusterSettings {
+            clusters: 4,
+            max_iterations: 20,
+            seed: 2,
+            flag_share: 0.01,
+            silhouette_points: 100,
+        };
+        let task = LabelledClusterTask::new(
+            ClusterPurpose::CustomerAnomaly,
+            FEATURES,
+            ids,
+            truth,
+            points,
+            settings,
+        );
+        let model = task.local_only_model().unwrap().to_vec();
+        let results = task.results(&model).unwrap();
+        let table = &results.tables[0];
+        assert_eq!(table.name, "customers");
+        assert_eq!(table.rows.len(), 61);
+        let flagged: Vec<&Vec<String>> = table.rows.iter().filter(|r| r[5] == "yes").collect();
+        assert_eq!(flagged.len(), 1, "{flagged:?}");
+        assert_eq!(flagged[0][0], "odd");
+        assert!(!flagged[0][6].is_empty());
+        assert_eq!(results.metrics["auc_federated"], 1.0);
+        assert_eq!(results.metrics["flagged_true"], 1.0);
+    }
+
+    #[test]
+    fn threshold_flags_the_requested_share() {
+        let scores: Vec<f64> = (0..200).map(|i| i as f64).collect();
+        assert_eq!(flag_threshold(&scores, 0.01), 198.0);
+        assert_eq!(flag_threshold(&scores[..10], 0.01), 9.0);
+    }
+}
