@@ -340,10 +340,14 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
     assert_eq!(ids, ["demand", "customer-anomaly", "segments", "churn"]);
     check_jobs(jobs);
     assert_eq!(jobs[1]["strategy"], "bisecting_kmeans");
-    for e in jobs[1]["evaluations"].as_array().unwrap() {
-        let auc = e["metrics"]["auc_federated"].as_f64().unwrap();
-        assert!(auc > 0.7, "customer anomaly AUC {auc}");
-    }
+    // Against the labelled refund abusers, where a store has any.
+    let aucs: Vec<f64> = jobs[1]["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["metrics"]["auc_federated"].as_f64())
+        .collect();
+    assert!(!aucs.is_empty() && aucs.iter().all(|a| *a > 0.7), "{aucs:?}");
     for e in jobs[3]["evaluations"].as_array().unwrap() {
         assert!(e["metrics"]["auc"].as_f64().unwrap() > 0.5);
     }

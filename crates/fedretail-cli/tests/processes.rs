@@ -1,9 +1,8 @@
 //! The built `fedretail` binary as an operator runs it: one coordinator process and
 //! several agent processes on 127.0.0.1, configured by files.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 mod common;
 

@@ -351,7 +351,7 @@ impl LabelledClusterTask {
             ]);
         }
         let mut columns = vec!["segment", "segment_name", "customers", "share"];
-        columns.extend(self.features.iter().map(|f| *f));
+        columns.extend(self.features.iter().copied());
         let mut summary = ResultTable::new("segment_summary", &columns);
         let dim = self.inner.points.dim;
         let n = r.labels.len().max(1) as f64;
