@@ -347,7 +347,10 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
         .iter()
         .filter_map(|e| e["metrics"]["auc_federated"].as_f64())
         .collect();
-    assert!(!aucs.is_empty() && aucs.iter().all(|a| *a > 0.7), "{aucs:?}");
+    assert!(
+        !aucs.is_empty() && aucs.iter().all(|a| *a > 0.7),
+        "{aucs:?}"
+    );
     for e in jobs[3]["evaluations"].as_array().unwrap() {
         assert!(e["metrics"]["auc"].as_f64().unwrap() > 0.5);
     }
