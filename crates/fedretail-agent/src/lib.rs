@@ -324,7 +324,7 @@ impl StoreAgent {
         if let Answer::CannotServe(reason) = &answer {
             tracing::info!(store = %self.config.store_id, "sitting job '{job_id}' out: {reason}");
         }
-        summary.jobs.push(JobReport {
+        let report = JobReport {
             job_id,
             task: kind,
             cannot_serve: match &answer {
@@ -332,7 +332,12 @@ impl StoreAgent {
                 Answer::NumTrainExamples(_) => None,
             },
             results: None,
-        });
+        };
+        // A restarted coordinator asks again for the job it resumes: one report a job.
+        match summary.jobs.last_mut() {
+            Some(last) if last.job_id == report.job_id => *last = report,
+            _ => summary.jobs.push(report),
+        }
         let req = v1::SubmitReadyRequest {
             store_id: self.config.store_id.clone(),
             session_id: s.session_id.clone(),
