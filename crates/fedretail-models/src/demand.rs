@@ -272,6 +272,25 @@ impl LocalTask for DemandTask {
     }
 
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
+        Ok(self.scores(global)?.0)
+    }
+
+    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
+        let (mut metrics, personalized) = self.scores(global)?;
+        let (chosen, model) = self.forecast_model(global, personalized, &metrics);
+        let table = forecast_table(&self.data, &model, chosen, self.options.interval);
+        metrics.insert("forecast_rows".into(), table.rows.len() as f64);
+        Ok(StoreResults {
+            tables: vec![table],
+            metrics,
+        })
+    }
+}
+
+impl DemandTask {
+    /// Held-out metrics of the federated, local, personalized and naive forecasts, and
+    /// the personalized model (fitted once, for the forecast too).
+    fn scores(&self, global: &[f64]) -> Result<(TaskMetrics, Option<Vec<f64>>), TaskError> {
         self.check_len(global)?;
         let data = &self.data;
         let test_rows = data.test.len();
@@ -291,31 +310,25 @@ impl LocalTask for DemandTask {
             }
         };
         put("federated", test_errors(data, global));
+        let mut personalized = None;
         if !data.train.is_empty() {
             put("local", test_errors(data, self.local_only_model()));
-            put("personalized", test_errors(data, &self.personalize(global)));
+            let p = self.personalize(global);
+            put("personalized", test_errors(data, &p));
+            personalized = Some(p);
         }
         put("naive", data.test.abs_error(data.test.naive()));
-        Ok(m)
+        Ok((m, personalized))
     }
 
-    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
-        let metrics = self.evaluate(global)?;
-        let (chosen, model) = self.forecast_model(global, &metrics);
-        let table = forecast_table(&self.data, &model, chosen, self.options.interval);
-        let mut metrics = metrics;
-        metrics.insert("forecast_rows".into(), table.rows.len() as f64);
-        Ok(StoreResults {
-            tables: vec![table],
-            metrics,
-        })
-    }
-}
-
-impl DemandTask {
     /// The model whose forecast the store keeps: the lowest WAPE on its held-out days
     /// among the federated, personalized and local-only models.
-    fn forecast_model(&self, global: &[f64], metrics: &TaskMetrics) -> (&'static str, Vec<f64>) {
+    fn forecast_model(
+        &self,
+        global: &[f64],
+        personalized: Option<Vec<f64>>,
+        metrics: &TaskMetrics,
+    ) -> (&'static str, Vec<f64>) {
         let wape = |k: &str| metrics.get(k).copied().unwrap_or(f64::INFINITY);
         let mut best = ("federated", wape("wape_federated"));
         for name in ["personalized", "local"] {
@@ -324,12 +337,11 @@ impl DemandTask {
                 best = (name, w);
             }
         }
-        let model = match best.0 {
-            "personalized" => self.personalize(global),
-            "local" => self.local_only_model().to_vec(),
-            _ => global.to_vec(),
-        };
-        (best.0, model)
+        match (best.0, personalized) {
+            ("personalized", Some(p)) => ("personalized", p),
+            ("local", _) => ("local", self.local_only_model().to_vec()),
+            _ => ("federated", global.to_vec()),
+        }
     }
 }
 
