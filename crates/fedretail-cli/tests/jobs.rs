@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_port, wait_all, BIN};
+use common::{free_port, read_json, spawn_coordinator, wait_all, BIN};
 const STORES: [&str; 3] = ["store-001", "store-002", "store-003"];
 /// A till without customer ids: store-001's sales with the customer column dropped.
 const TILL: &str = "store-004";
@@ -321,20 +321,10 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
     let config = coordinator_config(dir.path(), port);
     let mut children = spawn_agents(dir.path(), port);
     let report = dir.path().join("outcome.json");
-    let coordinator = Command::new(BIN)
-        .args(["coordinator", "--config"])
-        .arg(&config)
-        .arg("--report")
-        .arg(&report)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    children.push(("coordinator".into(), coordinator));
+    children.push(("coordinator".into(), spawn_coordinator(&config, &report)));
     wait_all(&mut children, Duration::from_secs(300));
 
-    let outcome: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let outcome = read_json(&report);
     let jobs = outcome["jobs"].as_array().unwrap();
     let ids: Vec<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["demand", "customer-anomaly", "segments", "churn"]);
@@ -424,8 +414,7 @@ fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
             .any(|l| l.starts_with("job demand skipped") && l.contains("already completed")),
         "{log:#?}"
     );
-    let outcome: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let outcome = read_json(&report);
     let jobs = outcome["jobs"].as_array().unwrap();
     let ids: Vec<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["customer-anomaly", "segments", "churn"]);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{free_port, wait_all, write, BIN};
+use common::{free_port, read_json, spawn_coordinator, wait_all, write, BIN};
 
 #[test]
 fn coordinator_and_three_agent_processes_complete_a_job() {
@@ -69,20 +69,11 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let report = dir.path().join("outcome.json");
-    let coordinator = Command::new(BIN)
-        .args(["coordinator", "--config"])
-        .arg(dir.path().join("coordinator.toml"))
-        .arg("--report")
-        .arg(&report)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let coordinator = spawn_coordinator(&dir.path().join("coordinator.toml"), &report);
     children.push(("coordinator".into(), coordinator));
     wait_all(&mut children, Duration::from_secs(240));
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let report = read_json(&report);
     let outcome = &report["jobs"][0];
     assert_eq!(outcome["strategy"], "fedavg");
     assert_eq!(outcome["rounds"].as_array().unwrap().len(), 3);
@@ -108,37 +99,17 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
 fn bad_configs_and_data_are_reported_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    write(&cfg, "[job]\nfraction = 2.0\n");
-    let out = Command::new(BIN)
-        .args(["coordinator", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("sampling fraction must be in (0, 1], got 2"),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-
-    write(
-        &cfg,
-        "[job]\nstrategy = \"fedavg\"\nmin_stores = 3\n[job.privacy]\nclip = 0.5\nnoise = \"distributed\"\nnoise_multiplier = 1.0\n",
-    );
-    let out = Command::new(BIN)
-        .args(["coordinator", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("only with secure_aggregation = true"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-
-    // A job naming an unknown task, or an option the task does not have, is refused
-    // before anything starts, with the name.
+    // Bad settings, a job naming an unknown task, or an option the task does not have,
+    // are refused before anything starts, with the name.
     for (job, says) in [
+        (
+            "[job]\nfraction = 2.0\n",
+            "sampling fraction must be in (0, 1], got 2",
+        ),
+        (
+            "[job]\nstrategy = \"fedavg\"\nmin_stores = 3\n[job.privacy]\nclip = 0.5\nnoise = \"distributed\"\nnoise_multiplier = 1.0\n",
+            "only with secure_aggregation = true",
+        ),
         ("[job]\ntask = \"weather\"\n", "weather"),
         (
             "[job.task]\nkind = \"segments\"\nclusters = 1\n",
@@ -211,8 +182,7 @@ fn analyze_credit_writes_its_report_and_names_bad_input() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let json = read_json(&report);
     for key in ["pooled_auc_federated", "pooled_auc_centralized", "silos"] {
         assert!(json.get(key).is_some(), "report lacks {key}");
     }

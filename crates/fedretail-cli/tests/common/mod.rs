@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fedretail");
@@ -41,4 +41,21 @@ pub fn wait_all(children: &mut [(String, Child)], limit: Duration) {
 
 pub fn write(path: &Path, body: &str) {
     std::fs::write(path, body).unwrap();
+}
+
+/// Starts `fedretail coordinator --config CONFIG --report REPORT`, output discarded.
+pub fn spawn_coordinator(config: &Path, report: &Path) -> Child {
+    Command::new(BIN)
+        .args(["coordinator", "--config"])
+        .arg(config)
+        .arg("--report")
+        .arg(report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
