@@ -25,7 +25,7 @@ mod results;
 pub use fedretail_models::{FixedTasks, PrepareFuture, TaskSource};
 pub use results::{read_model, write_results, ModelFile, ResultsError, MODEL_FORMAT};
 
-use fedretail_core::{LocalWork, UpdatePrecision};
+use fedretail_core::{CheckedTask, LocalWork, UpdatePrecision};
 use fedretail_models::LocalTask;
 use fedretail_privacy::clip_l2;
 use fedretail_privacy::secagg::{
@@ -36,8 +36,8 @@ use fedretail_proto::v1::{
     self, coordinator_client::CoordinatorClient, poll_task_response::Outcome,
 };
 use fedretail_proto::{
-    decode_tensor, encode_update, job_from_wire, layout_from_wire, ErrorKind, ServiceError,
-    PROTOCOL_VERSION,
+    decode_tensor, encode_update, job_from_wire, layout_from_wire, summary_to_wire, ErrorKind,
+    ServiceError, PROTOCOL_VERSION,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -134,8 +134,11 @@ pub struct StoreAgent {
     config: AgentConfig,
     tasks: Arc<dyn TaskSource>,
     /// The task of the job being served: prepared once, reused every round.
-    current: std::sync::Mutex<Option<(String, Arc<dyn LocalTask>)>>,
+    current: std::sync::Mutex<Option<CurrentTask>>,
 }
+
+/// A job's id, its task spec, and the task built for it.
+type CurrentTask = (String, CheckedTask, Arc<dyn LocalTask>);
 
 struct Session {
     client: CoordinatorClient<Channel>,
@@ -282,8 +285,10 @@ impl StoreAgent {
         job: Option<&v1::JobContext>,
     ) -> Result<Arc<dyn LocalTask>, AgentError> {
         let (job_id, spec) = job_from_wire(job).map_err(|e| AgentError::BadTask(e.to_string()))?;
-        if let Some((id, task)) = self.lock_current().as_ref() {
-            if *id == job_id {
+        if let Some((id, cached_spec, task)) = self.lock_current().as_ref() {
+            // The same job with the same spec: a restarted coordinator may re-agree a
+            // tabular encoding, which makes it a different task.
+            if *id == job_id && *cached_spec == spec {
                 return Ok(task.clone());
             }
         }
@@ -295,11 +300,11 @@ impl StoreAgent {
                 job_id: job_id.clone(),
                 reason,
             })?;
-        *self.lock_current() = Some((job_id, task.clone()));
+        *self.lock_current() = Some((job_id, spec, task.clone()));
         Ok(task)
     }
 
-    fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<(String, Arc<dyn LocalTask>)>> {
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<CurrentTask>> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -316,10 +321,14 @@ impl StoreAgent {
             Ok((id, spec)) => (id, spec.kind().name().to_string()),
             Err(e) => (String::new(), format!("unreadable task ({e})")),
         };
-        let answer = match self.task_for(p.job.as_ref()).await {
-            Ok(task) => Answer::NumTrainExamples(task.num_train_examples()),
-            Err(AgentError::CannotServe { reason, .. }) => Answer::CannotServe(reason),
-            Err(e) => Answer::CannotServe(e.to_string()),
+        let answer = if p.describe {
+            self.describe(p.job.as_ref()).await
+        } else {
+            match self.task_for(p.job.as_ref()).await {
+                Ok(task) => Answer::NumTrainExamples(task.num_train_examples()),
+                Err(AgentError::CannotServe { reason, .. }) => Answer::CannotServe(reason),
+                Err(e) => Answer::CannotServe(e.to_string()),
+            }
         };
         if let Answer::CannotServe(reason) = &answer {
             tracing::info!(store = %self.config.store_id, "sitting job '{job_id}' out: {reason}");
@@ -329,7 +338,7 @@ impl StoreAgent {
             task: kind,
             cannot_serve: match &answer {
                 Answer::CannotServe(r) => Some(r.clone()),
-                Answer::NumTrainExamples(_) => None,
+                Answer::NumTrainExamples(_) | Answer::TableSummary(_) => None,
             },
             results: None,
         };
@@ -348,6 +357,19 @@ impl StoreAgent {
             Ok(_) => Ok(()),
             Err(st) if is_stale(&st) => Ok(()),
             Err(st) => Err(classify(&st)),
+        }
+    }
+
+    /// Aggregates of the store's table for the job's encoding (only aggregates: counts,
+    /// sums, categories common enough), or why the store cannot take part.
+    async fn describe(&self, job: Option<&v1::JobContext>) -> v1::submit_ready_request::Answer {
+        use v1::submit_ready_request::Answer;
+        match job_from_wire(job) {
+            Ok((_, spec)) => match self.tasks.describe(&spec).await {
+                Ok(summary) => Answer::TableSummary(summary_to_wire(&summary)),
+                Err(reason) => Answer::CannotServe(reason),
+            },
+            Err(e) => Answer::CannotServe(format!("unreadable task ({e})")),
         }
     }
 

@@ -5,6 +5,9 @@ use crate::commands::{ensure_network, NetworkArgs};
 use crate::progress::DemoProgress;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use fedretail_coordinator::JobConfig;
+use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, ClusterFit, ClusterTaskOptions};
+use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::{FeatureWindow, TabularSpec};
 use fedretail_sim::{
     default_job, render_anomaly, render_classification, render_network_run, render_segments,
@@ -18,15 +21,15 @@ use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum AnalyzeCommand {
-    /// Customer- and receipt-level anomaly detection with bisecting k-means (local, the seed's meta-model, exact federated), scored against the network's labelled anomalies.
+    /// Customer- and receipt-level anomaly detection by federated bisecting k-means over a coordinator and one agent per store, each store keeping its flags; --in-process for the reference (local, the seed's meta-model, exact federated, centralized).
     Anomaly(ClusterArgs),
-    /// RFM customer segments by federated bisecting k-means, described in words.
+    /// RFM customer segments by federated bisecting k-means over agents, described in words and kept at each store; --in-process for the reference.
     Segments(ClusterArgs),
-    /// Churn prediction: logistic regression (FedAvg and exact Newton) and an MLP, against local-only, centralized and the seed's recency rule.
+    /// Churn prediction over agents: logistic regression by exact Newton and an MLP by FedAvg, each store keeping its scores; --in-process for the reference (FedAvg, centralized, the seed's recency rule).
     Churn(ChurnArgs),
     /// Gradient-inversion attack on single-record updates: no protection, DP-SGD at several epsilon, and a real SecAgg+ round (one masked input, and the sum the coordinator learns).
     Attack(AttackArgs),
-    /// Credit scoring from a tabular file split into lenders by a column (e.g. ../shared/data/credit_data.csv by Job).
+    /// Credit scoring from a tabular file split into lenders by a column (e.g. ../shared/data/credit_data.csv by Job): the in-process reference, then the same jobs over one agent per lender.
     Credit(CreditArgs),
     /// Store-level differential privacy for demand forecasting: DP-FedAvg at several epsilon against no DP (central noise with adaptive clipping, or --secure: SecAgg+ with distributed discrete Gaussian noise). Needs many stores, e.g. --stores 300.
     DpDemand(DpDemandArgs),
@@ -100,6 +103,10 @@ pub struct ClusterArgs {
     /// Seeds the direction in which clusters are split.
     #[arg(long, default_value_t = 2)]
     pub kmeans_seed: u64,
+    /// The in-process reference instead of the network: local, the seed's meta-model,
+    /// exact federated and centralized fits on one machine reading every store.
+    #[arg(long)]
+    pub in_process: bool,
     #[command(flatten)]
     pub output: Output,
 }
@@ -168,6 +175,10 @@ pub struct ChurnArgs {
     /// A customer who buys nothing in this many days after the cut-off has churned.
     #[arg(long, default_value_t = 60)]
     pub horizon_days: u32,
+    /// The in-process reference (local, FedAvg, exact Newton, centralized, the rule)
+    /// instead of the network.
+    #[arg(long)]
+    pub in_process: bool,
     #[command(flatten)]
     pub train: TrainArgs,
     #[command(flatten)]
@@ -190,10 +201,29 @@ pub struct CreditArgs {
     /// Share of each lender's rows held out, stratified by the target.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
+    /// A lender reports a category to the federation only if this many of its
+    /// training rows have it.
+    #[arg(long, default_value_t = 5)]
+    pub min_category_rows: u64,
+    /// Only the in-process reference (no coordinator, no agents).
+    #[arg(long)]
+    pub in_process: bool,
+    /// Where each lender's rows are written as its own export, with its results.
+    #[arg(long, default_value = "fedretail-data/credit-network")]
+    pub work_dir: PathBuf,
     #[command(flatten)]
     pub train: TrainArgs,
     #[command(flatten)]
     pub output: Output,
+}
+
+/// `analyze credit` over agents: the in-process reference and the network's jobs.
+#[derive(Serialize)]
+struct CreditRun {
+    reference: fedretail_sim::ClassificationReport,
+    network: fedretail_sim::NetworkRunReport,
+    /// Largest difference between the Newton job's model and the in-process one.
+    newton_gap_network_vs_in_process: Option<f64>,
 }
 
 #[derive(Args)]
@@ -245,6 +275,67 @@ fn emit<R: Serialize>(report: &R, summary: String, output: &Output) -> Result<()
         }
     }
     Ok(())
+}
+
+/// A clustering job with the command's options: exact federated bisecting k-means, or
+/// the seed's meta-model (job id suffixed `-meta`).
+fn cluster_job(a: &ClusterArgs, kind: TaskKind, clusters: usize, fit: ClusterFit) -> JobConfig {
+    let options = ClusterTaskOptions {
+        fit,
+        window_days: a.window_days,
+        clusters: Some(clusters),
+        flag_share: a.flag_share,
+        silhouette_points: a.silhouette_points,
+        seed: a.kmeans_seed,
+        ..ClusterTaskOptions::default()
+    };
+    let task = match kind {
+        TaskKind::CustomerAnomaly => TaskSpec::CustomerAnomaly(options),
+        TaskKind::ReceiptAnomaly => TaskSpec::ReceiptAnomaly(options),
+        _ => TaskSpec::Segments(options),
+    };
+    let base = default_job(kind);
+    JobConfig {
+        job_id: match fit {
+            ClusterFit::Exact => base.job_id.clone(),
+            ClusterFit::Meta => format!("{}-meta", base.job_id),
+        },
+        task,
+        ..base
+    }
+}
+
+/// Churn over the network: the logistic regression by exact Newton, and the MLP by
+/// FedAvg when it has hidden units.
+fn churn_jobs(a: &ChurnArgs) -> Vec<JobConfig> {
+    let options = |model| ChurnTaskOptions {
+        window_days: a.window_days,
+        horizon_days: a.horizon_days,
+        model,
+        min_train_rows: a.train.min_train_rows,
+        seed: a.train.train_seed,
+        ..ChurnTaskOptions::default()
+    };
+    let mut jobs = vec![JobConfig {
+        task: TaskSpec::Churn(options(ClassifierKind::Logistic)),
+        ..default_job(TaskKind::Churn)
+    }];
+    if a.train.mlp_hidden > 0 {
+        jobs.push(JobConfig {
+            job_id: "churn-mlp".into(),
+            task: TaskSpec::Churn(options(ClassifierKind::Mlp {
+                hidden: a.train.mlp_hidden,
+            })),
+            rounds: Some(a.train.rounds as u32),
+            fedavg: fedretail_coordinator::FedAvgSettings {
+                learning_rate: a.train.learning_rate,
+                batch_size: a.train.batch_size,
+                ..Default::default()
+            },
+            ..default_job(TaskKind::Churn)
+        });
+    }
+    jobs
 }
 
 fn cluster_options(a: &ClusterArgs) -> ClusteringOptions {
@@ -299,22 +390,26 @@ pub fn demo_task(
     json: bool,
 ) -> Result<()> {
     use crate::commands::DemoTask;
-    use fedretail_core::TaskKind;
     let kinds: &[TaskKind] = match task {
         DemoTask::Demand => &[TaskKind::Demand],
         DemoTask::Anomaly => &[TaskKind::CustomerAnomaly, TaskKind::ReceiptAnomaly],
         DemoTask::Segments => &[TaskKind::Segments],
         DemoTask::Churn => &[TaskKind::Churn],
-        DemoTask::All => &TaskKind::ALL,
+        DemoTask::All => &TaskKind::RETAIL,
     };
     let jobs = kinds.iter().map(|k| default_job(*k)).collect();
+    over_network(dir, jobs, &Output { report, json })
+}
+
+/// Runs `jobs` over a coordinator and one agent per store of `dir` on 127.0.0.1, and
+/// reports what the stores sent; fails if any job failed.
+fn over_network(dir: PathBuf, jobs: Vec<JobConfig>, output: &Output) -> Result<()> {
     let progress = Arc::new(DemoProgress::new());
     let p = progress.clone();
     let observer = Arc::new(move |e: &fedretail_coordinator::CoordinatorEvent| p.on_coordinator(e));
     let rt = crate::commands::runtime()?;
     let r = rt.block_on(run_network_jobs(&dir, jobs, 2, observer))?;
-    let output = Output { report, json };
-    emit(&r, render_network_run(&r), &output)?;
+    emit(&r, render_network_run(&r), output)?;
     let failed: Vec<&str> = r
         .jobs
         .iter()
@@ -328,6 +423,32 @@ pub fn demo_task(
 pub fn run(command: AnalyzeCommand) -> Result<()> {
     let rt = crate::commands::runtime()?;
     match command {
+        AnalyzeCommand::Anomaly(a) if !a.in_process => {
+            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
+            let jobs = vec![
+                cluster_job(&a, TaskKind::CustomerAnomaly, a.clusters, ClusterFit::Exact),
+                cluster_job(&a, TaskKind::CustomerAnomaly, a.clusters, ClusterFit::Meta),
+                cluster_job(
+                    &a,
+                    TaskKind::ReceiptAnomaly,
+                    a.receipt_clusters,
+                    ClusterFit::Exact,
+                ),
+            ];
+            over_network(dir, jobs, &a.output)
+        }
+        AnalyzeCommand::Segments(a) if !a.in_process => {
+            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
+            let jobs = vec![
+                cluster_job(&a, TaskKind::Segments, a.clusters, ClusterFit::Exact),
+                cluster_job(&a, TaskKind::Segments, a.clusters, ClusterFit::Meta),
+            ];
+            over_network(dir, jobs, &a.output)
+        }
+        AnalyzeCommand::Churn(a) if !a.in_process => {
+            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
+            over_network(dir, churn_jobs(&a), &a.output)
+        }
         AnalyzeCommand::Anomaly(a) => {
             let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
             let bar = spinner();
@@ -374,6 +495,8 @@ pub fn run(command: AnalyzeCommand) -> Result<()> {
                 test_fraction: 0.2,
                 seed: 7,
                 min_train_rows: 1,
+                min_category_rows: 1,
+                max_categories: 50,
             };
             let options = fedretail_sim::attack::AttackOptions {
                 records: a.records,
@@ -411,26 +534,74 @@ pub fn run(command: AnalyzeCommand) -> Result<()> {
             bar.finish_and_clear();
             emit(&report, fedretail_sim::render_dp_demand(&report), &a.output)
         }
-        AnalyzeCommand::Credit(a) => {
-            let spec = TabularSpec {
-                target: a.target.clone(),
-                positive: a.positive.clone(),
-                split_by: a.split_by.clone(),
-                test_fraction: a.test_fraction,
-                seed: a.train.train_seed,
-                min_train_rows: a.train.min_train_rows,
-            };
-            let bar = spinner();
-            let report = rt
-                .block_on(run_credit(
-                    &a.data,
-                    &spec,
-                    &a.train.options(),
-                    &on_class_event(&bar),
-                ))
-                .with_context(|| format!("credit scoring on {}", a.data.display()))?;
-            bar.finish_and_clear();
-            emit(&report, render_classification(&report), &a.output)
-        }
+        AnalyzeCommand::Credit(a) => credit(&rt, &a),
     }
+}
+
+/// Credit scoring: the in-process reference (local, centralized, FedAvg, exact Newton),
+/// then, unless `--in-process`, the same jobs over a coordinator and one agent per
+/// lender, each lender's scores written into its own folder.
+fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
+    let spec = TabularSpec {
+        target: a.target.clone(),
+        positive: a.positive.clone(),
+        split_by: a.split_by.clone(),
+        test_fraction: a.test_fraction,
+        seed: a.train.train_seed,
+        min_train_rows: a.train.min_train_rows,
+        min_category_rows: a.min_category_rows,
+        max_categories: 50,
+    };
+    let options = a.train.options();
+    let bar = spinner();
+    let reference = rt
+        .block_on(run_credit(&a.data, &spec, &options, &on_class_event(&bar)))
+        .with_context(|| format!("credit scoring on {}", a.data.display()))?;
+    bar.finish_and_clear();
+    if a.in_process || options.customer_dp.is_some() {
+        return emit(&reference, render_classification(&reference), &a.output);
+    }
+    let jobs = fedretail_sim::tabular_jobs(&spec, &options, &reference);
+    let progress = Arc::new(DemoProgress::new());
+    let p = progress.clone();
+    let observer = Arc::new(move |e: &fedretail_coordinator::CoordinatorEvent| p.on_coordinator(e));
+    let network = rt
+        .block_on(fedretail_sim::run_tabular_network(
+            &a.data,
+            &a.split_by,
+            &a.work_dir,
+            jobs,
+            observer,
+        ))
+        .with_context(|| format!("credit jobs over agents on {}", a.data.display()))?;
+    let gap = network
+        .jobs
+        .iter()
+        .find(|j| j.job.job_id == "credit-newton" && !j.job.failed)
+        .filter(|j| j.job.parameters.len() == reference.newton_parameters.len())
+        .map(|j| {
+            j.job
+                .parameters
+                .iter()
+                .zip(&reference.newton_parameters)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max)
+        });
+    let mut summary = format!(
+        "in-process reference\n{}\nover gRPC: one coordinator, one agent per {}\n{}",
+        render_classification(&reference),
+        a.split_by,
+        render_network_run(&network)
+    );
+    if let Some(g) = gap {
+        summary.push_str(&format!(
+            "exact Newton over agents vs in process: largest parameter difference {g:.1e}\n"
+        ));
+    }
+    let run = CreditRun {
+        reference,
+        network,
+        newton_gap_network_vs_in_process: gap,
+    };
+    emit(&run, summary, &a.output)
 }

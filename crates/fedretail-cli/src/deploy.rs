@@ -183,9 +183,13 @@ impl AgentFile {
             }
         };
         rebase(&mut file.data.transactions);
-        for p in [&mut file.data.promotions, &mut file.data.labels]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut file.data.promotions,
+            &mut file.data.labels,
+            &mut file.data.tables_dir,
+        ]
+        .into_iter()
+        .flatten()
         {
             rebase(p);
         }

@@ -1,10 +1,11 @@
 //! The built binary running a network's jobs as an operator would: one coordinator
 //! process running several jobs in a row against the same four agent processes (one
 //! a till that records no customer ids, which sits the customer tasks out and says
-//! why), each store keeping its results in its own folder; and a coordinator killed
+//! why), each store keeping its results in its own folder, the exact and the seed's
+//! meta-model clustering each equal to their in-process fit; and a coordinator killed
 //! with SIGKILL mid-job that, restarted, finishes that job and runs the rest.
 
-use fedretail_core::kmeans::{fit_bisecting_kmeans, KMeansConfig};
+use fedretail_core::kmeans::{fit_bisecting_kmeans, ClusterTree, KMeansConfig};
 use fedretail_core::SamplingConfig;
 use fedretail_data::{load_customer_points, CustomerFeatureSet, FeatureWindow, StoreSource};
 use std::collections::BTreeSet;
@@ -105,6 +106,17 @@ task = "churn"
 min_stores = 3
 expected_stores = 4
 round_timeout_secs = 60
+
+[[jobs]]
+job_id = "segments-meta"
+min_stores = 3
+expected_stores = 4
+round_timeout_secs = 60
+[jobs.task]
+kind = "segments"
+clusters = 4
+max_iterations = 6
+fit = "meta"
 "#,
     );
     for s in STORES.iter().chain([&TILL]) {
@@ -260,57 +272,92 @@ fn check_jobs(jobs: &[serde_json::Value]) {
 fn check_till(net: &Path) {
     let results = net.join(TILL).join("results");
     assert!(results.join("demand").join("forecast.csv").exists());
-    for job in ["customer-anomaly", "segments", "churn"] {
+    for job in ["customer-anomaly", "segments", "churn", "segments-meta"] {
         assert!(!results.join(job).exists(), "{job}");
     }
 }
 
-/// Federated bisecting k-means over the wire equals the centralized fit on the
-/// pooled points of the three stores.
-fn check_segments_equal_centralized(net: &Path, job: &serde_json::Value) {
-    assert_eq!(job["job_id"], "segments");
-    let federated: Vec<f64> = job["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+/// Each of the three stores' segment features, as the stores compute them.
+fn pooled_segment_points(net: &Path) -> Vec<Vec<f64>> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let window = FeatureWindow { window_days: 180 };
-    let mut pooled = Vec::new();
-    for s in STORES {
-        let source = StoreSource::from_dir(&net.join(s));
-        let c = rt
-            .block_on(load_customer_points(
+    STORES
+        .iter()
+        .map(|s| {
+            let source = StoreSource::from_dir(&net.join(s));
+            rt.block_on(load_customer_points(
                 &source,
                 &window,
                 CustomerFeatureSet::Segments,
                 None,
             ))
-            .unwrap();
-        pooled.extend(c.points.values);
-    }
-    let config = KMeansConfig {
+            .unwrap()
+            .points
+            .values
+        })
+        .collect()
+}
+
+fn segments_config() -> KMeansConfig {
+    KMeansConfig {
         num_clusters: 4,
         dim: 4,
         max_iterations: 6,
         tolerance: 1e-6,
         seed: 2,
         sampling: SamplingConfig::default(),
-    };
-    let central = fit_bisecting_kmeans(&config, &pooled, &[])
+    }
+}
+
+fn assert_same_model(job: &serde_json::Value, expected: &[f64], what: &str) {
+    let federated: Vec<f64> = job["parameters"]
+        .as_array()
         .unwrap()
-        .into_values();
-    assert_eq!(central.len(), federated.len());
-    let gap = central
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(expected.len(), federated.len());
+    let gap = expected
         .iter()
         .zip(&federated)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
-    assert!(
-        gap < 1e-9,
-        "federated and centralized bisecting k-means differ by {gap}"
-    );
+    assert!(gap < 1e-9, "{what}: the job's model differs by {gap}");
+}
+
+/// Federated bisecting k-means over the wire equals the centralized fit on the
+/// pooled points of the three stores.
+fn check_segments_equal_centralized(stores: &[Vec<f64>], job: &serde_json::Value) {
+    assert_eq!(job["job_id"], "segments");
+    let pooled: Vec<f64> = stores.concat();
+    let central = fit_bisecting_kmeans(&segments_config(), &pooled, &[])
+        .unwrap()
+        .into_values();
+    assert_same_model(job, &central, "exact federated vs centralized");
+}
+
+/// The seed's meta-model over the wire equals the in-process one: each store's own
+/// clusters, their centroids weighted by size, clustered again.
+fn check_meta_equals_in_process(stores: &[Vec<f64>], job: &serde_json::Value) {
+    assert_eq!(job["job_id"], "segments-meta");
+    let config = segments_config();
+    let (mut centroids, mut sizes) = (Vec::new(), Vec::new());
+    for points in stores {
+        let local = fit_bisecting_kmeans(&config, points, &[])
+            .unwrap()
+            .into_values();
+        let tree = ClusterTree::new(&local, 4, 4).unwrap();
+        let mut n = vec![0.0; tree.leaves().len()];
+        for x in points.chunks(4) {
+            n[tree.predict(x).0] += 1.0;
+        }
+        centroids.extend(tree.leaf_centroids());
+        sizes.extend(n);
+    }
+    let meta = fit_bisecting_kmeans(&config, &centroids, &sizes)
+        .unwrap()
+        .into_values();
+    assert_same_model(job, &meta, "meta-model over the wire vs in process");
 }
 
 #[test]
@@ -327,7 +374,16 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
     let outcome = read_json(&report);
     let jobs = outcome["jobs"].as_array().unwrap();
     let ids: Vec<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["demand", "customer-anomaly", "segments", "churn"]);
+    assert_eq!(
+        ids,
+        [
+            "demand",
+            "customer-anomaly",
+            "segments",
+            "churn",
+            "segments-meta"
+        ]
+    );
     check_jobs(jobs);
     assert_eq!(jobs[1]["strategy"], "bisecting_kmeans");
     // Against the labelled refund abusers, where a store has any.
@@ -354,7 +410,9 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
         check_results(&net, s);
     }
     check_till(&net);
-    check_segments_equal_centralized(&net, &jobs[2]);
+    let points = pooled_segment_points(&net);
+    check_segments_equal_centralized(&points, &jobs[2]);
+    check_meta_equals_in_process(&points, &jobs[4]);
 }
 
 /// Starts the coordinator with its stderr read line by line on a thread.
@@ -417,7 +475,10 @@ fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
     let outcome = read_json(&report);
     let jobs = outcome["jobs"].as_array().unwrap();
     let ids: Vec<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["customer-anomaly", "segments", "churn"]);
+    assert_eq!(
+        ids,
+        ["customer-anomaly", "segments", "churn", "segments-meta"]
+    );
     assert!(
         jobs[0]["resumed_after_round"].as_u64().unwrap() >= 2,
         "{}",
@@ -428,5 +489,7 @@ fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
         check_results(&net, s);
     }
     check_till(&net);
-    check_segments_equal_centralized(&net, &jobs[1]);
+    let points = pooled_segment_points(&net);
+    check_segments_equal_centralized(&points, &jobs[1]);
+    check_meta_equals_in_process(&points, &jobs[3]);
 }

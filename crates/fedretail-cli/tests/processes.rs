@@ -173,6 +173,8 @@ fn analyze_credit_writes_its_report_and_names_bad_input() {
         .args(["analyze", "credit", "--rounds", "5", "--mlp-hidden", "0"])
         .arg("--data")
         .arg(&data)
+        .arg("--work-dir")
+        .arg(dir.path().join("lenders"))
         .arg("--report")
         .arg(&report)
         .output()
@@ -183,14 +185,30 @@ fn analyze_credit_writes_its_report_and_names_bad_input() {
         String::from_utf8_lossy(&out.stderr)
     );
     let json = read_json(&report);
+    let reference = &json["reference"];
     for key in ["pooled_auc_federated", "pooled_auc_centralized", "silos"] {
-        assert!(json.get(key).is_some(), "report lacks {key}");
+        assert!(reference.get(key).is_some(), "report lacks {key}");
     }
-    let silos = json["silos"].as_array().unwrap();
+    let silos = reference["silos"].as_array().unwrap();
     assert_eq!(silos.len(), 2);
     for s in silos {
         assert!(s["auc_local"].is_number() && s["auc_federated"].is_number());
     }
+    // The same jobs over one agent per lender, exact Newton equal to the reference.
+    let jobs = json["network"]["jobs"].as_array().unwrap();
+    let ids: Vec<&str> = jobs
+        .iter()
+        .map(|j| j["job"]["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["credit-newton", "credit-fedavg"]);
+    assert!(json["newton_gap_network_vs_in_process"].as_f64().unwrap() < 1e-9);
+    for j in jobs {
+        assert_eq!(j["job"]["evaluations"].as_array().unwrap().len(), 2);
+    }
+    assert!(dir
+        .path()
+        .join("lenders/silo-000-fixed/results/credit-newton/scores.csv")
+        .exists());
 
     let out = Command::new(BIN)
         .args(["analyze", "credit", "--target", "Missing"])

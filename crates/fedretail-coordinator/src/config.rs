@@ -1,8 +1,9 @@
 use fedretail_core::kmeans::{FedBisectingKMeans, KMeansConfig};
-use fedretail_core::task::{ClassifierKind, TaskKind};
+use fedretail_core::tabular::TabularEncoding;
+use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, TabularTaskOptions, TaskKind};
 use fedretail_core::{
     CheckedTask, ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelLayout,
-    ModelParameters, SamplingConfig, Strategy, TaskSpec, UpdatePrecision,
+    ModelParameters, SamplingConfig, Segment, Strategy, TaskSpec, UpdatePrecision,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -34,8 +35,11 @@ impl StrategyKind {
     pub fn default_for(task: &TaskSpec) -> StrategyKind {
         match task {
             TaskSpec::Demand(_) => StrategyKind::Newton,
-            TaskSpec::Churn(o) if o.model == ClassifierKind::Logistic => StrategyKind::Newton,
-            TaskSpec::Churn(_) => StrategyKind::Fedavg,
+            TaskSpec::Churn(ChurnTaskOptions { model, .. })
+            | TaskSpec::Tabular(TabularTaskOptions { model, .. }) => match model {
+                ClassifierKind::Logistic => StrategyKind::Newton,
+                ClassifierKind::Mlp { .. } => StrategyKind::Fedavg,
+            },
             _ => StrategyKind::BisectingKmeans,
         }
     }
@@ -422,12 +426,20 @@ pub struct CheckedJob {
     pub expected_stores: usize,
 }
 
+fn pending_layout() -> ModelLayout {
+    ModelLayout::new(vec![Segment::new("pending_description", 1, false)])
+        .unwrap_or_else(|_| unreachable!("static layout"))
+}
+
 /// Whether `strategy` can train `task`, and if not why.
 fn check_pairing(task: &TaskSpec, strategy: StrategyKind) -> Result<(), ConfigError> {
     let ok = match (task, strategy) {
         (TaskSpec::Demand(_), StrategyKind::Newton | StrategyKind::Fedavg) => true,
-        (TaskSpec::Churn(o), StrategyKind::Newton) => o.model == ClassifierKind::Logistic,
-        (TaskSpec::Churn(_), StrategyKind::Fedavg) => true,
+        (TaskSpec::Churn(ChurnTaskOptions { model, .. }), StrategyKind::Newton)
+        | (TaskSpec::Tabular(TabularTaskOptions { model, .. }), StrategyKind::Newton) => {
+            *model == ClassifierKind::Logistic
+        }
+        (TaskSpec::Churn(_) | TaskSpec::Tabular(_), StrategyKind::Fedavg) => true,
         (
             TaskSpec::CustomerAnomaly(_) | TaskSpec::ReceiptAnomaly(_) | TaskSpec::Segments(_),
             StrategyKind::BisectingKmeans,
@@ -439,7 +451,9 @@ fn check_pairing(task: &TaskSpec, strategy: StrategyKind) -> Result<(), ConfigEr
     }
     let requirement = match task {
         TaskSpec::Demand(_) => "newton or fedavg for task 'demand'",
-        TaskSpec::Churn(_) => "fedavg, or newton with model = \"logistic\", for task 'churn'",
+        TaskSpec::Churn(_) | TaskSpec::Tabular(_) => {
+            "fedavg, or newton with model = \"logistic\", for a classifier task"
+        }
         _ => "bisecting_kmeans for a clustering task",
     };
     Err(ConfigError::out_of_range(
@@ -476,7 +490,13 @@ impl CheckedJob {
         if config.round_attempts == 0 {
             return Err(ConfigError::out_of_range("round_attempts", ">= 1", 0));
         }
-        let layout = task.layout()?;
+        // A tabular task's model is shaped once the stores described their tables
+        // (`described`); until then nothing reads the layout.
+        let layout = if task.needs_description() {
+            pending_layout()
+        } else {
+            task.layout()?
+        };
         let expected_stores = config.expected_stores.unwrap_or(config.min_stores);
         if expected_stores < config.min_stores {
             return Err(ConfigError::out_of_range(
@@ -518,6 +538,16 @@ impl CheckedJob {
 
     pub fn job_id(&self) -> &str {
         &self.config.job_id
+    }
+
+    /// The job with the encoding its stores agreed on: its model shaped for it.
+    pub fn described(&self, encoding: TabularEncoding) -> Result<CheckedJob, ConfigError> {
+        let task = self.task.with_encoding(encoding)?;
+        Ok(CheckedJob {
+            layout: task.layout()?,
+            task,
+            ..self.clone()
+        })
     }
 
     /// Where round 1 starts.

@@ -11,7 +11,8 @@ use crate::jobs::JobQueue;
 use crate::round::{run_round, task_id, RoundDone, RoundError, RoundInput};
 use crate::service::{EvalState, Phase, Shared};
 use crate::CoordinatorError;
-use fedretail_core::{ModelParameters, Strategy, TaskMetrics};
+use fedretail_core::tabular::merge_summaries;
+use fedretail_core::{ModelParameters, Strategy, TaskMetrics, TaskSpec};
 use fedretail_privacy::{PrivacyBudget, PrivacyLedger};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -116,6 +117,11 @@ pub struct JobOutcome {
     /// The final model's version: the last completed round.
     pub model_version: u64,
     pub parameters: Vec<f64>,
+    /// The model's inputs, in parameter order.
+    pub features: Vec<String>,
+    /// Columns of a tabular task the stores' tables could not all encode, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped_features: Vec<(String, String)>,
     pub evaluations: Vec<StoreEvaluation>,
     /// Stores asked to evaluate that did not answer in time.
     pub missing_evaluations: Vec<String>,
@@ -227,13 +233,27 @@ async fn drive_job(
         job.job_id(),
         &serde_json::to_string(&job.config).unwrap_or_default(),
     )?;
-    let mut ledger = restore_ledger(checkpoints, job)?;
-    let (global, first_round, resumed_after_round) = resume(checkpoints, job)?;
     (shared.observer)(&CoordinatorEvent::JobStarted {
         job_id: job.job_id().to_string(),
         task: job.task.kind().name().to_string(),
         strategy: strategy.name().to_string(),
     });
+    let described;
+    let job = match describe(shared, job).await {
+        Ok(None) => job,
+        Ok(Some(j)) => {
+            described = j;
+            &described
+        }
+        Err(reason) => {
+            let mut outcome = unstarted(job, strategy.name(), reason);
+            outcome.stores_not_taking_part = shared.close_job();
+            outcome.wall_seconds = started.elapsed().as_secs_f64();
+            return record(shared, checkpoints, outcome, "failed");
+        }
+    };
+    let mut ledger = restore_ledger(checkpoints, job)?;
+    let (global, first_round, resumed_after_round) = resume(checkpoints, job)?;
     shared.open_job(job);
     let trained = match wait_ready(shared, job).await {
         Ok(()) => {
@@ -275,6 +295,15 @@ async fn drive_job(
         resumed_after_round,
         model_version,
         parameters: trained.global.values().to_vec(),
+        features: job.task.features(),
+        dropped_features: match job.task.spec() {
+            TaskSpec::Tabular(o) => o
+                .encoding
+                .iter()
+                .flat_map(|e| e.dropped.iter().map(|d| (d.name.clone(), d.reason.clone())))
+                .collect(),
+            _ => Vec::new(),
+        },
         evaluations,
         missing_evaluations,
         stores_not_taking_part: shared.close_job(),
@@ -289,13 +318,64 @@ async fn drive_job(
         (None, Some(_)) => "stopped",
         (None, None) => "completed",
     };
+    record(shared, checkpoints, outcome, stored)
+}
+
+/// Stores the job's outcome and announces it.
+fn record(
+    shared: &Shared,
+    checkpoints: &CheckpointStore,
+    outcome: JobOutcome,
+    stored: &str,
+) -> Result<JobOutcome, CoordinatorError> {
     let json = serde_json::to_string(&outcome).unwrap_or_default();
-    checkpoints.finish_job(job.job_id(), stored, &json)?;
+    checkpoints.finish_job(&outcome.job_id, stored, &json)?;
     (shared.observer)(&CoordinatorEvent::JobFinished {
         job_id: outcome.job_id.clone(),
         status: outcome.status.clone(),
     });
     Ok(outcome)
+}
+
+/// The outcome of a job that failed before its first round.
+fn unstarted(job: &CheckedJob, strategy: &str, reason: String) -> JobOutcome {
+    JobOutcome {
+        job_id: job.job_id().to_string(),
+        task: job.task.kind().name().to_string(),
+        strategy: strategy.to_string(),
+        status: format!("failed: {reason}"),
+        failed: true,
+        rounds: Vec::new(),
+        resumed_after_round: None,
+        model_version: 0,
+        parameters: Vec::new(),
+        features: Vec::new(),
+        dropped_features: Vec::new(),
+        evaluations: Vec::new(),
+        missing_evaluations: Vec::new(),
+        stores_not_taking_part: Vec::new(),
+        bytes_up: 0,
+        bytes_down: 0,
+        wall_seconds: 0.0,
+        privacy: None,
+    }
+}
+
+/// A job whose model is shaped by the stores' data (a tabular task) first asks every
+/// store to describe its table, and merges the descriptions into the encoding it then
+/// trains with. Ok(None): nothing to describe. Err: why the job cannot run.
+async fn describe(shared: &Shared, job: &CheckedJob) -> Result<Option<CheckedJob>, String> {
+    let TaskSpec::Tabular(o) = job.task.spec() else {
+        return Ok(None);
+    };
+    if !job.task.needs_description() {
+        return Ok(None);
+    }
+    shared.open_job(job);
+    wait_ready(shared, job).await?;
+    let encoding = merge_summaries(&shared.summaries(), o.max_categories)
+        .map_err(|e| format!("the stores' tables cannot be encoded: {e}"))?;
+    job.described(encoding).map(Some).map_err(|e| e.to_string())
 }
 
 fn status_line(job: &CheckedJob, t: &Trained) -> String {

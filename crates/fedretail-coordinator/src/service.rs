@@ -6,6 +6,7 @@ use crate::config::{CheckedJob, CoordinatorConfig};
 use crate::driver::{CoordinatorEvent, Observer};
 use crate::privacy::{RoundPrivacy, SecureRound, SecureStage};
 use crate::round::task_id;
+use fedretail_core::tabular::TableSummary;
 use fedretail_core::{
     validate_update, LocalWork, ModelLayout, ModelParameters, StreamingWeightedSum, TaskMetrics,
     UpdateLimits, UpdatePrecision,
@@ -13,8 +14,8 @@ use fedretail_core::{
 use fedretail_proto::secagg as wire;
 use fedretail_proto::v1::{self, coordinator_server::Coordinator};
 use fedretail_proto::{
-    decode_tensor, encode_f64, job_to_wire, layout_to_wire, ErrorKind, ServiceError,
-    PROTOCOL_VERSION,
+    decode_tensor, encode_f64, job_to_wire, layout_to_wire, summary_from_wire, ErrorKind,
+    ServiceError, PROTOCOL_VERSION,
 };
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,6 +53,10 @@ pub(crate) struct JobSlot {
     pub ready: BTreeMap<String, u64>,
     /// Stores that cannot take part, with their reason.
     pub cannot: BTreeMap<String, String>,
+    /// The stores describe their data first (a tabular task's encoding).
+    pub describe: bool,
+    /// Their descriptions, when they do.
+    pub summaries: BTreeMap<String, TableSummary>,
 }
 
 pub(crate) struct RoundState {
@@ -154,6 +159,8 @@ impl Shared {
             prepare: BTreeMap::new(),
             ready: BTreeMap::new(),
             cannot: BTreeMap::new(),
+            describe: job.task.needs_description(),
+            summaries: BTreeMap::new(),
         });
         state.phase = Phase::Idle;
         drop(state);
@@ -165,6 +172,15 @@ impl Shared {
         let slot = self.lock().job.take();
         self.phase_tx.send_modify(|v| *v += 1);
         slot.map(|s| s.cannot.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// The descriptions the stores sent for the current job, in store order.
+    pub(crate) fn summaries(&self) -> Vec<TableSummary> {
+        self.lock()
+            .job
+            .as_ref()
+            .map(|j| j.summaries.values().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -357,11 +373,15 @@ impl CoordinatorService {
         let task_id = slot
             .prepare
             .entry(store_id.to_string())
-            .or_insert_with(|| task_id(&job_id, "prepare", 0, store_id))
+            .or_insert_with(|| {
+                let kind = if slot.describe { "describe" } else { "prepare" };
+                task_id(&job_id, kind, 0, store_id)
+            })
             .clone();
         Some(v1::PrepareTask {
             task_id,
             job: Some(slot.wire.clone()),
+            describe: slot.describe,
         })
     }
 
@@ -683,21 +703,48 @@ impl Coordinator for CoordinatorService {
                     format!("'{store}' already answered job '{}'", slot.job_id),
                 ));
             }
-            match req.answer {
-                Some(Answer::NumTrainExamples(n)) => {
+            let (rows, reason) = match (req.answer, slot.describe) {
+                (Some(Answer::NumTrainExamples(n)), false) => (Some(n), None),
+                (Some(Answer::TableSummary(text)), true) => match summary_from_wire(&text) {
+                    Ok(summary) => {
+                        let n = summary.rows;
+                        slot.summaries.insert(store.to_string(), summary);
+                        (Some(n), None)
+                    }
+                    // A bad description keeps the store out of this job, not the network.
+                    Err(e) => (None, Some(format!("its description was refused: {e}"))),
+                },
+                (Some(Answer::CannotServe(reason)), _) => (None, Some(reason)),
+                (answer, describe) => {
+                    let wanted = if describe {
+                        "a table summary"
+                    } else {
+                        "a row count"
+                    };
+                    let got = match answer {
+                        None => "nothing",
+                        Some(Answer::TableSummary(_)) => "a table summary",
+                        Some(_) => "a row count",
+                    };
+                    return Err(err(
+                        ErrorKind::InvalidUpdate,
+                        format!("'{store}' answered prepare task '{}' with {got}; it needs {wanted} or a reason", req.task_id),
+                    ));
+                }
+            };
+            match (rows, reason) {
+                (Some(n), _) => {
                     slot.ready.insert(store.to_string(), n);
                     (slot.job_id.clone(), Some(n), None)
                 }
-                Some(Answer::CannotServe(reason)) => {
-                    let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
+                (None, reason) => {
+                    let reason: String = reason
+                        .unwrap_or_default()
+                        .chars()
+                        .take(MAX_REASON_LEN)
+                        .collect();
                     slot.cannot.insert(store.to_string(), reason.clone());
                     (slot.job_id.clone(), None, Some(reason))
-                }
-                None => {
-                    return Err(err(
-                        ErrorKind::InvalidUpdate,
-                        format!("'{store}' answered prepare task '{}' with neither a row count nor a reason", req.task_id),
-                    ))
                 }
             }
         };

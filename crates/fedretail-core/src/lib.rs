@@ -29,6 +29,7 @@ mod newton;
 mod params;
 mod sampling;
 mod strategy;
+pub mod tabular;
 pub mod task;
 mod validate;
 

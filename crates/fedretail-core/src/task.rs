@@ -13,6 +13,7 @@
 use crate::error::ConfigError;
 use crate::kmeans::{bisecting_kmeans_initial, bisecting_kmeans_layout};
 use crate::params::{ModelLayout, ModelParameters, Segment};
+use crate::tabular::TabularEncoding;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -158,15 +159,28 @@ pub enum TaskKind {
     Segments,
     /// Which customers stop buying: a classifier on customer features.
     Churn,
+    /// A classifier on any table with a binary target (credit scoring): every store
+    /// holds a table with the same columns.
+    Tabular,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 5] = [
+    /// The tasks every store of a retail network can run from its transactions export.
+    pub const RETAIL: [TaskKind; 5] = [
         TaskKind::Demand,
         TaskKind::CustomerAnomaly,
         TaskKind::ReceiptAnomaly,
         TaskKind::Segments,
         TaskKind::Churn,
+    ];
+
+    pub const ALL: [TaskKind; 6] = [
+        TaskKind::Demand,
+        TaskKind::CustomerAnomaly,
+        TaskKind::ReceiptAnomaly,
+        TaskKind::Segments,
+        TaskKind::Churn,
+        TaskKind::Tabular,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -176,6 +190,7 @@ impl TaskKind {
             TaskKind::ReceiptAnomaly => "receipt_anomaly",
             TaskKind::Segments => "segments",
             TaskKind::Churn => "churn",
+            TaskKind::Tabular => "tabular",
         }
     }
 
@@ -187,6 +202,7 @@ impl TaskKind {
             TaskKind::ReceiptAnomaly => TaskSpec::ReceiptAnomaly(ClusterTaskOptions::default()),
             TaskKind::Segments => TaskSpec::Segments(ClusterTaskOptions::default()),
             TaskKind::Churn => TaskSpec::Churn(ChurnTaskOptions::default()),
+            TaskKind::Tabular => TaskSpec::Tabular(TabularTaskOptions::default()),
         }
     }
 
@@ -214,7 +230,7 @@ impl std::str::FromStr for TaskKind {
             .ok_or_else(|| {
                 ConfigError::out_of_range(
                     "task",
-                    "one of demand, customer_anomaly, receipt_anomaly, segments, churn",
+                    "one of demand, customer_anomaly, receipt_anomaly, segments, churn, tabular",
                     s,
                 )
             })
@@ -262,6 +278,20 @@ pub struct ClusterTaskOptions {
     pub min_points: usize,
     /// Seeds the direction of every split.
     pub seed: u64,
+    /// `exact`: federated bisecting k-means on the stores' points, equal to the
+    /// centralized fit. `meta`: seed 001's global model from per-store results, the
+    /// stores' own clusters clustered (each store fits alone, then the federation
+    /// clusters the stores' centroids weighted by cluster size).
+    pub fit: ClusterFit,
+}
+
+/// Which global clustering a clustering job fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterFit {
+    #[default]
+    Exact,
+    Meta,
 }
 
 impl Default for ClusterTaskOptions {
@@ -274,6 +304,7 @@ impl Default for ClusterTaskOptions {
             silhouette_points: 600,
             min_points: 30,
             seed: 2,
+            fit: ClusterFit::Exact,
         }
     }
 }
@@ -308,6 +339,60 @@ impl Default for ChurnTaskOptions {
     }
 }
 
+/// `kind = "tabular"`: a classifier on a table every store holds (credit scoring).
+///
+/// ```toml
+/// [jobs.task]
+/// kind = "tabular"
+/// file = "loans.csv"
+/// target = "Status"
+/// positive = "bad"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TabularTaskOptions {
+    /// The table, CSV or Parquet, relative to the store's export folder.
+    pub file: String,
+    /// The binary target column.
+    pub target: String,
+    /// The target value that counts as positive; the column has one other value.
+    pub positive: String,
+    /// Columns never used as features (ids, dates, the lender's own name...).
+    pub exclude: Vec<String>,
+    pub model: ClassifierKind,
+    /// Share of each store's rows held out to evaluate, by class.
+    pub test_fraction: f64,
+    /// A store with fewer training rows, or only one class, sits the job out.
+    pub min_train_rows: usize,
+    /// A store reports a category only if this many of its training rows have it.
+    pub min_category_rows: u64,
+    /// A text column with more categories than this is dropped (an id or free text).
+    pub max_categories: usize,
+    /// Seeds the store's split and the MLP's initial weights.
+    pub seed: u64,
+    /// How rows become inputs; agreed from the stores' summaries before round 1 (the
+    /// coordinator fills it in).
+    pub encoding: Option<TabularEncoding>,
+}
+
+impl Default for TabularTaskOptions {
+    fn default() -> Self {
+        TabularTaskOptions {
+            file: "table.csv".into(),
+            target: String::new(),
+            positive: String::new(),
+            exclude: Vec::new(),
+            model: ClassifierKind::Logistic,
+            test_fraction: 0.2,
+            min_train_rows: 20,
+            min_category_rows: 5,
+            max_categories: 50,
+            seed: 7,
+            encoding: None,
+        }
+    }
+}
+
 /// A task and its options, as a job names it (TOML or JSON):
 ///
 /// ```toml
@@ -324,6 +409,7 @@ pub enum TaskSpec {
     ReceiptAnomaly(ClusterTaskOptions),
     Segments(ClusterTaskOptions),
     Churn(ChurnTaskOptions),
+    Tabular(TabularTaskOptions),
 }
 
 impl Default for TaskSpec {
@@ -353,6 +439,54 @@ fn window(name: &'static str, days: u32) -> Result<(), ConfigError> {
     }
 }
 
+fn check_model(model: ClassifierKind) -> Result<(), ConfigError> {
+    match model {
+        ClassifierKind::Mlp { hidden } if !(1..=256).contains(&hidden) => Err(
+            ConfigError::out_of_range("task.model.mlp.hidden", "in 1..=256", hidden),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The file must stay inside the store's export folder: a coordinator cannot point a
+/// store at any other file on its machine.
+fn check_tabular(o: &TabularTaskOptions) -> Result<(), ConfigError> {
+    let path = std::path::Path::new(&o.file);
+    let inside = !o.file.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        return Err(ConfigError::out_of_range(
+            "task.file",
+            "a relative path inside the store's export folder",
+            &o.file,
+        ));
+    }
+    for (name, v) in [("task.target", &o.target), ("task.positive", &o.positive)] {
+        if v.trim().is_empty() {
+            return Err(ConfigError::out_of_range(name, "non-empty", "\"\""));
+        }
+    }
+    in_unit("task.test_fraction", o.test_fraction)?;
+    check_model(o.model)?;
+    if !(2..=10_000).contains(&o.max_categories) {
+        return Err(ConfigError::out_of_range(
+            "task.max_categories",
+            "in 2..=10000",
+            o.max_categories,
+        ));
+    }
+    if o.min_category_rows == 0 {
+        return Err(ConfigError::out_of_range(
+            "task.min_category_rows",
+            ">= 1",
+            0,
+        ));
+    }
+    Ok(())
+}
+
 impl TaskSpec {
     pub fn kind(&self) -> TaskKind {
         match self {
@@ -361,6 +495,7 @@ impl TaskSpec {
             TaskSpec::ReceiptAnomaly(_) => TaskKind::ReceiptAnomaly,
             TaskSpec::Segments(_) => TaskKind::Segments,
             TaskSpec::Churn(_) => TaskKind::Churn,
+            TaskSpec::Tabular(_) => TaskKind::Tabular,
         }
     }
 
@@ -411,16 +546,9 @@ impl TaskSpec {
                 window("task.window_days", o.window_days)?;
                 window("task.horizon_days", o.horizon_days)?;
                 in_unit("task.test_fraction", o.test_fraction)?;
-                if let ClassifierKind::Mlp { hidden } = o.model {
-                    if !(1..=256).contains(&hidden) {
-                        return Err(ConfigError::out_of_range(
-                            "task.model.mlp.hidden",
-                            "in 1..=256",
-                            hidden,
-                        ));
-                    }
-                }
+                check_model(o.model)?;
             }
+            TaskSpec::Tabular(o) => check_tabular(o)?,
         }
         Ok(CheckedTask(self.clone()))
     }
@@ -435,13 +563,44 @@ impl CheckedTask {
         self.0.kind()
     }
 
-    /// Feature names of the points or rows the task's model reads.
-    pub fn features(&self) -> &'static [&'static str] {
-        match self.0 {
+    /// Feature names of the points or rows the task's model reads (a tabular task's
+    /// are known once its encoding is agreed).
+    pub fn features(&self) -> Vec<String> {
+        let fixed: &[&str] = match &self.0 {
             TaskSpec::Demand(_) => DEMAND_FEATURES,
             TaskSpec::CustomerAnomaly(_) | TaskSpec::Churn(_) => &CUSTOMER_ANOMALY_FEATURES,
             TaskSpec::ReceiptAnomaly(_) => &TRANSACTION_FEATURES,
             TaskSpec::Segments(_) => &SEGMENT_FEATURES,
+            TaskSpec::Tabular(o) => {
+                return o
+                    .encoding
+                    .as_ref()
+                    .map(TabularEncoding::feature_names)
+                    .unwrap_or_default()
+            }
+        };
+        fixed.iter().map(|f| f.to_string()).collect()
+    }
+
+    /// Whether the stores must first describe their data (a tabular task without an
+    /// agreed encoding): the model's shape depends on it.
+    pub fn needs_description(&self) -> bool {
+        matches!(&self.0, TaskSpec::Tabular(o) if o.encoding.is_none())
+    }
+
+    /// The task with the encoding the stores' summaries gave.
+    pub fn with_encoding(&self, encoding: TabularEncoding) -> Result<CheckedTask, ConfigError> {
+        match &self.0 {
+            TaskSpec::Tabular(o) => TaskSpec::Tabular(TabularTaskOptions {
+                encoding: Some(encoding),
+                ..o.clone()
+            })
+            .checked(),
+            other => Err(ConfigError::out_of_range(
+                "task",
+                "tabular to take an encoding",
+                other.kind(),
+            )),
         }
     }
 
@@ -459,6 +618,10 @@ impl CheckedTask {
         match &self.0 {
             TaskSpec::Demand(_) => Ok(demand_layout()),
             TaskSpec::Churn(o) => Ok(o.model.layout(dim)),
+            TaskSpec::Tabular(_) if dim == 0 => Err(ConfigError::Layout(
+                "a tabular task's model is shaped once the stores described their tables".into(),
+            )),
+            TaskSpec::Tabular(o) => Ok(o.model.layout(dim)),
             _ => bisecting_kmeans_layout(self.clusters().unwrap_or(2), dim),
         }
     }
@@ -468,10 +631,10 @@ impl CheckedTask {
         let dim = self.features().len();
         match &self.0 {
             TaskSpec::Demand(_) => Ok(ModelParameters::zeros(demand_layout())),
-            TaskSpec::Churn(o) => ModelParameters::from_values(
-                o.model.layout(dim),
-                o.model.initial_parameters(dim, o.seed),
-            ),
+            TaskSpec::Churn(ChurnTaskOptions { model, seed, .. })
+            | TaskSpec::Tabular(TabularTaskOptions { model, seed, .. }) => {
+                ModelParameters::from_values(self.layout()?, model.initial_parameters(dim, *seed))
+            }
             _ => bisecting_kmeans_initial(self.clusters().unwrap_or(2), dim),
         }
     }
@@ -483,7 +646,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_json_with_defaults() {
-        for kind in TaskKind::ALL {
+        for kind in TaskKind::RETAIL {
             let spec = kind.default_spec();
             let text = serde_json::to_string(&spec).unwrap();
             let back: TaskSpec = serde_json::from_str(&text).unwrap();

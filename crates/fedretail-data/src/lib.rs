@@ -29,5 +29,5 @@ pub use customer_sql::{
 pub use demand_sql::{load_demand_dataset, DemandSpec};
 pub use error::DataError;
 pub use source::{open_store, StoreSource, LABELS_FILE};
-pub use tabular::{load_tabular, TabularSilo, TabularSpec, TabularTable};
-pub use tasks::{build_local_task, StoreExport};
+pub use tabular::{load_tabular, write_silos, StoreTable, TabularSilo, TabularSpec, TabularTable};
+pub use tasks::{build_local_task, describe_table, StoreExport};

@@ -26,6 +26,10 @@ pub struct StoreSource {
     /// only to score the store's own anomaly flags; synthetic networks have one.
     #[serde(default)]
     pub labels: Option<PathBuf>,
+    /// Folder of the store's other tables (a tabular task's `file`); by default the
+    /// folder of the transactions export.
+    #[serde(default)]
+    pub tables_dir: Option<PathBuf>,
 }
 
 impl StoreSource {
@@ -38,7 +42,18 @@ impl StoreSource {
             promotions: promotions.exists().then_some(promotions),
             view_sql: None,
             labels: labels.exists().then_some(labels),
+            tables_dir: Some(dir.to_path_buf()),
         }
+    }
+
+    /// Where a table named by a task lives (the spec checked it stays inside).
+    pub fn table_path(&self, file: &str) -> PathBuf {
+        let dir = self
+            .tables_dir
+            .clone()
+            .or_else(|| self.transactions.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        dir.join(file)
     }
 }
 

@@ -1,18 +1,23 @@
-//! A tabular file with a binary target (credit scoring and the like), split into silos
-//! by a column, prepared as a federation would: numeric columns mean-imputed and
-//! standardized with pooled training statistics that are themselves a federated sum
-//! (count, sum and sum of squares per silo), categorical columns one-hot over the
-//! union of the silos' categories, a missing category all zeros.
+//! A table with a binary target (credit scoring and the like), prepared as a
+//! federation prepares it: each store splits its own rows (stratified by the target),
+//! describes its training rows with aggregates only ([`TableSummary`]), and encodes
+//! them with the encoding the stores agreed ([`merge_summaries`]: pooled mean and
+//! standard deviation, the union of categories seen often enough). The in-process
+//! reference ([`load_tabular`], one file split into silos by a column) runs exactly the
+//! same per-silo steps, so a federated job equals it.
 
 use crate::error::{sql_err, DataError};
 use crate::source::{register_file, text_value};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use fedretail_core::tabular::{
+    merge_summaries, ColumnSummary, EncodedColumn, TableSummary, TabularEncoding,
+};
 use fedretail_models::LabeledRows;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TabularSpec {
@@ -22,12 +27,17 @@ pub struct TabularSpec {
     /// exactly one other value.
     pub positive: String,
     /// Column whose value names the silo (e.g. `Job`); rows without it are dropped.
+    /// It is not a feature (it is constant within a silo).
     pub split_by: String,
     /// Share of each silo held out for testing, stratified by the target.
     pub test_fraction: f64,
     pub seed: u64,
     /// A silo with fewer training rows (or only one class) is skipped, and says so.
     pub min_train_rows: usize,
+    /// A silo reports a category only if this many of its training rows have it.
+    pub min_category_rows: u64,
+    /// A text column with more categories is dropped.
+    pub max_categories: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +52,7 @@ pub struct TabularSilo {
 #[derive(Debug, Clone)]
 pub struct TabularTable {
     pub feature_names: Vec<String>,
+    pub encoding: TabularEncoding,
     pub silos: Vec<TabularSilo>,
     /// Rows dropped because the split column was empty.
     pub dropped_rows: usize,
@@ -50,6 +61,13 @@ pub struct TabularTable {
 struct RawRow {
     line: u64,
     cells: Vec<Option<String>>,
+}
+
+/// A table as read: every cell as text, with its line for error messages.
+pub struct RawTable {
+    path: PathBuf,
+    columns: Vec<String>,
+    rows: Vec<RawRow>,
 }
 
 fn bad(path: &Path, column: &str, line: u64, value: &str, expected: &'static str) -> DataError {
@@ -62,7 +80,317 @@ fn bad(path: &Path, column: &str, line: u64, value: &str, expected: &'static str
     }
 }
 
-/// Read `path` (CSV or Parquet) and prepare it per `spec`.
+impl RawTable {
+    /// Read `path` (CSV or Parquet).
+    pub async fn read(path: &Path) -> Result<RawTable, DataError> {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        register_file(&ctx, "raw_table", path).await?;
+        let batches = ctx
+            .sql("SELECT * FROM raw_table")
+            .await
+            .map_err(sql_err(path, "reading"))?
+            .collect()
+            .await
+            .map_err(sql_err(path, "reading"))?;
+        let Some(first) = batches.first() else {
+            return Err(DataError::NoRows {
+                path: path.to_path_buf(),
+            });
+        };
+        let columns = first
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut rows = Vec::new();
+        let mut line = 1u64; // the header
+        for b in &batches {
+            for i in 0..b.num_rows() {
+                line += 1;
+                let cells = (0..b.num_columns())
+                    .map(|c| text_value(b.column(c), i).filter(|v| !v.trim().is_empty()))
+                    .collect();
+                rows.push(RawRow { line, cells });
+            }
+        }
+        if rows.is_empty() {
+            return Err(DataError::NoRows {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(RawTable {
+            path: path.to_path_buf(),
+            columns,
+            rows,
+        })
+    }
+
+    fn find(&self, name: &str) -> Result<usize, DataError> {
+        self.columns
+            .iter()
+            .position(|c| c == name)
+            .ok_or_else(|| DataError::MissingColumn {
+                path: self.path.clone(),
+                column: name.to_string(),
+                present: self.columns.join(", "),
+            })
+    }
+
+    /// The target of `members` as booleans: exactly `positive` and one other value.
+    fn labels(&self, target: usize, positive: &str) -> Result<Vec<bool>, DataError> {
+        let name = &self.columns[target];
+        let mut negative: Option<&str> = None;
+        let mut labels = Vec::with_capacity(self.rows.len());
+        for r in &self.rows {
+            let v = r.cells[target]
+                .as_deref()
+                .ok_or_else(|| DataError::MissingValue {
+                    path: self.path.clone(),
+                    column: name.clone(),
+                    line: r.line,
+                })?;
+            if v == positive {
+                labels.push(true);
+            } else if negative.is_none_or(|n| n == v) {
+                negative = Some(v);
+                labels.push(false);
+            } else {
+                return Err(bad(
+                    &self.path,
+                    name,
+                    r.line,
+                    v,
+                    "the positive value or the one negative value seen before",
+                ));
+            }
+        }
+        if !labels.iter().any(|&l| l) {
+            return Err(DataError::Spec(format!(
+                "{}: target column '{name}' never takes the positive value '{positive}'",
+                self.path.display()
+            )));
+        }
+        Ok(labels)
+    }
+
+    fn number(&self, row: usize, column: usize) -> Option<f64> {
+        self.rows[row].cells[column]
+            .as_deref()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    }
+}
+
+/// One store's rows of a table: its split, its description and its encoded rows.
+pub struct Silo<'a> {
+    table: &'a RawTable,
+    labels: &'a [bool],
+    features: &'a [usize],
+    members: Vec<usize>,
+    is_test: Vec<bool>,
+}
+
+impl<'a> Silo<'a> {
+    /// `members` split by class: a `test_fraction` of each class held out, shuffled by
+    /// `seed` alone so a store's split does not depend on which other stores exist.
+    fn new(
+        table: &'a RawTable,
+        labels: &'a [bool],
+        features: &'a [usize],
+        members: Vec<usize>,
+        test_fraction: f64,
+        seed: u64,
+    ) -> Self {
+        let mut is_test = vec![false; members.len()];
+        for class in [true, false] {
+            let mut idx: Vec<usize> = (0..members.len())
+                .filter(|&k| labels[members[k]] == class)
+                .collect();
+            idx.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                seed.wrapping_add(class as u64),
+            ));
+            let n_test = (idx.len() as f64 * test_fraction).round() as usize;
+            for &k in &idx[..n_test] {
+                is_test[k] = true;
+            }
+        }
+        Silo {
+            table,
+            labels,
+            features,
+            members,
+            is_test,
+        }
+    }
+
+    fn train_rows(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members
+            .iter()
+            .zip(&self.is_test)
+            .filter(|(_, &t)| !t)
+            .map(|(&i, _)| i)
+    }
+
+    /// Why this silo cannot train, if it cannot.
+    fn unusable(&self, min_train_rows: usize) -> Option<String> {
+        let n = self.train_rows().count();
+        let positives = self.train_rows().filter(|&i| self.labels[i]).count();
+        if n < min_train_rows {
+            Some(format!(
+                "{n} training rows, fewer than the {min_train_rows} required"
+            ))
+        } else if positives == 0 || positives == n {
+            Some("training rows hold only one class".to_string())
+        } else {
+            None
+        }
+    }
+
+    /// Aggregates of the training rows: a column is numeric here when every present
+    /// value parses; text columns report only categories of `min_category_rows` or more.
+    pub fn summary(&self, min_category_rows: u64) -> TableSummary {
+        let t = self.table;
+        let columns = self
+            .features
+            .iter()
+            .map(|&c| {
+                let name = &t.columns[c];
+                let present: Vec<usize> = self
+                    .train_rows()
+                    .filter(|&i| t.rows[i].cells[c].is_some())
+                    .collect();
+                let numbers: Vec<f64> = present.iter().filter_map(|&i| t.number(i, c)).collect();
+                if numbers.len() == present.len() && numbers.iter().all(|v| v.is_finite()) {
+                    let sum: f64 = numbers.iter().sum();
+                    let sum_sq: f64 = numbers.iter().map(|v| v * v).sum();
+                    ColumnSummary::numeric(name, numbers.len() as f64, sum, sum_sq)
+                } else {
+                    let mut levels: BTreeMap<String, u64> = BTreeMap::new();
+                    for i in present {
+                        if let Some(v) = &t.rows[i].cells[c] {
+                            *levels.entry(v.clone()).or_default() += 1;
+                        }
+                    }
+                    levels.retain(|_, n| *n >= min_category_rows);
+                    ColumnSummary::text(name, levels)
+                }
+            })
+            .collect();
+        TableSummary {
+            rows: self.train_rows().count() as u64,
+            columns,
+        }
+    }
+
+    /// Training and test rows under the agreed `encoding`.
+    pub fn encode(
+        &self,
+        encoding: &TabularEncoding,
+    ) -> Result<(LabeledRows, LabeledRows), DataError> {
+        let (all, held_out) = self.encode_all(encoding)?;
+        let (mut train, mut test) = (LabeledRows::new(all.dim()), LabeledRows::new(all.dim()));
+        for (k, &is_test) in held_out.iter().enumerate() {
+            let (x, y) = all.row(k);
+            if is_test { &mut test } else { &mut train }.push(x, y);
+        }
+        Ok((train, test))
+    }
+
+    /// Every row in order under the agreed `encoding`, and whether it is held out.
+    pub fn encode_all(
+        &self,
+        encoding: &TabularEncoding,
+    ) -> Result<(LabeledRows, Vec<bool>), DataError> {
+        let t = self.table;
+        let cols: Vec<usize> = encoding
+            .columns
+            .iter()
+            .map(|c| match c {
+                EncodedColumn::Numeric { name, .. } | EncodedColumn::Categorical { name, .. } => {
+                    t.find(name)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let mut all = LabeledRows::new(encoding.dim());
+        let mut x = Vec::with_capacity(encoding.dim());
+        for &i in &self.members {
+            x.clear();
+            for (e, &c) in encoding.columns.iter().zip(&cols) {
+                match e {
+                    EncodedColumn::Numeric { mean, sd, .. } => x.push(match t.number(i, c) {
+                        Some(v) if *sd > 0.0 => (v - mean) / sd,
+                        _ => 0.0,
+                    }),
+                    EncodedColumn::Categorical { levels, .. } => {
+                        let v = t.rows[i].cells[c].as_deref();
+                        x.extend(levels.iter().map(|l| f64::from(Some(l.as_str()) == v)));
+                    }
+                }
+            }
+            all.push(&x, self.labels[i]);
+        }
+        Ok((all, self.is_test.clone()))
+    }
+}
+
+/// What a store's table gives a tabular task: its rows, split.
+pub struct StoreTable {
+    table: RawTable,
+    labels: Vec<bool>,
+    features: Vec<usize>,
+    test_fraction: f64,
+    seed: u64,
+}
+
+impl StoreTable {
+    /// Read a store's table; `exclude` (and the target) are not features.
+    pub async fn load(
+        path: &Path,
+        target: &str,
+        positive: &str,
+        exclude: &[String],
+        test_fraction: f64,
+        seed: u64,
+    ) -> Result<StoreTable, DataError> {
+        let table = RawTable::read(path).await?;
+        let t = table.find(target)?;
+        let labels = table.labels(t, positive)?;
+        let features = (0..table.columns.len())
+            .filter(|&c| c != t && !exclude.contains(&table.columns[c]))
+            .collect();
+        Ok(StoreTable {
+            table,
+            labels,
+            features,
+            test_fraction,
+            seed,
+        })
+    }
+
+    pub fn silo(&self) -> Silo<'_> {
+        Silo::new(
+            &self.table,
+            &self.labels,
+            &self.features,
+            (0..self.table.rows.len()).collect(),
+            self.test_fraction,
+            self.seed,
+        )
+    }
+
+    /// Line numbers of the rows, in order (to name rows in the store's results).
+    pub fn lines(&self) -> Vec<u64> {
+        self.table.rows.iter().map(|r| r.line).collect()
+    }
+
+    /// Why the store cannot train on its table, if it cannot.
+    pub fn unusable(&self, min_train_rows: usize) -> Option<String> {
+        self.silo().unusable(min_train_rows)
+    }
+}
+
+/// Read `path` (CSV or Parquet), split it into silos by `spec.split_by`, and prepare
+/// every silo exactly as a store of a federated job would.
 pub async fn load_tabular(path: &Path, spec: &TabularSpec) -> Result<TabularTable, DataError> {
     if !(spec.test_fraction > 0.0 && spec.test_fraction < 1.0) {
         return Err(DataError::Spec(format!(
@@ -70,232 +398,115 @@ pub async fn load_tabular(path: &Path, spec: &TabularSpec) -> Result<TabularTabl
             spec.test_fraction
         )));
     }
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    register_file(&ctx, "raw_table", path).await?;
-    let batches = ctx
-        .sql("SELECT * FROM raw_table")
-        .await
-        .map_err(sql_err(path, "reading"))?
-        .collect()
-        .await
-        .map_err(sql_err(path, "reading"))?;
-    let columns: Vec<String> = match batches.first() {
-        Some(b) => b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect(),
-        None => {
-            return Err(DataError::NoRows {
-                path: path.to_path_buf(),
-            })
-        }
-    };
-    let find = |name: &str| {
-        columns
-            .iter()
-            .position(|c| c == name)
-            .ok_or_else(|| DataError::MissingColumn {
-                path: path.to_path_buf(),
-                column: name.to_string(),
-                present: columns.join(", "),
-            })
-    };
-    let target = find(&spec.target)?;
-    let split = find(&spec.split_by)?;
-
-    let mut rows = Vec::new();
-    let mut line = 1u64; // the header
-    for b in &batches {
-        for i in 0..b.num_rows() {
-            line += 1;
-            let cells = (0..b.num_columns())
-                .map(|c| text_value(b.column(c), i).filter(|v| !v.trim().is_empty()))
-                .collect();
-            rows.push(RawRow { line, cells });
-        }
-    }
-    if rows.is_empty() {
-        return Err(DataError::NoRows {
-            path: path.to_path_buf(),
-        });
-    }
-
-    // The target: exactly the positive value and one other.
-    let mut negative: Option<String> = None;
-    let mut labels = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let v = r.cells[target]
-            .as_deref()
-            .ok_or_else(|| DataError::MissingValue {
-                path: path.to_path_buf(),
-                column: spec.target.clone(),
-                line: r.line,
-            })?;
-        if v == spec.positive {
-            labels.push(true);
-        } else if negative.as_deref().is_none_or(|n| n == v) {
-            negative = Some(v.to_string());
-            labels.push(false);
-        } else {
-            return Err(bad(
-                path,
-                &spec.target,
-                r.line,
-                v,
-                "the positive value or the one negative value seen before",
-            ));
-        }
-    }
-    if !labels.iter().any(|&l| l) {
-        return Err(DataError::Spec(format!(
-            "{}: target column '{}' never takes the positive value '{}'",
-            path.display(),
-            spec.target,
-            spec.positive
-        )));
-    }
-
-    // Column kinds: numeric when every present value parses.
-    let features: Vec<usize> = (0..columns.len()).filter(|&c| c != target).collect();
-    let numeric: BTreeMap<usize, bool> = features
-        .iter()
-        .map(|&c| {
-            let all_numbers = rows
-                .iter()
-                .filter_map(|r| r.cells[c].as_deref())
-                .all(|v| v.trim().parse::<f64>().is_ok_and(f64::is_finite));
-            (c, all_numbers)
-        })
+    let table = RawTable::read(path).await?;
+    let target = table.find(&spec.target)?;
+    let split = table.find(&spec.split_by)?;
+    let labels = table.labels(target, &spec.positive)?;
+    let features: Vec<usize> = (0..table.columns.len())
+        .filter(|&c| c != target && c != split)
         .collect();
-    let categories: BTreeMap<usize, Vec<String>> = features
-        .iter()
-        .filter(|c| !numeric[c])
-        .map(|&c| {
-            let set: BTreeSet<String> = rows.iter().filter_map(|r| r.cells[c].clone()).collect();
-            (c, set.into_iter().collect())
-        })
-        .collect();
-
-    // Silos, and a stratified split inside each.
     let mut by_silo: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut dropped_rows = 0;
-    for (i, r) in rows.iter().enumerate() {
+    for (i, r) in table.rows.iter().enumerate() {
         match &r.cells[split] {
             Some(s) => by_silo.entry(s.clone()).or_default().push(i),
             None => dropped_rows += 1,
         }
     }
-    let mut is_test = vec![false; rows.len()];
-    for (k, members) in by_silo.values().enumerate() {
-        for class in [true, false] {
-            let mut idx: Vec<usize> = members
-                .iter()
-                .copied()
-                .filter(|&i| labels[i] == class)
-                .collect();
-            idx.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                spec.seed.wrapping_add(k as u64 * 2 + class as u64),
-            ));
-            let n_test = (idx.len() as f64 * spec.test_fraction).round() as usize;
-            for &i in &idx[..n_test] {
-                is_test[i] = true;
-            }
-        }
-    }
-
-    // Pooled training statistics of numeric columns, summed silo by silo.
-    let mut stats: BTreeMap<usize, (f64, f64, f64)> = BTreeMap::new();
-    for members in by_silo.values() {
-        for (&c, _) in numeric.iter().filter(|(_, &n)| n) {
-            let e = stats.entry(c).or_insert((0.0, 0.0, 0.0));
-            for &i in members.iter().filter(|&&i| !is_test[i]) {
-                if let Some(v) = rows[i].cells[c]
-                    .as_deref()
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                {
-                    e.0 += 1.0;
-                    e.1 += v;
-                    e.2 += v * v;
-                }
-            }
-        }
-    }
-    let mut feature_names = Vec::new();
-    for &c in &features {
-        if numeric[&c] {
-            feature_names.push(columns[c].clone());
-        } else {
-            feature_names.extend(categories[&c].iter().map(|v| format!("{}={v}", columns[c])));
-        }
-    }
-    let dim = feature_names.len();
-    let encode = |r: &RawRow, out: &mut Vec<f64>| {
-        out.clear();
-        for &c in &features {
-            if numeric[&c] {
-                let (n, s, ss) = stats.get(&c).copied().unwrap_or((0.0, 0.0, 0.0));
-                let mean = if n > 0.0 { s / n } else { 0.0 };
-                let sd = if n > 0.0 {
-                    (ss / n - mean * mean).max(0.0).sqrt()
-                } else {
-                    0.0
-                };
-                let v = r.cells[c]
-                    .as_deref()
-                    .and_then(|v| v.trim().parse::<f64>().ok());
-                out.push(match v {
-                    Some(v) if sd > 0.0 => (v - mean) / sd,
-                    _ => 0.0,
-                });
-            } else {
-                let cats = &categories[&c];
-                let v = r.cells[c].as_deref();
-                out.extend(
-                    cats.iter()
-                        .map(|k| if Some(k.as_str()) == v { 1.0 } else { 0.0 }),
-                );
-            }
-        }
-    };
-
-    let mut silos = Vec::new();
-    let mut x = Vec::with_capacity(dim);
-    for (name, members) in by_silo {
-        let mut train = LabeledRows::new(dim);
-        let mut test = LabeledRows::new(dim);
-        for i in members {
-            encode(&rows[i], &mut x);
-            if is_test[i] {
-                test.push(&x, labels[i]);
-            } else {
-                train.push(&x, labels[i]);
-            }
-        }
-        let skipped = if train.len() < spec.min_train_rows {
-            Some(format!(
-                "{} training rows, fewer than the {} required",
-                train.len(),
-                spec.min_train_rows
-            ))
-        } else if train.positives() == 0 || train.positives() == train.len() {
-            Some("training rows hold only one class".to_string())
-        } else {
-            None
-        };
-        silos.push(TabularSilo {
-            name,
+    let silos: Vec<(String, Silo)> = by_silo
+        .into_iter()
+        .map(|(name, members)| {
+            let silo = Silo::new(
+                &table,
+                &labels,
+                &features,
+                members,
+                spec.test_fraction,
+                spec.seed,
+            );
+            (name, silo)
+        })
+        .collect();
+    let summaries: Vec<TableSummary> = silos
+        .iter()
+        .filter(|(_, s)| s.unusable(spec.min_train_rows).is_none())
+        .map(|(_, s)| s.summary(spec.min_category_rows))
+        .collect();
+    let encoding = merge_summaries(&summaries, spec.max_categories)
+        .map_err(|e| DataError::Spec(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::with_capacity(silos.len());
+    for (name, silo) in &silos {
+        let (train, test) = silo.encode(&encoding)?;
+        out.push(TabularSilo {
+            name: name.clone(),
             train,
             test,
-            skipped,
+            skipped: silo.unusable(spec.min_train_rows),
         });
     }
     Ok(TabularTable {
-        feature_names,
-        silos,
+        feature_names: encoding.feature_names(),
+        encoding,
+        silos: out,
         dropped_rows,
     })
+}
+
+/// Split `path` into one folder per value of `split_by` under `out_dir`, each with
+/// the silo's rows (in file order, the split column left out) as `file`: one store's
+/// export per silo, to run a tabular job over real agents. Returns (silo, folder).
+pub async fn write_silos(
+    path: &Path,
+    split_by: &str,
+    out_dir: &Path,
+    file: &str,
+) -> Result<Vec<(String, PathBuf)>, DataError> {
+    let table = RawTable::read(path).await?;
+    let split = table.find(split_by)?;
+    let mut by_silo: BTreeMap<&str, Vec<&RawRow>> = BTreeMap::new();
+    for r in &table.rows {
+        if let Some(s) = &r.cells[split] {
+            by_silo.entry(s.as_str()).or_default().push(r);
+        }
+    }
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |e: std::io::Error| DataError::Io { path, source: e }
+    };
+    let mut out = Vec::with_capacity(by_silo.len());
+    for (k, (name, rows)) in by_silo.into_iter().enumerate() {
+        // Folder names from data: keep them to safe characters, unique by position.
+        let safe: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(40)
+            .collect();
+        let dir = out_dir.join(format!("silo-{k:03}-{safe}"));
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let target = dir.join(file);
+        let mut w = csv::Writer::from_path(&target)
+            .map_err(|e| DataError::Spec(format!("{}: {e}", target.display())))?;
+        let keep = |cells: &[Option<String>]| -> Vec<String> {
+            cells
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| *c != split)
+                .map(|(_, v)| v.clone().unwrap_or_default())
+                .collect()
+        };
+        let header: Vec<Option<String>> = table.columns.iter().cloned().map(Some).collect();
+        let mut write = |cells: Vec<String>| {
+            w.write_record(&cells)
+                .map_err(|e| DataError::Spec(format!("{}: {e}", target.display())))
+        };
+        write(keep(&header))?;
+        for r in rows {
+            write(keep(&r.cells))?;
+        }
+        w.flush().map_err(io(&target))?;
+        out.push((name.to_string(), dir));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -310,6 +521,8 @@ mod tests {
             test_fraction: 0.25,
             seed: 1,
             min_train_rows: 3,
+            min_category_rows: 1,
+            max_categories: 50,
         }
     }
 
@@ -338,10 +551,9 @@ mod tests {
         let t = load_tabular(&write(dir.path(), &text), &spec())
             .await
             .unwrap();
-        assert_eq!(
-            t.feature_names,
-            vec!["Age", "Home=owner", "Home=rent", "Job=fixed", "Job=partime"]
-        );
+        // The split column is not a feature; the owner row has no silo, so no summary
+        // reports its category.
+        assert_eq!(t.feature_names, vec!["Age", "Home=rent"]);
         assert_eq!(t.dropped_rows, 1);
         assert_eq!(t.silos.len(), 2);
         assert_eq!(t.silos[0].name, "fixed");
@@ -364,6 +576,20 @@ mod tests {
         let p = write(dir.path(), "Status,Age,Job\nbad,1,a\n,2,a\n");
         let e = load_tabular(&p, &spec()).await.unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("empty"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn silos_written_as_store_files_give_the_same_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "Status,Note,Job\nbad,\"a, quoted\",x\ngood,plain,y\ngood,,x\n";
+        let written = write_silos(&write(dir.path(), text), "Job", dir.path(), "t.csv")
+            .await
+            .unwrap();
+        assert_eq!(written.len(), 2);
+        let x = std::fs::read_to_string(written[0].1.join("t.csv")).unwrap();
+        assert_eq!(x, "Status,Note\nbad,\"a, quoted\"\ngood,\n");
+        let back = RawTable::read(&written[0].1.join("t.csv")).await.unwrap();
+        assert_eq!(back.rows[0].cells[1].as_deref(), Some("a, quoted"));
     }
 
     #[tokio::test]

@@ -23,13 +23,18 @@ use crate::customer_sql::{
 use crate::demand_sql::{load_demand_dataset, DemandSpec};
 use crate::error::DataError;
 use crate::source::StoreSource;
-use fedretail_core::task::{ChurnTaskOptions, ClusterTaskOptions, DemandTaskOptions};
+use crate::tabular::StoreTable;
+use fedretail_core::tabular::TableSummary;
+use fedretail_core::task::{
+    ChurnTaskOptions, ClusterFit, ClusterTaskOptions, DemandTaskOptions, TabularTaskOptions,
+    CUSTOMER_ANOMALY_FEATURES, SEGMENT_FEATURES, TRANSACTION_FEATURES,
+};
 use fedretail_core::{CheckedTask, TaskSpec};
 use fedretail_models::classify::stratified_split;
 use fedretail_models::demand::DemandOptions;
 use fedretail_models::{
     ChurnTask, ClassifierTask, ClusterPurpose, ClusterSettings, DemandTask, LabeledRows,
-    LabelledClusterTask, LocalTask,
+    LabelledClusterTask, LocalTask, TabularTask,
 };
 use std::sync::Arc;
 
@@ -39,21 +44,101 @@ pub async fn build_local_task(
     source: &StoreSource,
     spec: &CheckedTask,
 ) -> Result<Arc<dyn LocalTask>, DataError> {
-    let features = spec.features();
     match spec.spec() {
         TaskSpec::Demand(o) => demand(store_id, source, o).await,
         TaskSpec::CustomerAnomaly(o) | TaskSpec::Segments(o) => {
-            let purpose = match spec.spec() {
-                TaskSpec::Segments(_) => ClusterPurpose::Segments,
-                _ => ClusterPurpose::CustomerAnomaly,
+            let (purpose, features) = match spec.spec() {
+                TaskSpec::Segments(_) => (ClusterPurpose::Segments, &SEGMENT_FEATURES[..]),
+                _ => (
+                    ClusterPurpose::CustomerAnomaly,
+                    &CUSTOMER_ANOMALY_FEATURES[..],
+                ),
             };
             customers(source, o, purpose, features, spec.clusters().unwrap_or(6)).await
         }
         TaskSpec::ReceiptAnomaly(o) => {
-            receipts(source, o, features, spec.clusters().unwrap_or(8)).await
+            receipts(
+                source,
+                o,
+                &TRANSACTION_FEATURES,
+                spec.clusters().unwrap_or(8),
+            )
+            .await
         }
         TaskSpec::Churn(o) => churn(source, o).await,
+        TaskSpec::Tabular(o) => tabular(source, o).await,
     }
+}
+
+/// The store's table for a tabular task, or why it cannot serve.
+async fn store_table(
+    source: &StoreSource,
+    o: &TabularTaskOptions,
+) -> Result<StoreTable, DataError> {
+    let path = source.table_path(&o.file);
+    let table = StoreTable::load(
+        &path,
+        &o.target,
+        &o.positive,
+        &o.exclude,
+        o.test_fraction,
+        o.seed,
+    )
+    .await
+    .map_err(|e| DataError::CannotServe {
+        task: "tabular",
+        reason: e.to_string(),
+    })?;
+    if let Some(reason) = table.unusable(o.min_train_rows) {
+        return Err(DataError::CannotServe {
+            task: "tabular",
+            reason,
+        });
+    }
+    Ok(table)
+}
+
+/// A store's description of its table: aggregates of its training rows, for the
+/// encoding the stores agree on before round 1.
+pub async fn describe_table(
+    source: &StoreSource,
+    spec: &CheckedTask,
+) -> Result<TableSummary, DataError> {
+    let TaskSpec::Tabular(o) = spec.spec() else {
+        return Err(DataError::Spec(format!(
+            "task '{}' has no table to describe",
+            spec.kind()
+        )));
+    };
+    let table = store_table(source, o).await?;
+    Ok(table.silo().summary(o.min_category_rows))
+}
+
+async fn tabular(
+    source: &StoreSource,
+    o: &TabularTaskOptions,
+) -> Result<Arc<dyn LocalTask>, DataError> {
+    let Some(encoding) = &o.encoding else {
+        return Err(DataError::Spec(
+            "a tabular task needs the encoding the stores agreed before it can train".into(),
+        ));
+    };
+    let table = store_table(source, o).await?;
+    let silo = table.silo();
+    let (train, test) = silo.encode(encoding)?;
+    let (rows, held_out) = silo.encode_all(encoding)?;
+    Ok(Arc::new(TabularTask {
+        inner: ClassifierTask {
+            name: "tabular",
+            kind: o.model,
+            train,
+            test,
+            dp: None,
+        },
+        rows,
+        lines: table.lines(),
+        held_out,
+    }))
 }
 
 async fn demand(
@@ -88,6 +173,7 @@ fn settings(o: &ClusterTaskOptions, clusters: usize) -> ClusterSettings {
         seed: o.seed,
         flag_share: o.flag_share,
         silhouette_points: o.silhouette_points,
+        meta: o.fit == ClusterFit::Meta,
     }
 }
 
@@ -230,15 +316,23 @@ pub struct StoreExport {
     pub source: StoreSource,
 }
 
+fn in_words(e: DataError) -> String {
+    match e {
+        DataError::CannotServe { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
 impl fedretail_models::TaskSource for StoreExport {
     fn prepare<'a>(&'a self, spec: &'a CheckedTask) -> fedretail_models::PrepareFuture<'a> {
         Box::pin(async move {
             build_local_task(&self.store_id, &self.source, spec)
                 .await
-                .map_err(|e| match e {
-                    DataError::CannotServe { reason, .. } => reason,
-                    other => other.to_string(),
-                })
+                .map_err(in_words)
         })
+    }
+
+    fn describe<'a>(&'a self, spec: &'a CheckedTask) -> fedretail_models::DescribeFuture<'a> {
+        Box::pin(async move { describe_table(&self.source, spec).await.map_err(in_words) })
     }
 }

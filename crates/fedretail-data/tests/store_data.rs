@@ -17,6 +17,7 @@ async fn load(path: std::path::PathBuf) -> Result<fedretail_models::DemandDatase
         promotions: None,
         view_sql: None,
         labels: None,
+        tables_dir: None,
     };
     load_demand_dataset("s", &source, &DemandSpec::default()).await
 }
@@ -71,6 +72,7 @@ async fn a_view_maps_differently_named_columns() {
         promotions: None,
         view_sql: Some("SELECT receipt AS transaction_id, sold_at AS timestamp, sku AS product_id, dept AS category, qty AS quantity, price AS unit_price FROM raw_transactions".into()),
         labels: None,
+        tables_dir: None,
     };
     let data = load_demand_dataset("s", &source, &DemandSpec::default())
         .await

@@ -10,7 +10,9 @@ use crate::clustering::{silhouette, ClusterTask, PointSet};
 use crate::metrics::ranking::{precision_at_k, roc_auc};
 use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
 use crate::words::{describe_customer_anomaly, describe_segment, flag_reason};
-use fedretail_core::kmeans::{fit_bisecting_kmeans, ClusterTree, KMeansConfig};
+use fedretail_core::kmeans::{
+    cluster_statistics_len, fit_bisecting_kmeans, ClusterTree, KMeansConfig,
+};
 use fedretail_core::{LocalWork, ModelLayout, SamplingConfig};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -44,6 +46,10 @@ pub struct ClusterSettings {
     pub seed: u64,
     pub flag_share: f64,
     pub silhouette_points: usize,
+    /// The seed's meta-model: the store's statistics are of its own clusters' centroids
+    /// weighted by their sizes, not of its points, so the federation clusters the
+    /// stores' clusters (the coordinator still sees only sums).
+    pub meta: bool,
 }
 
 /// A store's clustering task with the ids of its points.
@@ -56,7 +62,12 @@ pub struct LabelledClusterTask {
     inner: ClusterTask,
     settings: ClusterSettings,
     local_only: OnceLock<Result<Vec<f64>, TaskError>>,
+    /// The store's own leaf centroids and their sizes (for the meta-model).
+    summary: OnceLock<Result<WeightedPoints, TaskError>>,
 }
+
+/// Points (row-major) and one weight per point.
+type WeightedPoints = (Vec<f64>, Vec<f64>);
 
 /// How one model reads a store's points.
 struct Reading {
@@ -90,6 +101,7 @@ impl LabelledClusterTask {
             inner,
             settings,
             local_only: OnceLock::new(),
+            summary: OnceLock::new(),
         }
     }
 
@@ -117,6 +129,23 @@ impl LabelledClusterTask {
                 .map_err(|e| TaskError::Diverged(format!("local clustering: {e}")))
         });
         fitted.as_deref().map_err(Clone::clone)
+    }
+
+    /// What the seed's meta-model clusters for this store: the leaf centroids of its own
+    /// model, each weighted by how many of its points fall in it.
+    fn summary_points(&self) -> Result<&WeightedPoints, TaskError> {
+        let fitted = self.summary.get_or_init(|| {
+            let model = self.local_only_model()?;
+            let dim = self.inner.points.dim;
+            let tree = ClusterTree::new(model, self.settings.clusters, dim)
+                .map_err(|e| TaskError::Diverged(e.to_string()))?;
+            let mut sizes = vec![0.0; tree.leaves().len()];
+            for x in self.inner.points.rows() {
+                sizes[tree.predict(x).0] += 1.0;
+            }
+            Ok((tree.leaf_centroids(), sizes))
+        });
+        fitted.as_ref().map_err(Clone::clone)
     }
 
     fn read(&self, model: &[f64]) -> Result<Reading, TaskError> {
@@ -213,7 +242,16 @@ impl LocalTask for LabelledClusterTask {
     }
 
     fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError> {
-        self.inner.compute_update(global, work)
+        if !(self.settings.meta && *work == LocalWork::ClusterStatistics) {
+            return self.inner.compute_update(global, work);
+        }
+        let dim = self.inner.points.dim;
+        let tree = ClusterTree::new(global, self.settings.clusters, dim)
+            .map_err(|e| TaskError::Diverged(e.to_string()))?;
+        let (centroids, sizes) = self.summary_points()?;
+        let mut out = vec![0.0; cluster_statistics_len(tree.num_nodes(), dim)];
+        tree.add_statistics(centroids, sizes, &mut out);
+        Ok(out)
     }
 
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
@@ -373,6 +411,23 @@ impl LabelledClusterTask {
     }
 }
 
+/// AUC on the store's held-out rows of the same classifier trained on the store alone:
+/// 20 epochs of the SGD the federation's FedAvg runs.
+fn store_alone_auc(inner: &ClassifierTask) -> Option<f64> {
+    let kind = inner.kind;
+    let mut local = kind.initial_parameters(inner.test.dim(), 7);
+    let rate = if kind == ClassifierKind::Logistic {
+        0.1
+    } else {
+        0.05
+    };
+    sgd(kind, &inner.train, &mut local, 20, 32, rate, 1e-4, 7);
+    roc_auc(
+        &predict_proba(kind, &local, &inner.test),
+        inner.test.labels(),
+    )
+}
+
 /// A store's churn task: a classifier trained on customers as of a past cut-off
 /// (labelled by whether they bought again), and its customers as of today to score.
 pub struct ChurnTask {
@@ -405,17 +460,7 @@ impl LocalTask for ChurnTask {
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
         let mut m = self.inner.evaluate(global)?;
         let test = &self.inner.test;
-        // The store alone: 20 epochs of the same SGD the federation's FedAvg runs.
-        let kind = self.inner.kind;
-        let mut local = kind.initial_parameters(test.dim(), 7);
-        let rate = if kind == ClassifierKind::Logistic {
-            0.1
-        } else {
-            0.05
-        };
-        sgd(kind, &self.inner.train, &mut local, 20, 32, rate, 1e-4, 7);
-        let p_local = predict_proba(kind, &local, test);
-        if let Some(v) = roc_auc(&p_local, test.labels()) {
+        if let Some(v) = store_alone_auc(&self.inner) {
             m.insert("auc_local".into(), v);
         }
         let rule: Vec<f64> = (0..test.len())
@@ -445,6 +490,67 @@ impl LocalTask for ChurnTask {
                 self.current_ids.get(i).cloned().unwrap_or_default(),
                 format!("{:.3}", p[i]),
                 risk.into(),
+            ]);
+        }
+        Ok(StoreResults {
+            tables: vec![table],
+            metrics,
+        })
+    }
+}
+
+/// A store's tabular task (credit scoring): a classifier on its own table, which it
+/// scores row by row at the end.
+pub struct TabularTask {
+    pub inner: ClassifierTask,
+    /// Every row of the table in file order (training and held-out), its line in the
+    /// file, and whether it was held out.
+    pub rows: LabeledRows,
+    pub lines: Vec<u64>,
+    pub held_out: Vec<bool>,
+}
+
+impl LocalTask for TabularTask {
+    fn task_name(&self) -> &'static str {
+        "tabular"
+    }
+
+    fn layout(&self) -> ModelLayout {
+        self.inner.layout()
+    }
+
+    fn num_train_examples(&self) -> u64 {
+        self.inner.num_train_examples()
+    }
+
+    fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError> {
+        self.inner.compute_update(global, work)
+    }
+
+    fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
+        let mut m = self.inner.evaluate(global)?;
+        if let Some(v) = store_alone_auc(&self.inner) {
+            m.insert("auc_local".into(), v);
+        }
+        m.insert("rows_scored".into(), self.rows.len() as f64);
+        Ok(m)
+    }
+
+    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
+        let metrics = self.evaluate(global)?;
+        let p = predict_proba(self.inner.kind, global, &self.rows);
+        let mut table = ResultTable::new("scores", &["line", "actual", "probability", "held_out"]);
+        for i in descending(&p) {
+            table.push(vec![
+                self.lines.get(i).map(u64::to_string).unwrap_or_default(),
+                u8::from(self.rows.labels()[i]).to_string(),
+                format!("{:.4}", p[i]),
+                if self.held_out.get(i) == Some(&true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .into(),
             ]);
         }
         Ok(StoreResults {
@@ -489,6 +595,7 @@ mod tests {
             seed: 2,
             flag_share: 0.01,
             silhouette_points: 100,
+            meta: false,
         };
         let task = LabelledClusterTask::new(
             ClusterPurpose::CustomerAnomaly,

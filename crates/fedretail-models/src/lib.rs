@@ -25,10 +25,10 @@ mod source;
 mod task;
 pub mod words;
 
-pub use analytics::{ChurnTask, ClusterPurpose, ClusterSettings, LabelledClusterTask};
+pub use analytics::{ChurnTask, ClusterPurpose, ClusterSettings, LabelledClusterTask, TabularTask};
 pub use classify::{example_gradient, ClassifierKind, ClassifierTask, LabeledRows};
 pub use clustering::{ClusterTask, PointSet};
 pub use demand::{demand_layout, DemandDataset, DemandRows, DemandTask, DEMAND_FEATURES};
 pub use fedretail_core::LocalWork;
-pub use source::{FixedTasks, PrepareFuture, TaskSource};
+pub use source::{DescribeFuture, FixedTasks, PrepareFuture, TaskSource};
 pub use task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};

@@ -3,6 +3,7 @@
 //! formats or SQL; `fedretail-data` implements this for a store's export.
 
 use crate::task::LocalTask;
+use fedretail_core::tabular::TableSummary;
 use fedretail_core::{CheckedTask, TaskKind};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,7 +17,21 @@ pub type PrepareFuture<'a> =
 /// Builds the store's task for a job's spec from the store's own data.
 pub trait TaskSource: Send + Sync {
     fn prepare<'a>(&'a self, spec: &'a CheckedTask) -> PrepareFuture<'a>;
+
+    /// Aggregates of the store's table for a task whose encoding the stores agree on
+    /// first (a tabular task); Err says why the store cannot take part.
+    fn describe<'a>(&'a self, spec: &'a CheckedTask) -> DescribeFuture<'a> {
+        let reason = format!(
+            "this agent cannot describe its data for task '{}'",
+            spec.kind()
+        );
+        Box::pin(std::future::ready(Err(reason)))
+    }
 }
+
+/// A store's description being computed.
+pub type DescribeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<TableSummary, String>> + Send + 'a>>;
 
 /// Tasks prepared in advance, one per task kind (the simulations prepare every
 /// store's data before the network starts, to time it apart).

@@ -20,7 +20,37 @@ pub enum TensorError {
 }
 
 /// Largest task spec accepted from the wire; a real one is a few hundred bytes.
-pub const MAX_TASK_SPEC_BYTES: usize = 16 << 10;
+pub const MAX_TASK_SPEC_BYTES: usize = 64 << 10;
+
+/// Largest table summary a store may send (JSON).
+pub const MAX_SUMMARY_BYTES: usize = 256 << 10;
+
+/// A store's table summary as sent.
+pub fn summary_to_wire(summary: &fedretail_core::tabular::TableSummary) -> String {
+    // Plain data: serializing it cannot fail.
+    serde_json::to_string(summary).unwrap_or_default()
+}
+
+/// A store's table summary as received, checked for size and shape.
+pub fn summary_from_wire(text: &str) -> Result<fedretail_core::tabular::TableSummary, String> {
+    if text.len() > MAX_SUMMARY_BYTES {
+        return Err(format!(
+            "table summary of {} bytes exceeds the limit of {MAX_SUMMARY_BYTES}",
+            text.len()
+        ));
+    }
+    let s: fedretail_core::tabular::TableSummary =
+        serde_json::from_str(text).map_err(|e| format!("table summary is not valid: {e}"))?;
+    let finite = s
+        .columns
+        .iter()
+        .filter_map(|c| c.numeric)
+        .all(|v| v.iter().all(|x| x.is_finite()) && v[0] >= 0.0);
+    if !finite {
+        return Err("table summary has a negative count or a value that is not finite".into());
+    }
+    Ok(s)
+}
 
 /// Why a job context from the wire cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

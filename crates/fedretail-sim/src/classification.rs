@@ -148,6 +148,8 @@ pub struct ClassificationReport {
     pub pooled_accuracy_rule: Option<f64>,
     /// Largest parameter difference between federated and centralized Newton.
     pub newton_max_parameter_gap: f64,
+    /// The federated exact Newton model (what a Newton job over agents must equal).
+    pub newton_parameters: Vec<f64>,
     /// Per-party DP-SGD settings and ε spent, when customer-level DP is on.
     pub privacy: Option<Vec<PartyPrivacy>>,
     pub silos: Vec<SiloReport>,
@@ -333,7 +335,7 @@ pub fn run_classification(
             sampling: SamplingConfig::default(),
             // The same objective as the SGD: mean loss + l2/2 |w|^2, times the rows.
             l2: options.l2 * pooled_train.len() as f64,
-            max_step: 10.0,
+            ..Default::default()
         })
         .map_err(err)?;
         let init = ModelParameters::zeros(lr.layout(dim));
@@ -489,6 +491,7 @@ pub fn run_classification(
         pooled_accuracy_centralized: acc(2),
         pooled_accuracy_rule: rule_acc,
         newton_max_parameter_gap: newton_gap,
+        newton_parameters: w_newton.clone(),
         privacy,
         silos,
         skipped,

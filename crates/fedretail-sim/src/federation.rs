@@ -13,7 +13,7 @@ use fedretail_coordinator::{
 };
 use fedretail_core::CheckedTask;
 use fedretail_data::{StoreExport, StoreSource};
-use fedretail_models::{PrepareFuture, TaskSource};
+use fedretail_models::{DescribeFuture, PrepareFuture, TaskSource};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,6 +42,13 @@ impl TaskSource for Throttled {
             self.inner.prepare(spec).await
         })
     }
+
+    fn describe<'a>(&'a self, spec: &'a CheckedTask) -> DescribeFuture<'a> {
+        Box::pin(async move {
+            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+            self.inner.describe(spec).await
+        })
+    }
 }
 
 /// Every store directory under `root`, each with its export as its task source and
@@ -63,21 +70,33 @@ pub fn stores_from_dir(root: &Path, parallel: usize) -> Result<Vec<SimStore>, Si
             if !source.transactions.exists() {
                 source.transactions = dir.join("transactions.parquet");
             }
-            let export: Arc<dyn TaskSource> = Arc::new(StoreExport {
-                store_id: store_id.clone(),
-                source,
-            });
-            SimStore {
-                store_id,
-                business_type: business_type_of(dir),
-                tasks: Arc::new(Throttled {
-                    inner: export,
-                    permits: permits.clone(),
-                }),
-                results_dir: Some(dir.join("results")),
-            }
+            export_store(&store_id, &business_type_of(dir), source, dir, &permits)
         })
         .collect())
+}
+
+/// A store whose agent reads `source` (at most `permits` stores preparing at once)
+/// and writes its results into `dir/results`.
+pub fn export_store(
+    store_id: &str,
+    business_type: &str,
+    source: StoreSource,
+    dir: &Path,
+    permits: &Arc<tokio::sync::Semaphore>,
+) -> SimStore {
+    let export: Arc<dyn TaskSource> = Arc::new(StoreExport {
+        store_id: store_id.to_string(),
+        source,
+    });
+    SimStore {
+        store_id: store_id.to_string(),
+        business_type: business_type.to_string(),
+        tasks: Arc::new(Throttled {
+            inner: export,
+            permits: permits.clone(),
+        }),
+        results_dir: Some(dir.join("results")),
+    }
 }
 
 /// What running a queue of jobs over the simulated network produced.

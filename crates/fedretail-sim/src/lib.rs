@@ -35,8 +35,8 @@ pub use clustering::{
 pub use demo::{run_demo, DemoEvent, DemoOptions};
 pub use dp_demand::{render_dp_demand, run_dp_demand, DpDemandOptions, DpDemandReport};
 pub use network_jobs::{
-    default_job, render_network_run, run_network_jobs, GroupMetrics, NetworkJobReport,
-    NetworkRunReport,
+    default_job, render_network_run, run_network_jobs, run_tabular_network, tabular_jobs,
+    GroupMetrics, NetworkJobReport, NetworkRunReport, SILO_TABLE_FILE,
 };
 pub use prepare::{prepare_network, PreparedStore, SkippedStore};
 pub use report::{privacy_line, render_summary, DemandReport, GroupSummary, StoreReport};

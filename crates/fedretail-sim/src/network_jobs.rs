@@ -4,10 +4,16 @@
 //! only from what the stores sent: named metrics of the final model on each store's
 //! own data (the federated model, and the model the store fits alone).
 
-use crate::federation::{run_federation, stores_from_dir, FederationRun};
+use crate::classification::{ClassificationOptions, ClassificationReport};
+use crate::federation::{export_store, run_federation, stores_from_dir, FederationRun, SimStore};
 use crate::SimError;
-use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome};
-use fedretail_core::TaskKind;
+use fedretail_coordinator::{
+    CoordinatorEvent, FedAvgSettings, JobConfig, JobOutcome, StrategyKind,
+};
+use fedretail_core::task::{ClassifierKind, TabularTaskOptions};
+use fedretail_core::{TaskKind, TaskSpec};
+use fedretail_data::StoreSource;
+use fedretail_data::TabularSpec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -93,18 +99,139 @@ pub async fn run_network_jobs(
     observer: Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>,
 ) -> Result<NetworkRunReport, SimError> {
     let stores = stores_from_dir(root, parallel)?;
+    run_stores(root, &stores, jobs, observer).await
+}
+
+async fn run_stores(
+    root: &Path,
+    stores: &[SimStore],
+    jobs: Vec<JobConfig>,
+    observer: Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>,
+) -> Result<NetworkRunReport, SimError> {
     let FederationRun {
         outcomes,
         agent_failures,
         wall_seconds,
         ..
-    } = run_federation(&stores, jobs, None, observer).await?;
+    } = run_federation(stores, jobs, None, observer).await?;
     Ok(NetworkRunReport {
         data_dir: root.display().to_string(),
         wall_seconds,
         jobs: outcomes.into_iter().map(job_report).collect(),
         agent_failures,
     })
+}
+
+/// Where each silo's table is written for its agent.
+pub const SILO_TABLE_FILE: &str = "table.csv";
+
+/// The credit jobs `analyze credit` runs over agents, matching the in-process
+/// reference's settings: exact Newton on the logistic regression, FedAvg of the
+/// logistic regression, and FedAvg of the MLP. `reference` gives the pooled training
+/// rows, which scale the Newton penalty to the same objective.
+pub fn tabular_jobs(
+    spec: &TabularSpec,
+    options: &ClassificationOptions,
+    reference: &ClassificationReport,
+) -> Vec<JobConfig> {
+    let pooled_train: usize = reference.silos.iter().map(|s| s.train_rows).sum();
+    let task = |model| {
+        TaskSpec::Tabular(TabularTaskOptions {
+            file: SILO_TABLE_FILE.into(),
+            target: spec.target.clone(),
+            positive: spec.positive.clone(),
+            model,
+            test_fraction: spec.test_fraction,
+            min_train_rows: spec.min_train_rows,
+            min_category_rows: spec.min_category_rows,
+            max_categories: spec.max_categories,
+            seed: spec.seed,
+            ..Default::default()
+        })
+    };
+    let job = |id: &str, model, strategy, rounds: u64, l2: f64, learning_rate: f64| JobConfig {
+        job_id: id.into(),
+        task: task(model),
+        strategy: Some(strategy),
+        rounds: Some(rounds as u32),
+        l2,
+        seed: options.seed,
+        fedavg: FedAvgSettings {
+            local_epochs: options.local_epochs,
+            batch_size: options.batch_size,
+            learning_rate,
+            f32_updates: false,
+        },
+        round_timeout_secs: 300.0,
+        registration_timeout_secs: 600.0,
+        ..JobConfig::default()
+    };
+    // FedNewton's penalty is on the summed loss; FedAvg's job l2 is scaled by 1e-4
+    // into a per-example penalty.
+    let mut jobs = vec![
+        job(
+            "credit-newton",
+            ClassifierKind::Logistic,
+            StrategyKind::Newton,
+            options.newton_rounds,
+            options.l2 * pooled_train as f64,
+            options.learning_rate,
+        ),
+        job(
+            "credit-fedavg",
+            ClassifierKind::Logistic,
+            StrategyKind::Fedavg,
+            options.rounds,
+            options.l2 / 1e-4,
+            options.learning_rate,
+        ),
+    ];
+    if options.mlp_hidden > 0 {
+        jobs.push(job(
+            "credit-mlp",
+            ClassifierKind::Mlp {
+                hidden: options.mlp_hidden,
+            },
+            StrategyKind::Fedavg,
+            options.rounds,
+            options.l2 / 1e-4,
+            options.mlp_learning_rate,
+        ));
+    }
+    jobs
+}
+
+/// A tabular file split into silos by a column, each silo a store with its own agent
+/// (its rows written to `work_dir/<silo>/table.csv`), running `jobs`.
+pub async fn run_tabular_network(
+    path: &Path,
+    split_by: &str,
+    work_dir: &Path,
+    jobs: Vec<JobConfig>,
+    observer: Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>,
+) -> Result<NetworkRunReport, SimError> {
+    if work_dir.exists() {
+        std::fs::remove_dir_all(work_dir).map_err(|source| SimError::Io {
+            path: work_dir.display().to_string(),
+            source,
+        })?;
+    }
+    let silos = fedretail_data::write_silos(path, split_by, work_dir, SILO_TABLE_FILE)
+        .await
+        .map_err(|e| SimError::Options(e.to_string()))?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(2));
+    let stores: Vec<SimStore> = silos
+        .iter()
+        .map(|(name, dir)| {
+            let source = StoreSource {
+                transactions: dir.join("transactions.csv"),
+                tables_dir: Some(dir.clone()),
+                ..StoreSource::default()
+            };
+            export_store(name, "silo", source, dir, &permits)
+        })
+        .collect();
+    run_stores(work_dir, &stores, jobs, observer).await
 }
 
 /// The metrics worth a column for a task: (metric key, column title).
@@ -122,6 +249,12 @@ fn columns(task: &str) -> &'static [(&'static str, &'static str)] {
             ("silhouette_federated", "silh fed"),
             ("clusters", "segments"),
             ("points", "customers"),
+        ],
+        "tabular" => &[
+            ("auc_local", "AUC local"),
+            ("auc", "AUC fed"),
+            ("accuracy", "accuracy"),
+            ("rows_scored", "rows"),
         ],
         "churn" => &[
             ("auc_local", "AUC local"),

@@ -113,6 +113,8 @@ fn credit_spec() -> TabularSpec {
         test_fraction: 0.25,
         seed: 1,
         min_train_rows: 10,
+        min_category_rows: 1,
+        max_categories: 50,
     }
 }
 
