@@ -16,6 +16,7 @@ use fedretail_sim::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -222,8 +223,9 @@ pub struct CreditArgs {
 struct CreditRun {
     reference: fedretail_sim::ClassificationReport,
     network: fedretail_sim::NetworkRunReport,
-    /// Largest difference between the Newton job's model and the in-process one.
-    newton_gap_network_vs_in_process: Option<f64>,
+    /// Largest parameter difference between each job's model over agents and the same
+    /// model in process (exact Newton, FedAvg of the logistic regression, of the MLP).
+    gap_network_vs_in_process: BTreeMap<String, f64>,
 }
 
 #[derive(Args)]
@@ -574,34 +576,45 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
             observer,
         ))
         .with_context(|| format!("credit jobs over agents on {}", a.data.display()))?;
-    let gap = network
-        .jobs
-        .iter()
-        .find(|j| j.job.job_id == "credit-newton" && !j.job.failed)
-        .filter(|j| j.job.parameters.len() == reference.newton_parameters.len())
-        .map(|j| {
-            j.job
-                .parameters
-                .iter()
-                .zip(&reference.newton_parameters)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f64::max)
-        });
+    let references = [
+        ("credit-newton", Some(&reference.newton_parameters)),
+        ("credit-fedavg", Some(&reference.fedavg_parameters)),
+        ("credit-mlp", reference.mlp_parameters.as_ref()),
+    ];
+    let mut gaps = BTreeMap::new();
+    for (id, expected) in references {
+        let job = network
+            .jobs
+            .iter()
+            .find(|j| j.job.job_id == id && !j.job.failed);
+        if let (Some(job), Some(expected)) = (job, expected) {
+            if job.job.parameters.len() == expected.len() {
+                let gap = job
+                    .job
+                    .parameters
+                    .iter()
+                    .zip(expected)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f64::max);
+                gaps.insert(id.to_string(), gap);
+            }
+        }
+    }
     let mut summary = format!(
         "in-process reference\n{}\nover gRPC: one coordinator, one agent per {}\n{}",
         render_classification(&reference),
         a.split_by,
         render_network_run(&network)
     );
-    if let Some(g) = gap {
+    for (id, g) in &gaps {
         summary.push_str(&format!(
-            "exact Newton over agents vs in process: largest parameter difference {g:.1e}\n"
+            "{id} over agents vs in process: largest parameter difference {g:.1e}\n"
         ));
     }
     let run = CreditRun {
         reference,
         network,
-        newton_gap_network_vs_in_process: gap,
+        gap_network_vs_in_process: gaps,
     };
     emit(&run, summary, &a.output)
 }

@@ -148,8 +148,11 @@ pub struct ClassificationReport {
     pub pooled_accuracy_rule: Option<f64>,
     /// Largest parameter difference between federated and centralized Newton.
     pub newton_max_parameter_gap: f64,
-    /// The federated exact Newton model (what a Newton job over agents must equal).
+    /// The federated models, for the same jobs over agents to be checked against:
+    /// exact Newton, FedAvg of the logistic regression, FedAvg of the MLP.
     pub newton_parameters: Vec<f64>,
+    pub fedavg_parameters: Vec<f64>,
+    pub mlp_parameters: Option<Vec<f64>>,
     /// Per-party DP-SGD settings and ε spent, when customer-level DP is on.
     pub privacy: Option<Vec<PartyPrivacy>>,
     pub silos: Vec<SiloReport>,
@@ -492,6 +495,8 @@ pub fn run_classification(
         pooled_accuracy_rule: rule_acc,
         newton_max_parameter_gap: newton_gap,
         newton_parameters: w_newton.clone(),
+        fedavg_parameters: w_fed.clone(),
+        mlp_parameters: mlp_models.as_ref().map(|m| m.1.clone()),
         privacy,
         silos,
         skipped,

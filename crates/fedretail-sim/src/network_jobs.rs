@@ -160,7 +160,8 @@ pub fn tabular_jobs(
             local_epochs: options.local_epochs,
             batch_size: options.batch_size,
             learning_rate,
-            f32_updates: false,
+            // As the in-process FedAvg, so the two runs are the same computation.
+            f32_updates: true,
         },
         round_timeout_secs: 300.0,
         registration_timeout_secs: 600.0,

@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-mod common;
-
-use common::{free_port, read_json, spawn_coordinator, wait_all, BIN};
+use crate::common::{free_port, read_json, spawn_coordinator, wait_all, BIN};
 
 /// Three lenders of a few hundred loans and one with ten: income and age drive the
 /// risk, home ownership a little, and a loan id is unique per row.

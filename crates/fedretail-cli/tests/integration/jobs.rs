@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{free_port, read_json, spawn_coordinator, wait_all, BIN};
+use crate::common::{free_port, read_json, spawn_coordinator, wait_all, BIN};
 const STORES: [&str; 3] = ["store-001", "store-002", "store-003"];
 /// A till without customer ids: store-001's sales with the customer column dropped.
 const TILL: &str = "store-004";
