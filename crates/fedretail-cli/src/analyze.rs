@@ -425,119 +425,128 @@ fn over_network(dir: PathBuf, jobs: Vec<JobConfig>, output: &Output) -> Result<(
 pub fn run(command: AnalyzeCommand) -> Result<()> {
     let rt = crate::commands::runtime()?;
     match command {
-        AnalyzeCommand::Anomaly(a) if !a.in_process => {
-            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
-            let jobs = vec![
-                cluster_job(&a, TaskKind::CustomerAnomaly, a.clusters, ClusterFit::Exact),
-                cluster_job(&a, TaskKind::CustomerAnomaly, a.clusters, ClusterFit::Meta),
-                cluster_job(
-                    &a,
-                    TaskKind::ReceiptAnomaly,
-                    a.receipt_clusters,
-                    ClusterFit::Exact,
-                ),
-            ];
-            over_network(dir, jobs, &a.output)
-        }
-        AnalyzeCommand::Segments(a) if !a.in_process => {
-            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
-            let jobs = vec![
-                cluster_job(&a, TaskKind::Segments, a.clusters, ClusterFit::Exact),
-                cluster_job(&a, TaskKind::Segments, a.clusters, ClusterFit::Meta),
-            ];
-            over_network(dir, jobs, &a.output)
-        }
-        AnalyzeCommand::Churn(a) if !a.in_process => {
-            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
-            over_network(dir, churn_jobs(&a), &a.output)
-        }
-        AnalyzeCommand::Anomaly(a) => {
-            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
-            let bar = spinner();
-            let report = rt.block_on(run_anomaly(
-                &dir,
-                &cluster_options(&a),
-                &on_cluster_event(&bar),
-            ))?;
-            bar.finish_and_clear();
-            emit(&report, render_anomaly(&report), &a.output)
-        }
-        AnalyzeCommand::Segments(a) => {
-            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
-            let bar = spinner();
-            let report = rt.block_on(run_segments(
-                &dir,
-                &cluster_options(&a),
-                &on_cluster_event(&bar),
-            ))?;
-            bar.finish_and_clear();
-            emit(&report, render_segments(&report), &a.output)
-        }
-        AnalyzeCommand::Churn(a) => {
-            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
-            let bar = spinner();
-            let window = FeatureWindow {
-                window_days: a.window_days,
-            };
-            let report = rt.block_on(run_churn(
-                &dir,
-                &window,
-                a.horizon_days,
-                &a.train.options(),
-                &on_class_event(&bar),
-            ))?;
-            bar.finish_and_clear();
-            emit(&report, render_classification(&report), &a.output)
-        }
-        AnalyzeCommand::Attack(a) => {
-            let spec = TabularSpec {
-                target: a.target.clone(),
-                positive: a.positive.clone(),
-                split_by: a.split_by.clone(),
-                test_fraction: 0.2,
-                seed: 7,
-                min_train_rows: 1,
-                min_category_rows: 1,
-                max_categories: 50,
-            };
-            let options = fedretail_sim::attack::AttackOptions {
-                records: a.records,
-                epsilons: a.epsilons.clone(),
-                stores_per_sum: a.stores_per_sum,
-                ..Default::default()
-            };
-            let report = rt
-                .block_on(fedretail_sim::attack::run_attack(&a.data, &spec, &options))
-                .with_context(|| format!("attack on {}", a.data.display()))?;
-            emit(
-                &report,
-                fedretail_sim::attack::render_attack(&report),
-                &a.output,
-            )
-        }
-        AnalyzeCommand::DpDemand(a) => {
-            let dir = ensure_network(&a.source.data, &a.source.generate_into, &a.source.network)?;
-            let mut options = fedretail_sim::DpDemandOptions::new(dir.clone());
-            options.epsilons = a.epsilons.clone();
-            options.delta = a.delta;
-            options.rounds = a.rounds;
-            options.sampling_rate = a.sampling_rate;
-            options.clip = a.clip;
-            options.secure = a.secure;
-            let bar = spinner();
-            bar.set_prefix("dp-demand");
-            let b = bar.clone();
-            let report = rt
-                .block_on(fedretail_sim::run_dp_demand(
-                    &options,
-                    std::sync::Arc::new(move |msg: &str| b.set_message(msg.to_string())),
-                ))
-                .with_context(|| format!("store-level DP on {}", dir.display()))?;
-            bar.finish_and_clear();
-            emit(&report, fedretail_sim::render_dp_demand(&report), &a.output)
-        }
+        AnalyzeCommand::Anomaly(a) => anomaly(&rt, &a),
+        AnalyzeCommand::Segments(a) => segments(&rt, &a),
+        AnalyzeCommand::Churn(a) => churn(&rt, &a),
+        AnalyzeCommand::Attack(a) => attack(&rt, &a),
+        AnalyzeCommand::DpDemand(a) => dp_demand(&rt, &a),
         AnalyzeCommand::Credit(a) => credit(&rt, &a),
     }
+}
+
+fn network_dir(source: &SyntheticArgs) -> Result<PathBuf> {
+    ensure_network(&source.data, &source.generate_into, &source.network)
+}
+
+/// Customer anomalies (exact and the seed's meta-model) and receipt anomalies.
+fn anomaly(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
+    let dir = network_dir(&a.source)?;
+    if !a.in_process {
+        let jobs = vec![
+            cluster_job(a, TaskKind::CustomerAnomaly, a.clusters, ClusterFit::Exact),
+            cluster_job(a, TaskKind::CustomerAnomaly, a.clusters, ClusterFit::Meta),
+            cluster_job(
+                a,
+                TaskKind::ReceiptAnomaly,
+                a.receipt_clusters,
+                ClusterFit::Exact,
+            ),
+        ];
+        return over_network(dir, jobs, &a.output);
+    }
+    let bar = spinner();
+    let report = rt.block_on(run_anomaly(
+        &dir,
+        &cluster_options(a),
+        &on_cluster_event(&bar),
+    ))?;
+    bar.finish_and_clear();
+    emit(&report, render_anomaly(&report), &a.output)
+}
+
+fn segments(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
+    let dir = network_dir(&a.source)?;
+    if !a.in_process {
+        let jobs = vec![
+            cluster_job(a, TaskKind::Segments, a.clusters, ClusterFit::Exact),
+            cluster_job(a, TaskKind::Segments, a.clusters, ClusterFit::Meta),
+        ];
+        return over_network(dir, jobs, &a.output);
+    }
+    let bar = spinner();
+    let report = rt.block_on(run_segments(
+        &dir,
+        &cluster_options(a),
+        &on_cluster_event(&bar),
+    ))?;
+    bar.finish_and_clear();
+    emit(&report, render_segments(&report), &a.output)
+}
+
+fn churn(rt: &tokio::runtime::Runtime, a: &ChurnArgs) -> Result<()> {
+    let dir = network_dir(&a.source)?;
+    if !a.in_process {
+        return over_network(dir, churn_jobs(a), &a.output);
+    }
+    let bar = spinner();
+    let window = FeatureWindow {
+        window_days: a.window_days,
+    };
+    let report = rt.block_on(run_churn(
+        &dir,
+        &window,
+        a.horizon_days,
+        &a.train.options(),
+        &on_class_event(&bar),
+    ))?;
+    bar.finish_and_clear();
+    emit(&report, render_classification(&report), &a.output)
+}
+
+fn attack(rt: &tokio::runtime::Runtime, a: &AttackArgs) -> Result<()> {
+    let spec = TabularSpec {
+        target: a.target.clone(),
+        positive: a.positive.clone(),
+        split_by: a.split_by.clone(),
+        test_fraction: 0.2,
+        seed: 7,
+        min_train_rows: 1,
+        min_category_rows: 1,
+        max_categories: 50,
+    };
+    let options = fedretail_sim::attack::AttackOptions {
+        records: a.records,
+        epsilons: a.epsilons.clone(),
+        stores_per_sum: a.stores_per_sum,
+        ..Default::default()
+    };
+    let report = rt
+        .block_on(fedretail_sim::attack::run_attack(&a.data, &spec, &options))
+        .with_context(|| format!("attack on {}", a.data.display()))?;
+    let summary = fedretail_sim::attack::render_attack(&report);
+    emit(&report, summary, &a.output)
+}
+
+fn dp_demand(rt: &tokio::runtime::Runtime, a: &DpDemandArgs) -> Result<()> {
+    let dir = network_dir(&a.source)?;
+    let mut options = fedretail_sim::DpDemandOptions::new(dir.clone());
+    options.epsilons = a.epsilons.clone();
+    options.delta = a.delta;
+    options.rounds = a.rounds;
+    options.sampling_rate = a.sampling_rate;
+    options.clip = a.clip;
+    options.secure = a.secure;
+    let bar = spinner();
+    bar.set_prefix("dp-demand");
+    let b = bar.clone();
+    let report = rt
+        .block_on(fedretail_sim::run_dp_demand(
+            &options,
+            std::sync::Arc::new(move |msg: &str| b.set_message(msg.to_string())),
+        ))
+        .with_context(|| format!("store-level DP on {}", dir.display()))?;
+    bar.finish_and_clear();
+    emit(&report, fedretail_sim::render_dp_demand(&report), &a.output)
 }
 
 /// Credit scoring: the in-process reference (local, centralized, FedAvg, exact Newton),

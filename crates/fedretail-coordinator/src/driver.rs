@@ -221,13 +221,35 @@ struct Trained {
     failure: Option<String>,
 }
 
+impl Trained {
+    /// The job's status as the database keeps it.
+    fn stored_status(&self) -> &'static str {
+        match (&self.failure, &self.stopped_by_budget) {
+            (Some(_), _) => "failed",
+            (None, Some(_)) => "stopped",
+            (None, None) => "completed",
+        }
+    }
+}
+
+/// When a job started, and the traffic counters then.
+struct JobClock {
+    started: Instant,
+    up: u64,
+    down: u64,
+}
+
 async fn drive_job(
     shared: &Shared,
     checkpoints: &CheckpointStore,
     job: &CheckedJob,
 ) -> Result<JobOutcome, CoordinatorError> {
-    let started = Instant::now();
-    let (up0, down0) = shared.traffic();
+    let (up, down) = shared.traffic();
+    let clock = JobClock {
+        started: Instant::now(),
+        up,
+        down,
+    };
     let mut strategy: Box<dyn Strategy> = job.build_strategy()?;
     checkpoints.start_job(
         job.job_id(),
@@ -248,7 +270,7 @@ async fn drive_job(
         Err(reason) => {
             let mut outcome = unstarted(job, strategy.name(), reason);
             outcome.stores_not_taking_part = shared.close_job();
-            outcome.wall_seconds = started.elapsed().as_secs_f64();
+            outcome.wall_seconds = clock.started.elapsed().as_secs_f64();
             return record(shared, checkpoints, outcome, "failed");
         }
     };
@@ -258,15 +280,8 @@ async fn drive_job(
     let trained = match wait_ready(shared, job).await {
         Ok(()) => {
             let start = (global, first_round);
-            train(
-                shared,
-                checkpoints,
-                job,
-                strategy.as_mut(),
-                start,
-                ledger.as_mut(),
-            )
-            .await?
+            let ledger = ledger.as_mut();
+            train(shared, checkpoints, job, strategy.as_mut(), start, ledger).await?
         }
         Err(reason) => Trained {
             global,
@@ -275,50 +290,76 @@ async fn drive_job(
             failure: Some(reason),
         },
     };
+    let stored = trained.stored_status();
+    let ran = Ran {
+        strategy: strategy.name(),
+        trained,
+        resumed_after_round,
+        ledger: ledger.as_ref(),
+    };
+    let outcome = outcome_of(shared, job, ran, &clock).await;
+    record(shared, checkpoints, outcome, stored)
+}
+
+/// What a job's run left: its strategy, training, where it resumed, its ledger.
+struct Ran<'a> {
+    strategy: &'a str,
+    trained: Trained,
+    resumed_after_round: Option<u64>,
+    ledger: Option<&'a PrivacyLedger>,
+}
+
+/// Evaluates the final model (unless training failed) and assembles the outcome.
+async fn outcome_of(
+    shared: &Shared,
+    job: &CheckedJob,
+    ran: Ran<'_>,
+    clock: &JobClock,
+) -> JobOutcome {
+    let trained = ran.trained;
     let model_version = trained
         .rounds
         .last()
         .map(|r| r.round)
-        .or(resumed_after_round)
+        .or(ran.resumed_after_round)
         .unwrap_or(0);
     let (evaluations, missing_evaluations) = match trained.failure {
         None => final_evaluation(shared, job, &trained.global, model_version).await,
         Some(_) => (Vec::new(), Vec::new()),
     };
-    let (up1, down1) = shared.traffic();
-    let outcome = JobOutcome {
+    let (up, down) = shared.traffic();
+    JobOutcome {
         job_id: job.job_id().to_string(),
         task: job.task.kind().name().to_string(),
-        strategy: strategy.name().to_string(),
+        strategy: ran.strategy.to_string(),
         status: status_line(job, &trained),
         failed: trained.failure.is_some(),
-        resumed_after_round,
+        resumed_after_round: ran.resumed_after_round,
         model_version,
         parameters: trained.global.values().to_vec(),
         features: job.task.features(),
-        dropped_features: match job.task.spec() {
-            TaskSpec::Tabular(o) => o
-                .encoding
-                .iter()
-                .flat_map(|e| e.dropped.iter().map(|d| (d.name.clone(), d.reason.clone())))
-                .collect(),
-            _ => Vec::new(),
-        },
+        dropped_features: dropped_features(job),
         evaluations,
         missing_evaluations,
         stores_not_taking_part: shared.close_job(),
-        bytes_up: up1 - up0,
-        bytes_down: down1 - down0,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        privacy: privacy_outcome(job, ledger.as_ref(), &trained.stopped_by_budget),
+        bytes_up: up - clock.up,
+        bytes_down: down - clock.down,
+        wall_seconds: clock.started.elapsed().as_secs_f64(),
+        privacy: privacy_outcome(job, ran.ledger, &trained.stopped_by_budget),
         rounds: trained.rounds,
-    };
-    let stored = match (&trained.failure, &trained.stopped_by_budget) {
-        (Some(_), _) => "failed",
-        (None, Some(_)) => "stopped",
-        (None, None) => "completed",
-    };
-    record(shared, checkpoints, outcome, stored)
+    }
+}
+
+/// Columns of a tabular job's tables that the stores could not all encode, and why.
+fn dropped_features(job: &CheckedJob) -> Vec<(String, String)> {
+    match job.task.spec() {
+        TaskSpec::Tabular(o) => o
+            .encoding
+            .iter()
+            .flat_map(|e| e.dropped.iter().map(|d| (d.name.clone(), d.reason.clone())))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Stores the job's outcome and announces it.

@@ -25,6 +25,46 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tonic::{Request, Response, Status};
 
+/// A store's answer to a prepare (or describe) task: its training rows, or why it sits
+/// the job out. A description that does not check out sits the store out with the
+/// reason; an answer of the wrong kind is refused.
+fn read_ready_answer(
+    slot: &mut JobSlot,
+    store: &str,
+    task_id: &str,
+    answer: Option<v1::submit_ready_request::Answer>,
+) -> Result<(Option<u64>, Option<String>), Status> {
+    use v1::submit_ready_request::Answer;
+    match (answer, slot.describe) {
+        (Some(Answer::NumTrainExamples(n)), false) => Ok((Some(n), None)),
+        (Some(Answer::TableSummary(text)), true) => match summary_from_wire(&text) {
+            Ok(summary) => {
+                let n = summary.rows;
+                slot.summaries.insert(store.to_string(), summary);
+                Ok((Some(n), None))
+            }
+            Err(e) => Ok((None, Some(format!("its description was refused: {e}")))),
+        },
+        (Some(Answer::CannotServe(reason)), _) => Ok((None, Some(reason))),
+        (answer, describe) => {
+            let wanted = if describe {
+                "a table summary"
+            } else {
+                "a row count"
+            };
+            let got = match answer {
+                None => "nothing",
+                Some(Answer::TableSummary(_)) => "a table summary",
+                Some(_) => "a row count",
+            };
+            Err(err(
+                ErrorKind::InvalidUpdate,
+                format!("'{store}' answered prepare task '{task_id}' with {got}; it needs {wanted} or a reason"),
+            ))
+        }
+    }
+}
+
 /// Longest a poll may wait before answering `Wait`.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 const MAX_METRICS: usize = 64;
@@ -672,7 +712,6 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<v1::SubmitReadyRequest>,
     ) -> Result<Response<v1::SubmitReadyResponse>, Status> {
-        use v1::submit_ready_request::Answer;
         let req = request.into_inner();
         self.shared.count_up(&req);
         let store = req.store_id.as_str();
@@ -703,35 +742,7 @@ impl Coordinator for CoordinatorService {
                     format!("'{store}' already answered job '{}'", slot.job_id),
                 ));
             }
-            let (rows, reason) = match (req.answer, slot.describe) {
-                (Some(Answer::NumTrainExamples(n)), false) => (Some(n), None),
-                (Some(Answer::TableSummary(text)), true) => match summary_from_wire(&text) {
-                    Ok(summary) => {
-                        let n = summary.rows;
-                        slot.summaries.insert(store.to_string(), summary);
-                        (Some(n), None)
-                    }
-                    // A bad description keeps the store out of this job, not the network.
-                    Err(e) => (None, Some(format!("its description was refused: {e}"))),
-                },
-                (Some(Answer::CannotServe(reason)), _) => (None, Some(reason)),
-                (answer, describe) => {
-                    let wanted = if describe {
-                        "a table summary"
-                    } else {
-                        "a row count"
-                    };
-                    let got = match answer {
-                        None => "nothing",
-                        Some(Answer::TableSummary(_)) => "a table summary",
-                        Some(_) => "a row count",
-                    };
-                    return Err(err(
-                        ErrorKind::InvalidUpdate,
-                        format!("'{store}' answered prepare task '{}' with {got}; it needs {wanted} or a reason", req.task_id),
-                    ));
-                }
-            };
+            let (rows, reason) = read_ready_answer(slot, store, &req.task_id, req.answer)?;
             match (rows, reason) {
                 (Some(n), _) => {
                     slot.ready.insert(store.to_string(), n);

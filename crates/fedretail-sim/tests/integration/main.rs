@@ -3,6 +3,7 @@
 //! binary, so the release build links it once.
 
 mod analytics;
+mod attack;
 mod demo;
 mod learning;
 mod privacy;
