@@ -175,7 +175,10 @@ SELECT
   CAST(day_index >= {cutoff} AS DOUBLE) AS is_test,
   CAST(day_index >= {end} AS DOUBLE) AS is_future,
   CAST(day AS VARCHAR) AS day_text,
-  CASE WHEN day_index - {cutoff} < 7 THEN lag7 WHEN day_index - {cutoff} < 14 THEN lag14
+  CASE WHEN day_index >= {end} THEN
+         CASE WHEN day_index - {end} < 7 THEN lag7 WHEN day_index - {end} < 14 THEN lag14
+              WHEN day_index - {end} < 21 THEN lag21 ELSE lag28 END
+       WHEN day_index - {cutoff} < 7 THEN lag7 WHEN day_index - {cutoff} < 14 THEN lag14
        WHEN day_index - {cutoff} < 21 THEN lag21 ELSE lag28 END AS naive,
   ABS(units - lag7) AS abs_diff7,
   1.0 AS intercept,
@@ -304,19 +307,19 @@ pub async fn load_demand_dataset(
             for (xj, f) in x.iter_mut().zip(&features) {
                 *xj = f.value(i);
             }
+            let naive_i = if naive.is_null(i) {
+                0.0
+            } else {
+                naive.value(i)
+            };
             if is_future.value(i) > 0.5 {
-                future.push(&x, 0.0, scale.value(i), 0.0);
+                future.push(&x, 0.0, scale.value(i), naive_i);
                 future_keys.push((
                     text_value(category, i).unwrap_or_default(),
                     text_value(day, i).unwrap_or_default(),
                 ));
                 continue;
             }
-            let naive_i = if naive.is_null(i) {
-                0.0
-            } else {
-                naive.value(i)
-            };
             if is_test.value(i) > 0.5 {
                 test.push(&x, units.value(i), scale.value(i), naive_i);
             } else {

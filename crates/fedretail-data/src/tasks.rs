@@ -33,8 +33,8 @@ use fedretail_core::{CheckedTask, TaskSpec};
 use fedretail_models::classify::stratified_split;
 use fedretail_models::demand::DemandOptions;
 use fedretail_models::{
-    ChurnTask, ClassifierTask, ClusterPurpose, ClusterSettings, DemandTask, LabeledRows,
-    LabelledClusterTask, LocalTask, TabularTask,
+    ChurnScoring, ChurnTask, ClassifierTask, ClusterPurpose, ClusterSettings, DemandTask,
+    LabeledRows, LabelledClusterTask, LocalTask, TableScoring, TabularTask,
 };
 use std::sync::Arc;
 
@@ -135,9 +135,11 @@ async fn tabular(
             test,
             dp: None,
         },
-        rows,
-        lines: table.lines(),
-        held_out,
+        scoring: TableScoring {
+            rows,
+            lines: table.lines(),
+            held_out,
+        },
     }))
 }
 
@@ -303,8 +305,10 @@ async fn churn(
             test,
             dp: None,
         },
-        current_ids: today.customer_ids,
-        current,
+        scoring: ChurnScoring {
+            current_ids: today.customer_ids,
+            current,
+        },
     }))
 }
 

@@ -428,21 +428,25 @@ fn store_alone_auc(inner: &ClassifierTask) -> Option<f64> {
     )
 }
 
-/// A store's churn task: a classifier trained on customers as of a past cut-off
-/// (labelled by whether they bought again), and its customers as of today to score.
-pub struct ChurnTask {
-    pub inner: ClassifierTask,
-    /// Today's customers (features over the window up to the last day) and their ids.
-    pub current_ids: Vec<String>,
-    pub current: LabeledRows,
+/// What a store does with a classifier besides training it: the metrics it adds to the
+/// shared ones, and the table of scores it keeps. [`ScoringTask`] does the rest.
+pub trait Scoring: Send + Sync {
+    fn task_name(&self) -> &'static str;
+    /// Metrics beyond the classifier's own and the store-alone baseline.
+    fn add_metrics(&self, inner: &ClassifierTask, m: &mut TaskMetrics);
+    /// The store's table of scores under `global`.
+    fn table(&self, inner: &ClassifierTask, global: &[f64]) -> ResultTable;
 }
 
-/// Column of the seed's rule `standardized recency > 1` among the churn features.
-const RECENCY: usize = 3;
+/// A classifier task that scores the store's own rows at the end: churn, tabular.
+pub struct ScoringTask<S> {
+    pub inner: ClassifierTask,
+    pub scoring: S,
+}
 
-impl LocalTask for ChurnTask {
+impl<S: Scoring> LocalTask for ScoringTask<S> {
     fn task_name(&self) -> &'static str {
-        "churn"
+        self.scoring.task_name()
     }
 
     fn layout(&self) -> ModelLayout {
@@ -459,10 +463,41 @@ impl LocalTask for ChurnTask {
 
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
         let mut m = self.inner.evaluate(global)?;
-        let test = &self.inner.test;
         if let Some(v) = store_alone_auc(&self.inner) {
             m.insert("auc_local".into(), v);
         }
+        self.scoring.add_metrics(&self.inner, &mut m);
+        Ok(m)
+    }
+
+    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
+        Ok(StoreResults {
+            metrics: self.evaluate(global)?,
+            tables: vec![self.scoring.table(&self.inner, global)],
+        })
+    }
+}
+
+/// A store's churn task: a classifier trained on customers as of a past cut-off
+/// (labelled by whether they bought again), and its customers as of today to score.
+pub type ChurnTask = ScoringTask<ChurnScoring>;
+
+/// Today's customers (features over the window up to the last day) and their ids.
+pub struct ChurnScoring {
+    pub current_ids: Vec<String>,
+    pub current: LabeledRows,
+}
+
+/// Column of the seed's rule `standardized recency > 1` among the churn features.
+const RECENCY: usize = 3;
+
+impl Scoring for ChurnScoring {
+    fn task_name(&self) -> &'static str {
+        "churn"
+    }
+
+    fn add_metrics(&self, inner: &ClassifierTask, m: &mut TaskMetrics) {
+        let test = &inner.test;
         let rule: Vec<f64> = (0..test.len())
             .map(|i| test.row(i).0.get(RECENCY).copied().unwrap_or(0.0))
             .collect();
@@ -470,12 +505,10 @@ impl LocalTask for ChurnTask {
             m.insert("auc_rule".into(), v);
         }
         m.insert("customers_scored".into(), self.current.len() as f64);
-        Ok(m)
     }
 
-    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
-        let metrics = self.evaluate(global)?;
-        let p = predict_proba(self.inner.kind, global, &self.current);
+    fn table(&self, inner: &ClassifierTask, global: &[f64]) -> ResultTable {
+        let p = predict_proba(inner.kind, global, &self.current);
         let mut table = ResultTable::new(
             "churn_scores",
             &["customer_id", "churn_probability", "risk"],
@@ -492,53 +525,33 @@ impl LocalTask for ChurnTask {
                 risk.into(),
             ]);
         }
-        Ok(StoreResults {
-            tables: vec![table],
-            metrics,
-        })
+        table
     }
 }
 
 /// A store's tabular task (credit scoring): a classifier on its own table, which it
 /// scores row by row at the end.
-pub struct TabularTask {
-    pub inner: ClassifierTask,
-    /// Every row of the table in file order (training and held-out), its line in the
-    /// file, and whether it was held out.
+pub type TabularTask = ScoringTask<TableScoring>;
+
+/// Every row of the store's table in file order (training and held-out), its line in
+/// the file, and whether it was held out.
+pub struct TableScoring {
     pub rows: LabeledRows,
     pub lines: Vec<u64>,
     pub held_out: Vec<bool>,
 }
 
-impl LocalTask for TabularTask {
+impl Scoring for TableScoring {
     fn task_name(&self) -> &'static str {
         "tabular"
     }
 
-    fn layout(&self) -> ModelLayout {
-        self.inner.layout()
-    }
-
-    fn num_train_examples(&self) -> u64 {
-        self.inner.num_train_examples()
-    }
-
-    fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError> {
-        self.inner.compute_update(global, work)
-    }
-
-    fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
-        let mut m = self.inner.evaluate(global)?;
-        if let Some(v) = store_alone_auc(&self.inner) {
-            m.insert("auc_local".into(), v);
-        }
+    fn add_metrics(&self, _inner: &ClassifierTask, m: &mut TaskMetrics) {
         m.insert("rows_scored".into(), self.rows.len() as f64);
-        Ok(m)
     }
 
-    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
-        let metrics = self.evaluate(global)?;
-        let p = predict_proba(self.inner.kind, global, &self.rows);
+    fn table(&self, inner: &ClassifierTask, global: &[f64]) -> ResultTable {
+        let p = predict_proba(inner.kind, global, &self.rows);
         let mut table = ResultTable::new("scores", &["line", "actual", "probability", "held_out"]);
         for i in descending(&p) {
             table.push(vec![
@@ -553,10 +566,7 @@ impl LocalTask for TabularTask {
                 .into(),
             ]);
         }
-        Ok(StoreResults {
-            tables: vec![table],
-            metrics,
-        })
+        table
     }
 }
 

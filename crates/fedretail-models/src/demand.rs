@@ -19,7 +19,8 @@ pub struct DemandRows {
     r: Vec<f64>,
     scale: Vec<f64>,
     units: Vec<f64>,
-    /// Weekly seasonal-naive forecast (last observed same weekday before the cut-off).
+    /// Weekly seasonal-naive forecast: the last observed same weekday before the
+    /// cut-off (held-out rows) or before the end of the history (future rows).
     naive: Vec<f64>,
 }
 
@@ -278,7 +279,25 @@ impl LocalTask for DemandTask {
     fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
         let (mut metrics, personalized) = self.scores(global)?;
         let (chosen, model) = self.forecast_model(global, personalized, &metrics);
-        let table = forecast_table(&self.data, &model, chosen, self.options.interval);
+        let data = &self.data;
+        let (mut held_out, mut future) = (Vec::new(), Vec::new());
+        match &model {
+            Some(w) => {
+                glm::predict_into(&data.test, w, &mut held_out);
+                glm::predict_into(&data.future, w, &mut future);
+            }
+            None => {
+                held_out.extend_from_slice(data.test.naive());
+                future.extend_from_slice(data.future.naive());
+            }
+        }
+        let table = forecast_table(data, &held_out, &future, chosen, self.options.interval);
+        // Which forecaster the store kept, and its held-out WAPE (chosen on those days).
+        metrics.insert(format!("forecast_by_{chosen}"), 1.0);
+        let actual: f64 = data.test.units().iter().sum();
+        if let Some(v) = wape(data.test.abs_error(&held_out), actual) {
+            metrics.insert("wape_forecast".into(), v);
+        }
         metrics.insert("forecast_rows".into(), table.rows.len() as f64);
         Ok(StoreResults {
             tables: vec![table],
@@ -321,40 +340,47 @@ impl DemandTask {
         Ok((m, personalized))
     }
 
-    /// The model whose forecast the store keeps: the lowest WAPE on its held-out days
-    /// among the federated, personalized and local-only models.
+    /// What makes the forecast the store keeps: the lowest WAPE on its held-out days
+    /// among the federated, personalized and local-only models and the seasonal-naive
+    /// forecast (None), so a store's forecast is never worse than naive on those days.
     fn forecast_model(
         &self,
         global: &[f64],
         personalized: Option<Vec<f64>>,
         metrics: &TaskMetrics,
-    ) -> (&'static str, Vec<f64>) {
+    ) -> (&'static str, Option<Vec<f64>>) {
         let wape = |k: &str| metrics.get(k).copied().unwrap_or(f64::INFINITY);
         let mut best = ("federated", wape("wape_federated"));
-        for name in ["personalized", "local"] {
+        for name in ["personalized", "local", "naive"] {
             let w = wape(&format!("wape_{name}"));
             if w < best.1 {
                 best = (name, w);
             }
         }
         match (best.0, personalized) {
-            ("personalized", Some(p)) => ("personalized", p),
-            ("local", _) => ("local", self.local_only_model().to_vec()),
-            _ => ("federated", global.to_vec()),
+            ("personalized", Some(p)) => ("personalized", Some(p)),
+            ("local", _) => ("local", Some(self.local_only_model().to_vec())),
+            ("naive", _) => ("seasonal_naive", None),
+            _ => ("federated", Some(global.to_vec())),
         }
     }
 }
 
-/// Forecasts for the days after the history, with a central interval of `coverage`
-/// from a Poisson with the overdispersion seen on the held-out days.
-fn forecast_table(data: &DemandDataset, model: &[f64], chosen: &str, coverage: f64) -> ResultTable {
-    let mut held_out = Vec::new();
-    glm::predict_into(&data.test, model, &mut held_out);
+/// Forecasts for the days after the history (`future`, one per future row), with a
+/// central interval of `coverage` from a Poisson with the overdispersion the same
+/// forecaster showed on the held-out days (`held_out`, one per held-out row).
+fn forecast_table(
+    data: &DemandDataset,
+    held_out: &[f64],
+    future: &[f64],
+    chosen: &str,
+    coverage: f64,
+) -> ResultTable {
     let pearson: Vec<f64> = data
         .test
         .units()
         .iter()
-        .zip(&held_out)
+        .zip(held_out)
         .filter(|(_, mu)| **mu > 1e-9)
         .map(|(y, mu)| (y - mu) * (y - mu) / mu)
         .collect();
@@ -364,8 +390,6 @@ fn forecast_table(data: &DemandDataset, model: &[f64], chosen: &str, coverage: f
         (pearson.iter().sum::<f64>() / pearson.len() as f64).max(1.0)
     };
     let z = crate::metrics::normal_quantile(0.5 + coverage / 2.0);
-    let mut forecast = Vec::new();
-    glm::predict_into(&data.future, model, &mut forecast);
     let mut table = ResultTable::new(
         "forecast",
         &[
@@ -377,7 +401,7 @@ fn forecast_table(data: &DemandDataset, model: &[f64], chosen: &str, coverage: f
             "model",
         ],
     );
-    for ((category, date), mu) in data.future_keys.iter().zip(&forecast) {
+    for ((category, date), mu) in data.future_keys.iter().zip(future) {
         let half = z * (dispersion * mu).sqrt();
         table.push(vec![
             date.clone(),

@@ -25,7 +25,10 @@ mod source;
 mod task;
 pub mod words;
 
-pub use analytics::{ChurnTask, ClusterPurpose, ClusterSettings, LabelledClusterTask, TabularTask};
+pub use analytics::{
+    ChurnScoring, ChurnTask, ClusterPurpose, ClusterSettings, LabelledClusterTask, Scoring,
+    ScoringTask, TableScoring, TabularTask,
+};
 pub use classify::{example_gradient, ClassifierKind, ClassifierTask, LabeledRows};
 pub use clustering::{ClusterTask, PointSet};
 pub use demand::{demand_layout, DemandDataset, DemandRows, DemandTask, DEMAND_FEATURES};

@@ -185,6 +185,12 @@ pub async fn run_demo(
             mase_local: m("mase_local"),
             mase_federated: m("mase_federated"),
             mase_centralized: metrics::mase(central_err, ds.test.len(), ds.naive_scale),
+            forecast_model: ev
+                .metrics
+                .keys()
+                .find_map(|k| k.strip_prefix("forecast_by_"))
+                .map(str::to_string),
+            wape_forecast: m("wape_forecast"),
         });
     }
     let refs: Vec<&StoreReport> = store_reports.iter().collect();

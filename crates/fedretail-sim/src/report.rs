@@ -23,6 +23,10 @@ pub struct StoreReport {
     pub mase_local: Option<f64>,
     pub mase_federated: Option<f64>,
     pub mase_centralized: Option<f64>,
+    /// The forecaster whose 28-day forecast the store kept (best on its held-out days).
+    pub forecast_model: Option<String>,
+    /// Its held-out WAPE (optimistic: chosen on the same days).
+    pub wape_forecast: Option<f64>,
 }
 
 /// Medians over a group of stores.
@@ -165,6 +169,34 @@ pub fn privacy_line(p: &fedretail_coordinator::PrivacyOutcome) -> String {
     format!("  privacy: {secure}{clip}, {noise}{spent}\n")
 }
 
+/// How many stores kept each forecaster, and the median held-out WAPE of what they kept.
+fn kept_forecasts_line(stores: &[StoreReport]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in stores {
+        if let Some(m) = &s.forecast_model {
+            *counts.entry(m.as_str()).or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return String::new();
+    }
+    let kept: Vec<String> = counts.iter().map(|(m, n)| format!("{m} {n}")).collect();
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |w| format!("{:.1} %", w * 100.0));
+    let kept_wape = median(stores.iter().filter_map(|s| s.wape_forecast).collect());
+    let naive = median(
+        stores
+            .iter()
+            .filter_map(|s| s.wape_seasonal_naive)
+            .collect(),
+    );
+    format!(
+        "  forecast each store keeps (best on its held-out days): {}; median held-out WAPE {} (naive {}; chosen on those days, so optimistic)\n",
+        kept.join(", "),
+        pct(kept_wape),
+        pct(naive)
+    )
+}
+
 pub fn render_summary(r: &DemandReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -213,6 +245,7 @@ pub fn render_summary(r: &DemandReport) -> String {
         "  federated vs centralized: largest weight difference {:.2e}",
         r.max_weight_gap_to_centralized
     );
+    s.push_str(&kept_forecasts_line(&r.stores));
     if let Some(p) = &r.privacy {
         s.push_str(&privacy_line(p));
         if let Some(reason) = &p.stopped_by_budget {

@@ -59,3 +59,20 @@ pub fn spawn_coordinator(config: &Path, report: &Path) -> Child {
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// A job's model in an outcome report equals `expected` to 1e-9 in every parameter.
+pub fn assert_same_model(job: &serde_json::Value, expected: &[f64], what: &str) {
+    let federated: Vec<f64> = job["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(expected.len(), federated.len(), "{what}");
+    let gap = expected
+        .iter()
+        .zip(&federated)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(gap < 1e-9, "{what}: the job's model differs by {gap}");
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, read_json, spawn_coordinator, wait_all, BIN};
+use crate::common::{assert_same_model, free_port, read_json, spawn_coordinator, wait_all, BIN};
 const STORES: [&str; 3] = ["store-001", "store-002", "store-003"];
 /// A till without customer ids: store-001's sales with the customer column dropped.
 const TILL: &str = "store-004";
@@ -305,22 +305,6 @@ fn segments_config() -> KMeansConfig {
         seed: 2,
         sampling: SamplingConfig::default(),
     }
-}
-
-fn assert_same_model(job: &serde_json::Value, expected: &[f64], what: &str) {
-    let federated: Vec<f64> = job["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert_eq!(expected.len(), federated.len());
-    let gap = expected
-        .iter()
-        .zip(&federated)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    assert!(gap < 1e-9, "{what}: the job's model differs by {gap}");
 }
 
 /// Federated bisecting k-means over the wire equals the centralized fit on the

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{free_port, read_json, spawn_coordinator, wait_all, BIN};
+use crate::common::{assert_same_model, free_port, read_json, spawn_coordinator, wait_all, BIN};
 
 /// Three lenders of a few hundred loans and one with ten: income and age drive the
 /// risk, home ownership a little, and a loan id is unique per row.
@@ -173,21 +173,10 @@ fn a_credit_job_over_agent_processes_equals_the_in_process_newton_fit() {
         "{out:?}"
     );
 
-    let federated: Vec<f64> = job["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert_eq!(federated.len(), reference.newton_parameters.len());
-    let gap = federated
-        .iter()
-        .zip(&reference.newton_parameters)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    assert!(
-        gap < 1e-9,
-        "Newton over agents differs from in-process by {gap}"
+    assert_same_model(
+        job,
+        &reference.newton_parameters,
+        "Newton over agents vs in process",
     );
 
     // Each lender scored its own rows, and only those.
