@@ -5,7 +5,10 @@
 //! flag means. Results are tables for the store's results folder; only the metrics
 //! from [`LocalTask::evaluate`] travel.
 
-use crate::classify::{predict_proba, sgd, ClassifierKind, ClassifierTask, LabeledRows};
+use crate::classify::{
+    classification_metrics, predict_proba, sgd, stratified_split, ClassifierKind, ClassifierTask,
+    LabeledRows,
+};
 use crate::clustering::{silhouette, ClusterTask, PointSet};
 use crate::metrics::ranking::{precision_at_k, roc_auc};
 use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
@@ -411,16 +414,64 @@ impl LabelledClusterTask {
     }
 }
 
+/// Epochs a store may fine-tune the federated classifier on its own rows.
+const FINE_TUNE_EPOCHS: u32 = 20;
+
+/// The federated model fine-tuned on the store's own training rows, with early
+/// stopping: a fifth of them (by class) held back for validation, one epoch of the
+/// SGD FedAvg runs at a time on the rest, kept while the validation log-loss improves
+/// (three epochs of patience). Zero epochs is the federated model itself, which is
+/// what a store keeps when its own rows do not improve on it. Returns the model and
+/// the epochs kept.
+pub fn fine_tune(inner: &ClassifierTask, global: &[f64], max_epochs: u32) -> (Vec<f64>, u32) {
+    let (fit, validation) = stratified_split(&inner.train, 0.2, 11);
+    if fit.is_empty() || validation.is_empty() {
+        return (global.to_vec(), 0);
+    }
+    let loss = |w: &[f64]| {
+        classification_metrics(inner.kind, w, &validation)
+            .get("log_loss")
+            .copied()
+            .unwrap_or(f64::INFINITY)
+    };
+    let rate = learning_rate(inner.kind);
+    let (mut best, mut best_loss, mut best_epoch) = (global.to_vec(), loss(global), 0);
+    let mut w = global.to_vec();
+    for epoch in 1..=max_epochs {
+        sgd(
+            inner.kind,
+            &fit,
+            &mut w,
+            1,
+            32,
+            rate,
+            1e-4,
+            u64::from(epoch),
+        );
+        let l = loss(&w);
+        if l < best_loss {
+            best.copy_from_slice(&w);
+            (best_loss, best_epoch) = (l, epoch);
+        } else if epoch - best_epoch >= 3 {
+            break;
+        }
+    }
+    (best, best_epoch)
+}
+
+fn learning_rate(kind: ClassifierKind) -> f64 {
+    match kind {
+        ClassifierKind::Logistic => 0.1,
+        ClassifierKind::Mlp { .. } => 0.05,
+    }
+}
+
 /// AUC on the store's held-out rows of the same classifier trained on the store alone:
 /// 20 epochs of the SGD the federation's FedAvg runs.
 fn store_alone_auc(inner: &ClassifierTask) -> Option<f64> {
     let kind = inner.kind;
     let mut local = kind.initial_parameters(inner.test.dim(), 7);
-    let rate = if kind == ClassifierKind::Logistic {
-        0.1
-    } else {
-        0.05
-    };
+    let rate = learning_rate(kind);
     sgd(kind, &inner.train, &mut local, 20, 32, rate, 1e-4, 7);
     roc_auc(
         &predict_proba(kind, &local, &inner.test),
@@ -462,19 +513,36 @@ impl<S: Scoring> LocalTask for ScoringTask<S> {
     }
 
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
+        Ok(self.scored(global)?.0)
+    }
+
+    /// The store scores its rows with the federated model fine-tuned on them (the
+    /// federated model itself where fine-tuning did not help on its validation rows).
+    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
+        let (metrics, personal) = self.scored(global)?;
+        Ok(StoreResults {
+            metrics,
+            tables: vec![self.scoring.table(&self.inner, &personal)],
+        })
+    }
+}
+
+impl<S: Scoring> ScoringTask<S> {
+    /// Held-out metrics of the federated model, the store alone and the fine-tuned
+    /// model, and the fine-tuned model.
+    fn scored(&self, global: &[f64]) -> Result<(TaskMetrics, Vec<f64>), TaskError> {
         let mut m = self.inner.evaluate(global)?;
         if let Some(v) = store_alone_auc(&self.inner) {
             m.insert("auc_local".into(), v);
         }
+        let (personal, epochs) = fine_tune(&self.inner, global, FINE_TUNE_EPOCHS);
+        let p = predict_proba(self.inner.kind, &personal, &self.inner.test);
+        if let Some(v) = roc_auc(&p, self.inner.test.labels()) {
+            m.insert("auc_personalized".into(), v);
+        }
+        m.insert("personalized_epochs".into(), f64::from(epochs));
         self.scoring.add_metrics(&self.inner, &mut m);
-        Ok(m)
-    }
-
-    fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
-        Ok(StoreResults {
-            metrics: self.evaluate(global)?,
-            tables: vec![self.scoring.table(&self.inner, global)],
-        })
+        Ok((m, personal))
     }
 }
 
@@ -626,6 +694,33 @@ mod tests {
         assert!(!flagged[0][6].is_empty());
         assert_eq!(results.metrics["auc_federated"], 1.0);
         assert_eq!(results.metrics["flagged_true"], 1.0);
+    }
+
+    /// A store whose base rate is far from the federated model's: fine-tuning moves the
+    /// model toward its rows; zero epochs is the federated model exactly.
+    #[test]
+    fn fine_tuning_adapts_to_the_store_and_reduces_to_the_global_model() {
+        let mut train = LabeledRows::new(1);
+        for i in 0..200 {
+            let x = (i % 20) as f64 / 10.0 - 1.0;
+            train.push(&[x], i % 10 < 8 || x > 0.5);
+        }
+        let inner = ClassifierTask {
+            name: "t",
+            kind: ClassifierKind::Logistic,
+            train,
+            test: LabeledRows::new(1),
+            dp: None,
+        };
+        let global = vec![0.5, -2.0];
+        let (same, epochs) = fine_tune(&inner, &global, 0);
+        assert_eq!((same, epochs), (global.clone(), 0));
+        let (tuned, epochs) = fine_tune(&inner, &global, 20);
+        assert!(epochs > 0);
+        assert!(
+            tuned[1] > global[1] + 0.5,
+            "the bias moves toward the store's base rate: {tuned:?}"
+        );
     }
 
     #[test]

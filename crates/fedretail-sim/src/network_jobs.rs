@@ -254,12 +254,14 @@ fn columns(task: &str) -> &'static [(&'static str, &'static str)] {
         "tabular" => &[
             ("auc_local", "AUC local"),
             ("auc", "AUC fed"),
+            ("auc_personalized", "AUC pers"),
             ("accuracy", "accuracy"),
             ("rows_scored", "rows"),
         ],
         "churn" => &[
             ("auc_local", "AUC local"),
             ("auc", "AUC fed"),
+            ("auc_personalized", "AUC pers"),
             ("auc_rule", "AUC rule"),
             ("accuracy", "accuracy"),
             ("customers_scored", "scored"),
