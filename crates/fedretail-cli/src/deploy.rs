@@ -223,10 +223,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     cfg.token = file.token.clone();
     cfg.business_type = file.business_type.clone();
     cfg.results_dir = Some(file.results_dir());
-    let tasks = Arc::new(StoreExport {
-        store_id: file.store_id.clone(),
-        source: file.data.clone(),
-    });
+    let tasks = Arc::new(StoreExport::new(&file.store_id, file.data.clone()));
     eprintln!(
         "store {}: results go to {}",
         file.store_id,

@@ -36,6 +36,8 @@ use fedretail_models::{
     ChurnScoring, ChurnTask, ClassifierTask, ClusterPurpose, ClusterSettings, DemandTask,
     LabeledRows, LabelledClusterTask, LocalTask, TableScoring, TabularTask,
 };
+use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The store's task for `spec`, prepared from its export.
@@ -44,6 +46,88 @@ pub async fn build_local_task(
     source: &StoreSource,
     spec: &CheckedTask,
 ) -> Result<Arc<dyn LocalTask>, DataError> {
+    build_cached(store_id, source, spec, None).await
+}
+
+/// Customer, receipt and churn features a store computed, by what they depend on: the
+/// task's window options and the export's files as they were (size, modification time)
+/// with the store's view, so a queue of jobs on the same features computes them once
+/// and an export that changes is read again. Only the current version is kept.
+#[derive(Default)]
+pub struct FeatureCache {
+    entries: std::sync::Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for FeatureCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.lock().len();
+        write!(f, "FeatureCache({n} entries)")
+    }
+}
+
+type CacheEntries = HashMap<String, Arc<dyn Any + Send + Sync>>;
+
+impl FeatureCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheEntries> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the store's features depend on besides the task options.
+fn export_version(source: &StoreSource) -> String {
+    let files = [
+        Some(&source.transactions),
+        source.promotions.as_ref(),
+        source.labels.as_ref(),
+    ];
+    let mut v: Vec<String> = files
+        .into_iter()
+        .flatten()
+        .map(|p| match std::fs::metadata(p) {
+            Ok(m) => format!("{}:{}:{:?}", p.display(), m.len(), m.modified().ok()),
+            Err(_) => format!("{}:-", p.display()),
+        })
+        .collect();
+    v.push(source.view_sql.clone().unwrap_or_default());
+    v.join("|")
+}
+
+/// `load`'s value through the cache (when there is one) under `key`.
+async fn through<T, F>(
+    cache: Option<(&FeatureCache, &str)>,
+    key: String,
+    load: F,
+) -> Result<T, DataError>
+where
+    T: Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<T, DataError>>,
+{
+    let Some((cache, version)) = cache else {
+        return load.await;
+    };
+    let key = format!("{key}|{version}");
+    let hit = cache
+        .lock()
+        .get(&key)
+        .and_then(|v| v.downcast_ref::<T>().cloned());
+    if let Some(v) = hit {
+        return Ok(v);
+    }
+    let v = load.await?;
+    let mut entries = cache.lock();
+    entries.retain(|k, _| k.ends_with(version));
+    entries.insert(key, Arc::new(v.clone()));
+    Ok(v)
+}
+
+async fn build_cached(
+    store_id: &str,
+    source: &StoreSource,
+    spec: &CheckedTask,
+    cache: Option<&FeatureCache>,
+) -> Result<Arc<dyn LocalTask>, DataError> {
+    let version = cache.map(|_| export_version(source)).unwrap_or_default();
+    let cache = cache.map(|c| (c, version.as_str()));
     match spec.spec() {
         TaskSpec::Demand(o) => demand(store_id, source, o).await,
         TaskSpec::CustomerAnomaly(o) | TaskSpec::Segments(o) => {
@@ -54,18 +138,14 @@ pub async fn build_local_task(
                     &CUSTOMER_ANOMALY_FEATURES[..],
                 ),
             };
-            customers(source, o, purpose, features, spec.clusters().unwrap_or(6)).await
+            let clusters = spec.clusters().unwrap_or(6);
+            customers(source, o, purpose, features, clusters, cache).await
         }
         TaskSpec::ReceiptAnomaly(o) => {
-            receipts(
-                source,
-                o,
-                &TRANSACTION_FEATURES,
-                spec.clusters().unwrap_or(8),
-            )
-            .await
+            let clusters = spec.clusters().unwrap_or(8);
+            receipts(source, o, &TRANSACTION_FEATURES, clusters, cache).await
         }
-        TaskSpec::Churn(o) => churn(source, o).await,
+        TaskSpec::Churn(o) => churn(source, o, cache).await,
         TaskSpec::Tabular(o) => tabular(source, o).await,
     }
 }
@@ -196,6 +276,7 @@ async fn customers(
     purpose: ClusterPurpose,
     features: &'static [&'static str],
     clusters: usize,
+    cache: Option<(&FeatureCache, &str)>,
 ) -> Result<Arc<dyn LocalTask>, DataError> {
     let task = match purpose {
         ClusterPurpose::Segments => "segments",
@@ -208,7 +289,9 @@ async fn customers(
     let window = FeatureWindow {
         window_days: o.window_days,
     };
-    let c = load_customer_points(source, &window, set, source.labels.as_deref()).await?;
+    let key = format!("customers|{set:?}|{}", o.window_days);
+    let load = load_customer_points(source, &window, set, source.labels.as_deref());
+    let c = through(cache, key, load).await?;
     if c.points.len() < o.min_points.max(clusters) {
         return Err(too_few(
             task,
@@ -232,11 +315,14 @@ async fn receipts(
     o: &ClusterTaskOptions,
     features: &'static [&'static str],
     clusters: usize,
+    cache: Option<(&FeatureCache, &str)>,
 ) -> Result<Arc<dyn LocalTask>, DataError> {
     let window = FeatureWindow {
         window_days: o.window_days,
     };
-    let r = load_transaction_points(source, &window, source.labels.as_deref()).await?;
+    let key = format!("receipts|{}", o.window_days);
+    let load = load_transaction_points(source, &window, source.labels.as_deref());
+    let r = through(cache, key, load).await?;
     let needed = o.min_points.max(clusters);
     if r.points.len() < needed {
         return Err(too_few(
@@ -259,11 +345,14 @@ async fn receipts(
 async fn churn(
     source: &StoreSource,
     o: &ChurnTaskOptions,
+    cache: Option<(&FeatureCache, &str)>,
 ) -> Result<Arc<dyn LocalTask>, DataError> {
     let window = FeatureWindow {
         window_days: o.window_days,
     };
-    let rows = match load_churn_rows(source, &window, o.horizon_days).await {
+    let key = format!("churn|{}|{}", o.window_days, o.horizon_days);
+    let load = load_churn_rows(source, &window, o.horizon_days);
+    let rows = match through(cache, key, load).await {
         Err(DataError::Spec(reason)) => {
             return Err(DataError::CannotServe {
                 task: "churn",
@@ -292,7 +381,9 @@ async fn churn(
             reason,
         });
     }
-    let today = load_customer_points(source, &window, CustomerFeatureSet::Anomaly, None).await?;
+    let key = format!("churn_today|{}", o.window_days);
+    let load = load_customer_points(source, &window, CustomerFeatureSet::Anomaly, None);
+    let today = through(cache, key, load).await?;
     let mut current = LabeledRows::new(today.points.dim);
     for row in today.points.rows() {
         current.push(row, false);
@@ -313,11 +404,27 @@ async fn churn(
 }
 
 /// A store's export as the source of its tasks: each job's task is built from it when
-/// the job asks.
+/// the job asks, reusing features an earlier job computed from the same export.
 #[derive(Debug, Clone)]
 pub struct StoreExport {
     pub store_id: String,
     pub source: StoreSource,
+    cache: Arc<FeatureCache>,
+}
+
+impl StoreExport {
+    pub fn new(store_id: &str, source: StoreSource) -> Self {
+        StoreExport {
+            store_id: store_id.to_string(),
+            source,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Feature sets held for reuse (all of the export's current version).
+    pub fn cached_features(&self) -> usize {
+        self.cache.lock().len()
+    }
 }
 
 fn in_words(e: DataError) -> String {
@@ -330,7 +437,7 @@ fn in_words(e: DataError) -> String {
 impl fedretail_models::TaskSource for StoreExport {
     fn prepare<'a>(&'a self, spec: &'a CheckedTask) -> fedretail_models::PrepareFuture<'a> {
         Box::pin(async move {
-            build_local_task(&self.store_id, &self.source, spec)
+            build_cached(&self.store_id, &self.source, spec, Some(&self.cache))
                 .await
                 .map_err(in_words)
         })

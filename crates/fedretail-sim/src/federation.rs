@@ -84,10 +84,7 @@ pub fn export_store(
     dir: &Path,
     permits: &Arc<tokio::sync::Semaphore>,
 ) -> SimStore {
-    let export: Arc<dyn TaskSource> = Arc::new(StoreExport {
-        store_id: store_id.to_string(),
-        source,
-    });
+    let export: Arc<dyn TaskSource> = Arc::new(StoreExport::new(store_id, source));
     SimStore {
         store_id: store_id.to_string(),
         business_type: business_type.to_string(),

@@ -4,8 +4,10 @@
 //! no customer ids, which runs demand and receipt anomalies and sits the customer
 //! tasks out with its reason.
 
-use fedretail_core::TaskKind;
-use fedretail_data::{build_local_task, DataError, StoreSource};
+use fedretail_core::task::{ClusterFit, ClusterTaskOptions};
+use fedretail_core::{TaskKind, TaskSpec};
+use fedretail_data::{build_local_task, DataError, StoreExport, StoreSource};
+use fedretail_models::TaskSource;
 use fedretail_synth::{generate_network, NetworkConfig};
 use std::path::Path;
 
@@ -117,4 +119,58 @@ async fn a_young_store_sits_demand_out_with_its_reason() {
         Err(e) => panic!("expected a reason to sit out, got {e}"),
         Ok(_) => panic!("expected a reason to sit out, got a task"),
     }
+}
+
+/// A queue of jobs on the same features computes them once; an export that changes is
+/// read again, and only its current version is kept.
+#[tokio::test]
+async fn a_store_computes_its_features_once_until_its_export_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = NetworkConfig {
+        stores: 1,
+        days: 240,
+        young_fraction: 0.0,
+        seed: 3,
+        ..Default::default()
+    };
+    let summary = generate_network(&cfg, dir.path()).unwrap();
+    let store = &summary.stores[0].store_id;
+    let source = StoreSource::from_dir(&dir.path().join(store));
+    let export = StoreExport::new(store, source.clone());
+    let exact = TaskKind::Segments.default_spec().checked().unwrap();
+    let meta = TaskSpec::Segments(ClusterTaskOptions {
+        fit: ClusterFit::Meta,
+        ..Default::default()
+    })
+    .checked()
+    .unwrap();
+    let a = export.prepare(&exact).await.unwrap();
+    assert_eq!(export.cached_features(), 1);
+    let b = export.prepare(&meta).await.unwrap();
+    assert_eq!(
+        export.cached_features(),
+        1,
+        "the meta job reuses the exact job's points"
+    );
+    assert_eq!(a.num_train_examples(), b.num_train_examples());
+
+    // The export loses every customer whose id ends in 1.
+    let text = std::fs::read_to_string(&source.transactions).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let id = header.split(',').position(|h| h == "customer_id").unwrap();
+    let mut kept = format!("{header}\n");
+    for l in lines.filter(|l| !l.split(',').nth(id).unwrap_or("").ends_with('1')) {
+        kept.push_str(l);
+        kept.push('\n');
+    }
+    std::fs::write(&source.transactions, kept).unwrap();
+    let c = export.prepare(&exact).await.unwrap();
+    assert!(
+        c.num_train_examples() < a.num_train_examples(),
+        "{} customers after the change, {} before",
+        c.num_train_examples(),
+        a.num_train_examples()
+    );
+    assert_eq!(export.cached_features(), 1, "the old version is dropped");
 }
