@@ -58,9 +58,8 @@ fn view(with_customers: bool) -> String {
     )
 }
 
-#[tokio::test]
-async fn an_online_shops_own_layout_runs_every_task_and_a_till_without_ids_says_why() {
-    let dir = tempfile::tempdir().unwrap();
+/// One generated store of 240 days under `dir`; its id.
+fn one_store(dir: &Path) -> String {
     let cfg = NetworkConfig {
         stores: 1,
         days: 240,
@@ -68,8 +67,14 @@ async fn an_online_shops_own_layout_runs_every_task_and_a_till_without_ids_says_
         seed: 3,
         ..Default::default()
     };
-    let summary = generate_network(&cfg, dir.path()).unwrap();
-    let store = &summary.stores[0].store_id;
+    let summary = generate_network(&cfg, dir).unwrap();
+    summary.stores[0].store_id.clone()
+}
+
+#[tokio::test]
+async fn an_online_shops_own_layout_runs_every_task_and_a_till_without_ids_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = &one_store(dir.path());
     let canonical = dir.path().join(store).join("transactions.csv");
     for with_customers in [true, false] {
         let export = dir.path().join(format!("orders-{with_customers}.csv"));
@@ -126,15 +131,7 @@ async fn a_young_store_sits_demand_out_with_its_reason() {
 #[tokio::test]
 async fn a_store_computes_its_features_once_until_its_export_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = NetworkConfig {
-        stores: 1,
-        days: 240,
-        young_fraction: 0.0,
-        seed: 3,
-        ..Default::default()
-    };
-    let summary = generate_network(&cfg, dir.path()).unwrap();
-    let store = &summary.stores[0].store_id;
+    let store = &one_store(dir.path());
     let source = StoreSource::from_dir(&dir.path().join(store));
     let export = StoreExport::new(store, source.clone());
     let exact = TaskKind::Segments.default_spec().checked().unwrap();
