@@ -20,18 +20,16 @@
 //! # }
 //! ```
 
+mod protect;
 mod results;
+
+pub use protect::{begin_secure, check_privacy, protect_update, secure_step, SecureInput};
 
 pub use fedretail_models::{FixedTasks, PrepareFuture, TaskSource};
 pub use results::{read_model, write_results, ModelFile, ResultsError, MODEL_FORMAT};
 
 use fedretail_core::{CheckedTask, LocalWork, UpdatePrecision};
 use fedretail_models::LocalTask;
-use fedretail_privacy::clip_l2;
-use fedretail_privacy::secagg::{
-    sample_discrete_gaussian, FixedPoint, NeighbourGraph, SecAggConfig, SecAggError, SecAggStore,
-};
-use fedretail_proto::secagg as wire;
 use fedretail_proto::v1::{
     self, coordinator_client::CoordinatorClient, poll_task_response::Outcome,
 };
@@ -39,9 +37,6 @@ use fedretail_proto::{
     decode_tensor, encode_update, job_from_wire, layout_from_wire, summary_to_wire, ErrorKind,
     ServiceError, PROTOCOL_VERSION,
 };
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
-use rand_distr::{Distribution, Normal};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -96,12 +91,10 @@ pub enum AgentError {
     CannotServe { job_id: String, reason: String },
 }
 
-/// The store's half of a SecAgg+ round in progress: its secrets and its encoded,
-/// clipped (and, under distributed DP, noised) update, which never leaves unmasked.
+/// This store's SecAgg+ round in progress, and its task.
 struct PendingSecure {
     task_id: String,
-    store: SecAggStore,
-    words: Vec<u32>,
+    input: SecureInput,
 }
 
 /// What the agent did in one job.
@@ -397,11 +390,10 @@ impl StoreAgent {
         .await
         .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
         if let Some(params) = &t.secure {
-            let (store, message, words) = prepare_secure(params, &update)?;
+            let (input, message) = begin_secure(params, &update)?;
             s.secure = Some(PendingSecure {
                 task_id: t.task_id.clone(),
-                store,
-                words,
+                input,
             });
             if self.send_secagg(s, &t.task_id, t.round, message).await? {
                 summary.rounds_trained += 1;
@@ -441,7 +433,7 @@ impl StoreAgent {
             return Ok(());
         }
         let (pending, result) = tokio::task::spawn_blocking(move || {
-            let result = secure_step(&mut pending, step.step);
+            let result = secure_step(&mut pending.input, step.step);
             (pending, result)
         })
         .await
@@ -615,128 +607,6 @@ fn read_train_task(
         _ => UpdatePrecision::F64,
     };
     Ok((global, work, precision))
-}
-
-fn check_privacy(p: &v1::UpdatePrivacy) -> Result<(), AgentError> {
-    let ok = |v: f64| v.is_finite() && v >= 0.0;
-    if !(ok(p.clip) && ok(p.local_noise_stddev) && ok(p.weight) && p.weight <= 1.0) {
-        return Err(AgentError::BadTask(format!(
-            "privacy settings out of range: clip {}, local noise {}, weight {}",
-            p.clip, p.local_noise_stddev, p.weight
-        )));
-    }
-    Ok(())
-}
-
-/// Clip, add this store's own noise (local DP), then weight: in that order, so that
-/// the clip bounds what any one store contributes before anything else.
-fn protect_update(update: &mut [f64], p: &v1::UpdatePrivacy) {
-    if p.clip > 0.0 {
-        clip_l2(update, p.clip);
-    }
-    if p.local_noise_stddev > 0.0 {
-        if let Ok(normal) = Normal::new(0.0, p.local_noise_stddev) {
-            let mut rng = rand::rng();
-            update
-                .iter_mut()
-                .for_each(|v| *v += normal.sample(&mut rng));
-        }
-    }
-    if p.weight != 1.0 {
-        update.iter_mut().for_each(|v| *v *= p.weight);
-    }
-}
-
-/// Draws the round's secrets, encodes the update in Z_{2^32} (with this store's share
-/// of the discrete Gaussian noise, under distributed DP) and advertises the keys.
-fn prepare_secure(
-    params: &v1::SecureAggregation,
-    update: &[f64],
-) -> Result<(SecAggStore, v1::submit_sec_agg_request::Message, Vec<u32>), AgentError> {
-    let bad = |e: String| AgentError::BadTask(format!("secure aggregation settings: {e}"));
-    let dimension = usize::try_from(params.dimension).map_err(|e| bad(e.to_string()))?;
-    if dimension != update.len() {
-        return Err(bad(format!(
-            "the round sums {dimension} values, this store's update has {}",
-            update.len()
-        )));
-    }
-    let sigma = params.store_noise_stddev_units;
-    if !(sigma.is_finite() && sigma >= 0.0) {
-        return Err(bad(format!("store noise {sigma} is not a valid deviation")));
-    }
-    let config = SecAggConfig {
-        num_stores: params.num_stores,
-        dimension,
-        neighbours: params.neighbours,
-        threshold: params.threshold,
-        session: params.session,
-    };
-    let fixed_point = FixedPoint::for_sum(params.num_stores, params.bound, params.sum_noise_stddev)
-        .map_err(|e| bad(e.to_string()))?;
-    let graph = std::sync::Arc::new(NeighbourGraph::new(&config));
-    // Secrets from a ChaCha20 stream seeded by the OS-seeded thread generator.
-    let mut rng = ChaCha20Rng::from_rng(&mut rand::rng());
-    let (store, ad) = SecAggStore::new(config, graph, params.store_index, &mut rng)
-        .map_err(|e| bad(e.to_string()))?;
-    let mut words = vec![0u32; dimension];
-    fixed_point.encode_into(update, &mut words, &mut rng);
-    if sigma > 0.0 {
-        for w in &mut words {
-            *w = w.wrapping_add(sample_discrete_gaussian(sigma, &mut rng) as u32);
-        }
-    }
-    let message =
-        v1::submit_sec_agg_request::Message::Advertisement(wire::advertisement_to_wire(&ad));
-    Ok((store, message, words))
-}
-
-/// Answers one SecAgg+ step; the bool says it was the last (unmasking).
-fn secure_step(
-    pending: &mut PendingSecure,
-    step: Option<v1::sec_agg_step::Step>,
-) -> Result<(v1::submit_sec_agg_request::Message, bool), String> {
-    use v1::sec_agg_step::Step;
-    use v1::submit_sec_agg_request::Message;
-    let e = |e: SecAggError| e.to_string();
-    match step {
-        Some(Step::ShareKeys(n)) => {
-            let ads = n
-                .advertisements
-                .iter()
-                .map(wire::advertisement_from_wire)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let keys = pending.store.share_keys(&ads).map_err(e)?;
-            Ok((Message::ShareKeys(wire::share_keys_to_wire(&keys)), false))
-        }
-        Some(Step::MaskedInput(inbox)) => {
-            let shares: Vec<_> = inbox
-                .shares
-                .into_iter()
-                .map(wire::share_from_wire)
-                .collect();
-            let masked = pending
-                .store
-                .masked_input(&shares, &pending.words)
-                .map_err(e)?;
-            Ok((
-                Message::MaskedInput(wire::masked_input_to_wire(masked)),
-                false,
-            ))
-        }
-        Some(Step::Unmask(r)) => {
-            let response = pending
-                .store
-                .unmask(&wire::unmask_request_from_wire(r))
-                .map_err(e)?;
-            Ok((
-                Message::Unmask(wire::unmask_response_to_wire(&response)),
-                true,
-            ))
-        }
-        None => Err("the coordinator sent an empty secure-aggregation step".into()),
-    }
 }
 
 fn classify(status: &tonic::Status) -> AgentError {

@@ -5,6 +5,7 @@ use fedretail_core::{
     CheckedTask, ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelLayout,
     ModelParameters, SamplingConfig, Segment, Strategy, TaskSpec, UpdatePrecision,
 };
+use fedretail_privacy::{ClipRule, Denominator, DpFedAvg, DpSettings, Sampling};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -555,7 +556,31 @@ impl CheckedJob {
         self.task.initial_model()
     }
 
+    /// The job's strategy; with noise, wrapped in DP-FedAvg, which adds the
+    /// coordinator's noise (central DP) and divides by the number of stores selected,
+    /// so that no one store moves the mean.
     pub fn build_strategy(&self) -> Result<Box<dyn Strategy>, ConfigError> {
+        let inner = self.build_inner_strategy()?;
+        let p = &self.config.privacy;
+        if p.noise == NoiseKind::None {
+            return Ok(inner);
+        }
+        let settings = DpSettings {
+            noise_multiplier: match p.noise {
+                NoiseKind::Central => p.noise_multiplier.unwrap_or(0.0),
+                _ => 0.0,
+            },
+            clip: ClipRule::AtStores(p.clip.unwrap_or(f64::INFINITY)),
+            denominator: Denominator::Selected,
+            sampling: Sampling::Inner,
+            seed: None,
+        };
+        DpFedAvg::new(inner, settings)
+            .map(|s| Box::new(s) as Box<dyn Strategy>)
+            .map_err(|e| ConfigError::out_of_range("privacy", "settings DP-FedAvg accepts", e))
+    }
+
+    fn build_inner_strategy(&self) -> Result<Box<dyn Strategy>, ConfigError> {
         let c = &self.config;
         let sampling = SamplingConfig {
             fraction: c.fraction,

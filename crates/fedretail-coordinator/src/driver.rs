@@ -8,15 +8,15 @@
 use crate::checkpoint::{CheckpointStore, RoundRecord};
 use crate::config::{CheckedJob, NoiseKind};
 use crate::jobs::JobQueue;
-use crate::round::{run_round, task_id, RoundDone, RoundError, RoundInput};
-use crate::service::{EvalState, Phase, Shared};
+use crate::machine::RoundError;
+use crate::round::{run_round, RoundDone, RoundInput};
+use crate::shared::Shared;
 use crate::CoordinatorError;
 use fedretail_core::tabular::merge_summaries;
 use fedretail_core::{ModelParameters, Strategy, TaskMetrics, TaskSpec};
 use fedretail_privacy::{PrivacyBudget, PrivacyLedger};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,7 +170,7 @@ pub(crate) async fn drive(
     }
     let failed = outcomes.iter().filter(|o| o.failed).count();
     let status = format!("{} jobs run, {failed} failed", outcomes.len());
-    shared.set_phase(Phase::Finished(status.clone()));
+    shared.transition(|m| m.finish(status.clone()));
     (shared.observer)(&CoordinatorEvent::Finished { status });
     finish_grace(&shared).await;
     Ok(outcomes)
@@ -573,44 +573,18 @@ async fn final_evaluation(
     (shared.observer)(&CoordinatorEvent::EvaluationStarted {
         stores: stores.len(),
     });
-    let tasks: BTreeMap<String, String> = stores
-        .iter()
-        .map(|s| {
-            (
-                s.clone(),
-                task_id(job.job_id(), "evaluate", model_version, s),
-            )
-        })
-        .collect();
-    shared.set_phase(Phase::Evaluating(EvalState {
-        round: model_version,
-        tasks: tasks.clone(),
-        results: BTreeMap::new(),
-        global_wire: Shared::global_tensor(global),
-    }));
+    let tasks = shared.transition(|m| m.open_evaluation(&stores, model_version, global));
     let deadline = tokio::time::Instant::now() + job.round_timeout;
-    loop {
-        let done = matches!(&shared.lock().phase, Phase::Evaluating(es) if es.results.len() == es.tasks.len());
-        if done || tokio::time::Instant::now() >= deadline {
-            break;
-        }
+    while !shared.read(|m| m.evaluation_done()) && tokio::time::Instant::now() < deadline {
         shared.wait_progress(deadline).await;
     }
-    let results = match std::mem::replace(&mut shared.lock().phase, Phase::Idle) {
-        Phase::Evaluating(es) => es.results,
-        _ => BTreeMap::new(),
-    };
-    shared.phase_tx.send_modify(|v| *v += 1);
+    let results = shared.transition(|m| m.close_evaluation());
     let counts = shared.ready_counts();
     let state = shared.lock();
     let evaluations: Vec<StoreEvaluation> = results
         .into_iter()
         .map(|(store_id, metrics)| StoreEvaluation {
-            business_type: state
-                .stores
-                .get(&store_id)
-                .map(|e| e.business_type.clone())
-                .unwrap_or_default(),
+            business_type: state.registry.business_type(&store_id),
             num_train_examples: counts.get(&store_id).copied().unwrap_or(0),
             store_id,
             metrics,
@@ -665,15 +639,5 @@ async fn finish_grace(shared: &Shared) {
         }
         let tick = tokio::time::Instant::now() + Duration::from_millis(100);
         shared.wait_progress(deadline.min(tick)).await;
-    }
-}
-
-impl Shared {
-    /// Bytes received and sent so far.
-    fn traffic(&self) -> (u64, u64) {
-        (
-            self.bytes_up.load(Ordering::Relaxed),
-            self.bytes_down.load(Ordering::Relaxed),
-        )
     }
 }

@@ -9,7 +9,7 @@
 use crate::checkpoint::CheckpointStore;
 use crate::config::{CheckedJob, JobConfig};
 use crate::driver::CoordinatorEvent;
-use crate::service::Shared;
+use crate::shared::Shared;
 use crate::CoordinatorError;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};

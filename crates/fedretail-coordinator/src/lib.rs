@@ -4,10 +4,12 @@
 //! SQLite. Stores stay connected from one job to the next; each job ends with a final
 //! evaluation at every ready store, which also keeps its results at the store.
 //!
-//! [`driver`] sequences jobs, [`round`](crate) runs one round attempt, `jobs` holds the
-//! queue (config, then a watched folder); [`service`] is the gRPC adapter that checks
-//! every peer message before it can touch job state. A malformed, oversize, replayed,
-//! stale or unknown-store message is refused with a precise status and changes nothing.
+//! [`machine`] is the round state machine (phases, rounds, the evaluation, and every
+//! check a peer message must pass), with the store registry beside it; [`service`] is
+//! the thin gRPC adapter over it and [`driver`] only sequences jobs and rounds and
+//! waits. The in-process runs drive the same machine without a network. `jobs` holds
+//! the queue (config, then a watched folder). A malformed, oversize, replayed, stale or
+//! unknown-store message is refused with a precise status and changes nothing.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,9 +31,12 @@ mod checkpoint;
 mod config;
 pub mod driver;
 mod jobs;
+pub mod machine;
 mod privacy;
+mod registry;
 mod round;
 pub mod service;
+mod shared;
 
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
 pub use config::{
@@ -41,6 +46,7 @@ pub use config::{
 pub use driver::{
     CoordinatorEvent, JobOutcome, Observer, PrivacyOutcome, PrivacyRound, StoreEvaluation,
 };
+pub use machine::{Refusal, RoundMachine};
 
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -84,7 +90,7 @@ pub async fn run_coordinator_with(
     observer: Observer,
 ) -> Result<Vec<JobOutcome>, CoordinatorError> {
     let queue = jobs::JobQueue::new(config.checked_jobs()?, config.jobs_dir.clone());
-    let shared = Arc::new(service::Shared::new(&config, observer));
+    let shared = Arc::new(shared::Shared::new(&config, observer));
     let svc = service::CoordinatorService::new(shared.clone());
     let max = config.max_message_bytes;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,6 +1,7 @@
 //! What `[job.privacy]` means for one round: the clip and noise each store applies,
-//! the SecAgg+ round the updates travel through, the noise the coordinator adds, and
-//! what the round costs in the privacy ledger. The driver asks for a [`RoundPrivacy`]
+//! the SecAgg+ round the updates travel through, and what the round costs in the
+//! privacy ledger. The noise the coordinator adds and the fixed denominator are the
+//! job strategy's DP wrapper (`fedretail_privacy::DpFedAvg`, see `CheckedJob::build_strategy`). The driver asks for a [`RoundPrivacy`]
 //! once the round's stores are chosen, and the service routes SecAgg+ messages through
 //! the [`SecureRound`] it holds.
 
@@ -118,11 +119,6 @@ pub(crate) struct RoundPrivacy {
     pub update: v1::UpdatePrivacy,
     /// Per-store multiplier of the clipped update.
     pub weights: BTreeMap<String, f64>,
-    /// Denominator of the mean: fixed at the number selected when noise is added (so
-    /// that no one store moves it), otherwise the surviving stores' weights.
-    pub fixed_denominator: Option<f64>,
-    /// Gaussian noise std the coordinator adds to the sum (central DP).
-    pub central_noise_std: f64,
     /// Fewest survivors the noise was calibrated for (distributed DP).
     pub min_survivors: usize,
     pub secure: Option<SecureRound>,
@@ -235,12 +231,6 @@ pub(crate) fn plan_round(
             weight: 1.0,
         },
         weights,
-        fixed_denominator: noisy.then_some(m as f64),
-        central_noise_std: if settings.noise == NoiseKind::Central {
-            z * clip
-        } else {
-            0.0
-        },
         min_survivors,
         secure,
         mechanism,

@@ -28,6 +28,15 @@ impl UpdateVector {
         }
     }
 
+    /// L2 norm, accumulated in f64; NaN or infinite if any value is.
+    pub fn l2_norm(&self) -> f64 {
+        let sq: f64 = match self {
+            UpdateVector::F32(v) => v.iter().map(|&x| (x as f64) * (x as f64)).sum(),
+            UpdateVector::F64(v) => v.iter().map(|x| x * x).sum(),
+        };
+        sq.sqrt()
+    }
+
     pub fn to_f64(&self) -> Vec<f64> {
         match self {
             UpdateVector::F32(v) => v.iter().map(|&x| x as f64).collect(),
@@ -42,6 +51,9 @@ pub struct Aggregate {
     pub weighted_sum: Vec<f64>,
     pub total_weight: f64,
     pub num_updates: usize,
+    /// Updates that were within the clip when the coordinator clipped them
+    /// ([`StreamingWeightedSum::push_clipped`]); adaptive clipping follows this count.
+    pub within_clip: usize,
 }
 
 impl Aggregate {
@@ -74,6 +86,7 @@ pub struct StreamingWeightedSum {
     pending: Vec<(UpdateVector, f64)>,
     total_weight: f64,
     num_updates: usize,
+    within_clip: usize,
 }
 
 impl StreamingWeightedSum {
@@ -83,6 +96,7 @@ impl StreamingWeightedSum {
             pending: Vec::with_capacity(FOLD_BATCH),
             total_weight: 0.0,
             num_updates: 0,
+            within_clip: 0,
         }
     }
 
@@ -102,6 +116,40 @@ impl StreamingWeightedSum {
     /// wrong length or a weight that is negative or not finite. Values are expected to
     /// have passed [`crate::validate_update`].
     pub fn push(&mut self, update: UpdateVector, weight: f64) -> Result<(), AggregationError> {
+        self.push_scaled(update, weight, 1.0)
+    }
+
+    /// Add `weight * update`, with the update first scaled down to an L2 norm of at
+    /// most `clip` (server-side clipping for central DP). Scaling folds into the
+    /// weight, so the update is read once more for its norm and never copied. Returns
+    /// whether it was within the clip.
+    pub fn push_clipped(
+        &mut self,
+        update: UpdateVector,
+        weight: f64,
+        clip: f64,
+    ) -> Result<bool, AggregationError> {
+        if clip.is_nan() || clip <= 0.0 {
+            return Err(UpdateRejection::BadWeight(clip).into());
+        }
+        let norm = update.l2_norm();
+        if !norm.is_finite() {
+            return Err(UpdateRejection::NormTooLarge { norm, limit: clip }.into());
+        }
+        let within = norm <= clip;
+        let scale = if within { 1.0 } else { clip / norm };
+        self.push_scaled(update, weight, scale)?;
+        self.within_clip += usize::from(within);
+        Ok(within)
+    }
+
+    /// `weight` counts toward the total; `weight * scale` multiplies the update.
+    fn push_scaled(
+        &mut self,
+        update: UpdateVector,
+        weight: f64,
+        scale: f64,
+    ) -> Result<(), AggregationError> {
         if update.len() != self.acc.len() {
             return Err(UpdateRejection::WrongLength {
                 expected: self.acc.len(),
@@ -114,7 +162,7 @@ impl StreamingWeightedSum {
         }
         self.total_weight += weight;
         self.num_updates += 1;
-        self.pending.push((update, weight));
+        self.pending.push((update, weight * scale));
         if self.pending.len() == FOLD_BATCH {
             self.fold_pending();
         }
@@ -133,6 +181,7 @@ impl StreamingWeightedSum {
             weighted_sum: self.acc,
             total_weight: self.total_weight,
             num_updates: self.num_updates,
+            within_clip: self.within_clip,
         }
     }
 }
@@ -344,6 +393,28 @@ mod tests {
             }
             prop_assert_eq!(a.finish().weighted_sum, b.finish().weighted_sum);
         }
+    }
+
+    #[test]
+    fn clipping_on_push_equals_clipping_the_update_first() {
+        let mut s = StreamingWeightedSum::new(2);
+        assert!(!s
+            .push_clipped(UpdateVector::F64(vec![3.0, 4.0]), 2.0, 1.0)
+            .unwrap());
+        assert!(s
+            .push_clipped(UpdateVector::F32(vec![0.5, 0.0]), 1.0, 1.0)
+            .unwrap());
+        assert!(s
+            .push_clipped(UpdateVector::F64(vec![f64::NAN, 0.0]), 1.0, 1.0)
+            .is_err());
+        let agg = s.finish();
+        // 2 * (0.6, 0.8) + (0.5, 0): the weights count in full, the norm is capped.
+        assert!((agg.weighted_sum[0] - 1.7).abs() < 1e-12);
+        assert!((agg.weighted_sum[1] - 1.6).abs() < 1e-12);
+        assert_eq!(
+            (agg.total_weight, agg.num_updates, agg.within_clip),
+            (3.0, 2, 1)
+        );
     }
 
     #[test]

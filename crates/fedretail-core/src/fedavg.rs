@@ -96,6 +96,7 @@ impl Strategy for FedAvg {
                 seed: self.config.sampling.seed.wrapping_add(round),
             },
             precision: self.config.precision,
+            server_clip: None,
         })
     }
 

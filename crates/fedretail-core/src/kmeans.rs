@@ -192,6 +192,7 @@ impl Strategy for FedKMeans {
             stores: self.sampler.sample(round, available)?,
             work: LocalWork::ClusterStatistics,
             precision: UpdatePrecision::F64,
+            server_clip: None,
         })
     }
 
@@ -591,6 +592,7 @@ impl Strategy for FedBisectingKMeans {
             stores: self.sampler.sample(round, available)?,
             work: LocalWork::ClusterStatistics,
             precision: UpdatePrecision::F64,
+            server_clip: None,
         })
     }
 
@@ -661,6 +663,8 @@ pub fn fit_bisecting_kmeans(
             weighted_sum: stats,
             total_weight: 1.0,
             num_updates: 1,
+
+            within_clip: 0,
         };
         model = strategy.apply(round, &model, &aggregate)?.parameters;
     }

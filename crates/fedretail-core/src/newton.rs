@@ -131,6 +131,7 @@ impl Strategy for FedNewton {
             stores: self.sampler.sample(round, available)?,
             work: LocalWork::SecondOrderStatistics,
             precision: UpdatePrecision::F64,
+            server_clip: None,
         })
     }
 
@@ -234,6 +235,8 @@ mod tests {
             weighted_sum: vec![1.0, -1.0],
             total_weight: 1.0,
             num_updates: 1,
+
+            within_clip: 0,
         };
         assert_eq!(
             s.apply(2, &global, &agg).unwrap_err(),

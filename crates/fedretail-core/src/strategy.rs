@@ -42,6 +42,9 @@ pub struct RoundPlan {
     pub stores: Vec<StoreId>,
     pub work: LocalWork,
     pub precision: UpdatePrecision,
+    /// The coordinator scales each update down to this L2 norm before folding it in
+    /// (server-side clipping, set by a DP wrapper); None folds updates as they come.
+    pub server_clip: Option<f64>,
 }
 
 /// A new global model and how far it moved.

@@ -16,11 +16,13 @@
 //! assert!((eps - 1.7118).abs() < 0.01);
 //! ```
 
+mod dp_strategy;
 mod ledger;
 mod rdp;
 pub mod secagg;
 mod store_dp;
 
+pub use dp_strategy::{ClipRule, Denominator, DpError, DpFedAvg, DpSettings, Sampling};
 pub use ledger::{BudgetExceeded, LedgerEntry, PrivacyBudget, PrivacyLedger};
 pub use rdp::{
     calibrate_noise_multiplier, rdp_distributed_discrete_gaussian, rdp_poisson_subsampled_gaussian,

@@ -2,29 +2,32 @@
 //! at several ε, against the same pipeline without noise. Two ways to add the noise:
 //! - *central*: the coordinator clips each update (adaptively, toward a quantile of
 //!   the norms, when the budget allows) and adds Gaussian noise to the sum; the
-//!   stores trust it to do so. Accounting: Poisson-subsampled Gaussian, RDP.
+//!   stores trust it to do so. Accounting: Poisson-subsampled Gaussian, RDP. This is
+//!   the `DpFedAvg` wrapper around FedAvg.
 //! - *secure*: each store clips its own update, encodes it, adds its share of
-//!   discrete Gaussian noise and masks it; a real SecAgg+ round (in process) hands
-//!   the coordinator only the noised sum. Accounting: the distributed discrete
-//!   Gaussian (Kairouz, Liu and Steinke 2021), without claiming amplification by
-//!   sampling, so the bound holds for a fixed-size sample.
+//!   discrete Gaussian noise and masks it (the agent's own code); the coordinator's
+//!   round machine runs the SecAgg+ stages and sees only the noised sum.
+//!   Accounting: the distributed discrete Gaussian (Kairouz, Liu and Steinke 2021),
+//!   without claiming amplification by sampling, so the bound holds for a fixed-size
+//!   sample.
+//!
+//! Both run in process through the coordinator's round machine, as every federated
+//! run does; only the transport is missing.
 
+use crate::inprocess::run_private;
 use crate::prepare::{prepare_network, PreparedStore, SkippedStore};
 use crate::SimError;
+use fedretail_coordinator::{NoiseKind, PrivacySettings};
+use fedretail_core::{FedAvg, FedAvgConfig, ModelParameters, SamplingConfig, UpdatePrecision};
 use fedretail_data::DemandSpec;
 use fedretail_models::demand::{test_errors, DemandOptions};
-use fedretail_models::{demand_layout, metrics, DemandTask, LocalTask, LocalWork};
-use fedretail_privacy::secagg::{
-    sample_discrete_gaussian, simulate_round, DropoutPlan, FixedPoint, SecAggConfig,
-};
+use fedretail_models::{demand_layout, metrics, DemandTask, LocalTask};
+use fedretail_privacy::secagg::FixedPoint;
 use fedretail_privacy::{
-    calibrate_noise_multiplier, clip_l2, sum_noise_multiplier_with_count, AdaptiveClip,
-    RdpAccountant, RoundMechanism,
+    calibrate_noise_multiplier, sum_noise_multiplier_with_count, AdaptiveClip, RdpAccountant,
+    RoundMechanism,
 };
-use rand::seq::index::sample;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
-use rand_distr::{Distribution, Normal};
+use fedretail_privacy::{ClipRule, Denominator, DpFedAvg, DpSettings, Sampling};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -167,6 +170,100 @@ fn ddg_epsilon(
     acc.epsilon(delta).ok().map(|e| e.epsilon)
 }
 
+/// Trains the demand model under one setting, through the coordinator's round
+/// machine: DP-FedAvg around FedAvg decides sampling, clip, noise and denominator;
+/// under SecAgg+ the stores clip, noise and mask with the agent's own code. Returns
+/// the model and the clip in force at the end.
+fn run_setting(
+    o: &DpDemandOptions,
+    stores: &[(String, Arc<dyn LocalTask>)],
+    noise: &Noise,
+    m: u32,
+    expected: f64,
+) -> Result<(Vec<f64>, Option<f64>), SimError> {
+    let n = stores.len();
+    let fraction = if o.secure { m as f64 / n as f64 } else { 1.0 };
+    let inner = FedAvg::try_new(FedAvgConfig {
+        sampling: SamplingConfig {
+            fraction,
+            min_stores: 1,
+            seed: o.seed,
+        },
+        local_epochs: o.local_epochs,
+        batch_size: o.batch_size,
+        learning_rate: o.learning_rate,
+        l2: 1e-4,
+        server_learning_rate: o.server_learning_rate,
+        precision: UpdatePrecision::F64,
+    })
+    .map_err(|e| SimError::Options(e.to_string()))?;
+    let sampling = if o.secure {
+        Sampling::Inner
+    } else {
+        Sampling::Poisson(o.sampling_rate)
+    };
+    let (settings, privacy) = match noise {
+        Noise::None => (
+            dp_settings(0.0, ClipRule::None, Denominator::Selected, sampling, o),
+            None,
+        ),
+        Noise::Central {
+            z_sum, adaptive, ..
+        } => {
+            let clip = adaptive.map_or(ClipRule::Server(o.clip), ClipRule::Adaptive);
+            (
+                dp_settings(*z_sum, clip, Denominator::Expected(expected), sampling, o),
+                None,
+            )
+        }
+        Noise::Secure { z, .. } => {
+            let privacy = PrivacySettings {
+                secure_aggregation: true,
+                expected_dropout: 0.0,
+                clip: Some(o.clip),
+                noise: NoiseKind::Distributed,
+                noise_multiplier: Some(*z),
+                budget_epsilon: None,
+                delta: o.delta,
+            };
+            let clip = ClipRule::AtStores(o.clip);
+            (
+                dp_settings(0.0, clip, Denominator::Selected, sampling, o),
+                Some(privacy),
+            )
+        }
+    };
+    let mut dp =
+        DpFedAvg::new(Box::new(inner), settings).map_err(|e| SimError::Options(e.to_string()))?;
+    let initial = ModelParameters::zeros(demand_layout());
+    let run = run_private(
+        &mut dp,
+        stores,
+        initial,
+        o.rounds,
+        privacy.as_ref(),
+        &mut |_, _| false,
+    )
+    .map_err(|e| SimError::Runtime(e.to_string()))?;
+    Ok((run.parameters.values().to_vec(), dp.clip()))
+}
+
+fn dp_settings(
+    z: f64,
+    clip: ClipRule,
+    denominator: Denominator,
+    sampling: Sampling,
+    o: &DpDemandOptions,
+) -> DpSettings {
+    DpSettings {
+        noise_multiplier: z,
+        clip,
+        denominator,
+        sampling,
+        seed: Some(o.seed),
+    }
+}
+
 pub async fn run_dp_demand(
     options: &DpDemandOptions,
     on_progress: Arc<dyn Fn(&str) + Send + Sync>,
@@ -200,9 +297,9 @@ pub async fn run_dp_demand(
             stores.len()
         )));
     }
-    let tasks: Vec<DemandTask> = stores
+    let tasks: Vec<Arc<DemandTask>> = stores
         .iter()
-        .map(|s| DemandTask::new(s.dataset.clone(), DemandOptions::default()))
+        .map(|s| Arc::new(DemandTask::new(s.dataset.clone(), DemandOptions::default())))
         .collect();
     let n = stores.len();
     let m = ((o.sampling_rate * n as f64).round() as u32).clamp(3, n as u32);
@@ -272,7 +369,11 @@ pub async fn run_dp_demand(
         settings.push((Some(eps), noise));
     }
 
-    let dim = demand_layout().len();
+    let local: Vec<(String, Arc<dyn LocalTask>)> = stores
+        .iter()
+        .zip(&tasks)
+        .map(|(s, t)| (s.store_id.clone(), t.clone() as Arc<dyn LocalTask>))
+        .collect();
     let mut rows = Vec::new();
     for (eps, noise) in settings {
         let label = match (&noise, eps) {
@@ -292,94 +393,7 @@ pub async fn run_dp_demand(
             _ => "?".into(),
         };
         on_progress(&label);
-        let mut rng = ChaCha20Rng::seed_from_u64(o.seed);
-        let mut global = vec![0.0; dim];
-        let mut adaptive = match &noise {
-            Noise::Central { adaptive, .. } => *adaptive,
-            _ => None,
-        };
-        for round in 1..=o.rounds {
-            let clip = adaptive.map_or(o.clip, |a| a.clip);
-            let chosen: Vec<usize> = if o.secure {
-                sample(&mut rng, n, m as usize).into_vec()
-            } else {
-                (0..n)
-                    .filter(|_| rng.random::<f64>() < o.sampling_rate)
-                    .collect()
-            };
-            let work = LocalWork::LocalEpochs {
-                epochs: o.local_epochs,
-                batch_size: o.batch_size,
-                learning_rate: o.learning_rate,
-                l2: 1e-4,
-                seed: o.seed.wrapping_add(round),
-            };
-            let mut updates = Vec::with_capacity(chosen.len());
-            for &i in &chosen {
-                let u = tasks[i]
-                    .compute_update(&global, &work)
-                    .map_err(|e| SimError::Runtime(format!("{}: {e}", stores[i].store_id)))?;
-                updates.push(u);
-            }
-            let mean: Vec<f64> = match &noise {
-                Noise::None => {
-                    let mut sum = vec![0.0; dim];
-                    for u in &updates {
-                        sum.iter_mut().zip(u).for_each(|(s, v)| *s += v);
-                    }
-                    let k = updates.len().max(1) as f64;
-                    sum.iter().map(|s| s / k).collect()
-                }
-                Noise::Central { z_sum, .. } => {
-                    let mut sum = vec![0.0; dim];
-                    let mut below = 0.0;
-                    for u in &mut updates {
-                        if clip_l2(u, clip) {
-                            below += 1.0;
-                        }
-                        sum.iter_mut().zip(u.iter()).for_each(|(s, v)| *s += v);
-                    }
-                    let normal = Normal::new(0.0, z_sum * clip)
-                        .map_err(|e| SimError::Options(e.to_string()))?;
-                    for s in &mut sum {
-                        *s += normal.sample(&mut rng);
-                    }
-                    if let Some(a) = adaptive.as_mut() {
-                        let count_noise = Normal::new(0.0, a.count_noise_multiplier)
-                            .map_err(|e| SimError::Options(e.to_string()))?;
-                        a.update(below + count_noise.sample(&mut rng), expected);
-                    }
-                    // Fixed denominator: the expected number of stores, not the actual.
-                    sum.iter().map(|s| s / expected).collect()
-                }
-                Noise::Secure { z, .. } => {
-                    let fp = FixedPoint::for_sum(m, clip, z * clip)
-                        .map_err(|e| SimError::Options(e.to_string()))?;
-                    let sigma_store = z * clip * fp.scale() / (m as f64).sqrt();
-                    let config = SecAggConfig::for_network(m, dim, o.seed ^ round)
-                        .map_err(|e| SimError::Options(e.to_string()))?;
-                    let mut store_rng = ChaCha20Rng::seed_from_u64(o.seed.wrapping_mul(31) ^ round);
-                    let (outcome, _) =
-                        simulate_round(&config, &DropoutPlan::default(), round, |u, words| {
-                            let update = &mut updates[u as usize];
-                            clip_l2(update, clip);
-                            fp.encode_into(update, words, &mut store_rng);
-                            for w in words.iter_mut() {
-                                let noise = sample_discrete_gaussian(sigma_store, &mut store_rng);
-                                *w = w.wrapping_add(noise as i32 as u32);
-                            }
-                        })
-                        .map_err(|e| SimError::Runtime(e.to_string()))?;
-                    fp.decode(&outcome.sum)
-                        .iter()
-                        .map(|s| s / m as f64)
-                        .collect()
-                }
-            };
-            for (g, d) in global.iter_mut().zip(&mean) {
-                *g += o.server_learning_rate * d;
-            }
-        }
+        let (global, final_clip) = run_setting(o, &local, &noise, m, expected)?;
         let (median_wape, pooled_wape) = wapes(&stores, &|_| global.clone());
         let (spent, z_report) = match (&noise, eps) {
             (Noise::Central { z, .. }, Some(_)) => {
@@ -396,8 +410,14 @@ pub async fn run_dp_demand(
             epsilon_target: eps,
             epsilon_spent: spent,
             noise_multiplier: z_report,
-            adaptive_clipping: adaptive.is_some(),
-            final_clip: eps.map(|_| adaptive.map_or(o.clip, |a| a.clip)),
+            adaptive_clipping: matches!(
+                noise,
+                Noise::Central {
+                    adaptive: Some(_),
+                    ..
+                }
+            ),
+            final_clip: eps.and(final_clip),
             median_wape,
             pooled_wape,
         });

@@ -1,0 +1,52 @@
+//! Why the coordinator refused a store's message. Each refusal names the problem in
+//! words the store's operator can act on; the gRPC service turns its [`kind`] into a
+//! status code in one place. A refused message changes nothing.
+//!
+//! [`kind`]: Refusal::kind
+
+use fedretail_proto::{ErrorKind, PROTOCOL_VERSION};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("store '{0}' has not registered with this coordinator")]
+    Unregistered(String),
+    #[error(
+        "session of store '{0}' is not current (the store registered again since); register again"
+    )]
+    StaleSession(String),
+    #[error("store '{0}' is not part of this network")]
+    NotInNetwork(String),
+    #[error("wrong token for store '{0}'")]
+    WrongToken(String),
+    #[error("wrong enrolment token from store '{0}'")]
+    WrongEnrolmentToken(String),
+    #[error("store speaks protocol version {0}, this coordinator speaks {PROTOCOL_VERSION}")]
+    Protocol(u32),
+    #[error("store id must be 1-128 characters of letters, digits, '-', '_' or '.'")]
+    BadStoreId,
+    /// The task is not (or no longer) the store's current one.
+    #[error("{0}")]
+    NotCurrent(String),
+    /// The store already answered this task: a replay.
+    #[error("{0}")]
+    Replay(String),
+    /// The message itself does not check out: shape, values, kind of answer.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl Refusal {
+    /// The kind both ends of the wire understand.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Refusal::Unregistered(_) | Refusal::StaleSession(_) | Refusal::NotInNetwork(_) => {
+                ErrorKind::UnknownStore
+            }
+            Refusal::WrongToken(_) | Refusal::WrongEnrolmentToken(_) => ErrorKind::Unauthenticated,
+            Refusal::Protocol(_) => ErrorKind::Incompatible,
+            Refusal::BadStoreId | Refusal::Malformed(_) => ErrorKind::InvalidUpdate,
+            Refusal::NotCurrent(_) => ErrorKind::StaleTask,
+            Refusal::Replay(_) => ErrorKind::Duplicate,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The stores the coordinator knows: who may register (credentials or an open
+//! enrolment token), each store's current session, and whether it is still polling.
+//! The registry outlives jobs: a store registers once and serves job after job.
+
+use crate::config::CoordinatorConfig;
+use crate::machine::Refusal;
+use fedretail_proto::PROTOCOL_VERSION;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+const MAX_NAME_LEN: usize = 128;
+/// A store that has not polled for this long is not offered work.
+pub(crate) const LIVENESS: Duration = Duration::from_secs(90);
+
+pub(crate) struct StoreEntry {
+    pub session_id: String,
+    pub business_type: String,
+    pub last_seen: Instant,
+    pub saw_finish: bool,
+}
+
+/// What a store sends to register.
+pub(crate) struct Registration<'a> {
+    pub store_id: &'a str,
+    pub token: &'a str,
+    pub business_type: &'a str,
+    pub protocol_version: u32,
+}
+
+pub(crate) struct StoreRegistry {
+    credentials: HashMap<String, String>,
+    open_token: Option<String>,
+    pub stores: BTreeMap<String, StoreEntry>,
+}
+
+impl StoreRegistry {
+    pub fn new(config: &CoordinatorConfig) -> Self {
+        StoreRegistry {
+            credentials: config
+                .stores
+                .iter()
+                .map(|c| (c.store_id.clone(), c.token.clone()))
+                .collect(),
+            open_token: config.open_token.clone(),
+            stores: BTreeMap::new(),
+        }
+    }
+
+    /// Checks who the store says it is; Ok(()) if it may register.
+    pub fn admit(&self, r: &Registration<'_>) -> Result<(), Refusal> {
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Refusal::Protocol(r.protocol_version));
+        }
+        if !valid_store_id(r.store_id) {
+            return Err(Refusal::BadStoreId);
+        }
+        if !self.credentials.is_empty() {
+            return match self.credentials.get(r.store_id) {
+                None => Err(Refusal::NotInNetwork(r.store_id.to_string())),
+                Some(t) if !constant_time_eq(t, r.token) => {
+                    Err(Refusal::WrongToken(r.store_id.to_string()))
+                }
+                Some(_) => Ok(()),
+            };
+        }
+        match &self.open_token {
+            Some(t) if !constant_time_eq(t, r.token) => {
+                Err(Refusal::WrongEnrolmentToken(r.store_id.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Registers an admitted store under a new session (replacing any older one);
+    /// returns the session id and how many stores are registered.
+    pub fn register(&mut self, r: &Registration<'_>) -> (String, usize) {
+        let session_id = format!("{:032x}", rand::random::<u128>());
+        self.stores.insert(
+            r.store_id.to_string(),
+            StoreEntry {
+                session_id: session_id.clone(),
+                business_type: r.business_type.chars().take(MAX_NAME_LEN).collect(),
+                last_seen: Instant::now(),
+                saw_finish: false,
+            },
+        );
+        (session_id, self.stores.len())
+    }
+
+    /// Ok if `session_id` is the store's current session; refreshes its liveness.
+    pub fn check_session(&mut self, store_id: &str, session_id: &str) -> Result<(), Refusal> {
+        match self.stores.get_mut(store_id) {
+            None => Err(Refusal::Unregistered(store_id.to_string())),
+            Some(e) if !constant_time_eq(&e.session_id, session_id) => {
+                Err(Refusal::StaleSession(store_id.to_string()))
+            }
+            Some(e) => {
+                e.last_seen = Instant::now();
+                Ok(())
+            }
+        }
+    }
+
+    pub fn is_live(&self, store_id: &str) -> bool {
+        self.stores
+            .get(store_id)
+            .is_some_and(|e| e.last_seen.elapsed() < LIVENESS)
+    }
+
+    pub fn business_type(&self, store_id: &str) -> String {
+        self.stores
+            .get(store_id)
+            .map(|e| e.business_type.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn saw_finish(&mut self, store_id: &str) {
+        if let Some(e) = self.stores.get_mut(store_id) {
+            e.saw_finish = true;
+        }
+    }
+
+    pub fn all_heard_finish(&self) -> bool {
+        self.stores
+            .values()
+            .all(|e| e.saw_finish || e.last_seen.elapsed() > LIVENESS)
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn valid_store_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_NAME_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
