@@ -141,95 +141,104 @@ fn xorshift(state: &mut u64) -> u64 {
 }
 
 fn secagg(stores: &[u32], dims: &[usize], dropouts: &[f64], seed: u64) -> Result<()> {
-    use fedretail_privacy::secagg::{simulate_round, DropoutPlan, SecAggConfig};
-    use std::collections::BTreeSet;
-
     let mut rows = Vec::new();
     for &n in stores {
         for &dim in dims {
-            // Plain FedAvg: each store sends and receives `dim` f32; the coordinator
-            // folds them into the streaming weighted sum.
             let mut state = seed | 1;
-            let update: Vec<f32> = (0..dim)
-                .map(|_| (xorshift(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-                .collect();
-            let t = Instant::now();
-            let mut sum = StreamingWeightedSum::new(dim);
-            for i in 0..n {
-                sum.push(UpdateVector::F32(update.clone()), 1.0 + i as f64)?;
-            }
-            let fedavg_seconds = t.elapsed().as_secs_f64();
-            std::hint::black_box(sum.finish());
-
+            let fedavg_seconds = fedavg_fold_seconds(n, dim, &mut state)?;
             for &rate in dropouts {
-                let config = SecAggConfig::for_network_tolerating(n, dim, seed, rate)?;
-                let dropped_count = (rate * n as f64).round() as usize;
-                let mut order: Vec<u32> = (0..n).collect();
-                for i in (1..order.len()).rev() {
-                    let j = (xorshift(&mut state) % (i as u64 + 1)) as usize;
-                    order.swap(i, j);
-                }
-                let plan = DropoutPlan {
-                    before_masking: order[..dropped_count]
-                        .iter()
-                        .copied()
-                        .collect::<BTreeSet<_>>(),
-                    ..Default::default()
-                };
-                // The expected sum is built alongside, so the bench also checks that
-                // the unmasked sum is exact.
-                let mut expected = vec![0u32; dim];
-                let mut input_state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                let started = Instant::now();
-                let (outcome, cost) = simulate_round(&config, &plan, seed, |_, words| {
-                    for (w, e) in words.iter_mut().zip(expected.iter_mut()) {
-                        *w = xorshift(&mut input_state) as u32;
-                        *e = e.wrapping_add(*w);
-                    }
-                })?;
-                let wall = started.elapsed().as_secs_f64();
-                let exact = outcome.sum == expected;
-                if !exact {
-                    bail!(
-                        "SecAgg+ sum differs from the plain sum for n={n}, d={dim}, dropout={rate}"
-                    );
-                }
-                let row = serde_json::json!({
-                    "stores": n,
-                    "dimension": dim,
-                    "dropout_rate": rate,
-                    "dropped": dropped_count,
-                    "neighbours": config.neighbours,
-                    "threshold": config.threshold,
-                    "secagg": {
-                        "store_seconds_mean": cost.store_seconds_mean,
-                        "store_seconds_max": cost.store_seconds_max,
-                        "coordinator_seconds": cost.coordinator_seconds,
-                        "store_bytes_up": cost.store_bytes_up,
-                        "store_bytes_down": cost.store_bytes_down,
-                        "simulation_wall_seconds": wall,
-                        "sum_exact": exact,
-                    },
-                    "fedavg": {
-                        "coordinator_seconds": fedavg_seconds,
-                        "store_bytes_up": 4 * dim,
-                        "store_bytes_down": 4 * dim,
-                    },
-                    "expansion_up": cost.store_bytes_up / (4 * dim) as f64,
-                });
-                eprintln!(
-                    "n={n:>5} d={dim:>7} drop={rate:.2} k={:>3}: store {:.3}s, coordinator {:.3}s (FedAvg {:.4}s), up {:.2}x",
-                    config.neighbours,
-                    cost.store_seconds_mean,
-                    cost.coordinator_seconds,
-                    fedavg_seconds,
-                    cost.store_bytes_up / (4 * dim) as f64
-                );
-                rows.push(row);
+                let case = SecAggCase { n, dim, rate, seed };
+                rows.push(case.run(fedavg_seconds, &mut state)?);
             }
         }
     }
     let out = serde_json::json!({ "bench": "secagg", "seed": seed, "rows": rows });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// Plain FedAvg for comparison: each store sends and receives `dim` f32; the
+/// coordinator folds them into the streaming weighted sum.
+fn fedavg_fold_seconds(n: u32, dim: usize, state: &mut u64) -> Result<f64> {
+    let update: Vec<f32> = (0..dim)
+        .map(|_| (xorshift(state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+        .collect();
+    let t = Instant::now();
+    let mut sum = StreamingWeightedSum::new(dim);
+    for i in 0..n {
+        sum.push(UpdateVector::F32(update.clone()), 1.0 + i as f64)?;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    std::hint::black_box(sum.finish());
+    Ok(seconds)
+}
+
+/// One SecAgg+ round: stores, dimension, dropout rate.
+struct SecAggCase {
+    n: u32,
+    dim: usize,
+    rate: f64,
+    seed: u64,
+}
+
+impl SecAggCase {
+    /// Runs the round (checking the unmasked sum is exact) and returns its JSON row.
+    fn run(&self, fedavg_seconds: f64, state: &mut u64) -> Result<serde_json::Value> {
+        use fedretail_privacy::secagg::{simulate_round, DropoutPlan, SecAggConfig};
+        let SecAggCase { n, dim, rate, seed } = *self;
+        let config = SecAggConfig::for_network_tolerating(n, dim, seed, rate)?;
+        let dropped_count = (rate * n as f64).round() as usize;
+        let mut order: Vec<u32> = (0..n).collect();
+        for i in (1..order.len()).rev() {
+            let j = (xorshift(state) % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        let plan = DropoutPlan {
+            before_masking: order[..dropped_count].iter().copied().collect(),
+            ..Default::default()
+        };
+        // The expected sum is built alongside, so the bench also checks that the
+        // unmasked sum is exact.
+        let mut expected = vec![0u32; dim];
+        let mut input_state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let started = Instant::now();
+        let (outcome, cost) = simulate_round(&config, &plan, seed, |_, words| {
+            for (w, e) in words.iter_mut().zip(expected.iter_mut()) {
+                *w = xorshift(&mut input_state) as u32;
+                *e = e.wrapping_add(*w);
+            }
+        })?;
+        let wall = started.elapsed().as_secs_f64();
+        if outcome.sum != expected {
+            bail!("SecAgg+ sum differs from the plain sum for n={n}, d={dim}, dropout={rate}");
+        }
+        let expansion = cost.store_bytes_up / (4 * dim) as f64;
+        eprintln!(
+            "n={n:>5} d={dim:>7} drop={rate:.2} k={:>3}: store {:.3}s, coordinator {:.3}s (FedAvg {:.4}s), up {:.2}x",
+            config.neighbours, cost.store_seconds_mean, cost.coordinator_seconds, fedavg_seconds, expansion
+        );
+        Ok(serde_json::json!({
+            "stores": n,
+            "dimension": dim,
+            "dropout_rate": rate,
+            "dropped": dropped_count,
+            "neighbours": config.neighbours,
+            "threshold": config.threshold,
+            "secagg": {
+                "store_seconds_mean": cost.store_seconds_mean,
+                "store_seconds_max": cost.store_seconds_max,
+                "coordinator_seconds": cost.coordinator_seconds,
+                "store_bytes_up": cost.store_bytes_up,
+                "store_bytes_down": cost.store_bytes_down,
+                "simulation_wall_seconds": wall,
+                "sum_exact": true,
+            },
+            "fedavg": {
+                "coordinator_seconds": fedavg_seconds,
+                "store_bytes_up": 4 * dim,
+                "store_bytes_down": 4 * dim,
+            },
+            "expansion_up": expansion,
+        }))
+    }
 }

@@ -63,97 +63,101 @@ impl DemoProgress {
         let mut bar = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
         match event {
             CoordinatorEvent::JobStarted { job_id, .. } => {
-                if let Some(b) = bar.take() {
-                    b.finish_and_clear();
-                }
+                clear(bar.take());
                 let b = ProgressBar::new_spinner();
                 b.set_style(style("{prefix:>12} {msg}"));
                 b.set_prefix(job_id.clone());
-                b.set_message("stores preparing the task from their own data");
                 *bar = Some(b);
             }
-            CoordinatorEvent::StoreReady { store_id, .. } => {
-                if let Some(b) = bar.as_ref() {
-                    b.set_message(format!("{store_id} prepared"));
-                }
-            }
+            // The first round of a job turns its spinner into a bar of rounds.
             CoordinatorEvent::RoundStarted {
                 job_id,
-                round,
                 total_rounds,
-                selected,
-            } => {
-                let fresh = bar.as_ref().is_none_or(|b| b.length().is_none());
-                if fresh {
-                    if let Some(b) = bar.take() {
-                        b.finish_and_clear();
-                    }
-                    let b = ProgressBar::new(*total_rounds);
-                    b.set_style(style("{prefix:>12} [{bar:30}] {pos}/{len} rounds {msg}"));
-                    b.set_prefix(job_id.clone());
-                    *bar = Some(b);
-                }
-                if let Some(b) = bar.as_ref() {
-                    b.set_message(format!("round {round}: 0/{selected} updates"));
-                }
-            }
-            CoordinatorEvent::UpdateAccepted {
-                round,
-                received,
-                selected,
                 ..
-            } => {
-                if let Some(b) = bar.as_ref() {
-                    b.set_message(format!("round {round}: {received}/{selected} updates"));
-                }
+            } if bar.as_ref().is_none_or(|b| b.length().is_none()) => {
+                clear(bar.take());
+                let b = ProgressBar::new(*total_rounds);
+                b.set_style(style("{prefix:>12} [{bar:30}] {pos}/{len} rounds {msg}"));
+                b.set_prefix(job_id.clone());
+                *bar = Some(b);
             }
-            CoordinatorEvent::RoundCompleted {
-                round,
-                step_norm,
-                dropped,
-                epsilon_spent,
-                ..
-            } => {
+            CoordinatorEvent::RoundCompleted { round, .. } => {
                 if let Some(b) = bar.as_ref() {
                     b.set_position(*round);
-                    let eps = epsilon_spent
-                        .map(|e| format!(", epsilon {e:.2}"))
-                        .unwrap_or_default();
-                    b.set_message(format!("step {step_norm:.2e}, {dropped} dropped{eps}"));
                 }
             }
             CoordinatorEvent::BudgetReached { round, reason } => {
-                let line = format!("not starting round {round}: {reason}");
-                match bar.as_ref() {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
-                }
+                print_line(
+                    bar.as_ref(),
+                    format!("not starting round {round}: {reason}"),
+                );
             }
             CoordinatorEvent::RoundFailed {
                 round,
                 attempt,
                 reason,
-            } => {
-                if let Some(b) = bar.as_ref() {
-                    b.println(format!("round {round} attempt {attempt} failed: {reason}"));
-                } else {
-                    eprintln!("round {round} attempt {attempt} failed: {reason}");
-                }
-            }
-            CoordinatorEvent::EvaluationStarted { stores } => {
-                if let Some(b) = bar.as_ref() {
-                    b.set_message(format!("evaluating at {stores} stores"));
-                }
-            }
+            } => print_line(
+                bar.as_ref(),
+                format!("round {round} attempt {attempt} failed: {reason}"),
+            ),
             CoordinatorEvent::JobFinished { .. } | CoordinatorEvent::Finished { .. } => {
-                if let Some(b) = bar.take() {
-                    b.finish_and_clear();
-                }
+                clear(bar.take());
             }
             CoordinatorEvent::JobSkipped { job_id, reason } => {
                 eprintln!("job {job_id} skipped: {reason}");
             }
-            CoordinatorEvent::StoreRegistered { .. } => {}
+            _ => {}
+        }
+        if let (Some(b), Some(message)) = (bar.as_ref(), status_message(event)) {
+            b.set_message(message);
         }
     }
+}
+
+fn clear(bar: Option<ProgressBar>) {
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}
+
+/// A line above the bar, or on stderr when there is none.
+fn print_line(bar: Option<&ProgressBar>, line: String) {
+    match bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
+/// What the bar says after `event`, if it says something new.
+fn status_message(event: &CoordinatorEvent) -> Option<String> {
+    Some(match event {
+        CoordinatorEvent::JobStarted { .. } => {
+            "stores preparing the task from their own data".to_string()
+        }
+        CoordinatorEvent::StoreReady { store_id, .. } => format!("{store_id} prepared"),
+        CoordinatorEvent::RoundStarted {
+            round, selected, ..
+        } => format!("round {round}: 0/{selected} updates"),
+        CoordinatorEvent::UpdateAccepted {
+            round,
+            received,
+            selected,
+            ..
+        } => format!("round {round}: {received}/{selected} updates"),
+        CoordinatorEvent::RoundCompleted {
+            step_norm,
+            dropped,
+            epsilon_spent,
+            ..
+        } => {
+            let eps = epsilon_spent
+                .map(|e| format!(", epsilon {e:.2}"))
+                .unwrap_or_default();
+            format!("step {step_norm:.2e}, {dropped} dropped{eps}")
+        }
+        CoordinatorEvent::EvaluationStarted { stores } => {
+            format!("evaluating at {stores} stores")
+        }
+        _ => return None,
+    })
 }

@@ -249,6 +249,12 @@ impl PrivacySettings {
                 self.delta,
             ));
         }
+        self.validate_noise()
+    }
+
+    /// The noise settings: a multiplier exactly when noise is added, distributed noise
+    /// only under SecAgg+, a budget only with noise.
+    fn validate_noise(&self) -> Result<(), ConfigError> {
         match (self.noise, self.noise_multiplier) {
             (NoiseKind::None, Some(_)) => {
                 return Err(ConfigError::out_of_range(

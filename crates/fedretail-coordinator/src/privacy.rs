@@ -167,60 +167,17 @@ pub(crate) fn plan_round(
         noise_multiplier: z,
     });
     let secure = if settings.secure_aggregation {
-        let n = u32::try_from(m).map_err(|_| format!("{m} stores is too many for one round"))?;
-        let config =
-            SecAggConfig::for_network_tolerating(n, dimension, session, settings.expected_dropout)
-                .map_err(|e| e.to_string())?;
-        // Local noise is inside each input: leave room for six of its deviations.
-        let bound = clip + 6.0 * local_noise_std;
-        let (sum_noise_std, per_store_units);
-        let fixed_point = if settings.noise == NoiseKind::Distributed {
-            let floor = min_survivors.max(1) as f64;
-            sum_noise_std = z * clip * (m as f64 / floor).sqrt();
-            let fp = FixedPoint::for_sum(n, bound, sum_noise_std).map_err(|e| e.to_string())?;
-            per_store_units = z * clip * fp.scale() / floor.sqrt();
-            mechanism = Some(RoundMechanism::DistributedDiscreteGaussian {
-                noise_multiplier: z,
-                stores: min_survivors as u32,
-                clip_units: clip * fp.scale(),
-                dimension,
-            });
-            fp
-        } else {
-            sum_noise_std = 0.0;
-            per_store_units = 0.0;
-            FixedPoint::for_sum(n, bound, 0.0).map_err(|e| e.to_string())?
-        };
-        let graph = Arc::new(NeighbourGraph::new(&config));
-        let server = SecAggServer::new(config.clone(), graph).map_err(|e| e.to_string())?;
-        let params = v1::SecureAggregation {
+        let plan = SecurePlan {
+            settings,
+            selected,
+            dimension,
             session,
-            num_stores: n,
-            neighbours: config.neighbours,
-            threshold: config.threshold,
-            store_index: 0,
-            dimension: dimension as u64,
-            bound,
-            sum_noise_stddev: sum_noise_std,
-            store_noise_stddev_units: per_store_units,
+            min_survivors,
+            local_noise_std,
         };
-        let index = selected
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.clone(), i as u32))
-            .collect();
-        Some(SecureRound {
-            stage: SecureStage::Advertising,
-            server: Some(server),
-            params,
-            fixed_point,
-            index,
-            stores: selected.to_vec(),
-            outbox: BTreeMap::new(),
-            expected: selected.iter().cloned().collect(),
-            answered: BTreeSet::new(),
-            left: BTreeMap::new(),
-        })
+        let (round, ddg) = plan.secure_round()?;
+        mechanism = ddg.or(mechanism);
+        Some(round)
     } else {
         None
     };
@@ -235,4 +192,99 @@ pub(crate) fn plan_round(
         secure,
         mechanism,
     })
+}
+
+/// What a SecAgg+ round is sized from.
+struct SecurePlan<'a> {
+    settings: &'a PrivacySettings,
+    selected: &'a [String],
+    dimension: usize,
+    session: u64,
+    min_survivors: usize,
+    local_noise_std: f64,
+}
+
+impl SecurePlan<'_> {
+    /// The round's SecAgg+ state, and under distributed noise the mechanism it
+    /// releases (the discrete Gaussian the survivors' shares add up to).
+    fn secure_round(&self) -> Result<(SecureRound, Option<RoundMechanism>), String> {
+        let (settings, dimension) = (self.settings, self.dimension);
+        let m = self.selected.len();
+        let n = u32::try_from(m).map_err(|_| format!("{m} stores is too many for one round"))?;
+        let config = SecAggConfig::for_network_tolerating(
+            n,
+            dimension,
+            self.session,
+            settings.expected_dropout,
+        )
+        .map_err(|e| e.to_string())?;
+        let (fixed_point, params, mechanism) = self.encoding(n)?;
+        let graph = Arc::new(NeighbourGraph::new(&config));
+        let server = SecAggServer::new(config.clone(), graph).map_err(|e| e.to_string())?;
+        let params = v1::SecureAggregation {
+            session: self.session,
+            num_stores: n,
+            neighbours: config.neighbours,
+            threshold: config.threshold,
+            store_index: 0,
+            dimension: dimension as u64,
+            ..params
+        };
+        let index = self
+            .selected
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        let round = SecureRound {
+            stage: SecureStage::Advertising,
+            server: Some(server),
+            params,
+            fixed_point,
+            index,
+            stores: self.selected.to_vec(),
+            outbox: BTreeMap::new(),
+            expected: self.selected.iter().cloned().collect(),
+            answered: BTreeSet::new(),
+            left: BTreeMap::new(),
+        };
+        Ok((round, mechanism))
+    }
+
+    /// The fixed-point encoding of the round (with room for the noise), the noise
+    /// settings the stores are sent, and the distributed mechanism if there is one.
+    fn encoding(
+        &self,
+        n: u32,
+    ) -> Result<(FixedPoint, v1::SecureAggregation, Option<RoundMechanism>), String> {
+        let s = self.settings;
+        let clip = s.clip.unwrap_or(f64::INFINITY);
+        let z = s.noise_multiplier.unwrap_or(0.0);
+        // Local noise is inside each input: leave room for six of its deviations.
+        let bound = clip + 6.0 * self.local_noise_std;
+        if s.noise != NoiseKind::Distributed {
+            let fp = FixedPoint::for_sum(n, bound, 0.0).map_err(|e| e.to_string())?;
+            let params = v1::SecureAggregation {
+                bound,
+                ..Default::default()
+            };
+            return Ok((fp, params, None));
+        }
+        let floor = self.min_survivors.max(1) as f64;
+        let sum_noise_std = z * clip * (n as f64 / floor).sqrt();
+        let fp = FixedPoint::for_sum(n, bound, sum_noise_std).map_err(|e| e.to_string())?;
+        let params = v1::SecureAggregation {
+            bound,
+            sum_noise_stddev: sum_noise_std,
+            store_noise_stddev_units: z * clip * fp.scale() / floor.sqrt(),
+            ..Default::default()
+        };
+        let mechanism = RoundMechanism::DistributedDiscreteGaussian {
+            noise_multiplier: z,
+            stores: self.min_survivors as u32,
+            clip_units: clip * fp.scale(),
+            dimension: self.dimension,
+        };
+        Ok((fp, params, Some(mechanism)))
+    }
 }

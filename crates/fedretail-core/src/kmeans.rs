@@ -459,8 +459,7 @@ impl FedBisectingKMeans {
         values: &[f64],
         stats: &[f64],
     ) -> Result<(Vec<f64>, f64), StrategyError> {
-        let k = self.config.num_clusters;
-        let dim = self.config.dim;
+        let (k, dim) = (self.config.num_clusters, self.config.dim);
         let nodes = max_nodes(k);
         let tree_at = nodes * dim;
         let state_at = tree_at + nodes * TREE_FIELDS;
@@ -468,113 +467,166 @@ impl FedBisectingKMeans {
             expected: state_at + STATE_LEN,
             got: values.len(),
         })?;
-        let mut next = values.to_vec();
-        let node_stats = |n: usize| &stats[n * (dim + 2)..(n + 1) * (dim + 2)];
-        let mut step = 0.0;
-
-        if view.is_complete() {
-            return Ok((next, 0.0));
+        let step = TreeStep {
+            config: &self.config,
+            nodes,
+            tree_at,
+            state_at,
+            view,
+            values,
+            stats,
+        };
+        if step.view.is_complete() {
+            return Ok((values.to_vec(), 0.0));
         }
-        if !view.is_initialized() {
-            let s = node_stats(0);
-            if s[dim] <= 0.0 {
-                return Err(StrategyError::EmptyRound { round });
-            }
-            for j in 0..dim {
-                next[j] = s[j] / s[dim];
-            }
-            next[state_at] = 1.0;
-            step = squared_distance(&next[..dim], &values[..dim]).sqrt();
-            if k == 1 {
-                next[state_at + 3] = 1.0;
-            }
-            return Ok((next, step));
+        if !step.view.is_initialized() {
+            return step.first_centroid(round);
         }
-
         let splitting = values[state_at + 1];
         if splitting >= 0.0 {
-            // One Lloyd step of the 2-means on the parent's points.
-            let parent = splitting as usize;
-            let (l, r) = view.children(parent);
-            for child in [l, r] {
-                let s = node_stats(child);
-                if s[dim] > 0.0 {
-                    let c = &mut next[child * dim..(child + 1) * dim];
-                    for j in 0..dim {
-                        c[j] = s[j] / s[dim];
-                    }
-                    step = f64::max(step, squared_distance(c, view.centroid(child)).sqrt());
-                }
-            }
-            let iteration = values[state_at + 2] + 1.0;
-            next[state_at + 2] = iteration;
-            if step <= self.config.tolerance || iteration >= self.config.max_iterations as f64 {
-                next[state_at + 1] = -1.0;
-                next[state_at + 2] = 0.0;
-                if node_stats(l)[dim] <= 0.0 || node_stats(r)[dim] <= 0.0 {
-                    // One side is empty: the cluster cannot be split; keep it whole.
-                    next[tree_at + parent * TREE_FIELDS] = FINAL_LEAF;
-                    for child in [l, r] {
-                        next[tree_at + child * TREE_FIELDS] = UNUSED;
-                    }
-                }
-            }
-            return Ok((next, step));
+            return Ok(step.lloyd(splitting as usize));
         }
+        Ok(step.split_worst_leaf())
+    }
+}
 
-        // Choose the leaf with the largest squared error and split it.
-        let leaves = view.leaves();
+/// One round's move of the bisecting tree, from the summed cluster statistics.
+struct TreeStep<'a> {
+    config: &'a KMeansConfig,
+    nodes: usize,
+    tree_at: usize,
+    state_at: usize,
+    view: ClusterTree<'a>,
+    values: &'a [f64],
+    stats: &'a [f64],
+}
+
+impl TreeStep<'_> {
+    /// A node's summed (point sums, weight, squared error).
+    fn node_stats(&self, n: usize) -> &[f64] {
+        let dim = self.config.dim;
+        &self.stats[n * (dim + 2)..(n + 1) * (dim + 2)]
+    }
+
+    /// The root: the mean of every point.
+    fn first_centroid(&self, round: u64) -> Result<(Vec<f64>, f64), StrategyError> {
+        let dim = self.config.dim;
+        let s = self.node_stats(0);
+        if s[dim] <= 0.0 {
+            return Err(StrategyError::EmptyRound { round });
+        }
+        let mut next = self.values.to_vec();
+        for j in 0..dim {
+            next[j] = s[j] / s[dim];
+        }
+        next[self.state_at] = 1.0;
+        let step = squared_distance(&next[..dim], &self.values[..dim]).sqrt();
+        if self.config.num_clusters == 1 {
+            next[self.state_at + 3] = 1.0;
+        }
+        Ok((next, step))
+    }
+
+    /// One Lloyd step of the 2-means on the parent's points; the split ends when it
+    /// converges or runs out of iterations.
+    fn lloyd(&self, parent: usize) -> (Vec<f64>, f64) {
+        let (dim, state_at) = (self.config.dim, self.state_at);
+        let mut next = self.values.to_vec();
+        let mut step = 0.0;
+        let (l, r) = self.view.children(parent);
+        for child in [l, r] {
+            let s = self.node_stats(child);
+            if s[dim] > 0.0 {
+                let c = &mut next[child * dim..(child + 1) * dim];
+                for j in 0..dim {
+                    c[j] = s[j] / s[dim];
+                }
+                step = f64::max(step, squared_distance(c, self.view.centroid(child)).sqrt());
+            }
+        }
+        let iteration = self.values[state_at + 2] + 1.0;
+        next[state_at + 2] = iteration;
+        if step <= self.config.tolerance || iteration >= self.config.max_iterations as f64 {
+            next[state_at + 1] = -1.0;
+            next[state_at + 2] = 0.0;
+            if self.node_stats(l)[dim] <= 0.0 || self.node_stats(r)[dim] <= 0.0 {
+                // One side is empty: the cluster cannot be split; keep it whole.
+                next[self.tree_at + parent * TREE_FIELDS] = FINAL_LEAF;
+                for child in [l, r] {
+                    next[self.tree_at + child * TREE_FIELDS] = UNUSED;
+                }
+            }
+        }
+        (next, step)
+    }
+
+    /// Splits the leaf with the largest squared error, or ends the tree.
+    fn split_worst_leaf(&self) -> (Vec<f64>, f64) {
+        let dim = self.config.dim;
+        let mut next = self.values.to_vec();
+        let leaves = self.view.leaves();
         let candidate = leaves
             .iter()
             .copied()
-            .filter(|&n| view.status(n) == LEAF && node_stats(n)[dim] >= 2.0)
-            .filter(|&n| node_stats(n)[dim + 1] > 0.0)
+            .filter(|&n| self.view.status(n) == LEAF && self.node_stats(n)[dim] >= 2.0)
+            .filter(|&n| self.node_stats(n)[dim + 1] > 0.0)
             .fold(None, |best: Option<usize>, n| match best {
-                Some(b) if node_stats(b)[dim + 1] >= node_stats(n)[dim + 1] => Some(b),
+                Some(b) if self.node_stats(b)[dim + 1] >= self.node_stats(n)[dim + 1] => Some(b),
                 _ => Some(n),
             });
-        let free = (1..nodes)
-            .find(|&n| view.status(n) == UNUSED && n + 1 < nodes && view.status(n + 1) == UNUSED);
-        match (leaves.len() < k, candidate, free) {
+        let nodes = self.nodes;
+        let free = (1..nodes).find(|&n| {
+            self.view.status(n) == UNUSED && n + 1 < nodes && self.view.status(n + 1) == UNUSED
+        });
+        match (leaves.len() < self.config.num_clusters, candidate, free) {
             (true, Some(parent), Some(left)) => {
-                let right = left + 1;
-                let s = node_stats(parent);
-                let radius = (s[dim + 1] / s[dim] / dim as f64).sqrt();
-                // Deterministic for (seed, parent): the same run splits the same way.
-                let mut rng = ChaCha8Rng::seed_from_u64(
-                    self.config.seed ^ (parent as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                );
-                let mut direction: Vec<f64> =
-                    (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let norm = direction
-                    .iter()
-                    .map(|v| v * v)
-                    .sum::<f64>()
-                    .sqrt()
-                    .max(1e-12);
-                direction.iter_mut().for_each(|v| *v /= norm);
-                let center = view.centroid(parent).to_vec();
-                for j in 0..dim {
-                    next[left * dim + j] = center[j] - radius * direction[j];
-                    next[right * dim + j] = center[j] + radius * direction[j];
-                }
-                let t = tree_at + parent * TREE_FIELDS;
-                next[t] = INTERNAL;
-                next[t + 1] = left as f64;
-                next[t + 2] = right as f64;
-                for child in [left, right] {
-                    let c = tree_at + child * TREE_FIELDS;
-                    next[c] = LEAF;
-                    next[c + 1] = -1.0;
-                    next[c + 2] = -1.0;
-                }
-                next[state_at + 1] = parent as f64;
-                next[state_at + 2] = 0.0;
-                step = radius;
+                let step = self.split(&mut next, parent, left);
+                (next, step)
             }
-            _ => next[state_at + 3] = 1.0,
+            _ => {
+                next[self.state_at + 3] = 1.0;
+                (next, 0.0)
+            }
         }
-        Ok((next, step))
+    }
+
+    /// Opens children `left` and `left + 1` of `parent`, one radius either side of
+    /// its centroid along a seeded direction; returns the radius.
+    fn split(&self, next: &mut [f64], parent: usize, left: usize) -> f64 {
+        let (dim, tree_at) = (self.config.dim, self.tree_at);
+        let right = left + 1;
+        let s = self.node_stats(parent);
+        let radius = (s[dim + 1] / s[dim] / dim as f64).sqrt();
+        // Deterministic for (seed, parent): the same run splits the same way.
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.config.seed ^ (parent as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let mut direction: Vec<f64> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let norm = direction
+            .iter()
+            .map(|v| v * v)
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        direction.iter_mut().for_each(|v| *v /= norm);
+        let center = self.view.centroid(parent);
+        for j in 0..dim {
+            next[left * dim + j] = center[j] - radius * direction[j];
+            next[right * dim + j] = center[j] + radius * direction[j];
+        }
+        let t = tree_at + parent * TREE_FIELDS;
+        next[t] = INTERNAL;
+        next[t + 1] = left as f64;
+        next[t + 2] = right as f64;
+        for child in [left, right] {
+            let c = tree_at + child * TREE_FIELDS;
+            next[c] = LEAF;
+            next[c + 1] = -1.0;
+            next[c + 2] = -1.0;
+        }
+        next[self.state_at + 1] = parent as f64;
+        next[self.state_at + 2] = 0.0;
+        radius
     }
 }
 

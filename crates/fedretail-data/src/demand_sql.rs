@@ -14,6 +14,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use fedretail_domain::calendar::{is_public_holiday, shopping_event};
 use fedretail_models::{DemandDataset, DemandRows, DEMAND_FEATURES};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Days of history a row needs before it can be used (its 35-day lag). Longer windows
@@ -222,23 +223,7 @@ pub async fn load_demand_dataset(
     }
     let path = source.transactions.clone();
     let ctx = open_store(source).await?;
-
-    let range = ctx
-        .sql("SELECT CAST(MIN(CAST(timestamp AS DATE)) AS VARCHAR), CAST(MAX(CAST(timestamp AS DATE)) AS VARCHAR) FROM transactions")
-        .await
-        .map_err(sql_err(&path, "finding date range"))?
-        .collect()
-        .await
-        .map_err(sql_err(&path, "finding date range"))?;
-    let (first, last) = range
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .and_then(|b| {
-            let a = text_value(b.column(0), 0)?;
-            let z = text_value(b.column(1), 0)?;
-            Some((a.parse::<NaiveDate>().ok()?, z.parse::<NaiveDate>().ok()?))
-        })
-        .ok_or_else(|| DataError::NoRows { path: path.clone() })?;
+    let (first, last) = date_range(&ctx, &path).await?;
     let days = (last - first).num_days() + 1;
     let needed = WARM_UP_DAYS + spec.holdout_days as i64 + 14;
     if days < needed {
@@ -261,7 +246,6 @@ pub async fn load_demand_dataset(
     ctx.register_table("calendar", Arc::new(calendar))
         .map_err(sql_err(&path, "building calendar"))?;
     register_promotions(&ctx, source).await?;
-
     let batches = ctx
         .sql(&feature_sql(cutoff, days))
         .await
@@ -269,42 +253,85 @@ pub async fn load_demand_dataset(
         .collect()
         .await
         .map_err(sql_err(&path, "computing demand features"))?;
-
-    let d = DEMAND_FEATURES.len();
-    let mut train = DemandRows::new(d);
-    let mut test = DemandRows::new(d);
-    let mut future = DemandRows::new(d);
-    let mut future_keys = Vec::new();
-    let mut naive_abs = 0.0;
-    let mut naive_n = 0usize;
-    let mut x = vec![0.0; d];
+    let mut split = Split::new(DEMAND_FEATURES.len());
     for batch in &batches {
+        split.absorb(batch)?;
+    }
+    Ok(split.into_dataset(store_id, days as u32))
+}
+
+/// The first and last day with transactions.
+async fn date_range(
+    ctx: &SessionContext,
+    path: &Path,
+) -> Result<(NaiveDate, NaiveDate), DataError> {
+    let range = ctx
+        .sql("SELECT CAST(MIN(CAST(timestamp AS DATE)) AS VARCHAR), CAST(MAX(CAST(timestamp AS DATE)) AS VARCHAR) FROM transactions")
+        .await
+        .map_err(sql_err(path, "finding date range"))?
+        .collect()
+        .await
+        .map_err(sql_err(path, "finding date range"))?;
+    range
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            let a = text_value(b.column(0), 0)?;
+            let z = text_value(b.column(1), 0)?;
+            Some((a.parse::<NaiveDate>().ok()?, z.parse::<NaiveDate>().ok()?))
+        })
+        .ok_or_else(|| DataError::NoRows {
+            path: path.to_path_buf(),
+        })
+}
+
+/// The feature rows sorted into training, held-out and future days, with the
+/// in-sample seasonal-naive error that scales MASE.
+struct Split {
+    train: DemandRows,
+    test: DemandRows,
+    future: DemandRows,
+    future_keys: Vec<(String, String)>,
+    naive_abs: f64,
+    naive_n: usize,
+    x: Vec<f64>,
+}
+
+impl Split {
+    fn new(d: usize) -> Self {
+        Split {
+            train: DemandRows::new(d),
+            test: DemandRows::new(d),
+            future: DemandRows::new(d),
+            future_keys: Vec::new(),
+            naive_abs: 0.0,
+            naive_n: 0,
+            x: vec![0.0; d],
+        }
+    }
+
+    fn absorb(&mut self, batch: &RecordBatch) -> Result<(), DataError> {
+        let lost = |name: &str| DataError::Spec(format!("feature query lost column {name}"));
         let col = |name: &str| -> Result<&Float64Array, DataError> {
             batch
                 .column_by_name(name)
                 .and_then(|c| c.as_primitive_opt::<Float64Type>())
-                .ok_or_else(|| DataError::Spec(format!("feature query lost column {name}")))
+                .ok_or_else(|| lost(name))
         };
         let features: Vec<&Float64Array> = DEMAND_FEATURES
             .iter()
             .map(|f| col(f))
             .collect::<Result<_, _>>()?;
-        let (units, scale, is_test, naive, diff7, is_future) = (
-            col("units")?,
-            col("scale")?,
-            col("is_test")?,
-            col("naive")?,
-            col("abs_diff7")?,
-            col("is_future")?,
-        );
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| DataError::Spec(format!("feature query lost column {name}")))
-        };
-        let (category, day) = (text("category")?, text("day_text")?);
+        let (units, scale, is_test) = (col("units")?, col("scale")?, col("is_test")?);
+        let (naive, diff7, is_future) = (col("naive")?, col("abs_diff7")?, col("is_future")?);
+        let category = batch
+            .column_by_name("category")
+            .ok_or_else(|| lost("category"))?;
+        let day = batch
+            .column_by_name("day_text")
+            .ok_or_else(|| lost("day_text"))?;
         for i in 0..batch.num_rows() {
-            for (xj, f) in x.iter_mut().zip(&features) {
+            for (xj, f) in self.x.iter_mut().zip(&features) {
                 *xj = f.value(i);
             }
             let naive_i = if naive.is_null(i) {
@@ -313,35 +340,40 @@ pub async fn load_demand_dataset(
                 naive.value(i)
             };
             if is_future.value(i) > 0.5 {
-                future.push(&x, 0.0, scale.value(i), naive_i);
-                future_keys.push((
+                self.future.push(&self.x, 0.0, scale.value(i), naive_i);
+                let key = (
                     text_value(category, i).unwrap_or_default(),
                     text_value(day, i).unwrap_or_default(),
-                ));
-                continue;
-            }
-            if is_test.value(i) > 0.5 {
-                test.push(&x, units.value(i), scale.value(i), naive_i);
+                );
+                self.future_keys.push(key);
+            } else if is_test.value(i) > 0.5 {
+                self.test
+                    .push(&self.x, units.value(i), scale.value(i), naive_i);
             } else {
-                train.push(&x, units.value(i), scale.value(i), naive_i);
+                self.train
+                    .push(&self.x, units.value(i), scale.value(i), naive_i);
                 if !diff7.is_null(i) {
-                    naive_abs += diff7.value(i);
-                    naive_n += 1;
+                    self.naive_abs += diff7.value(i);
+                    self.naive_n += 1;
                 }
             }
         }
+        Ok(())
     }
-    Ok(DemandDataset {
-        store_id: store_id.to_string(),
-        train,
-        test,
-        future,
-        future_keys,
-        naive_scale: if naive_n > 0 {
-            naive_abs / naive_n as f64
-        } else {
-            0.0
-        },
-        history_days: days as u32,
-    })
+
+    fn into_dataset(self, store_id: &str, history_days: u32) -> DemandDataset {
+        DemandDataset {
+            store_id: store_id.to_string(),
+            train: self.train,
+            test: self.test,
+            future: self.future,
+            future_keys: self.future_keys,
+            naive_scale: if self.naive_n > 0 {
+                self.naive_abs / self.naive_n as f64
+            } else {
+                0.0
+            },
+            history_days,
+        }
+    }
 }

@@ -222,40 +222,40 @@ pub async fn open_store(source: &StoreSource) -> Result<SessionContext, DataErro
     Ok(ctx)
 }
 
-/// Find the first row whose value cannot be typed, in one pass over the file.
-async fn validate(
-    ctx: &SessionContext,
-    path: &Path,
-    has: &(dyn Fn(&str) -> bool + Sync),
-) -> Result<(), DataError> {
-    use datafusion::arrow::array::{Array, AsArray};
+/// One check on one column: (column, "required" or the SQL type, the SQL condition
+/// that is true on a bad row).
+type Check = (&'static str, &'static str, String);
+
+/// The checks of every present column: required values, then typed values.
+fn value_checks(has: &(dyn Fn(&str) -> bool + Sync)) -> Vec<Check> {
     let mut checks = Vec::new();
     for col in TRANSACTION_COLUMNS.iter().filter(|c| has(c.name)) {
-        let sql_type = match col.ty {
-            ColumnType::Timestamp => "TIMESTAMP",
-            ColumnType::Number => "DOUBLE",
-            ColumnType::Boolean => "BOOLEAN",
-            ColumnType::Text => {
-                if col.required {
-                    checks.push((
-                        col.name,
-                        "required",
-                        format!("NULLIF(CAST({} AS VARCHAR), '') IS NULL", col.name),
-                    ));
-                }
-                continue;
-            }
-        };
         let v = format!("NULLIF(CAST({} AS VARCHAR), '')", col.name);
         if col.required {
             checks.push((col.name, "required", format!("{v} IS NULL")));
         }
+        let sql_type = match col.ty {
+            ColumnType::Timestamp => "TIMESTAMP",
+            ColumnType::Number => "DOUBLE",
+            ColumnType::Boolean => "BOOLEAN",
+            ColumnType::Text => continue,
+        };
         checks.push((
             col.name,
             sql_type,
             format!("({v} IS NOT NULL AND TRY_CAST({v} AS {sql_type}) IS NULL)"),
         ));
     }
+    checks
+}
+
+/// Find the first row whose value cannot be typed, in one pass over the file.
+async fn validate(
+    ctx: &SessionContext,
+    path: &Path,
+    has: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<(), DataError> {
+    let checks = value_checks(has);
     if checks.is_empty() {
         return Ok(());
     }
@@ -267,12 +267,13 @@ async fn validate(
     let any: Vec<String> = (0..checks.len()).map(|i| format!("bad_{i}")).collect();
     let values: Vec<String> = checks
         .iter()
-        .map(|(n, _, _)| format!("CAST({n} AS VARCHAR)"))
+        .enumerate()
+        .map(|(i, (n, _, _))| format!("CAST({n} AS VARCHAR) AS value_{i}"))
         .collect();
     let sql = format!(
         "SELECT * FROM (SELECT ROW_NUMBER() OVER () AS row_number, {flags}, {values} FROM mapped_transactions) WHERE {any} ORDER BY row_number LIMIT 1",
         flags = flags.join(", "),
-        values = values.iter().enumerate().map(|(i, v)| format!("{v} AS value_{i}")).collect::<Vec<_>>().join(", "),
+        values = values.join(", "),
         any = any.join(" OR "),
     );
     let batches = ctx
@@ -282,39 +283,47 @@ async fn validate(
         .collect()
         .await
         .map_err(sql_err(path, "validating"))?;
-    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
-        return Ok(());
-    };
+    let bad = batches.iter().find(|b| b.num_rows() > 0);
+    match bad.and_then(|batch| first_bad_value(batch, &checks, path)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The error for the first failing check of the (only) row in `batch`, if any fails.
+fn first_bad_value(
+    batch: &datafusion::arrow::array::RecordBatch,
+    checks: &[Check],
+    path: &Path,
+) -> Option<DataError> {
+    use datafusion::arrow::array::{Array, AsArray};
     let row = text_value(batch.column(0), 0)
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    for (i, (name, expected, _)) in checks.iter().enumerate() {
+    let line = row + 1; // the header is line 1
+    let failed = checks.iter().enumerate().find(|(i, _)| {
         let bad = batch.column(1 + i).as_boolean_opt();
-        if bad.is_some_and(|b| b.is_valid(0) && b.value(0)) {
-            let line = row + 1; // the header is line 1
-            if *expected == "required" {
-                return Err(DataError::MissingValue {
-                    path: path.to_path_buf(),
-                    column: name.to_string(),
-                    line,
-                });
-            }
-            let value = text_value(batch.column(1 + checks.len() + i), 0).unwrap_or_default();
-            let expected = match *expected {
-                "TIMESTAMP" => "a timestamp (YYYY-MM-DD HH:MM:SS)",
-                "DOUBLE" => "a number",
-                _ => "true/false",
-            };
-            return Err(DataError::BadValue {
-                path: path.to_path_buf(),
-                column: name.to_string(),
-                line,
-                value,
-                expected,
-            });
-        }
+        bad.is_some_and(|b| b.is_valid(0) && b.value(0))
+    });
+    let (i, (name, expected, _)) = failed?;
+    if *expected == "required" {
+        return Some(DataError::MissingValue {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            line,
+        });
     }
-    Ok(())
+    Some(DataError::BadValue {
+        path: path.to_path_buf(),
+        column: name.to_string(),
+        line,
+        value: text_value(batch.column(1 + checks.len() + i), 0).unwrap_or_default(),
+        expected: match *expected {
+            "TIMESTAMP" => "a timestamp (YYYY-MM-DD HH:MM:SS)",
+            "DOUBLE" => "a number",
+            _ => "true/false",
+        },
+    })
 }
 
 /// A cell as text, whatever its Arrow type (DataFusion may return Utf8 or Utf8View).

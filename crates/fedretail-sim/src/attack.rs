@@ -211,59 +211,132 @@ pub async fn run_attack(
         .collect();
     // The global model the stores start from: small random weights (round 1).
     let w: Vec<f64> = (0..=dim).map(|_| rng.random_range(-0.1..0.1)).collect();
-    let mut outcomes = Vec::new();
+    let target = Target {
+        rows: &rows,
+        picks: &picks,
+        w: &w,
+        dim,
+        options,
+    };
+    let mut outcomes = target.logistic(&mut rng)?;
+    outcomes.extend(target.secure_sums(&mut rng)?);
+    outcomes.extend(target.mlp(&mut rng)?);
+    Ok(AttackReport {
+        task: "gradient inversion, logistic regression and MLP".into(),
+        features: dim,
+        records: picks.len(),
+        options: options.clone(),
+        outcomes,
+    })
+}
 
-    let plain: Vec<f64> = picks
-        .iter()
-        .map(|&i| {
-            let (x, y) = rows.row(i);
-            relative_error(&invert(&gradient(x, y, &w)), x)
-        })
-        .collect();
-    outcomes.push(summarize("no protection".into(), None, None, plain));
+/// The records under attack and the model their gradients are taken at.
+struct Target<'a> {
+    rows: &'a LabeledRows,
+    picks: &'a [usize],
+    w: &'a [f64],
+    dim: usize,
+    options: &'a AttackOptions,
+}
 
-    for &eps in &options.epsilons {
-        // One DP-SGD step on the one record: clip, then noise calibrated to ε.
-        let sigma = calibrate_noise_multiplier(1.0, 1, eps, options.delta)
-            .map_err(|e| SimError::Options(e.to_string()))?;
-        let normal = rand_distr::Normal::new(0.0, sigma * options.clip_norm)
-            .map_err(|e| SimError::Options(e.to_string()))?;
-        let errors: Vec<f64> = picks
+/// DP-SGD's noise for one step on one record at `eps`: (σ, its distribution).
+fn one_step_noise(
+    eps: f64,
+    options: &AttackOptions,
+) -> Result<(f64, rand_distr::Normal<f64>), SimError> {
+    let sigma = calibrate_noise_multiplier(1.0, 1, eps, options.delta)
+        .map_err(|e| SimError::Options(e.to_string()))?;
+    let normal = rand_distr::Normal::new(0.0, sigma * options.clip_norm)
+        .map_err(|e| SimError::Options(e.to_string()))?;
+    Ok((sigma, normal))
+}
+
+impl Target<'_> {
+    /// The logistic gradient inverted, plain and after one DP-SGD step at each ε.
+    fn logistic(&self, rng: &mut ChaCha8Rng) -> Result<Vec<AttackOutcome>, SimError> {
+        let plain: Vec<f64> = self
+            .picks
             .iter()
             .map(|&i| {
-                let (x, y) = rows.row(i);
-                let mut g = gradient(x, y, &w);
-                dp_step(&mut g, options.clip_norm, &normal, &mut rng);
-                relative_error(&invert(&g), x)
+                let (x, y) = self.rows.row(i);
+                relative_error(&invert(&gradient(x, y, self.w)), x)
             })
             .collect();
-        outcomes.push(summarize(
-            format!("DP-SGD, epsilon {eps}"),
-            Some(eps),
-            Some(sigma),
-            errors,
-        ));
+        let mut outcomes = vec![summarize("no protection".into(), None, None, plain)];
+        for &eps in &self.options.epsilons {
+            // One DP-SGD step on the one record: clip, then noise calibrated to ε.
+            let (sigma, normal) = one_step_noise(eps, self.options)?;
+            let errors: Vec<f64> = self
+                .picks
+                .iter()
+                .map(|&i| {
+                    let (x, y) = self.rows.row(i);
+                    let mut g = gradient(x, y, self.w);
+                    dp_step(&mut g, self.options.clip_norm, &normal, rng);
+                    relative_error(&invert(&g), x)
+                })
+                .collect();
+            let label = format!("DP-SGD, epsilon {eps}");
+            outcomes.push(summarize(label, Some(eps), Some(sigma), errors));
+        }
+        Ok(outcomes)
     }
 
-    // A SecAgg+ round over `stores_per_sum` single-record updates. The coordinator
-    // sees each masked input (attacked too: uniform noise, it reveals nothing) and the
-    // sum; the attacker inverts the sum and is scored against the record it lands
-    // closest to (the attacker's best case).
-    let k = options.stores_per_sum.max(3);
-    let bound = 16.0;
-    let mut masked_errors = Vec::new();
-    let mut errors = Vec::new();
-    for (round, group) in picks.chunks(k).filter(|c| c.len() == k).enumerate() {
-        let config = SecAggConfig::for_network(k as u32, dim + 1, options.seed ^ round as u64)
+    /// SecAgg+ rounds over `stores_per_sum` single-record updates. The coordinator
+    /// sees each masked input (attacked too: uniform noise, it reveals nothing) and
+    /// the sum; the attacker inverts the sum and is scored against the record it
+    /// lands closest to (the attacker's best case).
+    fn secure_sums(&self, rng: &mut ChaCha8Rng) -> Result<Vec<AttackOutcome>, SimError> {
+        let k = self.options.stores_per_sum.max(3);
+        let mut masked_errors = Vec::new();
+        let mut errors = Vec::new();
+        for (round, group) in self.picks.chunks(k).filter(|c| c.len() == k).enumerate() {
+            let (masked, sum) = self.secure_round(group, round as u64, rng)?;
+            if let Some(masked) = masked {
+                masked_errors.push(relative_error(&invert(&masked), self.rows.row(group[0]).0));
+            }
+            let guess = invert(&sum);
+            errors.push(
+                group
+                    .iter()
+                    .map(|&i| relative_error(&guess, self.rows.row(i).0))
+                    .fold(f64::INFINITY, f64::min),
+            );
+        }
+        Ok(vec![
+            summarize(
+                "SecAgg+, one store's masked input".to_string(),
+                None,
+                None,
+                masked_errors,
+            ),
+            summarize(
+                format!("SecAgg+ over {k} stores (the coordinator sees the sum)"),
+                None,
+                None,
+                errors,
+            ),
+        ])
+    }
+
+    /// One SecAgg+ round of `group`'s gradients: what the coordinator saw of the
+    /// first store's masked input, decoded, and the unmasked sum.
+    fn secure_round(
+        &self,
+        group: &[usize],
+        round: u64,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Option<Vec<f64>>, Vec<f64>), SimError> {
+        let (k, dim, seed) = (group.len() as u32, self.dim, self.options.seed ^ round);
+        let config = SecAggConfig::for_network(k, dim + 1, seed)
             .map_err(|e| SimError::Options(e.to_string()))?;
-        let fp = FixedPoint::for_sum(k as u32, bound, 0.0)
-            .map_err(|e| SimError::Options(e.to_string()))?;
+        let fp = FixedPoint::for_sum(k, 16.0, 0.0).map_err(|e| SimError::Options(e.to_string()))?;
         let encoded: Vec<Vec<u32>> = group
             .iter()
             .map(|&i| {
-                let (x, y) = rows.row(i);
+                let (x, y) = self.rows.row(i);
                 let mut words = vec![0u32; dim + 1];
-                fp.encode_into(&gradient(x, y, &w), &mut words, &mut rng);
+                fp.encode_into(&gradient(x, y, self.w), &mut words, rng);
                 words
             })
             .collect();
@@ -271,7 +344,7 @@ pub async fn run_attack(
         let (outcome, _) = simulate_round_observed(
             &config,
             &DropoutPlan::default(),
-            options.seed ^ round as u64,
+            seed,
             |u, words| words.copy_from_slice(&encoded[u as usize]),
             |m| {
                 if m.store == 0 {
@@ -280,94 +353,61 @@ pub async fn run_attack(
             },
         )
         .map_err(|e| SimError::Runtime(e.to_string()))?;
-        if masked_view.len() == dim + 1 {
-            masked_errors.push(relative_error(&invert(&masked_view), rows.row(group[0]).0));
-        }
-        let guess = invert(&fp.decode(&outcome.sum));
-        errors.push(
-            group
-                .iter()
-                .map(|&i| relative_error(&guess, rows.row(i).0))
-                .fold(f64::INFINITY, f64::min),
-        );
+        let masked = (masked_view.len() == dim + 1).then_some(masked_view);
+        Ok((masked, fp.decode(&outcome.sum)))
     }
-    outcomes.push(summarize(
-        "SecAgg+, one store's masked input".to_string(),
-        None,
-        None,
-        masked_errors,
-    ));
-    outcomes.push(summarize(
-        format!("SecAgg+ over {k} stores (the coordinator sees the sum)"),
-        None,
-        None,
-        errors,
-    ));
 
-    // The MLP: the analytic first-layer inversion, and the optimisation-based deep
-    // leakage attack, with no protection and against DP-SGD steps.
-    let kind = ClassifierKind::Mlp {
-        hidden: options.mlp_hidden.max(1),
-    };
-    let mlp_w = kind.initial_parameters(dim, options.seed);
-    let mlp_picks = &picks[..options.mlp_records.min(picks.len())];
-    let steps = options.dlg_steps;
-    let mut analytic = Vec::new();
-    let mut dlg = Vec::new();
-    for &i in mlp_picks {
-        let (x, y) = rows.row(i);
-        let g = example_gradient(kind, &mlp_w, x, y);
-        analytic.push(relative_error(
-            &invert_first_layer(&g, dim, options.mlp_hidden.max(1)),
-            x,
-        ));
-        dlg.push(relative_error(
-            &deep_leakage(kind, &mlp_w, &g, dim, steps, &mut rng),
-            x,
-        ));
+    /// The MLP: the analytic first-layer inversion, and the optimisation-based deep
+    /// leakage attack, with no protection and against DP-SGD steps.
+    fn mlp(&self, rng: &mut ChaCha8Rng) -> Result<Vec<AttackOutcome>, SimError> {
+        let (dim, hidden) = (self.dim, self.options.mlp_hidden.max(1));
+        let kind = ClassifierKind::Mlp { hidden };
+        let mlp_w = kind.initial_parameters(dim, self.options.seed);
+        let picks = &self.picks[..self.options.mlp_records.min(self.picks.len())];
+        let steps = self.options.dlg_steps;
+        let mut analytic = Vec::new();
+        let mut dlg = Vec::new();
+        for &i in picks {
+            let (x, y) = self.rows.row(i);
+            let g = example_gradient(kind, &mlp_w, x, y);
+            analytic.push(relative_error(&invert_first_layer(&g, dim, hidden), x));
+            dlg.push(relative_error(
+                &deep_leakage(kind, &mlp_w, &g, dim, steps, rng),
+                x,
+            ));
+        }
+        let mut outcomes = vec![
+            summarize(
+                "MLP, no protection: analytic first-layer inversion".into(),
+                None,
+                None,
+                analytic,
+            ),
+            summarize(
+                "MLP, no protection: deep leakage (optimisation)".into(),
+                None,
+                None,
+                dlg,
+            ),
+        ];
+        for &eps in &self.options.epsilons {
+            let (sigma, normal) = one_step_noise(eps, self.options)?;
+            let errors: Vec<f64> = picks
+                .iter()
+                .map(|&i| {
+                    let (x, y) = self.rows.row(i);
+                    let mut g = example_gradient(kind, &mlp_w, x, y);
+                    dp_step(&mut g, self.options.clip_norm, &normal, rng);
+                    let a = relative_error(&invert_first_layer(&g, dim, hidden), x);
+                    let d = relative_error(&deep_leakage(kind, &mlp_w, &g, dim, steps, rng), x);
+                    a.min(d)
+                })
+                .collect();
+            let label = format!("MLP, DP-SGD epsilon {eps}: best of both attacks");
+            outcomes.push(summarize(label, Some(eps), Some(sigma), errors));
+        }
+        Ok(outcomes)
     }
-    outcomes.push(summarize(
-        "MLP, no protection: analytic first-layer inversion".into(),
-        None,
-        None,
-        analytic,
-    ));
-    outcomes.push(summarize(
-        "MLP, no protection: deep leakage (optimisation)".into(),
-        None,
-        None,
-        dlg,
-    ));
-    for &eps in &options.epsilons {
-        let sigma = calibrate_noise_multiplier(1.0, 1, eps, options.delta)
-            .map_err(|e| SimError::Options(e.to_string()))?;
-        let normal = rand_distr::Normal::new(0.0, sigma * options.clip_norm)
-            .map_err(|e| SimError::Options(e.to_string()))?;
-        let errors: Vec<f64> = mlp_picks
-            .iter()
-            .map(|&i| {
-                let (x, y) = rows.row(i);
-                let mut g = example_gradient(kind, &mlp_w, x, y);
-                dp_step(&mut g, options.clip_norm, &normal, &mut rng);
-                let a = relative_error(&invert_first_layer(&g, dim, options.mlp_hidden.max(1)), x);
-                let d = relative_error(&deep_leakage(kind, &mlp_w, &g, dim, steps, &mut rng), x);
-                a.min(d)
-            })
-            .collect();
-        outcomes.push(summarize(
-            format!("MLP, DP-SGD epsilon {eps}: best of both attacks"),
-            Some(eps),
-            Some(sigma),
-            errors,
-        ));
-    }
-    Ok(AttackReport {
-        task: "gradient inversion, logistic regression and MLP".into(),
-        features: dim,
-        records: picks.len(),
-        options: options.clone(),
-        outcomes,
-    })
 }
 
 pub fn render_attack(r: &AttackReport) -> String {

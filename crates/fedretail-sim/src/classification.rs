@@ -205,39 +205,126 @@ pub fn run_classification(
                 .unwrap_or_else(|| "no parties".into()),
         ));
     };
-    let lr = ClassifierKind::Logistic;
-    let pooled_train = LabeledRows::concat(dim, parties.iter().map(|p| &p.train));
-    // Each party calibrates its own DP-SGD noise to the budget for its whole run.
-    let mut privacy = None;
-    let mut party_dp: Vec<Option<DpSgdConfig>> = vec![None; parties.len()];
-    if let Some(budget) = options.customer_dp {
-        let mut spent = Vec::new();
-        for (i, p) in parties.iter().enumerate() {
-            let epochs = options.local_epochs.saturating_mul(options.rounds as u32);
-            let (q, steps) = dp_sgd_schedule(p.train.len(), options.batch_size, epochs);
-            let sigma = calibrate_noise_multiplier(q, steps, budget.epsilon, budget.delta)
-                .map_err(|e| SimError::Options(format!("{}: {e}", p.name)))?;
-            let mut acc = RdpAccountant::new();
-            acc.compose_poisson_gaussian(q, sigma, steps).map_err(err)?;
-            spent.push(PartyPrivacy {
-                silo: p.name.clone(),
-                sampling_rate: q,
-                steps,
-                noise_multiplier: sigma,
-                epsilon: acc.epsilon(budget.delta).map_err(err)?.epsilon,
-                delta: budget.delta,
-            });
-            party_dp[i] = Some(DpSgdConfig {
-                clip_norm: budget.clip_norm,
-                noise_multiplier: sigma,
-            });
-        }
-        privacy = Some(spent);
+    let (privacy, party_dp) = calibrate_parties(&parties, options)?;
+    let trainer = Trainer {
+        pooled_train: LabeledRows::concat(dim, parties.iter().map(|p| &p.train)),
+        parties: &parties,
+        party_dp,
+        options,
+        dim,
+    };
+    let logistic = trainer.logistic(on_event)?;
+    let mlp = trainer.mlp(on_event)?;
+    on_event(ClassificationEvent::Stage("evaluating"));
+    let (silos, pooled) = evaluate_silos(&parties, &logistic, mlp.as_ref(), rule_column);
+    let (rule_auc, rule_acc) = rule_baseline(&parties, rule_column);
+    skipped.sort_by(|a, b| a.store_id.cmp(&b.store_id));
+    let has_mlp = mlp.is_some();
+    Ok(ClassificationReport {
+        task: task.to_string(),
+        feature_names,
+        options: options.clone(),
+        rounds: logistic.fed.rounds,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        bytes_up: logistic.fed.bytes_up,
+        bytes_down: logistic.fed.bytes_down,
+        pooled_auc_local: pooled.auc(0),
+        pooled_auc_federated: pooled.auc(1),
+        pooled_auc_centralized: pooled.auc(2),
+        pooled_auc_newton: pooled.auc(3),
+        pooled_auc_newton_centralized: pooled.auc(4),
+        pooled_auc_mlp_local: pooled.auc(5).filter(|_| has_mlp),
+        pooled_auc_mlp_federated: pooled.auc(6).filter(|_| has_mlp),
+        pooled_auc_mlp_centralized: pooled.auc(7).filter(|_| has_mlp),
+        pooled_auc_rule: rule_auc,
+        pooled_accuracy_local: pooled.accuracy(0),
+        pooled_accuracy_federated: pooled.accuracy(1),
+        pooled_accuracy_centralized: pooled.accuracy(2),
+        pooled_accuracy_rule: rule_acc,
+        newton_max_parameter_gap: max_gap(&logistic.newton, &logistic.newton_central),
+        newton_parameters: logistic.newton,
+        fedavg_parameters: logistic.fed.parameters.into_values(),
+        mlp_parameters: mlp.map(|m| m.fed),
+        privacy,
+        silos,
+        skipped,
+    })
+}
+
+fn max_gap(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// What each party's DP-SGD spends, and its settings (None without customer DP).
+type PartyDp = (Option<Vec<PartyPrivacy>>, Vec<Option<DpSgdConfig>>);
+
+/// Each party calibrates its own DP-SGD noise to the budget for its whole run.
+fn calibrate_parties(
+    parties: &[Party],
+    options: &ClassificationOptions,
+) -> Result<PartyDp, SimError> {
+    let Some(budget) = options.customer_dp else {
+        return Ok((None, vec![None; parties.len()]));
+    };
+    let mut spent = Vec::new();
+    let mut party_dp = Vec::new();
+    for p in parties {
+        let epochs = options.local_epochs.saturating_mul(options.rounds as u32);
+        let (q, steps) = dp_sgd_schedule(p.train.len(), options.batch_size, epochs);
+        let sigma = calibrate_noise_multiplier(q, steps, budget.epsilon, budget.delta)
+            .map_err(|e| SimError::Options(format!("{}: {e}", p.name)))?;
+        let mut acc = RdpAccountant::new();
+        acc.compose_poisson_gaussian(q, sigma, steps).map_err(err)?;
+        spent.push(PartyPrivacy {
+            silo: p.name.clone(),
+            sampling_rate: q,
+            steps,
+            noise_multiplier: sigma,
+            epsilon: acc.epsilon(budget.delta).map_err(err)?.epsilon,
+            delta: budget.delta,
+        });
+        party_dp.push(Some(DpSgdConfig {
+            clip_norm: budget.clip_norm,
+            noise_multiplier: sigma,
+        }));
     }
-    let tasks = |kind: ClassifierKind, private: bool| -> Vec<(String, Arc<dyn LocalTask>)> {
-        parties
+    Ok((Some(spent), party_dp))
+}
+
+/// The logistic regression, federated (FedAvg and exact Newton), per party, pooled.
+struct Logistic {
+    fed: InProcessRun,
+    central: Vec<f64>,
+    local: Vec<Vec<f64>>,
+    newton: Vec<f64>,
+    newton_central: Vec<f64>,
+}
+
+/// The MLP, federated, pooled and per party.
+struct Mlp {
+    kind: ClassifierKind,
+    fed: Vec<f64>,
+    central: Vec<f64>,
+    local: Vec<Vec<f64>>,
+}
+
+/// What every model of a run is trained from.
+struct Trainer<'a> {
+    parties: &'a [Party],
+    party_dp: Vec<Option<DpSgdConfig>>,
+    pooled_train: LabeledRows,
+    options: &'a ClassificationOptions,
+    dim: usize,
+}
+
+impl Trainer<'_> {
+    fn tasks(&self, kind: ClassifierKind, private: bool) -> Vec<(String, Arc<dyn LocalTask>)> {
+        self.parties
             .iter()
-            .zip(&party_dp)
+            .zip(&self.party_dp)
             .map(|(p, dp)| {
                 let t: Arc<dyn LocalTask> = Arc::new(ClassifierTask {
                     name: "classify",
@@ -249,64 +336,57 @@ pub fn run_classification(
                 (p.name.clone(), t)
             })
             .collect()
-    };
-    let fedavg_config = |learning_rate: f64| FedAvgConfig {
-        sampling: SamplingConfig {
-            fraction: 1.0,
-            min_stores: 1,
-            seed: options.seed,
-        },
-        local_epochs: options.local_epochs,
-        batch_size: options.batch_size,
-        learning_rate,
-        l2: options.l2,
-        server_learning_rate: 1.0,
-        precision: UpdatePrecision::F32,
-    };
-    let fedavg = |kind: ClassifierKind, learning_rate: f64| -> Result<InProcessRun, SimError> {
-        let mut strategy = FedAvg::try_new(fedavg_config(learning_rate)).map_err(err)?;
+    }
+
+    fn fedavg(&self, kind: ClassifierKind, learning_rate: f64) -> Result<InProcessRun, SimError> {
+        let o = self.options;
+        let mut strategy = FedAvg::try_new(FedAvgConfig {
+            sampling: SamplingConfig {
+                fraction: 1.0,
+                min_stores: 1,
+                seed: o.seed,
+            },
+            local_epochs: o.local_epochs,
+            batch_size: o.batch_size,
+            learning_rate,
+            l2: o.l2,
+            server_learning_rate: 1.0,
+            precision: UpdatePrecision::F32,
+        })
+        .map_err(err)?;
         let init = ModelParameters::from_values(
-            kind.layout(dim),
-            kind.initial_parameters(dim, options.seed),
+            kind.layout(self.dim),
+            kind.initial_parameters(self.dim, o.seed),
         )
         .map_err(err)?;
-        run_until(
-            &mut strategy,
-            &tasks(kind, true),
-            init,
-            options.rounds,
-            &mut |_, _| false,
-        )
-        .map_err(err)
-    };
-    let local_sgd = |kind: ClassifierKind,
-                     rows: &LabeledRows,
-                     learning_rate: f64,
-                     dp: Option<DpSgdConfig>|
-     -> Result<Vec<f64>, SimError> {
-        let mut w = kind.initial_parameters(dim, options.seed);
-        // One epoch per "round", reshuffled each time, as the federation does it.
-        for epoch in 0..options.rounds {
-            let seed = options.seed.wrapping_add(epoch);
+        let stores = self.tasks(kind, true);
+        run_until(&mut strategy, &stores, init, o.rounds, &mut |_, _| false).map_err(err)
+    }
+
+    /// SGD on one party's (or the pooled) rows, one epoch per "round", reshuffled each
+    /// time, as the federation does it.
+    fn local_sgd(
+        &self,
+        kind: ClassifierKind,
+        rows: &LabeledRows,
+        learning_rate: f64,
+        dp: Option<DpSgdConfig>,
+    ) -> Result<Vec<f64>, SimError> {
+        let o = self.options;
+        let mut w = kind.initial_parameters(self.dim, o.seed);
+        for epoch in 0..o.rounds {
+            let seed = o.seed.wrapping_add(epoch);
+            let (epochs, batch, l2) = (o.local_epochs, o.batch_size, o.l2);
             match dp {
-                None => sgd(
-                    kind,
-                    rows,
-                    &mut w,
-                    options.local_epochs,
-                    options.batch_size,
-                    learning_rate,
-                    options.l2,
-                    seed,
-                ),
+                None => sgd(kind, rows, &mut w, epochs, batch, learning_rate, l2, seed),
                 Some(dp) => dp_sgd(
                     kind,
                     rows,
                     &mut w,
-                    options.local_epochs,
-                    options.batch_size,
+                    epochs,
+                    batch,
                     learning_rate,
-                    options.l2,
+                    l2,
                     dp,
                     seed,
                 )
@@ -314,193 +394,211 @@ pub fn run_classification(
             }
         }
         Ok(w)
-    };
+    }
 
-    on_event(ClassificationEvent::Stage("logistic regression: FedAvg"));
-    let fed = fedavg(lr, options.learning_rate)?;
-    let w_fed = fed.parameters.values().to_vec();
-    on_event(ClassificationEvent::Stage(
-        "logistic regression: local and centralized",
-    ));
-    // The centralized yardstick trains without DP: it is what privacy costs against.
-    let w_central = local_sgd(lr, &pooled_train, options.learning_rate, None)?;
-    let w_local: Vec<Vec<f64>> = parties
-        .iter()
-        .zip(&party_dp)
-        .map(|(p, dp)| local_sgd(lr, &p.train, options.learning_rate, *dp))
-        .collect::<Result<_, _>>()?;
+    /// Every party's own model, with its own DP-SGD when it has one.
+    fn each_party(
+        &self,
+        kind: ClassifierKind,
+        learning_rate: f64,
+    ) -> Result<Vec<Vec<f64>>, SimError> {
+        self.parties
+            .iter()
+            .zip(&self.party_dp)
+            .map(|(p, dp)| self.local_sgd(kind, &p.train, learning_rate, *dp))
+            .collect()
+    }
 
-    on_event(ClassificationEvent::Stage(
-        "logistic regression: exact Newton",
-    ));
-    let newton = |stores: &[(String, Arc<dyn LocalTask>)]| -> Result<Vec<f64>, SimError> {
+    fn newton(&self, stores: &[(String, Arc<dyn LocalTask>)]) -> Result<Vec<f64>, SimError> {
         let mut strategy = FedNewton::try_new(FedNewtonConfig {
             sampling: SamplingConfig::default(),
             // The same objective as the SGD: mean loss + l2/2 |w|^2, times the rows.
-            l2: options.l2 * pooled_train.len() as f64,
+            l2: self.options.l2 * self.pooled_train.len() as f64,
             ..Default::default()
         })
         .map_err(err)?;
-        let init = ModelParameters::zeros(lr.layout(dim));
-        Ok(run_until(
-            &mut strategy,
-            stores,
-            init,
-            options.newton_rounds,
-            &mut |_, _| false,
+        let init = ModelParameters::zeros(ClassifierKind::Logistic.layout(self.dim));
+        let rounds = self.options.newton_rounds;
+        Ok(
+            run_until(&mut strategy, stores, init, rounds, &mut |_, _| false)
+                .map_err(err)?
+                .parameters
+                .into_values(),
         )
-        .map_err(err)?
-        .parameters
-        .into_values())
-    };
-    // The exact solver is a non-private reference (exact sums are not DP).
-    let w_newton = newton(&tasks(lr, false))?;
-    let pooled_party: Vec<(String, Arc<dyn LocalTask>)> = vec![(
-        "pooled".into(),
-        Arc::new(ClassifierTask {
-            name: "classify",
-            kind: lr,
-            train: pooled_train.clone(),
-            test: LabeledRows::new(dim),
-            dp: None,
-        }),
-    )];
-    let w_newton_central = newton(&pooled_party)?;
-    let newton_gap = w_newton
-        .iter()
-        .zip(&w_newton_central)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    }
 
-    let mlp = (options.mlp_hidden > 0).then_some(ClassifierKind::Mlp {
-        hidden: options.mlp_hidden,
-    });
-    let mut mlp_models = None;
-    if let Some(kind) = mlp {
+    fn logistic(&self, on_event: &dyn Fn(ClassificationEvent)) -> Result<Logistic, SimError> {
+        let (lr, rate) = (ClassifierKind::Logistic, self.options.learning_rate);
+        on_event(ClassificationEvent::Stage("logistic regression: FedAvg"));
+        let fed = self.fedavg(lr, rate)?;
+        on_event(ClassificationEvent::Stage(
+            "logistic regression: local and centralized",
+        ));
+        // The centralized yardstick trains without DP: it is what privacy costs against.
+        let central = self.local_sgd(lr, &self.pooled_train, rate, None)?;
+        let local = self.each_party(lr, rate)?;
+        on_event(ClassificationEvent::Stage(
+            "logistic regression: exact Newton",
+        ));
+        // The exact solver is a non-private reference (exact sums are not DP).
+        let newton = self.newton(&self.tasks(lr, false))?;
+        let pooled: Vec<(String, Arc<dyn LocalTask>)> = vec![(
+            "pooled".into(),
+            Arc::new(ClassifierTask {
+                name: "classify",
+                kind: lr,
+                train: self.pooled_train.clone(),
+                test: LabeledRows::new(self.dim),
+                dp: None,
+            }),
+        )];
+        let newton_central = self.newton(&pooled)?;
+        Ok(Logistic {
+            fed,
+            central,
+            local,
+            newton,
+            newton_central,
+        })
+    }
+
+    fn mlp(&self, on_event: &dyn Fn(ClassificationEvent)) -> Result<Option<Mlp>, SimError> {
+        if self.options.mlp_hidden == 0 {
+            return Ok(None);
+        }
+        let kind = ClassifierKind::Mlp {
+            hidden: self.options.mlp_hidden,
+        };
+        let rate = self.options.mlp_learning_rate;
         on_event(ClassificationEvent::Stage(
             "MLP: FedAvg, local and centralized",
         ));
-        let fed = fedavg(kind, options.mlp_learning_rate)?
-            .parameters
-            .into_values();
-        let central = local_sgd(kind, &pooled_train, options.mlp_learning_rate, None)?;
-        let local: Vec<Vec<f64>> = parties
-            .iter()
-            .zip(&party_dp)
-            .map(|(p, dp)| local_sgd(kind, &p.train, options.mlp_learning_rate, *dp))
-            .collect::<Result<_, _>>()?;
-        mlp_models = Some((kind, fed, central, local));
+        Ok(Some(Mlp {
+            kind,
+            fed: self.fedavg(kind, rate)?.parameters.into_values(),
+            central: self.local_sgd(kind, &self.pooled_train, rate, None)?,
+            local: self.each_party(kind, rate)?,
+        }))
+    }
+}
+
+/// Every model's scores on every party's test rows, pooled per model: local,
+/// FedAvg, centralized, Newton, centralized Newton, then the MLP's local, FedAvg and
+/// centralized.
+#[derive(Default)]
+struct Pooled<'a>([Vec<(Vec<f64>, &'a LabeledRows)>; 8]);
+
+impl Pooled<'_> {
+    fn scores(&self, k: usize) -> (Vec<f64>, Vec<bool>) {
+        pooled_scores(&self.0[k])
     }
 
-    on_event(ClassificationEvent::Stage("evaluating"));
-    let metric = |kind: ClassifierKind, w: &[f64], rows: &LabeledRows, name: &str| {
-        classification_metrics(kind, w, rows).get(name).copied()
-    };
+    fn auc(&self, k: usize) -> Option<f64> {
+        let (s, y) = self.scores(k);
+        roc_auc(&s, &y)
+    }
+
+    fn accuracy(&self, k: usize) -> Option<f64> {
+        let (s, y) = self.scores(k);
+        accuracy(&s, &y)
+    }
+}
+
+fn evaluate_silos<'a>(
+    parties: &'a [Party],
+    logistic: &Logistic,
+    mlp: Option<&Mlp>,
+    rule_column: Option<usize>,
+) -> (Vec<SiloReport>, Pooled<'a>) {
+    let lr = ClassifierKind::Logistic;
     let mut silos = Vec::new();
-    let mut pooled: [Vec<(Vec<f64>, &LabeledRows)>; 8] = Default::default();
+    let mut pooled = Pooled::default();
     for (i, p) in parties.iter().enumerate() {
-        let rule_scores: Option<Vec<f64>> = rule_column.map(|c| {
-            (0..p.test.len())
-                .map(|r| p.test.row(r).0.get(c).copied().unwrap_or(0.0))
-                .collect()
-        });
-        let rule_proba = rule_scores.as_ref().map(|s| {
-            s.iter()
-                .map(|&v| if v > 1.0 { 1.0 } else { 0.0 })
-                .collect::<Vec<f64>>()
-        });
-        let mut silo = SiloReport {
-            silo: p.name.clone(),
-            group: p.group.clone(),
-            train_rows: p.train.len(),
-            test_rows: p.test.len(),
-            test_positives: p.test.positives(),
-            auc_local: metric(lr, &w_local[i], &p.test, "auc"),
-            auc_federated: metric(lr, &w_fed, &p.test, "auc"),
-            auc_newton: metric(lr, &w_newton, &p.test, "auc"),
-            auc_centralized: metric(lr, &w_central, &p.test, "auc"),
-            auc_mlp_local: None,
-            auc_mlp_federated: None,
-            auc_rule: rule_scores
-                .as_ref()
-                .and_then(|s| roc_auc(s, p.test.labels())),
-            accuracy_local: metric(lr, &w_local[i], &p.test, "accuracy"),
-            accuracy_federated: metric(lr, &w_fed, &p.test, "accuracy"),
-            accuracy_centralized: metric(lr, &w_central, &p.test, "accuracy"),
-            accuracy_mlp_federated: None,
-            accuracy_rule: rule_proba
-                .as_ref()
-                .and_then(|s| accuracy(s, p.test.labels())),
-        };
-        pooled[0].push((predict_proba(lr, &w_local[i], &p.test), &p.test));
-        pooled[1].push((predict_proba(lr, &w_fed, &p.test), &p.test));
-        pooled[2].push((predict_proba(lr, &w_central, &p.test), &p.test));
-        pooled[3].push((predict_proba(lr, &w_newton, &p.test), &p.test));
-        pooled[4].push((predict_proba(lr, &w_newton_central, &p.test), &p.test));
-        if let Some((kind, fed, central, local)) = &mlp_models {
-            silo.auc_mlp_local = metric(*kind, &local[i], &p.test, "auc");
-            silo.auc_mlp_federated = metric(*kind, fed, &p.test, "auc");
-            silo.accuracy_mlp_federated = metric(*kind, fed, &p.test, "accuracy");
-            pooled[5].push((predict_proba(*kind, &local[i], &p.test), &p.test));
-            pooled[6].push((predict_proba(*kind, fed, &p.test), &p.test));
-            pooled[7].push((predict_proba(*kind, central, &p.test), &p.test));
+        let mut silo = silo_report(p, i, logistic, rule_column);
+        let l = logistic;
+        let fed = l.fed.parameters.values();
+        let models = [
+            &l.local[i][..],
+            fed,
+            &l.central,
+            &l.newton,
+            &l.newton_central,
+        ];
+        for (k, w) in models.into_iter().enumerate() {
+            pooled.0[k].push((predict_proba(lr, w, &p.test), &p.test));
+        }
+        if let Some(m) = mlp {
+            silo.auc_mlp_local = metric(m.kind, &m.local[i], &p.test, "auc");
+            silo.auc_mlp_federated = metric(m.kind, &m.fed, &p.test, "auc");
+            silo.accuracy_mlp_federated = metric(m.kind, &m.fed, &p.test, "accuracy");
+            for (k, w) in [&m.local[i], &m.fed, &m.central].into_iter().enumerate() {
+                pooled.0[5 + k].push((predict_proba(m.kind, w, &p.test), &p.test));
+            }
         }
         silos.push(silo);
     }
-    let auc = |k: usize| {
-        let (s, y) = pooled_scores(&pooled[k]);
-        roc_auc(&s, &y)
+    (silos, pooled)
+}
+
+fn metric(kind: ClassifierKind, w: &[f64], rows: &LabeledRows, name: &str) -> Option<f64> {
+    classification_metrics(kind, w, rows).get(name).copied()
+}
+
+/// One party's figures for the logistic models (and the rule, where there is one).
+fn silo_report(p: &Party, i: usize, l: &Logistic, rule_column: Option<usize>) -> SiloReport {
+    let lr = ClassifierKind::Logistic;
+    let fed = l.fed.parameters.values();
+    let rule_scores: Option<Vec<f64>> = rule_column.map(|c| {
+        (0..p.test.len())
+            .map(|r| p.test.row(r).0.get(c).copied().unwrap_or(0.0))
+            .collect()
+    });
+    let rule_hard = rule_scores.as_ref().map(|s| {
+        s.iter()
+            .map(|&v| f64::from(u8::from(v > 1.0)))
+            .collect::<Vec<f64>>()
+    });
+    SiloReport {
+        silo: p.name.clone(),
+        group: p.group.clone(),
+        train_rows: p.train.len(),
+        test_rows: p.test.len(),
+        test_positives: p.test.positives(),
+        auc_local: metric(lr, &l.local[i], &p.test, "auc"),
+        auc_federated: metric(lr, fed, &p.test, "auc"),
+        auc_newton: metric(lr, &l.newton, &p.test, "auc"),
+        auc_centralized: metric(lr, &l.central, &p.test, "auc"),
+        auc_mlp_local: None,
+        auc_mlp_federated: None,
+        auc_rule: rule_scores
+            .as_ref()
+            .and_then(|s| roc_auc(s, p.test.labels())),
+        accuracy_local: metric(lr, &l.local[i], &p.test, "accuracy"),
+        accuracy_federated: metric(lr, fed, &p.test, "accuracy"),
+        accuracy_centralized: metric(lr, &l.central, &p.test, "accuracy"),
+        accuracy_mlp_federated: None,
+        accuracy_rule: rule_hard
+            .as_ref()
+            .and_then(|s| accuracy(s, p.test.labels())),
+    }
+}
+
+/// The rule `feature > 1` over every party's test rows: (AUC, accuracy).
+fn rule_baseline(parties: &[Party], rule_column: Option<usize>) -> (Option<f64>, Option<f64>) {
+    let Some(c) = rule_column else {
+        return (None, None);
     };
-    let acc = |k: usize| {
-        let (s, y) = pooled_scores(&pooled[k]);
-        accuracy(&s, &y)
-    };
-    let (rule_auc, rule_acc) = match rule_column {
-        Some(c) => {
-            let mut s = Vec::new();
-            let mut y = Vec::new();
-            for p in &parties {
-                for r in 0..p.test.len() {
-                    let (x, label) = p.test.row(r);
-                    s.push(x.get(c).copied().unwrap_or(0.0));
-                    y.push(label);
-                }
-            }
-            let hard: Vec<f64> = s.iter().map(|&v| f64::from(u8::from(v > 1.0))).collect();
-            (roc_auc(&s, &y), accuracy(&hard, &y))
+    let mut s = Vec::new();
+    let mut y = Vec::new();
+    for p in parties {
+        for r in 0..p.test.len() {
+            let (x, label) = p.test.row(r);
+            s.push(x.get(c).copied().unwrap_or(0.0));
+            y.push(label);
         }
-        None => (None, None),
-    };
-    skipped.sort_by(|a, b| a.store_id.cmp(&b.store_id));
-    Ok(ClassificationReport {
-        task: task.to_string(),
-        feature_names,
-        options: options.clone(),
-        rounds: fed.rounds,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        bytes_up: fed.bytes_up,
-        bytes_down: fed.bytes_down,
-        pooled_auc_local: auc(0),
-        pooled_auc_federated: auc(1),
-        pooled_auc_centralized: auc(2),
-        pooled_auc_newton: auc(3),
-        pooled_auc_newton_centralized: auc(4),
-        pooled_auc_mlp_local: mlp.and_then(|_| auc(5)),
-        pooled_auc_mlp_federated: mlp.and_then(|_| auc(6)),
-        pooled_auc_mlp_centralized: mlp.and_then(|_| auc(7)),
-        pooled_auc_rule: rule_auc,
-        pooled_accuracy_local: acc(0),
-        pooled_accuracy_federated: acc(1),
-        pooled_accuracy_centralized: acc(2),
-        pooled_accuracy_rule: rule_acc,
-        newton_max_parameter_gap: newton_gap,
-        newton_parameters: w_newton.clone(),
-        fedavg_parameters: w_fed.clone(),
-        mlp_parameters: mlp_models.as_ref().map(|m| m.1.clone()),
-        privacy,
-        silos,
-        skipped,
-    })
+    }
+    let hard: Vec<f64> = s.iter().map(|&v| f64::from(u8::from(v > 1.0))).collect();
+    (roc_auc(&s, &y), accuracy(&hard, &y))
 }
 
 /// Keep the parties that can train; say why the others cannot.
@@ -625,10 +723,27 @@ pub async fn run_churn(
 }
 
 /// A readable summary of a classification report.
+fn fmt3(v: Option<f64>) -> String {
+    v.map_or("  -  ".to_string(), |v| format!("{v:.3}"))
+}
+
 pub fn render_classification(r: &ClassificationReport) -> String {
-    let f = |v: Option<f64>| v.map_or("  -  ".to_string(), |v| format!("{v:.3}"));
-    let mut s = String::new();
-    s.push_str(&format!(
+    let mut s = render_pooled(r);
+    if r.silos.len() <= 12 {
+        s.push_str(&render_parties(&r.silos));
+    } else {
+        s.push_str(&render_groups(&r.silos));
+    }
+    for k in &r.skipped {
+        s.push_str(&format!("  skipped {}: {}\n", k.store_id, k.reason));
+    }
+    s
+}
+
+/// The run's headline and the pooled figures of every model.
+fn render_pooled(r: &ClassificationReport) -> String {
+    let f = fmt3;
+    let mut s = format!(
         "\n{} — {} parties, {} features, FedAvg {} rounds ({:.1} s, {} KiB up, {} KiB down)\n",
         r.task,
         r.silos.len(),
@@ -637,7 +752,7 @@ pub fn render_classification(r: &ClassificationReport) -> String {
         r.wall_seconds,
         r.bytes_up / 1024,
         r.bytes_down / 1024
-    ));
+    );
     s.push_str(&format!(
         "\n  pooled test ROC AUC   local {}   federated {}   centralized {}\n",
         f(r.pooled_auc_local),
@@ -683,54 +798,61 @@ pub fn render_classification(r: &ClassificationReport) -> String {
                 .join(", ")
         ));
     }
-    let show = r.silos.len() <= 12;
-    if show {
-        s.push_str("  party         train  test  pos   AUC local  federated  centralized   acc local  federated\n");
-        for x in &r.silos {
-            s.push_str(&format!(
-                "  {:<12} {:>6} {:>5} {:>4}   {:>9}  {:>9}  {:>11}   {:>9}  {:>9}\n",
-                x.silo,
-                x.train_rows,
-                x.test_rows,
-                x.test_positives,
-                f(x.auc_local),
-                f(x.auc_federated),
-                f(x.auc_centralized),
-                f(x.accuracy_local),
-                f(x.accuracy_federated)
-            ));
-        }
-    } else {
-        let mut groups: std::collections::BTreeMap<&str, Vec<&SiloReport>> = Default::default();
-        for x in &r.silos {
-            groups.entry(&x.group).or_default().push(x);
-        }
-        s.push_str(
-            "  group         parties   mean AUC local  federated  centralized   federated wins\n",
-        );
-        for (g, xs) in groups {
-            let mean = |get: &dyn Fn(&SiloReport) -> Option<f64>| {
-                let v: Vec<f64> = xs.iter().filter_map(|x| get(x)).collect();
-                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-            };
-            let wins = xs
-                .iter()
-                .filter(|x| matches!((x.auc_federated, x.auc_local), (Some(a), Some(b)) if a > b))
-                .count();
-            s.push_str(&format!(
-                "  {:<12} {:>8}   {:>14}  {:>9}  {:>11}   {:>6}/{}\n",
-                g,
-                xs.len(),
-                f(mean(&|x| x.auc_local)),
-                f(mean(&|x| x.auc_federated)),
-                f(mean(&|x| x.auc_centralized)),
-                wins,
-                xs.len()
-            ));
-        }
+    s
+}
+
+/// One line per party, for a few parties.
+fn render_parties(silos: &[SiloReport]) -> String {
+    let f = fmt3;
+    let mut s = String::from(
+        "  party         train  test  pos   AUC local  federated  centralized   acc local  federated\n",
+    );
+    for x in silos {
+        s.push_str(&format!(
+            "  {:<12} {:>6} {:>5} {:>4}   {:>9}  {:>9}  {:>11}   {:>9}  {:>9}\n",
+            x.silo,
+            x.train_rows,
+            x.test_rows,
+            x.test_positives,
+            f(x.auc_local),
+            f(x.auc_federated),
+            f(x.auc_centralized),
+            f(x.accuracy_local),
+            f(x.accuracy_federated)
+        ));
     }
-    for k in &r.skipped {
-        s.push_str(&format!("  skipped {}: {}\n", k.store_id, k.reason));
+    s
+}
+
+/// Means per group (business type), for many parties.
+fn render_groups(silos: &[SiloReport]) -> String {
+    let f = fmt3;
+    let mut groups: std::collections::BTreeMap<&str, Vec<&SiloReport>> = Default::default();
+    for x in silos {
+        groups.entry(&x.group).or_default().push(x);
+    }
+    let mut s = String::from(
+        "  group         parties   mean AUC local  federated  centralized   federated wins\n",
+    );
+    for (g, xs) in groups {
+        let mean = |get: &dyn Fn(&SiloReport) -> Option<f64>| {
+            let v: Vec<f64> = xs.iter().filter_map(|x| get(x)).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        let wins = xs
+            .iter()
+            .filter(|x| matches!((x.auc_federated, x.auc_local), (Some(a), Some(b)) if a > b))
+            .count();
+        s.push_str(&format!(
+            "  {:<12} {:>8}   {:>14}  {:>9}  {:>11}   {:>6}/{}\n",
+            g,
+            xs.len(),
+            f(mean(&|x| x.auc_local)),
+            f(mean(&|x| x.auc_federated)),
+            f(mean(&|x| x.auc_centralized)),
+            wins,
+            xs.len()
+        ));
     }
     s
 }

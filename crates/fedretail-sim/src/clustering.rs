@@ -426,60 +426,10 @@ pub async fn run_anomaly(
     let mut reports = Vec::new();
     let mut receipt_index = 0;
     for (i, s) in stores.iter().enumerate() {
-        let (customer_local, _) =
-            scores_for(&c.local[i], c.k, &s.customers, &s.customer_labels, true, o)?;
-        let (customer_meta, _) =
-            scores_for(&c.meta, c.k, &s.customers, &s.customer_labels, true, o)?;
-        let (customer_federated, _) =
-            scores_for(&c.federated, c.k, &s.customers, &s.customer_labels, true, o)?;
-        let mut report = StoreAnomalyReport {
-            store_id: s.store_id.clone(),
-            business_type: s.business_type.clone(),
-            customers: s.customers.len(),
-            labelled_customers: s.customer_labels.iter().filter(|&&l| l).count(),
-            customer_local,
-            customer_meta,
-            customer_federated,
-            receipts: s.receipts.len(),
-            labelled_receipts: s.receipt_labels.iter().filter(|&&l| l).count(),
-            receipt_local: ModelScores::default(),
-            receipt_federated: ModelScores::default(),
-            flagged_receipts: 0,
-            flagged_precision: None,
-            flagged_recall: None,
-            threshold: f64::NAN,
-        };
+        let mut report = customer_anomaly(s, &c, i, o)?;
         if s.receipts.len() >= o.transaction_clusters {
-            let (local, _) = scores_for(
-                &r.local[receipt_index],
-                r.k,
-                &s.receipts,
-                &s.receipt_labels,
-                false,
-                o,
-            )?;
-            let (federated, scores) =
-                scores_for(&r.federated, r.k, &s.receipts, &s.receipt_labels, false, o)?;
+            receipt_anomaly(&mut report, s, &r, receipt_index, o)?;
             receipt_index += 1;
-            // Calibrated per store: flag the top `flag_share` of the store's own scores.
-            let mut sorted = scores.clone();
-            sorted.sort_by(f64::total_cmp);
-            let q = ((1.0 - o.flag_share) * (sorted.len() - 1) as f64).round() as usize;
-            let threshold = sorted[q.min(sorted.len() - 1)];
-            let flagged: Vec<bool> = scores.iter().map(|&v| v > threshold).collect();
-            let hits = flagged
-                .iter()
-                .zip(&s.receipt_labels)
-                .filter(|(&f, &l)| f && l)
-                .count();
-            let n_flagged = flagged.iter().filter(|&&f| f).count();
-            report.receipt_local = local;
-            report.receipt_federated = federated;
-            report.flagged_receipts = n_flagged;
-            report.flagged_precision = (n_flagged > 0).then(|| hits as f64 / n_flagged as f64);
-            report.flagged_recall = (report.labelled_receipts > 0)
-                .then(|| hits as f64 / report.labelled_receipts as f64);
-            report.threshold = threshold;
         }
         reports.push(report);
     }
@@ -518,6 +468,75 @@ pub async fn run_anomaly(
         stores: reports,
         skipped,
     })
+}
+
+/// A store's customer scores under its own, the meta and the federated clusters.
+fn customer_anomaly(
+    s: &LoadedStore,
+    c: &FittedLevel,
+    i: usize,
+    o: &ClusteringOptions,
+) -> Result<StoreAnomalyReport, SimError> {
+    let score = |centroids: &[f64]| {
+        scores_for(centroids, c.k, &s.customers, &s.customer_labels, true, o).map(|x| x.0)
+    };
+    Ok(StoreAnomalyReport {
+        store_id: s.store_id.clone(),
+        business_type: s.business_type.clone(),
+        customers: s.customers.len(),
+        labelled_customers: s.customer_labels.iter().filter(|&&l| l).count(),
+        customer_local: score(&c.local[i])?,
+        customer_meta: score(&c.meta)?,
+        customer_federated: score(&c.federated)?,
+        receipts: s.receipts.len(),
+        labelled_receipts: s.receipt_labels.iter().filter(|&&l| l).count(),
+        receipt_local: ModelScores::default(),
+        receipt_federated: ModelScores::default(),
+        flagged_receipts: 0,
+        flagged_precision: None,
+        flagged_recall: None,
+        threshold: f64::NAN,
+    })
+}
+
+/// A store's receipt scores, and the receipts it flags: the top `flag_share` of its
+/// own scores under the federated clusters (a threshold calibrated per store).
+fn receipt_anomaly(
+    report: &mut StoreAnomalyReport,
+    s: &LoadedStore,
+    r: &FittedLevel,
+    index: usize,
+    o: &ClusteringOptions,
+) -> Result<(), SimError> {
+    let (local, _) = scores_for(
+        &r.local[index],
+        r.k,
+        &s.receipts,
+        &s.receipt_labels,
+        false,
+        o,
+    )?;
+    let (federated, scores) =
+        scores_for(&r.federated, r.k, &s.receipts, &s.receipt_labels, false, o)?;
+    let mut sorted = scores.clone();
+    sorted.sort_by(f64::total_cmp);
+    let q = ((1.0 - o.flag_share) * (sorted.len() - 1) as f64).round() as usize;
+    let threshold = sorted[q.min(sorted.len() - 1)];
+    let flagged: Vec<bool> = scores.iter().map(|&v| v > threshold).collect();
+    let hits = flagged
+        .iter()
+        .zip(&s.receipt_labels)
+        .filter(|(&f, &l)| f && l)
+        .count();
+    let n_flagged = flagged.iter().filter(|&&f| f).count();
+    report.receipt_local = local;
+    report.receipt_federated = federated;
+    report.flagged_receipts = n_flagged;
+    report.flagged_precision = (n_flagged > 0).then(|| hits as f64 / n_flagged as f64);
+    report.flagged_recall =
+        (report.labelled_receipts > 0).then(|| hits as f64 / report.labelled_receipts as f64);
+    report.threshold = threshold;
+    Ok(())
 }
 
 /// Global clusters with their share (from per-store counts) and a description.

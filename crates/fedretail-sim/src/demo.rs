@@ -1,8 +1,8 @@
 use crate::federation::{run_federation, SimStore};
-use crate::prepare::{prepare_network, PreparedStore};
+use crate::prepare::{prepare_network, PreparedStore, SkippedStore};
 use crate::report::{group_by, summarize, DemandReport, StoreReport};
 use crate::SimError;
-use fedretail_coordinator::{CoordinatorEvent, JobConfig};
+use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StoreEvaluation};
 use fedretail_core::task::DemandTaskOptions;
 use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::DemandSpec;
@@ -65,6 +65,59 @@ pub async fn run_demo(
     observer: Arc<dyn Fn(&DemoEvent) + Send + Sync>,
 ) -> Result<DemandReport, SimError> {
     let started = Instant::now();
+    let (stores, mut skipped_stores) = prepare_demo(options, &observer).await?;
+    let prepare_seconds = started.elapsed().as_secs_f64();
+    let fed_start = Instant::now();
+    let (outcome, agent_failures) = federate_demand(options, &stores, &observer).await?;
+    let federated_seconds = fed_start.elapsed().as_secs_f64();
+
+    // Baselines. The centralized reference pools the stores' rows: a yardstick that
+    // exists only in this harness.
+    observer(&DemoEvent::Baselines);
+    let base_start = Instant::now();
+    let stores_for_baseline = stores.clone();
+    let l2 = options.job.l2;
+    let centralized =
+        tokio::task::spawn_blocking(move || centralized_fit(&stores_for_baseline, l2))
+            .await
+            .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
+    let max_gap = centralized
+        .iter()
+        .zip(&outcome.parameters)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let by_id: std::collections::HashMap<&str, &PreparedStore> =
+        stores.iter().map(|s| (s.store_id.as_str(), s)).collect();
+    let store_reports: Vec<StoreReport> = outcome
+        .evaluations
+        .iter()
+        .filter_map(|ev| {
+            let store = by_id.get(ev.store_id.as_str())?;
+            Some(store_report(ev, store, &centralized, options.holdout_days))
+        })
+        .collect();
+    skipped_stores.extend(agent_failures);
+    let timing = DemoTiming {
+        wall_seconds: started.elapsed().as_secs_f64(),
+        prepare_seconds,
+        federated_seconds,
+        baseline_seconds: base_start.elapsed().as_secs_f64(),
+    };
+    Ok(demand_report(
+        options,
+        &outcome,
+        store_reports,
+        skipped_stores,
+        timing,
+        max_gap,
+    ))
+}
+
+/// Every store's demand features, prepared a few stores at a time.
+async fn prepare_demo(
+    options: &DemoOptions,
+    observer: &Arc<dyn Fn(&DemoEvent) + Send + Sync>,
+) -> Result<(Vec<PreparedStore>, Vec<SkippedStore>), SimError> {
     let spec = DemandSpec {
         holdout_days: options.holdout_days,
         horizon_days: 28,
@@ -88,8 +141,16 @@ pub async fn run_demo(
         stores: stores.len(),
         skipped: skipped.len(),
     });
-    let prepare_seconds = started.elapsed().as_secs_f64();
+    Ok((stores, skipped))
+}
 
+/// The demand job over a real coordinator and one agent per store; its outcome and
+/// the agents that failed.
+async fn federate_demand(
+    options: &DemoOptions,
+    stores: &[PreparedStore],
+    observer: &Arc<dyn Fn(&DemoEvent) + Send + Sync>,
+) -> Result<(JobOutcome, Vec<SkippedStore>), SimError> {
     let mut job = options.job.clone();
     job.task = TaskSpec::Demand(DemandTaskOptions {
         holdout_days: options.holdout_days,
@@ -116,16 +177,14 @@ pub async fn run_demo(
             }
         })
         .collect();
-    let fed_start = Instant::now();
     let obs = observer.clone();
     let run = run_federation(
         &sim_stores,
-        vec![job.clone()],
+        vec![job],
         options.database.as_deref(),
         Arc::new(move |e: &CoordinatorEvent| obs(&DemoEvent::Coordinator(e.clone()))),
     )
     .await?;
-    let agent_failures = run.agent_failures;
     let outcome = run
         .outcomes
         .into_iter()
@@ -137,90 +196,87 @@ pub async fn run_demo(
             outcome.status
         )));
     }
-    let federated_seconds = fed_start.elapsed().as_secs_f64();
+    Ok((outcome, run.agent_failures))
+}
 
-    // Baselines. The centralized reference pools the stores' rows: a yardstick that
-    // exists only in this harness.
-    observer(&DemoEvent::Baselines);
-    let base_start = Instant::now();
-    let stores_for_baseline = stores.clone();
-    let l2 = job.l2;
-    let centralized =
-        tokio::task::spawn_blocking(move || centralized_fit(&stores_for_baseline, l2))
-            .await
-            .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
-    let max_gap = centralized
-        .iter()
-        .zip(&outcome.parameters)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-
-    let by_id: std::collections::HashMap<&str, &PreparedStore> =
-        stores.iter().map(|s| (s.store_id.as_str(), s)).collect();
-    let mut store_reports = Vec::new();
-    for ev in &outcome.evaluations {
-        let Some(store) = by_id.get(ev.store_id.as_str()) else {
-            continue;
-        };
-        let ds = &store.dataset;
-        let m = |k: &str| ev.metrics.get(k).copied();
-        let actual: f64 = ds.test.units().iter().sum();
-        let central_err = test_errors(ds, &centralized);
-        let n_cat = (ds.test.len() / options.holdout_days as usize).max(1);
-        let train_days = (ds.train.len() / n_cat).max(1);
-        let units_per_day = ds.train.units().iter().sum::<f64>() / train_days as f64;
-        store_reports.push(StoreReport {
-            store_id: ev.store_id.clone(),
-            business_type: store.business_type.clone(),
-            size_band: size_band(units_per_day).to_string(),
-            units_per_day: (units_per_day * 10.0).round() / 10.0,
-            history_days: ds.history_days,
-            train_rows: ds.train.len() as u64,
-            test_rows: ds.test.len() as u64,
-            wape_seasonal_naive: m("wape_naive"),
-            wape_local: m("wape_local"),
-            wape_federated: m("wape_federated"),
-            wape_centralized: metrics::wape(central_err, actual),
-            wape_personalized: m("wape_personalized"),
-            mase_local: m("mase_local"),
-            mase_federated: m("mase_federated"),
-            mase_centralized: metrics::mase(central_err, ds.test.len(), ds.naive_scale),
-            forecast_model: ev
-                .metrics
-                .keys()
-                .find_map(|k| k.strip_prefix("forecast_by_"))
-                .map(str::to_string),
-            wape_forecast: m("wape_forecast"),
-        });
+/// One store's figures: what it reported, and the centralized yardstick on its days.
+fn store_report(
+    ev: &StoreEvaluation,
+    store: &PreparedStore,
+    centralized: &[f64],
+    holdout_days: u32,
+) -> StoreReport {
+    let ds = &store.dataset;
+    let m = |k: &str| ev.metrics.get(k).copied();
+    let actual: f64 = ds.test.units().iter().sum();
+    let central_err = test_errors(ds, centralized);
+    let n_cat = (ds.test.len() / holdout_days as usize).max(1);
+    let train_days = (ds.train.len() / n_cat).max(1);
+    let units_per_day = ds.train.units().iter().sum::<f64>() / train_days as f64;
+    StoreReport {
+        store_id: ev.store_id.clone(),
+        business_type: store.business_type.clone(),
+        size_band: size_band(units_per_day).to_string(),
+        units_per_day: (units_per_day * 10.0).round() / 10.0,
+        history_days: ds.history_days,
+        train_rows: ds.train.len() as u64,
+        test_rows: ds.test.len() as u64,
+        wape_seasonal_naive: m("wape_naive"),
+        wape_local: m("wape_local"),
+        wape_federated: m("wape_federated"),
+        wape_centralized: metrics::wape(central_err, actual),
+        wape_personalized: m("wape_personalized"),
+        mase_local: m("mase_local"),
+        mase_federated: m("mase_federated"),
+        mase_centralized: metrics::mase(central_err, ds.test.len(), ds.naive_scale),
+        forecast_model: ev
+            .metrics
+            .keys()
+            .find_map(|k| k.strip_prefix("forecast_by_"))
+            .map(str::to_string),
+        wape_forecast: m("wape_forecast"),
     }
+}
+
+/// Where a demo's time went.
+struct DemoTiming {
+    wall_seconds: f64,
+    prepare_seconds: f64,
+    federated_seconds: f64,
+    baseline_seconds: f64,
+}
+
+fn demand_report(
+    options: &DemoOptions,
+    outcome: &JobOutcome,
+    store_reports: Vec<StoreReport>,
+    skipped_stores: Vec<SkippedStore>,
+    timing: DemoTiming,
+    max_gap: f64,
+) -> DemandReport {
     let refs: Vec<&StoreReport> = store_reports.iter().collect();
-    let mut skipped_stores = skipped;
-    skipped_stores.extend(agent_failures);
-    Ok(DemandReport {
+    let types = [
+        "grocery",
+        "convenience",
+        "florist",
+        "hardware",
+        "pharmacy",
+        "fashion",
+    ];
+    DemandReport {
         task: outcome.task.clone(),
         strategy: outcome.strategy.clone(),
         rounds: outcome.rounds.len(),
         holdout_days: options.holdout_days,
         data_dir: options.data_dir.display().to_string(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        prepare_seconds,
-        federated_seconds,
-        baseline_seconds: base_start.elapsed().as_secs_f64(),
+        wall_seconds: timing.wall_seconds,
+        prepare_seconds: timing.prepare_seconds,
+        federated_seconds: timing.federated_seconds,
+        baseline_seconds: timing.baseline_seconds,
         bytes_up: outcome.bytes_up,
         bytes_down: outcome.bytes_down,
         overall: summarize("all stores", &refs),
-        by_business_type: group_by(
-            &store_reports,
-            |s| &s.business_type,
-            &[
-                "grocery",
-                "convenience",
-                "florist",
-                "hardware",
-                "pharmacy",
-                "fashion",
-            ],
-        ),
+        by_business_type: group_by(&store_reports, |s| &s.business_type, &types),
         by_size_band: group_by(
             &store_reports,
             |s| &s.size_band,
@@ -238,7 +294,7 @@ pub async fn run_demo(
         max_weight_gap_to_centralized: max_gap,
         privacy: outcome.privacy.clone(),
         status: outcome.status.clone(),
-    })
+    }
 }
 
 /// Newton to convergence on the pooled training rows of every store.

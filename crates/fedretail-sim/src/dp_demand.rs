@@ -182,7 +182,12 @@ fn run_setting(
     expected: f64,
 ) -> Result<(Vec<f64>, Option<f64>), SimError> {
     let n = stores.len();
-    let fraction = if o.secure { m as f64 / n as f64 } else { 1.0 };
+    // Exactly m stores under SecAgg+ (the sampler takes ceil(fraction · n)).
+    let fraction = if o.secure {
+        (m as f64 - 0.5) / n as f64
+    } else {
+        1.0
+    };
     let inner = FedAvg::try_new(FedAvgConfig {
         sampling: SamplingConfig {
             fraction,
@@ -270,17 +275,7 @@ pub async fn run_dp_demand(
 ) -> Result<DpDemandReport, SimError> {
     let started = Instant::now();
     let o = options;
-    if !(o.sampling_rate > 0.0 && o.sampling_rate <= 1.0) {
-        return Err(SimError::Options(format!(
-            "sampling rate must be in (0, 1], got {}",
-            o.sampling_rate
-        )));
-    }
-    if !(o.clip > 0.0 && o.clip.is_finite()) || o.rounds == 0 {
-        return Err(SimError::Options(
-            "clip must be positive and rounds at least 1".into(),
-        ));
-    }
+    check_options(o)?;
     let spec = DemandSpec {
         holdout_days: o.holdout_days,
         ..Default::default()
@@ -314,113 +309,20 @@ pub async fn run_dp_demand(
     let central = crate::demo::centralized_fit(&stores, DemandOptions::default().l2);
     let (median_central, _) = wapes(&stores, &|_| central.clone());
 
-    let mut settings: Vec<(Option<f64>, Noise)> = vec![(None, Noise::None)];
-    for &eps in &o.epsilons {
-        let noise = if o.secure {
-            // Smallest z whose DDG accounting meets eps, by bisection.
-            let dim = demand_layout().len();
-            let spend = |z: f64| {
-                FixedPoint::for_sum(m, o.clip, z * o.clip)
-                    .ok()
-                    .and_then(|fp| ddg_epsilon(z, m, o.clip * fp.scale(), dim, o.rounds, o.delta))
-                    .unwrap_or(f64::INFINITY)
-            };
-            let (mut lo, mut hi) = (0.01, 1e4);
-            if spend(hi) > eps {
-                return Err(SimError::Options(format!(
-                    "epsilon {eps} cannot be reached"
-                )));
-            }
-            for _ in 0..60 {
-                let mid = (lo * hi).sqrt();
-                if spend(mid) > eps {
-                    lo = mid
-                } else {
-                    hi = mid
-                }
-            }
-            Noise::Secure {
-                z: hi,
-                spent: spend(hi),
-            }
-        } else {
-            let z = calibrate_noise_multiplier(o.sampling_rate, o.rounds, eps, o.delta)
-                .map_err(|e| SimError::Options(e.to_string()))?;
-            // Andrew et al. suggest count noise of about a twentieth of the stores.
-            let z_count = expected / 20.0;
-            let adaptive = sum_noise_multiplier_with_count(z, z_count).and_then(|z_sum| {
-                AdaptiveClip::new(o.clip, o.target_quantile, o.clip_learning_rate, z_count)
-                    .ok()
-                    .map(|a| (a, z_sum))
-            });
-            match adaptive {
-                Some((a, z_sum)) => Noise::Central {
-                    z,
-                    z_sum,
-                    adaptive: Some(a),
-                },
-                None => Noise::Central {
-                    z,
-                    z_sum: z,
-                    adaptive: None,
-                },
-            }
-        };
-        settings.push((Some(eps), noise));
-    }
-
-    let local: Vec<(String, Arc<dyn LocalTask>)> = stores
-        .iter()
-        .zip(&tasks)
-        .map(|(s, t)| (s.store_id.clone(), t.clone() as Arc<dyn LocalTask>))
-        .collect();
+    let network = DpNetwork {
+        stores: &stores,
+        local: stores
+            .iter()
+            .zip(&tasks)
+            .map(|(s, t)| (s.store_id.clone(), t.clone() as Arc<dyn LocalTask>))
+            .collect(),
+        m,
+        expected,
+    };
     let mut rows = Vec::new();
-    for (eps, noise) in settings {
-        let label = match (&noise, eps) {
-            (Noise::None, _) => "no DP (same sampling, unclipped mean)".to_string(),
-            (
-                Noise::Central {
-                    adaptive: Some(_), ..
-                },
-                Some(e),
-            ) => {
-                format!("central DP, adaptive clip, epsilon {e}")
-            }
-            (Noise::Central { .. }, Some(e)) => format!("central DP, fixed clip, epsilon {e}"),
-            (Noise::Secure { .. }, Some(e)) => {
-                format!("SecAgg+ with distributed discrete Gaussian, epsilon {e}")
-            }
-            _ => "?".into(),
-        };
-        on_progress(&label);
-        let (global, final_clip) = run_setting(o, &local, &noise, m, expected)?;
-        let (median_wape, pooled_wape) = wapes(&stores, &|_| global.clone());
-        let (spent, z_report) = match (&noise, eps) {
-            (Noise::Central { z, .. }, Some(_)) => {
-                let mut acc = RdpAccountant::new();
-                acc.compose_poisson_gaussian(o.sampling_rate, *z, o.rounds)
-                    .map_err(|e| SimError::Options(e.to_string()))?;
-                (acc.epsilon(o.delta).ok().map(|e| e.epsilon), Some(*z))
-            }
-            (Noise::Secure { z, spent }, Some(_)) => (Some(*spent), Some(*z)),
-            _ => (None, None),
-        };
-        rows.push(DpDemandRow {
-            setting: label,
-            epsilon_target: eps,
-            epsilon_spent: spent,
-            noise_multiplier: z_report,
-            adaptive_clipping: matches!(
-                noise,
-                Noise::Central {
-                    adaptive: Some(_),
-                    ..
-                }
-            ),
-            final_clip: eps.and(final_clip),
-            median_wape,
-            pooled_wape,
-        });
+    for (eps, noise) in settings(o, m, expected)? {
+        on_progress(&setting_label(&noise, eps));
+        rows.push(network.row(o, eps, &noise)?);
     }
     Ok(DpDemandReport {
         task: "demand, store-level DP-FedAvg".into(),
@@ -435,6 +337,168 @@ pub async fn run_dp_demand(
         rows,
         options: o.clone(),
         wall_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// No DP, then each ε with the noise the mode calls for.
+fn settings(
+    o: &DpDemandOptions,
+    m: u32,
+    expected: f64,
+) -> Result<Vec<(Option<f64>, Noise)>, SimError> {
+    let mut settings = vec![(None, Noise::None)];
+    for &eps in &o.epsilons {
+        let noise = if o.secure {
+            secure_noise(o, eps, m)?
+        } else {
+            central_noise(o, eps, expected)?
+        };
+        settings.push((Some(eps), noise));
+    }
+    Ok(settings)
+}
+
+/// The stores of a DP run, as tasks, and its sampling.
+struct DpNetwork<'a> {
+    stores: &'a [PreparedStore],
+    local: Vec<(String, Arc<dyn LocalTask>)>,
+    m: u32,
+    expected: f64,
+}
+
+impl DpNetwork<'_> {
+    /// Trains under one setting and measures the model on every store's held-out days.
+    fn row(
+        &self,
+        o: &DpDemandOptions,
+        eps: Option<f64>,
+        noise: &Noise,
+    ) -> Result<DpDemandRow, SimError> {
+        let (global, final_clip) = run_setting(o, &self.local, noise, self.m, self.expected)?;
+        let (median_wape, pooled_wape) = wapes(self.stores, &|_| global.clone());
+        let (spent, z_report) = spent(o, noise, eps)?;
+        Ok(DpDemandRow {
+            setting: setting_label(noise, eps),
+            epsilon_target: eps,
+            epsilon_spent: spent,
+            noise_multiplier: z_report,
+            adaptive_clipping: matches!(
+                noise,
+                Noise::Central {
+                    adaptive: Some(_),
+                    ..
+                }
+            ),
+            final_clip: eps.and(final_clip),
+            median_wape,
+            pooled_wape,
+        })
+    }
+}
+
+fn check_options(o: &DpDemandOptions) -> Result<(), SimError> {
+    if !(o.sampling_rate > 0.0 && o.sampling_rate <= 1.0) {
+        return Err(SimError::Options(format!(
+            "sampling rate must be in (0, 1], got {}",
+            o.sampling_rate
+        )));
+    }
+    if !(o.clip > 0.0 && o.clip.is_finite()) || o.rounds == 0 {
+        return Err(SimError::Options(
+            "clip must be positive and rounds at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The smallest noise multiplier whose distributed discrete Gaussian accounting
+/// over the run meets `eps`, by bisection.
+fn secure_noise(o: &DpDemandOptions, eps: f64, m: u32) -> Result<Noise, SimError> {
+    let dim = demand_layout().len();
+    let spend = |z: f64| {
+        FixedPoint::for_sum(m, o.clip, z * o.clip)
+            .ok()
+            .and_then(|fp| ddg_epsilon(z, m, o.clip * fp.scale(), dim, o.rounds, o.delta))
+            .unwrap_or(f64::INFINITY)
+    };
+    let (mut lo, mut hi) = (0.01, 1e4);
+    if spend(hi) > eps {
+        return Err(SimError::Options(format!(
+            "epsilon {eps} cannot be reached"
+        )));
+    }
+    for _ in 0..60 {
+        let mid = (lo * hi).sqrt();
+        if spend(mid) > eps {
+            lo = mid
+        } else {
+            hi = mid
+        }
+    }
+    Ok(Noise::Secure {
+        z: hi,
+        spent: spend(hi),
+    })
+}
+
+/// Central noise calibrated to `eps` for Poisson sampling, with an adaptive clip
+/// when the count's share of the noise fits.
+fn central_noise(o: &DpDemandOptions, eps: f64, expected: f64) -> Result<Noise, SimError> {
+    let z = calibrate_noise_multiplier(o.sampling_rate, o.rounds, eps, o.delta)
+        .map_err(|e| SimError::Options(e.to_string()))?;
+    // Andrew et al. suggest count noise of about a twentieth of the stores.
+    let z_count = expected / 20.0;
+    let adaptive = sum_noise_multiplier_with_count(z, z_count).and_then(|z_sum| {
+        AdaptiveClip::new(o.clip, o.target_quantile, o.clip_learning_rate, z_count)
+            .ok()
+            .map(|a| (a, z_sum))
+    });
+    Ok(match adaptive {
+        Some((a, z_sum)) => Noise::Central {
+            z,
+            z_sum,
+            adaptive: Some(a),
+        },
+        None => Noise::Central {
+            z,
+            z_sum: z,
+            adaptive: None,
+        },
+    })
+}
+
+fn setting_label(noise: &Noise, eps: Option<f64>) -> String {
+    match (noise, eps) {
+        (Noise::None, _) => "no DP (same sampling, unclipped mean)".to_string(),
+        (
+            Noise::Central {
+                adaptive: Some(_), ..
+            },
+            Some(e),
+        ) => format!("central DP, adaptive clip, epsilon {e}"),
+        (Noise::Central { .. }, Some(e)) => format!("central DP, fixed clip, epsilon {e}"),
+        (Noise::Secure { .. }, Some(e)) => {
+            format!("SecAgg+ with distributed discrete Gaussian, epsilon {e}")
+        }
+        _ => "?".into(),
+    }
+}
+
+/// (ε spent at δ, noise multiplier) of a setting.
+fn spent(
+    o: &DpDemandOptions,
+    noise: &Noise,
+    eps: Option<f64>,
+) -> Result<(Option<f64>, Option<f64>), SimError> {
+    Ok(match (noise, eps) {
+        (Noise::Central { z, .. }, Some(_)) => {
+            let mut acc = RdpAccountant::new();
+            acc.compose_poisson_gaussian(o.sampling_rate, *z, o.rounds)
+                .map_err(|e| SimError::Options(e.to_string()))?;
+            (acc.epsilon(o.delta).ok().map(|e| e.epsilon), Some(*z))
+        }
+        (Noise::Secure { z, spent }, Some(_)) => (Some(*spent), Some(*z)),
+        _ => (None, None),
     })
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A store as its onboarding form describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,11 +84,61 @@ pub(crate) fn write_store(
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let start = p.first_day.num_days_from_ce() as i64;
     let end = p.last_day.num_days_from_ce() as i64;
-    let n_days = end - start + 1;
+    let promotions = plan_promotions(&spec, &mut rng, start, end);
+    write_promotions(&dir.join(PROMOTIONS_FILE), &spec, &promotions)?;
+    let mut promo_by_day = vec![vec![0.0; spec.categories.len()]; (end - start + 1) as usize];
+    for pr in &promotions {
+        for d in pr.start..=pr.end {
+            promo_by_day[(d - start) as usize][pr.category] = pr.discount;
+        }
+    }
+    let customers = draw_customers(p, &spec, &mut rng, start, end)?;
+    // Anomaly set-up: a few refund abusers (card-testing days are drawn day by day).
+    let abusers: Vec<usize> = if config.anomalies {
+        (0..rng.random_range(1..=3))
+            .map(|_| rng.random_range(0..customers.len()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut w = StoreWriter::create(dir, p, config, spec, rng, customers, abusers)?;
+    let day_noise = Gamma::new(25.0, 1.0 / 25.0).map_err(|e| SynthError::Config(e.to_string()))?;
+    let mut day_lines: Vec<Line> = Vec::new();
+    for day in start..=end {
+        let date = day_to_date(day);
+        let years = (day - start) as f64 / 365.0;
+        let m = day_multiplier(
+            &w.spec,
+            date,
+            years,
+            p.growth_per_year,
+            day_noise.sample(&mut w.rng),
+        );
+        let discounts = &promo_by_day[(day - start) as usize];
+        w.draw_lines(
+            &mut day_lines,
+            date,
+            p.mean_daily_receipts * w.spec.items_per_receipt * m,
+            discounts,
+        );
+        w.write_receipts(&day_lines, day, end, date)?;
+        w.due_refunds(day, date)?;
+        w.card_testing(date)?;
+    }
+    w.finish()?;
+    write_meta(p, &dir.join(STORE_META_FILE))?;
+    Ok((w.lines_written, w.anomalies))
+}
 
-    // Promotion calendar: every category on promotion for 1-2 weeks every 1-3 months.
+/// Every category on promotion for 1-2 weeks every 1-3 months.
+fn plan_promotions(
+    spec: &BusinessSpec,
+    rng: &mut ChaCha8Rng,
+    start: i64,
+    end: i64,
+) -> Vec<Promotion> {
     let mut promotions = Vec::new();
-    for (ci, _) in spec.categories.iter().enumerate() {
+    for ci in 0..spec.categories.len() {
         let mut day = start + rng.random_range(0..60);
         while day <= end {
             let len = rng.random_range(7..=14);
@@ -102,276 +152,75 @@ pub(crate) fn write_store(
             day += len + rng.random_range(30..90);
         }
     }
-    let promo_path = dir.join(PROMOTIONS_FILE);
-    {
-        let mut w = BufWriter::new(File::create(&promo_path).map_err(io_err(&promo_path))?);
-        writeln!(w, "category,start_date,end_date,discount").map_err(io_err(&promo_path))?;
-        for pr in &promotions {
-            writeln!(
-                w,
-                "{},{},{},{}",
-                spec.categories[pr.category].name,
-                day_to_date(pr.start),
-                day_to_date(pr.end),
-                pr.discount
-            )
-            .map_err(io_err(&promo_path))?;
-        }
-        w.flush().map_err(io_err(&promo_path))?;
-    }
-    let mut promo_by_day: Vec<Vec<f64>> = vec![vec![0.0; spec.categories.len()]; n_days as usize];
-    for pr in &promotions {
-        for d in pr.start..=pr.end {
-            promo_by_day[(d - start) as usize][pr.category] = pr.discount;
-        }
-    }
+    promotions
+}
 
-    // Customers: a pool that grows with the store, each with a personal rate and a
-    // lifetime after which they churn. Existing customers predate the export.
+fn write_promotions(
+    path: &Path,
+    spec: &BusinessSpec,
+    promotions: &[Promotion],
+) -> Result<(), SynthError> {
+    let mut w = BufWriter::new(File::create(path).map_err(io_err(path))?);
+    writeln!(w, "category,start_date,end_date,discount").map_err(io_err(path))?;
+    for pr in promotions {
+        writeln!(
+            w,
+            "{},{},{},{}",
+            spec.categories[pr.category].name,
+            day_to_date(pr.start),
+            day_to_date(pr.end),
+            pr.discount
+        )
+        .map_err(io_err(path))?;
+    }
+    w.flush().map_err(io_err(path))
+}
+
+/// A pool of customers that grows with the store, each with a personal rate and a
+/// lifetime after which they churn. Existing customers predate the export.
+fn draw_customers(
+    p: &StoreProfile,
+    spec: &BusinessSpec,
+    rng: &mut ChaCha8Rng,
+    start: i64,
+    end: i64,
+) -> Result<Vec<Customer>, SynthError> {
+    let n_days = end - start + 1;
     let pool = ((p.mean_daily_receipts * spec.identified * 25.0) as usize).max(20);
     let rate_dist = Gamma::<f64>::new(0.7, 1.0).map_err(|e| SynthError::Config(e.to_string()))?;
-    let customers: Vec<Customer> = (0..pool)
+    Ok((0..pool)
         .map(|_| {
             let first = start - 365 + (rng.random::<f64>() * (n_days + 365) as f64) as i64;
             let life = (-rng.random::<f64>().max(1e-12).ln() * 420.0) as i64 + 30;
             Customer {
                 first_day: first,
                 last_day: first + life,
-                rate: rate_dist.sample(&mut rng).min(4.0) / 4.0,
+                rate: rate_dist.sample(rng).min(4.0) / 4.0,
             }
         })
-        .collect();
+        .collect())
+}
 
-    // Anomaly set-up: a few refund abusers and rare card-testing days.
-    let abusers: Vec<usize> = if config.anomalies {
-        (0..rng.random_range(1..=3))
-            .map(|_| rng.random_range(0..pool))
-            .collect()
-    } else {
-        Vec::new()
-    };
-
-    let tx_path = dir.join(TRANSACTIONS_FILE);
-    let mut tx =
-        BufWriter::with_capacity(1 << 20, File::create(&tx_path).map_err(io_err(&tx_path))?);
-    writeln!(tx, "store_id,transaction_id,timestamp,customer_id,product_id,category,quantity,unit_price,amount,payment_method,is_refund")
-        .map_err(io_err(&tx_path))?;
-    let labels_path = dir.join(ANOMALY_LABELS_FILE);
-    let mut labels = BufWriter::new(File::create(&labels_path).map_err(io_err(&labels_path))?);
-    writeln!(labels, "transaction_id,product_id,anomaly").map_err(io_err(&labels_path))?;
-
-    let day_noise = Gamma::new(25.0, 1.0 / 25.0).map_err(|e| SynthError::Config(e.to_string()))?;
-    let mut refunds: BTreeMap<i64, Vec<PendingRefund>> = BTreeMap::new();
-    let mut next_tx: u64 = 1;
-    let mut lines_written: u64 = 0;
-    let mut anomalies: u64 = 0;
-    let mut day_lines: Vec<Line> = Vec::new();
-    let n_cat = spec.categories.len();
-
-    for day in start..=end {
-        let date = day_to_date(day);
-        let dow = date.weekday().num_days_from_monday() as usize;
-        let doy = date.ordinal() as f64;
-        let years = (day - start) as f64 / 365.0;
-        let mut m =
-            spec.weekly[dow] * (1.0 + p.growth_per_year).powf(years) * day_noise.sample(&mut rng);
-        if is_public_holiday(date) {
-            m *= spec.public_holiday;
-        }
-        if let Some(e) = shopping_event(date) {
-            m *= (spec.events)(e);
-        }
-        let lines_per_day = p.mean_daily_receipts * spec.items_per_receipt * m;
-
-        day_lines.clear();
-        for (ci, c) in spec.categories.iter().enumerate() {
-            let season =
-                (c.season * (2.0 * std::f64::consts::PI * (doy - c.peak_day) / 365.25).cos()).exp();
-            let discount = promo_by_day[(day - start) as usize][ci];
-            let promo = (1.0 - discount).powf(-PROMO_ELASTICITY);
-            let lambda = lines_per_day * c.share * season * promo;
-            let n = if lambda > 0.0 {
-                Poisson::new(lambda)
-                    .map(|d| d.sample(&mut rng) as u64)
-                    .unwrap_or(0)
-            } else {
-                0
-            };
-            for _ in 0..n {
-                // Skewed popularity: a few best-sellers, a long tail.
-                let product = ((c.products as f64) * rng.random::<f64>().powf(2.2)) as u32;
-                let extra = if c.quantity > 1.0 {
-                    Poisson::new(c.quantity - 1.0)
-                        .map(|d| d.sample(&mut rng) as u32)
-                        .unwrap_or(0)
-                } else {
-                    0
-                };
-                let regular = product_price(&spec, ci, product);
-                let unit_price = ((regular * (1.0 - discount)) * 100.0).round() / 100.0;
-                day_lines.push(Line {
-                    category: ci,
-                    product,
-                    quantity: 1 + extra,
-                    unit_price,
-                });
-            }
-        }
-        // Group the day's lines into receipts.
-        let receipts = ((day_lines.len() as f64 / spec.items_per_receipt).round() as usize)
-            .clamp(day_lines.len().min(1), day_lines.len().max(1));
-        let mut receipt_of: Vec<usize> = (0..day_lines.len())
-            .map(|i| {
-                if i < receipts {
-                    i
-                } else {
-                    rng.random_range(0..receipts)
-                }
-            })
-            .collect();
-        receipt_of.sort_unstable();
-        let mut order: Vec<usize> = (0..day_lines.len()).collect();
-        order.sort_by_key(|&i| receipt_of[i]);
-
-        let mut i = 0;
-        while i < order.len() {
-            let r = receipt_of[order[i]];
-            let mut j = i;
-            while j < order.len() && receipt_of[order[j]] == r {
-                j += 1;
-            }
-            let customer = pick_customer(&mut rng, &customers, day, spec.identified);
-            let ts = draw_time(&mut rng, &spec);
-            let payment = draw_payment(&mut rng, &spec);
-            let tx_id = format!("{}-{:08}", p.store_id, next_tx);
-            next_tx += 1;
-            let duplicate = config.anomalies && rng.random::<f64>() < 0.0008;
-            for k in i..j {
-                let line = &day_lines[order[k]];
-                let mut price = line.unit_price;
-                if config.anomalies && rng.random::<f64>() < 0.0004 {
-                    price = if rng.random::<bool>() {
-                        price * 10.0
-                    } else {
-                        (price * 0.1 * 100.0).round() / 100.0
-                    };
-                    anomalies += 1;
-                    writeln!(
-                        labels,
-                        "{},{}-{},price_error",
-                        tx_id, spec.categories[line.category].name, line.product
-                    )
-                    .map_err(io_err(&labels_path))?;
-                }
-                let copies = if duplicate { 2 } else { 1 };
-                for _ in 0..copies {
-                    write_line(
-                        &mut tx,
-                        p,
-                        &tx_id,
-                        date,
-                        ts,
-                        customer,
-                        &spec,
-                        line.category,
-                        line.product,
-                        line.quantity,
-                        price,
-                        payment,
-                        false,
-                    )
-                    .map_err(io_err(&tx_path))?;
-                    lines_written += 1;
-                }
-                // Ordinary returns, and systematic ones by refund abusers.
-                let abusive = customer.is_some_and(|c| abusers.contains(&c));
-                let p_refund = if abusive { 0.35 } else { 0.008 };
-                if rng.random::<f64>() < p_refund {
-                    let when = day + rng.random_range(1..=14);
-                    if when <= end {
-                        refunds.entry(when).or_default().push(PendingRefund {
-                            customer,
-                            line: Line {
-                                category: line.category,
-                                product: line.product,
-                                quantity: line.quantity,
-                                unit_price: price,
-                            },
-                            abusive,
-                        });
-                    }
-                }
-            }
-            if duplicate {
-                anomalies += 1;
-                writeln!(labels, "{},,duplicated_receipt", tx_id).map_err(io_err(&labels_path))?;
-            }
-            i = j;
-        }
-        if let Some(due) = refunds.remove(&day) {
-            for rf in due {
-                let tx_id = format!("{}-{:08}", p.store_id, next_tx);
-                next_tx += 1;
-                let ts = draw_time(&mut rng, &spec);
-                let payment = draw_payment(&mut rng, &spec);
-                write_line(
-                    &mut tx,
-                    p,
-                    &tx_id,
-                    date,
-                    ts,
-                    rf.customer,
-                    &spec,
-                    rf.line.category,
-                    rf.line.product,
-                    rf.line.quantity,
-                    rf.line.unit_price,
-                    payment,
-                    true,
-                )
-                .map_err(io_err(&tx_path))?;
-                lines_written += 1;
-                if rf.abusive {
-                    anomalies += 1;
-                    writeln!(labels, "{},,refund_abuse", tx_id).map_err(io_err(&labels_path))?;
-                }
-            }
-        }
-        // Card testing: a burst of tiny anonymous card payments within minutes.
-        if config.anomalies && rng.random::<f64>() < 1.0 / 240.0 {
-            let burst = rng.random_range(8..=25);
-            let t0 = draw_time(&mut rng, &spec);
-            let ci = rng.random_range(0..n_cat);
-            for b in 0..burst {
-                let tx_id = format!("{}-{:08}", p.store_id, next_tx);
-                next_tx += 1;
-                let price = (rng.random_range(0.5..2.0) * 100.0f64).round() / 100.0;
-                write_line(
-                    &mut tx,
-                    p,
-                    &tx_id,
-                    date,
-                    (t0 + b * 17).min(86_399),
-                    None,
-                    &spec,
-                    ci,
-                    0,
-                    1,
-                    price,
-                    1,
-                    false,
-                )
-                .map_err(io_err(&tx_path))?;
-                lines_written += 1;
-                anomalies += 1;
-                writeln!(labels, "{},,card_testing", tx_id).map_err(io_err(&labels_path))?;
-            }
-        }
+/// A day's demand multiplier: weekday, growth, holidays, shopping events, noise.
+fn day_multiplier(
+    spec: &BusinessSpec,
+    date: NaiveDate,
+    years: f64,
+    growth: f64,
+    noise: f64,
+) -> f64 {
+    let dow = date.weekday().num_days_from_monday() as usize;
+    let mut m = spec.weekly[dow] * (1.0 + growth).powf(years) * noise;
+    if is_public_holiday(date) {
+        m *= spec.public_holiday;
     }
-    tx.flush().map_err(io_err(&tx_path))?;
-    labels.flush().map_err(io_err(&labels_path))?;
+    if let Some(e) = shopping_event(date) {
+        m *= (spec.events)(e);
+    }
+    m
+}
 
-    let meta_path = dir.join(STORE_META_FILE);
+fn write_meta(p: &StoreProfile, path: &Path) -> Result<(), SynthError> {
     let meta = serde_json::json!({
         "store_id": p.store_id,
         "business_type": p.business_type,
@@ -380,11 +229,312 @@ pub(crate) fn write_store(
         "last_day": p.last_day,
     });
     std::fs::write(
-        &meta_path,
+        path,
         serde_json::to_string_pretty(&meta).unwrap_or_default(),
     )
-    .map_err(io_err(&meta_path))?;
-    Ok((lines_written, anomalies))
+    .map_err(io_err(path))
+}
+
+/// One line of the export as it is written.
+struct Sale {
+    customer: Option<usize>,
+    category: usize,
+    product: u32,
+    quantity: u32,
+    unit_price: f64,
+    payment: usize,
+    refund: bool,
+}
+
+/// A store's transactions and anomaly labels being written, day by day, with the
+/// random stream every draw comes from (in a fixed order, so a seed is a store).
+struct StoreWriter<'a> {
+    p: &'a StoreProfile,
+    config: &'a NetworkConfig,
+    spec: BusinessSpec,
+    rng: ChaCha8Rng,
+    customers: Vec<Customer>,
+    abusers: Vec<usize>,
+    tx: BufWriter<File>,
+    tx_path: PathBuf,
+    labels: BufWriter<File>,
+    labels_path: PathBuf,
+    refunds: BTreeMap<i64, Vec<PendingRefund>>,
+    next_tx: u64,
+    lines_written: u64,
+    anomalies: u64,
+}
+
+impl<'a> StoreWriter<'a> {
+    fn create(
+        dir: &Path,
+        p: &'a StoreProfile,
+        config: &'a NetworkConfig,
+        spec: BusinessSpec,
+        rng: ChaCha8Rng,
+        customers: Vec<Customer>,
+        abusers: Vec<usize>,
+    ) -> Result<Self, SynthError> {
+        let tx_path = dir.join(TRANSACTIONS_FILE);
+        let mut tx =
+            BufWriter::with_capacity(1 << 20, File::create(&tx_path).map_err(io_err(&tx_path))?);
+        writeln!(tx, "store_id,transaction_id,timestamp,customer_id,product_id,category,quantity,unit_price,amount,payment_method,is_refund")
+            .map_err(io_err(&tx_path))?;
+        let labels_path = dir.join(ANOMALY_LABELS_FILE);
+        let mut labels = BufWriter::new(File::create(&labels_path).map_err(io_err(&labels_path))?);
+        writeln!(labels, "transaction_id,product_id,anomaly").map_err(io_err(&labels_path))?;
+        Ok(StoreWriter {
+            p,
+            config,
+            spec,
+            rng,
+            customers,
+            abusers,
+            tx,
+            tx_path,
+            labels,
+            labels_path,
+            refunds: BTreeMap::new(),
+            next_tx: 1,
+            lines_written: 0,
+            anomalies: 0,
+        })
+    }
+
+    fn new_tx_id(&mut self) -> String {
+        let id = format!("{}-{:08}", self.p.store_id, self.next_tx);
+        self.next_tx += 1;
+        id
+    }
+
+    fn sale(
+        &mut self,
+        tx_id: &str,
+        date: NaiveDate,
+        seconds: i64,
+        s: &Sale,
+    ) -> Result<(), SynthError> {
+        write_line(&mut self.tx, self.p, tx_id, date, seconds, &self.spec, s)
+            .map_err(io_err(&self.tx_path))?;
+        self.lines_written += 1;
+        Ok(())
+    }
+
+    fn label(&mut self, tx_id: &str, product: &str, kind: &str) -> Result<(), SynthError> {
+        self.anomalies += 1;
+        writeln!(self.labels, "{tx_id},{product},{kind}").map_err(io_err(&self.labels_path))
+    }
+
+    /// The day's lines per category: seasonal, promoted demand; skewed popularity.
+    fn draw_lines(
+        &mut self,
+        lines: &mut Vec<Line>,
+        date: NaiveDate,
+        lines_per_day: f64,
+        discounts: &[f64],
+    ) {
+        lines.clear();
+        let doy = date.ordinal() as f64;
+        for (ci, c) in self.spec.categories.iter().enumerate() {
+            let season =
+                (c.season * (2.0 * std::f64::consts::PI * (doy - c.peak_day) / 365.25).cos()).exp();
+            let discount = discounts[ci];
+            let promo = (1.0 - discount).powf(-PROMO_ELASTICITY);
+            let lambda = lines_per_day * c.share * season * promo;
+            let n = if lambda > 0.0 {
+                Poisson::new(lambda)
+                    .map(|d| d.sample(&mut self.rng) as u64)
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            for _ in 0..n {
+                // Skewed popularity: a few best-sellers, a long tail.
+                let product = ((c.products as f64) * self.rng.random::<f64>().powf(2.2)) as u32;
+                let extra = if c.quantity > 1.0 {
+                    Poisson::new(c.quantity - 1.0)
+                        .map(|d| d.sample(&mut self.rng) as u32)
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                let regular = product_price(&self.spec, ci, product);
+                let unit_price = ((regular * (1.0 - discount)) * 100.0).round() / 100.0;
+                lines.push(Line {
+                    category: ci,
+                    product,
+                    quantity: 1 + extra,
+                    unit_price,
+                });
+            }
+        }
+    }
+
+    /// Groups the day's lines into receipts and writes them.
+    fn write_receipts(
+        &mut self,
+        lines: &[Line],
+        day: i64,
+        end: i64,
+        date: NaiveDate,
+    ) -> Result<(), SynthError> {
+        let receipts = ((lines.len() as f64 / self.spec.items_per_receipt).round() as usize)
+            .clamp(lines.len().min(1), lines.len().max(1));
+        let mut receipt_of: Vec<usize> = (0..lines.len())
+            .map(|i| {
+                if i < receipts {
+                    i
+                } else {
+                    self.rng.random_range(0..receipts)
+                }
+            })
+            .collect();
+        receipt_of.sort_unstable();
+        let mut order: Vec<usize> = (0..lines.len()).collect();
+        order.sort_by_key(|&i| receipt_of[i]);
+        let mut i = 0;
+        while i < order.len() {
+            let r = receipt_of[order[i]];
+            let mut j = i;
+            while j < order.len() && receipt_of[order[j]] == r {
+                j += 1;
+            }
+            let receipt: Vec<&Line> = order[i..j].iter().map(|&k| &lines[k]).collect();
+            self.receipt(&receipt, day, end, date)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// One receipt: a customer (or none), a time, a payment; rare price errors and
+    /// duplicated receipts; returns scheduled for later days.
+    fn receipt(
+        &mut self,
+        lines: &[&Line],
+        day: i64,
+        end: i64,
+        date: NaiveDate,
+    ) -> Result<(), SynthError> {
+        let customer = pick_customer(&mut self.rng, &self.customers, day, self.spec.identified);
+        let ts = draw_time(&mut self.rng, &self.spec);
+        let payment = draw_payment(&mut self.rng, &self.spec);
+        let tx_id = self.new_tx_id();
+        let anomalies = self.config.anomalies;
+        let duplicate = anomalies && self.rng.random::<f64>() < 0.0008;
+        for line in lines {
+            let mut price = line.unit_price;
+            if anomalies && self.rng.random::<f64>() < 0.0004 {
+                price = if self.rng.random::<bool>() {
+                    price * 10.0
+                } else {
+                    (price * 0.1 * 100.0).round() / 100.0
+                };
+                let product = format!(
+                    "{}-{}",
+                    self.spec.categories[line.category].name, line.product
+                );
+                self.label(&tx_id, &product, "price_error")?;
+            }
+            let sale = Sale {
+                customer,
+                category: line.category,
+                product: line.product,
+                quantity: line.quantity,
+                unit_price: price,
+                payment,
+                refund: false,
+            };
+            for _ in 0..if duplicate { 2 } else { 1 } {
+                self.sale(&tx_id, date, ts, &sale)?;
+            }
+            self.maybe_return(customer, line, price, day, end);
+        }
+        if duplicate {
+            self.label(&tx_id, "", "duplicated_receipt")?;
+        }
+        Ok(())
+    }
+
+    /// Ordinary returns, and systematic ones by refund abusers, within two weeks.
+    fn maybe_return(
+        &mut self,
+        customer: Option<usize>,
+        line: &Line,
+        price: f64,
+        day: i64,
+        end: i64,
+    ) {
+        let abusive = customer.is_some_and(|c| self.abusers.contains(&c));
+        let p_refund = if abusive { 0.35 } else { 0.008 };
+        if self.rng.random::<f64>() < p_refund {
+            let when = day + self.rng.random_range(1..=14);
+            if when <= end {
+                self.refunds.entry(when).or_default().push(PendingRefund {
+                    customer,
+                    line: Line {
+                        category: line.category,
+                        product: line.product,
+                        quantity: line.quantity,
+                        unit_price: price,
+                    },
+                    abusive,
+                });
+            }
+        }
+    }
+
+    fn due_refunds(&mut self, day: i64, date: NaiveDate) -> Result<(), SynthError> {
+        for rf in self.refunds.remove(&day).unwrap_or_default() {
+            let tx_id = self.new_tx_id();
+            let ts = draw_time(&mut self.rng, &self.spec);
+            let payment = draw_payment(&mut self.rng, &self.spec);
+            let sale = Sale {
+                customer: rf.customer,
+                category: rf.line.category,
+                product: rf.line.product,
+                quantity: rf.line.quantity,
+                unit_price: rf.line.unit_price,
+                payment,
+                refund: true,
+            };
+            self.sale(&tx_id, date, ts, &sale)?;
+            if rf.abusive {
+                self.label(&tx_id, "", "refund_abuse")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Card testing: on rare days, a burst of tiny anonymous card payments within minutes.
+    fn card_testing(&mut self, date: NaiveDate) -> Result<(), SynthError> {
+        if !(self.config.anomalies && self.rng.random::<f64>() < 1.0 / 240.0) {
+            return Ok(());
+        }
+        let burst = self.rng.random_range(8..=25);
+        let t0 = draw_time(&mut self.rng, &self.spec);
+        let ci = self.rng.random_range(0..self.spec.categories.len());
+        for b in 0..burst {
+            let tx_id = self.new_tx_id();
+            let price = (self.rng.random_range(0.5..2.0) * 100.0f64).round() / 100.0;
+            let sale = Sale {
+                customer: None,
+                category: ci,
+                product: 0,
+                quantity: 1,
+                unit_price: price,
+                payment: 1,
+                refund: false,
+            };
+            self.sale(&tx_id, date, (t0 + b * 17).min(86_399), &sale)?;
+            self.label(&tx_id, "", "card_testing")?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SynthError> {
+        self.tx.flush().map_err(io_err(&self.tx_path))?;
+        self.labels.flush().map_err(io_err(&self.labels_path))
+    }
 }
 
 fn day_to_date(day: i64) -> NaiveDate {
@@ -431,24 +581,17 @@ fn draw_payment(rng: &mut ChaCha8Rng, spec: &BusinessSpec) -> usize {
     1
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_line(
     w: &mut impl Write,
     p: &StoreProfile,
     tx_id: &str,
     date: NaiveDate,
     seconds: i64,
-    customer: Option<usize>,
     spec: &BusinessSpec,
-    category: usize,
-    product: u32,
-    quantity: u32,
-    unit_price: f64,
-    payment: usize,
-    refund: bool,
+    s: &Sale,
 ) -> std::io::Result<()> {
-    let cat = spec.categories[category].name;
-    let amount = quantity as f64 * unit_price * if refund { -1.0 } else { 1.0 };
+    let cat = spec.categories[s.category].name;
+    let amount = s.quantity as f64 * s.unit_price * if s.refund { -1.0 } else { 1.0 };
     write!(
         w,
         "{},{},{} {:02}:{:02}:{:02},",
@@ -459,14 +602,17 @@ fn write_line(
         (seconds / 60) % 60,
         seconds % 60
     )?;
-    if let Some(c) = customer {
+    if let Some(c) = s.customer {
         write!(w, "{}-c{:06}", p.store_id, c)?;
     }
     writeln!(
         w,
-        ",{cat}-{product},{cat},{quantity},{unit_price:.2},{amount:.2},{},{}",
-        PAYMENT_NAMES[payment],
-        if refund { "true" } else { "false" }
+        ",{cat}-{},{cat},{},{:.2},{amount:.2},{},{}",
+        s.product,
+        s.quantity,
+        s.unit_price,
+        PAYMENT_NAMES[s.payment],
+        if s.refund { "true" } else { "false" }
     )
 }
 

@@ -3,7 +3,7 @@
 //! driver says so, and the finished round unmasks only the survivors' sum.
 
 use super::{Phase, Refusal, RoundError, RoundMachine};
-use crate::privacy::{RoundPrivacy, SecureStage};
+use crate::privacy::{RoundPrivacy, SecureRound, SecureStage};
 use fedretail_core::Aggregate;
 use fedretail_privacy::secagg::SecAggError;
 use fedretail_proto::secagg as wire;
@@ -20,11 +20,6 @@ impl RoundMachine {
         round: u64,
         message: Option<Message>,
     ) -> Result<(), Refusal> {
-        let bad = |e: String| {
-            Refusal::Malformed(format!(
-                "SecAgg+ message from '{store}' for round {round}: {e}"
-            ))
-        };
         let Phase::Training(rs) = &mut self.phase else {
             return Err(Refusal::NotCurrent(format!(
                 "SecAgg+ message from '{store}' (task '{task_id}') is not current: no round is in progress"
@@ -37,66 +32,13 @@ impl RoundMachine {
             )));
         }
         let Some(sec) = rs.secure_mut() else {
-            return Err(bad("this round does not run secure aggregation".into()));
-        };
-        let index = sec
-            .index
-            .get(store)
-            .copied()
-            .ok_or_else(|| bad("the store is not in this round".into()))?;
-        if sec.answered.contains(store) {
-            return Err(Refusal::Replay(format!(
-                "'{store}' already sent its {} for round {round} (replay)",
-                sec.stage.message()
-            )));
-        }
-        if !sec.expected.contains(store) {
-            return Err(Refusal::NotCurrent(format!(
-                "'{store}' fell out of round {round}'s secure aggregation and cannot rejoin it"
-            )));
-        }
-        let stage = sec.stage;
-        let Some(server) = sec.server.as_mut() else {
-            return Err(Refusal::NotCurrent(
-                "the secure aggregation has finished".into(),
+            return Err(malformed(
+                store,
+                round,
+                "this round does not run secure aggregation",
             ));
         };
-        if !stage_matches(stage, &message) {
-            return Err(Refusal::NotCurrent(format!(
-                "'{store}' sent {} for round {round}, which now expects its {}",
-                message_name(&message),
-                stage.message()
-            )));
-        }
-        if let Some(i) = claimed_index(&message).filter(|i| *i != index) {
-            return Err(bad(format!(
-                "the message claims store index {i}, the store's index is {index}"
-            )));
-        }
-        let result: Result<(), SecAggError> = match (stage, message) {
-            (SecureStage::Advertising, Some(Message::Advertisement(a))) => {
-                let ad = wire::advertisement_from_wire(&a).map_err(|e| bad(e.to_string()))?;
-                server.receive_advertisement(ad)
-            }
-            (SecureStage::SharingKeys, Some(Message::ShareKeys(m))) => {
-                let m = wire::share_keys_from_wire(m).map_err(|e| bad(e.to_string()))?;
-                server.receive_share_keys(m)
-            }
-            (SecureStage::Masking, Some(Message::MaskedInput(m))) => {
-                server.receive_masked_input(&wire::masked_input_from_wire(m))
-            }
-            (SecureStage::Unmasking, Some(Message::Unmask(m))) => {
-                server.receive_unmask(wire::unmask_response_from_wire(m))
-            }
-            _ => {
-                return Err(Refusal::NotCurrent(
-                    "the secure aggregation moved on".into(),
-                ))
-            }
-        };
-        result.map_err(|e| bad(e.to_string()))?;
-        sec.answered.insert(store.to_string());
-        if stage == SecureStage::Advertising {
+        if sec.accept(store, round, message)? == SecureStage::Advertising {
             rs.received.insert(store.to_string());
         }
         Ok(())
@@ -118,6 +60,78 @@ impl RoundMachine {
                 Err(format!("secure aggregation: {e}").into())
             }
         }
+    }
+}
+
+fn malformed(store: &str, round: u64, e: impl std::fmt::Display) -> Refusal {
+    Refusal::Malformed(format!(
+        "SecAgg+ message from '{store}' for round {round}: {e}"
+    ))
+}
+
+impl SecureRound {
+    /// Checks a store's message against the stage (its index, replays, whether it
+    /// is still in the round) and hands it to the SecAgg+ server. Returns the stage
+    /// it answered.
+    fn accept(
+        &mut self,
+        store: &str,
+        round: u64,
+        message: Option<Message>,
+    ) -> Result<SecureStage, Refusal> {
+        let bad = |e: String| malformed(store, round, e);
+        let index = self
+            .index
+            .get(store)
+            .copied()
+            .ok_or_else(|| bad("the store is not in this round".into()))?;
+        if self.answered.contains(store) {
+            return Err(Refusal::Replay(format!(
+                "'{store}' already sent its {} for round {round} (replay)",
+                self.stage.message()
+            )));
+        }
+        if !self.expected.contains(store) {
+            return Err(Refusal::NotCurrent(format!(
+                "'{store}' fell out of round {round}'s secure aggregation and cannot rejoin it"
+            )));
+        }
+        let stage = self.stage;
+        if !stage_matches(stage, &message) {
+            return Err(Refusal::NotCurrent(format!(
+                "'{store}' sent {} for round {round}, which now expects its {}",
+                message_name(&message),
+                stage.message()
+            )));
+        }
+        if let Some(i) = claimed_index(&message).filter(|i| *i != index) {
+            return Err(bad(format!(
+                "the message claims store index {i}, the store's index is {index}"
+            )));
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Err(Refusal::NotCurrent(
+                "the secure aggregation has finished".into(),
+            ));
+        };
+        let result: Result<(), SecAggError> = match message {
+            Some(Message::Advertisement(a)) => {
+                let ad = wire::advertisement_from_wire(&a).map_err(|e| bad(e.to_string()))?;
+                server.receive_advertisement(ad)
+            }
+            Some(Message::ShareKeys(m)) => {
+                let m = wire::share_keys_from_wire(m).map_err(|e| bad(e.to_string()))?;
+                server.receive_share_keys(m)
+            }
+            Some(Message::MaskedInput(m)) => {
+                server.receive_masked_input(&wire::masked_input_from_wire(m))
+            }
+            Some(Message::Unmask(m)) => server.receive_unmask(wire::unmask_response_from_wire(m)),
+            None => return Err(bad("the message is empty".into())),
+        };
+        result.map_err(|e| bad(e.to_string()))?;
+        self.answered.insert(store.to_string());
+        Ok(stage)
     }
 }
 

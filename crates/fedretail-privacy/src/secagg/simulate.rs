@@ -63,122 +63,156 @@ pub fn simulate_round_observed(
     config: &SecAggConfig,
     plan: &DropoutPlan,
     seed: u64,
-    mut input: impl FnMut(u32, &mut [u32]),
-    mut observe: impl FnMut(&MaskedInput),
+    input: impl FnMut(u32, &mut [u32]),
+    observe: impl FnMut(&MaskedInput),
 ) -> Result<(SecAggOutcome, RoundCost), SecAggError> {
-    let graph = Arc::new(NeighbourGraph::new(config));
-    let n = config.num_stores;
-    let mut store_time = vec![Duration::ZERO; n as usize];
-    let mut up = vec![0usize; n as usize];
-    let mut down = vec![0usize; n as usize];
-    let mut coordinator = Duration::ZERO;
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut round = SimulatedRound::advertise(config, &mut rng)?;
+    round.share_keys(plan)?;
+    round.mask(plan, config.dimension, input, observe)?;
+    round.unmask(plan)?;
+    round.finish(plan)
+}
 
-    let timed = |acc: &mut Duration, start: Instant| *acc += start.elapsed();
-
-    let mut server = SecAggServer::new(config.clone(), graph.clone())?;
-    let mut stores = BTreeMap::new();
-    for u in 0..n {
-        let start = Instant::now();
-        let (store, ad): (SecAggStore, Advertisement) =
-            SecAggStore::new(config.clone(), graph.clone(), u, &mut rng)?;
-        timed(&mut store_time[u as usize], start);
-        up[u as usize] += ad_bytes();
-        let start = Instant::now();
-        server.receive_advertisement(ad)?;
-        timed(&mut coordinator, start);
-        stores.insert(u, store);
-    }
+/// Adds the time `f` takes to `acc`.
+fn time<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
-    let neighbour_ads = server.close_advertising()?;
-    timed(&mut coordinator, start);
+    let out = f();
+    *acc += start.elapsed();
+    out
+}
 
-    for (u, ads) in &neighbour_ads {
-        if plan.before_sharing.contains(u) {
-            continue;
-        }
-        down[*u as usize] += ads.len() * ad_bytes();
-        let Some(store) = stores.get_mut(u) else {
-            continue;
+/// Every store and the coordinator of one round, with what each spent so far.
+struct SimulatedRound {
+    server: SecAggServer,
+    stores: BTreeMap<u32, SecAggStore>,
+    store_time: Vec<Duration>,
+    up: Vec<usize>,
+    down: Vec<usize>,
+    coordinator: Duration,
+}
+
+impl SimulatedRound {
+    /// Every store draws its keys and advertises them.
+    fn advertise(config: &SecAggConfig, rng: &mut ChaCha20Rng) -> Result<Self, SecAggError> {
+        let graph = Arc::new(NeighbourGraph::new(config));
+        let n = config.num_stores as usize;
+        let mut round = SimulatedRound {
+            server: SecAggServer::new(config.clone(), graph.clone())?,
+            stores: BTreeMap::new(),
+            store_time: vec![Duration::ZERO; n],
+            up: vec![0; n],
+            down: vec![0; n],
+            coordinator: Duration::ZERO,
         };
-        let start = Instant::now();
-        let msg: ShareKeys = store.share_keys(ads)?;
-        timed(&mut store_time[*u as usize], start);
-        up[*u as usize] += 4 + 32 + msg.shares.iter().map(share_bytes).sum::<usize>();
-        let start = Instant::now();
-        server.receive_share_keys(msg)?;
-        timed(&mut coordinator, start);
-    }
-    let start = Instant::now();
-    let inboxes = server.close_share_keys()?;
-    timed(&mut coordinator, start);
-
-    let mut words = vec![0u32; config.dimension];
-    for (u, inbox) in &inboxes {
-        if plan.before_masking.contains(u) {
-            continue;
+        for u in 0..config.num_stores {
+            let (store, ad): (SecAggStore, Advertisement) =
+                time(&mut round.store_time[u as usize], || {
+                    SecAggStore::new(config.clone(), graph.clone(), u, rng)
+                })?;
+            round.up[u as usize] += ad_bytes();
+            time(&mut round.coordinator, || {
+                round.server.receive_advertisement(ad)
+            })?;
+            round.stores.insert(u, store);
         }
-        down[*u as usize] += inbox.iter().map(share_bytes).sum::<usize>();
-        input(*u, &mut words);
-        let Some(store) = stores.get_mut(u) else {
-            continue;
-        };
-        let start = Instant::now();
-        let msg: MaskedInput = store.masked_input(inbox, &words)?;
-        timed(&mut store_time[*u as usize], start);
-        up[*u as usize] += 4 + 4 * msg.words.len();
-        observe(&msg);
-        let start = Instant::now();
-        server.receive_masked_input(&msg)?;
-        timed(&mut coordinator, start);
+        Ok(round)
     }
-    let start = Instant::now();
-    let requests = server.close_masked_input()?;
-    timed(&mut coordinator, start);
 
-    for (v, request) in &requests {
-        if plan.before_unmasking.contains(v) {
-            continue;
+    fn share_keys(&mut self, plan: &DropoutPlan) -> Result<(), SecAggError> {
+        let neighbour_ads = time(&mut self.coordinator, || self.server.close_advertising())?;
+        for (u, ads) in &neighbour_ads {
+            if plan.before_sharing.contains(u) {
+                continue;
+            }
+            self.down[*u as usize] += ads.len() * ad_bytes();
+            let Some(store) = self.stores.get_mut(u) else {
+                continue;
+            };
+            let msg: ShareKeys = time(&mut self.store_time[*u as usize], || store.share_keys(ads))?;
+            self.up[*u as usize] += 4 + 32 + msg.shares.iter().map(share_bytes).sum::<usize>();
+            time(&mut self.coordinator, || {
+                self.server.receive_share_keys(msg)
+            })?;
         }
-        down[*v as usize] += 4 * (request.survivors.len() + request.dropped.len());
-        let Some(store) = stores.get_mut(v) else {
-            continue;
-        };
-        let start = Instant::now();
-        let msg: UnmaskResponse = store.unmask(request)?;
-        timed(&mut store_time[*v as usize], start);
-        up[*v as usize] += 4 + msg.shares.iter().map(|s| 5 + s.share.len()).sum::<usize>();
-        let start = Instant::now();
-        server.receive_unmask(msg)?;
-        timed(&mut coordinator, start);
+        Ok(())
     }
-    let start = Instant::now();
-    let outcome = server.finish()?;
-    timed(&mut coordinator, start);
 
-    // Costs of the stores that took part in every stage (a dropped store does less).
-    let full: Vec<usize> = (0..n)
-        .filter(|u| {
-            !plan.before_sharing.contains(u)
-                && !plan.before_masking.contains(u)
-                && !plan.before_unmasking.contains(u)
-        })
-        .map(|u| u as usize)
-        .collect();
-    let count = full.len().max(1) as f64;
-    let cost = RoundCost {
-        store_seconds_mean: full
-            .iter()
-            .map(|&u| store_time[u].as_secs_f64())
-            .sum::<f64>()
-            / count,
-        store_seconds_max: full
-            .iter()
-            .map(|&u| store_time[u].as_secs_f64())
-            .fold(0.0, f64::max),
-        coordinator_seconds: coordinator.as_secs_f64(),
-        store_bytes_up: full.iter().map(|&u| up[u]).sum::<usize>() as f64 / count,
-        store_bytes_down: full.iter().map(|&u| down[u]).sum::<usize>() as f64 / count,
-    };
-    Ok((outcome, cost))
+    fn mask(
+        &mut self,
+        plan: &DropoutPlan,
+        dimension: usize,
+        mut input: impl FnMut(u32, &mut [u32]),
+        mut observe: impl FnMut(&MaskedInput),
+    ) -> Result<(), SecAggError> {
+        let inboxes = time(&mut self.coordinator, || self.server.close_share_keys())?;
+        let mut words = vec![0u32; dimension];
+        for (u, inbox) in &inboxes {
+            if plan.before_masking.contains(u) {
+                continue;
+            }
+            self.down[*u as usize] += inbox.iter().map(share_bytes).sum::<usize>();
+            input(*u, &mut words);
+            let Some(store) = self.stores.get_mut(u) else {
+                continue;
+            };
+            let msg: MaskedInput = time(&mut self.store_time[*u as usize], || {
+                store.masked_input(inbox, &words)
+            })?;
+            self.up[*u as usize] += 4 + 4 * msg.words.len();
+            observe(&msg);
+            time(&mut self.coordinator, || {
+                self.server.receive_masked_input(&msg)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn unmask(&mut self, plan: &DropoutPlan) -> Result<(), SecAggError> {
+        let requests = time(&mut self.coordinator, || self.server.close_masked_input())?;
+        for (v, request) in &requests {
+            if plan.before_unmasking.contains(v) {
+                continue;
+            }
+            self.down[*v as usize] += 4 * (request.survivors.len() + request.dropped.len());
+            let Some(store) = self.stores.get_mut(v) else {
+                continue;
+            };
+            let msg: UnmaskResponse =
+                time(&mut self.store_time[*v as usize], || store.unmask(request))?;
+            self.up[*v as usize] += 4 + msg.shares.iter().map(|s| 5 + s.share.len()).sum::<usize>();
+            time(&mut self.coordinator, || self.server.receive_unmask(msg))?;
+        }
+        Ok(())
+    }
+
+    /// Unmasks the sum; the round's costs, the coordinator's finishing work included.
+    fn finish(self, plan: &DropoutPlan) -> Result<(SecAggOutcome, RoundCost), SecAggError> {
+        let mut cost = self.cost(plan);
+        let start = Instant::now();
+        let outcome = self.server.finish()?;
+        cost.coordinator_seconds += start.elapsed().as_secs_f64();
+        Ok((outcome, cost))
+    }
+
+    /// Costs of the stores that took part in every stage (a dropped store does less).
+    fn cost(&self, plan: &DropoutPlan) -> RoundCost {
+        let full: Vec<usize> = (0..self.store_time.len() as u32)
+            .filter(|u| {
+                !plan.before_sharing.contains(u)
+                    && !plan.before_masking.contains(u)
+                    && !plan.before_unmasking.contains(u)
+            })
+            .map(|u| u as usize)
+            .collect();
+        let count = full.len().max(1) as f64;
+        let secs = |u: usize| self.store_time[u].as_secs_f64();
+        RoundCost {
+            store_seconds_mean: full.iter().map(|&u| secs(u)).sum::<f64>() / count,
+            store_seconds_max: full.iter().map(|&u| secs(u)).fold(0.0, f64::max),
+            coordinator_seconds: self.coordinator.as_secs_f64(),
+            store_bytes_up: full.iter().map(|&u| self.up[u]).sum::<usize>() as f64 / count,
+            store_bytes_down: full.iter().map(|&u| self.down[u]).sum::<usize>() as f64 / count,
+        }
+    }
 }

@@ -192,50 +192,7 @@ impl SecAggStore {
                 got: input.len(),
             });
         }
-        let mut held = BTreeMap::new();
-        for share in incoming {
-            if share.to != self.index {
-                return Err(self.refuse(STAGE, format!("a share addressed to store {}", share.to)));
-            }
-            let Some(ad) = self.neighbour_keys.get(&share.from) else {
-                return Err(self.refuse(
-                    STAGE,
-                    format!(
-                        "a share from store {}, not an advertised neighbour",
-                        share.from
-                    ),
-                ));
-            };
-            let plaintext = open(
-                &self.cipher_secret,
-                &ad.cipher_public_key,
-                self.config.session,
-                share.from,
-                share.to,
-                &share.ciphertext,
-            )
-            .ok_or(SecAggError::BadCiphertext {
-                from: share.from,
-                to: share.to,
-            })?;
-            if plaintext.len() != 2 * SHARE_BYTES {
-                return Err(SecAggError::BadCiphertext {
-                    from: share.from,
-                    to: share.to,
-                });
-            }
-            let (seed_share, key_share) = plaintext.split_at(SHARE_BYTES);
-            let previous = held.insert(
-                share.from,
-                HeldShares {
-                    seed_share: seed_share.to_vec(),
-                    key_share: key_share.to_vec(),
-                },
-            );
-            if previous.is_some() {
-                return Err(self.refuse(STAGE, format!("two shares from store {}", share.from)));
-            }
-        }
+        let held = self.open_shares(incoming)?;
         let t = self.config.threshold as usize;
         if held.len() < t {
             return Err(SecAggError::TooManyDropouts(format!(
@@ -265,6 +222,55 @@ impl SecAggStore {
             store: self.index,
             words,
         })
+    }
+
+    /// Decrypts the shares the neighbours dealt this store, refusing misaddressed,
+    /// unknown, repeated or tampered ones.
+    fn open_shares(
+        &self,
+        incoming: &[EncryptedShare],
+    ) -> Result<BTreeMap<u32, HeldShares>, SecAggError> {
+        const STAGE: &str = "masked input";
+        let mut held = BTreeMap::new();
+        for share in incoming {
+            if share.to != self.index {
+                return Err(self.refuse(STAGE, format!("a share addressed to store {}", share.to)));
+            }
+            let Some(ad) = self.neighbour_keys.get(&share.from) else {
+                return Err(self.refuse(
+                    STAGE,
+                    format!(
+                        "a share from store {}, not an advertised neighbour",
+                        share.from
+                    ),
+                ));
+            };
+            let bad = || SecAggError::BadCiphertext {
+                from: share.from,
+                to: share.to,
+            };
+            let plaintext = open(
+                &self.cipher_secret,
+                &ad.cipher_public_key,
+                self.config.session,
+                share.from,
+                share.to,
+                &share.ciphertext,
+            )
+            .ok_or_else(bad)?;
+            if plaintext.len() != 2 * SHARE_BYTES {
+                return Err(bad());
+            }
+            let (seed_share, key_share) = plaintext.split_at(SHARE_BYTES);
+            let shares = HeldShares {
+                seed_share: seed_share.to_vec(),
+                key_share: key_share.to_vec(),
+            };
+            if held.insert(share.from, shares).is_some() {
+                return Err(self.refuse(STAGE, format!("two shares from store {}", share.from)));
+            }
+        }
+        Ok(held)
     }
 
     /// Round 3: for each neighbour, the share of its self-mask seed if it survived or of
