@@ -1,10 +1,10 @@
 //! `fedretail analyze …`: the analytics tasks (anomaly detection, customer segments,
 //! churn, credit scoring), each local vs federated vs a centralized yardstick.
 
-use crate::commands::{ensure_network, NetworkArgs};
+use crate::network::{ensure_network, NetworkArgs};
 use crate::progress::DemoProgress;
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use fedretail_coordinator::JobConfig;
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, ClusterFit, ClusterTaskOptions};
 use fedretail_core::{TaskKind, TaskSpec};
@@ -382,16 +382,26 @@ fn on_class_event(bar: &ProgressBar) -> impl Fn(ClassificationEvent) + '_ {
     }
 }
 
+/// What the demo trains.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoTask {
+    /// Demand forecasting over real gRPC (coordinator + one agent per store).
+    Demand,
+    /// Customer and receipt anomaly detection: two jobs against the same agents.
+    Anomaly,
+    /// RFM customer segments, named in words.
+    Segments,
+    /// Churn scores for every customer.
+    Churn,
+    /// Demand, customer and receipt anomalies, segments and churn: five jobs in a row
+    /// against the same agents.
+    All,
+}
+
 /// `fedretail demo --task …`: an analytics task with its defaults on `dir`.
 /// `fedretail demo --task …` for the analytics: real federated jobs over gRPC, one
 /// coordinator and one agent per store, every store keeping its results.
-pub fn demo_task(
-    task: crate::commands::DemoTask,
-    dir: PathBuf,
-    report: Option<PathBuf>,
-    json: bool,
-) -> Result<()> {
-    use crate::commands::DemoTask;
+pub fn demo_task(task: DemoTask, dir: PathBuf, report: Option<PathBuf>, json: bool) -> Result<()> {
     let kinds: &[TaskKind] = match task {
         DemoTask::Demand => &[TaskKind::Demand],
         DemoTask::Anomaly => &[TaskKind::CustomerAnomaly, TaskKind::ReceiptAnomaly],
@@ -409,7 +419,7 @@ fn over_network(dir: PathBuf, jobs: Vec<JobConfig>, output: &Output) -> Result<(
     let progress = Arc::new(DemoProgress::new());
     let p = progress.clone();
     let observer = Arc::new(move |e: &fedretail_coordinator::CoordinatorEvent| p.on_coordinator(e));
-    let rt = crate::commands::runtime()?;
+    let rt = crate::network::runtime()?;
     let r = rt.block_on(run_network_jobs(&dir, jobs, 2, observer))?;
     emit(&r, render_network_run(&r), output)?;
     let failed: Vec<&str> = r
@@ -423,7 +433,7 @@ fn over_network(dir: PathBuf, jobs: Vec<JobConfig>, output: &Output) -> Result<(
 }
 
 pub fn run(command: AnalyzeCommand) -> Result<()> {
-    let rt = crate::commands::runtime()?;
+    let rt = crate::network::runtime()?;
     match command {
         AnalyzeCommand::Anomaly(a) => anomaly(&rt, &a),
         AnalyzeCommand::Segments(a) => segments(&rt, &a),

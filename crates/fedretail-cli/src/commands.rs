@@ -1,19 +1,13 @@
+use crate::analyze::DemoTask;
+use crate::network::{generate_into, runtime, NetworkArgs};
 use crate::progress::DemoProgress;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use fedretail_coordinator::{JobConfig, StrategyKind};
 use fedretail_data::{load_demand_dataset, DemandSpec, StoreSource};
 use fedretail_sim::{render_summary, run_demo, DemoOptions};
-use fedretail_synth::{generate_network_with_progress, NetworkConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum StrategyArg {
@@ -30,59 +24,6 @@ impl From<StrategyArg> for StrategyKind {
             StrategyArg::Fedavg => StrategyKind::Fedavg,
         }
     }
-}
-
-#[derive(Args)]
-pub struct NetworkArgs {
-    /// Number of stores.
-    #[arg(long, default_value_t = 40)]
-    pub stores: usize,
-    /// Days of history of a full-history store.
-    #[arg(long, default_value_t = 730)]
-    pub days: u32,
-    /// Seed; the same seed writes the same network.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Fraction of stores that joined recently (only months of history).
-    #[arg(long, default_value_t = 0.2)]
-    pub young_fraction: f64,
-    /// Multiplies every store's traffic.
-    #[arg(long, default_value_t = 1.0)]
-    pub volume: f64,
-    /// Do not inject labelled fraud and data-quality anomalies.
-    #[arg(long)]
-    pub no_anomalies: bool,
-}
-
-impl NetworkArgs {
-    fn config(&self) -> NetworkConfig {
-        NetworkConfig {
-            stores: self.stores,
-            days: self.days,
-            seed: self.seed,
-            young_fraction: self.young_fraction,
-            volume: self.volume,
-            anomalies: !self.no_anomalies,
-            ..NetworkConfig::default()
-        }
-    }
-}
-
-fn generate_into(
-    args: &NetworkArgs,
-    out: &std::path::Path,
-) -> Result<fedretail_synth::NetworkSummary> {
-    let config = args.config();
-    let bar = indicatif::ProgressBar::new(config.stores as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} stores")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix("generating");
-    let summary = generate_network_with_progress(&config, out, &|_| bar.inc(1))
-        .with_context(|| format!("generating network into {}", out.display()))?;
-    bar.finish_and_clear();
-    Ok(summary)
 }
 
 #[derive(Args)]
@@ -115,22 +56,6 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// What the demo trains.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DemoTask {
-    /// Demand forecasting over real gRPC (coordinator + one agent per store).
-    Demand,
-    /// Customer and receipt anomaly detection: two jobs against the same agents.
-    Anomaly,
-    /// RFM customer segments, named in words.
-    Segments,
-    /// Churn scores for every customer.
-    Churn,
-    /// Demand, customer and receipt anomalies, segments and churn: five jobs in a row
-    /// against the same agents.
-    All,
 }
 
 #[derive(Args)]
@@ -240,27 +165,6 @@ impl PrivacyArgs {
             noise_multiplier: (noise != NoiseKind::None).then_some(self.noise_multiplier),
             budget_epsilon: self.budget_epsilon,
             delta: self.delta,
-        }
-    }
-}
-
-/// The network at `data`, or a synthetic one written to `generate_into`.
-pub(crate) fn ensure_network(
-    data: &Option<PathBuf>,
-    out: &std::path::Path,
-    network: &NetworkArgs,
-) -> Result<PathBuf> {
-    match data {
-        Some(d) => Ok(d.clone()),
-        None => {
-            let summary = generate_into(network, out)?;
-            eprintln!(
-                "generated {} stores ({} lines) in {}",
-                summary.stores.len(),
-                summary.lines,
-                out.display()
-            );
-            Ok(out.to_path_buf())
         }
     }
 }

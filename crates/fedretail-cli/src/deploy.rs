@@ -1,6 +1,6 @@
 //! The commands of a real deployment: `coordinator`, `agent` and `predict`.
 
-use crate::commands::runtime;
+use crate::network::runtime;
 use anyhow::{Context, Result};
 use clap::Args;
 use fedretail_agent::{read_model, write_results, AgentConfig, StoreAgent};

@@ -5,6 +5,7 @@ mod analyze;
 mod bench;
 mod commands;
 mod deploy;
+mod network;
 mod progress;
 
 use clap::{Parser, Subcommand};

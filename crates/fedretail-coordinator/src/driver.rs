@@ -7,6 +7,7 @@
 
 use crate::checkpoint::{CheckpointStore, RoundRecord};
 use crate::config::{CheckedJob, NoiseKind};
+use crate::events::CoordinatorEvent;
 use crate::jobs::JobQueue;
 use crate::machine::RoundError;
 use crate::round::{run_round, RoundDone, RoundInput};
@@ -22,75 +23,6 @@ use std::time::{Duration, Instant};
 
 /// After the last job ends, keep answering polls this long so agents hear it.
 const FINISH_GRACE: Duration = Duration::from_secs(5);
-
-/// What the coordinator reports as it goes (for progress bars and logs).
-#[derive(Debug, Clone, PartialEq)]
-pub enum CoordinatorEvent {
-    StoreRegistered {
-        store_id: String,
-        registered: usize,
-    },
-    JobStarted {
-        job_id: String,
-        task: String,
-        strategy: String,
-    },
-    /// A store answered a job's prepare task: ready with its rows, or not, and why.
-    StoreReady {
-        job_id: String,
-        store_id: String,
-        num_train_examples: Option<u64>,
-        reason: Option<String>,
-    },
-    RoundStarted {
-        job_id: String,
-        round: u64,
-        total_rounds: u64,
-        selected: usize,
-    },
-    UpdateAccepted {
-        round: u64,
-        store_id: String,
-        received: usize,
-        selected: usize,
-    },
-    RoundCompleted {
-        round: u64,
-        participants: usize,
-        dropped: usize,
-        step_norm: f64,
-        /// ε spent so far at the job's δ, when the job adds noise.
-        epsilon_spent: Option<f64>,
-    },
-    /// The next round would overspend the privacy budget, so training stopped.
-    BudgetReached {
-        round: u64,
-        reason: String,
-    },
-    RoundFailed {
-        round: u64,
-        attempt: u32,
-        reason: String,
-    },
-    EvaluationStarted {
-        stores: usize,
-    },
-    JobFinished {
-        job_id: String,
-        status: String,
-    },
-    /// A job from the jobs folder (or already finished in the database) is not run.
-    JobSkipped {
-        job_id: String,
-        reason: String,
-    },
-    /// Every job is done; the coordinator stops serving.
-    Finished {
-        status: String,
-    },
-}
-
-pub type Observer = Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>;
 
 /// One store's final evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,7 +8,7 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::{CheckedJob, JobConfig};
-use crate::driver::CoordinatorEvent;
+use crate::events::CoordinatorEvent;
 use crate::shared::Shared;
 use crate::CoordinatorError;
 use std::collections::{BTreeSet, VecDeque};

@@ -30,6 +30,7 @@
 mod checkpoint;
 mod config;
 pub mod driver;
+mod events;
 mod jobs;
 pub mod machine;
 mod privacy;
@@ -43,9 +44,8 @@ pub use config::{
     CheckedJob, CoordinatorConfig, FedAvgSettings, JobConfig, NoiseKind, PrivacySettings,
     StoreCredential, StrategyKind,
 };
-pub use driver::{
-    CoordinatorEvent, JobOutcome, Observer, PrivacyOutcome, PrivacyRound, StoreEvaluation,
-};
+pub use driver::{JobOutcome, PrivacyOutcome, PrivacyRound, StoreEvaluation};
+pub use events::{CoordinatorEvent, Observer};
 pub use machine::{Refusal, RoundMachine};
 
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 
 use crate::checkpoint::RoundRecord;
 use crate::config::CheckedJob;
-use crate::driver::CoordinatorEvent;
+use crate::events::CoordinatorEvent;
 use crate::machine::{RoundError, RoundSetup};
 use crate::shared::Shared;
 use fedretail_core::{ModelParameters, Strategy, StrategyError};

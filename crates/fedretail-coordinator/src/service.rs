@@ -3,7 +3,7 @@
 //! every check that touches job state. A [`Refusal`] becomes a status here, in one
 //! place, with `fedretail-proto`'s error mapping; a refused message changes nothing.
 
-use crate::driver::CoordinatorEvent;
+use crate::events::CoordinatorEvent;
 use crate::machine::{ReadyAnswer, Refusal, RoundMachine};
 use crate::registry::Registration;
 use crate::shared::Shared;

@@ -3,7 +3,7 @@
 //! plus the signals that wake long-polls and the driver, and the traffic counters.
 
 use crate::config::{CheckedJob, CoordinatorConfig};
-use crate::driver::Observer;
+use crate::events::Observer;
 use crate::machine::RoundMachine;
 use crate::registry::StoreRegistry;
 use fedretail_core::tabular::TableSummary;

@@ -5,7 +5,7 @@
 //! volume. Its gradient and Hessian are sums over rows, which is what makes the exact
 //! federated Newton solver possible.
 
-use crate::demand::DemandRows;
+use crate::rows::DemandRows;
 use fedretail_core::{pack_upper, FedNewton, L2Penalty};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

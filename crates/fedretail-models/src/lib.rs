@@ -21,6 +21,7 @@ pub mod clustering;
 pub mod demand;
 pub mod glm;
 pub mod metrics;
+mod rows;
 mod source;
 mod task;
 pub mod words;
