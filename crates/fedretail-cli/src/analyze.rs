@@ -5,7 +5,7 @@ use crate::network::{ensure_network, NetworkArgs};
 use crate::progress::DemoProgress;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use fedretail_coordinator::JobConfig;
+use fedretail_coordinator::{JobConfig, ServerOptimizerKind};
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, ClusterFit, ClusterTaskOptions};
 use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::{FeatureWindow, TabularSpec};
@@ -142,6 +142,39 @@ pub struct TrainArgs {
     /// Per-example gradient clipping norm of DP-SGD.
     #[arg(long, default_value_t = 1.0)]
     pub dp_clip: f64,
+    /// What the coordinator does with FedAvg's mean delta (Reddi et al. 2021).
+    #[arg(long, value_enum, default_value = "none")]
+    pub server_optimizer: ServerOptimizerArg,
+    /// Multiplies the server optimizer's step.
+    #[arg(long, default_value_t = 1.0)]
+    pub server_learning_rate: f64,
+}
+
+/// FedAvg's server step.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ServerOptimizerArg {
+    /// Plain FedAvg.
+    None,
+    /// FedAvgM (server momentum 0.9).
+    Momentum,
+    /// FedAdagrad (tau 1e-3).
+    Adagrad,
+    /// FedAdam (beta1 0.9, beta2 0.99, tau 1e-3).
+    Adam,
+    /// FedYogi (beta1 0.9, beta2 0.99, tau 1e-3).
+    Yogi,
+}
+
+impl From<ServerOptimizerArg> for ServerOptimizerKind {
+    fn from(a: ServerOptimizerArg) -> Self {
+        match a {
+            ServerOptimizerArg::None => ServerOptimizerKind::None,
+            ServerOptimizerArg::Momentum => ServerOptimizerKind::Momentum,
+            ServerOptimizerArg::Adagrad => ServerOptimizerKind::Adagrad,
+            ServerOptimizerArg::Adam => ServerOptimizerKind::Adam,
+            ServerOptimizerArg::Yogi => ServerOptimizerKind::Yogi,
+        }
+    }
 }
 
 impl TrainArgs {
@@ -161,6 +194,8 @@ impl TrainArgs {
                     delta: self.dp_delta,
                     clip_norm: self.dp_clip,
                 }),
+            server_optimizer: self.server_optimizer.into(),
+            server_learning_rate: self.server_learning_rate,
             ..ClassificationOptions::default()
         }
     }
@@ -332,6 +367,8 @@ fn churn_jobs(a: &ChurnArgs) -> Vec<JobConfig> {
             fedavg: fedretail_coordinator::FedAvgSettings {
                 learning_rate: a.train.learning_rate,
                 batch_size: a.train.batch_size,
+                server_optimizer: a.train.server_optimizer.into(),
+                server_learning_rate: a.train.server_learning_rate,
                 ..Default::default()
             },
             ..default_job(TaskKind::Churn)

@@ -3,7 +3,8 @@ use fedretail_core::tabular::TabularEncoding;
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, TabularTaskOptions, TaskKind};
 use fedretail_core::{
     CheckedTask, ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelLayout,
-    ModelParameters, SamplingConfig, Segment, Strategy, TaskSpec, UpdatePrecision,
+    ModelParameters, SamplingConfig, Segment, ServerOpt, ServerOptimizer, Strategy, TaskSpec,
+    UpdatePrecision,
 };
 use fedretail_privacy::{ClipRule, Denominator, DpFedAvg, DpSettings, Sampling};
 use serde::{Deserialize, Serialize};
@@ -309,13 +310,35 @@ impl PrivacySettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct FedAvgSettings {
     pub local_epochs: u32,
     pub batch_size: u32,
     pub learning_rate: f64,
     /// Send deltas as f32 (half the bytes) instead of f64.
     pub f32_updates: bool,
+    /// What the coordinator does with the mean delta (Reddi et al. 2021).
+    pub server_optimizer: ServerOptimizerKind,
+    /// Multiplies the server optimizer's step (1 with `none` is plain FedAvg).
+    pub server_learning_rate: f64,
+    /// Momentum (FedAvgM), or β1 (FedAdam, FedYogi).
+    pub server_momentum: f64,
+    /// β2 of FedAdam and FedYogi.
+    pub server_beta2: f64,
+    /// τ, the adaptivity floor of FedAdagrad, FedAdam and FedYogi.
+    pub server_tau: f64,
+}
+
+/// The server optimizer of a FedAvg job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerOptimizerKind {
+    /// Plain FedAvg: the mean delta, times the server learning rate.
+    None,
+    Momentum,
+    Adagrad,
+    Adam,
+    Yogi,
 }
 
 impl Default for FedAvgSettings {
@@ -325,7 +348,26 @@ impl Default for FedAvgSettings {
             batch_size: 32,
             learning_rate: 0.05,
             f32_updates: true,
+            server_optimizer: ServerOptimizerKind::None,
+            server_learning_rate: 1.0,
+            server_momentum: 0.9,
+            server_beta2: 0.99,
+            server_tau: 1e-3,
         }
+    }
+}
+
+impl FedAvgSettings {
+    /// FedAvg's server step: plain, or through a server optimizer.
+    pub fn server_optimizer(&self) -> Option<ServerOptimizer> {
+        let (beta1, beta2, tau) = (self.server_momentum, self.server_beta2, self.server_tau);
+        Some(match self.server_optimizer {
+            ServerOptimizerKind::None => return None,
+            ServerOptimizerKind::Momentum => ServerOptimizer::Momentum { momentum: beta1 },
+            ServerOptimizerKind::Adagrad => ServerOptimizer::Adagrad { tau },
+            ServerOptimizerKind::Adam => ServerOptimizer::Adam { beta1, beta2, tau },
+            ServerOptimizerKind::Yogi => ServerOptimizer::Yogi { beta1, beta2, tau },
+        })
     }
 }
 
@@ -586,6 +628,37 @@ impl CheckedJob {
             .map_err(|e| ConfigError::out_of_range("privacy", "settings DP-FedAvg accepts", e))
     }
 
+    /// FedAvg, through the job's server optimizer if it names one.
+    fn fedavg(&self, sampling: SamplingConfig) -> Result<Box<dyn Strategy>, ConfigError> {
+        let c = &self.config;
+        let opt = c.fedavg.server_optimizer();
+        let fedavg = Box::new(FedAvg::try_new(FedAvgConfig {
+            sampling,
+            local_epochs: c.fedavg.local_epochs,
+            batch_size: c.fedavg.batch_size,
+            learning_rate: c.fedavg.learning_rate,
+            // FedAvg's local objective is a mean, so its penalty is per example.
+            l2: c.l2 * 1e-4,
+            server_learning_rate: match opt {
+                Some(_) => 1.0,
+                None => c.fedavg.server_learning_rate,
+            },
+            precision: if c.fedavg.f32_updates {
+                UpdatePrecision::F32
+            } else {
+                UpdatePrecision::F64
+            },
+        })?);
+        Ok(match opt {
+            Some(opt) => Box::new(ServerOpt::try_new(
+                fedavg,
+                opt,
+                c.fedavg.server_learning_rate,
+            )?),
+            None => fedavg,
+        })
+    }
+
     fn build_inner_strategy(&self) -> Result<Box<dyn Strategy>, ConfigError> {
         let c = &self.config;
         let sampling = SamplingConfig {
@@ -599,20 +672,7 @@ impl CheckedJob {
                 l2: c.l2,
                 ..Default::default()
             })?),
-            StrategyKind::Fedavg => Box::new(FedAvg::try_new(FedAvgConfig {
-                sampling,
-                local_epochs: c.fedavg.local_epochs,
-                batch_size: c.fedavg.batch_size,
-                learning_rate: c.fedavg.learning_rate,
-                // FedAvg's local objective is a mean, so its penalty is per example.
-                l2: c.l2 * 1e-4,
-                server_learning_rate: 1.0,
-                precision: if c.fedavg.f32_updates {
-                    UpdatePrecision::F32
-                } else {
-                    UpdatePrecision::F64
-                },
-            })?),
+            StrategyKind::Fedavg => self.fedavg(sampling)?,
             StrategyKind::BisectingKmeans => {
                 let (max_iterations, seed) = match self.task.spec() {
                     TaskSpec::CustomerAnomaly(o)
@@ -636,6 +696,33 @@ impl CheckedJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fedavg_job_names_its_server_optimizer() {
+        let toml = "[job]\nstrategy = \"fedavg\"\n[job.fedavg]\nserver_optimizer = \"adam\"\nserver_learning_rate = 0.01\n";
+        let jobs = CoordinatorConfig::from_toml(toml)
+            .unwrap()
+            .checked_jobs()
+            .unwrap();
+        assert_eq!(jobs[0].build_strategy().unwrap().name(), "fedadam");
+        let bad = "[job]\nstrategy = \"fedavg\"\n[job.fedavg]\nserver_optimizer = \"yogi\"\nserver_beta2 = 1.5\n";
+        let err = CoordinatorConfig::from_toml(bad)
+            .unwrap()
+            .checked_jobs()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("server beta2 must be in [0, 1), got 1.5"),
+            "{err}"
+        );
+        // Without an optimizer it is FedAvg itself.
+        let plain = "[job]\nstrategy = \"fedavg\"\n";
+        let jobs = CoordinatorConfig::from_toml(plain)
+            .unwrap()
+            .checked_jobs()
+            .unwrap();
+        assert_eq!(jobs[0].build_strategy().unwrap().name(), "fedavg");
+    }
 
     #[test]
     fn defaults_parse_and_validate() {

@@ -42,7 +42,7 @@ mod shared;
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
 pub use config::{
     CheckedJob, CoordinatorConfig, FedAvgSettings, JobConfig, NoiseKind, PrivacySettings,
-    StoreCredential, StrategyKind,
+    ServerOptimizerKind, StoreCredential, StrategyKind,
 };
 pub use driver::{JobOutcome, PrivacyOutcome, PrivacyRound, StoreEvaluation};
 pub use events::{CoordinatorEvent, Observer};

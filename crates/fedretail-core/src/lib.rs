@@ -28,6 +28,7 @@ pub mod kmeans;
 mod newton;
 mod params;
 mod sampling;
+mod server_opt;
 mod strategy;
 pub mod tabular;
 pub mod task;
@@ -41,6 +42,7 @@ pub use newton::{
 };
 pub use params::{ModelLayout, ModelParameters, Segment};
 pub use sampling::{SamplingConfig, StoreSampler};
+pub use server_opt::{ServerOpt, ServerOptimizer};
 pub use strategy::{Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
 pub use task::{CheckedTask, TaskKind, TaskMetrics, TaskSpec};
 pub use validate::{validate_update, UpdateLimits};

@@ -8,9 +8,10 @@
 use crate::inprocess::{run_until, InProcessRun};
 use crate::prepare::{business_type_of, store_dirs};
 use crate::{SimError, SkippedStore};
+use fedretail_coordinator::{FedAvgSettings, ServerOptimizerKind};
 use fedretail_core::{
-    FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig,
-    UpdatePrecision,
+    FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig, ServerOpt,
+    Strategy, UpdatePrecision,
 };
 use fedretail_data::{
     load_churn_rows, load_tabular, FeatureWindow, StoreSource, TabularSpec,
@@ -58,6 +59,24 @@ pub struct ClassificationOptions {
     pub seed: u64,
     /// Customer-level DP at every party (DP-SGD); None trains without it.
     pub customer_dp: Option<CustomerDp>,
+    /// The coordinator's step for FedAvg (plain, momentum, Adagrad, Adam, Yogi).
+    pub server_optimizer: ServerOptimizerKind,
+    pub server_learning_rate: f64,
+}
+
+impl ClassificationOptions {
+    /// The FedAvg settings a job over agents uses to run the same computation.
+    pub fn fedavg_settings(&self, learning_rate: f64) -> FedAvgSettings {
+        FedAvgSettings {
+            local_epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            learning_rate,
+            f32_updates: true,
+            server_optimizer: self.server_optimizer,
+            server_learning_rate: self.server_learning_rate,
+            ..FedAvgSettings::default()
+        }
+    }
 }
 
 /// A per-customer budget each party enforces on its own training: noise is calibrated
@@ -95,6 +114,8 @@ impl Default for ClassificationOptions {
             min_train_rows: 20,
             seed: 7,
             customer_dp: None,
+            server_optimizer: ServerOptimizerKind::None,
+            server_learning_rate: 1.0,
         }
     }
 }
@@ -340,7 +361,9 @@ impl Trainer<'_> {
 
     fn fedavg(&self, kind: ClassifierKind, learning_rate: f64) -> Result<InProcessRun, SimError> {
         let o = self.options;
-        let mut strategy = FedAvg::try_new(FedAvgConfig {
+        let settings = o.fedavg_settings(learning_rate);
+        let optimizer = settings.server_optimizer();
+        let fedavg = FedAvg::try_new(FedAvgConfig {
             sampling: SamplingConfig {
                 fraction: 1.0,
                 min_stores: 1,
@@ -350,17 +373,30 @@ impl Trainer<'_> {
             batch_size: o.batch_size,
             learning_rate,
             l2: o.l2,
-            server_learning_rate: 1.0,
+            server_learning_rate: if optimizer.is_some() {
+                1.0
+            } else {
+                o.server_learning_rate
+            },
             precision: UpdatePrecision::F32,
         })
         .map_err(err)?;
+        let mut strategy: Box<dyn Strategy> = match optimizer {
+            Some(opt) => Box::new(
+                ServerOpt::try_new(Box::new(fedavg), opt, o.server_learning_rate).map_err(err)?,
+            ),
+            None => Box::new(fedavg),
+        };
         let init = ModelParameters::from_values(
             kind.layout(self.dim),
             kind.initial_parameters(self.dim, o.seed),
         )
         .map_err(err)?;
         let stores = self.tasks(kind, true);
-        run_until(&mut strategy, &stores, init, o.rounds, &mut |_, _| false).map_err(err)
+        run_until(strategy.as_mut(), &stores, init, o.rounds, &mut |_, _| {
+            false
+        })
+        .map_err(err)
     }
 
     /// SGD on one party's (or the pooled) rows, one epoch per "round", reshuffled each

@@ -7,9 +7,7 @@
 use crate::classification::{ClassificationOptions, ClassificationReport};
 use crate::federation::{export_store, run_federation, stores_from_dir, FederationRun, SimStore};
 use crate::SimError;
-use fedretail_coordinator::{
-    CoordinatorEvent, FedAvgSettings, JobConfig, JobOutcome, StrategyKind,
-};
+use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StrategyKind};
 use fedretail_core::task::{ClassifierKind, TabularTaskOptions};
 use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::StoreSource;
@@ -156,13 +154,8 @@ pub fn tabular_jobs(
         rounds: Some(rounds as u32),
         l2,
         seed: options.seed,
-        fedavg: FedAvgSettings {
-            local_epochs: options.local_epochs,
-            batch_size: options.batch_size,
-            learning_rate,
-            // As the in-process FedAvg, so the two runs are the same computation.
-            f32_updates: true,
-        },
+        // As the in-process FedAvg, so the two runs are the same computation.
+        fedavg: options.fedavg_settings(learning_rate),
         round_timeout_secs: 300.0,
         registration_timeout_secs: 600.0,
         ..JobConfig::default()
