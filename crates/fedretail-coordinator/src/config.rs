@@ -359,6 +359,38 @@ impl Default for FedAvgSettings {
 
 impl FedAvgSettings {
     /// FedAvg's server step: plain, or through a server optimizer.
+    /// FedAvg with these settings and penalty `l2` per example, through the server
+    /// optimizer if one is named.
+    pub fn strategy(
+        &self,
+        sampling: SamplingConfig,
+        l2: f64,
+    ) -> Result<Box<dyn Strategy>, ConfigError> {
+        let opt = self.server_optimizer();
+        let fedavg = Box::new(FedAvg::try_new(FedAvgConfig {
+            sampling,
+            local_epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            l2,
+            // The optimizer takes the rate; plain FedAvg multiplies its mean by it.
+            server_learning_rate: if opt.is_some() {
+                1.0
+            } else {
+                self.server_learning_rate
+            },
+            precision: if self.f32_updates {
+                UpdatePrecision::F32
+            } else {
+                UpdatePrecision::F64
+            },
+        })?);
+        Ok(match opt {
+            Some(opt) => Box::new(ServerOpt::try_new(fedavg, opt, self.server_learning_rate)?),
+            None => fedavg,
+        })
+    }
+
     pub fn server_optimizer(&self) -> Option<ServerOptimizer> {
         let (beta1, beta2, tau) = (self.server_momentum, self.server_beta2, self.server_tau);
         Some(match self.server_optimizer {
@@ -628,37 +660,6 @@ impl CheckedJob {
             .map_err(|e| ConfigError::out_of_range("privacy", "settings DP-FedAvg accepts", e))
     }
 
-    /// FedAvg, through the job's server optimizer if it names one.
-    fn fedavg(&self, sampling: SamplingConfig) -> Result<Box<dyn Strategy>, ConfigError> {
-        let c = &self.config;
-        let opt = c.fedavg.server_optimizer();
-        let fedavg = Box::new(FedAvg::try_new(FedAvgConfig {
-            sampling,
-            local_epochs: c.fedavg.local_epochs,
-            batch_size: c.fedavg.batch_size,
-            learning_rate: c.fedavg.learning_rate,
-            // FedAvg's local objective is a mean, so its penalty is per example.
-            l2: c.l2 * 1e-4,
-            server_learning_rate: match opt {
-                Some(_) => 1.0,
-                None => c.fedavg.server_learning_rate,
-            },
-            precision: if c.fedavg.f32_updates {
-                UpdatePrecision::F32
-            } else {
-                UpdatePrecision::F64
-            },
-        })?);
-        Ok(match opt {
-            Some(opt) => Box::new(ServerOpt::try_new(
-                fedavg,
-                opt,
-                c.fedavg.server_learning_rate,
-            )?),
-            None => fedavg,
-        })
-    }
-
     fn build_inner_strategy(&self) -> Result<Box<dyn Strategy>, ConfigError> {
         let c = &self.config;
         let sampling = SamplingConfig {
@@ -672,7 +673,7 @@ impl CheckedJob {
                 l2: c.l2,
                 ..Default::default()
             })?),
-            StrategyKind::Fedavg => self.fedavg(sampling)?,
+            StrategyKind::Fedavg => c.fedavg.strategy(sampling, c.l2 * 1e-4)?,
             StrategyKind::BisectingKmeans => {
                 let (max_iterations, seed) = match self.task.spec() {
                     TaskSpec::CustomerAnomaly(o)

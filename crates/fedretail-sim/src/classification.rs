@@ -9,10 +9,7 @@ use crate::inprocess::{run_until, InProcessRun};
 use crate::prepare::{business_type_of, store_dirs};
 use crate::{SimError, SkippedStore};
 use fedretail_coordinator::{FedAvgSettings, ServerOptimizerKind};
-use fedretail_core::{
-    FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig, ServerOpt,
-    Strategy, UpdatePrecision,
-};
+use fedretail_core::{FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig};
 use fedretail_data::{
     load_churn_rows, load_tabular, FeatureWindow, StoreSource, TabularSpec,
     CUSTOMER_ANOMALY_FEATURES,
@@ -361,32 +358,16 @@ impl Trainer<'_> {
 
     fn fedavg(&self, kind: ClassifierKind, learning_rate: f64) -> Result<InProcessRun, SimError> {
         let o = self.options;
-        let settings = o.fedavg_settings(learning_rate);
-        let optimizer = settings.server_optimizer();
-        let fedavg = FedAvg::try_new(FedAvgConfig {
-            sampling: SamplingConfig {
-                fraction: 1.0,
-                min_stores: 1,
-                seed: o.seed,
-            },
-            local_epochs: o.local_epochs,
-            batch_size: o.batch_size,
-            learning_rate,
-            l2: o.l2,
-            server_learning_rate: if optimizer.is_some() {
-                1.0
-            } else {
-                o.server_learning_rate
-            },
-            precision: UpdatePrecision::F32,
-        })
-        .map_err(err)?;
-        let mut strategy: Box<dyn Strategy> = match optimizer {
-            Some(opt) => Box::new(
-                ServerOpt::try_new(Box::new(fedavg), opt, o.server_learning_rate).map_err(err)?,
-            ),
-            None => Box::new(fedavg),
+        let sampling = SamplingConfig {
+            fraction: 1.0,
+            min_stores: 1,
+            seed: o.seed,
         };
+        // The very strategy a job over agents builds from the same settings.
+        let mut strategy = o
+            .fedavg_settings(learning_rate)
+            .strategy(sampling, o.l2)
+            .map_err(err)?;
         let init = ModelParameters::from_values(
             kind.layout(self.dim),
             kind.initial_parameters(self.dim, o.seed),
