@@ -28,6 +28,7 @@ pub use protect::{begin_secure, check_privacy, protect_update, secure_step, Secu
 pub use fedretail_models::{FixedTasks, PrepareFuture, TaskSource};
 pub use results::{read_model, write_results, ModelFile, ResultsError, MODEL_FORMAT};
 
+use fedretail_core::BoxFuture;
 use fedretail_core::{CheckedTask, LocalWork, UpdatePrecision};
 use fedretail_models::LocalTask;
 use fedretail_proto::v1::{
@@ -184,48 +185,50 @@ impl StoreAgent {
     }
 
     /// Run until the coordinator says the job is finished.
-    pub async fn run(&self) -> Result<AgentSummary, AgentError> {
-        let mut summary = AgentSummary::default();
-        let mut failures = 0u32;
-        let mut session: Option<Session> = None;
-        loop {
-            let result = match session.as_mut() {
-                None => match self.register().await {
-                    Ok(s) => {
-                        session = Some(s);
-                        Ok(None)
+    pub fn run<'a>(&'a self) -> BoxFuture<'a, Result<AgentSummary, AgentError>> {
+        Box::pin(async move {
+            let mut summary = AgentSummary::default();
+            let mut failures = 0u32;
+            let mut session: Option<Session> = None;
+            loop {
+                let result = match session.as_mut() {
+                    None => match self.register().await {
+                        Ok(s) => {
+                            session = Some(s);
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Some(s) => self.step(s, &mut summary).await,
+                };
+                match result {
+                    Ok(Some(reason)) => {
+                        summary.finish_reason = reason;
+                        return Ok(summary);
                     }
-                    Err(e) => Err(e),
-                },
-                Some(s) => self.step(s, &mut summary).await,
-            };
-            match result {
-                Ok(Some(reason)) => {
-                    summary.finish_reason = reason;
-                    return Ok(summary);
-                }
-                Ok(None) => failures = 0,
-                Err(AgentError::Unreachable { last, .. }) => {
-                    failures += 1;
-                    summary.retries += 1;
-                    if failures > self.config.max_retries {
-                        return Err(AgentError::Unreachable {
-                            attempts: failures,
-                            last,
-                        });
+                    Ok(None) => failures = 0,
+                    Err(AgentError::Unreachable { last, .. }) => {
+                        failures += 1;
+                        summary.retries += 1;
+                        if failures > self.config.max_retries {
+                            return Err(AgentError::Unreachable {
+                                attempts: failures,
+                                last,
+                            });
+                        }
+                        session = None;
+                        tokio::time::sleep(backoff(failures)).await;
                     }
-                    session = None;
-                    tokio::time::sleep(backoff(failures)).await;
+                    Err(AgentError::Refused(e))
+                        if e.kind == ErrorKind::UnknownStore && session.is_some() =>
+                    {
+                        // The coordinator restarted or we were replaced: join again.
+                        session = None;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(AgentError::Refused(e))
-                    if e.kind == ErrorKind::UnknownStore && session.is_some() =>
-                {
-                    // The coordinator restarted or we were replaced: join again.
-                    session = None;
-                }
-                Err(e) => return Err(e),
             }
-        }
+        })
     }
 
     /// One poll and, if there is work, doing it. Ok(Some(reason)) when the

@@ -48,6 +48,7 @@ pub use driver::{JobOutcome, PrivacyOutcome, PrivacyRound, StoreEvaluation};
 pub use events::{CoordinatorEvent, Observer};
 pub use machine::{Refusal, RoundMachine};
 
+use fedretail_core::BoxFuture;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -73,47 +74,51 @@ pub enum CoordinatorError {
 /// the future is dropped), then stop serving. A job that could not run is an outcome
 /// with `failed` set, not an error; errors are the coordinator's own (database,
 /// server, configuration).
-pub async fn run_coordinator(
+pub fn run_coordinator<'a>(
     config: CoordinatorConfig,
     listener: TcpListener,
     observer: Observer,
-) -> Result<Vec<JobOutcome>, CoordinatorError> {
-    let checkpoints = CheckpointStore::open(&config.database)?;
-    run_coordinator_with(config, listener, checkpoints, observer).await
+) -> BoxFuture<'a, Result<Vec<JobOutcome>, CoordinatorError>> {
+    Box::pin(async move {
+        let checkpoints = CheckpointStore::open(&config.database)?;
+        run_coordinator_with(config, listener, checkpoints, observer).await
+    })
 }
 
 /// As [`run_coordinator`], with an explicit checkpoint store (tests use an in-memory one).
-pub async fn run_coordinator_with(
+pub fn run_coordinator_with<'a>(
     config: CoordinatorConfig,
     listener: TcpListener,
     checkpoints: CheckpointStore,
     observer: Observer,
-) -> Result<Vec<JobOutcome>, CoordinatorError> {
-    let queue = jobs::JobQueue::new(config.checked_jobs()?, config.jobs_dir.clone());
-    let shared = Arc::new(shared::Shared::new(&config, observer));
-    let svc = service::CoordinatorService::new(shared.clone());
-    let max = config.max_message_bytes;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                fedretail_proto::v1::coordinator_server::CoordinatorServer::new(svc)
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
-            )
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
-    );
-    let outcome = driver::drive(shared, checkpoints, queue).await;
-    let _ = stop_tx.send(());
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(CoordinatorError::Server(e.to_string())),
-        Err(e) => return Err(CoordinatorError::Server(e.to_string())),
-    }
-    outcome
+) -> BoxFuture<'a, Result<Vec<JobOutcome>, CoordinatorError>> {
+    Box::pin(async move {
+        let queue = jobs::JobQueue::new(config.checked_jobs()?, config.jobs_dir.clone());
+        let shared = Arc::new(shared::Shared::new(&config, observer));
+        let svc = service::CoordinatorService::new(shared.clone());
+        let max = config.max_message_bytes;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    fedretail_proto::v1::coordinator_server::CoordinatorServer::new(svc)
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max),
+                )
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                ),
+        );
+        let outcome = driver::drive(shared, checkpoints, queue).await;
+        let _ = stop_tx.send(());
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(CoordinatorError::Server(e.to_string())),
+            Err(e) => return Err(CoordinatorError::Server(e.to_string())),
+        }
+        outcome
+    })
 }

@@ -46,3 +46,12 @@ pub use server_opt::{ServerOpt, ServerOptimizer};
 pub use strategy::{Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
 pub use task::{CheckedTask, TaskKind, TaskMetrics, TaskSpec};
 pub use validate::{validate_update, UpdateLimits};
+
+/// A boxed future. The public async entry points of the crates that reach DataFusion
+/// or the network return one: an `async fn`'s body is compiled again in every crate
+/// that awaits it (with all the DataFusion and tonic code it inlines), which made each
+/// downstream binary and test cost minutes of build. Boxed, callers link the one copy.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// [`BoxFuture`] for work that borrows a non-`Sync` callback and so is not `Send`.
+pub type LocalBoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;

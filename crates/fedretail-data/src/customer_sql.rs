@@ -8,6 +8,7 @@ use crate::source::{open_store, register_file, text_value, StoreSource};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float64Type;
 use datafusion::prelude::SessionContext;
+use fedretail_core::BoxFuture;
 use fedretail_models::{LabeledRows, PointSet};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -183,50 +184,55 @@ impl CustomerFeatureSet {
 
 /// Standardized customer features over the last `window.window_days` of the store's
 /// data, with ground-truth labels when a labels file is given.
-pub async fn load_customer_points(
-    source: &StoreSource,
-    window: &FeatureWindow,
+pub fn load_customer_points<'a>(
+    source: &'a StoreSource,
+    window: &'a FeatureWindow,
     set: CustomerFeatureSet,
-    labels: Option<&Path>,
-) -> Result<CustomerPoints, DataError> {
-    let path = source.transactions.clone();
-    let ctx = open_store(source).await?;
-    let (_, last) = date_bounds(&ctx, &path).await?;
-    let from = format!(
-        "CAST(TIMESTAMP '{last}' - INTERVAL '{} days' AS VARCHAR)",
-        window.window_days
-    );
-    let from = scalar_text(&ctx, &path, &from).await?;
-    let inner = customer_aggregates_sql(&from, &last, &last);
-    let exprs = set.expressions();
-    let sql = standardized_sql(&inner, &exprs);
-    let batches = collect(&ctx, &path, &sql, "computing customer features").await?;
+    labels: Option<&'a Path>,
+) -> BoxFuture<'a, Result<CustomerPoints, DataError>> {
+    Box::pin(async move {
+        let path = source.transactions.clone();
+        let ctx = open_store(source).await?;
+        let (_, last) = date_bounds(&ctx, &path).await?;
+        let from = format!(
+            "CAST(TIMESTAMP '{last}' - INTERVAL '{} days' AS VARCHAR)",
+            window.window_days
+        );
+        let from = scalar_text(&ctx, &path, &from).await?;
+        let inner = customer_aggregates_sql(&from, &last, &last);
+        let exprs = set.expressions();
+        let sql = standardized_sql(&inner, &exprs);
+        let batches = collect(&ctx, &path, &sql, "computing customer features").await?;
 
-    let abusers = match labels {
-        Some(l) => abusive_customers(&ctx, l).await?,
-        None => HashSet::new(),
-    };
-    let names = set.names();
-    let mut out = CustomerPoints {
-        points: PointSet::new(names.len()),
-        ..Default::default()
-    };
-    for b in &batches {
-        let cols = float_columns(b, names, &path)?;
-        let ids = b
-            .column_by_name("customer_id")
-            .ok_or_else(|| DataError::Spec("customer query lost customer_id".into()))?;
-        for i in 0..b.num_rows() {
-            let id = text_value(ids, i).unwrap_or_default();
-            out.labels.push(abusers.contains(&id));
-            out.customer_ids.push(id);
-            out.points.values.extend(
-                cols.iter()
-                    .map(|c| if c.is_null(i) { 0.0 } else { c.value(i) }),
-            );
+        let abusers = match labels {
+            Some(l) => abusive_customers(&ctx, l).await?,
+            None => HashSet::new(),
+        };
+        let names = set.names();
+        let mut out = CustomerPoints {
+            points: PointSet::new(names.len()),
+            ..Default::default()
+        };
+        for b in &batches {
+            let cols = float_columns(b, names, &path)?;
+            let ids = b
+                .column_by_name("customer_id")
+                .ok_or_else(|| DataError::Spec("customer query lost customer_id".into()))?;
+            for i in 0..b.num_rows() {
+                let id = text_value(ids, i).unwrap_or_default();
+                out.labels.push(abusers.contains(&id));
+                out.customer_ids.push(id);
+                out.points.values.extend(cols.iter().map(|c| {
+                    if c.is_null(i) {
+                        0.0
+                    } else {
+                        c.value(i)
+                    }
+                }));
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 async fn abusive_customers(
@@ -284,81 +290,84 @@ async fn scalar_text(ctx: &SessionContext, path: &Path, expr: &str) -> Result<St
 /// store's data (over the `window_days` before that), labelled churned when the
 /// customer buys nothing in the horizon. Features are the seed's, standardized per
 /// store; `standardized_recency` (the seed's `> 1` rule) is column 3.
-pub async fn load_churn_rows(
-    source: &StoreSource,
-    window: &FeatureWindow,
+pub fn load_churn_rows<'a>(
+    source: &'a StoreSource,
+    window: &'a FeatureWindow,
     horizon_days: u32,
-) -> Result<LabeledRows, DataError> {
-    let path = source.transactions.clone();
-    let ctx = open_store(source).await?;
-    let (first, last) = date_bounds(&ctx, &path).await?;
-    let cutoff = scalar_text(
-        &ctx,
-        &path,
-        &format!("CAST(TIMESTAMP '{last}' - INTERVAL '{horizon_days} days' AS VARCHAR)"),
-    )
-    .await?;
-    if cutoff <= first {
-        return Err(DataError::Spec(format!(
+) -> BoxFuture<'a, Result<LabeledRows, DataError>> {
+    Box::pin(async move {
+        let path = source.transactions.clone();
+        let ctx = open_store(source).await?;
+        let (first, last) = date_bounds(&ctx, &path).await?;
+        let cutoff = scalar_text(
+            &ctx,
+            &path,
+            &format!("CAST(TIMESTAMP '{last}' - INTERVAL '{horizon_days} days' AS VARCHAR)"),
+        )
+        .await?;
+        if cutoff <= first {
+            return Err(DataError::Spec(format!(
             "{}: history from {first} to {last} is shorter than the churn horizon of {horizon_days} days",
             path.display()
         )));
-    }
-    let from = scalar_text(
-        &ctx,
-        &path,
-        &format!(
-            "CAST(TIMESTAMP '{cutoff}' - INTERVAL '{} days' AS VARCHAR)",
-            window.window_days
-        ),
-    )
-    .await?;
-    let inner = customer_aggregates_sql(&from, &cutoff, &cutoff);
-    let exprs: Vec<(&str, &str)> = CUSTOMER_ANOMALY_FEATURES.iter().map(|n| (*n, *n)).collect();
-    let features = standardized_sql(&inner, &exprs);
-    let sql = format!(
-        "WITH f AS ({features}), later AS ( \
+        }
+        let from = scalar_text(
+            &ctx,
+            &path,
+            &format!(
+                "CAST(TIMESTAMP '{cutoff}' - INTERVAL '{} days' AS VARCHAR)",
+                window.window_days
+            ),
+        )
+        .await?;
+        let inner = customer_aggregates_sql(&from, &cutoff, &cutoff);
+        let exprs: Vec<(&str, &str)> = CUSTOMER_ANOMALY_FEATURES.iter().map(|n| (*n, *n)).collect();
+        let features = standardized_sql(&inner, &exprs);
+        let sql = format!(
+            "WITH f AS ({features}), later AS ( \
            SELECT DISTINCT customer_id AS buyer FROM transactions \
            WHERE customer_id IS NOT NULL AND NOT is_refund AND timestamp > TIMESTAMP '{cutoff}') \
          SELECT f.*, CASE WHEN later.buyer IS NULL THEN 1.0 ELSE 0.0 END AS churned \
          FROM f LEFT JOIN later ON f.customer_id = later.buyer ORDER BY f.customer_id"
-    );
-    let batches = collect(&ctx, &path, &sql, "computing churn features").await?;
-    let mut rows = LabeledRows::new(CUSTOMER_ANOMALY_FEATURES.len());
-    let mut x = vec![0.0; CUSTOMER_ANOMALY_FEATURES.len()];
-    for b in &batches {
-        let cols = float_columns(b, &CUSTOMER_ANOMALY_FEATURES, &path)?;
-        let label = float_columns(b, &["churned"], &path)?[0];
-        for i in 0..b.num_rows() {
-            for (v, c) in x.iter_mut().zip(&cols) {
-                *v = if c.is_null(i) { 0.0 } else { c.value(i) };
+        );
+        let batches = collect(&ctx, &path, &sql, "computing churn features").await?;
+        let mut rows = LabeledRows::new(CUSTOMER_ANOMALY_FEATURES.len());
+        let mut x = vec![0.0; CUSTOMER_ANOMALY_FEATURES.len()];
+        for b in &batches {
+            let cols = float_columns(b, &CUSTOMER_ANOMALY_FEATURES, &path)?;
+            let label = float_columns(b, &["churned"], &path)?[0];
+            for i in 0..b.num_rows() {
+                for (v, c) in x.iter_mut().zip(&cols) {
+                    *v = if c.is_null(i) { 0.0 } else { c.value(i) };
+                }
+                rows.push(&x, label.value(i) > 0.5);
             }
-            rows.push(&x, label.value(i) > 0.5);
         }
-    }
-    Ok(rows)
+        Ok(rows)
+    })
 }
 
 /// Receipt-level features over the last `window_days`, standardized per store, with
 /// ground truth (a receipt is anomalous when the labels file names it).
-pub async fn load_transaction_points(
-    source: &StoreSource,
-    window: &FeatureWindow,
-    labels: Option<&Path>,
-) -> Result<TransactionPoints, DataError> {
-    let path: PathBuf = source.transactions.clone();
-    let ctx = open_store(source).await?;
-    let (_, last) = date_bounds(&ctx, &path).await?;
-    let from = scalar_text(
-        &ctx,
-        &path,
-        &format!(
-            "CAST(TIMESTAMP '{last}' - INTERVAL '{} days' AS VARCHAR)",
-            window.window_days
-        ),
-    )
-    .await?;
-    let sql = format!(
+pub fn load_transaction_points<'a>(
+    source: &'a StoreSource,
+    window: &'a FeatureWindow,
+    labels: Option<&'a Path>,
+) -> BoxFuture<'a, Result<TransactionPoints, DataError>> {
+    Box::pin(async move {
+        let path: PathBuf = source.transactions.clone();
+        let ctx = open_store(source).await?;
+        let (_, last) = date_bounds(&ctx, &path).await?;
+        let from = scalar_text(
+            &ctx,
+            &path,
+            &format!(
+                "CAST(TIMESTAMP '{last}' - INTERVAL '{} days' AS VARCHAR)",
+                window.window_days
+            ),
+        )
+        .await?;
+        let sql = format!(
         "WITH lines AS ( \
            SELECT * FROM transactions WHERE timestamp >= TIMESTAMP '{from}'), \
          usual AS (SELECT product_id, MEDIAN(unit_price) AS usual_price FROM lines GROUP BY product_id), \
@@ -393,30 +402,34 @@ pub async fn load_transaction_points(
             .collect::<Vec<_>>()
             .join(", "),
     );
-    let batches = collect(&ctx, &path, &sql, "computing transaction features").await?;
-    let anomalous = match labels {
-        Some(l) => labelled_transactions(&ctx, l).await?,
-        None => HashSet::new(),
-    };
-    let mut out = TransactionPoints {
-        ids: Vec::new(),
-        points: PointSet::new(TRANSACTION_FEATURES.len()),
-        labels: Vec::new(),
-    };
-    for b in &batches {
-        let cols = float_columns(b, &TRANSACTION_FEATURES, &path)?;
-        let ids = b.column(0);
-        for i in 0..b.num_rows() {
-            let id = text_value(ids, i).unwrap_or_default();
-            out.labels.push(anomalous.contains(&id));
-            out.ids.push(id);
-            out.points.values.extend(
-                cols.iter()
-                    .map(|c| if c.is_null(i) { 0.0 } else { c.value(i) }),
-            );
+        let batches = collect(&ctx, &path, &sql, "computing transaction features").await?;
+        let anomalous = match labels {
+            Some(l) => labelled_transactions(&ctx, l).await?,
+            None => HashSet::new(),
+        };
+        let mut out = TransactionPoints {
+            ids: Vec::new(),
+            points: PointSet::new(TRANSACTION_FEATURES.len()),
+            labels: Vec::new(),
+        };
+        for b in &batches {
+            let cols = float_columns(b, &TRANSACTION_FEATURES, &path)?;
+            let ids = b.column(0);
+            for i in 0..b.num_rows() {
+                let id = text_value(ids, i).unwrap_or_default();
+                out.labels.push(anomalous.contains(&id));
+                out.ids.push(id);
+                out.points.values.extend(cols.iter().map(|c| {
+                    if c.is_null(i) {
+                        0.0
+                    } else {
+                        c.value(i)
+                    }
+                }));
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

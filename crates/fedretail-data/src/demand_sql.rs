@@ -12,6 +12,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
+use fedretail_core::BoxFuture;
 use fedretail_domain::calendar::{is_public_holiday, shopping_event};
 use fedretail_models::{DemandDataset, DemandRows, DEMAND_FEATURES};
 use std::path::Path;
@@ -210,54 +211,56 @@ ORDER BY category, day_index
 }
 
 /// Read, validate and featurise one store's data for the demand task.
-pub async fn load_demand_dataset(
-    store_id: &str,
-    source: &StoreSource,
-    spec: &DemandSpec,
-) -> Result<DemandDataset, DataError> {
-    if spec.holdout_days == 0 || spec.holdout_days > 365 {
-        return Err(DataError::Spec(format!(
-            "holdout_days must be in 1..=365, got {}",
-            spec.holdout_days
-        )));
-    }
-    let path = source.transactions.clone();
-    let ctx = open_store(source).await?;
-    let (first, last) = date_range(&ctx, &path).await?;
-    let days = (last - first).num_days() + 1;
-    let needed = WARM_UP_DAYS + spec.holdout_days as i64 + 14;
-    if days < needed {
-        return Err(DataError::TooLittleHistory {
-            path,
-            days,
-            needed,
-            holdout: spec.holdout_days,
-        });
-    }
-    if spec.horizon_days > 28 {
-        return Err(DataError::Spec(format!(
-            "horizon_days must be at most 28 (features are known 28 days ahead), got {}",
-            spec.horizon_days
-        )));
-    }
-    let cutoff = days - spec.holdout_days as i64;
-    let until = last + chrono::Duration::days(spec.horizon_days as i64);
-    let calendar = calendar_table(first, until).map_err(sql_err(&path, "building calendar"))?;
-    ctx.register_table("calendar", Arc::new(calendar))
-        .map_err(sql_err(&path, "building calendar"))?;
-    register_promotions(&ctx, source).await?;
-    let batches = ctx
-        .sql(&feature_sql(cutoff, days))
-        .await
-        .map_err(sql_err(&path, "computing demand features"))?
-        .collect()
-        .await
-        .map_err(sql_err(&path, "computing demand features"))?;
-    let mut split = Split::new(DEMAND_FEATURES.len());
-    for batch in &batches {
-        split.absorb(batch)?;
-    }
-    Ok(split.into_dataset(store_id, days as u32))
+pub fn load_demand_dataset<'a>(
+    store_id: &'a str,
+    source: &'a StoreSource,
+    spec: &'a DemandSpec,
+) -> BoxFuture<'a, Result<DemandDataset, DataError>> {
+    Box::pin(async move {
+        if spec.holdout_days == 0 || spec.holdout_days > 365 {
+            return Err(DataError::Spec(format!(
+                "holdout_days must be in 1..=365, got {}",
+                spec.holdout_days
+            )));
+        }
+        let path = source.transactions.clone();
+        let ctx = open_store(source).await?;
+        let (first, last) = date_range(&ctx, &path).await?;
+        let days = (last - first).num_days() + 1;
+        let needed = WARM_UP_DAYS + spec.holdout_days as i64 + 14;
+        if days < needed {
+            return Err(DataError::TooLittleHistory {
+                path,
+                days,
+                needed,
+                holdout: spec.holdout_days,
+            });
+        }
+        if spec.horizon_days > 28 {
+            return Err(DataError::Spec(format!(
+                "horizon_days must be at most 28 (features are known 28 days ahead), got {}",
+                spec.horizon_days
+            )));
+        }
+        let cutoff = days - spec.holdout_days as i64;
+        let until = last + chrono::Duration::days(spec.horizon_days as i64);
+        let calendar = calendar_table(first, until).map_err(sql_err(&path, "building calendar"))?;
+        ctx.register_table("calendar", Arc::new(calendar))
+            .map_err(sql_err(&path, "building calendar"))?;
+        register_promotions(&ctx, source).await?;
+        let batches = ctx
+            .sql(&feature_sql(cutoff, days))
+            .await
+            .map_err(sql_err(&path, "computing demand features"))?
+            .collect()
+            .await
+            .map_err(sql_err(&path, "computing demand features"))?;
+        let mut split = Split::new(DEMAND_FEATURES.len());
+        for batch in &batches {
+            split.absorb(batch)?;
+        }
+        Ok(split.into_dataset(store_id, days as u32))
+    })
 }
 
 /// The first and last day with transactions.

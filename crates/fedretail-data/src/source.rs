@@ -1,6 +1,7 @@
 use crate::error::{sql_err, DataError};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use fedretail_core::BoxFuture;
 use fedretail_domain::schema::{
     ColumnType, PROMOTIONS_FILE, TRANSACTIONS_FILE, TRANSACTION_COLUMNS,
 };
@@ -148,78 +149,80 @@ pub(crate) async fn register_file(
 
 /// A DataFusion session over one store's data, with the canonical view
 /// `transactions` (typed, validated) registered.
-pub async fn open_store(source: &StoreSource) -> Result<SessionContext, DataError> {
-    // One partition: stores are prepared in parallel already, and it keeps line
-    // numbers of validation errors in file order.
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let path = &source.transactions;
-    register_file(&ctx, "raw_transactions", path).await?;
-    let view = source
-        .view_sql
-        .clone()
-        .unwrap_or_else(|| "SELECT * FROM raw_transactions".to_string());
-    let mapped = ctx
-        .sql(&view)
-        .await
-        .map_err(|e| DataError::BadView(e.to_string()))?;
-    ctx.register_table("mapped_transactions", mapped.into_view())
-        .map_err(sql_err(path, "registering view"))?;
+pub fn open_store<'a>(source: &'a StoreSource) -> BoxFuture<'a, Result<SessionContext, DataError>> {
+    Box::pin(async move {
+        // One partition: stores are prepared in parallel already, and it keeps line
+        // numbers of validation errors in file order.
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let path = &source.transactions;
+        register_file(&ctx, "raw_transactions", path).await?;
+        let view = source
+            .view_sql
+            .clone()
+            .unwrap_or_else(|| "SELECT * FROM raw_transactions".to_string());
+        let mapped = ctx
+            .sql(&view)
+            .await
+            .map_err(|e| DataError::BadView(e.to_string()))?;
+        ctx.register_table("mapped_transactions", mapped.into_view())
+            .map_err(sql_err(path, "registering view"))?;
 
-    let schema = ctx
-        .table("mapped_transactions")
-        .await
-        .map_err(sql_err(path, "reading view"))?
-        .schema()
-        .clone();
-    let present: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let has = |c: &str| present.iter().any(|p| p == c);
-    for col in TRANSACTION_COLUMNS.iter().filter(|c| c.required) {
-        if !has(col.name) {
-            return Err(DataError::MissingColumn {
-                path: path.clone(),
-                column: col.name.to_string(),
-                present: present.join(", "),
-            });
+        let schema = ctx
+            .table("mapped_transactions")
+            .await
+            .map_err(sql_err(path, "reading view"))?
+            .schema()
+            .clone();
+        let present: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let has = |c: &str| present.iter().any(|p| p == c);
+        for col in TRANSACTION_COLUMNS.iter().filter(|c| c.required) {
+            if !has(col.name) {
+                return Err(DataError::MissingColumn {
+                    path: path.clone(),
+                    column: col.name.to_string(),
+                    present: present.join(", "),
+                });
+            }
         }
-    }
-    validate(&ctx, path, &has).await?;
+        validate(&ctx, path, &has).await?;
 
-    // Canonical typed view. Optional columns get their defaults.
-    let text = |c: &str| {
-        if has(c) {
-            format!("CAST({c} AS VARCHAR)")
+        // Canonical typed view. Optional columns get their defaults.
+        let text = |c: &str| {
+            if has(c) {
+                format!("CAST({c} AS VARCHAR)")
+            } else {
+                "CAST(NULL AS VARCHAR)".into()
+            }
+        };
+        let refund = if has("is_refund") {
+            "COALESCE(TRY_CAST(is_refund AS BOOLEAN), false)".to_string()
         } else {
-            "CAST(NULL AS VARCHAR)".into()
-        }
-    };
-    let refund = if has("is_refund") {
-        "COALESCE(TRY_CAST(is_refund AS BOOLEAN), false)".to_string()
-    } else {
-        "false".into()
-    };
-    let amount = if has("amount") {
-        "TRY_CAST(amount AS DOUBLE)".to_string()
-    } else {
-        "TRY_CAST(quantity AS DOUBLE) * TRY_CAST(unit_price AS DOUBLE)".into()
-    };
-    let canonical = format!(
-        "SELECT {store} AS store_id, CAST(transaction_id AS VARCHAR) AS transaction_id, \
+            "false".into()
+        };
+        let amount = if has("amount") {
+            "TRY_CAST(amount AS DOUBLE)".to_string()
+        } else {
+            "TRY_CAST(quantity AS DOUBLE) * TRY_CAST(unit_price AS DOUBLE)".into()
+        };
+        let canonical = format!(
+            "SELECT {store} AS store_id, CAST(transaction_id AS VARCHAR) AS transaction_id, \
          CAST(timestamp AS TIMESTAMP) AS timestamp, NULLIF({customer}, '') AS customer_id, \
          CAST(product_id AS VARCHAR) AS product_id, CAST(category AS VARCHAR) AS category, \
          CAST(quantity AS DOUBLE) AS quantity, CAST(unit_price AS DOUBLE) AS unit_price, \
          {amount} AS amount, {payment} AS payment_method, {refund} AS is_refund \
          FROM mapped_transactions",
-        store = text("store_id"),
-        customer = text("customer_id"),
-        payment = text("payment_method"),
-    );
-    let df = ctx
-        .sql(&canonical)
-        .await
-        .map_err(sql_err(path, "building canonical view"))?;
-    ctx.register_table("transactions", df.into_view())
-        .map_err(sql_err(path, "registering view"))?;
-    Ok(ctx)
+            store = text("store_id"),
+            customer = text("customer_id"),
+            payment = text("payment_method"),
+        );
+        let df = ctx
+            .sql(&canonical)
+            .await
+            .map_err(sql_err(path, "building canonical view"))?;
+        ctx.register_table("transactions", df.into_view())
+            .map_err(sql_err(path, "registering view"))?;
+        Ok(ctx)
+    })
 }
 
 /// One check on one column: (column, "required" or the SQL type, the SQL condition

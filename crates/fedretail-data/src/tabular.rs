@@ -12,6 +12,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use fedretail_core::tabular::{
     merge_summaries, ColumnSummary, EncodedColumn, TableSummary, TabularEncoding,
 };
+use fedretail_core::BoxFuture;
 use fedretail_models::LabeledRows;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -82,47 +83,50 @@ fn bad(path: &Path, column: &str, line: u64, value: &str, expected: &'static str
 
 impl RawTable {
     /// Read `path` (CSV or Parquet).
-    pub async fn read(path: &Path) -> Result<RawTable, DataError> {
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        register_file(&ctx, "raw_table", path).await?;
-        let batches = ctx
-            .sql("SELECT * FROM raw_table")
-            .await
-            .map_err(sql_err(path, "reading"))?
-            .collect()
-            .await
-            .map_err(sql_err(path, "reading"))?;
-        let Some(first) = batches.first() else {
-            return Err(DataError::NoRows {
-                path: path.to_path_buf(),
-            });
-        };
-        let columns = first
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let mut rows = Vec::new();
-        let mut line = 1u64; // the header
-        for b in &batches {
-            for i in 0..b.num_rows() {
-                line += 1;
-                let cells = (0..b.num_columns())
-                    .map(|c| text_value(b.column(c), i).filter(|v| !v.trim().is_empty()))
-                    .collect();
-                rows.push(RawRow { line, cells });
+    pub fn read<'a>(path: &'a Path) -> BoxFuture<'a, Result<RawTable, DataError>> {
+        Box::pin(async move {
+            let ctx =
+                SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+            register_file(&ctx, "raw_table", path).await?;
+            let batches = ctx
+                .sql("SELECT * FROM raw_table")
+                .await
+                .map_err(sql_err(path, "reading"))?
+                .collect()
+                .await
+                .map_err(sql_err(path, "reading"))?;
+            let Some(first) = batches.first() else {
+                return Err(DataError::NoRows {
+                    path: path.to_path_buf(),
+                });
+            };
+            let columns = first
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let mut rows = Vec::new();
+            let mut line = 1u64; // the header
+            for b in &batches {
+                for i in 0..b.num_rows() {
+                    line += 1;
+                    let cells = (0..b.num_columns())
+                        .map(|c| text_value(b.column(c), i).filter(|v| !v.trim().is_empty()))
+                        .collect();
+                    rows.push(RawRow { line, cells });
+                }
             }
-        }
-        if rows.is_empty() {
-            return Err(DataError::NoRows {
+            if rows.is_empty() {
+                return Err(DataError::NoRows {
+                    path: path.to_path_buf(),
+                });
+            }
+            Ok(RawTable {
                 path: path.to_path_buf(),
-            });
-        }
-        Ok(RawTable {
-            path: path.to_path_buf(),
-            columns,
-            rows,
+                columns,
+                rows,
+            })
         })
     }
 
@@ -344,26 +348,28 @@ pub struct StoreTable {
 
 impl StoreTable {
     /// Read a store's table; `exclude` (and the target) are not features.
-    pub async fn load(
-        path: &Path,
-        target: &str,
-        positive: &str,
-        exclude: &[String],
+    pub fn load<'a>(
+        path: &'a Path,
+        target: &'a str,
+        positive: &'a str,
+        exclude: &'a [String],
         test_fraction: f64,
         seed: u64,
-    ) -> Result<StoreTable, DataError> {
-        let table = RawTable::read(path).await?;
-        let t = table.find(target)?;
-        let labels = table.labels(t, positive)?;
-        let features = (0..table.columns.len())
-            .filter(|&c| c != t && !exclude.contains(&table.columns[c]))
-            .collect();
-        Ok(StoreTable {
-            table,
-            labels,
-            features,
-            test_fraction,
-            seed,
+    ) -> BoxFuture<'a, Result<StoreTable, DataError>> {
+        Box::pin(async move {
+            let table = RawTable::read(path).await?;
+            let t = table.find(target)?;
+            let labels = table.labels(t, positive)?;
+            let features = (0..table.columns.len())
+                .filter(|&c| c != t && !exclude.contains(&table.columns[c]))
+                .collect();
+            Ok(StoreTable {
+                table,
+                labels,
+                features,
+                test_fraction,
+                seed,
+            })
         })
     }
 
@@ -391,122 +397,129 @@ impl StoreTable {
 
 /// Read `path` (CSV or Parquet), split it into silos by `spec.split_by`, and prepare
 /// every silo exactly as a store of a federated job would.
-pub async fn load_tabular(path: &Path, spec: &TabularSpec) -> Result<TabularTable, DataError> {
-    if !(spec.test_fraction > 0.0 && spec.test_fraction < 1.0) {
-        return Err(DataError::Spec(format!(
-            "test_fraction must be in (0, 1), got {}",
-            spec.test_fraction
-        )));
-    }
-    let table = RawTable::read(path).await?;
-    let target = table.find(&spec.target)?;
-    let split = table.find(&spec.split_by)?;
-    let labels = table.labels(target, &spec.positive)?;
-    let features: Vec<usize> = (0..table.columns.len())
-        .filter(|&c| c != target && c != split)
-        .collect();
-    let mut by_silo: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    let mut dropped_rows = 0;
-    for (i, r) in table.rows.iter().enumerate() {
-        match &r.cells[split] {
-            Some(s) => by_silo.entry(s.clone()).or_default().push(i),
-            None => dropped_rows += 1,
+pub fn load_tabular<'a>(
+    path: &'a Path,
+    spec: &'a TabularSpec,
+) -> BoxFuture<'a, Result<TabularTable, DataError>> {
+    Box::pin(async move {
+        if !(spec.test_fraction > 0.0 && spec.test_fraction < 1.0) {
+            return Err(DataError::Spec(format!(
+                "test_fraction must be in (0, 1), got {}",
+                spec.test_fraction
+            )));
         }
-    }
-    let silos: Vec<(String, Silo)> = by_silo
-        .into_iter()
-        .map(|(name, members)| {
-            let silo = Silo::new(
-                &table,
-                &labels,
-                &features,
-                members,
-                spec.test_fraction,
-                spec.seed,
-            );
-            (name, silo)
+        let table = RawTable::read(path).await?;
+        let target = table.find(&spec.target)?;
+        let split = table.find(&spec.split_by)?;
+        let labels = table.labels(target, &spec.positive)?;
+        let features: Vec<usize> = (0..table.columns.len())
+            .filter(|&c| c != target && c != split)
+            .collect();
+        let mut by_silo: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut dropped_rows = 0;
+        for (i, r) in table.rows.iter().enumerate() {
+            match &r.cells[split] {
+                Some(s) => by_silo.entry(s.clone()).or_default().push(i),
+                None => dropped_rows += 1,
+            }
+        }
+        let silos: Vec<(String, Silo)> = by_silo
+            .into_iter()
+            .map(|(name, members)| {
+                let silo = Silo::new(
+                    &table,
+                    &labels,
+                    &features,
+                    members,
+                    spec.test_fraction,
+                    spec.seed,
+                );
+                (name, silo)
+            })
+            .collect();
+        let summaries: Vec<TableSummary> = silos
+            .iter()
+            .filter(|(_, s)| s.unusable(spec.min_train_rows).is_none())
+            .map(|(_, s)| s.summary(spec.min_category_rows))
+            .collect();
+        let encoding = merge_summaries(&summaries, spec.max_categories)
+            .map_err(|e| DataError::Spec(format!("{}: {e}", path.display())))?;
+        let mut out = Vec::with_capacity(silos.len());
+        for (name, silo) in &silos {
+            let (train, test) = silo.encode(&encoding)?;
+            out.push(TabularSilo {
+                name: name.clone(),
+                train,
+                test,
+                skipped: silo.unusable(spec.min_train_rows),
+            });
+        }
+        Ok(TabularTable {
+            feature_names: encoding.feature_names(),
+            encoding,
+            silos: out,
+            dropped_rows,
         })
-        .collect();
-    let summaries: Vec<TableSummary> = silos
-        .iter()
-        .filter(|(_, s)| s.unusable(spec.min_train_rows).is_none())
-        .map(|(_, s)| s.summary(spec.min_category_rows))
-        .collect();
-    let encoding = merge_summaries(&summaries, spec.max_categories)
-        .map_err(|e| DataError::Spec(format!("{}: {e}", path.display())))?;
-    let mut out = Vec::with_capacity(silos.len());
-    for (name, silo) in &silos {
-        let (train, test) = silo.encode(&encoding)?;
-        out.push(TabularSilo {
-            name: name.clone(),
-            train,
-            test,
-            skipped: silo.unusable(spec.min_train_rows),
-        });
-    }
-    Ok(TabularTable {
-        feature_names: encoding.feature_names(),
-        encoding,
-        silos: out,
-        dropped_rows,
     })
 }
 
 /// Split `path` into one folder per value of `split_by` under `out_dir`, each with
 /// the silo's rows (in file order, the split column left out) as `file`: one store's
 /// export per silo, to run a tabular job over real agents. Returns (silo, folder).
-pub async fn write_silos(
-    path: &Path,
-    split_by: &str,
-    out_dir: &Path,
-    file: &str,
-) -> Result<Vec<(String, PathBuf)>, DataError> {
-    let table = RawTable::read(path).await?;
-    let split = table.find(split_by)?;
-    let mut by_silo: BTreeMap<&str, Vec<&RawRow>> = BTreeMap::new();
-    for r in &table.rows {
-        if let Some(s) = &r.cells[split] {
-            by_silo.entry(s.as_str()).or_default().push(r);
+pub fn write_silos<'a>(
+    path: &'a Path,
+    split_by: &'a str,
+    out_dir: &'a Path,
+    file: &'a str,
+) -> BoxFuture<'a, Result<Vec<(String, PathBuf)>, DataError>> {
+    Box::pin(async move {
+        let table = RawTable::read(path).await?;
+        let split = table.find(split_by)?;
+        let mut by_silo: BTreeMap<&str, Vec<&RawRow>> = BTreeMap::new();
+        for r in &table.rows {
+            if let Some(s) = &r.cells[split] {
+                by_silo.entry(s.as_str()).or_default().push(r);
+            }
         }
-    }
-    let io = |p: &Path| {
-        let path = p.to_path_buf();
-        move |e: std::io::Error| DataError::Io { path, source: e }
-    };
-    let mut out = Vec::with_capacity(by_silo.len());
-    for (k, (name, rows)) in by_silo.into_iter().enumerate() {
-        // Folder names from data: keep them to safe characters, unique by position.
-        let safe: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .take(40)
-            .collect();
-        let dir = out_dir.join(format!("silo-{k:03}-{safe}"));
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let target = dir.join(file);
-        let mut w = csv::Writer::from_path(&target)
-            .map_err(|e| DataError::Spec(format!("{}: {e}", target.display())))?;
-        let keep = |cells: &[Option<String>]| -> Vec<String> {
-            cells
-                .iter()
-                .enumerate()
-                .filter(|(c, _)| *c != split)
-                .map(|(_, v)| v.clone().unwrap_or_default())
-                .collect()
+        let io = |p: &Path| {
+            let path = p.to_path_buf();
+            move |e: std::io::Error| DataError::Io { path, source: e }
         };
-        let header: Vec<Option<String>> = table.columns.iter().cloned().map(Some).collect();
-        let mut write = |cells: Vec<String>| {
-            w.write_record(&cells)
-                .map_err(|e| DataError::Spec(format!("{}: {e}", target.display())))
-        };
-        write(keep(&header))?;
-        for r in rows {
-            write(keep(&r.cells))?;
+        let mut out = Vec::with_capacity(by_silo.len());
+        for (k, (name, rows)) in by_silo.into_iter().enumerate() {
+            // Folder names from data: keep them to safe characters, unique by position.
+            let safe: String = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .take(40)
+                .collect();
+            let dir = out_dir.join(format!("silo-{k:03}-{safe}"));
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let target = dir.join(file);
+            let mut w = csv::Writer::from_path(&target)
+                .map_err(|e| DataError::Spec(format!("{}: {e}", target.display())))?;
+            let keep = |cells: &[Option<String>]| -> Vec<String> {
+                cells
+                    .iter()
+                    .enumerate()
+                    .filter(|(c, _)| *c != split)
+                    .map(|(_, v)| v.clone().unwrap_or_default())
+                    .collect()
+            };
+            let header: Vec<Option<String>> = table.columns.iter().cloned().map(Some).collect();
+            let mut write = |cells: Vec<String>| {
+                w.write_record(&cells)
+                    .map_err(|e| DataError::Spec(format!("{}: {e}", target.display())))
+            };
+            write(keep(&header))?;
+            for r in rows {
+                write(keep(&r.cells))?;
+            }
+            w.flush().map_err(io(&target))?;
+            out.push((name.to_string(), dir));
         }
-        w.flush().map_err(io(&target))?;
-        out.push((name.to_string(), dir));
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use fedretail_core::task::{
     ChurnTaskOptions, ClusterFit, ClusterTaskOptions, DemandTaskOptions, TabularTaskOptions,
     CUSTOMER_ANOMALY_FEATURES, SEGMENT_FEATURES, TRANSACTION_FEATURES,
 };
+use fedretail_core::BoxFuture;
 use fedretail_core::{CheckedTask, TaskSpec};
 use fedretail_models::classify::stratified_split;
 use fedretail_models::demand::DemandOptions;
@@ -41,12 +42,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The store's task for `spec`, prepared from its export.
-pub async fn build_local_task(
-    store_id: &str,
-    source: &StoreSource,
-    spec: &CheckedTask,
-) -> Result<Arc<dyn LocalTask>, DataError> {
-    build_cached(store_id, source, spec, None).await
+pub fn build_local_task<'a>(
+    store_id: &'a str,
+    source: &'a StoreSource,
+    spec: &'a CheckedTask,
+) -> BoxFuture<'a, Result<Arc<dyn LocalTask>, DataError>> {
+    Box::pin(async move { build_cached(store_id, source, spec, None).await })
 }
 
 /// Customer, receipt and churn features a store computed, by what they depend on: the
@@ -180,18 +181,20 @@ async fn store_table(
 
 /// A store's description of its table: aggregates of its training rows, for the
 /// encoding the stores agree on before round 1.
-pub async fn describe_table(
-    source: &StoreSource,
-    spec: &CheckedTask,
-) -> Result<TableSummary, DataError> {
-    let TaskSpec::Tabular(o) = spec.spec() else {
-        return Err(DataError::Spec(format!(
-            "task '{}' has no table to describe",
-            spec.kind()
-        )));
-    };
-    let table = store_table(source, o).await?;
-    Ok(table.silo().summary(o.min_category_rows))
+pub fn describe_table<'a>(
+    source: &'a StoreSource,
+    spec: &'a CheckedTask,
+) -> BoxFuture<'a, Result<TableSummary, DataError>> {
+    Box::pin(async move {
+        let TaskSpec::Tabular(o) = spec.spec() else {
+            return Err(DataError::Spec(format!(
+                "task '{}' has no table to describe",
+                spec.kind()
+            )));
+        };
+        let table = store_table(source, o).await?;
+        Ok(table.silo().summary(o.min_category_rows))
+    })
 }
 
 async fn tabular(

@@ -7,6 +7,7 @@
 //! uniformly random on its own, and their sum).
 
 use crate::SimError;
+use fedretail_core::BoxFuture;
 use fedretail_data::{load_tabular, TabularSpec};
 use fedretail_models::{example_gradient, ClassifierKind, LabeledRows};
 use fedretail_privacy::calibrate_noise_multiplier;
@@ -192,41 +193,43 @@ fn summarize(
 }
 
 /// Run the attack on records of a tabular file (prepared as the credit task does).
-pub async fn run_attack(
-    path: &Path,
-    spec: &TabularSpec,
-    options: &AttackOptions,
-) -> Result<AttackReport, SimError> {
-    let table = load_tabular(path, spec)
-        .await
-        .map_err(|e| SimError::Runtime(e.to_string()))?;
-    let dim = table.feature_names.len();
-    let rows = LabeledRows::concat(dim, table.silos.iter().map(|s| &s.train));
-    if rows.is_empty() {
-        return Err(SimError::Options("no training rows to attack".into()));
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let picks: Vec<usize> = (0..options.records.min(rows.len()))
-        .map(|_| rng.random_range(0..rows.len()))
-        .collect();
-    // The global model the stores start from: small random weights (round 1).
-    let w: Vec<f64> = (0..=dim).map(|_| rng.random_range(-0.1..0.1)).collect();
-    let target = Target {
-        rows: &rows,
-        picks: &picks,
-        w: &w,
-        dim,
-        options,
-    };
-    let mut outcomes = target.logistic(&mut rng)?;
-    outcomes.extend(target.secure_sums(&mut rng)?);
-    outcomes.extend(target.mlp(&mut rng)?);
-    Ok(AttackReport {
-        task: "gradient inversion, logistic regression and MLP".into(),
-        features: dim,
-        records: picks.len(),
-        options: options.clone(),
-        outcomes,
+pub fn run_attack<'a>(
+    path: &'a Path,
+    spec: &'a TabularSpec,
+    options: &'a AttackOptions,
+) -> BoxFuture<'a, Result<AttackReport, SimError>> {
+    Box::pin(async move {
+        let table = load_tabular(path, spec)
+            .await
+            .map_err(|e| SimError::Runtime(e.to_string()))?;
+        let dim = table.feature_names.len();
+        let rows = LabeledRows::concat(dim, table.silos.iter().map(|s| &s.train));
+        if rows.is_empty() {
+            return Err(SimError::Options("no training rows to attack".into()));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let picks: Vec<usize> = (0..options.records.min(rows.len()))
+            .map(|_| rng.random_range(0..rows.len()))
+            .collect();
+        // The global model the stores start from: small random weights (round 1).
+        let w: Vec<f64> = (0..=dim).map(|_| rng.random_range(-0.1..0.1)).collect();
+        let target = Target {
+            rows: &rows,
+            picks: &picks,
+            w: &w,
+            dim,
+            options,
+        };
+        let mut outcomes = target.logistic(&mut rng)?;
+        outcomes.extend(target.secure_sums(&mut rng)?);
+        outcomes.extend(target.mlp(&mut rng)?);
+        Ok(AttackReport {
+            task: "gradient inversion, logistic regression and MLP".into(),
+            features: dim,
+            records: picks.len(),
+            options: options.clone(),
+            outcomes,
+        })
     })
 }
 

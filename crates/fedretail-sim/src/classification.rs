@@ -9,6 +9,7 @@ use crate::inprocess::{run_until, InProcessRun};
 use crate::prepare::{business_type_of, store_dirs};
 use crate::{SimError, SkippedStore};
 use fedretail_coordinator::{FedAvgSettings, ServerOptimizerKind};
+use fedretail_core::LocalBoxFuture;
 use fedretail_core::{FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig};
 use fedretail_data::{
     load_churn_rows, load_tabular, FeatureWindow, StoreSource, TabularSpec,
@@ -654,89 +655,93 @@ fn screen(
 }
 
 /// Credit scoring from a tabular file, one lender per value of `spec.split_by`.
-pub async fn run_credit(
-    path: &Path,
-    spec: &TabularSpec,
-    options: &ClassificationOptions,
-    on_event: &dyn Fn(ClassificationEvent),
-) -> Result<ClassificationReport, SimError> {
-    let table = load_tabular(path, spec).await.map_err(err)?;
-    let mut parties = Vec::new();
-    let mut skipped = Vec::new();
-    for silo in table.silos {
-        match silo.skipped {
-            Some(reason) => skipped.push(SkippedStore {
-                store_id: silo.name,
-                reason,
-            }),
-            None => parties.push(Party {
-                group: silo.name.clone(),
-                name: silo.name,
-                train: silo.train,
-                test: silo.test,
-            }),
+pub fn run_credit<'a>(
+    path: &'a Path,
+    spec: &'a TabularSpec,
+    options: &'a ClassificationOptions,
+    on_event: &'a dyn Fn(ClassificationEvent),
+) -> LocalBoxFuture<'a, Result<ClassificationReport, SimError>> {
+    Box::pin(async move {
+        let table = load_tabular(path, spec).await.map_err(err)?;
+        let mut parties = Vec::new();
+        let mut skipped = Vec::new();
+        for silo in table.silos {
+            match silo.skipped {
+                Some(reason) => skipped.push(SkippedStore {
+                    store_id: silo.name,
+                    reason,
+                }),
+                None => parties.push(Party {
+                    group: silo.name.clone(),
+                    name: silo.name,
+                    train: silo.train,
+                    test: silo.test,
+                }),
+            }
         }
-    }
-    run_classification(
-        "credit",
-        table.feature_names,
-        parties,
-        skipped,
-        options,
-        None,
-        on_event,
-    )
+        run_classification(
+            "credit",
+            table.feature_names,
+            parties,
+            skipped,
+            options,
+            None,
+            on_event,
+        )
+    })
 }
 
 /// Churn on a network directory: each store's customers as of `horizon_days` before
 /// its last day, labelled by whether they bought again; an 80/20 split per store,
 /// stratified by the label.
-pub async fn run_churn(
-    root: &Path,
-    window: &FeatureWindow,
+pub fn run_churn<'a>(
+    root: &'a Path,
+    window: &'a FeatureWindow,
     horizon_days: u32,
-    options: &ClassificationOptions,
-    on_event: &dyn Fn(ClassificationEvent),
-) -> Result<ClassificationReport, SimError> {
-    let dirs = store_dirs(root)?;
-    if dirs.is_empty() {
-        return Err(SimError::NoStores(root.display().to_string()));
-    }
-    let mut parties = Vec::new();
-    let mut skipped = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        match load_churn_rows(&StoreSource::from_dir(dir), window, horizon_days).await {
-            Ok(rows) => {
-                let (train, test) = stratified_split(&rows, 0.2, options.seed + i as u64);
-                parties.push(Party {
-                    name,
-                    group: business_type_of(dir),
-                    train,
-                    test,
-                });
-            }
-            Err(e) => skipped.push(SkippedStore {
-                store_id: name,
-                reason: e.to_string(),
-            }),
+    options: &'a ClassificationOptions,
+    on_event: &'a dyn Fn(ClassificationEvent),
+) -> LocalBoxFuture<'a, Result<ClassificationReport, SimError>> {
+    Box::pin(async move {
+        let dirs = store_dirs(root)?;
+        if dirs.is_empty() {
+            return Err(SimError::NoStores(root.display().to_string()));
         }
-    }
-    run_classification(
-        "churn",
-        CUSTOMER_ANOMALY_FEATURES[..4]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        parties,
-        skipped,
-        options,
-        Some(3),
-        on_event,
-    )
+        let mut parties = Vec::new();
+        let mut skipped = Vec::new();
+        for (i, dir) in dirs.iter().enumerate() {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            match load_churn_rows(&StoreSource::from_dir(dir), window, horizon_days).await {
+                Ok(rows) => {
+                    let (train, test) = stratified_split(&rows, 0.2, options.seed + i as u64);
+                    parties.push(Party {
+                        name,
+                        group: business_type_of(dir),
+                        train,
+                        test,
+                    });
+                }
+                Err(e) => skipped.push(SkippedStore {
+                    store_id: name,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        run_classification(
+            "churn",
+            CUSTOMER_ANOMALY_FEATURES[..4]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            parties,
+            skipped,
+            options,
+            Some(3),
+            on_event,
+        )
+    })
 }
 
 /// A readable summary of a classification report.

@@ -13,6 +13,7 @@ use crate::inprocess::run_until;
 use crate::prepare::{business_type_of, store_dirs};
 use crate::{SimError, SkippedStore};
 use fedretail_core::kmeans::{fit_bisecting_kmeans, ClusterTree, FedBisectingKMeans, KMeansConfig};
+use fedretail_core::LocalBoxFuture;
 use fedretail_core::SamplingConfig;
 use fedretail_data::{
     load_customer_points, load_transaction_points, CustomerFeatureSet, FeatureWindow, StoreSource,
@@ -399,74 +400,76 @@ fn scores_for(
 }
 
 /// Anomaly detection at customer and receipt level, local vs meta vs federated.
-pub async fn run_anomaly(
-    root: &Path,
-    o: &ClusteringOptions,
-    on_event: &dyn Fn(ClusteringEvent),
-) -> Result<AnomalyReport, SimError> {
-    let started = Instant::now();
-    let (stores, skipped) =
-        load_stores(root, CustomerFeatureSet::Anomaly, true, o, on_event).await?;
-    on_event(ClusteringEvent::Stage(
-        "customer clusters: local, meta, federated",
-    ));
-    let customers: Vec<(String, PointSet)> = stores
-        .iter()
-        .map(|s| (s.store_id.clone(), s.customers.clone()))
-        .collect();
-    let c = fit_level(&customers, o.customer_clusters, o)?;
-    on_event(ClusteringEvent::Stage("receipt clusters: local, federated"));
-    let receipts: Vec<(String, PointSet)> = stores
-        .iter()
-        .filter(|s| s.receipts.len() >= o.transaction_clusters)
-        .map(|s| (s.store_id.clone(), s.receipts.clone()))
-        .collect();
-    let r = fit_level(&receipts, o.transaction_clusters, o)?;
-    on_event(ClusteringEvent::Stage("evaluating at every store"));
-    let mut reports = Vec::new();
-    let mut receipt_index = 0;
-    for (i, s) in stores.iter().enumerate() {
-        let mut report = customer_anomaly(s, &c, i, o)?;
-        if s.receipts.len() >= o.transaction_clusters {
-            receipt_anomaly(&mut report, s, &r, receipt_index, o)?;
-            receipt_index += 1;
-        }
-        reports.push(report);
-    }
-    let mut groups: BTreeMap<String, Vec<&StoreAnomalyReport>> = BTreeMap::new();
-    for s in &reports {
-        groups.entry(s.business_type.clone()).or_default().push(s);
-    }
-    let by_business_type = groups.iter().map(|(g, v)| group_scores(g, v)).collect();
-    let all: Vec<&StoreAnomalyReport> = reports.iter().collect();
-    let overall = group_scores("all", &all);
-    let federated_customer_clusters = describe(
-        &c.federated,
-        c.k,
-        c.dim,
-        &customers,
-        &CUSTOMER_ANOMALY_FEATURES,
-        describe_customer_anomaly,
-    )?;
-    Ok(AnomalyReport {
-        task: "anomaly".into(),
-        options: o.clone(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        customer_features: CUSTOMER_ANOMALY_FEATURES
+pub fn run_anomaly<'a>(
+    root: &'a Path,
+    o: &'a ClusteringOptions,
+    on_event: &'a dyn Fn(ClusteringEvent),
+) -> LocalBoxFuture<'a, Result<AnomalyReport, SimError>> {
+    Box::pin(async move {
+        let started = Instant::now();
+        let (stores, skipped) =
+            load_stores(root, CustomerFeatureSet::Anomaly, true, o, on_event).await?;
+        on_event(ClusteringEvent::Stage(
+            "customer clusters: local, meta, federated",
+        ));
+        let customers: Vec<(String, PointSet)> = stores
             .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        receipt_features: TRANSACTION_FEATURES.iter().map(|s| s.to_string()).collect(),
-        rounds_customers: c.federated_rounds,
-        rounds_receipts: r.federated_rounds,
-        bytes_up: c.bytes_up + r.bytes_up,
-        centralized_gap_customers: c.centralized_gap,
-        centralized_gap_receipts: r.centralized_gap,
-        federated_customer_clusters,
-        by_business_type,
-        overall,
-        stores: reports,
-        skipped,
+            .map(|s| (s.store_id.clone(), s.customers.clone()))
+            .collect();
+        let c = fit_level(&customers, o.customer_clusters, o)?;
+        on_event(ClusteringEvent::Stage("receipt clusters: local, federated"));
+        let receipts: Vec<(String, PointSet)> = stores
+            .iter()
+            .filter(|s| s.receipts.len() >= o.transaction_clusters)
+            .map(|s| (s.store_id.clone(), s.receipts.clone()))
+            .collect();
+        let r = fit_level(&receipts, o.transaction_clusters, o)?;
+        on_event(ClusteringEvent::Stage("evaluating at every store"));
+        let mut reports = Vec::new();
+        let mut receipt_index = 0;
+        for (i, s) in stores.iter().enumerate() {
+            let mut report = customer_anomaly(s, &c, i, o)?;
+            if s.receipts.len() >= o.transaction_clusters {
+                receipt_anomaly(&mut report, s, &r, receipt_index, o)?;
+                receipt_index += 1;
+            }
+            reports.push(report);
+        }
+        let mut groups: BTreeMap<String, Vec<&StoreAnomalyReport>> = BTreeMap::new();
+        for s in &reports {
+            groups.entry(s.business_type.clone()).or_default().push(s);
+        }
+        let by_business_type = groups.iter().map(|(g, v)| group_scores(g, v)).collect();
+        let all: Vec<&StoreAnomalyReport> = reports.iter().collect();
+        let overall = group_scores("all", &all);
+        let federated_customer_clusters = describe(
+            &c.federated,
+            c.k,
+            c.dim,
+            &customers,
+            &CUSTOMER_ANOMALY_FEATURES,
+            describe_customer_anomaly,
+        )?;
+        Ok(AnomalyReport {
+            task: "anomaly".into(),
+            options: o.clone(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+            customer_features: CUSTOMER_ANOMALY_FEATURES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            receipt_features: TRANSACTION_FEATURES.iter().map(|s| s.to_string()).collect(),
+            rounds_customers: c.federated_rounds,
+            rounds_receipts: r.federated_rounds,
+            bytes_up: c.bytes_up + r.bytes_up,
+            centralized_gap_customers: c.centralized_gap,
+            centralized_gap_receipts: r.centralized_gap,
+            federated_customer_clusters,
+            by_business_type,
+            overall,
+            stores: reports,
+            skipped,
+        })
     })
 }
 
@@ -604,78 +607,80 @@ pub struct SegmentReport {
 }
 
 /// RFM customer segments: federated bisecting k-means, described in words.
-pub async fn run_segments(
-    root: &Path,
-    o: &ClusteringOptions,
-    on_event: &dyn Fn(ClusteringEvent),
-) -> Result<SegmentReport, SimError> {
-    let started = Instant::now();
-    let (stores, skipped) =
-        load_stores(root, CustomerFeatureSet::Segments, false, o, on_event).await?;
-    on_event(ClusteringEvent::Stage("segments: local, meta, federated"));
-    let customers: Vec<(String, PointSet)> = stores
-        .iter()
-        .map(|s| (s.store_id.clone(), s.customers.clone()))
-        .collect();
-    let c = fit_level(&customers, o.customer_clusters, o)?;
-    on_event(ClusteringEvent::Stage("evaluating at every store"));
-    let segments = describe(
-        &c.federated,
-        c.k,
-        c.dim,
-        &customers,
-        &SEGMENT_FEATURES,
-        describe_segment,
-    )?;
-    let mut reports = Vec::new();
-    let sil = |model: &[f64], points: &PointSet| -> Result<Option<f64>, SimError> {
-        let (labels, _) = assign(model, c.k, points)?;
-        Ok(silhouette(
-            points,
-            &labels,
+pub fn run_segments<'a>(
+    root: &'a Path,
+    o: &'a ClusteringOptions,
+    on_event: &'a dyn Fn(ClusteringEvent),
+) -> LocalBoxFuture<'a, Result<SegmentReport, SimError>> {
+    Box::pin(async move {
+        let started = Instant::now();
+        let (stores, skipped) =
+            load_stores(root, CustomerFeatureSet::Segments, false, o, on_event).await?;
+        on_event(ClusteringEvent::Stage("segments: local, meta, federated"));
+        let customers: Vec<(String, PointSet)> = stores
+            .iter()
+            .map(|s| (s.store_id.clone(), s.customers.clone()))
+            .collect();
+        let c = fit_level(&customers, o.customer_clusters, o)?;
+        on_event(ClusteringEvent::Stage("evaluating at every store"));
+        let segments = describe(
+            &c.federated,
             c.k,
-            o.silhouette_points,
-            o.seed,
-        ))
-    };
-    for (i, s) in stores.iter().enumerate() {
-        let (labels, _) = assign(&c.federated, c.k, &s.customers)?;
-        let mut shares = vec![0.0; segments.len()];
-        for &l in &labels {
-            if l < shares.len() {
-                shares[l] += 1.0 / labels.len().max(1) as f64;
+            c.dim,
+            &customers,
+            &SEGMENT_FEATURES,
+            describe_segment,
+        )?;
+        let mut reports = Vec::new();
+        let sil = |model: &[f64], points: &PointSet| -> Result<Option<f64>, SimError> {
+            let (labels, _) = assign(model, c.k, points)?;
+            Ok(silhouette(
+                points,
+                &labels,
+                c.k,
+                o.silhouette_points,
+                o.seed,
+            ))
+        };
+        for (i, s) in stores.iter().enumerate() {
+            let (labels, _) = assign(&c.federated, c.k, &s.customers)?;
+            let mut shares = vec![0.0; segments.len()];
+            for &l in &labels {
+                if l < shares.len() {
+                    shares[l] += 1.0 / labels.len().max(1) as f64;
+                }
             }
+            reports.push(StoreSegmentReport {
+                store_id: s.store_id.clone(),
+                business_type: s.business_type.clone(),
+                customers: s.customers.len(),
+                silhouette_local: sil(&c.local[i], &s.customers)?,
+                silhouette_meta: sil(&c.meta, &s.customers)?,
+                silhouette_federated: sil(&c.federated, &s.customers)?,
+                segment_shares: shares,
+            });
         }
-        reports.push(StoreSegmentReport {
-            store_id: s.store_id.clone(),
-            business_type: s.business_type.clone(),
-            customers: s.customers.len(),
-            silhouette_local: sil(&c.local[i], &s.customers)?,
-            silhouette_meta: sil(&c.meta, &s.customers)?,
-            silhouette_federated: sil(&c.federated, &s.customers)?,
-            segment_shares: shares,
-        });
-    }
-    let overall = GroupScores {
-        group: "all".into(),
-        stores: reports.len(),
-        silhouette_local: mean(reports.iter().map(|s| s.silhouette_local)),
-        silhouette_meta: mean(reports.iter().map(|s| s.silhouette_meta)),
-        silhouette_federated: mean(reports.iter().map(|s| s.silhouette_federated)),
-        ..Default::default()
-    };
-    Ok(SegmentReport {
-        task: "segments".into(),
-        options: o.clone(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        features: SEGMENT_FEATURES.iter().map(|s| s.to_string()).collect(),
-        rounds: c.federated_rounds,
-        bytes_up: c.bytes_up,
-        centralized_gap: c.centralized_gap,
-        segments,
-        overall,
-        stores: reports,
-        skipped,
+        let overall = GroupScores {
+            group: "all".into(),
+            stores: reports.len(),
+            silhouette_local: mean(reports.iter().map(|s| s.silhouette_local)),
+            silhouette_meta: mean(reports.iter().map(|s| s.silhouette_meta)),
+            silhouette_federated: mean(reports.iter().map(|s| s.silhouette_federated)),
+            ..Default::default()
+        };
+        Ok(SegmentReport {
+            task: "segments".into(),
+            options: o.clone(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+            features: SEGMENT_FEATURES.iter().map(|s| s.to_string()).collect(),
+            rounds: c.federated_rounds,
+            bytes_up: c.bytes_up,
+            centralized_gap: c.centralized_gap,
+            segments,
+            overall,
+            stores: reports,
+            skipped,
+        })
     })
 }
 

@@ -4,6 +4,7 @@ use crate::report::{group_by, summarize, DemandReport, StoreReport};
 use crate::SimError;
 use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StoreEvaluation};
 use fedretail_core::task::DemandTaskOptions;
+use fedretail_core::BoxFuture;
 use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::DemandSpec;
 use fedretail_domain::size_band;
@@ -60,57 +61,59 @@ pub enum DemoEvent {
 
 /// Run the demand task over the network in `options.data_dir`: real coordinator, one
 /// real agent per store, over gRPC on 127.0.0.1.
-pub async fn run_demo(
-    options: &DemoOptions,
+pub fn run_demo<'a>(
+    options: &'a DemoOptions,
     observer: Arc<dyn Fn(&DemoEvent) + Send + Sync>,
-) -> Result<DemandReport, SimError> {
-    let started = Instant::now();
-    let (stores, mut skipped_stores) = prepare_demo(options, &observer).await?;
-    let prepare_seconds = started.elapsed().as_secs_f64();
-    let fed_start = Instant::now();
-    let (outcome, agent_failures) = federate_demand(options, &stores, &observer).await?;
-    let federated_seconds = fed_start.elapsed().as_secs_f64();
+) -> BoxFuture<'a, Result<DemandReport, SimError>> {
+    Box::pin(async move {
+        let started = Instant::now();
+        let (stores, mut skipped_stores) = prepare_demo(options, &observer).await?;
+        let prepare_seconds = started.elapsed().as_secs_f64();
+        let fed_start = Instant::now();
+        let (outcome, agent_failures) = federate_demand(options, &stores, &observer).await?;
+        let federated_seconds = fed_start.elapsed().as_secs_f64();
 
-    // Baselines. The centralized reference pools the stores' rows: a yardstick that
-    // exists only in this harness.
-    observer(&DemoEvent::Baselines);
-    let base_start = Instant::now();
-    let stores_for_baseline = stores.clone();
-    let l2 = options.job.l2;
-    let centralized =
-        tokio::task::spawn_blocking(move || centralized_fit(&stores_for_baseline, l2))
-            .await
-            .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
-    let max_gap = centralized
-        .iter()
-        .zip(&outcome.parameters)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    let by_id: std::collections::HashMap<&str, &PreparedStore> =
-        stores.iter().map(|s| (s.store_id.as_str(), s)).collect();
-    let store_reports: Vec<StoreReport> = outcome
-        .evaluations
-        .iter()
-        .filter_map(|ev| {
-            let store = by_id.get(ev.store_id.as_str())?;
-            Some(store_report(ev, store, &centralized, options.holdout_days))
-        })
-        .collect();
-    skipped_stores.extend(agent_failures);
-    let timing = DemoTiming {
-        wall_seconds: started.elapsed().as_secs_f64(),
-        prepare_seconds,
-        federated_seconds,
-        baseline_seconds: base_start.elapsed().as_secs_f64(),
-    };
-    Ok(demand_report(
-        options,
-        &outcome,
-        store_reports,
-        skipped_stores,
-        timing,
-        max_gap,
-    ))
+        // Baselines. The centralized reference pools the stores' rows: a yardstick that
+        // exists only in this harness.
+        observer(&DemoEvent::Baselines);
+        let base_start = Instant::now();
+        let stores_for_baseline = stores.clone();
+        let l2 = options.job.l2;
+        let centralized =
+            tokio::task::spawn_blocking(move || centralized_fit(&stores_for_baseline, l2))
+                .await
+                .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
+        let max_gap = centralized
+            .iter()
+            .zip(&outcome.parameters)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        let by_id: std::collections::HashMap<&str, &PreparedStore> =
+            stores.iter().map(|s| (s.store_id.as_str(), s)).collect();
+        let store_reports: Vec<StoreReport> = outcome
+            .evaluations
+            .iter()
+            .filter_map(|ev| {
+                let store = by_id.get(ev.store_id.as_str())?;
+                Some(store_report(ev, store, &centralized, options.holdout_days))
+            })
+            .collect();
+        skipped_stores.extend(agent_failures);
+        let timing = DemoTiming {
+            wall_seconds: started.elapsed().as_secs_f64(),
+            prepare_seconds,
+            federated_seconds,
+            baseline_seconds: base_start.elapsed().as_secs_f64(),
+        };
+        Ok(demand_report(
+            options,
+            &outcome,
+            store_reports,
+            skipped_stores,
+            timing,
+            max_gap,
+        ))
+    })
 }
 
 /// Every store's demand features, prepared a few stores at a time.

@@ -18,6 +18,7 @@ use crate::inprocess::run_private;
 use crate::prepare::{prepare_network, PreparedStore, SkippedStore};
 use crate::SimError;
 use fedretail_coordinator::{NoiseKind, PrivacySettings};
+use fedretail_core::BoxFuture;
 use fedretail_core::{FedAvg, FedAvgConfig, ModelParameters, SamplingConfig, UpdatePrecision};
 use fedretail_data::DemandSpec;
 use fedretail_models::demand::{test_errors, DemandOptions};
@@ -269,74 +270,76 @@ fn dp_settings(
     }
 }
 
-pub async fn run_dp_demand(
-    options: &DpDemandOptions,
+pub fn run_dp_demand<'a>(
+    options: &'a DpDemandOptions,
     on_progress: Arc<dyn Fn(&str) + Send + Sync>,
-) -> Result<DpDemandReport, SimError> {
-    let started = Instant::now();
-    let o = options;
-    check_options(o)?;
-    let spec = DemandSpec {
-        holdout_days: o.holdout_days,
-        ..Default::default()
-    };
-    let progress = on_progress.clone();
-    let on_done = move |store: &str, done: usize, total: usize| {
-        progress(&format!("preparing features {done}/{total} ({store})"))
-    };
-    let (stores, skipped) =
-        prepare_network(&o.data_dir, &spec, o.prepare_parallelism, &on_done).await?;
-    if stores.len() < 3 {
-        return Err(SimError::Options(format!(
-            "store-level DP needs many stores; {} could take part",
-            stores.len()
-        )));
-    }
-    let tasks: Vec<Arc<DemandTask>> = stores
-        .iter()
-        .map(|s| Arc::new(DemandTask::new(s.dataset.clone(), DemandOptions::default())))
-        .collect();
-    let n = stores.len();
-    let m = ((o.sampling_rate * n as f64).round() as u32).clamp(3, n as u32);
-    let expected = if o.secure {
-        m as f64
-    } else {
-        o.sampling_rate * n as f64
-    };
-
-    on_progress("baselines: each store alone, and the pooled fit");
-    let (median_local, _) = wapes(&stores, &|i| tasks[i].local_only_model().to_vec());
-    let central = crate::demo::centralized_fit(&stores, DemandOptions::default().l2);
-    let (median_central, _) = wapes(&stores, &|_| central.clone());
-
-    let network = DpNetwork {
-        stores: &stores,
-        local: stores
+) -> BoxFuture<'a, Result<DpDemandReport, SimError>> {
+    Box::pin(async move {
+        let started = Instant::now();
+        let o = options;
+        check_options(o)?;
+        let spec = DemandSpec {
+            holdout_days: o.holdout_days,
+            ..Default::default()
+        };
+        let progress = on_progress.clone();
+        let on_done = move |store: &str, done: usize, total: usize| {
+            progress(&format!("preparing features {done}/{total} ({store})"))
+        };
+        let (stores, skipped) =
+            prepare_network(&o.data_dir, &spec, o.prepare_parallelism, &on_done).await?;
+        if stores.len() < 3 {
+            return Err(SimError::Options(format!(
+                "store-level DP needs many stores; {} could take part",
+                stores.len()
+            )));
+        }
+        let tasks: Vec<Arc<DemandTask>> = stores
             .iter()
-            .zip(&tasks)
-            .map(|(s, t)| (s.store_id.clone(), t.clone() as Arc<dyn LocalTask>))
-            .collect(),
-        m,
-        expected,
-    };
-    let mut rows = Vec::new();
-    for (eps, noise) in settings(o, m, expected)? {
-        on_progress(&setting_label(&noise, eps));
-        rows.push(network.row(o, eps, &noise)?);
-    }
-    Ok(DpDemandReport {
-        task: "demand, store-level DP-FedAvg".into(),
-        stores: n,
-        skipped_stores: skipped,
-        rounds: o.rounds,
-        expected_stores_per_round: expected,
-        delta: o.delta,
-        secure_aggregation: o.secure,
-        median_wape_local: median_local,
-        median_wape_centralized: median_central,
-        rows,
-        options: o.clone(),
-        wall_seconds: started.elapsed().as_secs_f64(),
+            .map(|s| Arc::new(DemandTask::new(s.dataset.clone(), DemandOptions::default())))
+            .collect();
+        let n = stores.len();
+        let m = ((o.sampling_rate * n as f64).round() as u32).clamp(3, n as u32);
+        let expected = if o.secure {
+            m as f64
+        } else {
+            o.sampling_rate * n as f64
+        };
+
+        on_progress("baselines: each store alone, and the pooled fit");
+        let (median_local, _) = wapes(&stores, &|i| tasks[i].local_only_model().to_vec());
+        let central = crate::demo::centralized_fit(&stores, DemandOptions::default().l2);
+        let (median_central, _) = wapes(&stores, &|_| central.clone());
+
+        let network = DpNetwork {
+            stores: &stores,
+            local: stores
+                .iter()
+                .zip(&tasks)
+                .map(|(s, t)| (s.store_id.clone(), t.clone() as Arc<dyn LocalTask>))
+                .collect(),
+            m,
+            expected,
+        };
+        let mut rows = Vec::new();
+        for (eps, noise) in settings(o, m, expected)? {
+            on_progress(&setting_label(&noise, eps));
+            rows.push(network.row(o, eps, &noise)?);
+        }
+        Ok(DpDemandReport {
+            task: "demand, store-level DP-FedAvg".into(),
+            stores: n,
+            skipped_stores: skipped,
+            rounds: o.rounds,
+            expected_stores_per_round: expected,
+            delta: o.delta,
+            secure_aggregation: o.secure,
+            median_wape_local: median_local,
+            median_wape_centralized: median_central,
+            rows,
+            options: o.clone(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+        })
     })
 }
 

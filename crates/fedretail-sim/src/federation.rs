@@ -11,6 +11,7 @@ use fedretail_coordinator::{
     run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorEvent, JobConfig,
     JobOutcome, StoreCredential,
 };
+use fedretail_core::BoxFuture;
 use fedretail_core::CheckedTask;
 use fedretail_data::{StoreExport, StoreSource};
 use fedretail_models::{DescribeFuture, PrepareFuture, TaskSource};
@@ -107,83 +108,85 @@ pub struct FederationRun {
 
 /// Runs `jobs` in order over a coordinator and one agent per store on 127.0.0.1.
 /// Every store is expected: a job starts once every store answered its prepare task.
-pub async fn run_federation(
-    stores: &[SimStore],
+pub fn run_federation<'a>(
+    stores: &'a [SimStore],
     mut jobs: Vec<JobConfig>,
-    database: Option<&Path>,
+    database: Option<&'a Path>,
     observer: Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>,
-) -> Result<FederationRun, SimError> {
-    let started = Instant::now();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| SimError::Runtime(format!("cannot listen on 127.0.0.1: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| SimError::Runtime(e.to_string()))?;
-    let credentials: Vec<StoreCredential> = stores
-        .iter()
-        .map(|s| StoreCredential {
-            store_id: s.store_id.clone(),
-            token: format!("{:032x}", rand::random::<u128>()),
-        })
-        .collect();
-    for job in &mut jobs {
-        job.expected_stores = Some(stores.len());
-        job.min_stores = job.min_stores.min(stores.len()).max(1);
-    }
-    let config = CoordinatorConfig {
-        listen: addr.to_string(),
-        database: database.map(Path::to_path_buf).unwrap_or_default(),
-        max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
-        stores: credentials.clone(),
-        open_token: None,
-        job: None,
-        jobs,
-        jobs_dir: None,
-    };
-    let checkpoints = match database {
-        Some(path) => CheckpointStore::open(path),
-        None => CheckpointStore::in_memory(),
-    }
-    .map_err(|e| SimError::Coordinator(e.into()))?;
-    let coordinator = tokio::spawn(run_coordinator_with(
-        config,
-        listener,
-        checkpoints,
-        observer,
-    ));
-    let mut agents = tokio::task::JoinSet::new();
-    for (store, cred) in stores.iter().zip(&credentials) {
-        let mut cfg = AgentConfig::new(format!("http://{addr}"), store.store_id.clone());
-        cfg.token = cred.token.clone();
-        cfg.business_type = store.business_type.clone();
-        cfg.results_dir = store.results_dir.clone();
-        let (id, tasks) = (store.store_id.clone(), store.tasks.clone());
-        agents.spawn(async move { (id, StoreAgent::new(cfg, tasks).run().await) });
-    }
-    let outcomes = coordinator
-        .await
-        .map_err(|e| SimError::Runtime(format!("coordinator task failed: {e}")))??;
-    let mut agent_failures = Vec::new();
-    let mut summaries = Vec::new();
-    while let Some(joined) = agents.join_next().await {
-        match joined {
-            Ok((id, Ok(summary))) => summaries.push((id, summary)),
-            Ok((id, Err(e))) => agent_failures.push(SkippedStore {
-                store_id: id,
-                reason: format!("agent failed: {e}"),
-            }),
-            Err(e) => agent_failures.push(SkippedStore {
-                store_id: "?".into(),
-                reason: format!("agent task failed: {e}"),
-            }),
+) -> BoxFuture<'a, Result<FederationRun, SimError>> {
+    Box::pin(async move {
+        let started = Instant::now();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| SimError::Runtime(format!("cannot listen on 127.0.0.1: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| SimError::Runtime(e.to_string()))?;
+        let credentials: Vec<StoreCredential> = stores
+            .iter()
+            .map(|s| StoreCredential {
+                store_id: s.store_id.clone(),
+                token: format!("{:032x}", rand::random::<u128>()),
+            })
+            .collect();
+        for job in &mut jobs {
+            job.expected_stores = Some(stores.len());
+            job.min_stores = job.min_stores.min(stores.len()).max(1);
         }
-    }
-    summaries.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(FederationRun {
-        outcomes,
-        agent_failures,
-        summaries,
-        wall_seconds: started.elapsed().as_secs_f64(),
+        let config = CoordinatorConfig {
+            listen: addr.to_string(),
+            database: database.map(Path::to_path_buf).unwrap_or_default(),
+            max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            stores: credentials.clone(),
+            open_token: None,
+            job: None,
+            jobs,
+            jobs_dir: None,
+        };
+        let checkpoints = match database {
+            Some(path) => CheckpointStore::open(path),
+            None => CheckpointStore::in_memory(),
+        }
+        .map_err(|e| SimError::Coordinator(e.into()))?;
+        let coordinator = tokio::spawn(run_coordinator_with(
+            config,
+            listener,
+            checkpoints,
+            observer,
+        ));
+        let mut agents = tokio::task::JoinSet::new();
+        for (store, cred) in stores.iter().zip(&credentials) {
+            let mut cfg = AgentConfig::new(format!("http://{addr}"), store.store_id.clone());
+            cfg.token = cred.token.clone();
+            cfg.business_type = store.business_type.clone();
+            cfg.results_dir = store.results_dir.clone();
+            let (id, tasks) = (store.store_id.clone(), store.tasks.clone());
+            agents.spawn(async move { (id, StoreAgent::new(cfg, tasks).run().await) });
+        }
+        let outcomes = coordinator
+            .await
+            .map_err(|e| SimError::Runtime(format!("coordinator task failed: {e}")))??;
+        let mut agent_failures = Vec::new();
+        let mut summaries = Vec::new();
+        while let Some(joined) = agents.join_next().await {
+            match joined {
+                Ok((id, Ok(summary))) => summaries.push((id, summary)),
+                Ok((id, Err(e))) => agent_failures.push(SkippedStore {
+                    store_id: id,
+                    reason: format!("agent failed: {e}"),
+                }),
+                Err(e) => agent_failures.push(SkippedStore {
+                    store_id: "?".into(),
+                    reason: format!("agent task failed: {e}"),
+                }),
+            }
+        }
+        summaries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(FederationRun {
+            outcomes,
+            agent_failures,
+            summaries,
+            wall_seconds: started.elapsed().as_secs_f64(),
+        })
     })
 }

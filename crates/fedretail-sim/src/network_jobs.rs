@@ -9,6 +9,7 @@ use crate::federation::{export_store, run_federation, stores_from_dir, Federatio
 use crate::SimError;
 use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StrategyKind};
 use fedretail_core::task::{ClassifierKind, TabularTaskOptions};
+use fedretail_core::BoxFuture;
 use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::StoreSource;
 use fedretail_data::TabularSpec;
@@ -90,14 +91,16 @@ fn job_report(job: JobOutcome) -> NetworkJobReport {
 }
 
 /// Runs `jobs` over every store under `root`, `parallel` stores preparing at once.
-pub async fn run_network_jobs(
-    root: &Path,
+pub fn run_network_jobs<'a>(
+    root: &'a Path,
     jobs: Vec<JobConfig>,
     parallel: usize,
     observer: Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>,
-) -> Result<NetworkRunReport, SimError> {
-    let stores = stores_from_dir(root, parallel)?;
-    run_stores(root, &stores, jobs, observer).await
+) -> BoxFuture<'a, Result<NetworkRunReport, SimError>> {
+    Box::pin(async move {
+        let stores = stores_from_dir(root, parallel)?;
+        run_stores(root, &stores, jobs, observer).await
+    })
 }
 
 async fn run_stores(
@@ -197,35 +200,37 @@ pub fn tabular_jobs(
 
 /// A tabular file split into silos by a column, each silo a store with its own agent
 /// (its rows written to `work_dir/<silo>/table.csv`), running `jobs`.
-pub async fn run_tabular_network(
-    path: &Path,
-    split_by: &str,
-    work_dir: &Path,
+pub fn run_tabular_network<'a>(
+    path: &'a Path,
+    split_by: &'a str,
+    work_dir: &'a Path,
     jobs: Vec<JobConfig>,
     observer: Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>,
-) -> Result<NetworkRunReport, SimError> {
-    if work_dir.exists() {
-        std::fs::remove_dir_all(work_dir).map_err(|source| SimError::Io {
-            path: work_dir.display().to_string(),
-            source,
-        })?;
-    }
-    let silos = fedretail_data::write_silos(path, split_by, work_dir, SILO_TABLE_FILE)
-        .await
-        .map_err(|e| SimError::Options(e.to_string()))?;
-    let permits = Arc::new(tokio::sync::Semaphore::new(2));
-    let stores: Vec<SimStore> = silos
-        .iter()
-        .map(|(name, dir)| {
-            let source = StoreSource {
-                transactions: dir.join("transactions.csv"),
-                tables_dir: Some(dir.clone()),
-                ..StoreSource::default()
-            };
-            export_store(name, "silo", source, dir, &permits)
-        })
-        .collect();
-    run_stores(work_dir, &stores, jobs, observer).await
+) -> BoxFuture<'a, Result<NetworkRunReport, SimError>> {
+    Box::pin(async move {
+        if work_dir.exists() {
+            std::fs::remove_dir_all(work_dir).map_err(|source| SimError::Io {
+                path: work_dir.display().to_string(),
+                source,
+            })?;
+        }
+        let silos = fedretail_data::write_silos(path, split_by, work_dir, SILO_TABLE_FILE)
+            .await
+            .map_err(|e| SimError::Options(e.to_string()))?;
+        let permits = Arc::new(tokio::sync::Semaphore::new(2));
+        let stores: Vec<SimStore> = silos
+            .iter()
+            .map(|(name, dir)| {
+                let source = StoreSource {
+                    transactions: dir.join("transactions.csv"),
+                    tables_dir: Some(dir.clone()),
+                    ..StoreSource::default()
+                };
+                export_store(name, "silo", source, dir, &permits)
+            })
+            .collect();
+        run_stores(work_dir, &stores, jobs, observer).await
+    })
 }
 
 /// The metrics worth a column for a task: (metric key, column title).
