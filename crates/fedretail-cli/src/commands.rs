@@ -93,6 +93,10 @@ pub struct DemoArgs {
     /// Days held out at the end of every store's history.
     #[arg(long, default_value_t = 28)]
     pub holdout_days: u32,
+    /// Days before the held-out ones on which each store picks its forecaster (local,
+    /// federated, personalized or seasonal naive); 0 keeps the federated model.
+    #[arg(long, default_value_t = 28, value_parser = clap::value_parser!(u32).range(0..=28))]
+    pub validation_days: u32,
     /// Keep coordinator checkpoints in this SQLite file (default: in memory).
     #[arg(long)]
     pub database: Option<PathBuf>,
@@ -217,6 +221,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let options = DemoOptions {
         data_dir,
         holdout_days: args.holdout_days,
+        validation_days: args.validation_days,
         job,
         database: args.database.clone(),
         prepare_parallelism: 2,

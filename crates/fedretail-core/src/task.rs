@@ -246,6 +246,11 @@ pub struct DemandTaskOptions {
     pub holdout_days: u32,
     /// Days forecast past the end of the store's history.
     pub horizon_days: u32,
+    /// Days before the held-out ones on which each store picks its forecaster (local,
+    /// federated, personalized or seasonal naive). No model is trained on them before
+    /// the pick, and the held-out days play no part in it. Young stores use fewer (at
+    /// most half their training days); 0 keeps the federated model at every store.
+    pub validation_days: u32,
     /// Coverage of the forecast interval written with every forecast.
     pub interval: f64,
 }
@@ -255,6 +260,7 @@ impl Default for DemandTaskOptions {
         DemandTaskOptions {
             holdout_days: 28,
             horizon_days: 28,
+            validation_days: 28,
             interval: 0.8,
         }
     }
@@ -515,6 +521,13 @@ impl TaskSpec {
                         "task.horizon_days",
                         "in 1..=28 (the features are known 28 days ahead)",
                         o.horizon_days,
+                    ));
+                }
+                if o.validation_days > 28 {
+                    return Err(ConfigError::out_of_range(
+                        "task.validation_days",
+                        "in 0..=28 (the features are known 28 days ahead)",
+                        o.validation_days,
                     ));
                 }
                 in_unit("task.interval", o.interval)?;

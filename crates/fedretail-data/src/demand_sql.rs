@@ -31,6 +31,15 @@ pub struct DemandSpec {
     /// known that far ahead); 0 for none.
     #[serde(default)]
     pub horizon_days: u32,
+    /// Training days just before the held-out ones kept apart for the store to pick
+    /// its forecaster on (at most half the training days, so young stores keep rows
+    /// to fit on); 0 for none.
+    #[serde(default = "default_validation_days")]
+    pub validation_days: u32,
+}
+
+fn default_validation_days() -> u32 {
+    28
 }
 
 impl Default for DemandSpec {
@@ -38,6 +47,7 @@ impl Default for DemandSpec {
         DemandSpec {
             holdout_days: 28,
             horizon_days: 0,
+            validation_days: default_validation_days(),
         }
     }
 }
@@ -125,9 +135,25 @@ fn promo_schema() -> Schema {
     ])
 }
 
-/// The feature query. `{cutoff}` is the day index of the first held-out day, `{end}`
-/// that of the first day after the history (the first one forecast).
-fn feature_sql(cutoff: i64, end: i64) -> String {
+/// Day indices where forecasts start: the first validation day, the first held-out
+/// day and the first day after the history.
+struct Origins {
+    validation: i64,
+    test: i64,
+    future: i64,
+}
+
+/// The weekly seasonal-naive forecast from `origin`: the last observed same weekday.
+fn naive_from(origin: i64) -> String {
+    format!(
+        "CASE WHEN day_index - {origin} < 7 THEN lag7 WHEN day_index - {origin} < 14 THEN lag14 \
+         WHEN day_index - {origin} < 21 THEN lag21 ELSE lag28 END"
+    )
+}
+
+/// The feature query. Units are scaled by the mean over the days before the first
+/// validation day, so nothing a store picks or is scored on leaks into its features.
+fn feature_sql(o: &Origins) -> String {
     format!(
         r#"
 WITH daily AS (
@@ -149,7 +175,7 @@ promo AS (
 ),
 scale AS (
   SELECT category, GREATEST(AVG(units), 0.05) AS scale
-  FROM grid WHERE day_index < {cutoff} GROUP BY category
+  FROM grid WHERE day_index < {validation} GROUP BY category
 ),
 hist AS (
   SELECT g.category, g.day, g.day_index, g.dow, g.doy, g.public_holiday, g.shopping_event, g.units,
@@ -174,14 +200,12 @@ SELECT
   category,
   CAST(day_index AS DOUBLE) AS day_index,
   units, scale,
+  CAST(day_index >= {validation} AND day_index < {cutoff} AS DOUBLE) AS is_validation,
   CAST(day_index >= {cutoff} AS DOUBLE) AS is_test,
   CAST(day_index >= {end} AS DOUBLE) AS is_future,
   CAST(day AS VARCHAR) AS day_text,
-  CASE WHEN day_index >= {end} THEN
-         CASE WHEN day_index - {end} < 7 THEN lag7 WHEN day_index - {end} < 14 THEN lag14
-              WHEN day_index - {end} < 21 THEN lag21 ELSE lag28 END
-       WHEN day_index - {cutoff} < 7 THEN lag7 WHEN day_index - {cutoff} < 14 THEN lag14
-       WHEN day_index - {cutoff} < 21 THEN lag21 ELSE lag28 END AS naive,
+  CASE WHEN day_index >= {end} THEN {naive_future} WHEN day_index >= {cutoff} THEN {naive_test}
+       ELSE {naive_validation} END AS naive,
   ABS(units - lag7) AS abs_diff7,
   1.0 AS intercept,
   CAST(dow = 1 AS DOUBLE) AS dow_tue, CAST(dow = 2 AS DOUBLE) AS dow_wed,
@@ -204,8 +228,12 @@ FROM hist
 WHERE day_index >= {warm_up}
 ORDER BY category, day_index
 "#,
-        cutoff = cutoff,
-        end = end,
+        validation = o.validation,
+        cutoff = o.test,
+        end = o.future,
+        naive_future = naive_from(o.future),
+        naive_test = naive_from(o.test),
+        naive_validation = naive_from(o.validation),
         warm_up = WARM_UP_DAYS - 1,
     )
 }
@@ -243,13 +271,19 @@ pub fn load_demand_dataset<'a>(
             )));
         }
         let cutoff = days - spec.holdout_days as i64;
+        let validation = (spec.validation_days as i64).min((cutoff - WARM_UP_DAYS) / 2);
+        let origins = Origins {
+            validation: cutoff - validation.max(0),
+            test: cutoff,
+            future: days,
+        };
         let until = last + chrono::Duration::days(spec.horizon_days as i64);
         let calendar = calendar_table(first, until).map_err(sql_err(&path, "building calendar"))?;
         ctx.register_table("calendar", Arc::new(calendar))
             .map_err(sql_err(&path, "building calendar"))?;
         register_promotions(&ctx, source).await?;
         let batches = ctx
-            .sql(&feature_sql(cutoff, days))
+            .sql(&feature_sql(&origins))
             .await
             .map_err(sql_err(&path, "computing demand features"))?
             .collect()
@@ -292,6 +326,7 @@ async fn date_range(
 /// in-sample seasonal-naive error that scales MASE.
 struct Split {
     train: DemandRows,
+    validation: DemandRows,
     test: DemandRows,
     future: DemandRows,
     future_keys: Vec<(String, String)>,
@@ -304,6 +339,7 @@ impl Split {
     fn new(d: usize) -> Self {
         Split {
             train: DemandRows::new(d),
+            validation: DemandRows::new(d),
             test: DemandRows::new(d),
             future: DemandRows::new(d),
             future_keys: Vec::new(),
@@ -327,6 +363,7 @@ impl Split {
             .collect::<Result<_, _>>()?;
         let (units, scale, is_test) = (col("units")?, col("scale")?, col("is_test")?);
         let (naive, diff7, is_future) = (col("naive")?, col("abs_diff7")?, col("is_future")?);
+        let is_validation = col("is_validation")?;
         let category = batch
             .column_by_name("category")
             .ok_or_else(|| lost("category"))?;
@@ -353,8 +390,12 @@ impl Split {
                 self.test
                     .push(&self.x, units.value(i), scale.value(i), naive_i);
             } else {
-                self.train
-                    .push(&self.x, units.value(i), scale.value(i), naive_i);
+                let rows = if is_validation.value(i) > 0.5 {
+                    &mut self.validation
+                } else {
+                    &mut self.train
+                };
+                rows.push(&self.x, units.value(i), scale.value(i), naive_i);
                 if !diff7.is_null(i) {
                     self.naive_abs += diff7.value(i);
                     self.naive_n += 1;
@@ -368,6 +409,7 @@ impl Split {
         DemandDataset {
             store_id: store_id.to_string(),
             train: self.train,
+            validation: self.validation,
             test: self.test,
             future: self.future,
             future_keys: self.future_keys,

@@ -234,6 +234,7 @@ async fn demand(
     let spec = DemandSpec {
         holdout_days: o.holdout_days,
         horizon_days: o.horizon_days,
+        validation_days: o.validation_days,
     };
     let data = match load_demand_dataset(store_id, source, &spec).await {
         Err(e @ DataError::TooLittleHistory { .. }) => {

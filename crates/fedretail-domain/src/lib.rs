@@ -71,6 +71,15 @@ impl FromStr for BusinessType {
     }
 }
 
+/// History band of a store by the days of data it has, for reports.
+pub fn history_band(days: u32) -> &'static str {
+    match days {
+        0..=182 => "under 6 months",
+        183..=364 => "6-12 months",
+        _ => "a year or more",
+    }
+}
+
 /// Size band of a store by the units it sells per day, for reports.
 pub fn size_band(units_per_day: f64) -> &'static str {
     if units_per_day < 50.0 {

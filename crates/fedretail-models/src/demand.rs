@@ -3,7 +3,7 @@
 //! module holds the prepared rows, the model layout and the [`DemandTask`].
 
 use crate::glm;
-use crate::metrics::{mase, wape};
+use crate::metrics::{bias, mase, wape};
 use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
 use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
 use std::sync::{Arc, OnceLock};
@@ -15,7 +15,11 @@ pub use fedretail_core::task::{demand_layout, DEMAND_FEATURES};
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DemandDataset {
     pub store_id: String,
+    /// Days the models are fitted on.
     pub train: DemandRows,
+    /// The days just before the held-out ones, on which the store picks its
+    /// forecaster: no model is fitted on them before the pick.
+    pub validation: DemandRows,
     pub test: DemandRows,
     /// Rows for the days after the store's history (units unknown, zero), to forecast.
     pub future: DemandRows,
@@ -34,8 +38,9 @@ pub struct DemandOptions {
     pub l2: f64,
     pub max_step: f64,
     /// Strength of the pull toward the global model when a store fine-tunes it on its
-    /// own rows (Ditto-style personalisation). Large stores move further from the
-    /// global model than small ones because their data outweighs the pull.
+    /// own rows (Ditto-style personalisation) and has no validation days to pick one
+    /// on (otherwise it picks from [`PERSONALIZATION_PULLS`]). Large stores move
+    /// further from the global model than small ones because their data outweighs it.
     pub personalization: f64,
     /// Coverage of the forecast interval the store writes.
     pub interval: f64,
@@ -52,10 +57,17 @@ impl Default for DemandOptions {
     }
 }
 
+/// The pulls toward the global model a store tries on its validation days (Ditto's λ,
+/// chosen per store): from barely more than its local fit to nearly the global model.
+pub const PERSONALIZATION_PULLS: [f64; 5] = [1.0, 5.0, 20.0, 100.0, 500.0];
+
 /// The demand task at one store.
 pub struct DemandTask {
     data: Arc<DemandDataset>,
     options: DemandOptions,
+    /// Fitted on the training days only (what the pick scores).
+    local_before_validation: OnceLock<Vec<f64>>,
+    /// Fitted on every day before the held-out ones (what the store forecasts with).
     local_only: OnceLock<Vec<f64>>,
 }
 
@@ -64,6 +76,7 @@ impl DemandTask {
         DemandTask {
             data,
             options,
+            local_before_validation: OnceLock::new(),
             local_only: OnceLock::new(),
         }
     }
@@ -72,39 +85,45 @@ impl DemandTask {
         &self.data
     }
 
-    /// The model this store would fit alone (the local-only baseline).
+    /// The model this store would fit alone on all its days before the held-out ones
+    /// (the local-only baseline).
     pub fn local_only_model(&self) -> &[f64] {
-        self.local_only.get_or_init(|| {
-            let mask = demand_layout().regularization_mask();
-            glm::fit_newton(
-                &[&self.data.train],
-                &mask,
-                self.options.l2,
-                self.options.max_step,
-                50,
-                1e-9,
-            )
-            .0
-        })
+        self.local_only
+            .get_or_init(|| self.fit_local(&[&self.data.train, &self.data.validation]))
     }
 
-    /// The global model fine-tuned on this store's rows, pulled toward the global model.
-    pub fn personalize(&self, global: &[f64]) -> Vec<f64> {
-        let mask = vec![true; global.len()];
-        let penalty = fedretail_core::L2Penalty {
-            mask: &mask,
-            l2: self.options.personalization,
-            center: Some(global),
-        };
-        glm::fit_newton_from(
-            &[&self.data.train],
-            global,
-            &penalty,
+    fn local_before_validation(&self) -> &[f64] {
+        self.local_before_validation
+            .get_or_init(|| self.fit_local(&[&self.data.train]))
+    }
+
+    fn fit_local(&self, rows: &[&DemandRows]) -> Vec<f64> {
+        let mask = demand_layout().regularization_mask();
+        glm::fit_newton(
+            rows,
+            &mask,
+            self.options.l2,
             self.options.max_step,
             50,
             1e-9,
         )
         .0
+    }
+
+    /// The global model fine-tuned on this store's days before the held-out ones,
+    /// pulled toward the global model with strength `pull`.
+    pub fn personalize(&self, global: &[f64], pull: f64) -> Vec<f64> {
+        self.personalize_on(global, pull, &[&self.data.train, &self.data.validation])
+    }
+
+    fn personalize_on(&self, global: &[f64], pull: f64, rows: &[&DemandRows]) -> Vec<f64> {
+        let mask = vec![true; global.len()];
+        let penalty = fedretail_core::L2Penalty {
+            mask: &mask,
+            l2: pull,
+            center: Some(global),
+        };
+        glm::fit_newton_from(rows, global, &penalty, self.options.max_step, 50, 1e-9).0
     }
 
     fn check_len(&self, global: &[f64]) -> Result<(), TaskError> {
@@ -190,11 +209,10 @@ impl LocalTask for DemandTask {
     }
 
     fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
-        let (mut metrics, personalized) = self.scores(global)?;
-        let (chosen, model) = self.forecast_model(global, personalized, &metrics);
+        let (metrics, pick) = self.scores(global)?;
         let data = &self.data;
         let (mut held_out, mut future) = (Vec::new(), Vec::new());
-        match &model {
+        match &pick.model {
             Some(w) => {
                 glm::predict_into(&data.test, w, &mut held_out);
                 glm::predict_into(&data.future, w, &mut future);
@@ -204,13 +222,9 @@ impl LocalTask for DemandTask {
                 future.extend_from_slice(data.future.naive());
             }
         }
-        let table = forecast_table(data, &held_out, &future, chosen, self.options.interval);
-        // Which forecaster the store kept, and its held-out WAPE (chosen on those days).
-        metrics.insert(format!("forecast_by_{chosen}"), 1.0);
-        let actual: f64 = data.test.units().iter().sum();
-        if let Some(v) = wape(data.test.abs_error(&held_out), actual) {
-            metrics.insert("wape_forecast".into(), v);
-        }
+        let name = pick.forecaster.name();
+        let table = forecast_table(data, &held_out, &future, name, self.options.interval);
+        let mut metrics = metrics;
         metrics.insert("forecast_rows".into(), table.rows.len() as f64);
         Ok(StoreResults {
             tables: vec![table],
@@ -219,63 +233,186 @@ impl LocalTask for DemandTask {
     }
 }
 
-impl DemandTask {
-    /// Held-out metrics of the federated, local, personalized and naive forecasts, and
-    /// the personalized model (fitted once, for the forecast too).
-    fn scores(&self, global: &[f64]) -> Result<(TaskMetrics, Option<Vec<f64>>), TaskError> {
-        self.check_len(global)?;
-        let data = &self.data;
-        let test_rows = data.test.len();
-        let actual: f64 = data.test.units().iter().sum();
-        let mut m = TaskMetrics::new();
-        m.insert("train_rows".into(), data.train.len() as f64);
-        m.insert("test_rows".into(), test_rows as f64);
-        m.insert("actual_units".into(), actual);
-        m.insert("history_days".into(), data.history_days as f64);
-        let mut put = |name: &str, abs_err: f64| {
-            m.insert(format!("abs_error_{name}"), abs_err);
-            if let Some(v) = wape(abs_err, actual) {
-                m.insert(format!("wape_{name}"), v);
-            }
-            if let Some(v) = mase(abs_err, test_rows, data.naive_scale) {
-                m.insert(format!("mase_{name}"), v);
-            }
-        };
-        put("federated", test_errors(data, global));
-        let mut personalized = None;
-        if !data.train.is_empty() {
-            put("local", test_errors(data, self.local_only_model()));
-            let p = self.personalize(global);
-            put("personalized", test_errors(data, &p));
-            personalized = Some(p);
+/// The forecasters a store chooses among.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forecaster {
+    Federated,
+    Personalized,
+    Local,
+    SeasonalNaive,
+}
+
+impl Forecaster {
+    /// In order of preference when two score the same.
+    pub const ALL: [Forecaster; 4] = [
+        Forecaster::Federated,
+        Forecaster::Personalized,
+        Forecaster::Local,
+        Forecaster::SeasonalNaive,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Forecaster::Federated => "federated",
+            Forecaster::Personalized => "personalized",
+            Forecaster::Local => "local",
+            Forecaster::SeasonalNaive => "seasonal_naive",
         }
-        put("naive", data.test.abs_error(data.test.naive()));
-        Ok((m, personalized))
     }
 
-    /// What makes the forecast the store keeps: the lowest WAPE on its held-out days
-    /// among the federated, personalized and local-only models and the seasonal-naive
-    /// forecast (None), so a store's forecast is never worse than naive on those days.
-    fn forecast_model(
-        &self,
-        global: &[f64],
-        personalized: Option<Vec<f64>>,
-        metrics: &TaskMetrics,
-    ) -> (&'static str, Option<Vec<f64>>) {
-        let wape = |k: &str| metrics.get(k).copied().unwrap_or(f64::INFINITY);
-        let mut best = ("federated", wape("wape_federated"));
-        for name in ["personalized", "local", "naive"] {
-            let w = wape(&format!("wape_{name}"));
-            if w < best.1 {
-                best = (name, w);
+    /// The suffix of its metrics (`wape_naive`, `mase_local`, ...).
+    fn metric(self) -> &'static str {
+        match self {
+            Forecaster::SeasonalNaive => "naive",
+            other => other.name(),
+        }
+    }
+}
+
+/// The forecaster a store keeps, and its model (None for seasonal naive).
+struct Pick {
+    forecaster: Forecaster,
+    model: Option<Vec<f64>>,
+}
+
+/// Scores forecasts of one set of rows into metrics named `{prefix}{measure}_{name}`.
+struct Scorer<'a> {
+    rows: &'a DemandRows,
+    prefix: &'static str,
+    naive_scale: f64,
+    actual: f64,
+    forecast: Vec<f64>,
+}
+
+impl<'a> Scorer<'a> {
+    fn new(rows: &'a DemandRows, prefix: &'static str, naive_scale: f64) -> Self {
+        Scorer {
+            rows,
+            prefix,
+            naive_scale,
+            actual: rows.units().iter().sum(),
+            forecast: Vec::with_capacity(rows.len()),
+        }
+    }
+
+    /// Forecast the rows with `model` (None: seasonal naive); the absolute error.
+    fn forecast(&mut self, model: Option<&[f64]>) -> f64 {
+        match model {
+            Some(w) => glm::predict_into(self.rows, w, &mut self.forecast),
+            None => {
+                self.forecast.clear();
+                self.forecast.extend_from_slice(self.rows.naive());
             }
         }
-        match (best.0, personalized) {
-            ("personalized", Some(p)) => ("personalized", Some(p)),
-            ("local", _) => ("local", Some(self.local_only_model().to_vec())),
-            ("naive", _) => ("seasonal_naive", None),
-            _ => ("federated", Some(global.to_vec())),
+        self.rows.abs_error(&self.forecast)
+    }
+
+    fn wape(&mut self, model: Option<&[f64]>) -> Option<f64> {
+        let abs_err = self.forecast(model);
+        wape(abs_err, self.actual)
+    }
+
+    /// Score `model` (None: seasonal naive) as `name`; its WAPE when defined.
+    fn score(&mut self, m: &mut TaskMetrics, name: &str, model: Option<&[f64]>) -> Option<f64> {
+        let abs_err = self.forecast(model);
+        let p = self.prefix;
+        m.insert(format!("{p}abs_error_{name}"), abs_err);
+        let w = wape(abs_err, self.actual);
+        let measures = [
+            ("wape", w),
+            ("mase", mase(abs_err, self.rows.len(), self.naive_scale)),
+            ("bias", bias(self.forecast.iter().sum(), self.actual)),
+        ];
+        for (measure, v) in measures {
+            if let Some(v) = v {
+                m.insert(format!("{p}{measure}_{name}"), v);
+            }
         }
+        w
+    }
+}
+
+impl DemandTask {
+    /// Held-out metrics of every forecaster, the one the store keeps (picked on its
+    /// validation days, never on the held-out ones) and that pick's held-out metrics.
+    fn scores(&self, global: &[f64]) -> Result<(TaskMetrics, Pick), TaskError> {
+        self.check_len(global)?;
+        let data = &self.data;
+        let mut m = TaskMetrics::new();
+        m.insert("train_rows".into(), data.train.len() as f64);
+        m.insert("validation_rows".into(), data.validation.len() as f64);
+        m.insert("test_rows".into(), data.test.len() as f64);
+        m.insert("actual_units".into(), data.test.units().iter().sum());
+        m.insert("history_days".into(), data.history_days as f64);
+        let (forecaster, pull) = self.pick(global, &mut m);
+        m.insert("personalization_pull".into(), pull);
+        let mut test = Scorer::new(&data.test, "", data.naive_scale);
+        let mut pick = None;
+        for f in self.candidates() {
+            let model = match f {
+                Forecaster::Federated => Some(global.to_vec()),
+                Forecaster::Personalized => Some(self.personalize(global, pull)),
+                Forecaster::Local => Some(self.local_only_model().to_vec()),
+                Forecaster::SeasonalNaive => None,
+            };
+            test.score(&mut m, f.metric(), model.as_deref());
+            if f == forecaster {
+                test.score(&mut m, "forecast", model.as_deref());
+                pick = Some(Pick { forecaster, model });
+            }
+        }
+        m.insert(format!("forecast_by_{}", forecaster.name()), 1.0);
+        let pick = pick.unwrap_or(Pick {
+            forecaster: Forecaster::Federated,
+            model: Some(global.to_vec()),
+        });
+        Ok((m, pick))
+    }
+
+    /// The forecasters this store can use: those fitted at the store need training rows.
+    fn candidates(&self) -> impl Iterator<Item = Forecaster> {
+        let fits = !self.data.train.is_empty();
+        Forecaster::ALL
+            .into_iter()
+            .filter(move |f| fits || matches!(f, Forecaster::Federated | Forecaster::SeasonalNaive))
+    }
+
+    /// The forecaster with the lowest WAPE on the validation days, each fitted on the
+    /// training days only, and the personalization pull that did best there; the
+    /// federated model and the default pull when there are no validation days.
+    fn pick(&self, global: &[f64], m: &mut TaskMetrics) -> (Forecaster, f64) {
+        let data = &self.data;
+        if data.validation.is_empty() || data.train.is_empty() {
+            return (Forecaster::Federated, self.options.personalization);
+        }
+        let mut val = Scorer::new(&data.validation, "val_", data.naive_scale);
+        let pull = self.pick_pull(global, &mut val);
+        let mut best = (Forecaster::Federated, f64::INFINITY);
+        for f in self.candidates() {
+            let model = match f {
+                Forecaster::Federated => Some(global.to_vec()),
+                Forecaster::Personalized => Some(self.personalize_on(global, pull, &[&data.train])),
+                Forecaster::Local => Some(self.local_before_validation().to_vec()),
+                Forecaster::SeasonalNaive => None,
+            };
+            let w = val.score(m, f.metric(), model.as_deref());
+            if let Some(w) = w.filter(|w| *w < best.1) {
+                best = (f, w);
+            }
+        }
+        (best.0, pull)
+    }
+
+    /// The pull toward the global model with the lowest validation WAPE.
+    fn pick_pull(&self, global: &[f64], val: &mut Scorer<'_>) -> f64 {
+        let mut best = (self.options.personalization, f64::INFINITY);
+        for pull in PERSONALIZATION_PULLS {
+            let model = self.personalize_on(global, pull, &[&self.data.train]);
+            if let Some(w) = val.wape(Some(&model)).filter(|w| *w < best.1) {
+                best = (pull, w);
+            }
+        }
+        best.0
     }
 }
 
@@ -326,4 +463,114 @@ fn forecast_table(
         ]);
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows with only the intercept set; `units(i)` and `naive(i)` per row.
+    fn rows(n: usize, units: impl Fn(usize) -> f64, naive: impl Fn(usize) -> f64) -> DemandRows {
+        let d = DEMAND_FEATURES.len();
+        let mut x = vec![0.0; d];
+        x[0] = 1.0;
+        let mut out = DemandRows::new(d);
+        for i in 0..n {
+            out.push(&x, units(i), 5.0, naive(i));
+        }
+        out
+    }
+
+    fn task(validation: DemandRows, test: DemandRows) -> DemandTask {
+        let data = DemandDataset {
+            store_id: "s".into(),
+            train: rows(60, |i| 4.0 + (i % 3) as f64, |_| 5.0),
+            validation,
+            test,
+            naive_scale: 1.0,
+            history_days: 120,
+            ..Default::default()
+        };
+        DemandTask::new(Arc::new(data), DemandOptions::default())
+    }
+
+    fn picked(m: &TaskMetrics) -> &str {
+        m.keys()
+            .find_map(|k| k.strip_prefix("forecast_by_"))
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn the_pick_is_made_on_validation_days_and_never_sees_the_held_out_ones() {
+        let global = vec![0.0; DEMAND_FEATURES.len()];
+        // Seasonal naive is exact on the validation days, so it is picked...
+        let seasonal = |i: usize| if i.is_multiple_of(2) { 2.0 } else { 9.0 };
+        let val = || rows(28, seasonal, seasonal);
+        // ...whether it is also good on the held-out days or far off.
+        let good = task(val(), rows(28, seasonal, seasonal));
+        let bad = task(val(), rows(28, |_| 5.0, |i| 4.0 * seasonal(i)));
+        let (mg, mb) = (
+            good.evaluate(&global).unwrap(),
+            bad.evaluate(&global).unwrap(),
+        );
+        assert_eq!(picked(&mg), "seasonal_naive");
+        assert_eq!(picked(&mb), "seasonal_naive");
+        assert_eq!(mg["val_wape_naive"], 0.0);
+        // The pick's held-out scores are those of the picked forecaster.
+        assert_eq!(mb["wape_forecast"], mb["wape_naive"]);
+        assert_eq!(mb["bias_forecast"], mb["bias_naive"]);
+        assert!(mb["wape_naive"] > mb["wape_local"]);
+    }
+
+    #[test]
+    fn without_validation_days_the_store_keeps_the_federated_model() {
+        let global = vec![0.0; DEMAND_FEATURES.len()];
+        let t = task(DemandRows::default(), rows(28, |_| 5.0, |_| 1.0));
+        let m = t.evaluate(&global).unwrap();
+        assert_eq!(picked(&m), "federated");
+        assert!(!m.contains_key("val_wape_federated"));
+        // A constant 5 forecast of a constant 5: no error, no bias.
+        assert_eq!(m["wape_forecast"], 0.0);
+        assert_eq!(m["bias_forecast"], 0.0);
+    }
+
+    #[test]
+    fn a_level_the_store_sees_on_validation_days_favours_its_own_fits() {
+        // The global model says 5 a day; this store sells 20 a day throughout.
+        let global = vec![0.0; DEMAND_FEATURES.len()];
+        let data = DemandDataset {
+            store_id: "big".into(),
+            train: rows(60, |_| 20.0, |_| 20.0 * 0.5),
+            validation: rows(28, |_| 20.0, |_| 10.0),
+            test: rows(28, |_| 20.0, |_| 10.0),
+            naive_scale: 1.0,
+            history_days: 120,
+            ..Default::default()
+        };
+        let m = DemandTask::new(Arc::new(data), DemandOptions::default())
+            .evaluate(&global)
+            .unwrap();
+        assert!(matches!(picked(&m), "local" | "personalized"), "{m:?}");
+        assert!(
+            m["wape_forecast"] < 0.05 && m["bias_federated"] < -0.7,
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn personalization_reduces_to_the_global_model_under_a_strong_pull() {
+        let mut global = vec![0.0; DEMAND_FEATURES.len()];
+        global[0] = -0.5;
+        let t = task(rows(28, |_| 9.0, |_| 9.0), rows(28, |_| 9.0, |_| 9.0));
+        let p = t.personalize(&global, 1e12);
+        assert!(
+            p.iter().zip(&global).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{p:?}"
+        );
+        // The store sells more than the global model says (its level is about 0.2 on
+        // the log scale): under the weakest pull tried the intercept moves most of the way.
+        assert!(t.personalize(&global, PERSONALIZATION_PULLS[0])[0] > 0.0);
+        let m = t.evaluate(&global).unwrap();
+        assert!(PERSONALIZATION_PULLS.contains(&m["personalization_pull"]));
+    }
 }

@@ -5,6 +5,12 @@ pub fn wape(abs_error_sum: f64, actual_sum: f64) -> Option<f64> {
     (actual_sum > 0.0).then(|| abs_error_sum / actual_sum)
 }
 
+/// Relative bias: (forecast total - actual total) / actual total; positive when the
+/// forecast over-predicts.
+pub fn bias(forecast_sum: f64, actual_sum: f64) -> Option<f64> {
+    (actual_sum > 0.0).then(|| (forecast_sum - actual_sum) / actual_sum)
+}
+
 /// Mean absolute scaled error: mean |y - f| over the forecast rows divided by the
 /// in-sample mean absolute error of the weekly seasonal-naive forecast.
 pub fn mase(abs_error_sum: f64, rows: usize, naive_scale: f64) -> Option<f64> {

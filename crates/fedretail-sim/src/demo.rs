@@ -7,7 +7,7 @@ use fedretail_core::task::DemandTaskOptions;
 use fedretail_core::BoxFuture;
 use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::DemandSpec;
-use fedretail_domain::size_band;
+use fedretail_domain::{history_band, size_band};
 use fedretail_models::demand::{test_errors, DemandOptions};
 use fedretail_models::{
     demand_layout, glm, metrics, DemandTask, FixedTasks, LocalTask, DEMAND_FEATURES,
@@ -21,6 +21,8 @@ use std::time::Instant;
 pub struct DemoOptions {
     pub data_dir: PathBuf,
     pub holdout_days: u32,
+    /// Days before the held-out ones on which each store picks its forecaster.
+    pub validation_days: u32,
     pub job: JobConfig,
     /// Coordinator checkpoints; None keeps them in memory.
     pub database: Option<PathBuf>,
@@ -35,6 +37,7 @@ impl DemoOptions {
         DemoOptions {
             data_dir,
             holdout_days: 28,
+            validation_days: 28,
             job: JobConfig::default(),
             database: None,
             prepare_parallelism: 2,
@@ -124,6 +127,7 @@ async fn prepare_demo(
     let spec = DemandSpec {
         holdout_days: options.holdout_days,
         horizon_days: 28,
+        validation_days: options.validation_days,
     };
     let obs = observer.clone();
     let on_done = move |store: &str, done: usize, total: usize| {
@@ -157,6 +161,7 @@ async fn federate_demand(
     let mut job = options.job.clone();
     job.task = TaskSpec::Demand(DemandTaskOptions {
         holdout_days: options.holdout_days,
+        validation_days: options.validation_days,
         ..Default::default()
     });
     let demand_options = DemandOptions {
@@ -232,12 +237,16 @@ fn store_report(
         mase_local: m("mase_local"),
         mase_federated: m("mase_federated"),
         mase_centralized: metrics::mase(central_err, ds.test.len(), ds.naive_scale),
+        mase_personalized: m("mase_personalized"),
+        mase_seasonal_naive: m("mase_naive"),
         forecast_model: ev
             .metrics
             .keys()
             .find_map(|k| k.strip_prefix("forecast_by_"))
             .map(str::to_string),
         wape_forecast: m("wape_forecast"),
+        mase_forecast: m("mase_forecast"),
+        bias_forecast: m("bias_forecast"),
     }
 }
 
@@ -284,6 +293,11 @@ fn demand_report(
             &store_reports,
             |s| &s.size_band,
             &["small", "medium", "large"],
+        ),
+        by_history_band: group_by(
+            &store_reports,
+            |s| history_band(s.history_days),
+            &["under 6 months", "6-12 months", "a year or more"],
         ),
         stores: store_reports,
         skipped_stores,

@@ -43,8 +43,9 @@ async fn generated_store_becomes_features() {
     let n_cat = data.test.len() / 28;
     assert!(n_cat >= 4, "{} test rows", data.test.len());
     assert_eq!(data.test.len(), 28 * n_cat);
-    // 200 days, 34 warm-up days, 28 held out.
-    assert_eq!(data.train.len(), (200 - 34 - 28) * n_cat);
+    // 200 days: 34 warm-up days, 28 held out, the 28 before them to pick on.
+    assert_eq!(data.validation.len(), 28 * n_cat);
+    assert_eq!(data.train.len(), (200 - 34 - 28 - 28) * n_cat);
     assert!(data.naive_scale > 0.0);
     // Promotions reach the features: some training row has a discount.
     let promo_col = fedretail_models::DEMAND_FEATURES
