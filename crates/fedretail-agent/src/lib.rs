@@ -28,8 +28,7 @@ pub use protect::{begin_secure, check_privacy, protect_update, secure_step, Secu
 pub use fedretail_models::{FixedTasks, PrepareFuture, TaskSource};
 pub use results::{read_model, write_results, ModelFile, ResultsError, MODEL_FORMAT};
 
-use fedretail_core::BoxFuture;
-use fedretail_core::{CheckedTask, LocalWork, UpdatePrecision};
+use fedretail_core::{BoxFuture, CheckedTask, LocalSgd, LocalWork, UpdatePrecision};
 use fedretail_models::LocalTask;
 use fedretail_proto::v1::{
     self, coordinator_client::CoordinatorClient, poll_task_response::Outcome,
@@ -593,23 +592,37 @@ fn read_train_task(
             "global model value {i} is not finite"
         )));
     }
-    let work = match &t.work {
-        Some(v1::train_task::Work::LocalEpochs(e)) => LocalWork::LocalEpochs {
-            epochs: e.epochs.clamp(1, 1000),
-            batch_size: e.batch_size.max(1),
-            learning_rate: e.learning_rate,
-            l2: e.l2,
-            seed: e.seed,
-        },
-        Some(v1::train_task::Work::SecondOrder(_)) => LocalWork::SecondOrderStatistics,
-        Some(v1::train_task::Work::ClusterStatistics(_)) => LocalWork::ClusterStatistics,
-        None => return Err(AgentError::BadTask("training task names no work".into())),
-    };
+    let work = work_from_wire(t.work.as_ref())?;
     let precision = match v1::Dtype::try_from(t.update_dtype) {
         Ok(v1::Dtype::F32) => UpdatePrecision::F32,
         _ => UpdatePrecision::F64,
     };
     Ok((global, work, precision))
+}
+
+/// The round's work as the coordinator sent it, checked.
+fn work_from_wire(work: Option<&v1::train_task::Work>) -> Result<LocalWork, AgentError> {
+    Ok(match work {
+        Some(v1::train_task::Work::LocalEpochs(e)) => {
+            if !(e.proximal_mu >= 0.0 && e.proximal_mu.is_finite()) {
+                return Err(AgentError::BadTask(format!(
+                    "proximal_mu must be finite and >= 0, got {}",
+                    e.proximal_mu
+                )));
+            }
+            LocalWork::LocalEpochs(LocalSgd {
+                epochs: e.epochs.clamp(1, 1000),
+                batch_size: e.batch_size.max(1),
+                learning_rate: e.learning_rate,
+                l2: e.l2,
+                proximal_mu: e.proximal_mu,
+                seed: e.seed,
+            })
+        }
+        Some(v1::train_task::Work::SecondOrder(_)) => LocalWork::SecondOrderStatistics,
+        Some(v1::train_task::Work::ClusterStatistics(_)) => LocalWork::ClusterStatistics,
+        None => return Err(AgentError::BadTask("training task names no work".into())),
+    })
 }
 
 fn classify(status: &tonic::Status) -> AgentError {
@@ -632,6 +645,34 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_sgd_settings_arrive_as_sent_and_a_bad_proximal_term_is_refused() {
+        let wire = |mu: f64| {
+            v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
+                epochs: 3,
+                batch_size: 16,
+                learning_rate: 0.1,
+                l2: 1e-4,
+                seed: 9,
+                proximal_mu: mu,
+            })
+        };
+        let expected = LocalWork::LocalEpochs(LocalSgd {
+            epochs: 3,
+            batch_size: 16,
+            learning_rate: 0.1,
+            l2: 1e-4,
+            proximal_mu: 0.5,
+            seed: 9,
+        });
+        assert_eq!(work_from_wire(Some(&wire(0.5))).unwrap(), expected);
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let e = work_from_wire(Some(&wire(bad))).unwrap_err().to_string();
+            assert!(e.contains("proximal_mu"), "{e}");
+        }
+        assert!(work_from_wire(None).is_err());
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

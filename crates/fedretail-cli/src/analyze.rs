@@ -117,6 +117,13 @@ pub struct TrainArgs {
     /// FedAvg rounds (epochs for the local and centralized references).
     #[arg(long, default_value_t = 20)]
     pub rounds: u64,
+    /// Epochs of local SGD each party runs per FedAvg round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub local_epochs: u32,
+    /// FedProx: pull each party's local steps toward the global model with this
+    /// strength (0 is FedAvg); helps when parties differ and run many local epochs.
+    #[arg(long, default_value_t = 0.0)]
+    pub proximal_mu: f64,
     #[arg(long, default_value_t = 0.1)]
     pub learning_rate: f64,
     #[arg(long, default_value_t = 32)]
@@ -181,6 +188,8 @@ impl TrainArgs {
     fn options(&self) -> ClassificationOptions {
         ClassificationOptions {
             rounds: self.rounds,
+            local_epochs: self.local_epochs,
+            proximal_mu: self.proximal_mu,
             learning_rate: self.learning_rate,
             batch_size: self.batch_size,
             l2: self.l2,
@@ -367,6 +376,8 @@ fn churn_jobs(a: &ChurnArgs) -> Vec<JobConfig> {
             fedavg: fedretail_coordinator::FedAvgSettings {
                 learning_rate: a.train.learning_rate,
                 batch_size: a.train.batch_size,
+                local_epochs: a.train.local_epochs,
+                proximal_mu: a.train.proximal_mu,
                 server_optimizer: a.train.server_optimizer.into(),
                 server_learning_rate: a.train.server_learning_rate,
                 ..Default::default()

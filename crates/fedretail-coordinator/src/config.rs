@@ -317,6 +317,9 @@ pub struct FedAvgSettings {
     pub learning_rate: f64,
     /// Send deltas as f32 (half the bytes) instead of f64.
     pub f32_updates: bool,
+    /// FedProx (Li et al. 2020): each store adds `mu/2 |w - w_global|^2` to its local
+    /// loss, so very different stores drift less in their local steps; 0 is FedAvg.
+    pub proximal_mu: f64,
     /// What the coordinator does with the mean delta (Reddi et al. 2021).
     pub server_optimizer: ServerOptimizerKind,
     /// Multiplies the server optimizer's step (1 with `none` is plain FedAvg).
@@ -348,6 +351,7 @@ impl Default for FedAvgSettings {
             batch_size: 32,
             learning_rate: 0.05,
             f32_updates: true,
+            proximal_mu: 0.0,
             server_optimizer: ServerOptimizerKind::None,
             server_learning_rate: 1.0,
             server_momentum: 0.9,
@@ -373,6 +377,7 @@ impl FedAvgSettings {
             batch_size: self.batch_size,
             learning_rate: self.learning_rate,
             l2,
+            proximal_mu: self.proximal_mu,
             // The optimizer takes the rate; plain FedAvg multiplies its mean by it.
             server_learning_rate: if opt.is_some() {
                 1.0

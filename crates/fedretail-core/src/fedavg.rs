@@ -3,7 +3,7 @@ use crate::error::{ConfigError, StrategyError};
 use crate::params::ModelParameters;
 use crate::sampling::{SamplingConfig, StoreSampler};
 use crate::strategy::{
-    check_finite_model, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision,
+    check_finite_model, Applied, LocalSgd, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision,
 };
 
 /// Federated Averaging (McMahan et al., 2017): stores run local epochs from the global
@@ -16,6 +16,8 @@ pub struct FedAvgConfig {
     pub batch_size: u32,
     pub learning_rate: f64,
     pub l2: f64,
+    /// FedProx's proximal strength (0 is FedAvg); see [`LocalSgd::proximal_mu`].
+    pub proximal_mu: f64,
     /// Multiplies the mean delta (1.0 is plain FedAvg).
     pub server_learning_rate: f64,
     pub precision: UpdatePrecision,
@@ -29,6 +31,7 @@ impl Default for FedAvgConfig {
             batch_size: 32,
             learning_rate: 0.05,
             l2: 1e-4,
+            proximal_mu: 0.0,
             server_learning_rate: 1.0,
             precision: UpdatePrecision::F32,
         }
@@ -64,6 +67,13 @@ impl FedAvg {
         if !(config.l2 >= 0.0 && config.l2.is_finite()) {
             return Err(ConfigError::out_of_range("l2", ">= 0", config.l2));
         }
+        if !(config.proximal_mu >= 0.0 && config.proximal_mu.is_finite()) {
+            return Err(ConfigError::out_of_range(
+                "proximal_mu",
+                ">= 0",
+                config.proximal_mu,
+            ));
+        }
         if !(config.server_learning_rate > 0.0 && config.server_learning_rate.is_finite()) {
             return Err(ConfigError::out_of_range(
                 "server_learning_rate",
@@ -78,7 +88,11 @@ impl FedAvg {
 
 impl Strategy for FedAvg {
     fn name(&self) -> &'static str {
-        "fedavg"
+        if self.config.proximal_mu > 0.0 {
+            "fedprox"
+        } else {
+            "fedavg"
+        }
     }
 
     fn configure_round(
@@ -88,13 +102,14 @@ impl Strategy for FedAvg {
     ) -> Result<RoundPlan, StrategyError> {
         Ok(RoundPlan {
             stores: self.sampler.sample(round, available)?,
-            work: LocalWork::LocalEpochs {
+            work: LocalWork::LocalEpochs(LocalSgd {
                 epochs: self.config.local_epochs,
                 batch_size: self.config.batch_size,
                 learning_rate: self.config.learning_rate,
                 l2: self.config.l2,
+                proximal_mu: self.config.proximal_mu,
                 seed: self.config.sampling.seed.wrapping_add(round),
-            },
+            }),
             precision: self.config.precision,
             server_clip: None,
         })
@@ -187,5 +202,21 @@ mod tests {
             FedAvg::try_new(bad).unwrap_err().to_string(),
             "learning_rate must be > 0, got -1"
         );
+    }
+
+    #[test]
+    fn a_proximal_term_makes_it_fedprox_and_must_be_non_negative() {
+        let prox = |mu: f64| {
+            FedAvg::try_new(FedAvgConfig {
+                proximal_mu: mu,
+                ..Default::default()
+            })
+        };
+        let mut s = prox(0.1).unwrap();
+        assert_eq!(s.name(), "fedprox");
+        let plan = s.configure_round(1, &["a".into()]).unwrap();
+        assert!(matches!(plan.work, LocalWork::LocalEpochs(l) if l.proximal_mu == 0.1));
+        assert_eq!(prox(0.0).unwrap().name(), "fedavg");
+        assert!(prox(-0.1).is_err() && prox(f64::NAN).is_err());
     }
 }

@@ -43,7 +43,7 @@ pub use newton::{
 pub use params::{ModelLayout, ModelParameters, Segment};
 pub use sampling::{SamplingConfig, StoreSampler};
 pub use server_opt::{ServerOpt, ServerOptimizer};
-pub use strategy::{Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
+pub use strategy::{Applied, LocalSgd, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
 pub use task::{CheckedTask, TaskKind, TaskMetrics, TaskSpec};
 pub use validate::{validate_update, UpdateLimits};
 

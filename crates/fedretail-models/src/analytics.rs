@@ -16,7 +16,7 @@ use crate::words::{describe_customer_anomaly, describe_segment, flag_reason};
 use fedretail_core::kmeans::{
     cluster_statistics_len, fit_bisecting_kmeans, ClusterTree, KMeansConfig,
 };
-use fedretail_core::{LocalWork, ModelLayout, SamplingConfig};
+use fedretail_core::{LocalSgd, LocalWork, ModelLayout, SamplingConfig};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -438,16 +438,15 @@ pub fn fine_tune(inner: &ClassifierTask, global: &[f64], max_epochs: u32) -> (Ve
     let (mut best, mut best_loss, mut best_epoch) = (global.to_vec(), loss(global), 0);
     let mut w = global.to_vec();
     for epoch in 1..=max_epochs {
-        sgd(
-            inner.kind,
-            &fit,
-            &mut w,
-            1,
-            32,
-            rate,
-            1e-4,
-            u64::from(epoch),
-        );
+        let s = LocalSgd {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: rate,
+            l2: 1e-4,
+            proximal_mu: 0.0,
+            seed: u64::from(epoch),
+        };
+        sgd(inner.kind, &fit, &mut w, &s);
         let l = loss(&w);
         if l < best_loss {
             best.copy_from_slice(&w);
@@ -472,7 +471,15 @@ fn store_alone_auc(inner: &ClassifierTask) -> Option<f64> {
     let kind = inner.kind;
     let mut local = kind.initial_parameters(inner.test.dim(), 7);
     let rate = learning_rate(kind);
-    sgd(kind, &inner.train, &mut local, 20, 32, rate, 1e-4, 7);
+    let s = LocalSgd {
+        epochs: 20,
+        batch_size: 32,
+        learning_rate: rate,
+        l2: 1e-4,
+        proximal_mu: 0.0,
+        seed: 7,
+    };
+    sgd(kind, &inner.train, &mut local, &s);
     roc_auc(
         &predict_proba(kind, &local, &inner.test),
         inner.test.labels(),

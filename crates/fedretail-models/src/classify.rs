@@ -5,7 +5,7 @@
 
 use crate::metrics::ranking::{accuracy, roc_auc};
 use crate::task::{LocalTask, TaskError, TaskMetrics};
-use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
+use fedretail_core::{newton_statistics_len, LocalSgd, LocalWork, ModelLayout};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -185,31 +185,22 @@ pub fn predict_proba(kind: ClassifierKind, w: &[f64], rows: &LabeledRows) -> Vec
         .collect()
 }
 
-/// Mini-batch SGD on the mean log loss plus `l2/2 |w|^2` on regularised segments, in
-/// place. The shuffle depends only on `seed`.
-#[allow(clippy::too_many_arguments)]
-pub fn sgd(
-    kind: ClassifierKind,
-    rows: &LabeledRows,
-    w: &mut [f64],
-    epochs: u32,
-    batch_size: u32,
-    learning_rate: f64,
-    l2: f64,
-    seed: u64,
-) {
+/// Mini-batch SGD on the mean log loss plus `l2/2 |w|^2` on regularised segments (and
+/// FedProx's `mu/2 |w - w_start|^2`), in place. The shuffle depends only on the seed.
+pub fn sgd(kind: ClassifierKind, rows: &LabeledRows, w: &mut [f64], s: &LocalSgd) {
     let n = rows.len();
     if n == 0 {
         return;
     }
     let mask = kind.layout(rows.dim()).regularization_mask();
+    let anchor = w.to_vec();
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let mut grad = vec![0.0; w.len()];
     let mut hidden = vec![0.0; hidden_len(kind)];
-    for _ in 0..epochs {
+    for _ in 0..s.epochs {
         order.shuffle(&mut rng);
-        for batch in order.chunks(batch_size.max(1) as usize) {
+        for batch in order.chunks(s.batch_size.max(1) as usize) {
             grad.iter_mut().for_each(|g| *g = 0.0);
             {
                 let net = Net {
@@ -222,11 +213,7 @@ pub fn sgd(
                     net.add_gradient(x, y, &mut hidden, &mut grad);
                 }
             }
-            let inv = 1.0 / batch.len() as f64;
-            for k in 0..w.len() {
-                let pen = if mask[k] { l2 * w[k] } else { 0.0 };
-                w[k] -= learning_rate * (grad[k] * inv + pen);
-            }
+            s.step(w, &grad, 1.0 / batch.len() as f64, &mask, &anchor);
         }
     }
 }
@@ -251,18 +238,14 @@ pub fn dp_sgd_schedule(rows: usize, batch_size: u32, epochs: u32) -> (f64, u64) 
     (q, steps_per_epoch * u64::from(epochs))
 }
 
-/// DP-SGD on the mean log loss plus `l2/2 |w|^2`, in place; see [`DpSgdConfig`].
-#[allow(clippy::too_many_arguments)]
+/// DP-SGD on the mean log loss plus `l2/2 |w|^2` (and FedProx's term, which reads no
+/// data), in place; see [`DpSgdConfig`].
 pub fn dp_sgd(
     kind: ClassifierKind,
     rows: &LabeledRows,
     w: &mut [f64],
-    epochs: u32,
-    batch_size: u32,
-    learning_rate: f64,
-    l2: f64,
+    s: &LocalSgd,
     dp: DpSgdConfig,
-    seed: u64,
 ) -> Result<(), TaskError> {
     let n = rows.len();
     if n == 0 {
@@ -274,11 +257,12 @@ pub fn dp_sgd(
             dp.clip_norm
         )));
     }
-    let (q, steps) = dp_sgd_schedule(n, batch_size, epochs);
+    let (q, steps) = dp_sgd_schedule(n, s.batch_size, s.epochs);
     // Normalise by the expected batch, not the drawn one: the drawn size is private.
     let expected = q * n as f64;
     let mask = kind.layout(rows.dim()).regularization_mask();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let anchor = w.to_vec();
     let noise = rand_distr::Normal::new(0.0, dp.noise_multiplier * dp.clip_norm).map_err(|_| {
         TaskError::InvalidPrivacy(format!(
             "noise multiplier must be non-negative and finite, got {}",
@@ -314,11 +298,10 @@ pub fn dp_sgd(
                 }
             }
         }
-        for k in 0..w.len() {
-            let noisy = sum[k] + rng.sample(noise);
-            let pen = if mask[k] { l2 * w[k] } else { 0.0 };
-            w[k] -= learning_rate * (noisy / expected + pen);
+        for g in sum.iter_mut() {
+            *g += rng.sample(noise);
         }
+        s.step(w, &sum, 1.0 / expected, &mask, &anchor);
     }
     Ok(())
 }
@@ -453,39 +436,11 @@ impl LocalTask for ClassifierTask {
             return Err(TaskError::NoTrainingRows(self.name));
         }
         match (work, self.kind) {
-            (
-                LocalWork::LocalEpochs {
-                    epochs,
-                    batch_size,
-                    learning_rate,
-                    l2,
-                    seed,
-                },
-                kind,
-            ) => {
+            (LocalWork::LocalEpochs(s), kind) => {
                 let mut w = global.to_vec();
                 match self.dp {
-                    None => sgd(
-                        kind,
-                        &self.train,
-                        &mut w,
-                        *epochs,
-                        *batch_size,
-                        *learning_rate,
-                        *l2,
-                        *seed,
-                    ),
-                    Some(dp) => dp_sgd(
-                        kind,
-                        &self.train,
-                        &mut w,
-                        *epochs,
-                        *batch_size,
-                        *learning_rate,
-                        *l2,
-                        dp,
-                        *seed,
-                    )?,
+                    None => sgd(kind, &self.train, &mut w, s),
+                    Some(dp) => dp_sgd(kind, &self.train, &mut w, s, dp)?,
                 }
                 if let Some(i) = w.iter().position(|v| !v.is_finite()) {
                     return Err(TaskError::Diverged(format!(
@@ -545,6 +500,32 @@ mod tests {
             .zip(rows.labels())
             .map(|(p, &y)| if y { -p.ln() } else { -(1.0 - p).ln() })
             .sum()
+    }
+
+    #[test]
+    fn fedprox_local_training_drifts_less_the_stronger_its_pull() {
+        let rows = toy(200, 4);
+        for kind in [ClassifierKind::Logistic, ClassifierKind::Mlp { hidden: 3 }] {
+            let start = kind.initial_parameters(2, 5);
+            let drift = |mu: f64| {
+                let mut w = start.clone();
+                let s = LocalSgd {
+                    epochs: 5,
+                    learning_rate: 0.1,
+                    proximal_mu: mu,
+                    seed: 2,
+                    ..LocalSgd::default()
+                };
+                sgd(kind, &rows, &mut w, &s);
+                w.iter()
+                    .zip(&start)
+                    .map(|(a, b)| (a - b).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            };
+            let d: Vec<f64> = [0.0, 0.5, 2.0, 9.0].into_iter().map(drift).collect();
+            assert!(d.windows(2).all(|p| p[1] < p[0]), "{d:?}");
+        }
     }
 
     #[test]
@@ -612,7 +593,19 @@ mod tests {
         let test = toy(500, 4);
         for kind in [ClassifierKind::Logistic, ClassifierKind::Mlp { hidden: 8 }] {
             let mut w = kind.initial_parameters(2, 1);
-            sgd(kind, &train, &mut w, 10, 32, 0.1, 1e-4, 7);
+            sgd(
+                kind,
+                &train,
+                &mut w,
+                &LocalSgd {
+                    epochs: 10,
+                    batch_size: 32,
+                    learning_rate: 0.1,
+                    l2: 1e-4,
+                    proximal_mu: 0.0,
+                    seed: 7,
+                },
+            );
             let auc = classification_metrics(kind, &w, &test)["auc"];
             assert!(auc > 0.8, "{kind:?}: auc {auc}");
         }
@@ -648,7 +641,21 @@ mod tests {
             clip_norm: 1.0,
             noise_multiplier: 1.0,
         };
-        dp_sgd(kind, &train, &mut w, 5, 64, 0.2, 1e-4, dp, 3).unwrap();
+        dp_sgd(
+            kind,
+            &train,
+            &mut w,
+            &LocalSgd {
+                epochs: 5,
+                batch_size: 64,
+                learning_rate: 0.2,
+                l2: 1e-4,
+                proximal_mu: 0.0,
+                seed: 3,
+            },
+            dp,
+        )
+        .unwrap();
         let auc = classification_metrics(kind, &w, &test)["auc"];
         assert!(auc > 0.8, "auc {auc}");
 
@@ -661,7 +668,21 @@ mod tests {
             clip_norm: 0.5,
             noise_multiplier: 0.0,
         };
-        dp_sgd(kind, &rows, &mut w, 1, 1, 1.0, 0.0, quiet, 1).unwrap();
+        dp_sgd(
+            kind,
+            &rows,
+            &mut w,
+            &LocalSgd {
+                epochs: 1,
+                batch_size: 1,
+                learning_rate: 1.0,
+                l2: 0.0,
+                proximal_mu: 0.0,
+                seed: 1,
+            },
+            quiet,
+        )
+        .unwrap();
         let moved = w.iter().map(|v| v * v).sum::<f64>().sqrt();
         assert!(moved <= 0.5 + 1e-12, "moved {moved}");
 
@@ -670,7 +691,20 @@ mod tests {
             noise_multiplier: f64::NAN,
         };
         assert!(matches!(
-            dp_sgd(kind, &train, &mut w, 1, 64, 0.1, 0.0, bad, 1),
+            dp_sgd(
+                kind,
+                &train,
+                &mut w,
+                &LocalSgd {
+                    epochs: 1,
+                    batch_size: 64,
+                    learning_rate: 0.1,
+                    l2: 0.0,
+                    proximal_mu: 0.0,
+                    seed: 1
+                },
+                bad
+            ),
             Err(TaskError::InvalidPrivacy(_))
         ));
     }

@@ -171,25 +171,10 @@ impl LocalTask for DemandTask {
                 glm::add_second_order_statistics(&self.data.train, global, &mut out);
                 Ok(out)
             }
-            LocalWork::LocalEpochs {
-                epochs,
-                batch_size,
-                learning_rate,
-                l2,
-                seed,
-            } => {
+            LocalWork::LocalEpochs(s) => {
                 let mut w = global.to_vec();
                 let mask = demand_layout().regularization_mask();
-                glm::sgd(
-                    &self.data.train,
-                    &mut w,
-                    &mask,
-                    *epochs,
-                    *batch_size,
-                    *learning_rate,
-                    *l2,
-                    *seed,
-                );
+                glm::sgd(&self.data.train, &mut w, &mask, s);
                 if let Some(i) = w.iter().position(|v| !v.is_finite()) {
                     return Err(TaskError::Diverged(format!(
                         "parameter {i} is not finite; lower the learning rate"

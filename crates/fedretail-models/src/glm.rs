@@ -6,7 +6,7 @@
 //! federated Newton solver possible.
 
 use crate::rows::DemandRows;
-use fedretail_core::{pack_upper, FedNewton, L2Penalty};
+use fedretail_core::{pack_upper, FedNewton, L2Penalty, LocalSgd};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -123,27 +123,18 @@ pub fn fit_newton_from(
 
 /// Mini-batch SGD from `w`, in place: the local work of FedAvg. The shuffle depends
 /// only on `seed`, so stores with identical data and seed take identical steps.
-#[allow(clippy::too_many_arguments)]
-pub fn sgd(
-    rows: &DemandRows,
-    w: &mut [f64],
-    mask: &[bool],
-    epochs: u32,
-    batch_size: u32,
-    learning_rate: f64,
-    l2: f64,
-    seed: u64,
-) {
+pub fn sgd(rows: &DemandRows, w: &mut [f64], mask: &[bool], s: &LocalSgd) {
     let n = rows.len();
     if n == 0 {
         return;
     }
     let d = w.len();
+    let anchor = w.to_vec();
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let mut grad = vec![0.0; d];
-    let b = batch_size.max(1) as usize;
-    for _ in 0..epochs {
+    let b = s.batch_size.max(1) as usize;
+    for _ in 0..s.epochs {
         order.shuffle(&mut rng);
         for batch in order.chunks(b) {
             grad.iter_mut().for_each(|g| *g = 0.0);
@@ -154,11 +145,7 @@ pub fn sgd(
                     *g += resid * xi;
                 }
             }
-            let inv = 1.0 / batch.len() as f64;
-            for k in 0..d {
-                let pen = if mask[k] { l2 * w[k] } else { 0.0 };
-                w[k] -= learning_rate * (grad[k] * inv + pen);
-            }
+            s.step(w, &grad, 1.0 / batch.len() as f64, mask, &anchor);
         }
     }
 }
@@ -223,7 +210,13 @@ mod tests {
             "{w:?}"
         );
         let mut ws = vec![0.0; 4];
-        sgd(&rows, &mut ws, &mask, 20, 32, 0.02, 0.0, 9);
+        let s = LocalSgd {
+            epochs: 20,
+            learning_rate: 0.02,
+            seed: 9,
+            ..LocalSgd::default()
+        };
+        sgd(&rows, &mut ws, &mask, &s);
         for j in 0..4 {
             assert!((ws[j] - w[j]).abs() < 0.05, "sgd {ws:?} vs newton {w:?}");
         }

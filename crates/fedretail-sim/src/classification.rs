@@ -9,8 +9,9 @@ use crate::inprocess::{run_until, InProcessRun};
 use crate::prepare::{business_type_of, store_dirs};
 use crate::{SimError, SkippedStore};
 use fedretail_coordinator::{FedAvgSettings, ServerOptimizerKind};
-use fedretail_core::LocalBoxFuture;
-use fedretail_core::{FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig};
+use fedretail_core::{
+    FedNewton, FedNewtonConfig, LocalBoxFuture, LocalSgd, ModelParameters, SamplingConfig,
+};
 use fedretail_data::{
     load_churn_rows, load_tabular, FeatureWindow, StoreSource, TabularSpec,
     CUSTOMER_ANOMALY_FEATURES,
@@ -60,6 +61,8 @@ pub struct ClassificationOptions {
     /// The coordinator's step for FedAvg (plain, momentum, Adagrad, Adam, Yogi).
     pub server_optimizer: ServerOptimizerKind,
     pub server_learning_rate: f64,
+    /// FedProx's proximal strength in every party's local steps (0: FedAvg).
+    pub proximal_mu: f64,
 }
 
 impl ClassificationOptions {
@@ -72,6 +75,7 @@ impl ClassificationOptions {
             f32_updates: true,
             server_optimizer: self.server_optimizer,
             server_learning_rate: self.server_learning_rate,
+            proximal_mu: self.proximal_mu,
             ..FedAvgSettings::default()
         }
     }
@@ -114,6 +118,7 @@ impl Default for ClassificationOptions {
             customer_dp: None,
             server_optimizer: ServerOptimizerKind::None,
             server_learning_rate: 1.0,
+            proximal_mu: 0.0,
         }
     }
 }
@@ -393,22 +398,17 @@ impl Trainer<'_> {
         let o = self.options;
         let mut w = kind.initial_parameters(self.dim, o.seed);
         for epoch in 0..o.rounds {
-            let seed = o.seed.wrapping_add(epoch);
-            let (epochs, batch, l2) = (o.local_epochs, o.batch_size, o.l2);
+            let s = LocalSgd {
+                epochs: o.local_epochs,
+                batch_size: o.batch_size,
+                learning_rate,
+                l2: o.l2,
+                proximal_mu: 0.0,
+                seed: o.seed.wrapping_add(epoch),
+            };
             match dp {
-                None => sgd(kind, rows, &mut w, epochs, batch, learning_rate, l2, seed),
-                Some(dp) => dp_sgd(
-                    kind,
-                    rows,
-                    &mut w,
-                    epochs,
-                    batch,
-                    learning_rate,
-                    l2,
-                    dp,
-                    seed,
-                )
-                .map_err(err)?,
+                None => sgd(kind, rows, &mut w, &s),
+                Some(dp) => dp_sgd(kind, rows, &mut w, &s, dp).map_err(err)?,
             }
         }
         Ok(w)

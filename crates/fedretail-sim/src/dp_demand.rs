@@ -199,6 +199,7 @@ fn run_setting(
         batch_size: o.batch_size,
         learning_rate: o.learning_rate,
         l2: 1e-4,
+        proximal_mu: 0.0,
         server_learning_rate: o.server_learning_rate,
         precision: UpdatePrecision::F64,
     })

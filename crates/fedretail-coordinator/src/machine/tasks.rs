@@ -85,18 +85,13 @@ fn train_or_step(slot: &JobSlot, rs: &RoundState, store: &str) -> Option<Outcome
 
 fn work_to_wire(work: &LocalWork) -> v1::train_task::Work {
     match work {
-        LocalWork::LocalEpochs {
-            epochs,
-            batch_size,
-            learning_rate,
-            l2,
-            seed,
-        } => v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
-            epochs: *epochs,
-            batch_size: *batch_size,
-            learning_rate: *learning_rate,
-            l2: *l2,
-            seed: *seed,
+        LocalWork::LocalEpochs(s) => v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
+            epochs: s.epochs,
+            batch_size: s.batch_size,
+            learning_rate: s.learning_rate,
+            l2: s.l2,
+            seed: s.seed,
+            proximal_mu: s.proximal_mu,
         }),
         LocalWork::SecondOrderStatistics => {
             v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {})

@@ -1,7 +1,7 @@
 //! Learning is checked against references, not against itself.
 
 use fedretail_core::{
-    FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelParameters, SamplingConfig,
+    FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, LocalSgd, ModelParameters, SamplingConfig,
     UpdatePrecision,
 };
 use fedretail_models::demand::DemandOptions;
@@ -90,6 +90,7 @@ fn fedavg_of_identical_stores_equals_local_training() {
         batch_size: 16,
         learning_rate: 0.05,
         l2: 1e-3,
+        proximal_mu: 0.0,
         server_learning_rate: 1.0,
         precision: UpdatePrecision::F64,
     };
@@ -106,16 +107,15 @@ fn fedavg_of_identical_stores_equals_local_training() {
     let mask = demand_layout().regularization_mask();
     let mut w = vec![0.0; DEMAND_FEATURES.len()];
     for round in 1..=rounds {
-        glm::sgd(
-            &one.train,
-            &mut w,
-            &mask,
-            config.local_epochs,
-            config.batch_size,
-            config.learning_rate,
-            config.l2,
-            config.sampling.seed + round,
-        );
+        let s = LocalSgd {
+            epochs: config.local_epochs,
+            batch_size: config.batch_size,
+            learning_rate: config.learning_rate,
+            l2: config.l2,
+            proximal_mu: 0.0,
+            seed: config.sampling.seed + round,
+        };
+        glm::sgd(&one.train, &mut w, &mask, &s);
     }
     let gap = federated
         .values()
