@@ -4,7 +4,9 @@ use crate::network::runtime;
 use anyhow::{Context, Result};
 use clap::Args;
 use fedretail_agent::{read_model, write_results, AgentConfig, StoreAgent};
-use fedretail_coordinator::{run_coordinator, CoordinatorConfig, CoordinatorEvent, JobOutcome};
+use fedretail_coordinator::{
+    run_coordinator, serve_metrics, CoordinatorConfig, CoordinatorEvent, JobOutcome, Metrics,
+};
 use fedretail_data::{build_local_task, StoreExport, StoreSource};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,32 @@ pub struct CoordinatorArgs {
     /// Write every job's outcome (rounds, evaluations, model) as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (rounds, updates accepted and
+    /// refused by reason, bytes, round latency, stores, epsilon spent). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// How events are logged to stderr: readable lines, or one JSON object per line.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How the coordinator logs its events.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One event as a JSON line, with the time it was logged.
+fn log_json(e: &CoordinatorEvent) {
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match serde_json::to_value(e) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("time".into(), at.into());
+            eprintln!("{}", serde_json::Value::Object(fields));
+        }
+        _ => eprintln!("{{\"time\":\"{at}\",\"event\":\"unprintable\"}}"),
+    }
 }
 
 fn log_event(e: &CoordinatorEvent) {
@@ -58,6 +86,7 @@ fn log_event(e: &CoordinatorEvent) {
             dropped,
             step_norm,
             epsilon_spent,
+            ..
         } => {
             let eps = epsilon_spent
                 .map(|e| format!(", epsilon spent {e:.3}"))
@@ -76,8 +105,36 @@ fn log_event(e: &CoordinatorEvent) {
         E::JobFinished { job_id, status } => eprintln!("job {job_id}: {status}"),
         E::JobSkipped { job_id, reason } => eprintln!("job {job_id} skipped: {reason}"),
         E::Finished { status } => eprintln!("coordinator done: {status}"),
+        E::MessageRefused { reason } => eprintln!("refused a store's message: {reason}"),
         E::UpdateAccepted { .. } => {}
     }
+}
+
+/// Logs each event and counts it into the metrics.
+fn observer(format: LogFormat, metrics: Arc<Metrics>) -> fedretail_coordinator::Observer {
+    Arc::new(move |e: &CoordinatorEvent| {
+        metrics.observe(e);
+        match format {
+            LogFormat::Text => log_event(e),
+            LogFormat::Json => log_json(e),
+        }
+    })
+}
+
+/// Binds the metrics address (when given) and returns the server to run beside the
+/// coordinator; without one, a future that never ends.
+async fn serve_metrics_on(
+    addr: Option<&str>,
+    metrics: Arc<Metrics>,
+) -> Result<fedretail_core::BoxFuture<'static, std::io::Result<()>>> {
+    let Some(addr) = addr else {
+        return Ok(Box::pin(std::future::pending()));
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    eprintln!("metrics at http://{}/metrics", listener.local_addr()?);
+    Ok(Box::pin(serve_metrics(listener, metrics)))
 }
 
 pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
@@ -92,6 +149,7 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         .checked_jobs()
         .with_context(|| format!("{}", args.config.display()))?;
     let rt = runtime()?;
+    let metrics = Arc::new(Metrics::new());
     let outcomes = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -101,9 +159,12 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         if let Some(dir) = &config.jobs_dir {
             eprintln!("watching {} for more jobs (*.toml); stop with Ctrl-C", dir.display());
         }
-        let run = run_coordinator(config.clone(), listener, Arc::new(log_event));
+        let observer = observer(args.log_format, metrics.clone());
+        let run = run_coordinator(config.clone(), listener, observer);
+        let serve = serve_metrics_on(args.metrics_listen.as_deref(), metrics).await?;
         tokio::select! {
             r = run => anyhow::Ok(r?),
+            r = serve => anyhow::bail!("the metrics server stopped: {r:?}"),
             _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped by Ctrl-C; the running job resumes from its last round on restart"),
         }
     })?;

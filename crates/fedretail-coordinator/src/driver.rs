@@ -488,6 +488,9 @@ fn commit_round(
         participants: record.participants.len(),
         dropped: record.dropped.len(),
         step_norm: record.step_norm,
+        bytes_up: record.bytes_up,
+        bytes_down: record.bytes_down,
+        seconds: record.seconds,
         epsilon_spent: record.epsilon_spent,
     });
     Ok(record)

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 /// What the coordinator reports as it goes (for progress bars and logs).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum CoordinatorEvent {
     StoreRegistered {
         store_id: String,
@@ -39,6 +40,10 @@ pub enum CoordinatorEvent {
         participants: usize,
         dropped: usize,
         step_norm: f64,
+        /// Payload bytes of the round, both ways, and its wall time.
+        bytes_up: u64,
+        bytes_down: u64,
+        seconds: f64,
         /// ε spent so far at the job's δ, when the job adds noise.
         epsilon_spent: Option<f64>,
     },
@@ -63,6 +68,10 @@ pub enum CoordinatorEvent {
     JobSkipped {
         job_id: String,
         reason: String,
+    },
+    /// A store's message was refused (by the refusal's short name; no content).
+    MessageRefused {
+        reason: &'static str,
     },
     /// Every job is done; the coordinator stops serving.
     Finished {

@@ -33,6 +33,7 @@ pub mod driver;
 mod events;
 mod jobs;
 pub mod machine;
+mod metrics;
 mod privacy;
 mod registry;
 mod round;
@@ -47,6 +48,7 @@ pub use config::{
 pub use driver::{JobOutcome, PrivacyOutcome, PrivacyRound, StoreEvaluation};
 pub use events::{CoordinatorEvent, Observer};
 pub use machine::{Refusal, RoundMachine};
+pub use metrics::{serve_metrics, Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 
 use fedretail_core::BoxFuture;
 use std::sync::Arc;

@@ -37,10 +37,37 @@ impl CoordinatorService {
         store: &str,
         session: &str,
         f: impl FnOnce(&mut RoundMachine) -> Result<T, Refusal>,
-    ) -> Result<T, Status> {
+    ) -> Result<T, Refusal> {
         let mut state = self.shared.lock();
         state.registry.check_session(store, session)?;
-        Ok(f(&mut state.machine)?)
+        f(&mut state.machine)
+    }
+
+    /// Reports a refused message (by kind, for operators' counters) and answers it.
+    fn refused(&self, r: Refusal) -> Status {
+        (self.shared.observer)(&CoordinatorEvent::MessageRefused { reason: r.reason() });
+        r.into()
+    }
+
+    /// Checks, decodes, validates and folds a store's update.
+    fn take_update(&self, req: &v1::SubmitUpdateRequest) -> Result<(usize, usize), Refusal> {
+        let (store, round) = (req.store_id.as_str(), req.round);
+        // Cheap checks under the lock; decoding and validation (O(model size)) outside it.
+        let check = self.with_session(store, &req.session_id, |m| {
+            m.update_check(store, &req.task_id, round)
+        })?;
+        let tensor = req.update.as_ref().ok_or_else(|| {
+            Refusal::Malformed(format!("update from '{store}' carries no tensor"))
+        })?;
+        let update =
+            decode_tensor(tensor, check.len, self.shared.max_update_bytes).map_err(|e| {
+                Refusal::Malformed(format!("update from '{store}' for round {round}: {e}"))
+            })?;
+        RoundMachine::validate(&check, store, round, &update)?;
+        crate::machine::check_metrics(store, &req.metrics)?;
+        self.with_session(store, &req.session_id, |m| {
+            m.fold_update(store, &req.task_id, round, update)
+        })
     }
 
     /// Counts and wraps a reply; wakes the driver, which may be waiting for it.
@@ -55,7 +82,7 @@ impl CoordinatorService {
         &self,
         store: &str,
         session: &str,
-    ) -> Result<Option<v1::poll_task_response::Outcome>, Status> {
+    ) -> Result<Option<v1::poll_task_response::Outcome>, Refusal> {
         use v1::poll_task_response::Outcome;
         let mut state = self.shared.lock();
         state.registry.check_session(store, session)?;
@@ -94,12 +121,14 @@ impl Coordinator for CoordinatorService {
             business_type: &req.business_type,
             protocol_version: req.protocol_version,
         };
-        let (session_id, count, job_id) = {
+        let admitted = {
             let mut state = self.shared.lock();
-            state.registry.admit(&r)?;
-            let (session, count) = state.registry.register(&r);
-            (session, count, state.machine.job_id())
+            state.registry.admit(&r).map(|()| {
+                let (session, count) = state.registry.register(&r);
+                (session, count, state.machine.job_id())
+            })
         };
+        let (session_id, count, job_id) = admitted.map_err(|e| self.refused(e))?;
         (self.shared.observer)(&CoordinatorEvent::StoreRegistered {
             store_id: req.store_id.clone(),
             registered: count,
@@ -122,7 +151,8 @@ impl Coordinator for CoordinatorService {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             phase_rx.borrow_and_update();
-            if let Some(outcome) = self.poll_once(&req.store_id, &req.session_id)? {
+            let next = self.poll_once(&req.store_id, &req.session_id);
+            if let Some(outcome) = next.map_err(|e| self.refused(e))? {
                 let resp = v1::PollTaskResponse {
                     outcome: Some(outcome),
                 };
@@ -149,26 +179,10 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<v1::SubmitUpdateResponse>, Status> {
         let req = request.into_inner();
         self.shared.count_up(&req);
-        let (store, round) = (req.store_id.as_str(), req.round);
-        // Cheap checks under the lock; decoding and validation (O(model size)) outside it.
-        let check = self.with_session(store, &req.session_id, |m| {
-            m.update_check(store, &req.task_id, round)
-        })?;
-        let tensor = req.update.as_ref().ok_or_else(|| {
-            Refusal::Malformed(format!("update from '{store}' carries no tensor"))
-        })?;
-        let update =
-            decode_tensor(tensor, check.len, self.shared.max_update_bytes).map_err(|e| {
-                Refusal::Malformed(format!("update from '{store}' for round {round}: {e}"))
-            })?;
-        RoundMachine::validate(&check, store, round, &update)?;
-        crate::machine::check_metrics(store, &req.metrics)?;
-        let (received, selected) = self.with_session(store, &req.session_id, |m| {
-            m.fold_update(store, &req.task_id, round, update)
-        })?;
+        let (received, selected) = self.take_update(&req).map_err(|e| self.refused(e))?;
         (self.shared.observer)(&CoordinatorEvent::UpdateAccepted {
-            round,
-            store_id: store.to_string(),
+            round: req.round,
+            store_id: req.store_id.clone(),
             received,
             selected,
         });
@@ -183,9 +197,11 @@ impl Coordinator for CoordinatorService {
         self.shared.count_up(&req);
         let store = req.store_id.as_str();
         let answer = ready_answer(req.answer);
-        let ready = self.with_session(store, &req.session_id, |m| {
-            m.accept_ready(store, &req.task_id, answer)
-        })?;
+        let ready = self
+            .with_session(store, &req.session_id, |m| {
+                m.accept_ready(store, &req.task_id, answer)
+            })
+            .map_err(|e| self.refused(e))?;
         (self.shared.observer)(&CoordinatorEvent::StoreReady {
             job_id: ready.job_id,
             store_id: store.to_string(),
@@ -204,7 +220,8 @@ impl Coordinator for CoordinatorService {
         let store = req.store_id.as_str();
         self.with_session(store, &req.session_id, |m| {
             m.accept_evaluation(store, &req.task_id, &req.metrics)
-        })?;
+        })
+        .map_err(|e| self.refused(e))?;
         self.reply(v1::SubmitEvaluationResponse { accepted: true })
     }
 
@@ -217,7 +234,8 @@ impl Coordinator for CoordinatorService {
         let store = req.store_id.as_str();
         self.with_session(store, &req.session_id, |m| {
             m.accept_secagg(store, &req.task_id, req.round, req.message)
-        })?;
+        })
+        .map_err(|e| self.refused(e))?;
         self.reply(v1::SubmitSecAggResponse { accepted: true })
     }
 }

@@ -254,3 +254,99 @@ fn bench_secagg_checks_its_sums_and_prints_json() {
         assert!(row["secagg"]["store_bytes_up"].as_f64().unwrap() > 4.0 * 64.0);
     }
 }
+
+/// `GET path` on 127.0.0.1:port; the body of a 200 answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+#[test]
+fn metrics_count_refused_messages_and_json_logs_name_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let cfg = dir.path().join("c.toml");
+    // A jobs folder and no job: the coordinator serves until it is stopped.
+    write(
+        &cfg,
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\njobs_dir = \"{}\"\n\n[[stores]]\nstore_id = \"s1\"\ntoken = \"right\"\n",
+            dir.path().join("c.db").display(),
+            dir.path().join("jobs").display()
+        ),
+    );
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    let log = std::fs::File::create(dir.path().join("log.jsonl")).unwrap();
+    let mut coordinator = Command::new(BIN)
+        .args(["coordinator", "--log-format", "json", "--config"])
+        .arg(&cfg)
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut first = None;
+    for _ in 0..100 {
+        first = http_get(metrics_port, "/metrics");
+        if first.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = first.expect("no /metrics answer within 10 s");
+    assert!(
+        first.contains("fedretail_stores_registered 0\n") && first.ends_with("# EOF\n"),
+        "{first}"
+    );
+
+    // Two registrations with the wrong token are refused, and counted by reason.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("http://127.0.0.1:{port}");
+        let mut client = fedretail_proto::v1::coordinator_client::CoordinatorClient::connect(url)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let req = fedretail_proto::v1::RegisterStoreRequest {
+                protocol_version: fedretail_proto::PROTOCOL_VERSION,
+                store_id: "s1".into(),
+                token: "wrong".into(),
+                business_type: "florist".into(),
+            };
+            assert!(client.register_store(req).await.is_err());
+        }
+    });
+    let after = http_get(metrics_port, "/metrics").unwrap();
+    assert!(
+        after.contains("fedretail_messages_refused_total{reason=\"wrong_token\"} 2"),
+        "{after}"
+    );
+    assert!(http_get(metrics_port, "/nothing").is_none());
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+
+    let log = std::fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "message_refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{log}");
+    assert_eq!(refused[0]["reason"], "wrong_token");
+    assert!(refused[0]["time"].as_str().unwrap().ends_with('Z'));
+}

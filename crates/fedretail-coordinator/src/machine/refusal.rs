@@ -37,6 +37,22 @@ pub enum Refusal {
 
 impl Refusal {
     /// The kind both ends of the wire understand.
+    /// A short stable name for operators' counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Unregistered(_) => "unregistered",
+            Refusal::StaleSession(_) => "stale_session",
+            Refusal::NotInNetwork(_) => "not_in_network",
+            Refusal::WrongToken(_) => "wrong_token",
+            Refusal::WrongEnrolmentToken(_) => "wrong_enrolment_token",
+            Refusal::Protocol(_) => "protocol_version",
+            Refusal::BadStoreId => "bad_store_id",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::NotCurrent(_) => "not_current",
+            Refusal::Replay(_) => "replay",
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             Refusal::Unregistered(_) | Refusal::StaleSession(_) | Refusal::NotInNetwork(_) => {
