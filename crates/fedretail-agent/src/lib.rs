@@ -20,9 +20,11 @@
 //! # }
 //! ```
 
+mod floor;
 mod protect;
 mod results;
 
+pub use floor::PrivacyFloor;
 pub use protect::{begin_secure, check_privacy, protect_update, secure_step, SecureInput};
 
 pub use fedretail_models::{FixedTasks, PrepareFuture, TaskSource};
@@ -55,6 +57,8 @@ pub struct AgentConfig {
     pub max_message_bytes: usize,
     /// Where the store's results are written, one folder per job; None keeps none.
     pub results_dir: Option<std::path::PathBuf>,
+    /// The least privacy this store accepts from a job and from each round.
+    pub privacy_floor: PrivacyFloor,
 }
 
 impl AgentConfig {
@@ -68,6 +72,7 @@ impl AgentConfig {
             poll_wait: Duration::from_secs(10),
             max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
             results_dir: None,
+            privacy_floor: PrivacyFloor::default(),
         }
     }
 }
@@ -120,6 +125,8 @@ pub struct AgentSummary {
     pub secure_rounds_abandoned: u32,
     /// Rounds this store could not compute an update for (the round went on without it).
     pub failed_rounds: u32,
+    /// Rounds that asked for less privacy than this store's floor (it sent nothing).
+    pub rounds_refused: u32,
     pub jobs: Vec<JobReport>,
 }
 
@@ -316,7 +323,10 @@ impl StoreAgent {
             Ok((id, spec)) => (id, spec.kind().name().to_string()),
             Err(e) => (String::new(), format!("unreadable task ({e})")),
         };
-        let answer = if p.describe {
+        let promised = p.job.as_ref().and_then(|j| j.privacy.as_ref());
+        let answer = if let Err(reason) = self.config.privacy_floor.check_job(promised) {
+            Answer::CannotServe(reason)
+        } else if p.describe {
             self.describe(p.job.as_ref()).await
         } else {
             match self.task_for(p.job.as_ref()).await {
@@ -380,6 +390,12 @@ impl StoreAgent {
         let privacy = t.privacy;
         if let Some(p) = &privacy {
             check_privacy(p)?;
+        }
+        let floor = &self.config.privacy_floor;
+        if let Err(reason) = floor.check_round(privacy.as_ref(), t.secure.as_ref()) {
+            tracing::warn!(store = %self.config.store_id, "refusing round {}: {reason}", t.round);
+            summary.rounds_refused += 1;
+            return Ok(());
         }
         let worker = task.clone();
         let update = tokio::task::spawn_blocking(move || {

@@ -228,6 +228,9 @@ pub struct AgentFile {
     #[serde(default)]
     pub results_dir: Option<PathBuf>,
     pub data: StoreSource,
+    /// The least privacy this store accepts; it sits out jobs and refuses rounds below it.
+    #[serde(default)]
+    pub privacy: fedretail_agent::PrivacyFloor,
 }
 
 impl AgentFile {
@@ -283,6 +286,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     let mut cfg = AgentConfig::new(file.coordinator.clone(), file.store_id.clone());
     cfg.token = file.token.clone();
     cfg.business_type = file.business_type.clone();
+    cfg.privacy_floor = file.privacy.clone();
     cfg.results_dir = Some(file.results_dir());
     let tasks = Arc::new(StoreExport::new(&file.store_id, file.data.clone()));
     eprintln!(

@@ -15,6 +15,25 @@ use fedretail_proto::v1;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+/// What a job promises about privacy, sent with the job so that a store can sit out a
+/// job below the floor its own config sets.
+pub(crate) fn job_privacy_to_wire(s: &PrivacySettings) -> v1::JobPrivacy {
+    let noise = match s.noise {
+        NoiseKind::None => "none",
+        NoiseKind::Central => "central",
+        NoiseKind::Distributed => "distributed",
+        NoiseKind::Local => "local",
+    };
+    v1::JobPrivacy {
+        secure_aggregation: s.secure_aggregation,
+        noise: noise.into(),
+        clip: s.clip.unwrap_or(0.0),
+        noise_multiplier: s.noise_multiplier.unwrap_or(0.0),
+        budget_epsilon: s.budget_epsilon.unwrap_or(0.0),
+        delta: s.delta,
+    }
+}
+
 /// Where a SecAgg+ round is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SecureStage {

@@ -73,7 +73,8 @@ impl Shared {
 
     /// Makes `job` the current job: every store is asked to prepare it.
     pub(crate) fn open_job(&self, job: &CheckedJob) {
-        let wire = job_to_wire(job.job_id(), job.task.spec());
+        let mut wire = job_to_wire(job.job_id(), job.task.spec());
+        wire.privacy = Some(crate::privacy::job_privacy_to_wire(&job.config.privacy));
         let describe = job.task.needs_description();
         self.transition(|m| m.open_job(job.job_id(), wire, job.layout.clone(), describe));
     }

@@ -69,6 +69,7 @@ pub fn job_to_wire(job_id: &str, spec: &TaskSpec) -> v1::JobContext {
         job_id: job_id.to_string(),
         // A TaskSpec is plain data: serializing it cannot fail.
         task_spec: serde_json::to_string(spec).unwrap_or_default(),
+        privacy: None,
     }
 }
 
@@ -235,12 +236,14 @@ mod tests {
         let bad = v1::JobContext {
             job_id: "x".into(),
             task_spec: r#"{"kind":"teleport"}"#.into(),
+            privacy: None,
         };
         let e = job_from_wire(Some(&bad)).unwrap_err().to_string();
         assert!(e.contains("teleport"), "{e}");
         let huge = v1::JobContext {
             job_id: "x".into(),
             task_spec: " ".repeat(MAX_TASK_SPEC_BYTES + 1),
+            privacy: None,
         };
         assert!(matches!(
             job_from_wire(Some(&huge)),

@@ -34,9 +34,10 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 3 stores"));
 
     let port = free_port();
-    let stores = ["store-001", "store-002", "store-003"];
+    // store-004 (with store-001's data) accepts only jobs with an epsilon budget.
+    let stores = ["store-001", "store-002", "store-003", "store-004"];
     let mut coordinator_toml = format!(
-        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n\n[job]\nstrategy = \"fedavg\"\nrounds = 3\nmin_stores = 3\nround_timeout_secs = 60\n\n[job.fedavg]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.05\nf32_updates = true\n\n[job.privacy]\nsecure_aggregation = true\nclip = 0.5\nnoise = \"distributed\"\nnoise_multiplier = 0.3\nexpected_dropout = 0.0\n",
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n\n[job]\nstrategy = \"fedavg\"\nrounds = 3\nmin_stores = 3\nexpected_stores = 4\nround_timeout_secs = 60\n\n[job.fedavg]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.05\nf32_updates = true\n\n[job.privacy]\nsecure_aggregation = true\nclip = 0.5\nnoise = \"distributed\"\nnoise_multiplier = 0.3\nexpected_dropout = 0.0\n",
         dir.path().join("coordinator.db").display()
     );
     for s in stores {
@@ -50,10 +51,17 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
     let mut children = Vec::new();
     for s in stores {
         let cfg = dir.path().join(format!("{s}.toml"));
+        let (data, floor) = match s {
+            "store-004" => (
+                "store-001",
+                "[privacy]\nrequire_secure_aggregation = true\nmax_epsilon = 8.0\n",
+            ),
+            _ => (s, ""),
+        };
         write(
             &cfg,
             &format!(
-                "coordinator = \"http://127.0.0.1:{port}\"\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\nbusiness_type = \"grocery\"\n\n[data]\ntransactions = \"net/{s}/transactions.csv\"\npromotions = \"net/{s}/promotions.csv\"\n"
+                "coordinator = \"http://127.0.0.1:{port}\"\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\nbusiness_type = \"grocery\"\n{floor}\n[data]\ntransactions = \"net/{data}/transactions.csv\"\npromotions = \"net/{data}/promotions.csv\"\n"
             ),
         );
         let child = Command::new(BIN)
@@ -85,6 +93,17 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
         assert!(wape.is_finite() && wape > 0.0 && wape < 2.0, "{wape}");
     }
     assert!(outcome["bytes_up"].as_u64().unwrap() > 0);
+    // The store whose floor asks for an epsilon budget sat the job out, and said why.
+    let out = outcome["stores_not_taking_part"].as_array().unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0][0], "store-004");
+    assert!(
+        out[0][1]
+            .as_str()
+            .unwrap()
+            .contains("epsilon 8; the job sets none"),
+        "{out:?}"
+    );
     // Every round ran under SecAgg+ with distributed noise, and was charged for it.
     let privacy = &outcome["privacy"];
     assert_eq!(privacy["secure_aggregation"], true);
