@@ -119,6 +119,18 @@ impl CheckpointStore {
         })
     }
 
+    /// The configuration (JSON) the job was last started with, if it ever was.
+    pub fn stored_config(&self, job_id: &str) -> Result<Option<String>, CheckpointError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT config FROM jobs WHERE job_id = ?1",
+                params![job_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?)
+    }
+
     pub fn start_job(&self, job_id: &str, config_json: &str) -> Result<(), CheckpointError> {
         self.conn().execute(
             "INSERT INTO jobs (job_id, config, status) VALUES (?1, ?2, 'running')

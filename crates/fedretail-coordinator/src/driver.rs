@@ -6,7 +6,7 @@
 //! reason and the queue goes on; dropped stores and failed attempts carry reasons.
 
 use crate::checkpoint::{CheckpointStore, RoundRecord};
-use crate::config::{CheckedJob, NoiseKind};
+use crate::config::{CheckedJob, JobConfig, NoiseKind};
 use crate::events::CoordinatorEvent;
 use crate::jobs::JobQueue;
 use crate::machine::RoundError;
@@ -108,6 +108,46 @@ pub(crate) async fn drive(
     Ok(outcomes)
 }
 
+/// A job with completed rounds resumes only under the privacy settings its ledger was
+/// charged under (the budget may grow; the mechanism may not change).
+fn check_same_privacy(
+    checkpoints: &CheckpointStore,
+    job: &CheckedJob,
+) -> Result<(), CoordinatorError> {
+    if checkpoints.latest(job.job_id())?.is_none() {
+        return Ok(());
+    }
+    let Some(stored) = checkpoints.stored_config(job.job_id())? else {
+        return Ok(());
+    };
+    let before: Option<JobConfig> = serde_json::from_str(&stored).ok();
+    let Some(before) = before.map(|c| c.privacy) else {
+        return Ok(());
+    };
+    let now = &job.config.privacy;
+    let fields = [
+        (
+            "secure_aggregation",
+            before.secure_aggregation != now.secure_aggregation,
+        ),
+        ("clip", before.clip != now.clip),
+        ("noise", before.noise != now.noise),
+        (
+            "noise_multiplier",
+            before.noise_multiplier != now.noise_multiplier,
+        ),
+        ("delta", before.delta != now.delta),
+    ];
+    let changed: Vec<&str> = fields.iter().filter(|f| f.1).map(|f| f.0).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(CoordinatorError::ChangedPrivacy {
+        job_id: job.job_id().to_string(),
+        changed: format!("{} changed", changed.join(", ")),
+    })
+}
+
 /// Where a job starts: a fresh model, or the last checkpoint of an interrupted run.
 fn resume(
     checkpoints: &CheckpointStore,
@@ -183,6 +223,7 @@ async fn drive_job(
         down,
     };
     let mut strategy: Box<dyn Strategy> = job.build_strategy()?;
+    check_same_privacy(checkpoints, job)?;
     checkpoints.start_job(
         job.job_id(),
         &serde_json::to_string(&job.config).unwrap_or_default(),

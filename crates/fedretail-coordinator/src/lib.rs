@@ -66,6 +66,8 @@ pub enum CoordinatorError {
         expected: usize,
         got: usize,
     },
+    #[error("job '{job_id}' has completed rounds under other privacy settings ({changed}); resuming would change how its spending is accounted. Restore [job.privacy] or use a new job id")]
+    ChangedPrivacy { job_id: String, changed: String },
     #[error("gRPC server failed: {0}")]
     Server(String),
     #[error("privacy accounting: {0}")]

@@ -83,6 +83,14 @@ async fn labelled_transactions(
     Ok(out)
 }
 
+/// Row `i` of the float columns onto `values` (a missing value as 0).
+fn push_row(values: &mut Vec<f64>, cols: &[&datafusion::arrow::array::Float64Array], i: usize) {
+    values.extend(
+        cols.iter()
+            .map(|c| if c.is_null(i) { 0.0 } else { c.value(i) }),
+    );
+}
+
 fn float_columns<'a>(
     batch: &'a RecordBatch,
     names: &[&str],
@@ -222,13 +230,7 @@ pub fn load_customer_points<'a>(
                 let id = text_value(ids, i).unwrap_or_default();
                 out.labels.push(abusers.contains(&id));
                 out.customer_ids.push(id);
-                out.points.values.extend(cols.iter().map(|c| {
-                    if c.is_null(i) {
-                        0.0
-                    } else {
-                        c.value(i)
-                    }
-                }));
+                push_row(&mut out.points.values, &cols, i);
             }
         }
         Ok(out)
@@ -419,13 +421,7 @@ pub fn load_transaction_points<'a>(
                 let id = text_value(ids, i).unwrap_or_default();
                 out.labels.push(anomalous.contains(&id));
                 out.ids.push(id);
-                out.points.values.extend(cols.iter().map(|c| {
-                    if c.is_null(i) {
-                        0.0
-                    } else {
-                        c.value(i)
-                    }
-                }));
+                push_row(&mut out.points.values, &cols, i);
             }
         }
         Ok(out)

@@ -29,8 +29,7 @@ use fedretail_core::task::{
     ChurnTaskOptions, ClusterFit, ClusterTaskOptions, DemandTaskOptions, TabularTaskOptions,
     CUSTOMER_ANOMALY_FEATURES, SEGMENT_FEATURES, TRANSACTION_FEATURES,
 };
-use fedretail_core::BoxFuture;
-use fedretail_core::{CheckedTask, TaskSpec};
+use fedretail_core::{BoxFuture, CheckedTask, TaskSpec};
 use fedretail_models::classify::stratified_split;
 use fedretail_models::demand::DemandOptions;
 use fedretail_models::{

@@ -13,8 +13,7 @@ use crate::inprocess::run_until;
 use crate::prepare::{business_type_of, store_dirs};
 use crate::{SimError, SkippedStore};
 use fedretail_core::kmeans::{fit_bisecting_kmeans, ClusterTree, FedBisectingKMeans, KMeansConfig};
-use fedretail_core::LocalBoxFuture;
-use fedretail_core::SamplingConfig;
+use fedretail_core::{LocalBoxFuture, SamplingConfig};
 use fedretail_data::{
     load_customer_points, load_transaction_points, CustomerFeatureSet, FeatureWindow, StoreSource,
     CUSTOMER_ANOMALY_FEATURES, SEGMENT_FEATURES, TRANSACTION_FEATURES,

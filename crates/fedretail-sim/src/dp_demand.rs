@@ -18,8 +18,9 @@ use crate::inprocess::run_private;
 use crate::prepare::{prepare_network, PreparedStore, SkippedStore};
 use crate::SimError;
 use fedretail_coordinator::{NoiseKind, PrivacySettings};
-use fedretail_core::BoxFuture;
-use fedretail_core::{FedAvg, FedAvgConfig, ModelParameters, SamplingConfig, UpdatePrecision};
+use fedretail_core::{
+    BoxFuture, FedAvg, FedAvgConfig, ModelParameters, SamplingConfig, UpdatePrecision,
+};
 use fedretail_data::DemandSpec;
 use fedretail_models::demand::{test_errors, DemandOptions};
 use fedretail_models::{demand_layout, metrics, DemandTask, LocalTask};

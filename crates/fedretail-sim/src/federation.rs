@@ -6,13 +6,12 @@
 
 use crate::prepare::{business_type_of, store_dirs};
 use crate::{SimError, SkippedStore};
-use fedretail_agent::{AgentConfig, AgentSummary, StoreAgent};
+use fedretail_agent::{AgentConfig, AgentError, AgentSummary, StoreAgent};
 use fedretail_coordinator::{
     run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorEvent, JobConfig,
     JobOutcome, StoreCredential,
 };
-use fedretail_core::BoxFuture;
-use fedretail_core::CheckedTask;
+use fedretail_core::{BoxFuture, CheckedTask};
 use fedretail_data::{StoreExport, StoreSource};
 use fedretail_models::{DescribeFuture, PrepareFuture, TaskSource};
 use std::path::{Path, PathBuf};
@@ -166,22 +165,7 @@ pub fn run_federation<'a>(
         let outcomes = coordinator
             .await
             .map_err(|e| SimError::Runtime(format!("coordinator task failed: {e}")))??;
-        let mut agent_failures = Vec::new();
-        let mut summaries = Vec::new();
-        while let Some(joined) = agents.join_next().await {
-            match joined {
-                Ok((id, Ok(summary))) => summaries.push((id, summary)),
-                Ok((id, Err(e))) => agent_failures.push(SkippedStore {
-                    store_id: id,
-                    reason: format!("agent failed: {e}"),
-                }),
-                Err(e) => agent_failures.push(SkippedStore {
-                    store_id: "?".into(),
-                    reason: format!("agent task failed: {e}"),
-                }),
-            }
-        }
-        summaries.sort_by(|a, b| a.0.cmp(&b.0));
+        let (summaries, agent_failures) = join_agents(agents).await;
         Ok(FederationRun {
             outcomes,
             agent_failures,
@@ -189,4 +173,27 @@ pub fn run_federation<'a>(
             wall_seconds: started.elapsed().as_secs_f64(),
         })
     })
+}
+
+type AgentRuns = tokio::task::JoinSet<(String, Result<AgentSummary, AgentError>)>;
+
+/// Every agent's summary (by store id), and the agents that failed.
+async fn join_agents(mut agents: AgentRuns) -> (Vec<(String, AgentSummary)>, Vec<SkippedStore>) {
+    let mut agent_failures = Vec::new();
+    let mut summaries = Vec::new();
+    while let Some(joined) = agents.join_next().await {
+        match joined {
+            Ok((id, Ok(summary))) => summaries.push((id, summary)),
+            Ok((id, Err(e))) => agent_failures.push(SkippedStore {
+                store_id: id,
+                reason: format!("agent failed: {e}"),
+            }),
+            Err(e) => agent_failures.push(SkippedStore {
+                store_id: "?".into(),
+                reason: format!("agent task failed: {e}"),
+            }),
+        }
+    }
+    summaries.sort_by(|a, b| a.0.cmp(&b.0));
+    (summaries, agent_failures)
 }

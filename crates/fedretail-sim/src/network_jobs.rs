@@ -9,8 +9,7 @@ use crate::federation::{export_store, run_federation, stores_from_dir, Federatio
 use crate::SimError;
 use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StrategyKind};
 use fedretail_core::task::{ClassifierKind, TabularTaskOptions};
-use fedretail_core::BoxFuture;
-use fedretail_core::{TaskKind, TaskSpec};
+use fedretail_core::{BoxFuture, TaskKind, TaskSpec};
 use fedretail_data::StoreSource;
 use fedretail_data::TabularSpec;
 use serde::Serialize;

@@ -407,6 +407,21 @@ async fn a_dp_job_stops_at_its_budget_and_resumes_its_ledger() {
     assert!((next.epsilon_spent.unwrap() - e).abs() < 1e-9);
     let total = second.privacy.unwrap().epsilon_spent.unwrap();
     assert!(total > spent && total <= 3.5);
+
+    // The same job with another noise multiplier would account its past rounds
+    // wrongly: the coordinator refuses to resume it, and loses nothing.
+    let changed = job(4.0).replace("noise_multiplier = 4", "noise_multiplier = 2");
+    let (_, coordinator) = start(&changed, CheckpointStore::open(&db).unwrap()).await;
+    let e = coordinator.await.unwrap().unwrap_err().to_string();
+    assert!(e.contains("noise_multiplier changed"), "{e}");
+    let store = CheckpointStore::open(&db).unwrap();
+    let job_id = &second.job_id;
+    assert_eq!(
+        store.ledger_entries(job_id).unwrap().len(),
+        allowed as usize + second.rounds.len()
+    );
+    let (last, _) = store.latest(job_id).unwrap().unwrap();
+    assert_eq!(last.round, next.round + second.rounds.len() as u64 - 1);
 }
 
 /// Noise that is really there, of the size the settings promise, wherever it is added:
