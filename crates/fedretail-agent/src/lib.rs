@@ -43,6 +43,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+/// Six hours: a coordinator restarted or moved overnight finds its stores again.
+pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(6 * 3600);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     /// e.g. `http://coordinator.example:50051`
@@ -50,8 +53,9 @@ pub struct AgentConfig {
     pub store_id: String,
     pub token: String,
     pub business_type: String,
-    /// Consecutive transient failures tolerated before giving up.
-    pub max_retries: u32,
+    /// How long the coordinator may stay unreachable before the agent gives up (it
+    /// keeps reconnecting, with backoff and jitter, until then).
+    pub reconnect_for: Duration,
     /// How long one poll may wait at the coordinator.
     pub poll_wait: Duration,
     pub max_message_bytes: usize,
@@ -68,7 +72,7 @@ impl AgentConfig {
             store_id: store_id.into(),
             token: String::new(),
             business_type: String::new(),
-            max_retries: 30,
+            reconnect_for: DEFAULT_RECONNECT_FOR,
             poll_wait: Duration::from_secs(10),
             max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
             results_dir: None,
@@ -195,6 +199,7 @@ impl StoreAgent {
         Box::pin(async move {
             let mut summary = AgentSummary::default();
             let mut failures = 0u32;
+            let mut unreachable_since: Option<tokio::time::Instant> = None;
             let mut session: Option<Session> = None;
             loop {
                 let result = match session.as_mut() {
@@ -212,18 +217,23 @@ impl StoreAgent {
                         summary.finish_reason = reason;
                         return Ok(summary);
                     }
-                    Ok(None) => failures = 0,
+                    Ok(None) => {
+                        failures = 0;
+                        unreachable_since = None;
+                    }
                     Err(AgentError::Unreachable { last, .. }) => {
                         failures += 1;
                         summary.retries += 1;
-                        if failures > self.config.max_retries {
+                        let since =
+                            *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= self.config.reconnect_for {
                             return Err(AgentError::Unreachable {
                                 attempts: failures,
                                 last,
                             });
                         }
                         session = None;
-                        tokio::time::sleep(backoff(failures)).await;
+                        tokio::time::sleep(backoff(failures, rand::random())).await;
                     }
                     Err(AgentError::Refused(e))
                         if e.kind == ErrorKind::UnknownStore && session.is_some() =>
@@ -653,9 +663,12 @@ fn classify(status: &tonic::Status) -> AgentError {
     }
 }
 
-/// Exponential backoff from 100 ms, capped at 5 s.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis((100u64 << failures.min(6)).min(5_000))
+/// Exponential backoff from 100 ms, capped at 30 s, with "equal jitter": a random
+/// point in the upper half (`jitter` in [0, 1)), so that stores cut off together do
+/// not all knock again at the same moment.
+fn backoff(failures: u32, jitter: f64) -> Duration {
+    let base = (100u64 << failures.min(9)).min(30_000) as f64;
+    Duration::from_millis((base * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))) as u64)
 }
 
 #[cfg(test)]
@@ -691,9 +704,14 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_caps() {
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert!(backoff(3) > backoff(2));
-        assert_eq!(backoff(30), Duration::from_millis(5_000));
+    fn backoff_grows_caps_and_jitters_in_its_upper_half() {
+        assert_eq!(backoff(1, 0.0), Duration::from_millis(100));
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(200));
+        assert!(backoff(3, 0.0) >= backoff(2, 0.99));
+        assert_eq!(backoff(30, 1.0), Duration::from_millis(30_000));
+        assert_eq!(backoff(30, 0.0), Duration::from_millis(15_000));
+        let draws: std::collections::BTreeSet<Duration> =
+            (0..20).map(|_| backoff(8, rand::random())).collect();
+        assert!(draws.len() > 10, "jitter spreads the retries: {draws:?}");
     }
 }

@@ -231,6 +231,9 @@ pub struct AgentFile {
     /// The least privacy this store accepts; it sits out jobs and refuses rounds below it.
     #[serde(default)]
     pub privacy: fedretail_agent::PrivacyFloor,
+    /// How long to keep reconnecting to an unreachable coordinator (default 6 hours).
+    #[serde(default)]
+    pub reconnect_for_secs: Option<u64>,
 }
 
 impl AgentFile {
@@ -287,6 +290,9 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     cfg.token = file.token.clone();
     cfg.business_type = file.business_type.clone();
     cfg.privacy_floor = file.privacy.clone();
+    if let Some(secs) = file.reconnect_for_secs {
+        cfg.reconnect_for = std::time::Duration::from_secs(secs);
+    }
     cfg.results_dir = Some(file.results_dir());
     let tasks = Arc::new(StoreExport::new(&file.store_id, file.data.clone()));
     eprintln!(

@@ -67,6 +67,11 @@ pub struct CoordinatorConfig {
     /// Largest gRPC message accepted, in bytes.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// Most training rows a store may claim. FedAvg weights each update by the rows its
+    /// store claims, so one false claim could outweigh every honest store: a store that
+    /// claims more sits the job out, with the reason.
+    #[serde(default = "default_max_store_rows")]
+    pub max_store_rows: u64,
     /// Stores allowed to join. Empty: any store id may join with `open_token`.
     #[serde(default)]
     pub stores: Vec<StoreCredential>,
@@ -92,6 +97,14 @@ fn default_listen() -> String {
 fn default_database() -> PathBuf {
     PathBuf::from("fedretail-coordinator.db")
 }
+fn default_max_store_rows() -> u64 {
+    DEFAULT_MAX_STORE_ROWS
+}
+
+/// Ten million training rows: far more than a shop's history of daily sales per
+/// category, customers or receipts in a feature window.
+pub const DEFAULT_MAX_STORE_ROWS: u64 = 10_000_000;
+
 fn default_max_message() -> usize {
     fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES
 }

@@ -43,7 +43,7 @@ mod shared;
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
 pub use config::{
     CheckedJob, CoordinatorConfig, FedAvgSettings, JobConfig, NoiseKind, PrivacySettings,
-    ServerOptimizerKind, StoreCredential, StrategyKind,
+    ServerOptimizerKind, StoreCredential, StrategyKind, DEFAULT_MAX_STORE_ROWS,
 };
 pub use driver::{JobOutcome, PrivacyOutcome, PrivacyRound, StoreEvaluation};
 pub use events::{CoordinatorEvent, Observer};

@@ -38,7 +38,10 @@ impl Shared {
             max_update_bytes: config.max_message_bytes,
             state: Mutex::new(State {
                 registry: StoreRegistry::new(config),
-                machine: RoundMachine::default(),
+                machine: RoundMachine {
+                    max_store_rows: config.max_store_rows,
+                    ..RoundMachine::default()
+                },
             }),
             phase_tx,
             progress: Notify::new(),

@@ -136,6 +136,7 @@ pub fn run_federation<'a>(
             listen: addr.to_string(),
             database: database.map(Path::to_path_buf).unwrap_or_default(),
             max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            max_store_rows: fedretail_coordinator::DEFAULT_MAX_STORE_ROWS,
             stores: credentials.clone(),
             open_token: None,
             job: None,

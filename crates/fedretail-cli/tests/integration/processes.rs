@@ -369,3 +369,102 @@ fn metrics_count_refused_messages_and_json_logs_name_every_event() {
     assert_eq!(refused[0]["reason"], "wrong_token");
     assert!(refused[0]["time"].as_str().unwrap().ends_with('Z'));
 }
+
+/// Rounds the coordinator has completed, from its metrics; None while it is not up.
+fn rounds_completed(metrics_port: u16) -> Option<u64> {
+    http_get(metrics_port, "/metrics")?
+        .lines()
+        .find_map(|l| l.strip_prefix("fedretail_rounds_completed_total "))?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn agents_reconnect_to_a_coordinator_killed_mid_job_which_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+    let out = Command::new(BIN)
+        .args([
+            "generate",
+            "--stores",
+            "3",
+            "--days",
+            "150",
+            "--young-fraction",
+            "0",
+        ])
+        .args(["--seed", "4", "--out"])
+        .arg(&net)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (port, metrics_port) = (free_port(), free_port());
+    let stores = ["store-001", "store-002", "store-003"];
+    let mut toml = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n\n[job]\nstrategy = \"fedavg\"\nrounds = 40\nmin_stores = 3\nexpected_stores = 3\nround_timeout_secs = 60\n",
+        dir.path().join("c.db").display()
+    );
+    let mut children = Vec::new();
+    for s in stores {
+        toml.push_str(&format!(
+            "\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"t-{s}\"\n"
+        ));
+        let cfg = dir.path().join(format!("{s}.toml"));
+        write(
+            &cfg,
+            &format!("coordinator = \"http://127.0.0.1:{port}\"\nstore_id = \"{s}\"\ntoken = \"t-{s}\"\n\n[data]\ntransactions = \"net/{s}/transactions.csv\"\n"),
+        );
+        let agent = Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        children.push((s.to_string(), agent));
+    }
+    let config = dir.path().join("c.toml");
+    write(&config, &toml);
+    let coordinator = |report: &str| {
+        Command::new(BIN)
+            .args(["coordinator", "--config"])
+            .arg(&config)
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--report")
+            .arg(dir.path().join(report))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Kill it (SIGKILL: no goodbye) once a few rounds are checkpointed.
+    let mut first = coordinator("first.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while rounds_completed(metrics_port).unwrap_or(0) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rounds within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    children.push(("coordinator".into(), coordinator("second.json")));
+    wait_all(&mut children, Duration::from_secs(240));
+    let job = &read_json(&dir.path().join("second.json"))["jobs"][0];
+    assert_eq!(job["failed"], false, "{}", job["status"]);
+    let resumed = job["resumed_after_round"]
+        .as_u64()
+        .expect("the job resumed");
+    assert!(resumed >= 3, "resumed after round {resumed}");
+    let rounds: Vec<u64> = job["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    // No completed round is lost or redone: the rest of the job, in order.
+    assert_eq!(rounds, (resumed + 1..=40).collect::<Vec<_>>());
+    assert_eq!(job["evaluations"].as_array().unwrap().len(), 3);
+}

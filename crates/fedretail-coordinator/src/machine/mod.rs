@@ -117,6 +117,8 @@ pub struct Readiness {
 pub struct RoundMachine {
     pub(crate) phase: Phase,
     pub(crate) job: Option<JobSlot>,
+    /// Most training rows a store may claim (its update's weight).
+    pub(crate) max_store_rows: u64,
 }
 
 impl Default for RoundMachine {
@@ -124,6 +126,7 @@ impl Default for RoundMachine {
         RoundMachine {
             phase: Phase::Idle,
             job: None,
+            max_store_rows: crate::config::DEFAULT_MAX_STORE_ROWS,
         }
     }
 }
@@ -235,7 +238,17 @@ impl RoundMachine {
                 slot.job_id
             )));
         }
-        let (rows, reason) = read_ready_answer(slot, store, task_id, answer)?;
+        let (rows, reason) = match read_ready_answer(slot, store, task_id, answer)? {
+            (Some(n), _) if n > self.max_store_rows => (
+                None,
+                Some(format!(
+                    "it claims {n} training rows, more than this network's cap of {} (max_store_rows)",
+                    self.max_store_rows
+                )),
+            ),
+            (Some(0), _) => (None, Some("it has no training rows".to_string())),
+            answer => answer,
+        };
         let job_id = slot.job_id.clone();
         match rows {
             Some(n) => {
@@ -509,6 +522,32 @@ mod tests {
             m.close_job(),
             vec![("s".to_string(), "no customer ids".to_string())]
         );
+    }
+
+    #[test]
+    fn a_store_claiming_more_rows_than_the_cap_sits_the_job_out() {
+        let layout = ModelLayout::new(vec![Segment::new("w", 1, true)]).unwrap();
+        let mut m = RoundMachine {
+            max_store_rows: 1_000,
+            ..RoundMachine::default()
+        };
+        m.open_job("job", v1::JobContext::default(), layout, false);
+        let mut answer = |store: &str, n: u64| {
+            let Some(v1::poll_task_response::Outcome::Prepare(p)) = m.next_for(store) else {
+                panic!("a new store is asked to prepare the job");
+            };
+            m.accept_ready(store, &p.task_id, ReadyAnswer::Rows(n))
+                .unwrap()
+        };
+        assert_eq!(answer("honest", 1_000).rows, Some(1_000));
+        let greedy = answer("greedy", 1_000_000_000_000);
+        assert_eq!(greedy.rows, None);
+        assert!(greedy.reason.unwrap().contains("cap of 1000"));
+        assert!(answer("empty", 0)
+            .reason
+            .unwrap()
+            .contains("no training rows"));
+        assert_eq!(m.readiness(), (1, 3));
     }
 
     #[test]
