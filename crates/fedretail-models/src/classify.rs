@@ -91,11 +91,15 @@ impl Net<'_> {
     /// P(y = 1 | x); fills `hidden` with the hidden activations for the MLP.
     #[inline]
     fn forward(&self, x: &[f64], hidden: &mut [f64]) -> f64 {
+        sigmoid(self.logit(x, hidden))
+    }
+
+    /// The log-odds of y = 1 (the output bias is its last term).
+    #[inline]
+    fn logit(&self, x: &[f64], hidden: &mut [f64]) -> f64 {
         match self.kind {
             ClassifierKind::Logistic => {
-                let z: f64 =
-                    x.iter().zip(self.w).map(|(a, b)| a * b).sum::<f64>() + self.w[self.dim];
-                sigmoid(z)
+                x.iter().zip(self.w).map(|(a, b)| a * b).sum::<f64>() + self.w[self.dim]
             }
             ClassifierKind::Mlp { hidden: h } => {
                 let d = self.dim;
@@ -114,7 +118,7 @@ impl Net<'_> {
                     hidden[k] = a;
                     z += wo[k] * a;
                 }
-                sigmoid(z)
+                z
             }
         }
     }
@@ -183,6 +187,49 @@ pub fn predict_proba(kind: ClassifierKind, w: &[f64], rows: &LabeledRows) -> Vec
     (0..rows.len())
         .map(|i| net.forward(rows.row(i).0, &mut hidden))
         .collect()
+}
+
+/// The model with only its output bias refitted on `rows`: the party's own base rate
+/// on top of everything shared, the lightest personalization (a per-party intercept).
+/// A ridge of `pull` toward the shared bias keeps a party with one class finite.
+pub fn with_own_intercept(
+    kind: ClassifierKind,
+    w: &[f64],
+    rows: &LabeledRows,
+    pull: f64,
+) -> Vec<f64> {
+    let mut out = w.to_vec();
+    let Some(&shared) = w.last() else {
+        return out;
+    };
+    let net = Net {
+        kind,
+        dim: rows.dim(),
+        w,
+    };
+    let mut hidden = vec![0.0; hidden_len(kind)];
+    // Log-odds without the bias: fixed while the bias moves.
+    let base: Vec<f64> = (0..rows.len())
+        .map(|i| net.logit(rows.row(i).0, &mut hidden) - shared)
+        .collect();
+    let mut b = shared;
+    for _ in 0..50 {
+        let (mut g, mut h) = (pull * (b - shared), pull);
+        for (z, &y) in base.iter().zip(rows.labels()) {
+            let p = sigmoid(z + b);
+            g += p - f64::from(u8::from(y));
+            h += p * (1.0 - p);
+        }
+        let step = (g / h.max(1e-12)).clamp(-5.0, 5.0);
+        b -= step;
+        if step.abs() < 1e-10 {
+            break;
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        *last = b;
+    }
+    out
 }
 
 /// Mini-batch SGD on the mean log loss plus `l2/2 |w|^2` on regularised segments (and
@@ -500,6 +547,33 @@ mod tests {
             .zip(rows.labels())
             .map(|(p, &y)| if y { -p.ln() } else { -(1.0 - p).ln() })
             .sum()
+    }
+
+    #[test]
+    fn an_own_intercept_matches_the_party_base_rate_and_moves_nothing_else() {
+        // A party whose positives are far more common than the shared model expects.
+        let mut rows = LabeledRows::new(2);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..400 {
+            let x = [rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0)];
+            rows.push(&x, rng.random::<f64>() < sigmoid(0.5 * x[0] + 1.5));
+        }
+        for kind in [ClassifierKind::Logistic, ClassifierKind::Mlp { hidden: 3 }] {
+            let shared = kind.initial_parameters(2, 5);
+            let own = with_own_intercept(kind, &shared, &rows, 1e-9);
+            let n = shared.len();
+            assert_eq!(own[..n - 1], shared[..n - 1]);
+            // At the optimum the mean prediction equals the base rate (score equation).
+            let p = predict_proba(kind, &own, &rows);
+            let rate = rows.positives() as f64 / rows.len() as f64;
+            let mean = p.iter().sum::<f64>() / p.len() as f64;
+            assert!((mean - rate).abs() < 1e-8, "{mean} vs {rate}");
+            assert!(loss(kind, &own, &rows) < loss(kind, &shared, &rows));
+        }
+        // A strong pull keeps the shared bias.
+        let shared = ClassifierKind::Logistic.initial_parameters(2, 5);
+        let kept = with_own_intercept(ClassifierKind::Logistic, &shared, &rows, 1e12);
+        assert!((kept[2] - shared[2]).abs() < 1e-6);
     }
 
     #[test]

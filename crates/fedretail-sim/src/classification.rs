@@ -18,7 +18,7 @@ use fedretail_data::{
 };
 use fedretail_models::classify::{
     classification_metrics, dp_sgd, dp_sgd_schedule, predict_proba, sgd, stratified_split,
-    DpSgdConfig,
+    with_own_intercept, DpSgdConfig,
 };
 use fedretail_models::metrics::ranking::{accuracy, roc_auc};
 use fedretail_models::{ClassifierKind, ClassifierTask, LabeledRows, LocalTask};
@@ -164,6 +164,10 @@ pub struct ClassificationReport {
     pub pooled_auc_mlp_local: Option<f64>,
     pub pooled_auc_mlp_federated: Option<f64>,
     pub pooled_auc_mlp_centralized: Option<f64>,
+    /// The exact Newton model and the federated MLP with each party's own intercept
+    /// (its output bias refitted on its own training rows; everything else shared).
+    pub pooled_auc_newton_own_intercept: Option<f64>,
+    pub pooled_auc_mlp_own_intercept: Option<f64>,
     /// The seed's rule `standardized recency > 1`, where the task has it (churn).
     pub pooled_auc_rule: Option<f64>,
     pub pooled_accuracy_local: Option<f64>,
@@ -260,6 +264,8 @@ pub fn run_classification(
         pooled_auc_mlp_local: pooled.auc(5).filter(|_| has_mlp),
         pooled_auc_mlp_federated: pooled.auc(6).filter(|_| has_mlp),
         pooled_auc_mlp_centralized: pooled.auc(7).filter(|_| has_mlp),
+        pooled_auc_newton_own_intercept: pooled.auc(8),
+        pooled_auc_mlp_own_intercept: pooled.auc(9).filter(|_| has_mlp),
         pooled_auc_rule: rule_auc,
         pooled_accuracy_local: pooled.accuracy(0),
         pooled_accuracy_federated: pooled.accuracy(1),
@@ -504,7 +510,7 @@ impl Trainer<'_> {
 /// FedAvg, centralized, Newton, centralized Newton, then the MLP's local, FedAvg and
 /// centralized.
 #[derive(Default)]
-struct Pooled<'a>([Vec<(Vec<f64>, &'a LabeledRows)>; 8]);
+struct Pooled<'a>([Vec<(Vec<f64>, &'a LabeledRows)>; 10]);
 
 impl Pooled<'_> {
     fn scores(&self, k: usize) -> (Vec<f64>, Vec<bool>) {
@@ -521,6 +527,9 @@ impl Pooled<'_> {
         accuracy(&s, &y)
     }
 }
+
+/// Pull of a party's own intercept toward the shared one (a prior worth one example).
+const OWN_INTERCEPT_PULL: f64 = 1.0;
 
 fn evaluate_silos<'a>(
     parties: &'a [Party],
@@ -545,6 +554,8 @@ fn evaluate_silos<'a>(
         for (k, w) in models.into_iter().enumerate() {
             pooled.0[k].push((predict_proba(lr, w, &p.test), &p.test));
         }
+        let own = with_own_intercept(lr, &l.newton, &p.train, OWN_INTERCEPT_PULL);
+        pooled.0[8].push((predict_proba(lr, &own, &p.test), &p.test));
         if let Some(m) = mlp {
             silo.auc_mlp_local = metric(m.kind, &m.local[i], &p.test, "auc");
             silo.auc_mlp_federated = metric(m.kind, &m.fed, &p.test, "auc");
@@ -552,6 +563,8 @@ fn evaluate_silos<'a>(
             for (k, w) in [&m.local[i], &m.fed, &m.central].into_iter().enumerate() {
                 pooled.0[5 + k].push((predict_proba(m.kind, w, &p.test), &p.test));
             }
+            let own = with_own_intercept(m.kind, &m.fed, &p.train, OWN_INTERCEPT_PULL);
+            pooled.0[9].push((predict_proba(m.kind, &own, &p.test), &p.test));
         }
         silos.push(silo);
     }
@@ -786,6 +799,11 @@ fn render_pooled(r: &ClassificationReport) -> String {
         f(r.pooled_auc_newton),
         f(r.pooled_auc_newton_centralized),
         r.newton_max_parameter_gap
+    ));
+    s.push_str(&format!(
+        "  own intercepts        exact Newton {}   MLP {}   (each party refits only its bias)\n",
+        f(r.pooled_auc_newton_own_intercept),
+        f(r.pooled_auc_mlp_own_intercept)
     ));
     if r.pooled_auc_mlp_federated.is_some() {
         s.push_str(&format!(
