@@ -23,8 +23,9 @@ pub use convert::{
 };
 pub use error::{ErrorKind, ServiceError};
 
-/// Protocol version spoken by this build; registration refuses any other.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Protocol version spoken by this build; registration refuses any other. (3: SecAgg+
+/// masks are expanded with the IETF ChaCha20 stream cipher, no longer `rand_chacha`.)
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Default largest message accepted (64 MiB): enough for a 10M-parameter f32 update.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;

@@ -1,10 +1,10 @@
 //! The primitives SecAgg+ is built from, each a thin use of an audited crate.
 
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use chacha20::ChaCha20;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -118,15 +118,32 @@ pub(super) fn public_key(secret: &StaticSecret) -> [u8; 32] {
     PublicKey::from(secret).to_bytes()
 }
 
+/// Words of a mask expanded on one thread: large enough to amortize the thread hop,
+/// small enough to spread a 100k-word update over every core.
+const PAR_WORDS: usize = 16 * 1024;
+
 /// Adds (or subtracts) the ChaCha20 stream keyed by `seed` to `words`, mod 2^32.
-/// Works through a fixed stack buffer: nothing is allocated per word.
+/// The stream is seekable, so chunks of it are expanded on all cores; each chunk works
+/// through a fixed stack buffer, so nothing is allocated per word.
 pub(super) fn apply_mask(words: &mut [u32], seed: &[u8; 32], subtract: bool) {
-    const BLOCK: usize = 256;
-    let mut rng = ChaCha20Rng::from_seed(*seed);
+    use rayon::prelude::*;
+    words
+        .par_chunks_mut(PAR_WORDS)
+        .enumerate()
+        .for_each(|(c, chunk)| mask_chunk(chunk, seed, c * PAR_WORDS, subtract));
+}
+
+/// [`apply_mask`] on `words`, which start at word `first` of the stream.
+fn mask_chunk(words: &mut [u32], seed: &[u8; 32], first: usize, subtract: bool) {
+    const BLOCK: usize = 1024;
+    // Each seed keys one mask only, so the all-zero nonce is never reused with a key.
+    let mut cipher = ChaCha20::new(&(*seed).into(), &[0u8; 12].into());
+    cipher.seek(first as u64 * 4);
     let mut bytes = [0u8; BLOCK * 4];
     for chunk in words.chunks_mut(BLOCK) {
         let bytes = &mut bytes[..chunk.len() * 4];
-        rng.fill_bytes(bytes);
+        bytes.fill(0);
+        cipher.apply_keystream(bytes);
         for (w, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
             let m = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             *w = if subtract {
@@ -141,6 +158,36 @@ pub(super) fn apply_mask(words: &mut [u32], seed: &[u8; 32], subtract: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mask_expanded_in_parallel_chunks_is_one_stream_and_cancels() {
+        let seed = [3u8; 32];
+        for len in [
+            0,
+            1,
+            1023,
+            1025,
+            PAR_WORDS,
+            PAR_WORDS + 1,
+            3 * PAR_WORDS + 7,
+        ] {
+            let mut par = vec![0u32; len];
+            apply_mask(&mut par, &seed, false);
+            let mut one = vec![0u32; len];
+            mask_chunk(&mut one, &seed, 0, false);
+            assert_eq!(par, one, "length {len}");
+            // The words are the ChaCha20 keystream itself.
+            let mut stream = vec![0u8; len * 4];
+            ChaCha20::new(&seed.into(), &[0u8; 12].into()).apply_keystream(&mut stream);
+            let words: Vec<u32> = stream
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            assert_eq!(one, words);
+            apply_mask(&mut par, &seed, true);
+            assert!(par.iter().all(|&w| w == 0));
+        }
+    }
 
     #[test]
     fn both_sides_agree_and_a_message_opens_only_where_it_was_sent() {
