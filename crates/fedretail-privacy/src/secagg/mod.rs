@@ -4,7 +4,7 @@
 //!
 //! The protocol is fedretail's own; every primitive comes from an audited crate: X25519
 //! key agreement (`x25519-dalek`), HKDF-SHA-256 key derivation (`hkdf`, `sha2`), masks
-//! expanded by the ChaCha20 stream (`rand_chacha`), shares encrypted to their holder with
+//! expanded by the ChaCha20 stream cipher (`chacha20`, SIMD, in parallel chunks), shares encrypted to their holder with
 //! ChaCha20-Poly1305 (`chacha20poly1305`) and Shamir t-of-k sharing over GF(2^8)
 //! (`blahaj`).
 //!
