@@ -56,6 +56,34 @@ pub fn spawn_coordinator(config: &Path, report: &Path) -> Child {
         .unwrap()
 }
 
+/// Starts `fedretail agent --config CONFIG`, output discarded.
+pub fn spawn_agent(config: &Path) -> Child {
+    Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `fedretail generate ARGS --out NET`, which must succeed; its stdout.
+pub fn generate(net: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("generate")
+        .args(args)
+        .arg("--out")
+        .arg(net)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }

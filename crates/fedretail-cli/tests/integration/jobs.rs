@@ -14,34 +14,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_same_model, free_port, read_json, spawn_coordinator, wait_all, BIN};
+use crate::common::{
+    assert_same_model, free_port, read_json, spawn_agent, spawn_coordinator, wait_all, BIN,
+};
 const STORES: [&str; 3] = ["store-001", "store-002", "store-003"];
 /// A till without customer ids: store-001's sales with the customer column dropped.
 const TILL: &str = "store-004";
 
 fn generate(dir: &Path) -> PathBuf {
     let net = dir.join("net");
-    let out = Command::new(BIN)
-        .args([
-            "generate",
-            "--stores",
-            "3",
-            "--days",
-            "240",
-            "--young-fraction",
-            "0",
-            "--seed",
-            "11",
-            "--out",
-        ])
-        .arg(&net)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [
+        "--stores",
+        "3",
+        "--days",
+        "240",
+        "--young-fraction",
+        "0",
+        "--seed",
+        "11",
+    ];
+    crate::common::generate(&net, &args);
     let text = std::fs::read_to_string(net.join(STORES[0]).join("transactions.csv")).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -145,14 +137,7 @@ fn spawn_agents(dir: &Path, port: u16) -> Vec<(String, Child)> {
                 ),
             )
             .unwrap();
-            let child = Command::new(BIN)
-                .args(["agent", "--config"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            (s.to_string(), child)
+            (s.to_string(), spawn_agent(&cfg))
         })
         .collect()
 }

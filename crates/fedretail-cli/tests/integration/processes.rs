@@ -4,34 +4,25 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{free_port, read_json, spawn_coordinator, wait_all, write, BIN};
+use crate::common::{
+    free_port, generate, read_json, spawn_agent, spawn_coordinator, wait_all, write, BIN,
+};
 
 #[test]
 fn coordinator_and_three_agent_processes_complete_a_job() {
     let dir = tempfile::tempdir().unwrap();
     let net = dir.path().join("net");
-    let out = Command::new(BIN)
-        .args([
-            "generate",
-            "--stores",
-            "3",
-            "--days",
-            "200",
-            "--young-fraction",
-            "0",
-            "--seed",
-            "9",
-            "--out",
-        ])
-        .arg(&net)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 3 stores"));
+    let args = [
+        "--stores",
+        "3",
+        "--days",
+        "200",
+        "--young-fraction",
+        "0",
+        "--seed",
+        "9",
+    ];
+    assert!(generate(&net, &args).contains("wrote 3 stores"));
 
     let port = free_port();
     // store-004 (with store-001's data) accepts only jobs with an epsilon budget.
@@ -64,14 +55,7 @@ fn coordinator_and_three_agent_processes_complete_a_job() {
                 "coordinator = \"http://127.0.0.1:{port}\"\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\nbusiness_type = \"grocery\"\n{floor}\n[data]\ntransactions = \"net/{data}/transactions.csv\"\npromotions = \"net/{data}/promotions.csv\"\n"
             ),
         );
-        let child = Command::new(BIN)
-            .args(["agent", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        children.push((s.to_string(), child));
+        children.push((s.to_string(), spawn_agent(&cfg)));
     }
     std::thread::sleep(Duration::from_millis(500));
     let report = dir.path().join("outcome.json");
@@ -383,21 +367,17 @@ fn rounds_completed(metrics_port: u16) -> Option<u64> {
 fn agents_reconnect_to_a_coordinator_killed_mid_job_which_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let net = dir.path().join("net");
-    let out = Command::new(BIN)
-        .args([
-            "generate",
-            "--stores",
-            "3",
-            "--days",
-            "150",
-            "--young-fraction",
-            "0",
-        ])
-        .args(["--seed", "4", "--out"])
-        .arg(&net)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let args = [
+        "--stores",
+        "3",
+        "--days",
+        "150",
+        "--young-fraction",
+        "0",
+        "--seed",
+        "4",
+    ];
+    generate(&net, &args);
     let (port, metrics_port) = (free_port(), free_port());
     let stores = ["store-001", "store-002", "store-003"];
     let mut toml = format!(
@@ -414,14 +394,7 @@ fn agents_reconnect_to_a_coordinator_killed_mid_job_which_resumes_from_its_check
             &cfg,
             &format!("coordinator = \"http://127.0.0.1:{port}\"\nstore_id = \"{s}\"\ntoken = \"t-{s}\"\n\n[data]\ntransactions = \"net/{s}/transactions.csv\"\n"),
         );
-        let agent = Command::new(BIN)
-            .args(["agent", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        children.push((s.to_string(), agent));
+        children.push((s.to_string(), spawn_agent(&cfg)));
     }
     let config = dir.path().join("c.toml");
     write(&config, &toml);
