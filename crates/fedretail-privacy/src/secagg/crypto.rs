@@ -133,6 +133,40 @@ pub(super) fn apply_mask(words: &mut [u32], seed: &[u8; 32], subtract: bool) {
         .for_each(|(c, chunk)| mask_chunk(chunk, seed, c * PAR_WORDS, subtract));
 }
 
+/// Removes many masks (seed, subtract) from `words`: each core expands whole masks into
+/// its own accumulator (memory: one update per core), and the accumulators are added
+/// in, mod 2^32.
+pub(super) fn remove_masks(words: &mut [u32], masks: &[([u8; 32], bool)]) {
+    use rayon::prelude::*;
+    if masks.len() < 2 {
+        for (seed, subtract) in masks {
+            apply_mask(words, seed, *subtract);
+        }
+        return;
+    }
+    let d = words.len();
+    let total = masks
+        .par_iter()
+        .fold(
+            || vec![0u32; d],
+            |mut acc, (seed, subtract)| {
+                mask_chunk(&mut acc, seed, 0, *subtract);
+                acc
+            },
+        )
+        .reduce(|| vec![0u32; d], add_words);
+    for (w, t) in words.iter_mut().zip(&total) {
+        *w = w.wrapping_add(*t);
+    }
+}
+
+fn add_words(mut a: Vec<u32>, b: Vec<u32>) -> Vec<u32> {
+    for (x, y) in a.iter_mut().zip(&b) {
+        *x = x.wrapping_add(*y);
+    }
+    a
+}
+
 /// [`apply_mask`] on `words`, which start at word `first` of the stream.
 fn mask_chunk(words: &mut [u32], seed: &[u8; 32], first: usize, subtract: bool) {
     const BLOCK: usize = 1024;
@@ -158,6 +192,21 @@ fn mask_chunk(words: &mut [u32], seed: &[u8; 32], first: usize, subtract: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removing_many_masks_at_once_equals_removing_them_one_by_one() {
+        let masks: Vec<([u8; 32], bool)> = (0..9u8).map(|i| ([i; 32], i % 3 == 0)).collect();
+        let start: Vec<u32> = (0..5000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let mut one_by_one = start.clone();
+        for (seed, subtract) in &masks {
+            apply_mask(&mut one_by_one, seed, *subtract);
+        }
+        let mut at_once = start;
+        remove_masks(&mut at_once, &masks);
+        assert_eq!(at_once, one_by_one);
+    }
 
     #[test]
     fn a_mask_expanded_in_parallel_chunks_is_one_stream_and_cancels() {

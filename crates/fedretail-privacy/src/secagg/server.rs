@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use x25519_dalek::StaticSecret;
 
-use super::crypto::{apply_mask, commitment, pairwise_seed, public_key};
+use super::crypto::{commitment, pairwise_seed, public_key, remove_masks};
 use super::messages::{
     Advertisement, EncryptedShare, MaskedInput, ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse,
 };
@@ -353,7 +353,7 @@ impl SecAggServer {
     pub fn finish(self) -> Result<SecAggOutcome, SecAggError> {
         self.enter(Stage::Unmasking, "finish")?;
         self.enough("answered the unmasking request", self.answered.len())?;
-        let mut sum = self.sum.clone();
+        let mut masks = Vec::new();
         for &u in &self.masked {
             let seed = self.rebuild(u, ShareKind::SelfMaskSeed)?;
             if commitment(&seed) != self.dealt[&u].0 {
@@ -362,7 +362,7 @@ impl SecAggServer {
                     kind: ShareKind::SelfMaskSeed,
                 });
             }
-            apply_mask(&mut sum, &seed, true);
+            masks.push((seed, true));
         }
         let dropped: Vec<u32> = self
             .dealt
@@ -370,7 +370,22 @@ impl SecAggServer {
             .copied()
             .filter(|u| !self.masked.contains(u))
             .collect();
-        for &u in &dropped {
+        masks.extend(self.dropped_pair_masks(&dropped)?);
+        let mut sum = self.sum.clone();
+        remove_masks(&mut sum, &masks);
+        Ok(SecAggOutcome {
+            sum,
+            survivors: self.masked.iter().copied().collect(),
+            dropped,
+        })
+    }
+
+    /// The pairwise masks between each dropped store and its surviving neighbours, as
+    /// (seed, subtract) to undo them: the key agreements run on all cores.
+    fn dropped_pair_masks(&self, dropped: &[u32]) -> Result<Vec<([u8; 32], bool)>, SecAggError> {
+        use rayon::prelude::*;
+        let mut pairs = Vec::new();
+        for &u in dropped {
             let live: Vec<u32> = self
                 .graph
                 .neighbours(u)
@@ -388,22 +403,22 @@ impl SecAggServer {
                     kind: ShareKind::MaskKey,
                 });
             }
-            for v in live {
-                let their = &self.advertised[&v].mask_public_key;
-                let seed = pairwise_seed(&secret, their, self.config.session, u, v).ok_or(
+            let secret = Arc::new(secret);
+            pairs.extend(live.into_iter().map(|v| (u, v, secret.clone())));
+        }
+        pairs
+            .par_iter()
+            .map(|(u, v, secret)| {
+                let their = &self.advertised[v].mask_public_key;
+                let seed = pairwise_seed(secret, their, self.config.session, *u, *v).ok_or(
                     SecAggError::BadReconstruction {
-                        owner: u,
+                        owner: *u,
                         kind: ShareKind::MaskKey,
                     },
                 )?;
                 // Survivor v added the mask if v < u and subtracted it otherwise: undo.
-                apply_mask(&mut sum, &seed, v < u);
-            }
-        }
-        Ok(SecAggOutcome {
-            sum,
-            survivors: self.masked.iter().copied().collect(),
-            dropped,
-        })
+                Ok((seed, v < u))
+            })
+            .collect()
     }
 }
