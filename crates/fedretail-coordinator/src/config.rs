@@ -72,6 +72,9 @@ pub struct CoordinatorConfig {
     /// claims more sits the job out, with the reason.
     #[serde(default = "default_max_store_rows")]
     pub max_store_rows: u64,
+    /// What one connection may ask of the server (`[limits]`).
+    #[serde(default)]
+    pub limits: ConnectionLimits,
     /// Stores allowed to join. Empty: any store id may join with `open_token`.
     #[serde(default)]
     pub stores: Vec<StoreCredential>,
@@ -97,6 +100,66 @@ fn default_listen() -> String {
 fn default_database() -> PathBuf {
     PathBuf::from("fedretail-coordinator.db")
 }
+/// What one connection may ask of the coordinator: a few misbehaving peers must not
+/// exhaust it. `[limits]` in the coordinator's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Requests one connection may have in service at once; more wait their turn.
+    pub concurrency_per_connection: usize,
+    /// Longest a request may take; above the longest poll wait (30 s).
+    pub request_timeout_secs: u64,
+    /// HTTP/2 pings on a connection, and how long an answer may take before it is
+    /// closed (a store's PC that vanished frees its connection).
+    pub keepalive_secs: u64,
+    pub keepalive_timeout_secs: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_concurrent_streams: 16,
+            concurrency_per_connection: 8,
+            request_timeout_secs: 60,
+            keepalive_secs: 30,
+            keepalive_timeout_secs: 20,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let positive = |name: &'static str, got: u64| {
+            if got == 0 {
+                Err(ConfigError::out_of_range(name, ">= 1", got))
+            } else {
+                Ok(())
+            }
+        };
+        positive(
+            "limits.max_concurrent_streams",
+            u64::from(self.max_concurrent_streams),
+        )?;
+        positive(
+            "limits.concurrency_per_connection",
+            self.concurrency_per_connection as u64,
+        )?;
+        positive("limits.keepalive_secs", self.keepalive_secs)?;
+        positive("limits.keepalive_timeout_secs", self.keepalive_timeout_secs)?;
+        if self.request_timeout_secs <= 30 {
+            // A poll may wait 30 s at the coordinator before it answers.
+            return Err(ConfigError::out_of_range(
+                "limits.request_timeout_secs",
+                "> 30 (a poll may wait 30 s for work)",
+                self.request_timeout_secs,
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_max_store_rows() -> u64 {
     DEFAULT_MAX_STORE_ROWS
 }
@@ -484,6 +547,7 @@ impl CoordinatorConfig {
     /// The configured jobs in order (`[job]` first), each checked, with distinct ids.
     /// No job at all means one demand job with every default.
     pub fn checked_jobs(&self) -> Result<Vec<CheckedJob>, ConfigError> {
+        self.limits.check()?;
         let mut configs: Vec<JobConfig> = self.job.iter().chain(&self.jobs).cloned().collect();
         if configs.is_empty() && self.jobs_dir.is_none() {
             configs.push(JobConfig::default());

@@ -42,8 +42,8 @@ mod shared;
 
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
 pub use config::{
-    CheckedJob, CoordinatorConfig, FedAvgSettings, JobConfig, NoiseKind, PrivacySettings,
-    ServerOptimizerKind, StoreCredential, StrategyKind, DEFAULT_MAX_STORE_ROWS,
+    CheckedJob, ConnectionLimits, CoordinatorConfig, FedAvgSettings, JobConfig, NoiseKind,
+    PrivacySettings, ServerOptimizerKind, StoreCredential, StrategyKind, DEFAULT_MAX_STORE_ROWS,
 };
 pub use driver::{JobOutcome, PrivacyOutcome, PrivacyRound, StoreEvaluation};
 pub use events::{CoordinatorEvent, Observer};
@@ -101,9 +101,17 @@ pub fn run_coordinator_with<'a>(
         let shared = Arc::new(shared::Shared::new(&config, observer));
         let svc = service::CoordinatorService::new(shared.clone());
         let max = config.max_message_bytes;
+        let limits = &config.limits;
+        let secs = std::time::Duration::from_secs;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .concurrency_limit_per_connection(limits.concurrency_per_connection)
+                .timeout(secs(limits.request_timeout_secs))
+                .http2_keepalive_interval(Some(secs(limits.keepalive_secs)))
+                .http2_keepalive_timeout(Some(secs(limits.keepalive_timeout_secs)))
+                .tcp_keepalive(Some(secs(limits.keepalive_secs)))
                 .add_service(
                     fedretail_proto::v1::coordinator_server::CoordinatorServer::new(svc)
                         .max_decoding_message_size(max)

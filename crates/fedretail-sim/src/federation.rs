@@ -137,6 +137,7 @@ pub fn run_federation<'a>(
             database: database.map(Path::to_path_buf).unwrap_or_default(),
             max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
             max_store_rows: fedretail_coordinator::DEFAULT_MAX_STORE_ROWS,
+            limits: Default::default(),
             stores: credentials.clone(),
             open_token: None,
             job: None,

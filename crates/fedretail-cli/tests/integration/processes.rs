@@ -121,6 +121,11 @@ fn bad_configs_and_data_are_reported_without_a_panic() {
             "[job]\ntask = \"segments\"\nstrategy = \"newton\"\n",
             "bisecting_kmeans",
         ),
+        (
+            "[limits]\nrequest_timeout_secs = 10\n",
+            "limits.request_timeout_secs must be > 30",
+        ),
+        ("[limits]\nmax_concurrent_streams = 0\n", "limits.max_concurrent_streams"),
     ] {
         write(&cfg, job);
         let out = Command::new(BIN)
