@@ -114,9 +114,6 @@ fn check_same_privacy(
     checkpoints: &CheckpointStore,
     job: &CheckedJob,
 ) -> Result<(), CoordinatorError> {
-    if checkpoints.latest(job.job_id())?.is_none() {
-        return Ok(());
-    }
     let Some(stored) = checkpoints.stored_config(job.job_id())? else {
         return Ok(());
     };
@@ -125,6 +122,10 @@ fn check_same_privacy(
         return Ok(());
     };
     let now = &job.config.privacy;
+    // Only the stored rounds' model is read, and only when the settings differ.
+    if &before == now || checkpoints.latest(job.job_id())?.is_none() {
+        return Ok(());
+    }
     let fields = [
         (
             "secure_aggregation",

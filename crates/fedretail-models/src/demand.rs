@@ -371,33 +371,40 @@ impl DemandTask {
             return (Forecaster::Federated, self.options.personalization);
         }
         let mut val = Scorer::new(&data.validation, "val_", data.naive_scale);
-        let pull = self.pick_pull(global, &mut val);
+        let (pull, personal) = self.pick_pull(global, &mut val);
         let mut best = (Forecaster::Federated, f64::INFINITY);
         for f in self.candidates() {
             let model = match f {
-                Forecaster::Federated => Some(global.to_vec()),
-                Forecaster::Personalized => Some(self.personalize_on(global, pull, &[&data.train])),
-                Forecaster::Local => Some(self.local_before_validation().to_vec()),
+                Forecaster::Federated => Some(global),
+                Forecaster::Personalized => Some(&personal[..]),
+                Forecaster::Local => Some(self.local_before_validation()),
                 Forecaster::SeasonalNaive => None,
             };
-            let w = val.score(m, f.metric(), model.as_deref());
-            if let Some(w) = w.filter(|w| *w < best.1) {
+            if let Some(w) = val.score(m, f.metric(), model).filter(|w| *w < best.1) {
                 best = (f, w);
             }
         }
         (best.0, pull)
     }
 
-    /// The pull toward the global model with the lowest validation WAPE.
-    fn pick_pull(&self, global: &[f64], val: &mut Scorer<'_>) -> f64 {
-        let mut best = (self.options.personalization, f64::INFINITY);
+    /// The pull toward the global model with the lowest validation WAPE, and the
+    /// model it gives on the training days.
+    fn pick_pull(&self, global: &[f64], val: &mut Scorer<'_>) -> (f64, Vec<f64>) {
+        let mut best: Option<(f64, Vec<f64>, f64)> = None;
         for pull in PERSONALIZATION_PULLS {
             let model = self.personalize_on(global, pull, &[&self.data.train]);
-            if let Some(w) = val.wape(Some(&model)).filter(|w| *w < best.1) {
-                best = (pull, w);
+            let w = val.wape(Some(&model)).unwrap_or(f64::INFINITY);
+            if best.as_ref().is_none_or(|b| w < b.2) {
+                best = Some((pull, model, w));
             }
         }
-        best.0
+        match best {
+            Some((pull, model, w)) if w.is_finite() => (pull, model),
+            _ => {
+                let pull = self.options.personalization;
+                (pull, self.personalize_on(global, pull, &[&self.data.train]))
+            }
+        }
     }
 }
 
