@@ -408,12 +408,16 @@ impl StoreAgent {
             return Ok(());
         }
         let worker = task.clone();
-        let update = tokio::task::spawn_blocking(move || {
+        // The training loss goes out only with a plain update: beside a clipped and
+        // noised or a masked one it would be a figure the protection does not cover.
+        let report_loss = privacy.is_none() && t.secure.is_none();
+        let (update, loss) = tokio::task::spawn_blocking(move || {
+            let loss = report_loss.then(|| worker.train_loss(&global)).flatten();
             let mut update = worker.compute_update(&global, &work)?;
             if let Some(p) = &privacy {
                 protect_update(&mut update, p);
             }
-            Ok::<_, fedretail_models::TaskError>(update)
+            Ok::<_, fedretail_models::TaskError>((update, loss))
         })
         .await
         .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
@@ -435,7 +439,10 @@ impl StoreAgent {
             round: t.round,
             update: Some(encode_update(&update, precision)),
             num_examples: task.num_train_examples(),
-            metrics: Default::default(),
+            metrics: loss
+                .map(|l| (fedretail_proto::TRAIN_LOSS.to_string(), l))
+                .into_iter()
+                .collect(),
         };
         match s.client.submit_update(req).await {
             Ok(_) => summary.rounds_trained += 1,

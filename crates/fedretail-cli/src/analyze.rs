@@ -9,6 +9,8 @@ use fedretail_coordinator::{JobConfig, ServerOptimizerKind};
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, ClusterFit, ClusterTaskOptions};
 use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::{FeatureWindow, TabularSpec};
+use fedretail_report::Page;
+use fedretail_sim::analysis_pages;
 use fedretail_sim::{
     default_job, render_anomaly, render_classification, render_network_run, render_segments,
     run_anomaly, run_churn, run_credit, run_network_jobs, run_segments, ClassificationEvent,
@@ -68,6 +70,10 @@ pub struct Output {
     /// Print the report JSON to stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Write the HTML report (charts in <name>-figures/ beside it) here
+    /// [default: fedretail-data/reports/<command>.html].
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -306,7 +312,20 @@ fn spinner() -> ProgressBar {
     b
 }
 
-fn emit<R: Serialize>(report: &R, summary: String, output: &Output) -> Result<()> {
+/// Prints the summary (or the JSON), writes the JSON report when asked and always the
+/// HTML one, `page` drawing it with the summary at its end.
+fn emit<R: Serialize>(
+    report: &R,
+    summary: String,
+    page: impl FnOnce(&str) -> Page,
+    name: &str,
+    output: &Output,
+) -> Result<()> {
+    let html = output
+        .html
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("fedretail-data/reports/{name}.html")));
+    crate::watch::write_page(&page(&summary), &html)?;
     let json = serde_json::to_string_pretty(report)?;
     if let Some(path) = &output.report {
         std::fs::write(path, &json)
@@ -458,18 +477,28 @@ pub fn demo_task(task: DemoTask, dir: PathBuf, report: Option<PathBuf>, json: bo
         DemoTask::All => &TaskKind::RETAIL,
     };
     let jobs = kinds.iter().map(|k| default_job(*k)).collect();
-    over_network(dir, jobs, &Output { report, json })
+    let name = format!(
+        "demo-{}",
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("-")
+    );
+    let output = Output {
+        report,
+        json,
+        html: None,
+    };
+    over_network(dir, jobs, &name, &output)
 }
 
 /// Runs `jobs` over a coordinator and one agent per store of `dir` on 127.0.0.1, and
 /// reports what the stores sent; fails if any job failed.
-fn over_network(dir: PathBuf, jobs: Vec<JobConfig>, output: &Output) -> Result<()> {
+fn over_network(dir: PathBuf, jobs: Vec<JobConfig>, name: &str, output: &Output) -> Result<()> {
     let progress = Arc::new(DemoProgress::new());
     let p = progress.clone();
     let observer = Arc::new(move |e: &fedretail_coordinator::CoordinatorEvent| p.on_coordinator(e));
     let rt = crate::network::runtime()?;
     let r = rt.block_on(run_network_jobs(&dir, jobs, 2, observer))?;
-    emit(&r, render_network_run(&r), output)?;
+    let page = |s: &str| analysis_pages::network_run_page(&r, s);
+    emit(&r, render_network_run(&r), page, name, output)?;
     let failed: Vec<&str> = r
         .jobs
         .iter()
@@ -510,7 +539,7 @@ fn anomaly(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
                 ClusterFit::Exact,
             ),
         ];
-        return over_network(dir, jobs, &a.output);
+        return over_network(dir, jobs, "anomaly", &a.output);
     }
     let bar = spinner();
     let report = rt.block_on(run_anomaly(
@@ -519,7 +548,8 @@ fn anomaly(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
         &on_cluster_event(&bar),
     ))?;
     bar.finish_and_clear();
-    emit(&report, render_anomaly(&report), &a.output)
+    let page = |s: &str| analysis_pages::anomaly_page(&report, s);
+    emit(&report, render_anomaly(&report), page, "anomaly", &a.output)
 }
 
 fn segments(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
@@ -529,7 +559,7 @@ fn segments(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
             cluster_job(a, TaskKind::Segments, a.clusters, ClusterFit::Exact),
             cluster_job(a, TaskKind::Segments, a.clusters, ClusterFit::Meta),
         ];
-        return over_network(dir, jobs, &a.output);
+        return over_network(dir, jobs, "segments", &a.output);
     }
     let bar = spinner();
     let report = rt.block_on(run_segments(
@@ -538,13 +568,20 @@ fn segments(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
         &on_cluster_event(&bar),
     ))?;
     bar.finish_and_clear();
-    emit(&report, render_segments(&report), &a.output)
+    let page = |s: &str| analysis_pages::segments_page(&report, s);
+    emit(
+        &report,
+        render_segments(&report),
+        page,
+        "segments",
+        &a.output,
+    )
 }
 
 fn churn(rt: &tokio::runtime::Runtime, a: &ChurnArgs) -> Result<()> {
     let dir = network_dir(&a.source)?;
     if !a.in_process {
-        return over_network(dir, churn_jobs(a), &a.output);
+        return over_network(dir, churn_jobs(a), "churn", &a.output);
     }
     let bar = spinner();
     let window = FeatureWindow {
@@ -558,7 +595,14 @@ fn churn(rt: &tokio::runtime::Runtime, a: &ChurnArgs) -> Result<()> {
         &on_class_event(&bar),
     ))?;
     bar.finish_and_clear();
-    emit(&report, render_classification(&report), &a.output)
+    let page = |s: &str| analysis_pages::classification_page(&report, s);
+    emit(
+        &report,
+        render_classification(&report),
+        page,
+        "churn",
+        &a.output,
+    )
 }
 
 fn attack(rt: &tokio::runtime::Runtime, a: &AttackArgs) -> Result<()> {
@@ -582,7 +626,8 @@ fn attack(rt: &tokio::runtime::Runtime, a: &AttackArgs) -> Result<()> {
         .block_on(fedretail_sim::attack::run_attack(&a.data, &spec, &options))
         .with_context(|| format!("attack on {}", a.data.display()))?;
     let summary = fedretail_sim::attack::render_attack(&report);
-    emit(&report, summary, &a.output)
+    let page = |s: &str| analysis_pages::attack_page(&report, s);
+    emit(&report, summary, page, "attack", &a.output)
 }
 
 fn dp_demand(rt: &tokio::runtime::Runtime, a: &DpDemandArgs) -> Result<()> {
@@ -604,7 +649,14 @@ fn dp_demand(rt: &tokio::runtime::Runtime, a: &DpDemandArgs) -> Result<()> {
         ))
         .with_context(|| format!("store-level DP on {}", dir.display()))?;
     bar.finish_and_clear();
-    emit(&report, fedretail_sim::render_dp_demand(&report), &a.output)
+    let page = |s: &str| analysis_pages::dp_demand_page(&report, s);
+    emit(
+        &report,
+        fedretail_sim::render_dp_demand(&report),
+        page,
+        "dp-demand",
+        &a.output,
+    )
 }
 
 /// Credit scoring: the in-process reference (local, centralized, FedAvg, exact Newton),
@@ -628,7 +680,9 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
         .with_context(|| format!("credit scoring on {}", a.data.display()))?;
     bar.finish_and_clear();
     if a.in_process || options.customer_dp.is_some() {
-        return emit(&reference, render_classification(&reference), &a.output);
+        let page = |s: &str| analysis_pages::classification_page(&reference, s);
+        let summary = render_classification(&reference);
+        return emit(&reference, summary, page, "credit", &a.output);
     }
     let jobs = fedretail_sim::tabular_jobs(&spec, &options, &reference);
     let progress = Arc::new(DemoProgress::new());
@@ -683,5 +737,15 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
         network,
         gap_network_vs_in_process: gaps,
     };
-    emit(&run, summary, &a.output)
+    let page = |s: &str| {
+        let mut page = analysis_pages::classification_page(&run.reference, s);
+        let jobs = analysis_pages::network_run_page(&run.network, "");
+        let over_agents = jobs
+            .sections
+            .into_iter()
+            .filter(|s| s.heading.starts_with("Job "));
+        page.sections.extend(over_agents);
+        page
+    };
+    emit(&run, summary, page, "credit", &a.output)
 }

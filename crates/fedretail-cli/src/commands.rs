@@ -1,11 +1,14 @@
 use crate::analyze::DemoTask;
 use crate::network::{generate_into, runtime, NetworkArgs};
 use crate::progress::DemoProgress;
+use crate::watch;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use fedretail_coordinator::{JobConfig, StrategyKind};
+use fedretail_coordinator::{Dashboard, JobConfig, StrategyKind};
 use fedretail_data::{load_demand_dataset, DemandSpec, StoreSource};
-use fedretail_sim::{render_summary, run_demo, DemoOptions};
+use fedretail_sim::{
+    demand_page, read_backtests, render_summary, run_demo, DemoEvent, DemoOptions,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -106,6 +109,19 @@ pub struct DemoArgs {
     /// Print the report JSON to stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Write the HTML report here, its charts in <name>-figures/ beside it
+    /// [default: report.html in the network directory].
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+    /// Serve the live dashboard here while the demo runs (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub dashboard: String,
+    /// Run without the live dashboard.
+    #[arg(long, conflicts_with = "dashboard")]
+    pub no_dashboard: bool,
+    /// Keep the dashboard up after the run, until Ctrl-C.
+    #[arg(long, conflicts_with = "no_dashboard")]
+    pub hold: bool,
     #[command(flatten)]
     pub privacy: PrivacyArgs,
 }
@@ -228,8 +244,27 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         write_results: true,
     };
     let progress = Arc::new(DemoProgress::new());
-    let p = progress.clone();
-    let report = runtime()?.block_on(run_demo(&options, Arc::new(move |e| p.on_event(e))))?;
+    let dashboard = Arc::new(Dashboard::new());
+    let observer = {
+        let (p, d) = (progress.clone(), dashboard.clone());
+        Arc::new(move |e: &DemoEvent| {
+            p.on_event(e);
+            if let DemoEvent::Coordinator(c) = e {
+                d.observe(c);
+            }
+        })
+    };
+    let rt = runtime()?;
+    let addr = (!args.no_dashboard).then_some(args.dashboard.as_str());
+    let board = rt.block_on(watch::dashboard_server(addr, dashboard))?;
+    let board = rt.spawn(board);
+    let report = rt.block_on(run_demo(&options, observer))?;
+    let html = args
+        .html
+        .clone()
+        .unwrap_or_else(|| options.data_dir.join("report.html"));
+    let backtests = read_backtests(&options.data_dir, &options.job.job_id, &report);
+    watch::write_page(&demand_page(&report, &backtests), &html)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.report {
         std::fs::write(path, &json)
@@ -246,7 +281,13 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         if let Some(path) = &args.report {
             println!("  report: {}", path.display());
         }
+        println!("  report with charts: {}", html.display());
     }
+    if args.hold && !args.no_dashboard {
+        eprintln!("the dashboard stays up; stop with Ctrl-C");
+        rt.block_on(tokio::signal::ctrl_c())?;
+    }
+    board.abort();
     Ok(())
 }
 

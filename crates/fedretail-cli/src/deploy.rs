@@ -1,11 +1,12 @@
 //! The commands of a real deployment: `coordinator`, `agent` and `predict`.
 
 use crate::network::runtime;
+use crate::watch;
 use anyhow::{Context, Result};
 use clap::Args;
 use fedretail_agent::{read_model, write_results, AgentConfig, StoreAgent};
 use fedretail_coordinator::{
-    run_coordinator, serve_metrics, CoordinatorConfig, CoordinatorEvent, JobOutcome, Metrics,
+    run_coordinator, CoordinatorConfig, CoordinatorEvent, Dashboard, JobOutcome, Metrics,
 };
 use fedretail_data::{build_local_task, StoreExport, StoreSource};
 use serde::Deserialize;
@@ -27,6 +28,15 @@ pub struct CoordinatorArgs {
     /// refused by reason, bytes, round latency, stores, epsilon spent). Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Serve the live dashboard at http://ADDR/ (stores, rounds, convergence, bytes,
+    /// refused messages, epsilon against the budget). Off by default; it shows only
+    /// aggregate figures, but put it behind your own access control.
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard_listen: Option<String>,
+    /// Write an HTML report of every job (charts in <name>-figures/ beside it)
+    /// [default: report.html beside the database, unless it is in memory].
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
     /// How events are logged to stderr: readable lines, or one JSON object per line.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -57,11 +67,13 @@ fn log_event(e: &CoordinatorEvent) {
         E::StoreRegistered {
             store_id,
             registered,
+            ..
         } => eprintln!("store {store_id} joined ({registered} registered)"),
         E::JobStarted {
             job_id,
             task,
             strategy,
+            ..
         } => eprintln!("job {job_id}: task {task}, strategy {strategy}"),
         E::StoreReady {
             store_id,
@@ -106,35 +118,24 @@ fn log_event(e: &CoordinatorEvent) {
         E::JobSkipped { job_id, reason } => eprintln!("job {job_id} skipped: {reason}"),
         E::Finished { status } => eprintln!("coordinator done: {status}"),
         E::MessageRefused { reason } => eprintln!("refused a store's message: {reason}"),
-        E::UpdateAccepted { .. } => {}
+        E::UpdateAccepted { .. } | E::StoreEvaluated { .. } => {}
     }
 }
 
-/// Logs each event and counts it into the metrics.
-fn observer(format: LogFormat, metrics: Arc<Metrics>) -> fedretail_coordinator::Observer {
+/// Logs each event and counts it into the metrics and the dashboard.
+fn observer(
+    format: LogFormat,
+    metrics: Arc<Metrics>,
+    dashboard: Arc<Dashboard>,
+) -> fedretail_coordinator::Observer {
     Arc::new(move |e: &CoordinatorEvent| {
         metrics.observe(e);
+        dashboard.observe(e);
         match format {
             LogFormat::Text => log_event(e),
             LogFormat::Json => log_json(e),
         }
     })
-}
-
-/// Binds the metrics address (when given) and returns the server to run beside the
-/// coordinator; without one, a future that never ends.
-async fn serve_metrics_on(
-    addr: Option<&str>,
-    metrics: Arc<Metrics>,
-) -> Result<fedretail_core::BoxFuture<'static, std::io::Result<()>>> {
-    let Some(addr) = addr else {
-        return Ok(Box::pin(std::future::pending()));
-    };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    eprintln!("metrics at http://{}/metrics", listener.local_addr()?);
-    Ok(Box::pin(serve_metrics(listener, metrics)))
 }
 
 pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
@@ -150,6 +151,7 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         .with_context(|| format!("{}", args.config.display()))?;
     let rt = runtime()?;
     let metrics = Arc::new(Metrics::new());
+    let dashboard = Arc::new(Dashboard::new());
     let outcomes = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -159,18 +161,23 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         if let Some(dir) = &config.jobs_dir {
             eprintln!("watching {} for more jobs (*.toml); stop with Ctrl-C", dir.display());
         }
-        let observer = observer(args.log_format, metrics.clone());
+        let observer = observer(args.log_format, metrics.clone(), dashboard.clone());
         let run = run_coordinator(config.clone(), listener, observer);
-        let serve = serve_metrics_on(args.metrics_listen.as_deref(), metrics).await?;
+        let serve = watch::metrics_server(args.metrics_listen.as_deref(), metrics).await?;
+        let board = watch::dashboard_server(args.dashboard_listen.as_deref(), dashboard).await?;
         tokio::select! {
             r = run => anyhow::Ok(r?),
             r = serve => anyhow::bail!("the metrics server stopped: {r:?}"),
+            r = board => anyhow::bail!("the dashboard stopped: {r:?}"),
             _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped by Ctrl-C; the running job resumes from its last round on restart"),
         }
     })?;
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&serde_json::json!({ "jobs": outcomes }))?;
         std::fs::write(path, json).with_context(|| format!("writing report {}", path.display()))?;
+    }
+    if let Some(path) = html_path(args.html, &config) {
+        watch::write_page(&fedretail_coordinator::outcomes_page(&outcomes), &path)?;
     }
     for o in &outcomes {
         println!("{}", job_line(o));
@@ -189,6 +196,15 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the jobs' HTML report goes: as asked, or beside an on-disk database.
+fn html_path(asked: Option<PathBuf>, config: &CoordinatorConfig) -> Option<PathBuf> {
+    asked.or_else(|| {
+        let db = &config.database;
+        let on_disk = !db.as_os_str().is_empty() && db != Path::new(":memory:");
+        on_disk.then(|| db.with_file_name("report.html"))
+    })
 }
 
 fn job_line(o: &JobOutcome) -> String {

@@ -7,6 +7,7 @@ mod commands;
 mod deploy;
 mod network;
 mod progress;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

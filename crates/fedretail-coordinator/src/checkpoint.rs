@@ -33,6 +33,10 @@ pub struct RoundRecord {
     /// ε spent by the job after this round, at the job's δ (when it adds noise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon_spent: Option<f64>,
+    /// Mean training loss of the round's global model over the stores that reported one
+    /// (plain updates only; not kept in the database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
 }
 
 /// The coordinator's database. The connection sits behind a mutex so that the driver
@@ -256,6 +260,7 @@ impl CheckpointStore {
             bytes_down: down as u64,
             seconds,
             epsilon_spent: None,
+            train_loss: None,
         };
         Ok(Some((record, from_blob(round, &blob)?)))
     }
@@ -303,6 +308,7 @@ mod tests {
             bytes_down: 20,
             seconds: 1.5,
             epsilon_spent: None,
+            train_loss: None,
         };
         {
             let s = CheckpointStore::open(&path).unwrap();

@@ -233,6 +233,7 @@ async fn drive_job(
         job_id: job.job_id().to_string(),
         task: job.task.kind().name().to_string(),
         strategy: strategy.name().to_string(),
+        budget_epsilon: job.config.privacy.budget_epsilon,
     });
     let described;
     let job = match describe(shared, job).await {
@@ -534,6 +535,7 @@ fn commit_round(
         bytes_down: record.bytes_down,
         seconds: record.seconds,
         epsilon_spent: record.epsilon_spent,
+        train_loss: record.train_loss,
     });
     Ok(record)
 }

@@ -9,12 +9,16 @@ use std::sync::Arc;
 pub enum CoordinatorEvent {
     StoreRegistered {
         store_id: String,
+        /// What the store declared it is (public metadata, for grouping).
+        business_type: String,
         registered: usize,
     },
     JobStarted {
         job_id: String,
         task: String,
         strategy: String,
+        /// The job's ε budget, when it has one.
+        budget_epsilon: Option<f64>,
     },
     /// A store answered a job's prepare task: ready with its rows, or not, and why.
     StoreReady {
@@ -46,6 +50,8 @@ pub enum CoordinatorEvent {
         seconds: f64,
         /// ε spent so far at the job's δ, when the job adds noise.
         epsilon_spent: Option<f64>,
+        /// Mean training loss the stores reported for the round's starting model.
+        train_loss: Option<f64>,
     },
     /// The next round would overspend the privacy budget, so training stopped.
     BudgetReached {
@@ -59,6 +65,12 @@ pub enum CoordinatorEvent {
     },
     EvaluationStarted {
         stores: usize,
+    },
+    /// A store reported the named metrics of the final model on its own held-out data
+    /// (what its model card holds; the store's results stay with it).
+    StoreEvaluated {
+        store_id: String,
+        metrics: std::collections::BTreeMap<String, f64>,
     },
     JobFinished {
         job_id: String,

@@ -29,8 +29,10 @@
 
 mod checkpoint;
 mod config;
+mod dashboard;
 pub mod driver;
 mod events;
+mod job_report;
 mod jobs;
 pub mod machine;
 mod metrics;
@@ -45,8 +47,10 @@ pub use config::{
     CheckedJob, ConnectionLimits, CoordinatorConfig, FedAvgSettings, JobConfig, NoiseKind,
     PrivacySettings, ServerOptimizerKind, StoreCredential, StrategyKind, DEFAULT_MAX_STORE_ROWS,
 };
+pub use dashboard::{serve_dashboard, Dashboard};
 pub use driver::{JobOutcome, PrivacyOutcome, PrivacyRound, StoreEvaluation};
 pub use events::{CoordinatorEvent, Observer};
+pub use job_report::{outcomes_page, round_charts, RoundPoint};
 pub use machine::{Refusal, RoundMachine};
 pub use metrics::{serve_metrics, Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 

@@ -165,6 +165,7 @@ impl Metrics {
             E::StoreReady { .. }
             | E::BudgetReached { .. }
             | E::EvaluationStarted { .. }
+            | E::StoreEvaluated { .. }
             | E::JobSkipped { .. }
             | E::Finished { .. } => {}
         }
@@ -208,6 +209,7 @@ mod tests {
         let m = Metrics::new();
         m.observe(&CoordinatorEvent::StoreRegistered {
             store_id: "a".into(),
+            business_type: "florist".into(),
             registered: 3,
         });
         for (round, seconds) in [(1, 0.2), (2, 0.4)] {
@@ -226,6 +228,7 @@ mod tests {
                 bytes_down: 500,
                 seconds,
                 epsilon_spent: Some(0.5 * round as f64),
+                train_loss: None,
             });
         }
         for reason in ["wrong_token", "wrong_token", "replay"] {

@@ -91,6 +91,7 @@ pub(crate) async fn run_round(
         bytes_down: down - down0,
         seconds: round_start.elapsed().as_secs_f64(),
         epsilon_spent: None,
+        train_loss: closed.train_loss,
     };
     Ok(RoundDone {
         record,

@@ -65,8 +65,9 @@ impl CoordinatorService {
             })?;
         RoundMachine::validate(&check, store, round, &update)?;
         crate::machine::check_metrics(store, &req.metrics)?;
+        let loss = req.metrics.get(fedretail_proto::TRAIN_LOSS).copied();
         self.with_session(store, &req.session_id, |m| {
-            m.fold_update(store, &req.task_id, round, update)
+            m.fold_update(store, &req.task_id, round, update, loss)
         })
     }
 
@@ -131,6 +132,7 @@ impl Coordinator for CoordinatorService {
         let (session_id, count, job_id) = admitted.map_err(|e| self.refused(e))?;
         (self.shared.observer)(&CoordinatorEvent::StoreRegistered {
             store_id: req.store_id.clone(),
+            business_type: req.business_type.clone(),
             registered: count,
         });
         self.reply(v1::RegisterStoreResponse {
@@ -222,6 +224,10 @@ impl Coordinator for CoordinatorService {
             m.accept_evaluation(store, &req.task_id, &req.metrics)
         })
         .map_err(|e| self.refused(e))?;
+        (self.shared.observer)(&CoordinatorEvent::StoreEvaluated {
+            store_id: req.store_id.clone(),
+            metrics: req.metrics.into_iter().collect(),
+        });
         self.reply(v1::SubmitEvaluationResponse { accepted: true })
     }
 

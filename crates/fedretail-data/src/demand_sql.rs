@@ -330,6 +330,7 @@ struct Split {
     test: DemandRows,
     future: DemandRows,
     future_keys: Vec<(String, String)>,
+    test_keys: Vec<(String, String)>,
     naive_abs: f64,
     naive_n: usize,
     x: Vec<f64>,
@@ -343,6 +344,7 @@ impl Split {
             test: DemandRows::new(d),
             future: DemandRows::new(d),
             future_keys: Vec::new(),
+            test_keys: Vec::new(),
             naive_abs: 0.0,
             naive_n: 0,
             x: vec![0.0; d],
@@ -379,16 +381,19 @@ impl Split {
             } else {
                 naive.value(i)
             };
-            if is_future.value(i) > 0.5 {
-                self.future.push(&self.x, 0.0, scale.value(i), naive_i);
-                let key = (
+            let key = || {
+                (
                     text_value(category, i).unwrap_or_default(),
                     text_value(day, i).unwrap_or_default(),
-                );
-                self.future_keys.push(key);
+                )
+            };
+            if is_future.value(i) > 0.5 {
+                self.future.push(&self.x, 0.0, scale.value(i), naive_i);
+                self.future_keys.push(key());
             } else if is_test.value(i) > 0.5 {
                 self.test
                     .push(&self.x, units.value(i), scale.value(i), naive_i);
+                self.test_keys.push(key());
             } else {
                 let rows = if is_validation.value(i) > 0.5 {
                     &mut self.validation
@@ -413,6 +418,7 @@ impl Split {
             test: self.test,
             future: self.future,
             future_keys: self.future_keys,
+            test_keys: self.test_keys,
             naive_scale: if self.naive_n > 0 {
                 self.naive_abs / self.naive_n as f64
             } else {

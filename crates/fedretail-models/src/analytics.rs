@@ -519,6 +519,10 @@ impl<S: Scoring> LocalTask for ScoringTask<S> {
         self.inner.compute_update(global, work)
     }
 
+    fn train_loss(&self, global: &[f64]) -> Option<f64> {
+        self.inner.train_loss(global)
+    }
+
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
         Ok(self.scored(global)?.0)
     }

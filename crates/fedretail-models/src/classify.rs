@@ -392,23 +392,30 @@ pub fn classification_metrics(kind: ClassifierKind, w: &[f64], rows: &LabeledRow
     if let Some(acc) = accuracy(&p, rows.labels()) {
         m.insert("accuracy".into(), acc);
     }
-    if !rows.is_empty() {
-        let ll: f64 = p
-            .iter()
-            .zip(rows.labels())
-            .map(|(&p, &y)| {
-                let p = p.clamp(1e-12, 1.0 - 1e-12);
-                if y {
-                    -p.ln()
-                } else {
-                    -(1.0 - p).ln()
-                }
-            })
-            .sum::<f64>()
-            / rows.len() as f64;
+    if let Some(ll) = mean_log_loss(&p, rows.labels()) {
         m.insert("log_loss".into(), ll);
     }
     m
+}
+
+/// Mean log loss of probabilities `p` for `labels`; None without rows.
+pub fn mean_log_loss(p: &[f64], labels: &[bool]) -> Option<f64> {
+    if p.is_empty() {
+        return None;
+    }
+    let sum: f64 = p
+        .iter()
+        .zip(labels)
+        .map(|(&p, &y)| {
+            let p = p.clamp(1e-12, 1.0 - 1e-12);
+            if y {
+                -p.ln()
+            } else {
+                -(1.0 - p).ln()
+            }
+        })
+        .sum();
+    Some(sum / p.len() as f64)
 }
 
 /// Hold out `test_fraction` of each class, seeded.
@@ -467,6 +474,12 @@ impl ClassifierTask {
 impl LocalTask for ClassifierTask {
     fn task_name(&self) -> &'static str {
         self.name
+    }
+
+    fn train_loss(&self, global: &[f64]) -> Option<f64> {
+        self.check_len(global).ok()?;
+        let p = predict_proba(self.kind, global, &self.train);
+        mean_log_loss(&p, self.train.labels()).filter(|l| l.is_finite())
     }
 
     fn layout(&self) -> ModelLayout {

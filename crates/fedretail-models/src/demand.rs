@@ -25,6 +25,8 @@ pub struct DemandDataset {
     pub future: DemandRows,
     /// (category, ISO date) of each future row.
     pub future_keys: Vec<(String, String)>,
+    /// (category, ISO date) of each held-out row (may be empty: then no backtest table).
+    pub test_keys: Vec<(String, String)>,
     /// In-sample mean absolute error of the weekly seasonal-naive forecast (MASE scale).
     pub naive_scale: f64,
     /// Days of history the store has.
@@ -193,6 +195,14 @@ impl LocalTask for DemandTask {
         Ok(self.scores(global)?.0)
     }
 
+    /// The Poisson loss per training row (up to a constant in the units).
+    fn train_loss(&self, global: &[f64]) -> Option<f64> {
+        let rows = &self.data.train;
+        let fits = global.len() == DEMAND_FEATURES.len() && !rows.is_empty();
+        fits.then(|| glm::loss(rows, global) / rows.len() as f64)
+            .filter(|l| l.is_finite())
+    }
+
     fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
         let (metrics, pick) = self.scores(global)?;
         let data = &self.data;
@@ -211,10 +221,11 @@ impl LocalTask for DemandTask {
         let table = forecast_table(data, &held_out, &future, name, self.options.interval);
         let mut metrics = metrics;
         metrics.insert("forecast_rows".into(), table.rows.len() as f64);
-        Ok(StoreResults {
-            tables: vec![table],
-            metrics,
-        })
+        let mut tables = vec![table];
+        if data.test_keys.len() == data.test.len() && !data.test.is_empty() {
+            tables.push(backtest_table(data, &held_out, name));
+        }
+        Ok(StoreResults { tables, metrics })
     }
 }
 
@@ -457,6 +468,35 @@ fn forecast_table(
     table
 }
 
+/// The held-out days as the store lived them: what sold, what the kept forecaster
+/// said, and what seasonal naive said, so the shop owner can judge the forecast.
+fn backtest_table(data: &DemandDataset, held_out: &[f64], chosen: &str) -> ResultTable {
+    let mut table = ResultTable::new(
+        "backtest",
+        &[
+            "date",
+            "category",
+            "actual_units",
+            "forecast_units",
+            "naive_units",
+            "model",
+        ],
+    );
+    let rows = data.test_keys.iter().zip(held_out);
+    let truth = data.test.units().iter().zip(data.test.naive());
+    for (((category, date), mu), (units, naive)) in rows.zip(truth) {
+        table.push(vec![
+            date.clone(),
+            category.clone(),
+            format!("{units:.0}"),
+            format!("{mu:.2}"),
+            format!("{naive:.2}"),
+            chosen.to_string(),
+        ]);
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +552,27 @@ mod tests {
         assert_eq!(mb["wape_forecast"], mb["wape_naive"]);
         assert_eq!(mb["bias_forecast"], mb["bias_naive"]);
         assert!(mb["wape_naive"] > mb["wape_local"]);
+    }
+
+    #[test]
+    fn the_training_loss_is_the_mean_poisson_loss_and_falls_with_a_newton_step() {
+        // Twice the units of the series' scale: the intercept should move to ln 2.
+        let data = DemandDataset {
+            train: rows(60, |i| 9.0 + (i % 3) as f64, |_| 5.0),
+            ..Default::default()
+        };
+        let t = DemandTask::new(Arc::new(data), DemandOptions::default());
+        let zero = vec![0.0; DEMAND_FEATURES.len()];
+        let rows = &t.dataset().train;
+        let at_zero = t.train_loss(&zero).unwrap();
+        assert!((at_zero - glm::loss(rows, &zero) / rows.len() as f64).abs() < 1e-12);
+        let fitted = t.fit_local(&[rows]);
+        assert!(t.train_loss(&fitted).unwrap() < at_zero);
+        assert_eq!(
+            t.train_loss(&[0.0]),
+            None,
+            "a model of the wrong size has no loss"
+        );
     }
 
     #[test]

@@ -127,6 +127,48 @@ pub mod ranking {
         Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
     }
 
+    /// The ROC curve of `scores` for binary `labels`: (false-positive rate, true-positive
+    /// rate) from (0, 0) to (1, 1), one point per distinct score (tied scores move
+    /// both rates at once), thinned to at most `max_points`. Its trapezoid area is
+    /// [`roc_auc`]. None where `roc_auc` is None.
+    pub fn roc_curve(
+        scores: &[f64],
+        labels: &[bool],
+        max_points: usize,
+    ) -> Option<Vec<(f64, f64)>> {
+        roc_auc(scores, labels)?;
+        let positives = labels.iter().filter(|&&l| l).count() as f64;
+        let negatives = labels.len() as f64 - positives;
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let mut curve = vec![(0.0, 0.0)];
+        let (mut tp, mut fp) = (0.0, 0.0);
+        for (n, &k) in order.iter().enumerate() {
+            if labels[k] {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+            let tie_follows = order
+                .get(n + 1)
+                .is_some_and(|&next| scores[next] == scores[k]);
+            if !tie_follows {
+                curve.push((fp / negatives, tp / positives));
+            }
+        }
+        let step = curve.len().div_ceil(max_points.max(2));
+        if step > 1 {
+            let last = curve.len() - 1;
+            curve = curve
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| i % step == 0 || *i == last)
+                .map(|(_, p)| p)
+                .collect();
+        }
+        Some(curve)
+    }
+
     /// Share of positives among the `k` highest scores (ties broken by position).
     pub fn precision_at_k(scores: &[f64], labels: &[bool], k: usize) -> Option<f64> {
         if k == 0 || scores.len() != labels.len() || scores.is_empty() {
@@ -164,6 +206,25 @@ pub mod ranking {
             assert_eq!(roc_auc(&[1.0, 1.0], &[true, false]), Some(0.5));
             assert_eq!(roc_auc(&[1.0, 2.0], &[true, true]), None);
             assert_eq!(roc_auc(&[f64::NAN, 2.0], &[true, false]), None);
+        }
+
+        #[test]
+        fn the_roc_curve_runs_corner_to_corner_and_its_area_is_the_auc() {
+            let s = [0.1, 0.4, 0.35, 0.8, 0.4, 0.9, 0.2];
+            let l = [false, false, true, true, true, false, true];
+            let c = roc_curve(&s, &l, 100).unwrap();
+            assert_eq!(c.first(), Some(&(0.0, 0.0)));
+            assert_eq!(c.last(), Some(&(1.0, 1.0)));
+            let area: f64 = c
+                .windows(2)
+                .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+                .sum();
+            assert!((area - roc_auc(&s, &l).unwrap()).abs() < 1e-12);
+            let many: Vec<f64> = (0..1000).map(|i| i as f64).collect();
+            let labels: Vec<bool> = (0..1000).map(|i| i % 3 == 0).collect();
+            let thin = roc_curve(&many, &labels, 50).unwrap();
+            assert!(thin.len() <= 51 && thin.last() == Some(&(1.0, 1.0)));
+            assert!(roc_curve(&[1.0], &[true], 10).is_none());
         }
 
         #[test]

@@ -68,6 +68,11 @@ pub trait LocalTask: Send + Sync {
     fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError>;
     /// Metrics of `global` on the store's held-out rows, with the store's own baselines.
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError>;
+    /// The mean loss of `global` on the store's training rows, the one number behind the
+    /// job's convergence curve; None where the task has no loss to report.
+    fn train_loss(&self, _global: &[f64]) -> Option<f64> {
+        None
+    }
     /// What the store keeps from the final model: tables for its results folder. They
     /// never leave the store.
     fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {

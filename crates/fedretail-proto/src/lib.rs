@@ -29,3 +29,8 @@ pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Default largest message accepted (64 MiB): enough for a 10M-parameter f32 update.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The metric a store may send with a plain update: the mean loss of the round's global
+/// model on its training rows (the coordinator averages it, weighted by rows, into the
+/// job's convergence curve).
+pub const TRAIN_LOSS: &str = "train_loss";

@@ -20,7 +20,7 @@ use fedretail_models::classify::{
     classification_metrics, dp_sgd, dp_sgd_schedule, predict_proba, sgd, stratified_split,
     with_own_intercept, DpSgdConfig,
 };
-use fedretail_models::metrics::ranking::{accuracy, roc_auc};
+use fedretail_models::metrics::ranking::{accuracy, roc_auc, roc_curve};
 use fedretail_models::{ClassifierKind, ClassifierTask, LabeledRows, LocalTask};
 use fedretail_privacy::{calibrate_noise_multiplier, RdpAccountant};
 use std::path::Path;
@@ -183,9 +183,22 @@ pub struct ClassificationReport {
     pub mlp_parameters: Option<Vec<f64>>,
     /// Per-party DP-SGD settings and ε spent, when customer-level DP is on.
     pub privacy: Option<Vec<PartyPrivacy>>,
+    /// Pooled ROC curves of the main models, for the report's plot.
+    pub roc: Vec<RocCurve>,
     pub silos: Vec<SiloReport>,
     pub skipped: Vec<SkippedStore>,
 }
+
+/// A model's ROC curve over every party's test rows: (false-, true-positive rate).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RocCurve {
+    pub model: String,
+    pub auc: Option<f64>,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Points kept per ROC curve.
+const ROC_POINTS: usize = 120;
 
 /// Progress of a classification run, for a progress bar.
 #[derive(Debug, Clone)]
@@ -248,6 +261,7 @@ pub fn run_classification(
     let (rule_auc, rule_acc) = rule_baseline(&parties, rule_column);
     skipped.sort_by(|a, b| a.store_id.cmp(&b.store_id));
     let has_mlp = mlp.is_some();
+    let roc = pooled.curves(has_mlp);
     Ok(ClassificationReport {
         task: task.to_string(),
         feature_names,
@@ -276,6 +290,7 @@ pub fn run_classification(
         fedavg_parameters: logistic.fed.parameters.into_values(),
         mlp_parameters: mlp.map(|m| m.fed),
         privacy,
+        roc,
         silos,
         skipped,
     })
@@ -525,6 +540,31 @@ impl Pooled<'_> {
     fn accuracy(&self, k: usize) -> Option<f64> {
         let (s, y) = self.scores(k);
         accuracy(&s, &y)
+    }
+
+    /// ROC curves of each party's own model, the FedAvg and exact federated logistic
+    /// models, the centralized one, and the MLP's federated and centralized fits.
+    fn curves(&self, has_mlp: bool) -> Vec<RocCurve> {
+        let mut models = vec![
+            (0, "logistic, each party alone"),
+            (1, "logistic, FedAvg"),
+            (3, "logistic, exact federated"),
+            (2, "logistic, centralized"),
+        ];
+        if has_mlp {
+            models.extend([(6, "MLP, FedAvg"), (7, "MLP, centralized")]);
+        }
+        models
+            .into_iter()
+            .filter_map(|(k, name)| {
+                let (s, y) = self.scores(k);
+                Some(RocCurve {
+                    model: name.to_string(),
+                    auc: roc_auc(&s, &y),
+                    points: roc_curve(&s, &y, ROC_POINTS)?,
+                })
+            })
+            .collect()
     }
 }
 

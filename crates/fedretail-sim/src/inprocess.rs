@@ -197,7 +197,7 @@ fn fold_plain(
         .map_err(|e| e.to_string())?;
     RoundMachine::validate(&check, store, round, &update).map_err(|e| e.to_string())?;
     machine
-        .fold_update(store, &order.task_id, round, update)
+        .fold_update(store, &order.task_id, round, update, None)
         .map_err(|e| e.to_string())?;
     Ok(())
 }

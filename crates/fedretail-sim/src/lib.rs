@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod analysis_pages;
 pub mod attack;
 pub mod classification;
 pub mod clustering;
@@ -23,6 +24,7 @@ pub mod inprocess;
 mod network_jobs;
 mod prepare;
 mod report;
+mod report_page;
 
 pub use classification::{
     render_classification, run_churn, run_classification, run_credit, ClassificationEvent,
@@ -40,6 +42,7 @@ pub use network_jobs::{
 };
 pub use prepare::{prepare_network, PreparedStore, SkippedStore};
 pub use report::{privacy_line, render_summary, DemandReport, GroupSummary, StoreReport};
+pub use report_page::{demand_page, read_backtests, Backtest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

@@ -2,6 +2,7 @@
 //! on 127.0.0.1, the commands, and their errors. One test binary, so the release build
 //! links it once.
 
+mod browser;
 mod common;
 mod jobs;
 mod processes;

@@ -175,6 +175,7 @@ fn analyze_credit_writes_its_report_and_names_bad_input() {
     let data = dir.path().join("credit.csv");
     write(&data, &text);
     let report = dir.path().join("credit.json");
+    let html = dir.path().join("credit.html");
     let out = Command::new(BIN)
         .args(["analyze", "credit", "--rounds", "5", "--mlp-hidden", "0"])
         .arg("--data")
@@ -183,6 +184,8 @@ fn analyze_credit_writes_its_report_and_names_bad_input() {
         .arg(dir.path().join("lenders"))
         .arg("--report")
         .arg(&report)
+        .arg("--html")
+        .arg(&html)
         .output()
         .unwrap();
     assert!(
@@ -190,6 +193,12 @@ fn analyze_credit_writes_its_report_and_names_bad_input() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The HTML report: ROC curves of the reference, then the jobs over agents.
+    let page = std::fs::read_to_string(&html).unwrap();
+    for needle in ["ROC curves", "Job credit-newton", "Summary as printed"] {
+        assert!(page.contains(needle), "the HTML report lacks {needle}");
+    }
+    assert!(dir.path().join("credit-figures").join("roc.svg").is_file());
     let json = read_json(&report);
     let reference = &json["reference"];
     for key in ["pooled_auc_federated", "pooled_auc_centralized", "silos"] {
@@ -282,7 +291,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 #[test]
 fn metrics_count_refused_messages_and_json_logs_name_every_event() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
+    let (port, metrics_port, board_port) = (free_port(), free_port(), free_port());
     let cfg = dir.path().join("c.toml");
     // A jobs folder and no job: the coordinator serves until it is stopped.
     write(
@@ -300,6 +309,8 @@ fn metrics_count_refused_messages_and_json_logs_name_every_event() {
         .arg(&cfg)
         .arg("--metrics-listen")
         .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--dashboard-listen")
+        .arg(format!("127.0.0.1:{board_port}"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -341,6 +352,11 @@ fn metrics_count_refused_messages_and_json_logs_name_every_event() {
         "{after}"
     );
     assert!(http_get(metrics_port, "/nothing").is_none());
+    // The dashboard counts them too, and its page lists them.
+    let state = http_get(board_port, "/api/state").expect("the dashboard answers");
+    assert!(state.contains("\"wrong_token\":2"), "{state}");
+    let page = http_get(board_port, "/").unwrap();
+    assert!(page.contains("refused a message: wrong_token") && page.contains("<svg"));
     coordinator.kill().unwrap();
     coordinator.wait().unwrap();
 

@@ -69,6 +69,8 @@ pub(crate) struct RoundState {
     pub server_clip: Option<f64>,
     /// Clipping, noise and secure aggregation for this round, if the job asks for any.
     pub privacy: Option<RoundPrivacy>,
+    /// Weighted sum of the training losses stores sent with plain updates, and the weight.
+    pub loss: (f64, f64),
 }
 
 impl RoundState {
@@ -459,17 +461,40 @@ mod tests {
             m.update_check("a", &a.task_id, 2),
             Err(Refusal::NotCurrent(_))
         ));
-        m.fold_update("a", &a.task_id, 1, UpdateVector::F64(vec![4.0, 0.0]))
-            .unwrap();
-        let again = m.fold_update("a", &a.task_id, 1, UpdateVector::F64(vec![9.0, 9.0]));
+        m.fold_update(
+            "a",
+            &a.task_id,
+            1,
+            UpdateVector::F64(vec![4.0, 0.0]),
+            Some(2.0),
+        )
+        .unwrap();
+        let again = m.fold_update(
+            "a",
+            &a.task_id,
+            1,
+            UpdateVector::F64(vec![9.0, 9.0]),
+            Some(9.0),
+        );
         assert!(matches!(again, Err(Refusal::Replay(_))));
         assert!(!m.round_stage_done());
-        m.fold_update("b", &b.task_id, 1, UpdateVector::F64(vec![0.0, 4.0]))
-            .unwrap();
+        m.fold_update(
+            "b",
+            &b.task_id,
+            1,
+            UpdateVector::F64(vec![0.0, 4.0]),
+            Some(6.0),
+        )
+        .unwrap();
         assert!(m.round_stage_done());
         let closed = m.close_round(Duration::from_secs(1)).unwrap();
         // Weighted by rows, 10 and 30; the replay changed nothing.
         assert_eq!(closed.aggregate.weighted_mean().unwrap(), vec![1.0, 3.0]);
+        assert_eq!(
+            closed.train_loss,
+            Some(5.0),
+            "losses weighted as the updates"
+        );
         assert_eq!(closed.participants, vec!["a", "b"]);
         assert!(
             m.update_check("b", &b.task_id, 1).is_err(),
@@ -487,6 +512,7 @@ mod tests {
             &orders[1].task_id,
             1,
             UpdateVector::F32(vec![1.0, 1.0]),
+            None,
         )
         .unwrap();
         let closed = m.close_round(Duration::from_secs(30)).unwrap();

@@ -49,6 +49,9 @@ pub struct RoundSetup<'a> {
 pub struct Closed {
     pub participants: Vec<String>,
     pub dropped: Vec<(String, String)>,
+    /// Mean training loss of the round's global model over the stores that sent one,
+    /// weighted as their updates are.
+    pub train_loss: Option<f64>,
     pub aggregate: Aggregate,
     pub mechanism: Option<RoundMechanism>,
 }
@@ -120,6 +123,7 @@ impl RoundMachine {
             precision: plan.precision,
             server_clip: plan.server_clip,
             privacy,
+            loss: (0.0, 0.0),
         }));
         Ok(selected)
     }
@@ -211,6 +215,7 @@ impl RoundMachine {
         task_id: &str,
         round: u64,
         update: UpdateVector,
+        train_loss: Option<f64>,
     ) -> Result<(usize, usize), Refusal> {
         // Re-checked: the round may have closed since the caller's first check.
         current_task(&self.phase, store, task_id, round)?;
@@ -223,6 +228,10 @@ impl RoundMachine {
             None => rs.aggregator.push(update, weight),
         };
         pushed.map_err(|e| Refusal::Malformed(format!("update from '{store}': {e}")))?;
+        if let Some(l) = train_loss.filter(|l| l.is_finite()) {
+            rs.loss.0 += weight * l;
+            rs.loss.1 += weight;
+        }
         rs.received.insert(store.to_string());
         Ok((rs.received.len(), rs.tasks.len()))
     }
@@ -250,9 +259,11 @@ impl RoundMachine {
                 (participants, dropped, aggregate.finish())
             }
         };
+        let (sum, weight) = rs.loss;
         Ok(Closed {
             participants,
             dropped,
+            train_loss: (weight > 0.0).then(|| sum / weight),
             aggregate,
             mechanism: privacy.and_then(|p: RoundPrivacy| p.mechanism),
         })
