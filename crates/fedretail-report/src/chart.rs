@@ -212,7 +212,13 @@ impl LineChart {
             }
         }
         if self.series.len() > 1 {
-            legend(&mut chart)?;
+            // Under an ROC curve the empty corner is the lower right.
+            let corner = if self.diagonal {
+                SeriesLabelPosition::LowerRight
+            } else {
+                SeriesLabelPosition::UpperRight
+            };
+            legend(&mut chart, corner)?;
         }
         root.present().map_err(|e| e.to_string())
     }
@@ -299,6 +305,7 @@ impl BarChart {
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE.mix(0.0))
             .x_labels(slots)
             .x_label_formatter(&label)
             .x_label_style(style)
@@ -325,7 +332,7 @@ impl BarChart {
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
         }
         if self.groups.len() > 1 {
-            legend(&mut chart)?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
         root.present().map_err(|e| e.to_string())
     }
@@ -333,10 +340,11 @@ impl BarChart {
 
 fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
+    corner: SeriesLabelPosition,
 ) -> Result<(), String> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(corner)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font((FONT, 12))
