@@ -85,11 +85,11 @@ fn job_sections(page: &mut Page, o: &JobOutcome) {
     for (name, svg, caption) in round_charts(&o.job_id, &rounds, budget) {
         section.figure(&name, svg, caption);
     }
-    store_blocks(section, o);
+    outcome_stores(section, o);
 }
 
 /// What the round charts draw of a round.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RoundPoint {
     pub round: u64,
     pub step_norm: f64,
@@ -174,48 +174,73 @@ pub fn round_charts(
     charts
 }
 
-fn store_blocks(section: &mut fedretail_report::Section, o: &JobOutcome) {
-    let shown = shown_metrics(o.evaluations.iter().map(|e| &e.metrics));
-    if !shown.is_empty() {
-        let ids = o.evaluations.iter().map(|e| e.store_id.clone()).collect();
-        let mut chart = BarChart::new("What each store measured on its own held-out data", "", ids)
-            .size(980, 400);
-        for m in &shown {
-            chart = chart.group(
-                m,
-                o.evaluations
-                    .iter()
-                    .map(|e| e.metrics.get(m).copied())
-                    .collect(),
-            );
-        }
-        section.figure(
-            &format!("{}-stores", o.job_id),
-            chart.svg(),
-            "Metrics each store reported for the final model; its results stay at the store.",
-        );
+/// A store's line in the stores table: who it is, where it stands, what it reported.
+pub(crate) struct StoreLine<'a> {
+    pub store_id: &'a str,
+    pub business_type: &'a str,
+    /// Its state, on the live dashboard.
+    pub state: Option<&'a str>,
+    pub train_rows: Option<u64>,
+    pub metrics: &'a TaskMetrics,
+}
+
+/// The stores table and, once stores reported, a chart of what they measured.
+pub(crate) fn store_blocks(
+    section: &mut fedretail_report::Section,
+    name: &str,
+    lines: &[StoreLine<'_>],
+) {
+    let shown = shown_metrics(lines.iter().map(|l| l.metrics));
+    let with_state = lines.iter().any(|l| l.state.is_some());
+    let mut columns = vec!["store", "business type"];
+    if with_state {
+        columns.push("state");
     }
-    let mut columns = vec!["store", "business type", "training rows"];
+    columns.push("training rows");
     columns.extend(shown.iter().map(String::as_str));
-    let rows = o
-        .evaluations
+    let rows = lines
         .iter()
-        .map(|e| {
-            let mut row = vec![
-                e.store_id.clone(),
-                e.business_type.clone(),
-                e.num_train_examples.to_string(),
-            ];
-            row.extend(shown.iter().map(|m| {
-                e.metrics
-                    .get(m)
-                    .map(|v| format!("{v:.3}"))
-                    .unwrap_or_default()
-            }));
+        .map(|l| {
+            let mut row = vec![l.store_id.to_string(), l.business_type.to_string()];
+            if with_state {
+                row.push(l.state.unwrap_or_default().to_string());
+            }
+            row.push(l.train_rows.map(|n| n.to_string()).unwrap_or_default());
+            let value = |m: &String| l.metrics.get(m).map(|v| format!("{v:.3}"));
+            row.extend(shown.iter().map(|m| value(m).unwrap_or_default()));
             row
         })
         .collect();
     section.table(&columns, rows);
+    if shown.is_empty() {
+        return;
+    }
+    let ids = lines.iter().map(|l| l.store_id.to_string()).collect();
+    let mut chart =
+        BarChart::new("What each store measured on its own held-out data", "", ids).size(980, 400);
+    for m in &shown {
+        chart = chart.group(m, lines.iter().map(|l| l.metrics.get(m).copied()).collect());
+    }
+    section.figure(
+        name,
+        chart.svg(),
+        "Metrics each store reported for the final model; its results stay at the store.",
+    );
+}
+
+fn outcome_stores(section: &mut fedretail_report::Section, o: &JobOutcome) {
+    let lines: Vec<StoreLine<'_>> = o
+        .evaluations
+        .iter()
+        .map(|e| StoreLine {
+            store_id: &e.store_id,
+            business_type: &e.business_type,
+            state: None,
+            train_rows: Some(e.num_train_examples),
+            metrics: &e.metrics,
+        })
+        .collect();
+    store_blocks(section, &format!("{}-stores", o.job_id), &lines);
     if !o.stores_not_taking_part.is_empty() {
         let rows = o
             .stores_not_taking_part

@@ -9,6 +9,7 @@
 //! so no script library is needed.
 
 use crate::events::CoordinatorEvent;
+use crate::job_report::RoundPoint;
 use fedretail_report::Page;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -41,15 +42,12 @@ struct JobView {
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct RoundView {
-    round: u64,
+    #[serde(flatten)]
+    point: RoundPoint,
     participants: usize,
     dropped: usize,
-    step_norm: f64,
     bytes_up: u64,
     bytes_down: u64,
-    seconds: f64,
-    epsilon_spent: Option<f64>,
-    train_loss: Option<f64>,
 }
 
 /// What the dashboard shows, as JSON at `/api/state`.
@@ -218,15 +216,17 @@ impl View {
             return;
         };
         self.rounds.push(RoundView {
-            round: *round,
+            point: RoundPoint {
+                round: *round,
+                step_norm: *step_norm,
+                seconds: *seconds,
+                epsilon_spent: *epsilon_spent,
+                train_loss: *train_loss,
+            },
             participants: *participants,
             dropped: *dropped,
-            step_norm: *step_norm,
             bytes_up: *bytes_up,
             bytes_down: *bytes_down,
-            seconds: *seconds,
-            epsilon_spent: *epsilon_spent,
-            train_loss: *train_loss,
         });
     }
 }

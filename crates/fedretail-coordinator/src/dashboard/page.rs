@@ -1,8 +1,8 @@
 //! The dashboard's sections, drawn from its view.
 
 use super::{RoundView, View};
-use crate::job_report::{round_charts, shown_metrics, RoundPoint};
-use fedretail_report::{BarChart, LineChart, Page, Series};
+use crate::job_report::{round_charts, store_blocks, StoreLine};
+use fedretail_report::{LineChart, Page, Series};
 
 impl View {
     pub(super) fn page(&self) -> Page {
@@ -57,7 +57,7 @@ impl View {
                 format!("{:.1}", sum(|r| r.bytes_down) as f64 / 1e3),
             ),
         ]);
-        if let Some(eps) = self.rounds.last().and_then(|r| r.epsilon_spent) {
+        if let Some(eps) = self.rounds.last().and_then(|r| r.point.epsilon_spent) {
             let budget = self.job.as_ref().and_then(|j| j.budget_epsilon);
             let text = match budget {
                 Some(b) => format!("{eps:.2} of {b:.2}"),
@@ -69,17 +69,7 @@ impl View {
     }
 
     fn training(&self, page: &mut Page) {
-        let rounds: Vec<RoundPoint> = self
-            .rounds
-            .iter()
-            .map(|r| RoundPoint {
-                round: r.round,
-                step_norm: r.step_norm,
-                seconds: r.seconds,
-                epsilon_spent: r.epsilon_spent,
-                train_loss: r.train_loss,
-            })
-            .collect();
+        let rounds: Vec<_> = self.rounds.iter().map(|r| r.point).collect();
         let job = self.job.as_ref();
         let id = job.map_or("job", |j| j.job_id.as_str());
         let section = page.section("Training");
@@ -89,7 +79,7 @@ impl View {
         let kb = |f: fn(&RoundView) -> u64| -> Vec<(f64, f64)> {
             self.rounds
                 .iter()
-                .map(|r| (r.round as f64, f(r) as f64 / 1e3))
+                .map(|r| (r.point.round as f64, f(r) as f64 / 1e3))
                 .collect()
         };
         let bytes = LineChart::new("Bytes on the wire per round", "round", "kB")
@@ -105,50 +95,18 @@ impl View {
     }
 
     fn stores(&self, page: &mut Page) {
-        let shown = shown_metrics(self.stores.values().map(|s| &s.metrics));
-        let mut columns = vec!["store", "business type", "state", "training rows"];
-        columns.extend(shown.iter().map(|s| s.as_str()));
-        let rows = self
+        let lines: Vec<StoreLine<'_>> = self
             .stores
             .iter()
-            .map(|(id, s)| {
-                let mut row = vec![
-                    id.clone(),
-                    s.business_type.clone(),
-                    s.state.clone(),
-                    s.train_rows.map(|n| n.to_string()).unwrap_or_default(),
-                ];
-                row.extend(shown.iter().map(|m| {
-                    s.metrics
-                        .get(m)
-                        .map(|v| format!("{v:.3}"))
-                        .unwrap_or_default()
-                }));
-                row
+            .map(|(id, s)| StoreLine {
+                store_id: id,
+                business_type: &s.business_type,
+                state: Some(&s.state),
+                train_rows: s.train_rows,
+                metrics: &s.metrics,
             })
             .collect();
-        let section = page.section("Stores");
-        section.table(&columns, rows);
-        if !shown.is_empty() {
-            let ids: Vec<String> = self.stores.keys().cloned().collect();
-            let mut chart =
-                BarChart::new("What each store measured on its own held-out data", "", ids)
-                    .size(980, 400);
-            for m in &shown {
-                chart = chart.group(
-                    m,
-                    self.stores
-                        .values()
-                        .map(|s| s.metrics.get(m).copied())
-                        .collect(),
-                );
-            }
-            section.figure(
-                "store-metrics",
-                chart.svg(),
-                "Metrics each store reported for the final model (its results stay at the store).",
-            );
-        }
+        store_blocks(page.section("Stores"), "store-metrics", &lines);
     }
 
     fn messages(&self, page: &mut Page) {
