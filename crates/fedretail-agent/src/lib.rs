@@ -23,6 +23,7 @@
 mod floor;
 mod protect;
 mod results;
+mod store_page;
 
 pub use floor::PrivacyFloor;
 pub use protect::{begin_secure, check_privacy, protect_update, secure_step, SecureInput};

@@ -181,6 +181,15 @@ pub fn write_results(
     }
     write_atomic(&folder.join("model.json"), pretty(model).as_bytes())?;
     files.push("model.json".into());
+    let report = folder.join("report.html");
+    crate::store_page::store_page(model, results)
+        .write(&report)
+        .map_err(|e| match e {
+            fedretail_report::ReportError::Write { path, source } => {
+                ResultsError::Write { path, source }
+            }
+        })?;
+    files.push("report.html".into());
     let kind = model.task.kind();
     let card = ModelCard {
         task: kind.name(),
@@ -231,6 +240,12 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(folder.join("model_card.json")).unwrap())
                 .unwrap();
         assert_eq!(card["task"], "segments");
+        let page = std::fs::read_to_string(folder.join("report.html")).unwrap();
+        assert!(page.contains("segments.csv") && page.contains("silhouette_federated"));
+        assert!(
+            page.contains("lapsed, &quot;quiet&quot;"),
+            "rows shown, escaped"
+        );
         assert_eq!(card["model_version"], 7);
         std::fs::write(folder.join("model.json"), "{\"format\":\"other\"}").unwrap();
         assert!(read_model(&folder.join("model.json")).is_err());

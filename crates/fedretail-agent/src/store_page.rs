@@ -1,0 +1,143 @@
+//! The page a shop owner opens: `report.html` in each job's results folder, drawn at
+//! the store from what the store keeps (its tables and its own metrics). Demand gets
+//! two charts: the held-out days as they happened against the kept forecast and
+//! seasonal naive, and the days ahead with their interval; every table gets a preview
+//! and the name of its CSV.
+
+use crate::results::ModelFile;
+use fedretail_models::{ResultTable, StoreResults};
+use fedretail_report::{LineChart, Page, Series};
+use std::collections::BTreeMap;
+
+/// Rows of each table shown on the page (the CSV has them all).
+const PREVIEW_ROWS: usize = 25;
+
+/// Sums the named numeric columns per date: (date, sums) in date order. None when the
+/// table lacks one of them.
+fn daily_sums(table: &ResultTable, columns: &[&str]) -> Option<Vec<(String, Vec<f64>)>> {
+    let find = |name: &str| table.columns.iter().position(|c| c == name);
+    let date = find("date")?;
+    let idx: Vec<usize> = columns.iter().map(|c| find(c)).collect::<Option<_>>()?;
+    let mut days: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for row in &table.rows {
+        let sums = days
+            .entry(row.get(date)?.as_str())
+            .or_insert_with(|| vec![0.0; idx.len()]);
+        for (sum, &i) in sums.iter_mut().zip(&idx) {
+            *sum += row.get(i)?.parse::<f64>().ok()?;
+        }
+    }
+    Some(days.into_iter().map(|(d, s)| (d.to_string(), s)).collect())
+}
+
+/// One line per column of `days`, against the day's index (1 = first day).
+fn day_chart(title: &str, days: &[(String, Vec<f64>)], names: &[&str]) -> String {
+    let mut chart = LineChart::new(title, "day", "units, all categories")
+        .integer_x()
+        .from_zero()
+        .size(640, 340);
+    for (k, name) in names.iter().enumerate() {
+        let points = days
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| ((i + 1) as f64, v[k]));
+        chart = chart.series(Series::new(name, points.collect()));
+    }
+    chart.svg()
+}
+
+fn first_and_last(days: &[(String, Vec<f64>)]) -> String {
+    match (days.first(), days.last()) {
+        (Some(a), Some(b)) => format!("days 1 to {} are {} to {}", days.len(), a.0, b.0),
+        _ => String::new(),
+    }
+}
+
+fn demand_charts(page: &mut Page, results: &StoreResults) {
+    let table = |name: &str| results.tables.iter().find(|t| t.name == name);
+    let section = page.section("Your forecast");
+    let past = ["actual_units", "forecast_units", "naive_units"];
+    if let Some(days) = table("backtest").and_then(|t| daily_sums(t, &past)) {
+        let svg = day_chart(
+            "The held-out days: what sold and what was forecast",
+            &days,
+            &["sold", "kept forecast", "same day last week"],
+        );
+        let caption = format!(
+            "The last days of your history, which no model saw while it was chosen ({}).",
+            first_and_last(&days)
+        );
+        section.figure("backtest", svg, &caption);
+    }
+    let ahead = ["forecast_units", "lower", "upper"];
+    if let Some(days) = table("forecast").and_then(|t| daily_sums(t, &ahead)) {
+        let svg = day_chart(
+            "The days ahead",
+            &days,
+            &["forecast", "sum of low bounds", "sum of high bounds"],
+        );
+        let caption = format!(
+            "Your forecast for the coming days ({}), with the categories' 80 % bounds added up (wider than an 80 % interval of the total); forecast.csv has each category.",
+            first_and_last(&days)
+        );
+        section.figure("forecast", svg, &caption);
+    }
+}
+
+/// The page of one job's results at one store.
+pub fn store_page(model: &ModelFile, results: &StoreResults) -> Page {
+    let kind = model.task.kind();
+    let subtitle = format!(
+        "store {} · job {} · model version {}",
+        model.store_id, model.job_id, model.model_version
+    );
+    let mut page =
+        Page::new(&format!("Your {} results", kind.name().replace('_', " "))).subtitle(&subtitle);
+    if kind == fedretail_core::TaskKind::Demand {
+        demand_charts(&mut page, results);
+    }
+    let metrics = results
+        .metrics
+        .iter()
+        .map(|(k, v)| vec![k.clone(), format!("{v:.4}")])
+        .collect();
+    let section = page.section("How the model did on your own held-out data");
+    section.text("These numbers were computed here, on your data; only they, never your rows, went to the coordinator.");
+    section.table(&["metric", "value"], metrics);
+    for t in &results.tables {
+        let section = page.section(&format!("{}.csv", t.name));
+        let shown = t.rows.len().min(PREVIEW_ROWS);
+        section.text(&format!(
+            "{} rows; the first {shown} below, all of them in {}.csv.",
+            t.rows.len(),
+            t.name
+        ));
+        let columns: Vec<&str> = t.columns.iter().map(String::as_str).collect();
+        section.table(&columns, t.rows[..shown].to_vec());
+    }
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daily_sums_add_up_categories_in_date_order_and_refuse_bad_tables() {
+        let mut t = ResultTable::new("backtest", &["date", "category", "actual_units"]);
+        t.push(vec!["2024-01-02".into(), "a".into(), "3".into()]);
+        t.push(vec!["2024-01-01".into(), "a".into(), "1".into()]);
+        t.push(vec!["2024-01-01".into(), "b".into(), "2.5".into()]);
+        let days = daily_sums(&t, &["actual_units"]).unwrap();
+        assert_eq!(
+            days,
+            vec![
+                ("2024-01-01".to_string(), vec![3.5]),
+                ("2024-01-02".to_string(), vec![3.0])
+            ]
+        );
+        assert!(daily_sums(&t, &["missing"]).is_none());
+        t.push(vec!["2024-01-03".into(), "a".into(), "lots".into()]);
+        assert!(daily_sums(&t, &["actual_units"]).is_none());
+    }
+}
