@@ -79,6 +79,7 @@ fn aggregate(updates: usize, dim: usize, repeat: usize) -> Result<()> {
     let bytes = (updates * dim * 4) as f64;
     let mut streaming = Vec::new();
     let mut validate = Vec::new();
+    let mut validate_norm = Vec::new();
     let mut naive = Vec::new();
     let mut checksum = 0.0;
     for _ in 0..repeat {
@@ -90,6 +91,15 @@ fn aggregate(updates: usize, dim: usize, repeat: usize) -> Result<()> {
             validate_update(u, dim, &UpdateLimits::default())?;
         }
         validate.push(t.elapsed().as_secs_f64());
+        // The same with a norm bound, which reads every value for the L2 norm too.
+        let bounded = UpdateLimits {
+            max_l2_norm: Some(f64::MAX),
+        };
+        let t = Instant::now();
+        for u in &batch {
+            validate_update(u, dim, &bounded)?;
+        }
+        validate_norm.push(t.elapsed().as_secs_f64());
 
         let t = Instant::now();
         let mut sum = StreamingWeightedSum::new(dim);
@@ -115,6 +125,7 @@ fn aggregate(updates: usize, dim: usize, repeat: usize) -> Result<()> {
         checksum -= acc[dim / 2];
     }
     let (s, v, n) = (median(streaming), median(validate), median(naive));
+    let vn = median(validate_norm);
     let out = serde_json::json!({
         "bench": "aggregate",
         "updates": updates,
@@ -125,6 +136,7 @@ fn aggregate(updates: usize, dim: usize, repeat: usize) -> Result<()> {
         "streaming_fedavg": { "median_seconds": s, "gb_per_s": bytes / s / 1e9 },
         "validate_finite": { "median_seconds": v, "gb_per_s": bytes / v / 1e9 },
         "validate_then_aggregate_gb_per_s": bytes / (s + v) / 1e9,
+        "validate_finite_and_norm": { "median_seconds": vn, "gb_per_s": bytes / vn / 1e9 },
         "one_pass_per_update_reference": { "median_seconds": n, "gb_per_s": bytes / n / 1e9 },
         "accumulator_bytes": dim * 8,
         "streaming_minus_reference_checksum": checksum,

@@ -30,9 +30,9 @@ impl UpdateVector {
 
     /// L2 norm, accumulated in f64; NaN or infinite if any value is.
     pub fn l2_norm(&self) -> f64 {
-        let sq: f64 = match self {
-            UpdateVector::F32(v) => v.iter().map(|&x| (x as f64) * (x as f64)).sum(),
-            UpdateVector::F64(v) => v.iter().map(|x| x * x).sum(),
+        let sq = match self {
+            UpdateVector::F32(v) => sum_of_squares(v),
+            UpdateVector::F64(v) => sum_of_squares(v),
         };
         sq.sqrt()
     }
@@ -186,6 +186,25 @@ impl StreamingWeightedSum {
     }
 }
 
+/// Lanes of independent partial sums: a single running sum is one long dependency
+/// chain (about four cycles an element); eight let the loop vectorise.
+const LANES: usize = 8;
+
+/// Sum of squares in f64, over `LANES` partial sums.
+pub(crate) fn sum_of_squares<T: Copy + Into<f64>>(values: &[T]) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            let v: f64 = v.into();
+            *lane += v * v;
+        }
+    }
+    let tail: f64 = rest.iter().map(|&v| v.into() * v.into()).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// Fold `pending` into `acc`, which is the accumulator slice starting at `offset`.
 fn fold_range(acc: &mut [f64], pending: &[(UpdateVector, f64)], offset: usize) {
     let n = acc.len();
@@ -313,6 +332,15 @@ mod tests {
         a.iter()
             .zip(b)
             .all(|(x, y)| (x - y).abs() <= 1e-9 * scale.max(1.0))
+    }
+
+    #[test]
+    fn the_sum_of_squares_in_lanes_matches_the_plain_sum_and_keeps_non_finite_values() {
+        let v: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.37).sin()).collect();
+        let plain: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
+        assert!((sum_of_squares(&v) - plain).abs() <= 1e-12 * plain);
+        assert!(sum_of_squares(&[1.0, f64::NAN, 2.0]).is_nan());
+        assert_eq!(sum_of_squares(&[3.0f64, 4.0]), 25.0);
     }
 
     proptest! {

@@ -20,20 +20,27 @@ pub fn validate_update(
             got: update.len(),
         });
     }
-    match update {
-        UpdateVector::F32(v) => check_finite(v)?,
-        UpdateVector::F64(v) => check_finite(v)?,
-    }
     if let Some(limit) = limits.max_l2_norm {
-        let norm = match update {
-            UpdateVector::F32(v) => l2_norm(v),
-            UpdateVector::F64(v) => l2_norm(v),
-        };
-        if norm > limit {
-            return Err(UpdateRejection::NormTooLarge { norm, limit });
+        // One pass: a finite norm means every value is finite.
+        let norm = update.l2_norm();
+        if norm.is_finite() {
+            if norm > limit {
+                return Err(UpdateRejection::NormTooLarge { norm, limit });
+            }
+            return Ok(());
         }
+        // Name the bad value; all finite, the squares overflowed: far too large.
+        finite(update)?;
+        return Err(UpdateRejection::NormTooLarge { norm, limit });
     }
-    Ok(())
+    finite(update)
+}
+
+fn finite(update: &UpdateVector) -> Result<(), UpdateRejection> {
+    match update {
+        UpdateVector::F32(v) => check_finite(v),
+        UpdateVector::F64(v) => check_finite(v),
+    }
 }
 
 fn check_finite<T: Copy + Into<f64>>(values: &[T]) -> Result<(), UpdateRejection> {
@@ -51,17 +58,6 @@ fn check_finite<T: Copy + Into<f64>>(values: &[T]) -> Result<(), UpdateRejection
         .find(|(_, v): &(usize, f64)| !v.is_finite())
         .unwrap_or((0, f64::NAN));
     Err(UpdateRejection::NonFinite { index, value })
-}
-
-fn l2_norm<T: Copy + Into<f64>>(values: &[T]) -> f64 {
-    values
-        .iter()
-        .map(|&v| {
-            let v: f64 = v.into();
-            v * v
-        })
-        .sum::<f64>()
-        .sqrt()
 }
 
 #[cfg(test)]
@@ -102,5 +98,16 @@ mod tests {
             max_l2_norm: Some(5.0),
         };
         assert!(validate_update(&u, 2, &limits).is_ok());
+        // With a bound, a bad value is still named, and an overflowing norm refused.
+        let nan = UpdateVector::F64(vec![1.0, f64::NAN]);
+        assert!(matches!(
+            validate_update(&nan, 2, &limits),
+            Err(UpdateRejection::NonFinite { index: 1, .. })
+        ));
+        let huge = UpdateVector::F64(vec![1e200, 1.0]);
+        assert!(matches!(
+            validate_update(&huge, 2, &limits),
+            Err(UpdateRejection::NormTooLarge { .. })
+        ));
     }
 }
