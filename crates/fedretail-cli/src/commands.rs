@@ -249,8 +249,12 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         let (p, d) = (progress.clone(), dashboard.clone());
         Arc::new(move |e: &DemoEvent| {
             p.on_event(e);
-            if let DemoEvent::Coordinator(c) = e {
-                d.observe(c);
+            match e {
+                DemoEvent::Coordinator(c) => d.observe(c),
+                DemoEvent::Preparing { done, total, .. } => d.notice(&format!(
+                    "the stores compute their features from their own exports: {done} of {total}"
+                )),
+                _ => {}
             }
         })
     };

@@ -60,6 +60,9 @@ struct View {
     round_failures: u64,
     refused: BTreeMap<&'static str, u64>,
     recent: VecDeque<String>,
+    /// What the process running the coordinator is doing before any job starts
+    /// (e.g. the demo computing its stores' features).
+    notice: Option<String>,
 }
 
 /// The dashboard's state, fed by [`Dashboard::observe`].
@@ -90,6 +93,12 @@ impl Dashboard {
     /// Updates the view from one coordinator event.
     pub fn observe(&self, e: &CoordinatorEvent) {
         self.lock().apply(e);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Says what is happening before the first job starts (shown until a job does).
+    pub fn notice(&self, text: &str) {
+        self.lock().notice = Some(text.to_string());
         self.version.send_modify(|v| *v += 1);
     }
 
@@ -355,6 +364,15 @@ mod tests {
             strategy: "bisecting_kmeans".into(),
             budget_epsilon: None,
         });
+        d.notice("computing features");
+        assert!(
+            d.page().subtitle.contains("job segments"),
+            "a job's own line wins"
+        );
+        let fresh = Dashboard::new();
+        assert_eq!(fresh.page().subtitle, "waiting for a job");
+        fresh.notice("computing features");
+        assert_eq!(fresh.page().subtitle, "computing features");
         let state: serde_json::Value = serde_json::from_str(&d.state_json()).unwrap();
         assert_eq!(state["rounds"].as_array().map(Vec::len), Some(0));
         assert_eq!(state["job"]["job_id"], "segments");

@@ -11,7 +11,10 @@ impl View {
                 "job {} · {} · {} · {}",
                 j.job_id, j.task, j.strategy, j.status
             ),
-            None => "waiting for a job".to_string(),
+            None => self
+                .notice
+                .clone()
+                .unwrap_or_else(|| "waiting for a job".into()),
         };
         let mut page = Page::new("fedretail coordinator").subtitle(&subtitle);
         self.network(&mut page);
