@@ -224,6 +224,9 @@ impl LineChart {
     }
 }
 
+/// A named column of a bar chart: what one group's bar is for a row (None: no bar).
+pub type Column<'a, T> = (&'a str, fn(&T) -> Option<f64>);
+
 /// Bars for a few named groups side by side in each category (e.g. WAPE of the
 /// local, federated and kept forecasts per business type).
 #[derive(Debug, Clone, PartialEq)]
@@ -244,6 +247,22 @@ impl BarChart {
             groups: Vec::new(),
             size: (720, 380),
         }
+    }
+
+    /// One category per row (named by `label`), one group per column.
+    pub fn of_rows<T>(
+        title: &str,
+        y_label: &str,
+        rows: &[T],
+        label: impl Fn(&T) -> String,
+        columns: &[Column<'_, T>],
+    ) -> Self {
+        let categories = rows.iter().map(label).collect();
+        let mut chart = BarChart::new(title, y_label, categories);
+        for (name, value) in columns {
+            chart = chart.group(name, rows.iter().map(value).collect());
+        }
+        chart
     }
 
     /// One bar per category (None: no bar); values beyond the categories are ignored.

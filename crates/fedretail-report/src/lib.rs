@@ -18,7 +18,7 @@
 mod chart;
 mod page;
 
-pub use chart::{BarChart, LineChart, Series};
+pub use chart::{BarChart, Column, LineChart, Series};
 pub use page::{escape, Block, Page, Section};
 
 #[derive(Debug, thiserror::Error)]

@@ -4,11 +4,13 @@
 //! command printed.
 
 use crate::attack::AttackReport;
-use crate::classification::ClassificationReport;
-use crate::clustering::{AnomalyReport, ClusterDescription, GroupScores, SegmentReport};
+use crate::classification::{ClassificationReport, SiloReport};
+use crate::clustering::{
+    AnomalyReport, ClusterDescription, GroupScores, SegmentReport, StoreSegmentReport,
+};
 use crate::dp_demand::DpDemandReport;
 use crate::network_jobs::NetworkRunReport;
-use fedretail_report::{BarChart, LineChart, Page, Section, Series};
+use fedretail_report::{BarChart, Column, LineChart, Page, Section, Series};
 
 fn num(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{x:.3}"))
@@ -59,18 +61,14 @@ pub fn classification_page(r: &ClassificationReport, summary: &str) -> Page {
         roc.svg(),
         "Every party's test rows pooled; the diagonal is a coin toss.",
     );
-    let parties = r
-        .silos
-        .iter()
-        .map(|s| format!("{} ({})", s.silo, s.test_rows))
-        .collect();
-    let col =
-        |f: fn(&crate::classification::SiloReport) -> Option<f64>| r.silos.iter().map(f).collect();
-    let chart = BarChart::new("AUC on each party's own test rows", "AUC", parties)
-        .size(1100, 420)
-        .group("alone", col(|s| s.auc_local))
-        .group("exact federated", col(|s| s.auc_newton))
-        .group("MLP FedAvg", col(|s| s.auc_mlp_federated));
+    let columns: [Column<'_, SiloReport>; 3] = [
+        ("alone", |s| s.auc_local),
+        ("exact federated", |s| s.auc_newton),
+        ("MLP FedAvg", |s| s.auc_mlp_federated),
+    ];
+    let label = |s: &SiloReport| format!("{} ({})", s.silo, s.test_rows);
+    let title = "AUC on each party's own test rows";
+    let chart = BarChart::of_rows(title, "AUC", &r.silos, label, &columns).size(1100, 420);
     page.section("Each party").figure(
         "auc-per-party",
         chart.svg(),
@@ -107,21 +105,6 @@ fn clusters_section(section: &mut Section, name: &str, clusters: &[ClusterDescri
     section.table(&[name, "share", "in words"], rows);
 }
 
-/// A named column of a group's scores.
-type GroupColumn<'a> = (&'a str, fn(&GroupScores) -> Option<f64>);
-
-fn group_chart(title: &str, groups: &[GroupScores], series: &[GroupColumn<'_>]) -> String {
-    let cats = groups
-        .iter()
-        .map(|g| format!("{} ({})", g.group, g.stores))
-        .collect();
-    let mut chart = BarChart::new(title, "", cats);
-    for (name, f) in series {
-        chart = chart.group(name, groups.iter().map(f).collect());
-    }
-    chart.svg()
-}
-
 /// Customer segments, in process: the segments in words, their shares, silhouettes.
 pub fn segments_page(r: &SegmentReport, summary: &str) -> Page {
     let subtitle = format!(
@@ -146,15 +129,14 @@ pub fn segments_page(r: &SegmentReport, summary: &str) -> Page {
         ),
     ]);
     clusters_section(section, "segment", &r.segments);
-    let ids = r.stores.iter().map(|s| s.store_id.clone()).collect();
-    let col = |f: fn(&crate::clustering::StoreSegmentReport) -> Option<f64>| {
-        r.stores.iter().map(f).collect()
-    };
-    let chart = BarChart::new("Silhouette at each store", "silhouette", ids)
-        .size(1100, 400)
-        .group("alone", col(|s| s.silhouette_local))
-        .group("meta-model", col(|s| s.silhouette_meta))
-        .group("federated", col(|s| s.silhouette_federated));
+    let columns: [Column<'_, StoreSegmentReport>; 3] = [
+        ("alone", |s| s.silhouette_local),
+        ("meta-model", |s| s.silhouette_meta),
+        ("federated", |s| s.silhouette_federated),
+    ];
+    let label = |s: &StoreSegmentReport| s.store_id.clone();
+    let title = "Silhouette at each store";
+    let chart = BarChart::of_rows(title, "silhouette", &r.stores, label, &columns).size(1100, 400);
     page.section("Each store").figure(
         "silhouette-per-store",
         chart.svg(),
@@ -172,17 +154,16 @@ pub fn anomaly_page(r: &AnomalyReport, summary: &str) -> Page {
     );
     let mut page = Page::new("fedretail anomaly detection").subtitle(&subtitle);
     let section = page.section("How well anomalies are ranked, by business type");
-    let auc = group_chart(
-        "AUC of the anomaly scores on labelled anomalies",
-        &r.by_business_type,
-        &[
-            ("customers, alone", |g| g.customer_auc_local),
-            ("customers, meta", |g| g.customer_auc_meta),
-            ("customers, federated", |g| g.customer_auc_federated),
-            ("receipts, alone", |g| g.receipt_auc_local),
-            ("receipts, federated", |g| g.receipt_auc_federated),
-        ],
-    );
+    let columns: [Column<'_, GroupScores>; 5] = [
+        ("customers, alone", |g| g.customer_auc_local),
+        ("customers, meta", |g| g.customer_auc_meta),
+        ("customers, federated", |g| g.customer_auc_federated),
+        ("receipts, alone", |g| g.receipt_auc_local),
+        ("receipts, federated", |g| g.receipt_auc_federated),
+    ];
+    let label = |g: &GroupScores| format!("{} ({})", g.group, g.stores);
+    let title = "AUC of the anomaly scores on labelled anomalies";
+    let auc = BarChart::of_rows(title, "", &r.by_business_type, label, &columns).svg();
     section.figure(
         "anomaly-auc",
         auc,

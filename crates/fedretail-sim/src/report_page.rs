@@ -6,7 +6,7 @@
 
 use crate::report::{DemandReport, GroupSummary, StoreReport};
 use fedretail_coordinator::{round_charts, RoundPoint};
-use fedretail_report::{BarChart, LineChart, Page, Section, Series};
+use fedretail_report::{BarChart, Column, LineChart, Page, Section, Series};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -103,6 +103,11 @@ pub fn demand_page(r: &DemandReport, backtests: &[Backtest]) -> Page {
     page
 }
 
+/// A share as a percentage, for charts.
+fn percent(v: Option<f64>) -> Option<f64> {
+    v.map(|v| v * 100.0)
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{:.1} %", x * 100.0))
 }
@@ -145,19 +150,16 @@ fn groups(section: &mut Section, r: &DemandReport) {
         ("history band", &r.by_history_band),
     ];
     for (what, groups) in bands {
-        let cats = groups
-            .iter()
-            .map(|g| format!("{} ({})", g.group, g.stores))
-            .collect();
-        let col = |f: fn(&GroupSummary) -> Option<f64>| {
-            groups.iter().map(|g| f(g).map(|v| v * 100.0)).collect()
-        };
-        let chart = BarChart::new(&format!("Median WAPE by {what}"), "WAPE %", cats)
-            .group("seasonal naive", col(|g| g.median_wape_seasonal_naive))
-            .group("own model", col(|g| g.median_wape_local))
-            .group("federated", col(|g| g.median_wape_federated))
-            .group("personalized", col(|g| g.median_wape_personalized))
-            .group("kept", col(|g| g.median_wape_forecast));
+        let columns: [Column<'_, GroupSummary>; 5] = [
+            ("seasonal naive", |g| percent(g.median_wape_seasonal_naive)),
+            ("own model", |g| percent(g.median_wape_local)),
+            ("federated", |g| percent(g.median_wape_federated)),
+            ("personalized", |g| percent(g.median_wape_personalized)),
+            ("kept", |g| percent(g.median_wape_forecast)),
+        ];
+        let label = |g: &GroupSummary| format!("{} ({})", g.group, g.stores);
+        let title = format!("Median WAPE by {what}");
+        let chart = BarChart::of_rows(&title, "WAPE %", groups, label, &columns);
         section.figure(
             &format!("wape-by-{}", what.replace(' ', "-")),
             chart.svg(),
@@ -203,18 +205,20 @@ fn groups(section: &mut Section, r: &DemandReport) {
 fn per_store(section: &mut Section, r: &DemandReport) {
     let mut stores: Vec<&StoreReport> = r.stores.iter().collect();
     stores.sort_by(|a, b| (&a.business_type, &a.store_id).cmp(&(&b.business_type, &b.store_id)));
-    let cats = stores
-        .iter()
-        .map(|s| format!("{} {}", s.business_type, s.store_id))
-        .collect();
-    let col = |f: fn(&StoreReport) -> Option<f64>| {
-        stores.iter().map(|s| f(s).map(|v| v * 100.0)).collect()
-    };
-    let chart = BarChart::new("Held-out WAPE per store", "WAPE %", cats)
-        .size(1200, 440)
-        .group("own model", col(|s| s.wape_local))
-        .group("federated", col(|s| s.wape_federated))
-        .group("kept", col(|s| s.wape_forecast));
+    let columns: [Column<'_, &StoreReport>; 3] = [
+        ("own model", |s| percent(s.wape_local)),
+        ("federated", |s| percent(s.wape_federated)),
+        ("kept", |s| percent(s.wape_forecast)),
+    ];
+    let label = |s: &&StoreReport| format!("{} {}", s.business_type, s.store_id);
+    let chart = BarChart::of_rows(
+        "Held-out WAPE per store",
+        "WAPE %",
+        &stores,
+        label,
+        &columns,
+    )
+    .size(1200, 440);
     section.figure("wape-per-store", chart.svg(), "Each store's own model, the federated one, and the forecaster it kept, grouped by business type.");
     let rows = stores
         .iter()
