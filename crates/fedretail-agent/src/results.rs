@@ -182,7 +182,13 @@ pub fn write_results(
     write_atomic(&folder.join("model.json"), pretty(model).as_bytes())?;
     files.push("model.json".into());
     let report = folder.join("report.html");
-    crate::store_page::store_page(model, results)
+    let heading = crate::store_page::PageHeading {
+        store_id: &model.store_id,
+        job_id: &model.job_id,
+        kind: model.task.kind(),
+        model_version: model.model_version,
+    };
+    crate::store_page::store_page(&heading, results)
         .write(&report)
         .map_err(|e| match e {
             fedretail_report::ReportError::Write { path, source } => {

@@ -4,7 +4,7 @@
 //! seasonal naive, and the days ahead with their interval; every table gets a preview
 //! and the name of its CSV.
 
-use crate::results::ModelFile;
+use fedretail_core::TaskKind;
 use fedretail_models::{ResultTable, StoreResults};
 use fedretail_report::{LineChart, Page, Series};
 use std::collections::BTreeMap;
@@ -84,16 +84,24 @@ fn demand_charts(page: &mut Page, results: &StoreResults) {
     }
 }
 
+/// Whose results a page shows: the store, the job, the task and the model's version.
+pub struct PageHeading<'a> {
+    pub store_id: &'a str,
+    pub job_id: &'a str,
+    pub kind: TaskKind,
+    pub model_version: u64,
+}
+
 /// The page of one job's results at one store.
-pub fn store_page(model: &ModelFile, results: &StoreResults) -> Page {
-    let kind = model.task.kind();
+pub fn store_page(heading: &PageHeading<'_>, results: &StoreResults) -> Page {
+    let kind = heading.kind;
     let subtitle = format!(
         "store {} · job {} · model version {}",
-        model.store_id, model.job_id, model.model_version
+        heading.store_id, heading.job_id, heading.model_version
     );
     let mut page =
         Page::new(&format!("Your {} results", kind.name().replace('_', " "))).subtitle(&subtitle);
-    if kind == fedretail_core::TaskKind::Demand {
+    if kind == TaskKind::Demand {
         demand_charts(&mut page, results);
     }
     let metrics = results
