@@ -115,6 +115,9 @@ pub struct ConnectionLimits {
     /// closed (a store's PC that vanished frees its connection).
     pub keepalive_secs: u64,
     pub keepalive_timeout_secs: u64,
+    /// Failed registrations one address may make per minute before its registrations
+    /// are refused for the rest of that minute (0: no limit).
+    pub failed_registrations_per_minute: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -125,6 +128,7 @@ impl Default for ConnectionLimits {
             request_timeout_secs: 60,
             keepalive_secs: 30,
             keepalive_timeout_secs: 20,
+            failed_registrations_per_minute: 20,
         }
     }
 }

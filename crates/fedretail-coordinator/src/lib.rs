@@ -34,6 +34,7 @@ pub mod driver;
 mod events;
 mod job_report;
 mod jobs;
+mod limiter;
 pub mod machine;
 mod metrics;
 mod privacy;

@@ -43,6 +43,21 @@ impl CoordinatorService {
         f(&mut state.machine)
     }
 
+    /// Refuses a registration from an address that failed too often this minute.
+    fn within_failure_budget(&self, peer: Option<std::net::IpAddr>) -> Result<(), Refusal> {
+        match peer {
+            Some(ip)
+                if !self
+                    .shared
+                    .failures_of()
+                    .allows(ip, std::time::Instant::now()) =>
+            {
+                Err(Refusal::RateLimited(ip.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Reports a refused message (by kind, for operators' counters) and answers it.
     fn refused(&self, r: Refusal) -> Status {
         (self.shared.observer)(&CoordinatorEvent::MessageRefused { reason: r.reason() });
@@ -114,6 +129,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<v1::RegisterStoreRequest>,
     ) -> Result<Response<v1::RegisterStoreResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         self.shared.count_up(&req);
         let r = Registration {
@@ -122,6 +138,8 @@ impl Coordinator for CoordinatorService {
             business_type: &req.business_type,
             protocol_version: req.protocol_version,
         };
+        self.within_failure_budget(peer)
+            .map_err(|e| self.refused(e))?;
         let admitted = {
             let mut state = self.shared.lock();
             state.registry.admit(&r).map(|()| {
@@ -129,6 +147,17 @@ impl Coordinator for CoordinatorService {
                 (session, count, state.machine.job_id())
             })
         };
+        if let (
+            Err(
+                Refusal::WrongToken(_) | Refusal::WrongEnrolmentToken(_) | Refusal::NotInNetwork(_),
+            ),
+            Some(ip),
+        ) = (&admitted, peer)
+        {
+            self.shared
+                .failures_of()
+                .failed(ip, std::time::Instant::now());
+        }
         let (session_id, count, job_id) = admitted.map_err(|e| self.refused(e))?;
         (self.shared.observer)(&CoordinatorEvent::StoreRegistered {
             store_id: req.store_id.clone(),

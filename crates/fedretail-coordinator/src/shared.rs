@@ -4,6 +4,7 @@
 
 use crate::config::{CheckedJob, CoordinatorConfig};
 use crate::events::Observer;
+use crate::limiter::FailureLimiter;
 use crate::machine::RoundMachine;
 use crate::registry::StoreRegistry;
 use fedretail_core::tabular::TableSummary;
@@ -29,6 +30,8 @@ pub struct Shared {
     pub(crate) bytes_up: AtomicU64,
     pub(crate) bytes_down: AtomicU64,
     pub(crate) observer: Observer,
+    /// Failed registrations per peer address.
+    pub(crate) failures: Mutex<FailureLimiter>,
 }
 
 impl Shared {
@@ -48,6 +51,9 @@ impl Shared {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             observer,
+            failures: Mutex::new(FailureLimiter::new(
+                config.limits.failed_registrations_per_minute,
+            )),
         }
     }
 
@@ -55,6 +61,11 @@ impl Shared {
         // A handler that panicked mid-update cannot leave the aggregate half-written
         // (pushes are all-or-nothing), so the state stays usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The failed-registration counts (a poisoned lock still holds usable counts).
+    pub(crate) fn failures_of(&self) -> MutexGuard<'_, FailureLimiter> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` on the machine and wakes the long-polls: the phase may have changed.

@@ -297,7 +297,7 @@ fn metrics_count_refused_messages_and_json_logs_name_every_event() {
     write(
         &cfg,
         &format!(
-            "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\njobs_dir = \"{}\"\n\n[[stores]]\nstore_id = \"s1\"\ntoken = \"right\"\n",
+            "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\njobs_dir = \"{}\"\n\n[limits]\nfailed_registrations_per_minute = 2\n\n[[stores]]\nstore_id = \"s1\"\ntoken = \"right\"\n",
             dir.path().join("c.db").display(),
             dir.path().join("jobs").display()
         ),
@@ -345,10 +345,24 @@ fn metrics_count_refused_messages_and_json_logs_name_every_event() {
             };
             assert!(client.register_store(req).await.is_err());
         }
+        // Two failures used this address's budget: even the right token waits.
+        let req = fedretail_proto::v1::RegisterStoreRequest {
+            protocol_version: fedretail_proto::PROTOCOL_VERSION,
+            store_id: "s1".into(),
+            token: "right".into(),
+            business_type: "florist".into(),
+        };
+        let held = client.register_store(req).await.unwrap_err();
+        assert_eq!(held.code(), tonic::Code::Unavailable, "{held:?}");
+        assert!(held.message().contains("too many failed registrations"));
     });
     let after = http_get(metrics_port, "/metrics").unwrap();
     assert!(
         after.contains("fedretail_messages_refused_total{reason=\"wrong_token\"} 2"),
+        "{after}"
+    );
+    assert!(
+        after.contains("fedretail_messages_refused_total{reason=\"rate_limited\"} 1"),
         "{after}"
     );
     assert!(http_get(metrics_port, "/nothing").is_none());
@@ -370,8 +384,9 @@ fn metrics_count_refused_messages_and_json_logs_name_every_event() {
         .iter()
         .filter(|e| e["event"] == "message_refused")
         .collect();
-    assert_eq!(refused.len(), 2, "{log}");
+    assert_eq!(refused.len(), 3, "{log}");
     assert_eq!(refused[0]["reason"], "wrong_token");
+    assert_eq!(refused[2]["reason"], "rate_limited");
     assert!(refused[0]["time"].as_str().unwrap().ends_with('Z'));
 }
 

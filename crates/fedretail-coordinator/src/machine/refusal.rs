@@ -33,6 +33,8 @@ pub enum Refusal {
     /// The message itself does not check out: shape, values, kind of answer.
     #[error("{0}")]
     Malformed(String),
+    #[error("too many failed registrations from {0} in the last minute; try again later")]
+    RateLimited(String),
 }
 
 impl Refusal {
@@ -50,6 +52,7 @@ impl Refusal {
             Refusal::Malformed(_) => "malformed",
             Refusal::NotCurrent(_) => "not_current",
             Refusal::Replay(_) => "replay",
+            Refusal::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -63,6 +66,7 @@ impl Refusal {
             Refusal::BadStoreId | Refusal::Malformed(_) => ErrorKind::InvalidUpdate,
             Refusal::NotCurrent(_) => ErrorKind::StaleTask,
             Refusal::Replay(_) => ErrorKind::Duplicate,
+            Refusal::RateLimited(_) => ErrorKind::Unavailable,
         }
     }
 }
