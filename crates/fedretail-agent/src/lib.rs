@@ -30,6 +30,7 @@ pub use protect::{begin_secure, check_privacy, protect_update, secure_step, Secu
 
 pub use fedretail_models::{FixedTasks, PrepareFuture, TaskSource};
 pub use results::{read_model, write_results, ModelFile, ResultsError, MODEL_FORMAT};
+pub use store_page::daily_sums;
 
 use fedretail_core::{BoxFuture, CheckedTask, LocalSgd, LocalWork, UpdatePrecision};
 use fedretail_models::LocalTask;

@@ -14,7 +14,7 @@ const PREVIEW_ROWS: usize = 25;
 
 /// Sums the named numeric columns per date: (date, sums) in date order. None when the
 /// table lacks one of them.
-fn daily_sums(table: &ResultTable, columns: &[&str]) -> Option<Vec<(String, Vec<f64>)>> {
+pub fn daily_sums(table: &ResultTable, columns: &[&str]) -> Option<Vec<(String, Vec<f64>)>> {
     let find = |name: &str| table.columns.iter().position(|c| c == name);
     let date = find("date")?;
     let idx: Vec<usize> = columns.iter().map(|c| find(c)).collect::<Option<_>>()?;

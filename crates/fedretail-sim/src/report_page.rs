@@ -5,7 +5,9 @@
 //! of a simulated network whose stores all live on this machine.
 
 use crate::report::{DemandReport, GroupSummary, StoreReport};
+use fedretail_agent::daily_sums;
 use fedretail_coordinator::{round_charts, RoundPoint};
+use fedretail_models::ResultTable;
 use fedretail_report::{BarChart, Column, LineChart, Page, Section, Series};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,23 +42,25 @@ pub fn read_backtests(data_dir: &Path, job_id: &str, report: &DemandReport) -> V
     by_type.into_values().collect()
 }
 
+/// A store's backtest CSV, summed per day by the agent's own [`daily_sums`].
 fn read_backtest(path: &Path, store: &StoreReport) -> Option<Backtest> {
     let mut reader = csv::Reader::from_path(path).ok()?;
-    let mut days: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
-    let mut model = String::new();
+    let columns: Vec<&str> = reader.headers().ok()?.iter().collect();
+    let mut table = ResultTable::new("backtest", &columns);
     for row in reader.records() {
-        let row = row.ok()?;
-        let num = |i: usize| row.get(i).and_then(|v| v.parse::<f64>().ok());
-        let day = days.entry(row.get(0)?.to_string()).or_default();
-        day.0 += num(2)?;
-        day.1 += num(3)?;
-        day.2 += num(4)?;
-        model = row.get(5).unwrap_or_default().to_string();
+        table.push(row.ok()?.iter().map(str::to_string).collect());
     }
-    let days = days
-        .values()
+    let model = table
+        .columns
+        .iter()
+        .position(|c| c == "model")
+        .and_then(|i| table.rows.last()?.get(i).cloned())
+        .unwrap_or_default();
+    let sums = daily_sums(&table, &["actual_units", "forecast_units", "naive_units"])?;
+    let days = sums
+        .iter()
         .enumerate()
-        .map(|(i, &(a, f, n))| ((i + 1) as f64, a, f, n))
+        .map(|(i, (_, v))| ((i + 1) as f64, v[0], v[1], v[2]))
         .collect();
     Some(Backtest {
         store_id: store.store_id.clone(),
