@@ -329,7 +329,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             ..Default::default()
         },
     ))?;
-    let d = fedretail_models::DEMAND_FEATURES.len();
+    let d = fedretail_models::DEMAND_DIM;
     let mut means = vec![0.0; d];
     for (x, _, _) in data.train.iter() {
         for (m, v) in means.iter_mut().zip(x) {
@@ -337,16 +337,17 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         }
     }
     let n = data.train.len().max(1) as f64;
-    let features: serde_json::Map<String, serde_json::Value> = fedretail_models::DEMAND_FEATURES
-        .iter()
-        .zip(&means)
-        .map(|(f, m)| {
-            (
-                f.to_string(),
-                serde_json::json!((m / n * 1e4).round() / 1e4),
-            )
-        })
-        .collect();
+    let features: serde_json::Map<String, serde_json::Value> =
+        fedretail_models::demand_feature_names()
+            .into_iter()
+            .zip(&means)
+            .map(|(f, m)| {
+                (
+                    f.to_string(),
+                    serde_json::json!((m / n * 1e4).round() / 1e4),
+                )
+            })
+            .collect();
     let out = serde_json::json!({
         "store_id": store_id,
         "history_days": data.history_days,

@@ -310,7 +310,8 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         cfg.reconnect_for = std::time::Duration::from_secs(secs);
     }
     cfg.results_dir = Some(file.results_dir());
-    let tasks = Arc::new(StoreExport::new(&file.store_id, file.data.clone()));
+    let data = file.data.clone().with_business_type(&file.business_type);
+    let tasks = Arc::new(StoreExport::new(&file.store_id, data));
     eprintln!(
         "store {}: results go to {}",
         file.store_id,

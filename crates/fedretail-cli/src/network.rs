@@ -24,9 +24,12 @@ pub struct NetworkArgs {
     /// Seed; the same seed writes the same network.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Fraction of stores that joined recently (only months of history).
-    #[arg(long, default_value_t = 0.2)]
+    /// Fraction of stores that joined recently (8 weeks to 10 months of history).
+    #[arg(long, default_value_t = 0.5)]
     pub young_fraction: f64,
+    /// Stores that joined last, with 8 weeks of history (the cold start).
+    #[arg(long, default_value_t = 1)]
+    pub late_joiners: usize,
     /// Multiplies every store's traffic.
     #[arg(long, default_value_t = 1.0)]
     pub volume: f64,
@@ -42,6 +45,7 @@ impl NetworkArgs {
             days: self.days,
             seed: self.seed,
             young_fraction: self.young_fraction,
+            late_joiners: self.late_joiners,
             volume: self.volume,
             anomalies: !self.no_anomalies,
             ..NetworkConfig::default()

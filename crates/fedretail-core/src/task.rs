@@ -14,6 +14,7 @@ use crate::error::ConfigError;
 use crate::kmeans::{bisecting_kmeans_initial, bisecting_kmeans_layout};
 use crate::params::{ModelLayout, ModelParameters, Segment};
 use crate::tabular::TabularEncoding;
+use fedretail_domain::BusinessType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -46,7 +47,45 @@ pub const DEMAND_FEATURES: &[&str] = &[
     "log_dow_ratio",
     "log_year_ago_change",
     "has_year_ago",
+    "missing_lags",
 ];
+
+/// Terms each business type has its own effect on, beside the network's shared one:
+/// florists and fashion stores share the calendar but not its size (a florist sells
+/// four times its usual on Valentine's day, a pharmacy nothing extra). Each is a copy
+/// of the shared feature of the same name (`level` of the intercept), set only in the
+/// block of the store's declared business type.
+pub const DEMAND_TYPE_TERMS: [&str; 13] = [
+    "level",
+    "dow_tue",
+    "dow_wed",
+    "dow_thu",
+    "dow_fri",
+    "dow_sat",
+    "dow_sun",
+    "year_sin1",
+    "year_cos1",
+    "year_sin2",
+    "year_cos2",
+    "public_holiday",
+    "shopping_event",
+];
+
+/// Length of the demand model: the shared features, then one block of
+/// [`DEMAND_TYPE_TERMS`] per business type (in `BusinessType::ALL` order).
+pub const DEMAND_DIM: usize =
+    DEMAND_FEATURES.len() + BusinessType::ALL.len() * DEMAND_TYPE_TERMS.len();
+
+/// Names of every demand parameter, in model order (`florist:shopping_event`, ...).
+pub fn demand_feature_names() -> Vec<String> {
+    let shared = DEMAND_FEATURES.iter().map(|f| f.to_string());
+    let typed = BusinessType::ALL.into_iter().flat_map(|b| {
+        DEMAND_TYPE_TERMS
+            .iter()
+            .map(move |t| format!("{}:{t}", b.as_str()))
+    });
+    shared.chain(typed).collect()
+}
 
 /// The seed's four customer features, plus the share of a customer's receipts that
 /// are refunds (the signal of refund abuse, which the seed's four cannot see).
@@ -85,7 +124,12 @@ pub fn demand_layout() -> ModelLayout {
         Segment::new("intercept", 1, false),
         Segment::new("calendar", 12, true),
         Segment::new("price", 2, true),
-        Segment::new("history", 7, true),
+        Segment::new("history", 8, true),
+        Segment::new(
+            "business_type",
+            BusinessType::ALL.len() * DEMAND_TYPE_TERMS.len(),
+            true,
+        ),
     ])
     .unwrap_or_else(|e| unreachable!("static demand layout is valid: {e}"))
 }
@@ -580,7 +624,7 @@ impl CheckedTask {
     /// are known once its encoding is agreed).
     pub fn features(&self) -> Vec<String> {
         let fixed: &[&str] = match &self.0 {
-            TaskSpec::Demand(_) => DEMAND_FEATURES,
+            TaskSpec::Demand(_) => return demand_feature_names(),
             TaskSpec::CustomerAnomaly(_) | TaskSpec::Churn(_) => &CUSTOMER_ANOMALY_FEATURES,
             TaskSpec::ReceiptAnomaly(_) => &TRANSACTION_FEATURES,
             TaskSpec::Segments(_) => &SEGMENT_FEATURES,

@@ -14,13 +14,15 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use fedretail_core::BoxFuture;
 use fedretail_domain::calendar::{is_public_holiday, shopping_event};
-use fedretail_models::{DemandDataset, DemandRows, DEMAND_FEATURES};
+use fedretail_domain::BusinessType;
+use fedretail_models::{DemandDataset, DemandRows, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Days of history a row needs before it can be used (its 35-day lag). Longer windows
-/// use what history there is, so young stores keep their rows.
-const WARM_UP_DAYS: i64 = 35;
+/// Days of history a row needs before it can be used (a week, for the seasonal-naive
+/// forecast). Lags and windows use what history there is; a row without its 35-day
+/// lag says so (`missing_lags`), so a store with weeks of history keeps its rows.
+const WARM_UP_DAYS: i64 = 7;
 
 /// What to forecast and how much to hold out.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -141,6 +143,54 @@ struct Origins {
     validation: i64,
     test: i64,
     future: i64,
+    /// The yearly terms averaged over the days that set the series' scale.
+    season_centre: [f64; 4],
+}
+
+impl Origins {
+    /// A store that has not seen a full year before its validation days cannot tell
+    /// the season from a trend, so its training rows do not teach the yearly terms.
+    fn learns_season(&self) -> bool {
+        self.validation >= 364
+    }
+}
+
+/// The yearly terms of day-of-year `doy`: the first and second harmonics.
+fn yearly_terms(doy: f64) -> [f64; 4] {
+    let a = 2.0 * std::f64::consts::PI * doy / 365.25;
+    [a.sin(), a.cos(), (2.0 * a).sin(), (2.0 * a).cos()]
+}
+
+/// The yearly terms averaged over `days` days from `first`.
+fn season_centre(first: NaiveDate, days: i64) -> [f64; 4] {
+    let mut sum = [0.0; 4];
+    for d in first.iter_days().take(days.max(0) as usize) {
+        let t = yearly_terms(d.ordinal() as f64);
+        sum.iter_mut().zip(t).for_each(|(s, v)| *s += v);
+    }
+    sum.map(|s| s / days.max(1) as f64)
+}
+
+/// The yearly features, centred on the scale's days (the season relative to the level
+/// the store's scale was set at) and zero in the training rows of a store that cannot
+/// learn them.
+fn yearly_sql(o: &Origins) -> String {
+    let names = ["year_sin1", "year_cos1", "year_sin2", "year_cos2"];
+    let terms = ["sin(2", "cos(2", "sin(4", "cos(4"];
+    let gate = if o.learns_season() {
+        String::new()
+    } else {
+        format!("CAST(day_index >= {} AS DOUBLE) * ", o.validation)
+    };
+    names
+        .iter()
+        .zip(terms)
+        .zip(o.season_centre)
+        .map(|((name, term), c)| {
+            format!("{gate}({term} * pi() * doy / 365.25) - ({c:.12})) AS {name}")
+        })
+        .collect::<Vec<_>>()
+        .join(",\n  ")
 }
 
 /// The weekly seasonal-naive forecast from `origin`: the last observed same weekday.
@@ -211,19 +261,19 @@ SELECT
   CAST(dow = 1 AS DOUBLE) AS dow_tue, CAST(dow = 2 AS DOUBLE) AS dow_wed,
   CAST(dow = 3 AS DOUBLE) AS dow_thu, CAST(dow = 4 AS DOUBLE) AS dow_fri,
   CAST(dow = 5 AS DOUBLE) AS dow_sat, CAST(dow = 6 AS DOUBLE) AS dow_sun,
-  sin(2 * pi() * doy / 365.25) AS year_sin1, cos(2 * pi() * doy / 365.25) AS year_cos1,
-  sin(4 * pi() * doy / 365.25) AS year_sin2, cos(4 * pi() * doy / 365.25) AS year_cos2,
+  {yearly},
   CAST(public_holiday AS DOUBLE) AS public_holiday,
   CAST(shopping_event AS DOUBLE) AS shopping_event,
   discount AS promo_discount,
   ln(1.0 - LEAST(discount, 0.95)) AS log_relative_price,
-  ln((lag28 + 0.5) / (scale + 0.5)) AS log_lag28,
-  ln((lag35 + 0.5) / (scale + 0.5)) AS log_lag35,
-  ln((mean7_lag28 + 0.5) / (scale + 0.5)) AS log_mean7_lag28,
-  ln((mean28_lag28 + 0.5) / (scale + 0.5)) AS log_mean28_lag28,
+  COALESCE(ln((lag28 + 0.5) / (scale + 0.5)), 0.0) AS log_lag28,
+  COALESCE(ln((lag35 + 0.5) / (scale + 0.5)), 0.0) AS log_lag35,
+  COALESCE(ln((mean7_lag28 + 0.5) / (scale + 0.5)), 0.0) AS log_mean7_lag28,
+  COALESCE(ln((mean28_lag28 + 0.5) / (scale + 0.5)), 0.0) AS log_mean28_lag28,
   COALESCE(ln((same_dow_mean + 0.5) / (mean56_lag28 + 0.5)), 0.0) AS log_dow_ratio,
   COALESCE(ln((year_ago_week + 0.5) / (year_ago_base + 0.5)), 0.0) AS log_year_ago_change,
-  CAST(year_ago_week IS NOT NULL AND year_ago_base IS NOT NULL AS DOUBLE) AS has_year_ago
+  CAST(year_ago_week IS NOT NULL AND year_ago_base IS NOT NULL AS DOUBLE) AS has_year_ago,
+  CAST(lag35 IS NULL AS DOUBLE) AS missing_lags
 FROM hist
 WHERE day_index >= {warm_up}
 ORDER BY category, day_index
@@ -234,6 +284,7 @@ ORDER BY category, day_index
         naive_future = naive_from(o.future),
         naive_test = naive_from(o.test),
         naive_validation = naive_from(o.validation),
+        yearly = yearly_sql(o),
         warm_up = WARM_UP_DAYS - 1,
     )
 }
@@ -276,6 +327,7 @@ pub fn load_demand_dataset<'a>(
             validation: cutoff - validation.max(0),
             test: cutoff,
             future: days,
+            season_centre: season_centre(first, cutoff - validation.max(0)),
         };
         let until = last + chrono::Duration::days(spec.horizon_days as i64);
         let calendar = calendar_table(first, until).map_err(sql_err(&path, "building calendar"))?;
@@ -289,7 +341,7 @@ pub fn load_demand_dataset<'a>(
             .collect()
             .await
             .map_err(sql_err(&path, "computing demand features"))?;
-        let mut split = Split::new(DEMAND_FEATURES.len());
+        let mut split = Split::new(source.business_type);
         for batch in &batches {
             split.absorb(batch)?;
         }
@@ -334,10 +386,31 @@ struct Split {
     naive_abs: f64,
     naive_n: usize,
     x: Vec<f64>,
+    /// (position in the row, shared feature it copies) of the business type's terms.
+    typed: Vec<(usize, usize)>,
+}
+
+/// Where the terms of `business`'s block go in a row, and which shared feature each
+/// copies; none for a store that declared no type.
+fn typed_positions(business: Option<BusinessType>) -> Vec<(usize, usize)> {
+    let Some(k) = business.and_then(|b| BusinessType::ALL.iter().position(|t| *t == b)) else {
+        return Vec::new();
+    };
+    let start = DEMAND_FEATURES.len() + k * DEMAND_TYPE_TERMS.len();
+    DEMAND_TYPE_TERMS
+        .iter()
+        .enumerate()
+        .filter_map(|(j, term)| {
+            let shared = if *term == "level" { "intercept" } else { term };
+            let from = DEMAND_FEATURES.iter().position(|f| *f == shared)?;
+            Some((start + j, from))
+        })
+        .collect()
 }
 
 impl Split {
-    fn new(d: usize) -> Self {
+    fn new(business: Option<BusinessType>) -> Self {
+        let d = DEMAND_DIM;
         Split {
             train: DemandRows::new(d),
             validation: DemandRows::new(d),
@@ -348,6 +421,7 @@ impl Split {
             naive_abs: 0.0,
             naive_n: 0,
             x: vec![0.0; d],
+            typed: typed_positions(business),
         }
     }
 
@@ -375,6 +449,9 @@ impl Split {
         for i in 0..batch.num_rows() {
             for (xj, f) in self.x.iter_mut().zip(&features) {
                 *xj = f.value(i);
+            }
+            for &(to, from) in &self.typed {
+                self.x[to] = self.x[from];
             }
             let naive_i = if naive.is_null(i) {
                 0.0
@@ -426,5 +503,60 @@ impl Split {
             },
             history_days,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origins(validation: i64, first: NaiveDate) -> Origins {
+        Origins {
+            validation,
+            test: validation + 28,
+            future: validation + 56,
+            season_centre: season_centre(first, validation),
+        }
+    }
+
+    #[test]
+    fn a_business_types_block_copies_its_shared_terms_and_no_type_has_none() {
+        assert!(typed_positions(None).is_empty());
+        let florist = typed_positions(Some(BusinessType::Florist));
+        assert_eq!(florist.len(), DEMAND_TYPE_TERMS.len());
+        let start = DEMAND_FEATURES.len() + 2 * DEMAND_TYPE_TERMS.len();
+        assert_eq!(florist[0], (start, 0), "level copies the intercept");
+        let names = fedretail_models::demand_feature_names();
+        for (to, from) in florist {
+            assert_eq!(
+                names[to],
+                format!("florist:{}", names[from]).replace(":intercept", ":level")
+            );
+        }
+        assert_eq!(names.len(), DEMAND_DIM);
+    }
+
+    #[test]
+    fn the_season_is_centred_on_the_days_that_set_the_scale() {
+        let first = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+        // Whole years average out: the centre is nearly zero.
+        let years = season_centre(first, 731);
+        assert!(years.iter().all(|c| c.abs() < 0.01), "{years:?}");
+        // Winter only: the first cosine (high in winter) is well above zero.
+        let winter = season_centre(first, 60);
+        assert!(winter[1] > 0.8, "{winter:?}");
+    }
+
+    #[test]
+    fn a_store_without_a_year_before_its_validation_days_does_not_teach_the_season() {
+        let first = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+        let young = yearly_sql(&origins(200, first));
+        assert_eq!(
+            young.matches("CAST(day_index >= 200 AS DOUBLE) * ").count(),
+            4
+        );
+        let mature = yearly_sql(&origins(400, first));
+        assert!(!mature.contains("CAST(day_index"), "{mature}");
+        assert_eq!(mature.matches(" AS year_").count(), 4);
     }
 }

@@ -3,8 +3,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use fedretail_core::BoxFuture;
 use fedretail_domain::schema::{
-    ColumnType, PROMOTIONS_FILE, TRANSACTIONS_FILE, TRANSACTION_COLUMNS,
+    ColumnType, PROMOTIONS_FILE, STORE_META_FILE, TRANSACTIONS_FILE, TRANSACTION_COLUMNS,
 };
+use fedretail_domain::BusinessType;
 use std::io::BufRead;
 
 /// The ground-truth file `fedretail generate` writes beside each store's export.
@@ -31,6 +32,10 @@ pub struct StoreSource {
     /// folder of the transactions export.
     #[serde(default)]
     pub tables_dir: Option<PathBuf>,
+    /// The store's declared business type: its demand rows carry that type's own
+    /// calendar effects beside the shared ones (none without it).
+    #[serde(default)]
+    pub business_type: Option<BusinessType>,
 }
 
 impl StoreSource {
@@ -44,7 +49,17 @@ impl StoreSource {
             view_sql: None,
             labels: labels.exists().then_some(labels),
             tables_dir: Some(dir.to_path_buf()),
+            business_type: declared_business_type(dir),
         }
+    }
+
+    /// The source with the business type the store declared (ignored when it is not
+    /// one the network knows).
+    pub fn with_business_type(mut self, declared: &str) -> Self {
+        if let Ok(b) = declared.parse() {
+            self.business_type = Some(b);
+        }
+        self
     }
 
     /// Where a table named by a task lives (the spec checked it stays inside).
@@ -339,4 +354,11 @@ pub(crate) fn text_value(
         return None;
     }
     datafusion::arrow::util::display::array_value_to_string(column, row).ok()
+}
+
+/// The business type in the export's `store.json`, when it has one.
+fn declared_business_type(dir: &Path) -> Option<BusinessType> {
+    let text = std::fs::read_to_string(dir.join(STORE_META_FILE)).ok()?;
+    let meta: serde_json::Value = serde_json::from_str(&text).ok()?;
+    meta.get("business_type")?.as_str()?.parse().ok()
 }

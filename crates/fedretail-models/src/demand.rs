@@ -9,7 +9,9 @@ use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
 use std::sync::{Arc, OnceLock};
 
 pub use crate::rows::DemandRows;
-pub use fedretail_core::task::{demand_layout, DEMAND_FEATURES};
+pub use fedretail_core::task::{
+    demand_feature_names, demand_layout, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS,
+};
 
 /// One store's prepared demand data.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -61,7 +63,7 @@ impl Default for DemandOptions {
 
 /// The pulls toward the global model a store tries on its validation days (Ditto's λ,
 /// chosen per store): from barely more than its local fit to nearly the global model.
-pub const PERSONALIZATION_PULLS: [f64; 5] = [1.0, 5.0, 20.0, 100.0, 500.0];
+pub const PERSONALIZATION_PULLS: [f64; 6] = [1.0, 5.0, 20.0, 100.0, 500.0, 2500.0];
 
 /// The demand task at one store.
 pub struct DemandTask {
@@ -129,7 +131,7 @@ impl DemandTask {
     }
 
     fn check_len(&self, global: &[f64]) -> Result<(), TaskError> {
-        let expected = DEMAND_FEATURES.len();
+        let expected = DEMAND_DIM;
         if global.len() != expected {
             return Err(TaskError::WrongParameterCount {
                 task: "demand",
@@ -198,7 +200,7 @@ impl LocalTask for DemandTask {
     /// The Poisson loss per training row (up to a constant in the units).
     fn train_loss(&self, global: &[f64]) -> Option<f64> {
         let rows = &self.data.train;
-        let fits = global.len() == DEMAND_FEATURES.len() && !rows.is_empty();
+        let fits = global.len() == DEMAND_DIM && !rows.is_empty();
         fits.then(|| glm::loss(rows, global) / rows.len() as f64)
             .filter(|l| l.is_finite())
     }
@@ -207,16 +209,8 @@ impl LocalTask for DemandTask {
         let (metrics, pick) = self.scores(global)?;
         let data = &self.data;
         let (mut held_out, mut future) = (Vec::new(), Vec::new());
-        match &pick.model {
-            Some(w) => {
-                glm::predict_into(&data.test, w, &mut held_out);
-                glm::predict_into(&data.future, w, &mut future);
-            }
-            None => {
-                held_out.extend_from_slice(data.test.naive());
-                future.extend_from_slice(data.future.naive());
-            }
-        }
+        pick.predictor.predict_into(&data.test, &mut held_out);
+        pick.predictor.predict_into(&data.future, &mut future);
         let name = pick.forecaster.name();
         let table = forecast_table(data, &held_out, &future, name, self.options.interval);
         let mut metrics = metrics;
@@ -236,15 +230,19 @@ pub enum Forecaster {
     Personalized,
     Local,
     SeasonalNaive,
+    /// The mean of the personalized, local and seasonal-naive forecasts: combining
+    /// forecasts whose errors differ is the classic way to be rarely worst.
+    Ensemble,
 }
 
 impl Forecaster {
     /// In order of preference when two score the same.
-    pub const ALL: [Forecaster; 4] = [
+    pub const ALL: [Forecaster; 5] = [
         Forecaster::Federated,
         Forecaster::Personalized,
         Forecaster::Local,
         Forecaster::SeasonalNaive,
+        Forecaster::Ensemble,
     ];
 
     pub fn name(self) -> &'static str {
@@ -253,6 +251,7 @@ impl Forecaster {
             Forecaster::Personalized => "personalized",
             Forecaster::Local => "local",
             Forecaster::SeasonalNaive => "seasonal_naive",
+            Forecaster::Ensemble => "ensemble",
         }
     }
 
@@ -263,12 +262,74 @@ impl Forecaster {
             other => other.name(),
         }
     }
+
+    /// Whether it needs a fit on the store's own rows.
+    fn fits_locally(self) -> bool {
+        matches!(
+            self,
+            Forecaster::Personalized | Forecaster::Local | Forecaster::Ensemble
+        )
+    }
 }
 
-/// The forecaster a store keeps, and its model (None for seasonal naive).
+/// How a forecaster turns rows into forecasts.
+#[derive(Debug, Clone, PartialEq)]
+enum Predictor {
+    Model(Vec<f64>),
+    Naive,
+    /// The mean of its parts' forecasts.
+    Mean(Vec<Predictor>),
+}
+
+impl Predictor {
+    fn predict_into(&self, rows: &DemandRows, out: &mut Vec<f64>) {
+        match self {
+            Predictor::Model(w) => glm::predict_into(rows, w, out),
+            Predictor::Naive => {
+                out.clear();
+                out.extend_from_slice(rows.naive());
+            }
+            Predictor::Mean(parts) => {
+                out.clear();
+                out.resize(rows.len(), 0.0);
+                let mut part = Vec::with_capacity(rows.len());
+                let share = 1.0 / parts.len().max(1) as f64;
+                for p in parts {
+                    p.predict_into(rows, &mut part);
+                    out.iter_mut().zip(&part).for_each(|(o, v)| *o += share * v);
+                }
+            }
+        }
+    }
+}
+
+/// The models a store's forecasters are made of, fitted on some of its days.
+struct Fitted {
+    global: Vec<f64>,
+    personal: Vec<f64>,
+    local: Vec<f64>,
+}
+
+impl Fitted {
+    fn predictor(&self, f: Forecaster) -> Predictor {
+        match f {
+            Forecaster::Federated => Predictor::Model(self.global.clone()),
+            Forecaster::Personalized => Predictor::Model(self.personal.clone()),
+            Forecaster::Local => Predictor::Model(self.local.clone()),
+            Forecaster::SeasonalNaive => Predictor::Naive,
+            Forecaster::Ensemble => Predictor::Mean(vec![
+                Predictor::Model(self.global.clone()),
+                Predictor::Model(self.personal.clone()),
+                Predictor::Model(self.local.clone()),
+            ]),
+        }
+    }
+}
+
+/// The forecaster a store keeps, and how it forecasts.
 struct Pick {
     forecaster: Forecaster,
-    model: Option<Vec<f64>>,
+    predictor: Predictor,
 }
 
 /// Scores forecasts of one set of rows into metrics named `{prefix}{measure}_{name}`.
@@ -291,28 +352,32 @@ impl<'a> Scorer<'a> {
         }
     }
 
-    /// Forecast the rows with `model` (None: seasonal naive); the absolute error.
-    fn forecast(&mut self, model: Option<&[f64]>) -> f64 {
-        match model {
-            Some(w) => glm::predict_into(self.rows, w, &mut self.forecast),
-            None => {
-                self.forecast.clear();
-                self.forecast.extend_from_slice(self.rows.naive());
-            }
-        }
+    /// Forecast the rows with `p`; the absolute error.
+    fn forecast(&mut self, p: &Predictor) -> f64 {
+        p.predict_into(self.rows, &mut self.forecast);
         self.rows.abs_error(&self.forecast)
     }
 
-    fn wape(&mut self, model: Option<&[f64]>) -> Option<f64> {
-        let abs_err = self.forecast(model);
-        wape(abs_err, self.actual)
+    fn wape_of_model(&mut self, w: &[f64]) -> Option<f64> {
+        glm::predict_into(self.rows, w, &mut self.forecast);
+        wape(self.rows.abs_error(&self.forecast), self.actual)
     }
 
-    /// Score `model` (None: seasonal naive) as `name`; its WAPE when defined.
-    fn score(&mut self, m: &mut TaskMetrics, name: &str, model: Option<&[f64]>) -> Option<f64> {
-        let abs_err = self.forecast(model);
-        let p = self.prefix;
-        m.insert(format!("{p}abs_error_{name}"), abs_err);
+    /// |units - forecast| of each row, for the last forecast made.
+    fn row_errors(&self) -> Vec<f64> {
+        let units = self.rows.units();
+        units
+            .iter()
+            .zip(&self.forecast)
+            .map(|(y, f)| (y - f).abs())
+            .collect()
+    }
+
+    /// Score `p` as `name`; its WAPE when defined.
+    fn score(&mut self, m: &mut TaskMetrics, name: &str, p: &Predictor) -> Option<f64> {
+        let abs_err = self.forecast(p);
+        let pre = self.prefix;
+        m.insert(format!("{pre}abs_error_{name}"), abs_err);
         let w = wape(abs_err, self.actual);
         let measures = [
             ("wape", w),
@@ -321,7 +386,7 @@ impl<'a> Scorer<'a> {
         ];
         for (measure, v) in measures {
             if let Some(v) = v {
-                m.insert(format!("{p}{measure}_{name}"), v);
+                m.insert(format!("{pre}{measure}_{name}"), v);
             }
         }
         w
@@ -342,35 +407,46 @@ impl DemandTask {
         m.insert("history_days".into(), data.history_days as f64);
         let (forecaster, pull) = self.pick(global, &mut m);
         m.insert("personalization_pull".into(), pull);
+        let fitted = self.fits_locally().then(|| Fitted {
+            global: global.to_vec(),
+            personal: self.personalize(global, pull),
+            local: self.local_only_model().to_vec(),
+        });
         let mut test = Scorer::new(&data.test, "", data.naive_scale);
         let mut pick = None;
         for f in self.candidates() {
-            let model = match f {
-                Forecaster::Federated => Some(global.to_vec()),
-                Forecaster::Personalized => Some(self.personalize(global, pull)),
-                Forecaster::Local => Some(self.local_only_model().to_vec()),
-                Forecaster::SeasonalNaive => None,
+            let predictor = match &fitted {
+                Some(fitted) => fitted.predictor(f),
+                None if f == Forecaster::Federated => Predictor::Model(global.to_vec()),
+                None => Predictor::Naive,
             };
-            test.score(&mut m, f.metric(), model.as_deref());
+            test.score(&mut m, f.metric(), &predictor);
             if f == forecaster {
-                test.score(&mut m, "forecast", model.as_deref());
-                pick = Some(Pick { forecaster, model });
+                test.score(&mut m, "forecast", &predictor);
+                pick = Some(Pick {
+                    forecaster,
+                    predictor,
+                });
             }
         }
         m.insert(format!("forecast_by_{}", forecaster.name()), 1.0);
         let pick = pick.unwrap_or(Pick {
             forecaster: Forecaster::Federated,
-            model: Some(global.to_vec()),
+            predictor: Predictor::Model(global.to_vec()),
         });
         Ok((m, pick))
     }
 
+    fn fits_locally(&self) -> bool {
+        !self.data.train.is_empty()
+    }
+
     /// The forecasters this store can use: those fitted at the store need training rows.
     fn candidates(&self) -> impl Iterator<Item = Forecaster> {
-        let fits = !self.data.train.is_empty();
+        let fits = self.fits_locally();
         Forecaster::ALL
             .into_iter()
-            .filter(move |f| fits || matches!(f, Forecaster::Federated | Forecaster::SeasonalNaive))
+            .filter(move |f| fits || !f.fits_locally())
     }
 
     /// The forecaster with the lowest WAPE on the validation days, each fitted on the
@@ -383,19 +459,23 @@ impl DemandTask {
         }
         let mut val = Scorer::new(&data.validation, "val_", data.naive_scale);
         let (pull, personal) = self.pick_pull(global, &mut val);
-        let mut best = (Forecaster::Federated, f64::INFINITY);
+        let fitted = Fitted {
+            global: global.to_vec(),
+            personal,
+            local: self.local_before_validation().to_vec(),
+        };
+        let mut scored = Vec::new();
         for f in self.candidates() {
-            let model = match f {
-                Forecaster::Federated => Some(global),
-                Forecaster::Personalized => Some(&personal[..]),
-                Forecaster::Local => Some(self.local_before_validation()),
-                Forecaster::SeasonalNaive => None,
-            };
-            if let Some(w) = val.score(m, f.metric(), model).filter(|w| *w < best.1) {
-                best = (f, w);
+            let predictor = fitted.predictor(f);
+            if let Some(w) = val.score(m, f.metric(), &predictor) {
+                scored.push(Candidate {
+                    forecaster: f,
+                    wape: w,
+                    errors: val.row_errors(),
+                });
             }
         }
-        (best.0, pull)
+        (choose_beyond_noise(&scored), pull)
     }
 
     /// The pull toward the global model with the lowest validation WAPE, and the
@@ -404,7 +484,7 @@ impl DemandTask {
         let mut best: Option<(f64, Vec<f64>, f64)> = None;
         for pull in PERSONALIZATION_PULLS {
             let model = self.personalize_on(global, pull, &[&self.data.train]);
-            let w = val.wape(Some(&model)).unwrap_or(f64::INFINITY);
+            let w = val.wape_of_model(&model).unwrap_or(f64::INFINITY);
             if best.as_ref().is_none_or(|b| w < b.2) {
                 best = Some((pull, model, w));
             }
@@ -417,6 +497,47 @@ impl DemandTask {
             }
         }
     }
+}
+
+/// A forecaster's score on the validation days.
+struct Candidate {
+    forecaster: Forecaster,
+    wape: f64,
+    errors: Vec<f64>,
+}
+
+/// The federated model unless another forecaster beats it on the validation days by
+/// more than one standard error of the mean per-row improvement (the one-standard-error
+/// rule of model selection): a few weeks of one small store's days are noisy, and a pick
+/// that follows the noise loses on the days after. Among those that clear the bar, the
+/// lowest WAPE.
+fn choose_beyond_noise(scored: &[Candidate]) -> Forecaster {
+    let Some(base) = scored
+        .iter()
+        .find(|c| c.forecaster == Forecaster::Federated)
+    else {
+        return scored
+            .iter()
+            .min_by(|a, b| a.wape.total_cmp(&b.wape))
+            .map_or(Forecaster::Federated, |c| c.forecaster);
+    };
+    scored
+        .iter()
+        .filter(|c| c.wape < base.wape && clearly_better(&base.errors, &c.errors))
+        .min_by(|a, b| a.wape.total_cmp(&b.wape))
+        .map_or(Forecaster::Federated, |c| c.forecaster)
+}
+
+/// Whether the mean of `base - other` (per row) exceeds its standard error.
+fn clearly_better(base: &[f64], other: &[f64]) -> bool {
+    let n = base.len().min(other.len());
+    if n < 2 {
+        return false;
+    }
+    let d = || base.iter().zip(other).map(|(b, o)| b - o);
+    let mean = d().sum::<f64>() / n as f64;
+    let var = d().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
+    mean > (var / n as f64).sqrt()
 }
 
 /// Forecasts for the days after the history (`future`, one per future row), with a
@@ -503,7 +624,7 @@ mod tests {
 
     /// Rows with only the intercept set; `units(i)` and `naive(i)` per row.
     fn rows(n: usize, units: impl Fn(usize) -> f64, naive: impl Fn(usize) -> f64) -> DemandRows {
-        let d = DEMAND_FEATURES.len();
+        let d = DEMAND_DIM;
         let mut x = vec![0.0; d];
         x[0] = 1.0;
         let mut out = DemandRows::new(d);
@@ -534,7 +655,7 @@ mod tests {
 
     #[test]
     fn the_pick_is_made_on_validation_days_and_never_sees_the_held_out_ones() {
-        let global = vec![0.0; DEMAND_FEATURES.len()];
+        let global = vec![0.0; DEMAND_DIM];
         // Seasonal naive is exact on the validation days, so it is picked...
         let seasonal = |i: usize| if i.is_multiple_of(2) { 2.0 } else { 9.0 };
         let val = || rows(28, seasonal, seasonal);
@@ -555,6 +676,21 @@ mod tests {
     }
 
     #[test]
+    fn an_ensemble_forecasts_the_mean_of_its_parts() {
+        let r = rows(5, |i| i as f64, |i| 2.0 * i as f64);
+        let mut w = vec![0.0; DEMAND_DIM];
+        w[0] = 2f64.ln();
+        let (mut model, mut naive, mut mean) = (vec![], vec![], vec![]);
+        Predictor::Model(w.clone()).predict_into(&r, &mut model);
+        Predictor::Naive.predict_into(&r, &mut naive);
+        Predictor::Mean(vec![Predictor::Model(w), Predictor::Naive]).predict_into(&r, &mut mean);
+        for i in 0..5 {
+            assert!((model[i] - 10.0).abs() < 1e-9 && naive[i] == 2.0 * i as f64);
+            assert!((mean[i] - (model[i] + naive[i]) / 2.0).abs() < 1e-12);
+        }
+    }
+
+    #[test]
     fn the_training_loss_is_the_mean_poisson_loss_and_falls_with_a_newton_step() {
         // Twice the units of the series' scale: the intercept should move to ln 2.
         let data = DemandDataset {
@@ -562,7 +698,7 @@ mod tests {
             ..Default::default()
         };
         let t = DemandTask::new(Arc::new(data), DemandOptions::default());
-        let zero = vec![0.0; DEMAND_FEATURES.len()];
+        let zero = vec![0.0; DEMAND_DIM];
         let rows = &t.dataset().train;
         let at_zero = t.train_loss(&zero).unwrap();
         assert!((at_zero - glm::loss(rows, &zero) / rows.len() as f64).abs() < 1e-12);
@@ -577,7 +713,7 @@ mod tests {
 
     #[test]
     fn without_validation_days_the_store_keeps_the_federated_model() {
-        let global = vec![0.0; DEMAND_FEATURES.len()];
+        let global = vec![0.0; DEMAND_DIM];
         let t = task(DemandRows::default(), rows(28, |_| 5.0, |_| 1.0));
         let m = t.evaluate(&global).unwrap();
         assert_eq!(picked(&m), "federated");
@@ -590,7 +726,7 @@ mod tests {
     #[test]
     fn a_level_the_store_sees_on_validation_days_favours_its_own_fits() {
         // The global model says 5 a day; this store sells 20 a day throughout.
-        let global = vec![0.0; DEMAND_FEATURES.len()];
+        let global = vec![0.0; DEMAND_DIM];
         let data = DemandDataset {
             store_id: "big".into(),
             train: rows(60, |_| 20.0, |_| 20.0 * 0.5),
@@ -612,7 +748,7 @@ mod tests {
 
     #[test]
     fn personalization_reduces_to_the_global_model_under_a_strong_pull() {
-        let mut global = vec![0.0; DEMAND_FEATURES.len()];
+        let mut global = vec![0.0; DEMAND_DIM];
         global[0] = -0.5;
         let t = task(rows(28, |_| 9.0, |_| 9.0), rows(28, |_| 9.0, |_| 9.0));
         let p = t.personalize(&global, 1e12);

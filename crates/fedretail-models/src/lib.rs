@@ -12,7 +12,7 @@
 //! ```
 //! use fedretail_models::{glm, demand_layout};
 //! let layout = demand_layout();
-//! assert_eq!(layout.len(), fedretail_models::DEMAND_FEATURES.len());
+//! assert_eq!(layout.len(), fedretail_models::DEMAND_DIM);
 //! ```
 
 pub mod analytics;
@@ -32,7 +32,10 @@ pub use analytics::{
 };
 pub use classify::{example_gradient, ClassifierKind, ClassifierTask, LabeledRows};
 pub use clustering::{ClusterTask, PointSet};
-pub use demand::{demand_layout, DemandDataset, DemandRows, DemandTask, DEMAND_FEATURES};
+pub use demand::{
+    demand_feature_names, demand_layout, DemandDataset, DemandRows, DemandTask, DEMAND_DIM,
+    DEMAND_FEATURES, DEMAND_TYPE_TERMS,
+};
 pub use fedretail_core::LocalWork;
 pub use source::{DescribeFuture, FixedTasks, PrepareFuture, TaskSource};
 pub use task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};

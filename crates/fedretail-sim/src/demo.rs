@@ -9,7 +9,7 @@ use fedretail_data::DemandSpec;
 use fedretail_domain::{history_band, size_band};
 use fedretail_models::demand::{test_errors, DemandOptions};
 use fedretail_models::{
-    demand_layout, glm, metrics, DemandTask, FixedTasks, LocalTask, DEMAND_FEATURES,
+    demand_feature_names, demand_layout, glm, metrics, DemandTask, FixedTasks, LocalTask,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -220,6 +220,11 @@ fn store_report(
     let n_cat = (ds.test.len() / holdout_days as usize).max(1);
     let train_days = (ds.train.len() / n_cat).max(1);
     let units_per_day = ds.train.units().iter().sum::<f64>() / train_days as f64;
+    let forecast_model = ev
+        .metrics
+        .keys()
+        .find_map(|k| k.strip_prefix("forecast_by_"))
+        .map(str::to_string);
     StoreReport {
         store_id: ev.store_id.clone(),
         business_type: store.business_type.clone(),
@@ -238,14 +243,24 @@ fn store_report(
         mase_centralized: metrics::mase(central_err, ds.test.len(), ds.naive_scale),
         mase_personalized: m("mase_personalized"),
         mase_seasonal_naive: m("mase_naive"),
-        forecast_model: ev
-            .metrics
-            .keys()
-            .find_map(|k| k.strip_prefix("forecast_by_"))
-            .map(str::to_string),
+        chosen: forecast_model
+            .as_deref()
+            .map(|f| chosen_name(f).to_string()),
+        wape_chosen: m("wape_forecast"),
+        forecast_model,
         wape_forecast: m("wape_forecast"),
         mase_forecast: m("mase_forecast"),
         bias_forecast: m("bias_forecast"),
+    }
+}
+
+/// A store's forecaster in the words of the report: the federated model is the
+/// network's global one, seasonal naive is "naive".
+fn chosen_name(forecaster: &str) -> &str {
+    match forecaster {
+        "federated" => "global",
+        "seasonal_naive" => "naive",
+        other => other,
     }
 }
 
@@ -302,9 +317,8 @@ fn demand_report(
         skipped_stores,
         missing_evaluations: outcome.missing_evaluations.clone(),
         round_history: outcome.rounds.clone(),
-        model: DEMAND_FEATURES
-            .iter()
-            .map(|f| f.to_string())
+        model: demand_feature_names()
+            .into_iter()
             .zip(outcome.parameters.iter().copied())
             .collect(),
         max_weight_gap_to_centralized: max_gap,

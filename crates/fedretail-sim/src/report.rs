@@ -28,6 +28,11 @@ pub struct StoreReport {
     /// The forecaster the store keeps: the best on its validation days (the days just
     /// before the held-out ones), so the held-out figures below are honest.
     pub forecast_model: Option<String>,
+    /// The same pick in the network's words: local, global, personalized, naive or
+    /// ensemble.
+    pub chosen: Option<String>,
+    /// The chosen forecast's WAPE on the held-out days (equal to `wape_forecast`).
+    pub wape_chosen: Option<f64>,
     /// The kept forecaster's held-out WAPE, MASE and relative bias.
     pub wape_forecast: Option<f64>,
     pub mase_forecast: Option<f64>,

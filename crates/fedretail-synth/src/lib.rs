@@ -49,8 +49,14 @@ pub struct NetworkConfig {
     pub days: u32,
     /// Last day of every store's export.
     pub end_date: NaiveDate,
-    /// Fraction of stores that joined recently and have only months of history.
+    /// Fraction of stores that joined recently and have only weeks to months of
+    /// history (8 weeks to 10 months).
     pub young_fraction: f64,
+    /// Stores that joined last, with 8 weeks of history: 4 weeks to learn from before
+    /// the 4 a demo holds out (the cold start). They are the network's last stores.
+    /// None by default here; `fedretail generate` and `demo` add one.
+    #[serde(default)]
+    pub late_joiners: usize,
     /// Multiplies every store's traffic (1.0 is the default scale).
     pub volume: f64,
     /// Inject labelled fraud patterns and data-quality faults.
@@ -65,6 +71,7 @@ impl Default for NetworkConfig {
             days: 730,
             end_date: NaiveDate::from_ymd_opt(2026, 6, 30).unwrap_or(NaiveDate::MIN),
             young_fraction: 0.2,
+            late_joiners: 0,
             volume: 1.0,
             anomalies: true,
             seed: 42,
@@ -89,6 +96,12 @@ impl NetworkConfig {
                 self.young_fraction
             )));
         }
+        if self.late_joiners > self.stores {
+            return Err(SynthError::Config(format!(
+                "late_joiners must be at most stores ({}), got {}",
+                self.stores, self.late_joiners
+            )));
+        }
         if !(self.volume > 0.0 && self.volume <= 100.0) {
             return Err(SynthError::Config(format!(
                 "volume must be in (0, 100], got {}",
@@ -107,6 +120,9 @@ pub struct NetworkSummary {
     pub lines: u64,
     pub anomalies: u64,
 }
+
+/// History of a late joiner: 4 weeks to learn from, then the 4 weeks a demo holds out.
+pub const LATE_JOINER_DAYS: u32 = 56;
 
 /// Draw the store profiles of a network (cheap; no transactions).
 pub fn plan_network(config: &NetworkConfig) -> Vec<StoreProfile> {
@@ -131,8 +147,12 @@ pub fn plan_network(config: &NetworkConfig) -> Vec<StoreProfile> {
             let receipts =
                 (spec.median_receipts * (0.9 * z).exp() * config.volume).clamp(2.0, 900.0);
             let young = rng.random::<f64>() < config.young_fraction;
-            let history_days = if young {
-                rng.random_range(120..=300).min(config.days)
+            // Log-uniform: as many stores with 2-4 months as with 5-10.
+            let young_days = (56.0 * rng.random_range(0.0..(300.0f64 / 56.0).ln()).exp()) as u32;
+            let history_days = if i >= config.stores - config.late_joiners {
+                LATE_JOINER_DAYS.min(config.days)
+            } else if young {
+                young_days.min(config.days)
             } else {
                 config.days
             };

@@ -30,6 +30,8 @@ fn generate(dir: &Path) -> PathBuf {
         "240",
         "--young-fraction",
         "0",
+        "--late-joiners",
+        "0",
         "--seed",
         "11",
     ];

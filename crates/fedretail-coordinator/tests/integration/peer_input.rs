@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 /// Parameters of the demand model.
-const D: usize = fedretail_core::task::DEMAND_FEATURES.len();
+const D: usize = fedretail_core::task::DEMAND_DIM;
 
 struct Peer {
     client: CoordinatorClient<Channel>,

@@ -18,6 +18,7 @@ async fn load(path: std::path::PathBuf) -> Result<fedretail_models::DemandDatase
         view_sql: None,
         labels: None,
         tables_dir: None,
+        business_type: None,
     };
     load_demand_dataset("s", &source, &DemandSpec::default()).await
 }
@@ -43,9 +44,9 @@ async fn generated_store_becomes_features() {
     let n_cat = data.test.len() / 28;
     assert!(n_cat >= 4, "{} test rows", data.test.len());
     assert_eq!(data.test.len(), 28 * n_cat);
-    // 200 days: 34 warm-up days, 28 held out, the 28 before them to pick on.
+    // 200 days: 6 warm-up days, 28 held out, the 28 before them to pick on.
     assert_eq!(data.validation.len(), 28 * n_cat);
-    assert_eq!(data.train.len(), (200 - 34 - 28 - 28) * n_cat);
+    assert_eq!(data.train.len(), (200 - 6 - 28 - 28) * n_cat);
     assert!(data.naive_scale > 0.0);
     // Promotions reach the features: some training row has a discount.
     let promo_col = fedretail_models::DEMAND_FEATURES
@@ -74,6 +75,7 @@ async fn a_view_maps_differently_named_columns() {
         view_sql: Some("SELECT receipt AS transaction_id, sold_at AS timestamp, sku AS product_id, dept AS category, qty AS quantity, price AS unit_price FROM raw_transactions".into()),
         labels: None,
         tables_dir: None,
+        business_type: None,
     };
     let data = load_demand_dataset("s", &source, &DemandSpec::default())
         .await

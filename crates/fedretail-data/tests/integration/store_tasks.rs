@@ -85,6 +85,7 @@ async fn an_online_shops_own_layout_runs_every_task_and_a_till_without_ids_says_
             view_sql: Some(view(with_customers)),
             labels: None,
             tables_dir: None,
+            business_type: None,
         };
         for kind in TaskKind::RETAIL {
             let spec = kind.default_spec().checked().unwrap();

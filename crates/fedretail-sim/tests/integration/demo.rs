@@ -116,6 +116,8 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
         "wape_local",
         "wape_federated",
         "wape_centralized",
+        "chosen",
+        "wape_chosen",
     ] {
         assert!(
             json["stores"][0].get(key).is_some(),
@@ -149,5 +151,68 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
     let store = fedretail_coordinator::CheckpointStore::open(&db).unwrap();
     let (last, params) = store.latest("demand-forecast").unwrap().unwrap();
     assert_eq!(last.round, 8);
-    assert_eq!(params.len(), fedretail_models::DEMAND_FEATURES.len());
+    assert_eq!(params.len(), fedretail_models::DEMAND_DIM);
+}
+
+/// A network of young stores and one that joined four weeks before its held-out days:
+/// the shared model is what their forecasts stand on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn young_stores_and_a_cold_start_are_served_better_by_the_network_than_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetworkConfig {
+        stores: 10,
+        days: 420,
+        young_fraction: 0.5,
+        late_joiners: 1,
+        // The late joiner is a hardware store, and one mature hardware store has two
+        // years behind it: the type's calendar is there to learn.
+        seed: 6,
+        ..Default::default()
+    };
+    let summary = generate_network(&net, dir.path()).unwrap();
+    let late = &summary.stores.last().unwrap().store_id;
+    let options = DemoOptions {
+        job: JobConfig {
+            strategy: Some(StrategyKind::Newton),
+            rounds: Some(8),
+            ..JobConfig::default()
+        },
+        write_results: false,
+        ..DemoOptions::new(dir.path().to_path_buf())
+    };
+    let report = run_demo(&options, Arc::new(|_| {})).await.unwrap();
+    let cold = report.stores.iter().find(|s| &s.store_id == late).unwrap();
+    assert_eq!(cold.history_days, fedretail_synth::LATE_JOINER_DAYS);
+    let (fed, local, naive) = (
+        cold.wape_federated.unwrap(),
+        cold.wape_local.unwrap(),
+        cold.wape_seasonal_naive.unwrap(),
+    );
+    assert!(
+        fed < local && fed < naive,
+        "cold start {late}: federated {fed}, local {local}, naive {naive}"
+    );
+    let young: Vec<_> = report
+        .stores
+        .iter()
+        .filter(|s| s.history_days < 365)
+        .collect();
+    assert!(young.len() >= 3, "{} young stores", young.len());
+    let better = young
+        .iter()
+        .filter(|s| s.wape_federated < s.wape_local)
+        .count();
+    assert!(
+        2 * better > young.len(),
+        "federated beats local at {better} of {} young stores",
+        young.len()
+    );
+    for s in &report.stores {
+        let chosen = s.chosen.as_deref().unwrap();
+        assert!(
+            ["global", "personalized", "local", "naive", "ensemble"].contains(&chosen),
+            "{chosen}"
+        );
+        assert_eq!(s.wape_chosen, s.wape_forecast);
+    }
 }

@@ -6,7 +6,7 @@ use fedretail_core::{
 };
 use fedretail_models::demand::DemandOptions;
 use fedretail_models::{
-    demand_layout, glm, DemandDataset, DemandRows, DemandTask, LocalTask, DEMAND_FEATURES,
+    demand_layout, glm, DemandDataset, DemandRows, DemandTask, LocalTask, DEMAND_DIM,
 };
 use fedretail_sim::inprocess::run_rounds;
 use rand::{Rng, SeedableRng};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// A store's rows drawn from a known Poisson model.
 fn synthetic_store(id: &str, rows: usize, seed: u64) -> DemandDataset {
-    let d = DEMAND_FEATURES.len();
+    let d = DEMAND_DIM;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let truth: Vec<f64> = (0..d)
         .map(|j| {
@@ -105,7 +105,7 @@ fn fedavg_of_identical_stores_equals_local_training() {
 
     // Plain local training with the same schedule: round r runs the epochs seeded r.
     let mask = demand_layout().regularization_mask();
-    let mut w = vec![0.0; DEMAND_FEATURES.len()];
+    let mut w = vec![0.0; DEMAND_DIM];
     for round in 1..=rounds {
         let s = LocalSgd {
             epochs: config.local_epochs,
