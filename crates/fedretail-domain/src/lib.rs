@@ -71,13 +71,22 @@ impl FromStr for BusinessType {
     }
 }
 
+/// The history bands, youngest first.
+pub const HISTORY_BANDS: [&str; 4] = [
+    "under 3 months",
+    "3-6 months",
+    "6-12 months",
+    "a year or more",
+];
+
 /// History band of a store by the days of data it has, for reports.
 pub fn history_band(days: u32) -> &'static str {
-    match days {
-        0..=182 => "under 6 months",
-        183..=364 => "6-12 months",
-        _ => "a year or more",
-    }
+    HISTORY_BANDS[match days {
+        0..=90 => 0,
+        91..=182 => 1,
+        183..=364 => 2,
+        _ => 3,
+    }]
 }
 
 /// Size band of a store by the units it sells per day, for reports.

@@ -6,7 +6,7 @@ use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StoreEvalua
 use fedretail_core::task::DemandTaskOptions;
 use fedretail_core::{BoxFuture, TaskKind, TaskSpec};
 use fedretail_data::DemandSpec;
-use fedretail_domain::{history_band, size_band};
+use fedretail_domain::{history_band, size_band, HISTORY_BANDS};
 use fedretail_models::demand::{test_errors, DemandOptions};
 use fedretail_models::{
     demand_feature_names, demand_layout, glm, metrics, DemandTask, FixedTasks, LocalTask,
@@ -311,7 +311,7 @@ fn demand_report(
         by_history_band: group_by(
             &store_reports,
             |s| history_band(s.history_days),
-            &["under 6 months", "6-12 months", "a year or more"],
+            &HISTORY_BANDS,
         ),
         stores: store_reports,
         skipped_stores,

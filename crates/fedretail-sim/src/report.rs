@@ -53,6 +53,8 @@ pub struct GroupSummary {
     pub median_wape_forecast: Option<f64>,
     pub median_mase_forecast: Option<f64>,
     pub median_bias_forecast: Option<f64>,
+    /// What joining gains a store: the median of (own WAPE - kept WAPE) / own WAPE.
+    pub median_gain_over_local: Option<f64>,
     /// Stores whose kept forecast has a lower held-out WAPE than their local-only one.
     pub forecast_beats_local: usize,
     /// Stores whose kept forecast has a held-out WAPE no worse than seasonal naive.
@@ -122,6 +124,10 @@ pub(crate) fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
         median_wape_forecast: col(|s| s.wape_forecast),
         median_mase_forecast: col(|s| s.mase_forecast),
         median_bias_forecast: col(|s| s.bias_forecast),
+        median_gain_over_local: col(|s| match (s.wape_local, s.wape_forecast) {
+            (Some(own), Some(kept)) if own > 0.0 => Some((own - kept) / own),
+            _ => None,
+        }),
         forecast_beats_local: count(stores, |s| (s.wape_forecast, s.wape_local), |f, l| f < l),
         forecast_not_worse_than_naive: count(
             stores,
@@ -225,7 +231,7 @@ fn kept_forecasts_line(stores: &[StoreReport]) -> String {
     }
     let kept: Vec<String> = counts.iter().map(|(m, n)| format!("{m} {n}")).collect();
     format!(
-        "  forecast each store keeps (the best on its validation days, scored above on the held-out days): {}\n",
+        "  forecast each store keeps (federated unless another beat it on the validation days by more than one standard error; scored above on the held-out days): {}\n",
         kept.join(", ")
     )
 }
@@ -234,7 +240,7 @@ pub fn render_summary(r: &DemandReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Demand forecasting, {} stores, {} rounds of {}; held-out {} days; WAPE on them (lower is better), medians; kept: the forecaster each store picked on its validation days:",
+        "Demand forecasting, {} stores, {} rounds of {}; held-out {} days; WAPE on them (lower is better), medians; kept: the forecaster each store picked on its validation days; gain: what joining gains a store, the median of (own - kept) / own:",
         r.stores.len(),
         r.rounds,
         r.strategy,
@@ -243,7 +249,7 @@ pub fn render_summary(r: &DemandReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>11} {:>12} {:>13} {:>13}",
+        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13}",
         "group",
         "stores",
         "naive",
@@ -252,6 +258,7 @@ pub fn render_summary(r: &DemandReport) -> String {
         "centralized",
         "personalized",
         "kept",
+        "gain",
         "kept bias",
         "fed < local",
         "kept < local",
@@ -310,7 +317,7 @@ pub fn render_summary(r: &DemandReport) -> String {
 
 fn group_line(g: &GroupSummary) -> String {
     format!(
-        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>11} {:>12} {:>13} {:>13}\n",
+        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13}\n",
         g.group,
         g.stores,
         pct(g.median_wape_seasonal_naive),
@@ -319,6 +326,7 @@ fn group_line(g: &GroupSummary) -> String {
         pct(g.median_wape_centralized),
         pct(g.median_wape_personalized),
         pct(g.median_wape_forecast),
+        signed_pct(g.median_gain_over_local),
         signed_pct(g.median_bias_forecast),
         format!("{}/{}", g.federated_beats_local, g.stores),
         format!("{}/{}", g.forecast_beats_local, g.stores),

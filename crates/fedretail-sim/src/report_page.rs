@@ -116,6 +116,10 @@ fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{:.1} %", x * 100.0))
 }
 
+fn signed(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{:+.1} %", x * 100.0))
+}
+
 fn summary(section: &mut Section, r: &DemandReport) {
     let o = &r.overall;
     section.facts(vec![
@@ -144,7 +148,7 @@ fn summary(section: &mut Section, r: &DemandReport) {
             format!("{} of {}", o.forecast_not_worse_than_naive, o.stores),
         ),
     ]);
-    section.text("WAPE is the absolute forecast error over the held-out days as a share of units sold (lower is better). Each store keeps the forecaster (federated, personalized, its own, or seasonal naive) that did best on its validation days, the days before the held-out ones, so the held-out figures are honest.");
+    section.text("WAPE is the absolute forecast error over the held-out days as a share of units sold (lower is better). Each store keeps a forecaster (federated, personalized, its own, seasonal naive, or the ensemble of federated, personalized and its own) by its validation days, the days before the held-out ones: the federated model, unless another beat it there by more than one standard error. The held-out days play no part in the pick, so the held-out figures are honest. Gain is what joining gains a store: the median over stores of (own WAPE - kept WAPE) / own WAPE.");
 }
 
 fn groups(section: &mut Section, r: &DemandReport) {
@@ -185,6 +189,7 @@ fn groups(section: &mut Section, r: &DemandReport) {
                 pct(g.median_wape_federated),
                 pct(g.median_wape_personalized),
                 pct(g.median_wape_forecast),
+                signed(g.median_gain_over_local),
                 format!("{}/{}", g.forecast_beats_local, g.stores),
                 format!("{}/{}", g.forecast_not_worse_than_naive, g.stores),
             ]
@@ -199,6 +204,7 @@ fn groups(section: &mut Section, r: &DemandReport) {
             "federated",
             "personalized",
             "kept",
+            "gain",
             "kept < own",
             "kept <= naive",
         ],
@@ -236,8 +242,8 @@ fn per_store(section: &mut Section, r: &DemandReport) {
                 pct(s.wape_local),
                 pct(s.wape_federated),
                 pct(s.wape_personalized),
-                s.forecast_model.clone().unwrap_or_default(),
-                pct(s.wape_forecast),
+                s.chosen.clone().unwrap_or_default(),
+                pct(s.wape_chosen),
                 pct(s.bias_forecast),
             ]
         })
@@ -252,8 +258,8 @@ fn per_store(section: &mut Section, r: &DemandReport) {
             "own",
             "federated",
             "personalized",
-            "kept",
-            "kept WAPE",
+            "chosen",
+            "chosen WAPE",
             "kept bias",
         ],
         rows,
