@@ -52,24 +52,10 @@ pub const DEMAND_FEATURES: &[&str] = &[
 
 /// Terms each business type has its own effect on, beside the network's shared one:
 /// florists and fashion stores share the calendar but not its size (a florist sells
-/// four times its usual on Valentine's day, a pharmacy nothing extra). Each is a copy
-/// of the shared feature of the same name (`level` of the intercept), set only in the
-/// block of the store's declared business type.
-pub const DEMAND_TYPE_TERMS: [&str; 13] = [
-    "level",
-    "dow_tue",
-    "dow_wed",
-    "dow_thu",
-    "dow_fri",
-    "dow_sat",
-    "dow_sun",
-    "year_sin1",
-    "year_cos1",
-    "year_sin2",
-    "year_cos2",
-    "public_holiday",
-    "shopping_event",
-];
+/// four times its usual on Valentine's day, a pharmacy nothing extra). They are the
+/// first shared features (intercept, weekday, yearly terms, holiday, shopping event),
+/// copied into the block of the store's declared business type.
+pub const DEMAND_TYPE_TERMS: &[&str] = DEMAND_FEATURES.split_at(13).0;
 
 /// Length of the demand model: the shared features, then one block of
 /// [`DEMAND_TYPE_TERMS`] per business type (in `BusinessType::ALL` order).

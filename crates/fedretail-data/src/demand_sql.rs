@@ -391,20 +391,15 @@ struct Split {
 }
 
 /// Where the terms of `business`'s block go in a row, and which shared feature each
-/// copies; none for a store that declared no type.
+/// copies (the block's terms are the first shared features); none for a store that
+/// declared no type.
 fn typed_positions(business: Option<BusinessType>) -> Vec<(usize, usize)> {
     let Some(k) = business.and_then(|b| BusinessType::ALL.iter().position(|t| *t == b)) else {
         return Vec::new();
     };
     let start = DEMAND_FEATURES.len() + k * DEMAND_TYPE_TERMS.len();
-    DEMAND_TYPE_TERMS
-        .iter()
-        .enumerate()
-        .filter_map(|(j, term)| {
-            let shared = if *term == "level" { "intercept" } else { term };
-            let from = DEMAND_FEATURES.iter().position(|f| *f == shared)?;
-            Some((start + j, from))
-        })
+    (0..DEMAND_TYPE_TERMS.len())
+        .map(|j| (start + j, j))
         .collect()
 }
 
@@ -525,13 +520,11 @@ mod tests {
         let florist = typed_positions(Some(BusinessType::Florist));
         assert_eq!(florist.len(), DEMAND_TYPE_TERMS.len());
         let start = DEMAND_FEATURES.len() + 2 * DEMAND_TYPE_TERMS.len();
-        assert_eq!(florist[0], (start, 0), "level copies the intercept");
+        assert_eq!(florist[0], (start, 0));
         let names = fedretail_models::demand_feature_names();
+        assert_eq!(names[start + 12], "florist:shopping_event");
         for (to, from) in florist {
-            assert_eq!(
-                names[to],
-                format!("florist:{}", names[from]).replace(":intercept", ":level")
-            );
+            assert_eq!(names[to], format!("florist:{}", names[from]));
         }
         assert_eq!(names.len(), DEMAND_DIM);
     }
