@@ -500,6 +500,7 @@ impl DemandTask {
 }
 
 /// A forecaster's score on the validation days.
+#[derive(Debug, Clone)]
 struct Candidate {
     forecaster: Forecaster,
     wape: f64,
@@ -673,6 +674,27 @@ mod tests {
         assert_eq!(mb["wape_forecast"], mb["wape_naive"]);
         assert_eq!(mb["bias_forecast"], mb["bias_naive"]);
         assert!(mb["wape_naive"] > mb["wape_local"]);
+    }
+
+    #[test]
+    fn the_pick_leaves_the_federated_model_only_for_a_gain_beyond_the_noise() {
+        let candidate = |forecaster, errors: Vec<f64>| Candidate {
+            forecaster,
+            wape: errors.iter().sum::<f64>() / 100.0,
+            errors,
+        };
+        let federated = candidate(Forecaster::Federated, vec![5.0, 1.0, 5.0, 1.0, 5.0, 1.0]);
+        // Better on the sum (17 against 18) but worse on half the rows: noise.
+        let noisy = candidate(Forecaster::Local, vec![1.0, 5.0, 1.0, 5.0, 1.0, 4.0]);
+        assert!(noisy.wape < federated.wape);
+        let scored = [federated, noisy];
+        assert_eq!(choose_beyond_noise(&scored), Forecaster::Federated);
+        // Better on every row: kept.
+        let steady = candidate(Forecaster::Personalized, vec![4.0, 0.5, 4.5, 0.5, 4.0, 0.8]);
+        let scored = [scored[0].clone(), scored[1].clone(), steady];
+        assert_eq!(choose_beyond_noise(&scored), Forecaster::Personalized);
+        // Without the federated model to compare with: the lowest WAPE.
+        assert_eq!(choose_beyond_noise(&scored[1..]), Forecaster::Personalized);
     }
 
     #[test]
