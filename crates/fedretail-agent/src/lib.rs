@@ -652,6 +652,8 @@ fn work_from_wire(work: Option<&v1::train_task::Work>) -> Result<LocalWork, Agen
                 l2: e.l2,
                 proximal_mu: e.proximal_mu,
                 seed: e.seed,
+                // Bounded like the epochs: a hostile task cannot pin the store's CPU.
+                min_steps: e.min_steps.min(100_000),
             })
         }
         Some(v1::train_task::Work::SecondOrder(_)) => LocalWork::SecondOrderStatistics,
@@ -694,6 +696,7 @@ mod tests {
                 l2: 1e-4,
                 seed: 9,
                 proximal_mu: mu,
+                min_steps: 20,
             })
         };
         let expected = LocalWork::LocalEpochs(LocalSgd {
@@ -703,6 +706,7 @@ mod tests {
             l2: 1e-4,
             proximal_mu: 0.5,
             seed: 9,
+            min_steps: 20,
         });
         assert_eq!(work_from_wire(Some(&wire(0.5))).unwrap(), expected);
         for bad in [-1.0, f64::NAN, f64::INFINITY] {

@@ -126,6 +126,10 @@ pub struct TrainArgs {
     /// Epochs of local SGD each party runs per FedAvg round.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub local_epochs: u32,
+    /// At least this many mini-batch steps per party per round: a tiny party runs more
+    /// epochs (0: every party runs --local-epochs).
+    #[arg(long, default_value_t = 20)]
+    pub min_local_steps: u32,
     /// FedProx: pull each party's local steps toward the global model with this
     /// strength (0 is FedAvg); helps when parties differ and run many local epochs.
     #[arg(long, default_value_t = 0.0)]
@@ -195,6 +199,7 @@ impl TrainArgs {
         ClassificationOptions {
             rounds: self.rounds,
             local_epochs: self.local_epochs,
+            min_local_steps: self.min_local_steps,
             proximal_mu: self.proximal_mu,
             learning_rate: self.learning_rate,
             batch_size: self.batch_size,
@@ -396,6 +401,7 @@ fn churn_jobs(a: &ChurnArgs) -> Vec<JobConfig> {
                 learning_rate: a.train.learning_rate,
                 batch_size: a.train.batch_size,
                 local_epochs: a.train.local_epochs,
+                min_local_steps: a.train.min_local_steps,
                 proximal_mu: a.train.proximal_mu,
                 server_optimizer: a.train.server_optimizer.into(),
                 server_learning_rate: a.train.server_learning_rate,

@@ -393,6 +393,9 @@ impl PrivacySettings {
 #[serde(deny_unknown_fields, default)]
 pub struct FedAvgSettings {
     pub local_epochs: u32,
+    /// At least this many mini-batch steps a round per store: a tiny store passes over
+    /// its rows more often (0: every store runs `local_epochs`).
+    pub min_local_steps: u32,
     pub batch_size: u32,
     pub learning_rate: f64,
     /// Send deltas as f32 (half the bytes) instead of f64.
@@ -428,6 +431,7 @@ impl Default for FedAvgSettings {
     fn default() -> Self {
         FedAvgSettings {
             local_epochs: 1,
+            min_local_steps: 0,
             batch_size: 32,
             learning_rate: 0.05,
             f32_updates: true,
@@ -454,6 +458,7 @@ impl FedAvgSettings {
         let fedavg = Box::new(FedAvg::try_new(FedAvgConfig {
             sampling,
             local_epochs: self.local_epochs,
+            min_local_steps: self.min_local_steps,
             batch_size: self.batch_size,
             learning_rate: self.learning_rate,
             l2,

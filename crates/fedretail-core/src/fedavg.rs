@@ -20,6 +20,8 @@ pub struct FedAvgConfig {
     pub proximal_mu: f64,
     /// Multiplies the mean delta (1.0 is plain FedAvg).
     pub server_learning_rate: f64,
+    /// See [`LocalSgd::min_steps`] (0: every store runs `local_epochs`).
+    pub min_local_steps: u32,
     pub precision: UpdatePrecision,
 }
 
@@ -33,6 +35,7 @@ impl Default for FedAvgConfig {
             l2: 1e-4,
             proximal_mu: 0.0,
             server_learning_rate: 1.0,
+            min_local_steps: 0,
             precision: UpdatePrecision::F32,
         }
     }
@@ -109,6 +112,7 @@ impl Strategy for FedAvg {
                 l2: self.config.l2,
                 proximal_mu: self.config.proximal_mu,
                 seed: self.config.sampling.seed.wrapping_add(round),
+                min_steps: self.config.min_local_steps,
             }),
             precision: self.config.precision,
             server_clip: None,

@@ -28,6 +28,10 @@ pub struct LocalSgd {
     pub proximal_mu: f64,
     /// Seeds the local shuffle; identical data and seed give identical updates.
     pub seed: u64,
+    /// At least this many mini-batch steps a round: a tiny store passes over its rows
+    /// more than `epochs` times, so it does about the work a large one does in one
+    /// epoch (0: exactly `epochs`). DP-SGD keeps `epochs`: its accounting fixes them.
+    pub min_steps: u32,
 }
 
 impl Default for LocalSgd {
@@ -39,11 +43,20 @@ impl Default for LocalSgd {
             l2: 0.0,
             proximal_mu: 0.0,
             seed: 0,
+            min_steps: 0,
         }
     }
 }
 
 impl LocalSgd {
+    /// Epochs over `rows` training rows: `epochs`, or more when they would take fewer
+    /// than `min_steps` mini-batch steps.
+    pub fn epochs_for(&self, rows: usize) -> u32 {
+        let per_epoch = rows.div_ceil(self.batch_size.max(1) as usize).max(1);
+        let needed = (self.min_steps as usize).div_ceil(per_epoch);
+        self.epochs.max(needed.min(u32::MAX as usize) as u32)
+    }
+
     /// One step of `w` along the mean gradient `grad * inv`, with the L2 penalty on
     /// the `mask`ed coordinates and FedProx's pull toward `anchor` (the global model).
     #[inline]
@@ -141,6 +154,25 @@ pub fn check_finite_model(values: &[f64]) -> Result<(), StrategyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiny_store_runs_enough_epochs_for_the_minimum_steps_and_a_large_one_its_epochs() {
+        let s = LocalSgd {
+            min_steps: 20,
+            ..LocalSgd::default()
+        };
+        // 70 rows in batches of 32: 3 steps an epoch, so 7 epochs for 20 steps.
+        assert_eq!(s.epochs_for(70), 7);
+        assert_eq!(s.epochs_for(2000), 1);
+        assert_eq!(s.epochs_for(0), 20, "no rows: one (empty) step an epoch");
+        // Without a minimum every store runs its epochs: plain FedAvg.
+        let plain = LocalSgd {
+            epochs: 3,
+            ..LocalSgd::default()
+        };
+        assert_eq!(plain.epochs_for(5), 3);
+        assert_eq!(plain.epochs_for(100_000), 3);
+    }
 
     #[test]
     fn a_local_step_is_plain_sgd_without_the_proximal_term() {

@@ -443,8 +443,8 @@ pub fn fine_tune(inner: &ClassifierTask, global: &[f64], max_epochs: u32) -> (Ve
             batch_size: 32,
             learning_rate: rate,
             l2: 1e-4,
-            proximal_mu: 0.0,
             seed: u64::from(epoch),
+            ..LocalSgd::default()
         };
         sgd(inner.kind, &fit, &mut w, &s);
         let l = loss(&w);
@@ -476,8 +476,8 @@ fn store_alone_auc(inner: &ClassifierTask) -> Option<f64> {
         batch_size: 32,
         learning_rate: rate,
         l2: 1e-4,
-        proximal_mu: 0.0,
         seed: 7,
+        ..LocalSgd::default()
     };
     sgd(kind, &inner.train, &mut local, &s);
     roc_auc(

@@ -245,7 +245,7 @@ pub fn sgd(kind: ClassifierKind, rows: &LabeledRows, w: &mut [f64], s: &LocalSgd
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let mut grad = vec![0.0; w.len()];
     let mut hidden = vec![0.0; hidden_len(kind)];
-    for _ in 0..s.epochs {
+    for _ in 0..s.epochs_for(n) {
         order.shuffle(&mut rng);
         for batch in order.chunks(s.batch_size.max(1) as usize) {
             grad.iter_mut().for_each(|g| *g = 0.0);
@@ -691,6 +691,7 @@ mod tests {
                     l2: 1e-4,
                     proximal_mu: 0.0,
                     seed: 7,
+                    min_steps: 0,
                 },
             );
             let auc = classification_metrics(kind, &w, &test)["auc"];
@@ -739,6 +740,7 @@ mod tests {
                 l2: 1e-4,
                 proximal_mu: 0.0,
                 seed: 3,
+                min_steps: 0,
             },
             dp,
         )
@@ -766,6 +768,7 @@ mod tests {
                 l2: 0.0,
                 proximal_mu: 0.0,
                 seed: 1,
+                min_steps: 0,
             },
             quiet,
         )
@@ -788,7 +791,8 @@ mod tests {
                     learning_rate: 0.1,
                     l2: 0.0,
                     proximal_mu: 0.0,
-                    seed: 1
+                    seed: 1,
+                    min_steps: 0,
                 },
                 bad
             ),

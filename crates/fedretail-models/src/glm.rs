@@ -147,7 +147,7 @@ pub fn sgd(rows: &DemandRows, w: &mut [f64], mask: &[bool], s: &LocalSgd) {
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let mut grad = vec![0.0; d];
     let b = s.batch_size.max(1) as usize;
-    for _ in 0..s.epochs {
+    for _ in 0..s.epochs_for(n) {
         order.shuffle(&mut rng);
         for batch in order.chunks(b) {
             grad.iter_mut().for_each(|g| *g = 0.0);

@@ -43,6 +43,9 @@ pub struct ClassificationOptions {
     /// FedAvg rounds (and epochs of the local and centralized SGD references).
     pub rounds: u64,
     pub local_epochs: u32,
+    /// At least this many mini-batch steps a round at every party (more epochs for a
+    /// tiny one; 0: `local_epochs` everywhere). Also the party-alone reference's.
+    pub min_local_steps: u32,
     pub batch_size: u32,
     pub learning_rate: f64,
     /// L2 penalty per training example on the weights (not the bias).
@@ -70,6 +73,7 @@ impl ClassificationOptions {
     pub fn fedavg_settings(&self, learning_rate: f64) -> FedAvgSettings {
         FedAvgSettings {
             local_epochs: self.local_epochs,
+            min_local_steps: self.min_local_steps,
             batch_size: self.batch_size,
             learning_rate,
             f32_updates: true,
@@ -107,6 +111,7 @@ impl Default for ClassificationOptions {
         ClassificationOptions {
             rounds: 20,
             local_epochs: 1,
+            min_local_steps: 20,
             batch_size: 32,
             learning_rate: 0.1,
             l2: 1e-4,
@@ -426,6 +431,7 @@ impl Trainer<'_> {
                 l2: o.l2,
                 proximal_mu: 0.0,
                 seed: o.seed.wrapping_add(epoch),
+                min_steps: o.min_local_steps,
             };
             match dp {
                 None => sgd(kind, rows, &mut w, &s),

@@ -202,6 +202,7 @@ fn run_setting(
         l2: 1e-4,
         proximal_mu: 0.0,
         server_learning_rate: o.server_learning_rate,
+        min_local_steps: 0,
         precision: UpdatePrecision::F64,
     })
     .map_err(|e| SimError::Options(e.to_string()))?;

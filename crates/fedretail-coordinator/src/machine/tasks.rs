@@ -92,6 +92,7 @@ fn work_to_wire(work: &LocalWork) -> v1::train_task::Work {
             l2: s.l2,
             seed: s.seed,
             proximal_mu: s.proximal_mu,
+            min_steps: s.min_steps,
         }),
         LocalWork::SecondOrderStatistics => {
             v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {})
@@ -129,5 +130,37 @@ fn train_task(slot: &JobSlot, rs: &RoundState, store: &str, task_id: &str) -> v1
         },
         privacy,
         secure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedretail_core::LocalSgd;
+
+    #[test]
+    fn every_local_sgd_setting_goes_on_the_wire() {
+        let s = LocalSgd {
+            epochs: 2,
+            batch_size: 16,
+            learning_rate: 0.1,
+            l2: 1e-4,
+            proximal_mu: 0.3,
+            seed: 9,
+            min_steps: 20,
+        };
+        let v1::train_task::Work::LocalEpochs(e) = work_to_wire(&LocalWork::LocalEpochs(s)) else {
+            panic!("local epochs become local epochs");
+        };
+        let back = (
+            e.epochs,
+            e.batch_size,
+            e.learning_rate,
+            e.l2,
+            e.proximal_mu,
+            e.seed,
+            e.min_steps,
+        );
+        assert_eq!(back, (2, 16, 0.1, 1e-4, 0.3, 9, 20));
     }
 }

@@ -92,6 +92,7 @@ fn fedavg_of_identical_stores_equals_local_training() {
         l2: 1e-3,
         proximal_mu: 0.0,
         server_learning_rate: 1.0,
+        min_local_steps: 0,
         precision: UpdatePrecision::F64,
     };
     let rounds = 4;
@@ -114,6 +115,7 @@ fn fedavg_of_identical_stores_equals_local_training() {
             l2: config.l2,
             proximal_mu: 0.0,
             seed: config.sampling.seed + round,
+            min_steps: 0,
         };
         glm::sgd(&one.train, &mut w, &mask, &s);
     }
