@@ -358,7 +358,13 @@ pub(crate) fn text_value(
 
 /// The business type in the export's `store.json`, when it has one.
 fn declared_business_type(dir: &Path) -> Option<BusinessType> {
+    declared_business_type_text(dir)?.parse().ok()
+}
+
+/// The `business_type` text of the export's `store.json`, as written (reports show
+/// it even when it is not a type the network knows).
+pub fn declared_business_type_text(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(STORE_META_FILE)).ok()?;
     let meta: serde_json::Value = serde_json::from_str(&text).ok()?;
-    meta.get("business_type")?.as_str()?.parse().ok()
+    meta.get("business_type")?.as_str().map(str::to_string)
 }

@@ -1,7 +1,7 @@
 use crate::SimError;
 use fedretail_core::BoxFuture;
 use fedretail_data::{load_demand_dataset, DemandSpec, StoreSource};
-use fedretail_domain::schema::{STORE_META_FILE, TRANSACTIONS_FILE};
+use fedretail_domain::schema::TRANSACTIONS_FILE;
 use fedretail_models::DemandDataset;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,15 +41,7 @@ pub(crate) fn store_dirs(root: &Path) -> Result<Vec<PathBuf>, SimError> {
 }
 
 pub(crate) fn business_type_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join(STORE_META_FILE))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| {
-            v.get("business_type")
-                .and_then(|b| b.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
+    fedretail_data::declared_business_type_text(dir).unwrap_or_else(|| "unknown".into())
 }
 
 /// Prepare every store under `root` (one directory per store), `parallel` at a time.
