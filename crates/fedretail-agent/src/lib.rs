@@ -658,6 +658,9 @@ fn work_from_wire(work: Option<&v1::train_task::Work>) -> Result<LocalWork, Agen
         }
         Some(v1::train_task::Work::SecondOrder(_)) => LocalWork::SecondOrderStatistics,
         Some(v1::train_task::Work::ClusterStatistics(_)) => LocalWork::ClusterStatistics,
+        Some(v1::train_task::Work::ClusteredSecondOrder(_)) => {
+            LocalWork::ClusteredSecondOrderStatistics
+        }
         None => return Err(AgentError::BadTask("training task names no work".into())),
     })
 }

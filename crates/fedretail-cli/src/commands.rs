@@ -100,6 +100,11 @@ pub struct DemoArgs {
     /// federated, personalized or seasonal naive); 0 keeps the federated model.
     #[arg(long, default_value_t = 28, value_parser = clap::value_parser!(u32).range(0..=28))]
     pub validation_days: u32,
+    /// Up to this many groups of stores with a model each, found from their data
+    /// (clustered federated learning, exact Newton per group); every store keeps the
+    /// network's model or its group's, whichever does better on its validation days.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub groups: u32,
     /// Keep coordinator checkpoints in this SQLite file (default: in memory).
     #[arg(long)]
     pub database: Option<PathBuf>,
@@ -225,6 +230,11 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             ..Default::default()
         },
         privacy: args.privacy.settings(),
+        // Checked here so that a grouped job with the wrong strategy fails before the run.
+        task: fedretail_core::TaskSpec::Demand(fedretail_core::task::DemandTaskOptions {
+            groups: args.groups,
+            ..Default::default()
+        }),
         // SecAgg+ needs three stores to hide any one of them.
         min_stores: if args.privacy.secure_aggregation {
             3
@@ -242,6 +252,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         database: args.database.clone(),
         prepare_parallelism: 2,
         write_results: true,
+        groups: args.groups,
     };
     let progress = Arc::new(DemoProgress::new());
     let dashboard = Arc::new(Dashboard::new());

@@ -33,6 +33,10 @@ pub struct NetworkArgs {
     /// Multiplies every store's traffic.
     #[arg(long, default_value_t = 1.0)]
     pub volume: f64,
+    /// Fraction of stores in office districts (busy on working days, quiet at weekends
+    /// and in summer), a difference their metadata does not declare.
+    #[arg(long, default_value_t = 0.0)]
+    pub office_fraction: f64,
     /// Do not inject labelled fraud and data-quality anomalies.
     #[arg(long)]
     pub no_anomalies: bool,
@@ -47,6 +51,7 @@ impl NetworkArgs {
             young_fraction: self.young_fraction,
             late_joiners: self.late_joiners,
             volume: self.volume,
+            office_fraction: self.office_fraction,
             anomalies: !self.no_anomalies,
             ..NetworkConfig::default()
         }

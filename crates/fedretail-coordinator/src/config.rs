@@ -2,9 +2,9 @@ use fedretail_core::kmeans::{FedBisectingKMeans, KMeansConfig};
 use fedretail_core::tabular::TabularEncoding;
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, TabularTaskOptions, TaskKind};
 use fedretail_core::{
-    CheckedTask, ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelLayout,
-    ModelParameters, SamplingConfig, Segment, ServerOpt, ServerOptimizer, Strategy, TaskSpec,
-    UpdatePrecision,
+    CheckedTask, ClusteredNewton, ClusteredNewtonConfig, ConfigError, FedAvg, FedAvgConfig,
+    FedNewton, FedNewtonConfig, ModelLayout, ModelParameters, SamplingConfig, Segment, ServerOpt,
+    ServerOptimizer, Strategy, TaskSpec, UpdatePrecision,
 };
 use fedretail_privacy::{ClipRule, Denominator, DpFedAvg, DpSettings, Sampling};
 use serde::{Deserialize, Serialize};
@@ -604,7 +604,8 @@ fn pending_layout() -> ModelLayout {
 }
 
 /// Whether `strategy` can train `task`, and if not why.
-fn check_pairing(task: &TaskSpec, strategy: StrategyKind) -> Result<(), ConfigError> {
+fn check_pairing(checked: &CheckedTask, strategy: StrategyKind) -> Result<(), ConfigError> {
+    let task = checked.spec();
     let ok = match (task, strategy) {
         (TaskSpec::Demand(_), StrategyKind::Newton | StrategyKind::Fedavg) => true,
         (TaskSpec::Churn(ChurnTaskOptions { model, .. }), StrategyKind::Newton)
@@ -618,8 +619,15 @@ fn check_pairing(task: &TaskSpec, strategy: StrategyKind) -> Result<(), ConfigEr
         ) => true,
         _ => false,
     };
-    if ok {
+    if ok && (checked.groups() <= 1 || strategy == StrategyKind::Newton) {
         return Ok(());
+    }
+    if ok {
+        return Err(ConfigError::out_of_range(
+            "strategy",
+            "newton when task.groups > 1 (one exact model per group)",
+            strategy.name(),
+        ));
     }
     let requirement = match task {
         TaskSpec::Demand(_) => "newton or fedavg for task 'demand'",
@@ -647,7 +655,7 @@ impl CheckedJob {
         let strategy = config
             .strategy
             .unwrap_or_else(|| StrategyKind::default_for(&config.task));
-        check_pairing(&config.task, strategy)?;
+        check_pairing(&task, strategy)?;
         for (name, v) in [
             ("round_timeout_secs", config.round_timeout_secs),
             (
@@ -687,6 +695,8 @@ impl CheckedJob {
         }
         let rounds = match (config.rounds, strategy) {
             (Some(r), _) => r as u64,
+            // A grouped model runs a level of Newton rounds per group.
+            (None, StrategyKind::Newton) if task.groups() > 1 => u64::MAX,
             (None, StrategyKind::Newton) => 8,
             (None, StrategyKind::Fedavg) => 20,
             (None, StrategyKind::BisectingKmeans) => u64::MAX,
@@ -759,6 +769,17 @@ impl CheckedJob {
             seed: c.seed,
         };
         Ok(match self.strategy {
+            StrategyKind::Newton if self.task.groups() > 1 => {
+                Box::new(ClusteredNewton::try_new(ClusteredNewtonConfig {
+                    newton: FedNewtonConfig {
+                        sampling,
+                        l2: c.l2,
+                        ..Default::default()
+                    },
+                    max_groups: self.task.groups(),
+                    ..Default::default()
+                })?)
+            }
             StrategyKind::Newton => Box::new(FedNewton::try_new(FedNewtonConfig {
                 sampling,
                 l2: c.l2,
@@ -788,6 +809,37 @@ impl CheckedJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grouped_demand_job_trains_one_exact_model_per_group_and_only_with_newton() {
+        let toml = "[job.task]\nkind = \"demand\"\ngroups = 3\n";
+        let jobs = CoordinatorConfig::from_toml(toml)
+            .unwrap()
+            .checked_jobs()
+            .unwrap();
+        assert_eq!(jobs[0].build_strategy().unwrap().name(), "clustered_newton");
+        assert_eq!(jobs[0].rounds, 18, "a level of Newton rounds per group");
+        let demand = fedretail_core::task::demand_layout();
+        let tree = fedretail_core::clustered::clustered_layout(&demand, 3).unwrap();
+        assert_eq!(
+            jobs[0].layout, tree,
+            "five nodes of the demand model and the tree"
+        );
+        let fedavg = "[job]\nstrategy = \"fedavg\"\n[job.task]\nkind = \"demand\"\ngroups = 2\n";
+        let e = CoordinatorConfig::from_toml(fedavg)
+            .unwrap()
+            .checked_jobs()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("newton when task.groups > 1"), "{e}");
+        let many = "[job.task]\nkind = \"demand\"\ngroups = 9\n";
+        let e = CoordinatorConfig::from_toml(many)
+            .unwrap()
+            .checked_jobs()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("task.groups") && e.contains('9'), "{e}");
+    }
 
     #[test]
     fn a_fedavg_job_names_its_server_optimizer() {

@@ -22,6 +22,7 @@
 //! ```
 
 mod aggregate;
+pub mod clustered;
 mod error;
 mod fedavg;
 pub mod kmeans;
@@ -35,6 +36,7 @@ pub mod task;
 mod validate;
 
 pub use aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
+pub use clustered::{ClusteredNewton, ClusteredNewtonConfig};
 pub use error::{AggregationError, ConfigError, StrategyError, UpdateRejection};
 pub use fedavg::{FedAvg, FedAvgConfig};
 pub use newton::{

@@ -80,6 +80,9 @@ pub enum LocalWork {
     /// Per-cluster sums, weights and squared errors of the store's points under the
     /// global clustering (see [`crate::kmeans`]).
     ClusterStatistics,
+    /// Descend the clustered model's tree by training loss and send the Newton
+    /// statistics of the leaf reached, in its block (see [`crate::clustered`]).
+    ClusteredSecondOrderStatistics,
 }
 
 /// Who takes part in a round and with what work.

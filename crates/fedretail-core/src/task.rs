@@ -10,6 +10,7 @@
 //! assert_eq!(spec.checked().unwrap().layout().unwrap().len(), 7 * 4 + 7 * 3 + 4);
 //! ```
 
+use crate::clustered::{clustered_initial, clustered_layout};
 use crate::error::ConfigError;
 use crate::kmeans::{bisecting_kmeans_initial, bisecting_kmeans_layout};
 use crate::params::{ModelLayout, ModelParameters, Segment};
@@ -283,6 +284,11 @@ pub struct DemandTaskOptions {
     pub validation_days: u32,
     /// Coverage of the forecast interval written with every forecast.
     pub interval: f64,
+    /// Up to this many groups of stores with a model each, found from the data
+    /// (clustered federated learning, exact Newton per group; each store keeps the
+    /// network's or its group's model, whichever does better on its validation days).
+    /// 1: one model for the network.
+    pub groups: u32,
 }
 
 impl Default for DemandTaskOptions {
@@ -292,6 +298,7 @@ impl Default for DemandTaskOptions {
             horizon_days: 28,
             validation_days: 28,
             interval: 0.8,
+            groups: 1,
         }
     }
 }
@@ -561,6 +568,7 @@ impl TaskSpec {
                     ));
                 }
                 in_unit("task.interval", o.interval)?;
+                clustered_layout(&demand_layout(), o.groups as usize)?;
             }
             TaskSpec::CustomerAnomaly(o) | TaskSpec::ReceiptAnomaly(o) | TaskSpec::Segments(o) => {
                 window("task.window_days", o.window_days)?;
@@ -656,9 +664,20 @@ impl CheckedTask {
         }
     }
 
+    /// Groups of stores the model may split into (1: one model for the network).
+    pub fn groups(&self) -> usize {
+        match &self.0 {
+            TaskSpec::Demand(o) => o.groups as usize,
+            _ => 1,
+        }
+    }
+
     pub fn layout(&self) -> Result<ModelLayout, ConfigError> {
         let dim = self.features().len();
         match &self.0 {
+            TaskSpec::Demand(_) if self.groups() > 1 => {
+                clustered_layout(&demand_layout(), self.groups())
+            }
             TaskSpec::Demand(_) => Ok(demand_layout()),
             TaskSpec::Churn(o) => Ok(o.model.layout(dim)),
             TaskSpec::Tabular(_) if dim == 0 => Err(ConfigError::Layout(
@@ -673,6 +692,9 @@ impl CheckedTask {
     pub fn initial_model(&self) -> Result<ModelParameters, ConfigError> {
         let dim = self.features().len();
         match &self.0 {
+            TaskSpec::Demand(_) if self.groups() > 1 => {
+                clustered_initial(&ModelParameters::zeros(demand_layout()), self.groups())
+            }
             TaskSpec::Demand(_) => Ok(ModelParameters::zeros(demand_layout())),
             TaskSpec::Churn(ChurnTaskOptions { model, seed, .. })
             | TaskSpec::Tabular(TabularTaskOptions { model, seed, .. }) => {

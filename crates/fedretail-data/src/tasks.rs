@@ -34,7 +34,7 @@ use fedretail_models::classify::stratified_split;
 use fedretail_models::demand::DemandOptions;
 use fedretail_models::{
     ChurnScoring, ChurnTask, ClassifierTask, ClusterPurpose, ClusterSettings, DemandTask,
-    LabeledRows, LabelledClusterTask, LocalTask, TableScoring, TabularTask,
+    GroupedTask, LabeledRows, LabelledClusterTask, LocalTask, TableScoring, TabularTask,
 };
 use std::any::Any;
 use std::collections::HashMap;
@@ -248,7 +248,14 @@ async fn demand(
         interval: o.interval,
         ..Default::default()
     };
-    Ok(Arc::new(DemandTask::new(Arc::new(data), options)))
+    let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(Arc::new(data), options));
+    if o.groups <= 1 {
+        return Ok(task);
+    }
+    // Clustered: the model is a tree of group models around the same store task.
+    GroupedTask::try_new(task, o.groups as usize)
+        .map(|t| Arc::new(t) as Arc<dyn LocalTask>)
+        .map_err(|e| DataError::Spec(e.to_string()))
 }
 
 fn settings(o: &ClusterTaskOptions, clusters: usize) -> ClusterSettings {

@@ -526,10 +526,12 @@ impl LocalTask for ClassifierTask {
                     work: "second-order statistics with an MLP (use FedAvg)",
                 })
             }
-            (LocalWork::ClusterStatistics, _) => Err(TaskError::UnsupportedWork {
-                task: self.name,
-                work: "cluster statistics",
-            }),
+            (LocalWork::ClusterStatistics | LocalWork::ClusteredSecondOrderStatistics, _) => {
+                Err(TaskError::UnsupportedWork {
+                    task: self.name,
+                    work: "cluster statistics (a grouped model wraps this task)",
+                })
+            }
         }
     }
 

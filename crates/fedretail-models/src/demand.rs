@@ -3,7 +3,7 @@
 //! module holds the prepared rows, the model layout and the [`DemandTask`].
 
 use crate::glm;
-use crate::metrics::{bias, mase, wape};
+use crate::metrics::{bias, clearly_better, mase, wape};
 use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
 use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
 use std::sync::{Arc, OnceLock};
@@ -186,10 +186,12 @@ impl LocalTask for DemandTask {
                 }
                 Ok(w.iter().zip(global).map(|(a, b)| a - b).collect())
             }
-            LocalWork::ClusterStatistics => Err(TaskError::UnsupportedWork {
-                task: "demand",
-                work: "cluster statistics",
-            }),
+            LocalWork::ClusterStatistics | LocalWork::ClusteredSecondOrderStatistics => {
+                Err(TaskError::UnsupportedWork {
+                    task: "demand",
+                    work: "cluster statistics (a grouped model wraps this task)",
+                })
+            }
         }
     }
 
@@ -203,6 +205,15 @@ impl LocalTask for DemandTask {
         let fits = global.len() == DEMAND_DIM && !rows.is_empty();
         fits.then(|| glm::loss(rows, global) / rows.len() as f64)
             .filter(|l| l.is_finite())
+    }
+
+    /// The Poisson loss of each validation row: how a grouped model's store picks its
+    /// depth.
+    fn validation_losses(&self, global: &[f64]) -> Option<Vec<f64>> {
+        let rows = &self.data.validation;
+        let fits = global.len() == DEMAND_DIM && !rows.is_empty();
+        fits.then(|| glm::row_losses(rows, global))
+            .filter(|l| l.iter().all(|v| v.is_finite()))
     }
 
     fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {
@@ -527,18 +538,6 @@ fn choose_beyond_noise(scored: &[Candidate]) -> Forecaster {
         .filter(|c| c.wape < base.wape && clearly_better(&base.errors, &c.errors))
         .min_by(|a, b| a.wape.total_cmp(&b.wape))
         .map_or(Forecaster::Federated, |c| c.forecaster)
-}
-
-/// Whether the mean of `base - other` (per row) exceeds its standard error.
-fn clearly_better(base: &[f64], other: &[f64]) -> bool {
-    let n = base.len().min(other.len());
-    if n < 2 {
-        return false;
-    }
-    let d = || base.iter().zip(other).map(|(b, o)| b - o);
-    let mean = d().sum::<f64>() / n as f64;
-    let var = d().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
-    mean > (var / n as f64).sqrt()
 }
 
 /// Forecasts for the days after the history (`future`, one per future row), with a

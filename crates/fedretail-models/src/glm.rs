@@ -40,6 +40,16 @@ pub fn loss(rows: &DemandRows, w: &[f64]) -> f64 {
         .sum()
 }
 
+/// The loss of each row at `w` (the terms of [`loss`]).
+pub fn row_losses(rows: &DemandRows, w: &[f64]) -> Vec<f64> {
+    rows.iter()
+        .map(|(x, r, _)| {
+            let e = eta(x, w);
+            e.exp() - r * e
+        })
+        .collect()
+}
+
 /// Gradient and Hessian of the summed loss at `w`, packed as `[g, upper(H)]` and
 /// added into `out` (which must have the packed length). Rows are mostly zeros (one
 /// business type's block of many is set), so only pairs of non-zero features are

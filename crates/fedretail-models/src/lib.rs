@@ -20,6 +20,7 @@ pub mod classify;
 pub mod clustering;
 pub mod demand;
 pub mod glm;
+pub mod grouped;
 pub mod metrics;
 mod rows;
 mod source;
@@ -37,5 +38,6 @@ pub use demand::{
     DEMAND_FEATURES, DEMAND_TYPE_TERMS,
 };
 pub use fedretail_core::LocalWork;
+pub use grouped::GroupedTask;
 pub use source::{DescribeFuture, FixedTasks, PrepareFuture, TaskSource};
 pub use task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};

@@ -66,6 +66,20 @@ pub fn normal_quantile(p: f64) -> f64 {
     }
 }
 
+/// Whether the mean of `base - other` (per row errors or losses) exceeds its standard
+/// error: the one-standard-error rule, so that a choice does not follow the noise of a
+/// few weeks of one store's days.
+pub fn clearly_better(base: &[f64], other: &[f64]) -> bool {
+    let n = base.len().min(other.len());
+    if n < 2 {
+        return false;
+    }
+    let d = || base.iter().zip(other).map(|(b, o)| b - o);
+    let mean = d().sum::<f64>() / n as f64;
+    let var = d().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
+    mean > (var / n as f64).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,8 @@ pub enum TaskError {
     InvalidPrivacy(String),
     #[error("local training diverged: {0}")]
     Diverged(String),
+    #[error("the coordinator's model is malformed: {0}")]
+    InvalidModel(String),
 }
 
 /// A table a store keeps from a job (forecasts, flagged receipts, segments, scores):
@@ -71,6 +73,11 @@ pub trait LocalTask: Send + Sync {
     /// The mean loss of `global` on the store's training rows, the one number behind the
     /// job's convergence curve; None where the task has no loss to report.
     fn train_loss(&self, _global: &[f64]) -> Option<f64> {
+        None
+    }
+    /// The loss of `global` on each of the store's validation rows (days no model was
+    /// fitted on), for choosing among shared models; None where the task has none.
+    fn validation_losses(&self, _global: &[f64]) -> Option<Vec<f64>> {
         None
     }
     /// What the store keeps from the final model: tables for its results folder. They

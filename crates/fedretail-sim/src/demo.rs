@@ -3,13 +3,15 @@ use crate::prepare::{prepare_network, PreparedStore, SkippedStore};
 use crate::report::{group_by, summarize, DemandReport, StoreReport};
 use crate::SimError;
 use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StoreEvaluation};
+use fedretail_core::clustered::{group_penalty, ClusterTree};
 use fedretail_core::task::DemandTaskOptions;
-use fedretail_core::{BoxFuture, TaskKind, TaskSpec};
+use fedretail_core::{BoxFuture, ClusteredNewtonConfig, FedNewtonConfig, TaskKind, TaskSpec};
 use fedretail_data::DemandSpec;
 use fedretail_domain::{history_band, size_band, HISTORY_BANDS};
 use fedretail_models::demand::{test_errors, DemandOptions};
 use fedretail_models::{
-    demand_feature_names, demand_layout, glm, metrics, DemandTask, FixedTasks, LocalTask,
+    demand_feature_names, demand_layout, glm, metrics, DemandTask, FixedTasks, GroupedTask,
+    LocalTask,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +31,9 @@ pub struct DemoOptions {
     pub prepare_parallelism: usize,
     /// Each store's agent writes its forecasts and model into `<store>/results/`.
     pub write_results: bool,
+    /// Up to this many groups of stores with a model each (clustered federated
+    /// learning); 1 trains one model for the network.
+    pub groups: u32,
 }
 
 impl DemoOptions {
@@ -41,6 +46,7 @@ impl DemoOptions {
             database: None,
             prepare_parallelism: 2,
             write_results: true,
+            groups: 1,
         }
     }
 }
@@ -85,11 +91,15 @@ pub fn run_demo<'a>(
             tokio::task::spawn_blocking(move || centralized_fit(&stores_for_baseline, l2))
                 .await
                 .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
-        let max_gap = centralized
-            .iter()
-            .zip(&outcome.parameters)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let max_gap = if options.groups > 1 {
+            grouped_gap(&outcome, &stores, l2, options.groups)
+        } else {
+            centralized
+                .iter()
+                .zip(&outcome.parameters)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max)
+        };
         let by_id: std::collections::HashMap<&str, &PreparedStore> =
             stores.iter().map(|s| (s.store_id.as_str(), s)).collect();
         let store_reports: Vec<StoreReport> = outcome
@@ -161,6 +171,7 @@ async fn federate_demand(
     job.task = TaskSpec::Demand(DemandTaskOptions {
         holdout_days: options.holdout_days,
         validation_days: options.validation_days,
+        groups: options.groups,
         ..Default::default()
     });
     let demand_options = DemandOptions {
@@ -172,18 +183,17 @@ async fn federate_demand(
     let sim_stores: Vec<SimStore> = stores
         .iter()
         .map(|store| {
-            let task: Arc<dyn LocalTask> =
-                Arc::new(DemandTask::new(store.dataset.clone(), demand_options));
-            SimStore {
+            let task = store_task(store, demand_options, options.groups)?;
+            Ok(SimStore {
                 store_id: store.store_id.clone(),
                 business_type: store.business_type.clone(),
                 tasks: Arc::new(FixedTasks::new().with(TaskKind::Demand, task)),
                 results_dir: options
                     .write_results
                     .then(|| options.data_dir.join(&store.store_id).join("results")),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, SimError>>()?;
     let obs = observer.clone();
     let run = run_federation(
         &sim_stores,
@@ -204,6 +214,70 @@ async fn federate_demand(
         )));
     }
     Ok((outcome, run.agent_failures))
+}
+
+/// A store's demand task, grouped when the job trains a model per group of stores.
+fn store_task(
+    store: &PreparedStore,
+    options: DemandOptions,
+    groups: u32,
+) -> Result<Arc<dyn LocalTask>, SimError> {
+    let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(store.dataset.clone(), options));
+    if groups <= 1 {
+        return Ok(task);
+    }
+    GroupedTask::try_new(task, groups as usize)
+        .map(|t| Arc::new(t) as Arc<dyn LocalTask>)
+        .map_err(|e| SimError::Runtime(e.to_string()))
+}
+
+/// The largest difference between a group's model and the centralized fit of the same
+/// objective (the group's pull toward the model it was split from) on its stores'
+/// pooled rows; the stores say which group they joined.
+fn grouped_gap(outcome: &JobOutcome, stores: &[PreparedStore], l2: f64, groups: u32) -> f64 {
+    let d = demand_layout().len();
+    let Ok(tree) = ClusterTree::new(&outcome.parameters, d, groups as usize) else {
+        return f64::INFINITY;
+    };
+    let leaf_of: std::collections::HashMap<&str, usize> = outcome
+        .evaluations
+        .iter()
+        .filter_map(|ev| {
+            Some((
+                ev.store_id.as_str(),
+                *ev.metrics.get("group_leaf")? as usize,
+            ))
+        })
+        .collect();
+    let masks = (demand_layout().regularization_mask(), vec![true; d]);
+    let config = ClusteredNewtonConfig {
+        newton: FedNewtonConfig {
+            l2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut gap: f64 = 0.0;
+    for leaf in tree.leaves() {
+        let rows: Vec<&fedretail_models::DemandRows> = stores
+            .iter()
+            .filter(|s| leaf_of.get(s.store_id.as_str()) == Some(&leaf))
+            .map(|s| &s.dataset.train)
+            .collect();
+        if rows.is_empty() {
+            continue; // No store joined it at the end: nothing to compare.
+        }
+        let penalty = group_penalty(&tree, leaf, &masks, &config);
+        let max_step = config.newton.max_step;
+        let (central, _) =
+            glm::fit_newton_from(&rows, &vec![0.0; d], &penalty, max_step, 100, 1e-10);
+        gap = central
+            .iter()
+            .zip(tree.model(leaf))
+            .map(|(a, b)| (a - b).abs())
+            .fold(gap, f64::max);
+    }
+    gap
 }
 
 /// One store's figures: what it reported, and the centralized yardstick on its days.
@@ -247,6 +321,8 @@ fn store_report(
             .as_deref()
             .map(|f| chosen_name(f).to_string()),
         wape_chosen: m("wape_forecast"),
+        group: m("group_leaf").map(|v| v as u32),
+        group_depth: m("group_depth").map(|v| v as u32),
         forecast_model,
         wape_forecast: m("wape_forecast"),
         mase_forecast: m("mase_forecast"),

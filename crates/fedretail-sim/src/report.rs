@@ -33,6 +33,13 @@ pub struct StoreReport {
     pub chosen: Option<String>,
     /// The chosen forecast's WAPE on the held-out days (equal to `wape_forecast`).
     pub wape_chosen: Option<f64>,
+    /// With a model per group of stores: the group (leaf of the tree) the store joined,
+    /// and the depth of the shared model it kept (0: the network's; 1 or more: its
+    /// group's), chosen on its validation days.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_depth: Option<u32>,
     /// The kept forecaster's held-out WAPE, MASE and relative bias.
     pub wape_forecast: Option<f64>,
     pub mase_forecast: Option<f64>,
@@ -236,6 +243,25 @@ fn kept_forecasts_line(stores: &[StoreReport]) -> String {
     )
 }
 
+/// With a model per group: how many stores joined each group, and how many kept their
+/// group's model rather than the network's.
+fn groups_line(stores: &[StoreReport]) -> String {
+    let mut sizes: BTreeMap<u32, usize> = BTreeMap::new();
+    for g in stores.iter().filter_map(|s| s.group) {
+        *sizes.entry(g).or_default() += 1;
+    }
+    if sizes.is_empty() {
+        return String::new();
+    }
+    let kept = stores.iter().filter(|s| s.group_depth > Some(0)).count();
+    let sizes: Vec<String> = sizes.iter().map(|(g, n)| format!("{g}: {n}")).collect();
+    format!(
+        "  groups found from the stores' data (stores per group): {}; {kept} of {} stores kept their group's model (it beat the network's on their validation days by more than one standard error)\n",
+        sizes.join(", "),
+        stores.len()
+    )
+}
+
 pub fn render_summary(r: &DemandReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -287,11 +313,18 @@ pub fn render_summary(r: &DemandReport) -> String {
         r.federated_seconds,
         r.baseline_seconds
     );
+    let grouped = r.stores.iter().any(|s| s.group.is_some());
     let _ = writeln!(
         s,
-        "  federated vs centralized: largest weight difference {:.2e}",
+        "  {}: largest weight difference {:.2e}",
+        if grouped {
+            "each group's model vs the centralized fit of its stores"
+        } else {
+            "federated vs centralized"
+        },
         r.max_weight_gap_to_centralized
     );
+    s.push_str(&groups_line(&r.stores));
     s.push_str(&kept_forecasts_line(&r.stores));
     if let Some(p) = &r.privacy {
         s.push_str(&privacy_line(p));

@@ -142,6 +142,16 @@ fn fashion_events(e: ShoppingEvent) -> f64 {
     }
 }
 
+/// Monday .. Sunday of a shop among offices: its customers come on working days.
+pub(crate) const OFFICE_WEEKLY: [f64; 7] = [1.45, 1.45, 1.45, 1.40, 1.25, 0.25, 0.15];
+pub(crate) const OFFICE_PUBLIC_HOLIDAY: f64 = 0.15;
+
+/// An office district's year: its workers are away in summer, so the shop's trough is
+/// in mid-July and its peak in mid-January (log-amplitude 0.45), whatever it sells.
+pub(crate) fn office_season(day_of_year: f64) -> f64 {
+    (-0.45 * (2.0 * std::f64::consts::PI * (day_of_year - 196.0) / 365.25).cos()).exp()
+}
+
 pub(crate) fn spec(b: BusinessType) -> BusinessSpec {
     match b {
         BusinessType::Grocery => BusinessSpec {

@@ -1,4 +1,6 @@
-use crate::profiles::{spec, BusinessSpec, PAYMENT_NAMES};
+use crate::profiles::{
+    office_season, spec, BusinessSpec, OFFICE_PUBLIC_HOLIDAY, OFFICE_WEEKLY, PAYMENT_NAMES,
+};
 use crate::{NetworkConfig, SynthError};
 use chrono::{Datelike, NaiveDate};
 use fedretail_domain::calendar::{is_public_holiday, shopping_event};
@@ -25,6 +27,10 @@ pub struct StoreProfile {
     pub last_day: NaiveDate,
     pub growth_per_year: f64,
     pub seed: u64,
+    /// In an office district: busy on working days, quiet at weekends, on public
+    /// holidays and in summer, whatever its business type.
+    #[serde(default)]
+    pub office: bool,
 }
 
 struct Customer {
@@ -80,7 +86,11 @@ pub(crate) fn write_store(
     dir: &Path,
 ) -> Result<(u64, u64), SynthError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let spec = spec(p.business_type);
+    let mut spec = spec(p.business_type);
+    if p.office {
+        spec.weekly = OFFICE_WEEKLY;
+        spec.public_holiday = OFFICE_PUBLIC_HOLIDAY;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let start = p.first_day.num_days_from_ce() as i64;
     let end = p.last_day.num_days_from_ce() as i64;
@@ -107,13 +117,16 @@ pub(crate) fn write_store(
     for day in start..=end {
         let date = day_to_date(day);
         let years = (day - start) as f64 / 365.0;
-        let m = day_multiplier(
+        let mut m = day_multiplier(
             &w.spec,
             date,
             years,
             p.growth_per_year,
             day_noise.sample(&mut w.rng),
         );
+        if p.office {
+            m *= office_season(date.ordinal() as f64);
+        }
         let discounts = &promo_by_day[(day - start) as usize];
         w.draw_lines(
             &mut day_lines,

@@ -100,6 +100,9 @@ fn work_to_wire(work: &LocalWork) -> v1::train_task::Work {
         LocalWork::ClusterStatistics => {
             v1::train_task::Work::ClusterStatistics(v1::ClusterStatistics {})
         }
+        LocalWork::ClusteredSecondOrderStatistics => {
+            v1::train_task::Work::ClusteredSecondOrder(v1::ClusteredSecondOrderStatistics {})
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 //! no customer ids, which runs demand and receipt anomalies and sits the customer
 //! tasks out with its reason.
 
-use fedretail_core::task::{ClusterFit, ClusterTaskOptions};
-use fedretail_core::{TaskKind, TaskSpec};
+use fedretail_core::task::{ClusterFit, ClusterTaskOptions, DemandTaskOptions};
+use fedretail_core::{LocalWork, TaskKind, TaskSpec};
 use fedretail_data::{build_local_task, DataError, StoreExport, StoreSource};
 use fedretail_models::TaskSource;
 use fedretail_synth::{generate_network, NetworkConfig};
@@ -100,6 +100,46 @@ async fn an_online_shops_own_layout_runs_every_task_and_a_till_without_ids_says_
             }
         }
     }
+}
+
+/// A grouped demand job: the store's task takes the tree of group models the
+/// coordinator sends and answers with its group's statistics.
+#[tokio::test]
+async fn a_grouped_demand_job_gives_a_store_the_tree_of_group_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = &one_store(dir.path());
+    let source = StoreSource {
+        transactions: dir.path().join(store).join("transactions.csv"),
+        ..Default::default()
+    };
+    let spec = TaskSpec::Demand(DemandTaskOptions {
+        groups: 2,
+        ..Default::default()
+    })
+    .checked()
+    .unwrap();
+    let task = build_local_task(store, &source, &spec).await.unwrap();
+    assert_eq!(task.layout(), spec.layout().unwrap());
+    let global = spec.initial_model().unwrap();
+    let update = task
+        .compute_update(global.values(), &LocalWork::ClusteredSecondOrderStatistics)
+        .unwrap();
+    let d = fedretail_core::task::demand_layout().len();
+    assert_eq!(
+        update.len(),
+        fedretail_core::clustered::clustered_statistics_len(d, 2)
+    );
+    assert_eq!(
+        update[1],
+        task.num_train_examples() as f64,
+        "its rows, in the root's block"
+    );
+    let m = task.evaluate(global.values()).unwrap();
+    assert_eq!(
+        m.get("group_leaf"),
+        Some(&0.0),
+        "an unsplit tree has one group"
+    );
 }
 
 #[tokio::test]

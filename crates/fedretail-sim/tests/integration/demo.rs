@@ -216,3 +216,66 @@ async fn young_stores_and_a_cold_start_are_served_better_by_the_network_than_alo
         assert_eq!(s.wape_chosen, s.wape_forecast);
     }
 }
+
+/// Office-district stores (busy on working days, quiet at weekends and in summer) that
+/// declare nothing of it: the grouped model finds them from their data over gRPC, and
+/// each group's model is the exact fit of its stores' pooled rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouped_model_finds_undeclared_office_stores_and_fits_each_group_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetworkConfig {
+        stores: 12,
+        days: 300,
+        young_fraction: 0.0,
+        office_fraction: 0.5,
+        seed: 4,
+        ..Default::default()
+    };
+    let summary = generate_network(&net, dir.path()).unwrap();
+    let options = DemoOptions {
+        job: JobConfig {
+            strategy: Some(StrategyKind::Newton),
+            ..JobConfig::default()
+        },
+        write_results: false,
+        groups: 2,
+        ..DemoOptions::new(dir.path().to_path_buf())
+    };
+    let report = run_demo(&options, Arc::new(|_| {})).await.unwrap();
+    assert_eq!(report.strategy, "clustered_newton");
+    assert_eq!(report.rounds, 12, "a level of 6 Newton rounds per group");
+    assert!(
+        report.max_weight_gap_to_centralized < 1e-9,
+        "{}",
+        report.max_weight_gap_to_centralized
+    );
+    let office: std::collections::HashMap<&str, bool> = summary
+        .stores
+        .iter()
+        .map(|p| (p.store_id.as_str(), p.office))
+        .collect();
+    let groups: Vec<(u32, bool)> = report
+        .stores
+        .iter()
+        .map(|s| (s.group.unwrap(), office[s.store_id.as_str()]))
+        .collect();
+    assert!(groups.iter().any(|g| g.1) && groups.iter().any(|g| !g.1));
+    // The groups are the tree's leaves 1 and 2; which is the offices' is arbitrary.
+    let office_leaf = groups.iter().find(|g| g.1).unwrap().0;
+    let agree = groups
+        .iter()
+        .filter(|(g, o)| (*g == office_leaf) == *o)
+        .count();
+    assert_eq!(agree, groups.len(), "{groups:?}");
+    for s in &report.stores {
+        let chosen = s.chosen.as_deref().unwrap();
+        let depth = s.group_depth.unwrap();
+        assert!(depth <= 1, "{depth}");
+        // A store that kept its group's model forecasts with the cluster, never "global".
+        assert!(
+            depth == 0 || chosen != "global",
+            "{chosen} at depth {depth}"
+        );
+    }
+    assert!(render_summary(&report).contains("groups found from the stores' data"));
+}
