@@ -109,6 +109,15 @@ kind = "segments"
 clusters = 4
 max_iterations = 6
 fit = "meta"
+
+[[jobs]]
+job_id = "demand-groups"
+min_stores = 3
+expected_stores = 4
+round_timeout_secs = 60
+[jobs.task]
+kind = "demand"
+groups = 2
 "#,
     );
     for s in STORES.iter().chain([&TILL]) {
@@ -329,6 +338,62 @@ fn check_meta_equals_in_process(stores: &[Vec<f64>], job: &serde_json::Value) {
     assert_same_model(job, &meta, "meta-model over the wire vs in process");
 }
 
+/// A grouped demand job over the wire: every group's model equals the centralized fit
+/// of the same objective on the pooled rows of the stores that joined it (as each
+/// store's agent computes them: its files, declared a grocery).
+fn check_groups_equal_centralized(net: &Path, job: &serde_json::Value) {
+    assert_eq!(job["strategy"], "clustered_newton");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = fedretail_data::DemandSpec {
+        holdout_days: 28,
+        horizon_days: 28,
+        validation_days: 28,
+    };
+    let d = fedretail_models::DEMAND_DIM;
+    let model: Vec<f64> = job["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let tree = fedretail_core::clustered::ClusterTree::new(&model, d, 2).unwrap();
+    let mut rows_of = std::collections::BTreeMap::<usize, Vec<_>>::new();
+    for e in job["evaluations"].as_array().unwrap() {
+        let store = e["store_id"].as_str().unwrap();
+        let leaf = e["metrics"]["group_leaf"].as_f64().unwrap() as usize;
+        let dir = net.join(store);
+        let promotions = dir.join("promotions.csv");
+        let source = StoreSource {
+            transactions: dir.join("transactions.csv"),
+            promotions: promotions.exists().then_some(promotions),
+            ..StoreSource::default()
+        }
+        .with_business_type("grocery");
+        let data = rt
+            .block_on(fedretail_data::load_demand_dataset(store, &source, &spec))
+            .unwrap();
+        rows_of.entry(leaf).or_default().push(data.train);
+    }
+    let masks = (
+        fedretail_models::demand_layout().regularization_mask(),
+        vec![true; d],
+    );
+    let config = fedretail_core::ClusteredNewtonConfig::default();
+    for (leaf, rows) in &rows_of {
+        let rows: Vec<&fedretail_models::DemandRows> = rows.iter().collect();
+        let penalty = fedretail_core::clustered::group_penalty(&tree, *leaf, &masks, &config);
+        let start = vec![0.0; d];
+        let (central, _) =
+            fedretail_models::glm::fit_newton_from(&rows, &start, &penalty, 2.0, 100, 1e-10);
+        let gap = central
+            .iter()
+            .zip(tree.model(*leaf))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(gap < 1e-9, "group {leaf}: the model differs by {gap}");
+    }
+}
+
 #[test]
 fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
     let dir = tempfile::tempdir().unwrap();
@@ -350,7 +415,8 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
             "customer-anomaly",
             "segments",
             "churn",
-            "segments-meta"
+            "segments-meta",
+            "demand-groups"
         ]
     );
     check_jobs(jobs);
@@ -382,6 +448,7 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
     let points = pooled_segment_points(&net);
     check_segments_equal_centralized(&points, &jobs[2]);
     check_meta_equals_in_process(&points, &jobs[4]);
+    check_groups_equal_centralized(&net, &jobs[5]);
 }
 
 /// Starts the coordinator with its stderr read line by line on a thread.
@@ -446,7 +513,13 @@ fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
     let ids: Vec<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
-        ["customer-anomaly", "segments", "churn", "segments-meta"]
+        [
+            "customer-anomaly",
+            "segments",
+            "churn",
+            "segments-meta",
+            "demand-groups"
+        ]
     );
     assert!(
         jobs[0]["resumed_after_round"].as_u64().unwrap() >= 2,
@@ -461,4 +534,5 @@ fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
     let points = pooled_segment_points(&net);
     check_segments_equal_centralized(&points, &jobs[1]);
     check_meta_equals_in_process(&points, &jobs[3]);
+    check_groups_equal_centralized(&net, &jobs[4]);
 }
