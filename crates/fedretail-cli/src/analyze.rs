@@ -34,6 +34,8 @@ pub enum AnalyzeCommand {
     Attack(AttackArgs),
     /// Credit scoring from a tabular file split into lenders by a column (e.g. ../shared/data/credit_data.csv by Job): the in-process reference, then the same jobs over one agent per lender.
     Credit(CreditArgs),
+    /// Poisoning: a share of the stores lie every round (sign flip, scaled updates, flipped labels, a huge claimed row count); pooled AUC of FedAvg under the plain mean and under each robust rule (median, trimmed mean, norm-bounded).
+    Byzantine(crate::poisoning::ByzantineArgs),
     /// Store-level differential privacy for demand forecasting: DP-FedAvg at several epsilon against no DP (central noise with adaptive clipping, or --secure: SecAgg+ with distributed discrete Gaussian noise). Needs many stores, e.g. --stores 300.
     DpDemand(DpDemandArgs),
 }
@@ -195,7 +197,7 @@ impl From<ServerOptimizerArg> for ServerOptimizerKind {
 }
 
 impl TrainArgs {
-    fn options(&self) -> ClassificationOptions {
+    pub(crate) fn options(&self) -> ClassificationOptions {
         ClassificationOptions {
             rounds: self.rounds,
             local_epochs: self.local_epochs,
@@ -319,7 +321,7 @@ fn spinner() -> ProgressBar {
 
 /// Prints the summary (or the JSON), writes the JSON report when asked and always the
 /// HTML one, `page` drawing it with the summary at its end.
-fn emit<R: Serialize>(
+pub(crate) fn emit<R: Serialize>(
     report: &R,
     summary: String,
     page: impl FnOnce(&str) -> Page,
@@ -524,6 +526,7 @@ pub fn run(command: AnalyzeCommand) -> Result<()> {
         AnalyzeCommand::Attack(a) => attack(&rt, &a),
         AnalyzeCommand::DpDemand(a) => dp_demand(&rt, &a),
         AnalyzeCommand::Credit(a) => credit(&rt, &a),
+        AnalyzeCommand::Byzantine(a) => crate::poisoning::byzantine(&rt, &a),
     }
 }
 

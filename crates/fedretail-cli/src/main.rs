@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod deploy;
 mod network;
+mod poisoning;
 mod progress;
 mod watch;
 

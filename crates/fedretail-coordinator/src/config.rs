@@ -3,8 +3,8 @@ use fedretail_core::tabular::TabularEncoding;
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, TabularTaskOptions, TaskKind};
 use fedretail_core::{
     CheckedTask, ClusteredNewton, ClusteredNewtonConfig, ConfigError, FedAvg, FedAvgConfig,
-    FedNewton, FedNewtonConfig, ModelLayout, ModelParameters, SamplingConfig, Segment, ServerOpt,
-    ServerOptimizer, Strategy, TaskSpec, UpdatePrecision,
+    FedNewton, FedNewtonConfig, ModelLayout, ModelParameters, RobustRule, SamplingConfig, Segment,
+    ServerOpt, ServerOptimizer, Strategy, TaskSpec, UpdatePrecision,
 };
 use fedretail_privacy::{ClipRule, Denominator, DpFedAvg, DpSettings, Sampling};
 use serde::{Deserialize, Serialize};
@@ -218,6 +218,13 @@ pub struct JobConfig {
     /// Secure aggregation and store-level differential privacy; off by default.
     #[serde(default)]
     pub privacy: PrivacySettings,
+    /// `[job.robust]`: combine each round's updates by a rule a few lying stores
+    /// cannot steer: `rule = "median"`, `"trimmed_mean"` (with `trim`, the share
+    /// dropped at each end) or `"norm_bounded"` (with `factor`, a multiple of the
+    /// round's median update norm). For fedavg, without privacy (the coordinator must
+    /// see each update). Off by default: the streaming weighted mean.
+    #[serde(default)]
+    pub robust: Option<RobustRule>,
 }
 
 /// `[job.privacy]`: what protects the stores' updates.
@@ -544,6 +551,7 @@ impl Default for JobConfig {
             l2: default_l2(),
             fedavg: FedAvgSettings::default(),
             privacy: PrivacySettings::default(),
+            robust: None,
         }
     }
 }
@@ -601,6 +609,31 @@ pub struct CheckedJob {
 fn pending_layout() -> ModelLayout {
     ModelLayout::new(vec![Segment::new("pending_description", 1, false)])
         .unwrap_or_else(|_| unreachable!("static layout"))
+}
+
+/// Whether the job's robust rule can work with its strategy and privacy.
+fn check_defence(config: &JobConfig, strategy: StrategyKind) -> Result<(), ConfigError> {
+    let Some(rule) = config.robust else {
+        return Ok(());
+    };
+    rule.check()?;
+    if strategy != StrategyKind::Fedavg {
+        return Err(ConfigError::out_of_range(
+            "robust",
+            "strategy = \"fedavg\" (a robust rule replaces a mean of updates; newton and \
+             k-means sum statistics)",
+            strategy.name(),
+        ));
+    }
+    if config.privacy.is_active() {
+        return Err(ConfigError::out_of_range(
+            "robust",
+            "no [job.privacy] (a robust rule reads every update: no secure aggregation, and \
+             its output has no per-store bound for noise)",
+            rule.name(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `strategy` can train `task`, and if not why.
@@ -686,6 +719,7 @@ impl CheckedJob {
             ));
         }
         config.privacy.validate(strategy)?;
+        check_defence(&config, strategy)?;
         if config.privacy.secure_aggregation && config.min_stores < 3 {
             return Err(ConfigError::out_of_range(
                 "min_stores",
@@ -839,6 +873,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("task.groups") && e.contains('9'), "{e}");
+    }
+
+    #[test]
+    fn a_robust_rule_is_read_by_name_and_refused_where_it_cannot_work() {
+        let fedavg =
+            "[job]\nstrategy = \"fedavg\"\n[job.robust]\nrule = \"trimmed_mean\"\ntrim = 0.1\n";
+        let jobs = CoordinatorConfig::from_toml(fedavg)
+            .unwrap()
+            .checked_jobs()
+            .unwrap();
+        assert_eq!(
+            jobs[0].config.robust,
+            Some(RobustRule::TrimmedMean { trim: 0.1 })
+        );
+        let refused = |toml: &str| {
+            CoordinatorConfig::from_toml(toml)
+                .and_then(|c| c.checked_jobs().map_err(|e| e.to_string()))
+                .unwrap_err()
+        };
+        let e = refused("[job]\nstrategy = \"newton\"\n[job.robust]\nrule = \"median\"\n");
+        assert!(e.contains("robust") && e.contains("fedavg"), "{e}");
+        let e = refused("[job]\nstrategy = \"fedavg\"\n[job.robust]\nrule = \"median\"\n[job.privacy]\nsecure_aggregation = true\nclip = 1.0\n");
+        assert!(e.contains("no [job.privacy]"), "{e}");
+        let e = refused(
+            "[job]\nstrategy = \"fedavg\"\n[job.robust]\nrule = \"trimmed_mean\"\ntrim = 0.7\n",
+        );
+        assert!(e.contains("robust.trim"), "{e}");
+        let e = refused("[job]\nstrategy = \"fedavg\"\n[job.robust]\nrule = \"mode\"\n");
+        assert!(e.contains("mode"), "{e}");
     }
 
     #[test]

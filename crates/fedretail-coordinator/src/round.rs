@@ -55,6 +55,7 @@ pub(crate) async fn run_round(
             available: &available,
             privacy,
             ledger: input.ledger,
+            robust: job.config.robust,
         };
         m.open_round(strategy, setup)
     })?;

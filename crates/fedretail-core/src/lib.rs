@@ -28,6 +28,7 @@ mod fedavg;
 pub mod kmeans;
 mod newton;
 mod params;
+pub mod robust;
 mod sampling;
 mod server_opt;
 mod strategy;
@@ -43,6 +44,7 @@ pub use newton::{
     newton_statistics_len, pack_upper, unpack_upper, FedNewton, FedNewtonConfig, L2Penalty,
 };
 pub use params::{ModelLayout, ModelParameters, Segment};
+pub use robust::{RobustRule, RoundAggregator};
 pub use sampling::{SamplingConfig, StoreSampler};
 pub use server_opt::{ServerOpt, ServerOptimizer};
 pub use strategy::{Applied, LocalSgd, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};

@@ -4,6 +4,7 @@
 //! command printed.
 
 use crate::attack::AttackReport;
+use crate::byzantine::{Attack, ByzantineReport};
 use crate::classification::{ClassificationReport, SiloReport};
 use crate::clustering::{
     AnomalyReport, ClusterDescription, GroupScores, SegmentReport, StoreSegmentReport,
@@ -227,6 +228,40 @@ pub fn dp_demand_page(r: &DpDemandReport, summary: &str) -> Page {
 pub fn attack_page(r: &AttackReport, summary: &str) -> Page {
     let subtitle = format!("{} records, {} features", r.records, r.features);
     let mut page = Page::new("fedretail gradient-inversion attack").subtitle(&subtitle);
+    printed(&mut page, summary);
+    page
+}
+
+/// The poisoning harness: AUC per attack and aggregation rule.
+pub fn byzantine_page(r: &ByzantineReport, summary: &str) -> Page {
+    let subtitle = format!(
+        "{} stores, {} lying every round · {:.1} s",
+        r.options.stores,
+        r.attackers.len(),
+        r.wall_seconds
+    );
+    let mut page = Page::new("fedretail poisoning harness").subtitle(&subtitle);
+    let mut names = vec!["mean"];
+    names.extend(r.options.rules.iter().map(|x| x.name()));
+    let rows = Attack::ALL
+        .iter()
+        .map(|&attack| {
+            let mut row = vec![attack.name().to_string()];
+            for n in &names {
+                let auc = r
+                    .cells
+                    .iter()
+                    .find(|c| c.attack == attack && c.aggregation == *n)
+                    .and_then(|c| c.pooled_auc);
+                row.push(auc.map_or("failed".into(), |a| format!("{a:.3}")));
+            }
+            row
+        })
+        .collect();
+    let mut columns = vec!["attack"];
+    columns.extend(&names);
+    page.section("Pooled AUC on the honest stores' held-out rows")
+        .table(&columns, rows);
     printed(&mut page, summary);
     page
 }

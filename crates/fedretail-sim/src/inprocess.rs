@@ -7,7 +7,7 @@
 use fedretail_agent::{begin_secure, check_privacy, protect_update, secure_step, SecureInput};
 use fedretail_coordinator::machine::{Closed, RoundError, RoundSetup, TrainOrder};
 use fedretail_coordinator::{PrivacySettings, RoundMachine};
-use fedretail_core::{ModelParameters, Strategy, UpdatePrecision, UpdateVector};
+use fedretail_core::{ModelParameters, RobustRule, Strategy, UpdatePrecision, UpdateVector};
 use fedretail_models::LocalTask;
 use fedretail_proto::v1::{self, poll_task_response::Outcome};
 use std::collections::HashMap;
@@ -64,6 +64,29 @@ pub fn run_private(
     privacy: Option<&PrivacySettings>,
     done: &mut dyn FnMut(u64, &ModelParameters) -> bool,
 ) -> Result<InProcessRun, InProcessError> {
+    let guards = Guards {
+        privacy,
+        robust: None,
+    };
+    run_guarded(strategy, stores, initial, max_rounds, guards, done)
+}
+
+/// What protects a run: the job's `[job.privacy]` and its robust rule.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Guards<'a> {
+    pub privacy: Option<&'a PrivacySettings>,
+    pub robust: Option<RobustRule>,
+}
+
+/// Like [`run_private`], with a robust rule combining the updates as well.
+pub fn run_guarded(
+    strategy: &mut dyn Strategy,
+    stores: &[(String, Arc<dyn LocalTask>)],
+    initial: ModelParameters,
+    max_rounds: u64,
+    guards: Guards<'_>,
+    done: &mut dyn FnMut(u64, &ModelParameters) -> bool,
+) -> Result<InProcessRun, InProcessError> {
     let ready = stores
         .iter()
         .map(|(id, t)| (id.clone(), t.num_train_examples()))
@@ -71,7 +94,7 @@ pub fn run_private(
     let network = Network {
         tasks: stores.iter().map(|(id, t)| (id.as_str(), t)).collect(),
         ids: stores.iter().map(|(id, _)| id.clone()).collect(),
-        privacy,
+        guards,
     };
     let mut machine =
         RoundMachine::with_ready_stores("in-process", initial.layout().clone(), ready);
@@ -104,7 +127,7 @@ pub fn run_private(
 struct Network<'a> {
     tasks: HashMap<&'a str, &'a Arc<dyn LocalTask>>,
     ids: Vec<String>,
-    privacy: Option<&'a PrivacySettings>,
+    guards: Guards<'a>,
 }
 
 impl Network<'_> {
@@ -120,8 +143,9 @@ impl Network<'_> {
             round,
             global: &run.parameters,
             available: &self.ids,
-            privacy: self.privacy,
+            privacy: self.guards.privacy,
             ledger: None,
+            robust: self.guards.robust,
         };
         machine
             .open_round(strategy, setup)

@@ -15,6 +15,7 @@
 
 pub mod analysis_pages;
 pub mod attack;
+pub mod byzantine;
 pub mod classification;
 pub mod clustering;
 mod demo;

@@ -21,7 +21,7 @@ pub use round::{Closed, RoundError, RoundSetup, TrainOrder};
 use crate::privacy::{RoundPrivacy, SecureRound};
 use fedretail_core::tabular::TableSummary;
 use fedretail_core::{
-    LocalWork, ModelLayout, ModelParameters, StreamingWeightedSum, TaskMetrics, UpdatePrecision,
+    LocalWork, ModelLayout, ModelParameters, RoundAggregator, TaskMetrics, UpdatePrecision,
 };
 use fedretail_proto::{encode_f64, v1};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -60,7 +60,7 @@ pub(crate) struct RoundState {
     pub tasks: BTreeMap<String, String>,
     pub weights: BTreeMap<String, f64>,
     pub received: BTreeSet<String>,
-    pub aggregator: StreamingWeightedSum,
+    pub aggregator: RoundAggregator,
     pub update_len: usize,
     pub global_wire: v1::Tensor,
     pub work: LocalWork,
@@ -436,6 +436,7 @@ mod tests {
             available: &ids,
             privacy: None,
             ledger: None,
+            robust: None,
         };
         assert_eq!(m.open_round(strategy, setup).unwrap(), 2);
         m.train_orders()
@@ -499,6 +500,40 @@ mod tests {
         assert!(
             m.update_check("b", &b.task_id, 1).is_err(),
             "the round is closed"
+        );
+    }
+
+    #[test]
+    fn a_robust_round_takes_the_median_whatever_one_store_claims_or_sends() {
+        let layout = ModelLayout::new(vec![Segment::new("w", 2, true)]).unwrap();
+        // "c" claims the coordinator's row cap and sends a huge reversed update.
+        let ready = [("a", 10), ("b", 30), ("c", crate::DEFAULT_MAX_STORE_ROWS)]
+            .iter()
+            .map(|(s, n)| (s.to_string(), *n))
+            .collect();
+        let mut m = RoundMachine::with_ready_stores("job", layout.clone(), ready);
+        let global = ModelParameters::zeros(layout);
+        let ids = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let setup = RoundSetup {
+            round: 1,
+            global: &global,
+            available: &ids,
+            privacy: None,
+            ledger: None,
+            robust: Some(fedretail_core::RobustRule::Median),
+        };
+        let mut fedavg = FedAvg::new(FedAvgConfig::default());
+        assert_eq!(m.open_round(&mut fedavg, setup).unwrap(), 3);
+        let sent = [vec![1.0, 2.0], vec![3.0, 2.5], vec![-1e6, -1e6]];
+        for (order, u) in m.train_orders().iter().zip(sent) {
+            m.fold_update(&order.store, &order.task_id, 1, UpdateVector::F64(u), None)
+                .unwrap();
+        }
+        let closed = m.close_round(Duration::from_secs(1)).unwrap();
+        let mean = closed.aggregate.weighted_mean().unwrap();
+        assert!(
+            (mean[0] - 1.0).abs() < 1e-9 && (mean[1] - 2.0).abs() < 1e-9,
+            "{mean:?}"
         );
     }
 

@@ -8,7 +8,7 @@ use super::{task_id, Phase, Refusal, RoundMachine, RoundState};
 use crate::config::PrivacySettings;
 use crate::privacy::{plan_round, RoundPrivacy};
 use fedretail_core::{
-    validate_update, Aggregate, LocalWork, ModelParameters, Strategy, StreamingWeightedSum,
+    validate_update, Aggregate, LocalWork, ModelParameters, RobustRule, RoundAggregator, Strategy,
     UpdateLimits, UpdatePrecision, UpdateVector,
 };
 use fedretail_privacy::{PrivacyLedger, RoundMechanism};
@@ -42,6 +42,8 @@ pub struct RoundSetup<'a> {
     /// The job's `[job.privacy]`, when it asks for any.
     pub privacy: Option<&'a PrivacySettings>,
     pub ledger: Option<&'a PrivacyLedger>,
+    /// The job's robust rule against lying stores (None: the streaming weighted mean).
+    pub robust: Option<RobustRule>,
 }
 
 /// A closed round: who replied, who dropped and why, the aggregate, and what the
@@ -116,7 +118,10 @@ impl RoundMachine {
             tasks,
             weights,
             received: BTreeSet::new(),
-            aggregator: StreamingWeightedSum::new(if secure { 0 } else { update_len }),
+            aggregator: RoundAggregator::new(
+                if secure { 0 } else { update_len },
+                setup.robust.filter(|_| !secure),
+            ),
             update_len,
             global_wire: encode_f64(setup.global.values()),
             work: plan.work,
@@ -255,7 +260,8 @@ impl RoundMachine {
                     .filter(|s| !rs.received.contains(*s))
                     .map(|s| (s.clone(), no_reply("reply")))
                     .collect();
-                let aggregate = std::mem::replace(&mut rs.aggregator, StreamingWeightedSum::new(0));
+                let aggregate =
+                    std::mem::replace(&mut rs.aggregator, RoundAggregator::new(0, None));
                 (participants, dropped, aggregate.finish())
             }
         };

@@ -1,0 +1,90 @@
+//! `fedretail analyze byzantine`: what lying stores do to the shared model, with and
+//! without each robust aggregation rule.
+
+use crate::analyze::{emit, Output, TrainArgs};
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use fedretail_core::RobustRule;
+use fedretail_data::TabularSpec;
+use fedretail_models::ClassifierKind;
+use fedretail_sim::byzantine::{render_byzantine, run_byzantine_on, ByzantineOptions};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModelArg {
+    Logistic,
+    Mlp,
+}
+
+#[derive(Args)]
+pub struct ByzantineArgs {
+    /// Tabular file (CSV or Parquet) with a binary target, e.g. ../shared/data/credit_data.csv.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "Status")]
+    pub target: String,
+    #[arg(long, default_value = "bad")]
+    pub positive: String,
+    /// Column the file is first split by (its rows are then dealt into --stores at random).
+    #[arg(long, default_value = "Job")]
+    pub split_by: String,
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Stores the rows are dealt into at random.
+    #[arg(long, default_value_t = 10)]
+    pub stores: usize,
+    /// Share of the stores that lie every round (rounded up; under half).
+    #[arg(long, default_value_t = 0.2)]
+    pub attackers: f64,
+    #[arg(long, value_enum, default_value = "logistic")]
+    pub model: ModelArg,
+    /// trimmed_mean: share of the values dropped at each end, per coordinate.
+    #[arg(long, default_value_t = 0.2)]
+    pub trim: f64,
+    /// norm_bounded: the largest update norm, as a multiple of the round's median.
+    #[arg(long, default_value_t = 1.0)]
+    pub factor: f64,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+pub fn byzantine(rt: &tokio::runtime::Runtime, a: &ByzantineArgs) -> Result<()> {
+    let spec = TabularSpec {
+        target: a.target.clone(),
+        positive: a.positive.clone(),
+        split_by: a.split_by.clone(),
+        test_fraction: a.test_fraction,
+        seed: a.train.train_seed,
+        min_train_rows: a.train.min_train_rows,
+        min_category_rows: 5,
+        max_categories: 50,
+    };
+    let rules = vec![
+        RobustRule::Median,
+        RobustRule::TrimmedMean { trim: a.trim },
+        RobustRule::NormBounded { factor: a.factor },
+    ];
+    for r in &rules {
+        r.check()?;
+    }
+    let options = ByzantineOptions {
+        stores: a.stores,
+        attacker_share: a.attackers,
+        model: match a.model {
+            ModelArg::Logistic => ClassifierKind::Logistic,
+            ModelArg::Mlp => ClassifierKind::Mlp {
+                hidden: a.train.mlp_hidden.max(1),
+            },
+        },
+        training: a.train.options(),
+        rules,
+    };
+    let report = rt
+        .block_on(run_byzantine_on(&a.data, &spec, &options))
+        .with_context(|| format!("poisoning harness on {}", a.data.display()))?;
+    let summary = render_byzantine(&report);
+    let page = |s: &str| fedretail_sim::analysis_pages::byzantine_page(&report, s);
+    emit(&report, summary, page, "byzantine", &a.output)
+}
