@@ -206,3 +206,62 @@ fn federated_newton_with_f32_free_transport_is_exact_per_step() {
         .fold(0.0, f64::max);
     assert!(gap < 1e-12, "{gap}");
 }
+
+/// A FedAvg job with `[job.robust]` over the coordinator and agents on 127.0.0.1: the
+/// coordinator combines the updates by the job's rule, exactly as the same rule does in
+/// process, and not as the plain mean would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robust_fedavg_job_over_grpc_equals_its_rule_in_process() {
+    use fedretail_coordinator::{CheckedJob, JobConfig, StrategyKind};
+    use fedretail_core::{RobustRule, TaskKind};
+    use fedretail_sim::federation::{run_federation, SimStore};
+    use fedretail_sim::inprocess::{run_guarded, Guards};
+
+    let data: Vec<DemandDataset> = (0..4)
+        .map(|i| synthetic_store(&format!("s{i}"), 150 + 100 * i, 20 + i as u64))
+        .collect();
+    let job = JobConfig {
+        job_id: "robust".into(),
+        strategy: Some(StrategyKind::Fedavg),
+        rounds: Some(3),
+        min_stores: 4,
+        robust: Some(RobustRule::TrimmedMean { trim: 0.25 }),
+        ..JobConfig::default()
+    };
+    let stores: Vec<SimStore> = tasks(&data)
+        .into_iter()
+        .map(|(id, task)| SimStore {
+            store_id: id,
+            business_type: "grocery".into(),
+            tasks: Arc::new(fedretail_models::FixedTasks::new().with(TaskKind::Demand, task)),
+            results_dir: None,
+        })
+        .collect();
+    let run = run_federation(&stores, vec![job.clone()], None, Arc::new(|_| {}))
+        .await
+        .unwrap();
+    let over_grpc = &run.outcomes[0].parameters;
+    let in_process = |robust: Option<RobustRule>| {
+        let checked = CheckedJob::new(job.clone()).unwrap();
+        let mut strategy = checked.build_strategy().unwrap();
+        let guards = Guards {
+            privacy: None,
+            robust,
+        };
+        let init = checked.initial_model().unwrap();
+        run_guarded(strategy.as_mut(), &tasks(&data), init, 3, guards, &mut |_, _| false)
+            .unwrap()
+            .parameters
+            .into_values()
+    };
+    let gap = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    let same = in_process(job.robust);
+    assert!(gap(over_grpc, &same) < 1e-9, "{}", gap(over_grpc, &same));
+    let plain = in_process(None);
+    assert!(gap(over_grpc, &plain) > 1e-6, "the rule made no difference");
+}
