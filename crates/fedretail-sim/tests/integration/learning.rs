@@ -249,10 +249,17 @@ async fn a_robust_fedavg_job_over_grpc_equals_its_rule_in_process() {
             robust,
         };
         let init = checked.initial_model().unwrap();
-        run_guarded(strategy.as_mut(), &tasks(&data), init, 3, guards, &mut |_, _| false)
-            .unwrap()
-            .parameters
-            .into_values()
+        run_guarded(
+            strategy.as_mut(),
+            &tasks(&data),
+            init,
+            3,
+            guards,
+            &mut |_, _| false,
+        )
+        .unwrap()
+        .parameters
+        .into_values()
     };
     let gap = |a: &[f64], b: &[f64]| {
         a.iter()
