@@ -34,6 +34,7 @@ pub use store_page::daily_sums;
 
 use fedretail_core::{BoxFuture, CheckedTask, LocalSgd, LocalWork, UpdatePrecision};
 use fedretail_models::LocalTask;
+use fedretail_proto::error_chain;
 use fedretail_proto::v1::{
     self, coordinator_client::CoordinatorClient, poll_task_response::Outcome,
 };
@@ -43,7 +44,7 @@ use fedretail_proto::{
 };
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Six hours: a coordinator restarted or moved overnight finds its stores again.
 pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(6 * 3600);
@@ -65,6 +66,9 @@ pub struct AgentConfig {
     pub results_dir: Option<std::path::PathBuf>,
     /// The least privacy this store accepts from a job and from each round.
     pub privacy_floor: PrivacyFloor,
+    /// The network's CA certificate (PEM) for an https:// coordinator: the agent
+    /// talks only to a coordinator whose certificate chains to it.
+    pub ca_certificate: Option<Vec<u8>>,
 }
 
 impl AgentConfig {
@@ -79,6 +83,7 @@ impl AgentConfig {
             max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
             results_dir: None,
             privacy_floor: PrivacyFloor::default(),
+            ca_certificate: None,
         }
     }
 }
@@ -168,16 +173,66 @@ impl StoreAgent {
             })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        let endpoint = self.with_tls(endpoint)?;
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| AgentError::Unreachable {
-                attempts: 1,
-                last: e.to_string(),
-            })?;
+            .map_err(|e| self.connect_error(&e))?;
         Ok(CoordinatorClient::new(channel)
             .max_decoding_message_size(self.config.max_message_bytes)
             .max_encoding_message_size(self.config.max_message_bytes))
+    }
+
+    /// An https:// coordinator is trusted only if its certificate chains to the
+    /// network's CA; without one the agent refuses to connect.
+    fn with_tls(&self, endpoint: Endpoint) -> Result<Endpoint, AgentError> {
+        let url = &self.config.coordinator_url;
+        if !url.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let ca = self.config.ca_certificate.as_ref().ok_or_else(|| {
+            AgentError::BadAddress(
+                url.clone(),
+                "https:// needs the network's CA certificate to check the coordinator's".into(),
+            )
+        })?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        endpoint
+            .tls_config(tls)
+            .map_err(|e| AgentError::BadAddress(url.clone(), error_chain(&e)))
+    }
+
+    /// Why a connection failed, with its causes. A certificate that does not check
+    /// out will not on a retry either: that is final, and says so.
+    fn connect_error(&self, e: &tonic::transport::Error) -> AgentError {
+        let text = error_chain(e);
+        if text.contains("certificate") {
+            return AgentError::BadAddress(
+                self.config.coordinator_url.clone(),
+                format!("the coordinator's certificate does not check out against this store's CA certificate: {text}"),
+            );
+        }
+        AgentError::Unreachable {
+            attempts: 1,
+            last: text,
+        }
+    }
+
+    /// A plain-HTTP agent meeting a TLS coordinator sees only an HTTP/2 protocol
+    /// error; say what it most likely means.
+    fn register_error(&self, status: &tonic::Status) -> AgentError {
+        let url = &self.config.coordinator_url;
+        let garbled = status.message().contains("protocol error");
+        if garbled && url.starts_with("http://") {
+            return AgentError::BadAddress(
+                url.clone(),
+                format!(
+                    "the coordinator did not speak plain HTTP/2 ({}); if it serves TLS, use https:// with the network's CA certificate (ca = \"ca.pem\")",
+                    status.message()
+                ),
+            );
+        }
+        classify(status)
     }
 
     async fn register(&self) -> Result<Session, AgentError> {
@@ -188,7 +243,10 @@ impl StoreAgent {
             token: self.config.token.clone(),
             business_type: self.config.business_type.clone(),
         };
-        let resp = client.register_store(req).await.map_err(|s| classify(&s))?;
+        let resp = client
+            .register_store(req)
+            .await
+            .map_err(|s| self.register_error(&s))?;
         Ok(Session {
             client,
             session_id: resp.into_inner().session_id,

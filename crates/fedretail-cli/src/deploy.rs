@@ -21,6 +21,10 @@ pub struct CoordinatorArgs {
     /// Override the listen address.
     #[arg(long)]
     pub listen: Option<String>,
+    /// Serve plain HTTP on an address other machines can reach (no `[tls]`): tokens
+    /// and models then cross the network in clear. Only for a network you trust.
+    #[arg(long)]
+    pub insecure: bool,
     /// Write every job's outcome (rounds, evaluations, model) as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -146,6 +150,7 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    check_plain_listen(&config, args.insecure)?;
     let jobs = config
         .checked_jobs()
         .with_context(|| format!("{}", args.config.display()))?;
@@ -227,6 +232,35 @@ fn job_line(o: &JobOutcome) -> String {
     )
 }
 
+/// Whether `host` (an address or `host:port`) can only be reached from this machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host
+        .rsplit_once(':')
+        .map_or(host, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Plain HTTP is for this machine; elsewhere only with `--insecure`, and said loudly.
+fn check_plain_listen(config: &CoordinatorConfig, insecure: bool) -> Result<()> {
+    if config.tls.is_some() || is_loopback(&config.listen) {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        insecure,
+        "the coordinator would serve plain HTTP on {}, where store tokens and models cross the network in clear: add [tls] cert and key to the config (`fedretail certs` makes them), or pass --insecure on a network you trust",
+        config.listen
+    );
+    eprintln!(
+        "WARNING: serving plain HTTP on {} (--insecure): store tokens and models cross the network in clear",
+        config.listen
+    );
+    Ok(())
+}
+
 /// A store agent's configuration file. What to train comes with each job from the
 /// coordinator; this file says only who the store is and where its data lives.
 #[derive(Debug, Deserialize)]
@@ -250,6 +284,14 @@ pub struct AgentFile {
     /// How long to keep reconnecting to an unreachable coordinator (default 6 hours).
     #[serde(default)]
     pub reconnect_for_secs: Option<u64>,
+    /// The network's CA certificate (PEM, `ca.pem` from `fedretail certs`): the
+    /// coordinator's certificate must chain to it. Needed for an https:// coordinator.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Talk plain HTTP to a coordinator on another machine (the token crosses the
+    /// network in clear). Only for a network you trust.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 impl AgentFile {
@@ -267,6 +309,7 @@ impl AgentFile {
         };
         rebase(&mut file.data.transactions);
         for p in [
+            &mut file.ca,
             &mut file.data.promotions,
             &mut file.data.labels,
             &mut file.data.tables_dir,
@@ -292,6 +335,30 @@ impl AgentFile {
     }
 }
 
+/// The CA the coordinator's certificate must chain to, for an https:// coordinator;
+/// plain HTTP only to this machine, or with `insecure = true`.
+fn agent_tls(file: &AgentFile) -> Result<Option<Vec<u8>>> {
+    let url = file.coordinator.as_str();
+    if url.starts_with("https://") {
+        let ca = file.ca.as_ref().with_context(|| {
+            format!("coordinator {url} is https://: set ca = the network's CA certificate (ca.pem from `fedretail certs`)")
+        })?;
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("reading CA certificate {}", ca.display()))?;
+        return Ok(Some(pem));
+    }
+    let host = url.strip_prefix("http://").unwrap_or(url);
+    let host = host.split('/').next().unwrap_or(host);
+    if !is_loopback(host) {
+        anyhow::ensure!(
+            file.insecure,
+            "coordinator {url} is plain HTTP on another machine: this store's token would cross the network in clear. Use https:// with ca = the network's CA certificate, or set insecure = true on a network you trust"
+        );
+        eprintln!("WARNING: plain HTTP to {url} (insecure = true): the store's token crosses the network in clear");
+    }
+    Ok(None)
+}
+
 #[derive(Args)]
 pub struct AgentArgs {
     /// Agent configuration (TOML): coordinator address, store id, token, data files
@@ -310,6 +377,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         cfg.reconnect_for = std::time::Duration::from_secs(secs);
     }
     cfg.results_dir = Some(file.results_dir());
+    cfg.ca_certificate = agent_tls(&file)?;
     let data = file.data.clone().with_business_type(&file.business_type);
     let tasks = Arc::new(StoreExport::new(&file.store_id, data));
     eprintln!(
@@ -403,4 +471,30 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         folder.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machines_addresses_count_as_loopback() {
+        for local in [
+            "127.0.0.1:50051",
+            "localhost:1",
+            "[::1]:50051",
+            "127.0.0.1",
+            "localhost",
+        ] {
+            assert!(is_loopback(local), "{local}");
+        }
+        for remote in [
+            "0.0.0.0:50051",
+            "192.0.2.7:50051",
+            "coordinator.example:50051",
+            "[::]:1",
+        ] {
+            assert!(!is_loopback(remote), "{remote}");
+        }
+    }
 }

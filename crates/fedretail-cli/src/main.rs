@@ -3,6 +3,7 @@
 
 mod analyze;
 mod bench;
+mod certs;
 mod commands;
 mod deploy;
 mod network;
@@ -32,6 +33,8 @@ enum Command {
     Coordinator(deploy::CoordinatorArgs),
     /// Run a store's agent beside its data; it keeps each job's results at the store.
     Agent(deploy::AgentArgs),
+    /// Make the network's own CA and the coordinator's TLS certificate.
+    Certs(certs::CertsArgs),
     /// Score a store's current data with a saved model (no coordinator needed).
     Predict(deploy::PredictArgs),
     /// Check a store's export and show the features it yields (nothing leaves the machine).
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate(a),
         Command::Coordinator(a) => deploy::coordinator(a),
         Command::Agent(a) => deploy::agent(a),
+        Command::Certs(a) => certs::certs(a),
         Command::Predict(a) => deploy::predict(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Analyze(a) => analyze::run(a),

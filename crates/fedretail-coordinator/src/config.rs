@@ -47,6 +47,14 @@ impl StrategyKind {
     }
 }
 
+/// The coordinator's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A store allowed to join, with its pre-shared token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreCredential {
@@ -75,6 +83,11 @@ pub struct CoordinatorConfig {
     /// What one connection may ask of the server (`[limits]`).
     #[serde(default)]
     pub limits: ConnectionLimits,
+    /// `[tls]`: serve gRPC over TLS with this certificate and key (PEM), e.g. from
+    /// `fedretail certs`. Without it the coordinator serves plain HTTP, which the
+    /// command allows only on a loopback address or with `--insecure`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
     /// Stores allowed to join. Empty: any store id may join with `open_token`.
     #[serde(default)]
     pub stores: Vec<StoreCredential>,

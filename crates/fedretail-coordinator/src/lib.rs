@@ -46,7 +46,8 @@ mod shared;
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
 pub use config::{
     CheckedJob, ConnectionLimits, CoordinatorConfig, FedAvgSettings, JobConfig, NoiseKind,
-    PrivacySettings, ServerOptimizerKind, StoreCredential, StrategyKind, DEFAULT_MAX_STORE_ROWS,
+    PrivacySettings, ServerOptimizerKind, StoreCredential, StrategyKind, TlsFiles,
+    DEFAULT_MAX_STORE_ROWS,
 };
 pub use dashboard::{serve_dashboard, Dashboard};
 pub use driver::{JobOutcome, PrivacyOutcome, PrivacyRound, StoreEvaluation};
@@ -75,6 +76,8 @@ pub enum CoordinatorError {
     ChangedPrivacy { job_id: String, changed: String },
     #[error("gRPC server failed: {0}")]
     Server(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("privacy accounting: {0}")]
     Privacy(String),
 }
@@ -94,6 +97,16 @@ pub fn run_coordinator<'a>(
     })
 }
 
+/// The server's TLS identity from its PEM files, each named when it cannot be read.
+fn server_tls(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, CoordinatorError> {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{what} {}: {e}", p.display())))
+    };
+    let (cert, key) = (read(&files.cert, "certificate")?, read(&files.key, "key")?);
+    let identity = tonic::transport::Identity::from_pem(cert, key);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+}
+
 /// As [`run_coordinator`], with an explicit checkpoint store (tests use an in-memory one).
 pub fn run_coordinator_with<'a>(
     config: CoordinatorConfig,
@@ -109,14 +122,20 @@ pub fn run_coordinator_with<'a>(
         let limits = &config.limits;
         let secs = std::time::Duration::from_secs;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .concurrency_limit_per_connection(limits.concurrency_per_connection)
+            .timeout(secs(limits.request_timeout_secs))
+            .http2_keepalive_interval(Some(secs(limits.keepalive_secs)))
+            .http2_keepalive_timeout(Some(secs(limits.keepalive_timeout_secs)))
+            .tcp_keepalive(Some(secs(limits.keepalive_secs)));
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(server_tls(tls)?)
+                .map_err(|e| CoordinatorError::Tls(fedretail_proto::error_chain(&e)))?;
+        }
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .max_concurrent_streams(limits.max_concurrent_streams)
-                .concurrency_limit_per_connection(limits.concurrency_per_connection)
-                .timeout(secs(limits.request_timeout_secs))
-                .http2_keepalive_interval(Some(secs(limits.keepalive_secs)))
-                .http2_keepalive_timeout(Some(secs(limits.keepalive_timeout_secs)))
-                .tcp_keepalive(Some(secs(limits.keepalive_secs)))
+            builder
                 .add_service(
                     fedretail_proto::v1::coordinator_server::CoordinatorServer::new(svc)
                         .max_decoding_message_size(max)

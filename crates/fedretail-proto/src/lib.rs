@@ -34,3 +34,19 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// model on its training rows (the coordinator averages it, weighted by rows, into the
 /// job's convergence curve).
 pub const TRAIN_LOSS: &str = "train_loss";
+
+/// An error with its causes, `a: b: c`: tonic's outer transport errors say little
+/// alone ("transport error"), the cause names the certificate or the protocol.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -138,6 +138,7 @@ pub fn run_federation<'a>(
             max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
             max_store_rows: fedretail_coordinator::DEFAULT_MAX_STORE_ROWS,
             limits: Default::default(),
+            tls: None,
             stores: credentials.clone(),
             open_token: None,
             job: None,
