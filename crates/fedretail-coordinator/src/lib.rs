@@ -32,6 +32,8 @@ mod config;
 mod dashboard;
 pub mod driver;
 mod events;
+#[cfg(test)]
+mod fuzz;
 mod job_report;
 mod jobs;
 mod limiter;

@@ -51,7 +51,11 @@ impl ModelLayout {
                 )));
             }
         }
-        let len = segments.iter().map(|s| s.len).sum();
+        // Checked: a peer's layout with absurd lengths is an error, not an overflow.
+        let len = segments
+            .iter()
+            .try_fold(0usize, |acc, s| acc.checked_add(s.len))
+            .ok_or_else(|| ConfigError::Layout("segment lengths overflow".into()))?;
         Ok(ModelLayout { segments, len })
     }
 

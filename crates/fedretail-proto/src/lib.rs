@@ -10,6 +10,8 @@
 
 mod convert;
 mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod secagg;
 
 pub mod v1 {

@@ -204,8 +204,10 @@ impl RoundMachine {
         round: u64,
         update: &UpdateVector,
     ) -> Result<(), Refusal> {
+        // Always a norm bound: finite values whose squares overflow (1e200) would
+        // still make the weighted sum infinite and fail the round for everyone.
         let limits = UpdateLimits {
-            max_l2_norm: check.max_norm,
+            max_l2_norm: Some(check.max_norm.unwrap_or(f64::MAX)),
         };
         validate_update(update, check.len, &limits).map_err(|e| {
             Refusal::Malformed(format!("update from '{store}' for round {round}: {e}"))

@@ -229,3 +229,26 @@ fn a_tree_out_of_place_is_refused_by_name() {
         .contains("two children"));
     assert!(clustered_layout(&base_layout(2), 9).is_err());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// A coordinator's tree of any values is read or refused, and a store's descent of
+    /// one that is read always ends at a leaf.
+    #[test]
+    fn a_tree_of_any_values_is_refused_or_descended(
+        meta in proptest::collection::vec(
+            proptest::prop_oneof![0.0f64..4.0, proptest::prelude::Just(f64::NAN), proptest::prelude::Just(1e300), -2.0f64..0.0],
+            12,
+        ),
+        whole in proptest::collection::vec(0u8..4, 12),
+    ) {
+        // Three groups: five nodes of two parameters, then 12 values of tree state.
+        let mut values = vec![0.5; 10];
+        values.extend(meta.iter().zip(&whole).map(|(m, w)| if *w == 0 { m.trunc() } else { *m }));
+        if let Ok(tree) = ClusterTree::new(&values, 2, 3) {
+            let path = tree.path(|w| w[0]);
+            proptest::prop_assert!(tree.leaves().contains(path.last().unwrap()));
+        }
+    }
+}

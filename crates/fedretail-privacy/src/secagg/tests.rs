@@ -332,3 +332,101 @@ fn configs_are_checked() {
         "{c:?}"
     );
 }
+
+/// Hostile messages at every stage of a round: arbitrary store indices, keys, shares,
+/// words and revealed shares, from the coordinator's side and from a store's. Each is
+/// refused with an error or taken; nothing panics, and the honest stores' round still
+/// ends with their exact sum when the hostile message was refused.
+mod hostile {
+    use super::*;
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    fn share() -> impl Strategy<Value = EncryptedShare> {
+        (0u32..8, 0u32..8, bytes(120)).prop_map(|(from, to, ciphertext)| EncryptedShare {
+            from,
+            to,
+            ciphertext,
+        })
+    }
+
+    fn revealed() -> impl Strategy<Value = RevealedShare> {
+        (0u32..8, any::<bool>(), bytes(80)).prop_map(|(owner, mask, share)| RevealedShare {
+            owner,
+            kind: if mask {
+                ShareKind::MaskKey
+            } else {
+                ShareKind::SelfMaskSeed
+            },
+            share,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn a_hostile_advertisement_or_share_message_never_panics(
+            store in 0u32..8, key in any::<[u8; 32]>(), commitment in any::<[u8; 32]>(),
+            shares in proptest::collection::vec(share(), 0..8),
+        ) {
+            let (mut round, ads) = Round::new(11);
+            let _ = round.server.receive_advertisement(Advertisement {
+                store, cipher_public_key: key, mask_public_key: key,
+            });
+            for ad in ads {
+                let _ = round.server.receive_advertisement(ad);
+            }
+            if let Ok(neighbour_ads) = round.server.close_advertising() {
+                let _ = round.server.receive_share_keys(ShareKeys {
+                    store, self_mask_commitment: commitment, shares: shares.clone(),
+                });
+                for (u, ads) in &neighbour_ads {
+                    // A store handed hostile neighbour keys refuses or deals; no panic.
+                    if let Ok(msg) = round.stores[*u as usize].share_keys(ads) {
+                        let _ = round.server.receive_share_keys(msg);
+                    }
+                }
+                let _ = round.server.close_share_keys();
+            }
+        }
+
+        #[test]
+        fn hostile_inputs_unmask_requests_and_reveals_never_panic(
+            store in 0u32..8, words in proptest::collection::vec(any::<u32>(), 0..9),
+            inbox in proptest::collection::vec(share(), 0..6),
+            survivors in proptest::collection::vec(0u32..9, 0..8),
+            dropped in proptest::collection::vec(0u32..9, 0..8),
+            reveals in proptest::collection::vec(revealed(), 0..8),
+        ) {
+            let (mut round, inboxes) = Round::to_masking(12);
+            // A store handed a forged inbox refuses it (or masks); no panic.
+            let _ = round.stores[0].masked_input(&inbox, &[1, 2, 3, 4]);
+            let hostile = round.server.receive_masked_input(&MaskedInput { store, words });
+            let mut honest = Vec::new();
+            for (u, inbox) in &inboxes {
+                let msg = round.stores[*u as usize].masked_input(inbox, &[*u, 1, 0, 0]).unwrap();
+                if round.server.receive_masked_input(&msg).is_ok() {
+                    honest.push(*u);
+                }
+            }
+            let request = UnmaskRequest { survivors, dropped };
+            let _ = round.stores[1].unmask(&request);
+            let _ = round.server.receive_unmask(UnmaskResponse { store, shares: reveals });
+            if let Ok(requests) = round.server.close_masked_input() {
+                for (v, req) in &requests {
+                    if let Ok(resp) = round.stores[*v as usize].unmask(req) {
+                        let _ = round.server.receive_unmask(resp);
+                    }
+                }
+                if let (Err(_), Ok(outcome)) = (hostile, round.server.finish()) {
+                    // Every honest input made it: the first word is the sum of indices.
+                    let expected: u32 = honest.iter().sum();
+                    prop_assert_eq!(outcome.sum[0], expected);
+                }
+            }
+        }
+    }
+}
