@@ -13,6 +13,8 @@ pub enum CheckpointError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("checkpoint database {path} is in use by another coordinator: two coordinators cannot run one network's jobs (stop the other, or give this one its own database)")]
+    InUse { path: String },
     #[error("checkpoint database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("checkpoint of round {round} is corrupt: {reason}")]
@@ -107,7 +109,26 @@ impl CheckpointStore {
             path: path.display().to_string(),
             source,
         })?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The coordinator's lease on its jobs: an exclusive lock on the database, taken
+        // now and held while it runs. A second coordinator on the same database is
+        // refused at start; the OS drops the lock when the holder dies, even by SIGKILL,
+        // so a restart resumes at once.
+        let in_use = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                CheckpointError::InUse {
+                    path: path.display().to_string(),
+                }
+            }
+            _ => CheckpointError::Sql(e),
+        };
+        // A held lock is not coming back soon: say so quickly.
+        conn.busy_timeout(std::time::Duration::from_millis(250))?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(in_use)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(in_use)?;
+        conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;")
+            .map_err(in_use)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
         Ok(CheckpointStore {
@@ -294,6 +315,20 @@ impl CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_coordinator_on_the_same_database_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let first = CheckpointStore::open(&path).unwrap();
+        let e = CheckpointStore::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("in use by another coordinator") && e.contains("c.db"),
+            "{e}"
+        );
+        drop(first);
+        assert!(CheckpointStore::open(&path).is_ok());
+    }
 
     #[test]
     fn rounds_survive_reopening() {
