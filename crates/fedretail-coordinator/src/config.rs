@@ -94,6 +94,12 @@ pub struct CoordinatorConfig {
     /// Token for open enrolment (when `stores` is empty).
     #[serde(default)]
     pub open_token: Option<String>,
+    /// With no `stores` and no `open_token`, any store may join only if this says so.
+    #[serde(default)]
+    pub open_registration: bool,
+    /// Most stores registered at once; a new one beyond it is refused.
+    #[serde(default = "default_max_stores")]
+    pub max_stores: usize,
     /// A single job (`[job]`), run before any in `jobs`.
     #[serde(default)]
     pub job: Option<JobConfig>,
@@ -175,6 +181,10 @@ impl ConnectionLimits {
         }
         Ok(())
     }
+}
+
+fn default_max_stores() -> usize {
+    10_000
 }
 
 fn default_max_store_rows() -> u64 {
@@ -570,6 +580,23 @@ impl Default for JobConfig {
 }
 
 impl CoordinatorConfig {
+    /// Who may join must be said: a list of stores, an enrolment token, or open
+    /// registration asked for by name.
+    pub fn check_admission(&self) -> Result<(), ConfigError> {
+        if self.max_stores == 0 {
+            return Err(ConfigError::out_of_range("max_stores", ">= 1", 0));
+        }
+        if self.stores.is_empty() && self.open_token.is_none() && !self.open_registration {
+            return Err(ConfigError::out_of_range(
+                "stores",
+                "a [[stores]] list, an open_token, or open_registration = true (anyone may \
+                 then join as any store id)",
+                "none of them",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }

@@ -118,6 +118,8 @@ pub fn run_coordinator_with<'a>(
 ) -> BoxFuture<'a, Result<Vec<JobOutcome>, CoordinatorError>> {
     Box::pin(async move {
         let queue = jobs::JobQueue::new(config.checked_jobs()?, config.jobs_dir.clone());
+        let tls = config.tls.as_ref().map(server_tls).transpose()?;
+        config.check_admission()?;
         let shared = Arc::new(shared::Shared::new(&config, observer));
         let svc = service::CoordinatorService::new(shared.clone());
         let max = config.max_message_bytes;
@@ -131,9 +133,9 @@ pub fn run_coordinator_with<'a>(
             .http2_keepalive_interval(Some(secs(limits.keepalive_secs)))
             .http2_keepalive_timeout(Some(secs(limits.keepalive_timeout_secs)))
             .tcp_keepalive(Some(secs(limits.keepalive_secs)));
-        if let Some(tls) = &config.tls {
+        if let Some(tls) = tls {
             builder = builder
-                .tls_config(server_tls(tls)?)
+                .tls_config(tls)
                 .map_err(|e| CoordinatorError::Tls(fedretail_proto::error_chain(&e)))?;
         }
         let server = tokio::spawn(

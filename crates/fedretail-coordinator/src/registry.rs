@@ -30,6 +30,7 @@ pub(crate) struct Registration<'a> {
 pub(crate) struct StoreRegistry {
     credentials: HashMap<String, String>,
     open_token: Option<String>,
+    max_stores: usize,
     pub stores: BTreeMap<String, StoreEntry>,
 }
 
@@ -42,6 +43,7 @@ impl StoreRegistry {
                 .map(|c| (c.store_id.clone(), c.token.clone()))
                 .collect(),
             open_token: config.open_token.clone(),
+            max_stores: config.max_stores,
             stores: BTreeMap::new(),
         }
     }
@@ -60,15 +62,29 @@ impl StoreRegistry {
                 Some(t) if !constant_time_eq(t, r.token) => {
                     Err(Refusal::WrongToken(r.store_id.to_string()))
                 }
-                Some(_) => Ok(()),
+                Some(_) => self.check_room(r.store_id),
             };
         }
-        match &self.open_token {
-            Some(t) if !constant_time_eq(t, r.token) => {
-                Err(Refusal::WrongEnrolmentToken(r.store_id.to_string()))
+        if let Some(t) = &self.open_token {
+            if !constant_time_eq(t, r.token) {
+                return Err(Refusal::WrongEnrolmentToken(r.store_id.to_string()));
             }
-            _ => Ok(()),
         }
+        // Open enrolment cannot tell two holders of the token apart: a live store's id
+        // is not handed to a newcomer (which would evict it mid-round).
+        if self.is_live(r.store_id) {
+            return Err(Refusal::IdInUse(r.store_id.to_string()));
+        }
+        self.check_room(r.store_id)
+    }
+
+    /// A new store id is taken only while the network has room.
+    fn check_room(&self, store_id: &str) -> Result<(), Refusal> {
+        let known = self.stores.contains_key(store_id);
+        if !known && self.stores.len() >= self.max_stores {
+            return Err(Refusal::Full(self.max_stores));
+        }
+        Ok(())
     }
 
     /// Registers an admitted store under a new session (replacing any older one);
@@ -141,4 +157,64 @@ fn valid_store_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration<'a>(store_id: &'a str, token: &'a str) -> Registration<'a> {
+        Registration {
+            store_id,
+            token,
+            business_type: "grocery",
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+
+    #[test]
+    fn open_enrolment_never_hands_a_live_stores_id_to_a_newcomer() {
+        let config = CoordinatorConfig {
+            open_token: Some("enrol".into()),
+            ..CoordinatorConfig::from_toml("").unwrap()
+        };
+        let mut reg = StoreRegistry::new(&config);
+        let r = registration("store-1", "enrol");
+        assert!(reg.admit(&r).is_ok());
+        reg.register(&r);
+        // Another holder of the token claims the same id while the store polls.
+        let e = reg.admit(&registration("store-1", "enrol")).unwrap_err();
+        assert!(matches!(e, Refusal::IdInUse(_)), "{e}");
+        assert!(matches!(
+            reg.admit(&registration("store-2", "guess")),
+            Err(Refusal::WrongEnrolmentToken(_))
+        ));
+    }
+
+    #[test]
+    fn a_full_network_takes_no_new_store_but_its_own_may_come_back() {
+        let config = CoordinatorConfig {
+            open_registration: true,
+            max_stores: 1,
+            ..CoordinatorConfig::from_toml("").unwrap()
+        };
+        let mut reg = StoreRegistry::new(&config);
+        reg.register(&registration("a", ""));
+        let e = reg.admit(&registration("b", "")).unwrap_err();
+        assert!(e.to_string().contains("full (1 stores"), "{e}");
+        // "a" went quiet long ago (its entry aged): it may register again.
+        if let Some(entry) = reg.stores.get_mut("a") {
+            entry.last_seen = Instant::now() - LIVENESS - Duration::from_secs(1);
+        }
+        assert!(reg.admit(&registration("a", "")).is_ok());
+    }
+
+    #[test]
+    fn who_may_join_must_be_said() {
+        let none = CoordinatorConfig::from_toml("").unwrap();
+        let e = none.check_admission().unwrap_err().to_string();
+        assert!(e.contains("open_registration = true"), "{e}");
+        let open = CoordinatorConfig::from_toml("open_registration = true").unwrap();
+        assert!(open.check_admission().is_ok());
+    }
 }

@@ -141,6 +141,8 @@ pub fn run_federation<'a>(
             tls: None,
             stores: credentials.clone(),
             open_token: None,
+            open_registration: false,
+            max_stores: credentials.len().max(1),
             job: None,
             jobs,
             jobs_dir: None,

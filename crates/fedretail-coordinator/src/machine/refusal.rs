@@ -35,6 +35,10 @@ pub enum Refusal {
     Malformed(String),
     #[error("too many failed registrations from {0} in the last minute; try again later")]
     RateLimited(String),
+    #[error("store id '{0}' is in use by a store that is still polling; under open enrolment an id is taken until its store goes quiet for 90 s")]
+    IdInUse(String),
+    #[error("this network is full ({0} stores, max_stores); no new store may join")]
+    Full(usize),
 }
 
 impl Refusal {
@@ -53,6 +57,8 @@ impl Refusal {
             Refusal::NotCurrent(_) => "not_current",
             Refusal::Replay(_) => "replay",
             Refusal::RateLimited(_) => "rate_limited",
+            Refusal::IdInUse(_) => "id_in_use",
+            Refusal::Full(_) => "network_full",
         }
     }
 
@@ -66,7 +72,9 @@ impl Refusal {
             Refusal::BadStoreId | Refusal::Malformed(_) => ErrorKind::InvalidUpdate,
             Refusal::NotCurrent(_) => ErrorKind::StaleTask,
             Refusal::Replay(_) => ErrorKind::Duplicate,
-            Refusal::RateLimited(_) => ErrorKind::Unavailable,
+            Refusal::RateLimited(_) | Refusal::IdInUse(_) | Refusal::Full(_) => {
+                ErrorKind::Unavailable
+            }
         }
     }
 }

@@ -48,7 +48,7 @@ async fn jobs_dropped_into_the_folder_run_against_the_same_agents() {
     let jobs = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs).unwrap();
     let mut config = CoordinatorConfig::from_toml(
-        "[[jobs]]\njob_id = \"first\"\nstrategy = \"fedavg\"\nrounds = 2\nmin_stores = 2\nround_timeout_secs = 20\n",
+        "open_registration = true\n[[jobs]]\njob_id = \"first\"\nstrategy = \"fedavg\"\nrounds = 2\nmin_stores = 2\nround_timeout_secs = 20\n",
     )
     .unwrap();
     config.jobs_dir = Some(jobs.clone());

@@ -316,7 +316,7 @@ async fn a_round_without_enough_replies_fails_cleanly() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let config = CoordinatorConfig::from_toml(
-        "[job]\nrounds = 2\nmin_stores = 2\nround_timeout_secs = 0.5\nround_attempts = 2\n",
+        "open_registration = true\n[job]\nrounds = 2\nmin_stores = 2\nround_timeout_secs = 0.5\nround_attempts = 2\n",
     )
     .unwrap();
     let handle = tokio::spawn(run_coordinator_with(

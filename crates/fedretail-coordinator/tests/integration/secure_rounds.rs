@@ -82,7 +82,9 @@ async fn start(
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let config = CoordinatorConfig::from_toml(toml).unwrap();
+    let mut config = CoordinatorConfig::from_toml(toml).unwrap();
+    // The tests' agents join by name, as open enrolment allows when asked for.
+    config.open_registration = true;
     let handle = tokio::spawn(async move {
         let mut outcomes =
             run_coordinator_with(config, listener, checkpoints, Arc::new(|_| {})).await?;
