@@ -27,7 +27,7 @@ use crate::newton::{newton_statistics_len, unpack_upper, FedNewton, FedNewtonCon
 use crate::params::{ModelLayout, ModelParameters, Segment};
 use crate::sampling::StoreSampler;
 use crate::strategy::{
-    check_finite_model, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision,
+    applied, check_aggregate, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision,
 };
 use nalgebra::{DMatrix, DVector};
 
@@ -376,15 +376,7 @@ impl Strategy for ClusteredNewton {
         let layout = global.layout();
         let d = self.base_len(layout.len());
         let expected = self.update_len(layout);
-        if aggregate.weighted_sum.len() != expected {
-            return Err(StrategyError::AggregateShape {
-                expected,
-                got: aggregate.weighted_sum.len(),
-            });
-        }
-        if aggregate.num_updates == 0 {
-            return Err(StrategyError::EmptyRound { round });
-        }
+        check_aggregate(round, aggregate, expected)?;
         let tree = ClusterTree::new(global.values(), d, self.config.max_groups)
             .map_err(|_| StrategyError::AggregateShape { expected, got: 0 })?;
         let mask = base_mask(layout, d);
@@ -409,23 +401,7 @@ impl Strategy for ClusteredNewton {
             next[leaf * d..(leaf + 1) * d].copy_from_slice(&stepped);
         }
         self.grow(&mut next, &tree, &aggregate.weighted_sum, d);
-        check_finite_model(&next)?;
-        let step_norm = next
-            .iter()
-            .zip(global.values())
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt();
-        let parameters = ModelParameters::from_values(layout.clone(), next).map_err(|_| {
-            StrategyError::AggregateShape {
-                expected: d,
-                got: 0,
-            }
-        })?;
-        Ok(Applied {
-            parameters,
-            step_norm,
-        })
+        applied(global, next)
     }
 }
 

@@ -3,7 +3,7 @@ use crate::error::{ConfigError, StrategyError};
 use crate::params::{ModelLayout, ModelParameters};
 use crate::sampling::{SamplingConfig, StoreSampler};
 use crate::strategy::{
-    check_finite_model, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision,
+    applied, check_aggregate, Applied, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision,
 };
 use nalgebra::{DMatrix, DVector};
 
@@ -151,16 +151,7 @@ impl Strategy for FedNewton {
         aggregate: &Aggregate,
     ) -> Result<Applied, StrategyError> {
         let d = global.layout().len();
-        let expected = newton_statistics_len(d);
-        if aggregate.weighted_sum.len() != expected {
-            return Err(StrategyError::AggregateShape {
-                expected,
-                got: aggregate.weighted_sum.len(),
-            });
-        }
-        if aggregate.num_updates == 0 {
-            return Err(StrategyError::EmptyRound { round });
-        }
+        check_aggregate(round, aggregate, newton_statistics_len(d))?;
         let (g, h) = aggregate.weighted_sum.split_at(d);
         let mask = global.layout().regularization_mask();
         let penalty = L2Penalty {
@@ -170,24 +161,7 @@ impl Strategy for FedNewton {
         };
         let next = Self::newton_step(global.values(), g, h, &penalty, self.config.max_step)
             .ok_or(StrategyError::NotPositiveDefinite { round })?;
-        check_finite_model(&next)?;
-        let step_norm = next
-            .iter()
-            .zip(global.values())
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt();
-        let parameters =
-            ModelParameters::from_values(global.layout().clone(), next).map_err(|_| {
-                StrategyError::AggregateShape {
-                    expected: d,
-                    got: 0,
-                }
-            })?;
-        Ok(Applied {
-            parameters,
-            step_norm,
-        })
+        applied(global, next)
     }
 }
 

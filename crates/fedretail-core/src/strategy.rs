@@ -147,6 +147,47 @@ pub trait Strategy: Send {
     ) -> Result<Applied, StrategyError>;
 }
 
+/// The round's aggregate has the `expected` length and at least one update in it.
+pub(crate) fn check_aggregate(
+    round: u64,
+    aggregate: &Aggregate,
+    expected: usize,
+) -> Result<(), StrategyError> {
+    if aggregate.weighted_sum.len() != expected {
+        return Err(StrategyError::AggregateShape {
+            expected,
+            got: aggregate.weighted_sum.len(),
+        });
+    }
+    if aggregate.num_updates == 0 {
+        return Err(StrategyError::EmptyRound { round });
+    }
+    Ok(())
+}
+
+/// `next` as the new global model in `global`'s layout, checked finite, with how far
+/// it moved.
+pub(crate) fn applied(global: &ModelParameters, next: Vec<f64>) -> Result<Applied, StrategyError> {
+    check_finite_model(&next)?;
+    let step_norm = next
+        .iter()
+        .zip(global.values())
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt();
+    let got = next.len();
+    let parameters = ModelParameters::from_values(global.layout().clone(), next).map_err(|_| {
+        StrategyError::AggregateShape {
+            expected: global.layout().len(),
+            got,
+        }
+    })?;
+    Ok(Applied {
+        parameters,
+        step_norm,
+    })
+}
+
 pub fn check_finite_model(values: &[f64]) -> Result<(), StrategyError> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(StrategyError::NonFiniteModel { index }),
