@@ -2,19 +2,19 @@
 //! churn, credit scoring), each local vs federated vs a centralized yardstick.
 
 use crate::network::{ensure_network, NetworkArgs};
+use crate::outputs::{emit, Output, TrainArgs};
 use crate::progress::DemoProgress;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use fedretail_coordinator::{JobConfig, ServerOptimizerKind};
+use fedretail_coordinator::JobConfig;
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, ClusterFit, ClusterTaskOptions};
 use fedretail_core::{TaskKind, TaskSpec};
 use fedretail_data::{FeatureWindow, TabularSpec};
-use fedretail_report::Page;
 use fedretail_sim::analysis_pages;
 use fedretail_sim::{
     default_job, render_anomaly, render_classification, render_network_run, render_segments,
     run_anomaly, run_churn, run_credit, run_network_jobs, run_segments, ClassificationEvent,
-    ClassificationOptions, ClusteringEvent, ClusteringOptions,
+    ClusteringEvent, ClusteringOptions,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -65,20 +65,6 @@ pub struct DpDemandArgs {
 }
 
 #[derive(Args)]
-pub struct Output {
-    /// Write the full report as JSON here.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-    /// Print the report JSON to stdout instead of the summary.
-    #[arg(long)]
-    pub json: bool,
-    /// Write the HTML report (charts in <name>-figures/ beside it) here
-    /// [default: fedretail-data/reports/<command>.html].
-    #[arg(long, value_name = "PATH")]
-    pub html: Option<PathBuf>,
-}
-
-#[derive(Args)]
 pub struct SyntheticArgs {
     /// Network directory (one sub-directory per store); generated when absent.
     #[arg(long)]
@@ -118,109 +104,6 @@ pub struct ClusterArgs {
     pub in_process: bool,
     #[command(flatten)]
     pub output: Output,
-}
-
-#[derive(Args)]
-pub struct TrainArgs {
-    /// FedAvg rounds (epochs for the local and centralized references).
-    #[arg(long, default_value_t = 20)]
-    pub rounds: u64,
-    /// Epochs of local SGD each party runs per FedAvg round.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub local_epochs: u32,
-    /// At least this many mini-batch steps per party per round: a tiny party runs more
-    /// epochs (0: every party runs --local-epochs).
-    #[arg(long, default_value_t = 20)]
-    pub min_local_steps: u32,
-    /// FedProx: pull each party's local steps toward the global model with this
-    /// strength (0 is FedAvg); helps when parties differ and run many local epochs.
-    #[arg(long, default_value_t = 0.0)]
-    pub proximal_mu: f64,
-    #[arg(long, default_value_t = 0.1)]
-    pub learning_rate: f64,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: u32,
-    /// L2 penalty per training example on the weights.
-    #[arg(long, default_value_t = 1e-4)]
-    pub l2: f64,
-    /// Hidden units of the MLP trained beside the logistic regression (0: none).
-    #[arg(long, default_value_t = 8)]
-    pub mlp_hidden: usize,
-    /// Parties with fewer training rows are skipped (and listed).
-    #[arg(long, default_value_t = 20)]
-    pub min_train_rows: usize,
-    /// Seeds the train/test split, the initial MLP and the SGD shuffles.
-    #[arg(long, default_value_t = 7)]
-    pub train_seed: u64,
-    /// Customer-level DP: every party runs DP-SGD calibrated to this epsilon for its whole run.
-    #[arg(long)]
-    pub dp_epsilon: Option<f64>,
-    /// Delta of the customer-level DP guarantee.
-    #[arg(long, default_value_t = 1e-5)]
-    pub dp_delta: f64,
-    /// Per-example gradient clipping norm of DP-SGD.
-    #[arg(long, default_value_t = 1.0)]
-    pub dp_clip: f64,
-    /// What the coordinator does with FedAvg's mean delta (Reddi et al. 2021).
-    #[arg(long, value_enum, default_value = "none")]
-    pub server_optimizer: ServerOptimizerArg,
-    /// Multiplies the server optimizer's step.
-    #[arg(long, default_value_t = 1.0)]
-    pub server_learning_rate: f64,
-}
-
-/// FedAvg's server step.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ServerOptimizerArg {
-    /// Plain FedAvg.
-    None,
-    /// FedAvgM (server momentum 0.9).
-    Momentum,
-    /// FedAdagrad (tau 1e-3).
-    Adagrad,
-    /// FedAdam (beta1 0.9, beta2 0.99, tau 1e-3).
-    Adam,
-    /// FedYogi (beta1 0.9, beta2 0.99, tau 1e-3).
-    Yogi,
-}
-
-impl From<ServerOptimizerArg> for ServerOptimizerKind {
-    fn from(a: ServerOptimizerArg) -> Self {
-        match a {
-            ServerOptimizerArg::None => ServerOptimizerKind::None,
-            ServerOptimizerArg::Momentum => ServerOptimizerKind::Momentum,
-            ServerOptimizerArg::Adagrad => ServerOptimizerKind::Adagrad,
-            ServerOptimizerArg::Adam => ServerOptimizerKind::Adam,
-            ServerOptimizerArg::Yogi => ServerOptimizerKind::Yogi,
-        }
-    }
-}
-
-impl TrainArgs {
-    pub(crate) fn options(&self) -> ClassificationOptions {
-        ClassificationOptions {
-            rounds: self.rounds,
-            local_epochs: self.local_epochs,
-            min_local_steps: self.min_local_steps,
-            proximal_mu: self.proximal_mu,
-            learning_rate: self.learning_rate,
-            batch_size: self.batch_size,
-            l2: self.l2,
-            mlp_hidden: self.mlp_hidden,
-            min_train_rows: self.min_train_rows,
-            seed: self.train_seed,
-            customer_dp: self
-                .dp_epsilon
-                .map(|epsilon| fedretail_sim::classification::CustomerDp {
-                    epsilon,
-                    delta: self.dp_delta,
-                    clip_norm: self.dp_clip,
-                }),
-            server_optimizer: self.server_optimizer.into(),
-            server_learning_rate: self.server_learning_rate,
-            ..ClassificationOptions::default()
-        }
-    }
 }
 
 #[derive(Args)]
@@ -317,36 +200,6 @@ fn spinner() -> ProgressBar {
     );
     b.enable_steady_tick(std::time::Duration::from_millis(120));
     b
-}
-
-/// Prints the summary (or the JSON), writes the JSON report when asked and always the
-/// HTML one, `page` drawing it with the summary at its end.
-pub(crate) fn emit<R: Serialize>(
-    report: &R,
-    summary: String,
-    page: impl FnOnce(&str) -> Page,
-    name: &str,
-    output: &Output,
-) -> Result<()> {
-    let html = output
-        .html
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("fedretail-data/reports/{name}.html")));
-    crate::watch::write_page(&page(&summary), &html)?;
-    let json = serde_json::to_string_pretty(report)?;
-    if let Some(path) = &output.report {
-        std::fs::write(path, &json)
-            .with_context(|| format!("writing report {}", path.display()))?;
-    }
-    if output.json {
-        println!("{json}");
-    } else {
-        print!("{summary}");
-        if let Some(path) = &output.report {
-            println!("  report: {}", path.display());
-        }
-    }
-    Ok(())
 }
 
 /// A clustering job with the command's options: exact federated bisecting k-means, or

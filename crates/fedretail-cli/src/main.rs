@@ -7,6 +7,7 @@ mod certs;
 mod commands;
 mod deploy;
 mod network;
+mod outputs;
 mod poisoning;
 mod progress;
 mod watch;

@@ -1,7 +1,7 @@
 //! `fedretail analyze byzantine`: what lying stores do to the shared model, with and
 //! without each robust aggregation rule.
 
-use crate::analyze::{emit, Output, TrainArgs};
+use crate::outputs::{emit, Output, TrainArgs};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use fedretail_core::RobustRule;
