@@ -388,7 +388,7 @@ impl Strategy for ClusteredNewton {
             if b.stores < 0.5 {
                 continue; // No store in this group this round: it keeps its model.
             }
-            let penalty = self.penalty(&tree, leaf, &mask);
+            let penalty = group_penalty(&tree, leaf, &mask, &self.config);
             let w = tree.model(leaf);
             let stepped = FedNewton::newton_step(
                 w,
@@ -405,8 +405,10 @@ impl Strategy for ClusteredNewton {
     }
 }
 
-/// The penalty of `node`'s fit (see [`ClusteredNewton`]); `masks` are the model's
-/// regularisation mask and all-true. Public so that a yardstick fits the same objective.
+/// The penalty of `node`'s fit: the root's is the job's ridge; a group's pulls it
+/// toward the model it was split from, so a group of few stores keeps the network's
+/// effects where its own rows say little (a hierarchical prior). `masks` are the
+/// model's regularisation mask and all-true. Public so a yardstick fits the same objective.
 pub fn group_penalty<'a>(
     tree: &ClusterTree<'a>,
     node: usize,
@@ -435,18 +437,6 @@ fn base_mask(layout: &ModelLayout, d: usize) -> Vec<bool> {
 }
 
 impl ClusteredNewton {
-    /// A node's penalty: the root's is the job's ridge; a group's pulls it toward the
-    /// model it was split from, so a group of few stores keeps the network's effects
-    /// where its own rows say little (a hierarchical prior).
-    fn penalty<'a>(
-        &self,
-        tree: &ClusterTree<'a>,
-        node: usize,
-        masks: &'a (Vec<bool>, Vec<bool>),
-    ) -> L2Penalty<'a> {
-        group_penalty(tree, node, masks, &self.config)
-    }
-
     /// Count the round; at the end of a level split the leaf whose stores disagree most,
     /// or say splitting is over when the tree is full or no leaf can split.
     fn grow(&self, next: &mut [f64], tree: &ClusterTree<'_>, sum: &[f64], d: usize) {

@@ -102,12 +102,18 @@ pub fn run_demo<'a>(
         };
         let by_id: std::collections::HashMap<&str, &PreparedStore> =
             stores.iter().map(|s| (s.store_id.as_str(), s)).collect();
+        let offices = office_stores(&options.data_dir);
         let store_reports: Vec<StoreReport> = outcome
             .evaluations
             .iter()
             .filter_map(|ev| {
                 let store = by_id.get(ev.store_id.as_str())?;
-                Some(store_report(ev, store, &centralized, options.holdout_days))
+                let mut r = store_report(ev, store, &centralized, options.holdout_days);
+                r.district = offices.as_ref().map(|o| {
+                    let office = o.contains(&r.store_id);
+                    (if office { "office" } else { "other" }).to_string()
+                });
+                Some(r)
             })
             .collect();
         skipped_stores.extend(agent_failures);
@@ -214,6 +220,20 @@ async fn federate_demand(
         )));
     }
     Ok((outcome, run.agent_failures))
+}
+
+/// The generator's record of the network's office-district stores, when it has any:
+/// the truth a grouped model should find, read only to report against it.
+fn office_stores(dir: &std::path::Path) -> Option<std::collections::HashSet<String>> {
+    let text = std::fs::read_to_string(dir.join("network.json")).ok()?;
+    let network: fedretail_synth::NetworkSummary = serde_json::from_str(&text).ok()?;
+    let offices: std::collections::HashSet<String> = network
+        .stores
+        .into_iter()
+        .filter(|p| p.office)
+        .map(|p| p.store_id)
+        .collect();
+    (!offices.is_empty()).then_some(offices)
 }
 
 /// A store's demand task, grouped when the job trains a model per group of stores.
@@ -323,6 +343,7 @@ fn store_report(
         wape_chosen: m("wape_forecast"),
         group: m("group_leaf").map(|v| v as u32),
         group_depth: m("group_depth").map(|v| v as u32),
+        district: None,
         forecast_model,
         wape_forecast: m("wape_forecast"),
         mase_forecast: m("mase_forecast"),
@@ -389,6 +410,15 @@ fn demand_report(
             |s| history_band(s.history_days),
             &HISTORY_BANDS,
         ),
+        by_district: if store_reports.iter().any(|s| s.district.is_some()) {
+            group_by(
+                &store_reports,
+                |s| s.district.as_deref().unwrap_or("unknown"),
+                &["office", "other"],
+            )
+        } else {
+            Vec::new()
+        },
         stores: store_reports,
         skipped_stores,
         missing_evaluations: outcome.missing_evaluations.clone(),

@@ -40,6 +40,10 @@ pub struct StoreReport {
     pub group: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_depth: Option<u32>,
+    /// On a synthetic network with office-district stores: `office` or `other`, from
+    /// the generator's record (the truth a grouped model should find; never an input).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub district: Option<String>,
     /// The kept forecaster's held-out WAPE, MASE and relative bias.
     pub wape_forecast: Option<f64>,
     pub mase_forecast: Option<f64>,
@@ -91,6 +95,9 @@ pub struct DemandReport {
     pub by_business_type: Vec<GroupSummary>,
     pub by_size_band: Vec<GroupSummary>,
     pub by_history_band: Vec<GroupSummary>,
+    /// By district (office or other) on a synthetic network that has office stores.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_district: Vec<GroupSummary>,
     pub skipped_stores: Vec<SkippedStore>,
     pub missing_evaluations: Vec<String>,
     pub round_history: Vec<RoundRecord>,
@@ -300,6 +307,12 @@ pub fn render_summary(r: &DemandReport) -> String {
     s.push('\n');
     for g in r.by_history_band.iter().chain(std::iter::once(&r.overall)) {
         s.push_str(&group_line(g));
+    }
+    if !r.by_district.is_empty() {
+        s.push('\n');
+        for g in &r.by_district {
+            s.push_str(&group_line(g));
+        }
     }
     let _ = writeln!(s);
     let _ = writeln!(

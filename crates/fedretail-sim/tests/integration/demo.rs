@@ -278,4 +278,11 @@ async fn a_grouped_model_finds_undeclared_office_stores_and_fits_each_group_exac
         );
     }
     assert!(render_summary(&report).contains("groups found from the stores' data"));
+    // The summary reports against the generator's truth: office and other stores.
+    let districts: Vec<&str> = report
+        .by_district
+        .iter()
+        .map(|g| g.group.as_str())
+        .collect();
+    assert_eq!(districts, ["office", "other"]);
 }
