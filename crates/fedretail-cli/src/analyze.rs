@@ -2,14 +2,14 @@
 //! churn, credit scoring), each local vs federated vs a centralized yardstick.
 
 use crate::network::{ensure_network, NetworkArgs};
-use crate::outputs::{emit, Output, TrainArgs};
+use crate::outputs::{emit, Output, TableArgs, TrainArgs};
 use crate::progress::DemoProgress;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use fedretail_coordinator::JobConfig;
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, ClusterFit, ClusterTaskOptions};
 use fedretail_core::{TaskKind, TaskSpec};
-use fedretail_data::{FeatureWindow, TabularSpec};
+use fedretail_data::FeatureWindow;
 use fedretail_sim::analysis_pages;
 use fedretail_sim::{
     default_job, render_anomaly, render_classification, render_network_run, render_segments,
@@ -128,17 +128,8 @@ pub struct ChurnArgs {
 
 #[derive(Args)]
 pub struct CreditArgs {
-    /// Tabular file (CSV or Parquet) with a binary target column.
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long, default_value = "Status")]
-    pub target: String,
-    /// Target value that counts as positive (the other must be the only other value).
-    #[arg(long, default_value = "bad")]
-    pub positive: String,
-    /// Column whose value names the lender (silo).
-    #[arg(long, default_value = "Job")]
-    pub split_by: String,
+    #[command(flatten)]
+    pub table: TableArgs,
     /// Share of each lender's rows held out, stratified by the target.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
@@ -170,15 +161,8 @@ struct CreditRun {
 
 #[derive(Args)]
 pub struct AttackArgs {
-    /// Tabular file (CSV or Parquet), prepared as for `analyze credit`.
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long, default_value = "Status")]
-    pub target: String,
-    #[arg(long, default_value = "bad")]
-    pub positive: String,
-    #[arg(long, default_value = "Job")]
-    pub split_by: String,
+    #[command(flatten)]
+    pub table: TableArgs,
     /// Records attacked.
     #[arg(long, default_value_t = 200)]
     pub records: usize,
@@ -468,16 +452,7 @@ fn churn(rt: &tokio::runtime::Runtime, a: &ChurnArgs) -> Result<()> {
 }
 
 fn attack(rt: &tokio::runtime::Runtime, a: &AttackArgs) -> Result<()> {
-    let spec = TabularSpec {
-        target: a.target.clone(),
-        positive: a.positive.clone(),
-        split_by: a.split_by.clone(),
-        test_fraction: 0.2,
-        seed: 7,
-        min_train_rows: 1,
-        min_category_rows: 1,
-        max_categories: 50,
-    };
+    let spec = a.table.spec(0.2, 7, 1, 1);
     let options = fedretail_sim::attack::AttackOptions {
         records: a.records,
         epsilons: a.epsilons.clone(),
@@ -485,8 +460,12 @@ fn attack(rt: &tokio::runtime::Runtime, a: &AttackArgs) -> Result<()> {
         ..Default::default()
     };
     let report = rt
-        .block_on(fedretail_sim::attack::run_attack(&a.data, &spec, &options))
-        .with_context(|| format!("attack on {}", a.data.display()))?;
+        .block_on(fedretail_sim::attack::run_attack(
+            &a.table.data,
+            &spec,
+            &options,
+        ))
+        .with_context(|| format!("attack on {}", a.table.data.display()))?;
     let summary = fedretail_sim::attack::render_attack(&report);
     let page = |s: &str| analysis_pages::attack_page(&report, s);
     emit(&report, summary, page, "attack", &a.output)
@@ -525,21 +504,22 @@ fn dp_demand(rt: &tokio::runtime::Runtime, a: &DpDemandArgs) -> Result<()> {
 /// then, unless `--in-process`, the same jobs over a coordinator and one agent per
 /// lender, each lender's scores written into its own folder.
 fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
-    let spec = TabularSpec {
-        target: a.target.clone(),
-        positive: a.positive.clone(),
-        split_by: a.split_by.clone(),
-        test_fraction: a.test_fraction,
-        seed: a.train.train_seed,
-        min_train_rows: a.train.min_train_rows,
-        min_category_rows: a.min_category_rows,
-        max_categories: 50,
-    };
+    let spec = a.table.spec(
+        a.test_fraction,
+        a.train.train_seed,
+        a.train.min_train_rows,
+        a.min_category_rows,
+    );
     let options = a.train.options();
     let bar = spinner();
     let reference = rt
-        .block_on(run_credit(&a.data, &spec, &options, &on_class_event(&bar)))
-        .with_context(|| format!("credit scoring on {}", a.data.display()))?;
+        .block_on(run_credit(
+            &a.table.data,
+            &spec,
+            &options,
+            &on_class_event(&bar),
+        ))
+        .with_context(|| format!("credit scoring on {}", a.table.data.display()))?;
     bar.finish_and_clear();
     if a.in_process || options.customer_dp.is_some() {
         let page = |s: &str| analysis_pages::classification_page(&reference, s);
@@ -552,13 +532,13 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
     let observer = Arc::new(move |e: &fedretail_coordinator::CoordinatorEvent| p.on_coordinator(e));
     let network = rt
         .block_on(fedretail_sim::run_tabular_network(
-            &a.data,
-            &a.split_by,
+            &a.table.data,
+            &a.table.split_by,
             &a.work_dir,
             jobs,
             observer,
         ))
-        .with_context(|| format!("credit jobs over agents on {}", a.data.display()))?;
+        .with_context(|| format!("credit jobs over agents on {}", a.table.data.display()))?;
     let references = [
         ("credit-newton", Some(&reference.newton_parameters)),
         ("credit-fedavg", Some(&reference.fedavg_parameters)),
@@ -586,7 +566,7 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
     let mut summary = format!(
         "in-process reference\n{}\nover gRPC: one coordinator, one agent per {}\n{}",
         render_classification(&reference),
-        a.split_by,
+        a.table.split_by,
         render_network_run(&network)
     );
     for (id, g) in &gaps {

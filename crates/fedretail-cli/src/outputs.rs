@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use fedretail_coordinator::ServerOptimizerKind;
+use fedretail_data::TabularSpec;
 use fedretail_report::Page;
 use fedretail_sim::ClassificationOptions;
 use serde::Serialize;
@@ -154,4 +155,45 @@ pub(crate) fn emit<R: Serialize>(
         }
     }
     Ok(())
+}
+
+/// A tabular file with a binary target, split into silos by a column (`analyze credit`,
+/// `attack`, `byzantine`).
+#[derive(Args)]
+pub struct TableArgs {
+    /// Tabular file (CSV or Parquet) with a binary target column, e.g.
+    /// ../shared/data/credit_data.csv.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "Status")]
+    pub target: String,
+    /// Target value that counts as positive (the other must be the only other value).
+    #[arg(long, default_value = "bad")]
+    pub positive: String,
+    /// Column whose value names the silo (a lender, a store).
+    #[arg(long, default_value = "Job")]
+    pub split_by: String,
+}
+
+impl TableArgs {
+    /// How the file is read into silos: `test_fraction` of each held out (stratified),
+    /// silos under `min_train_rows` skipped, categories reported from `min_category_rows`.
+    pub fn spec(
+        &self,
+        test_fraction: f64,
+        seed: u64,
+        min_train_rows: usize,
+        min_category_rows: u64,
+    ) -> TabularSpec {
+        TabularSpec {
+            target: self.target.clone(),
+            positive: self.positive.clone(),
+            split_by: self.split_by.clone(),
+            test_fraction,
+            seed,
+            min_train_rows,
+            min_category_rows,
+            max_categories: 50,
+        }
+    }
 }

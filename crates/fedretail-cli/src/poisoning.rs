@@ -1,14 +1,12 @@
 //! `fedretail analyze byzantine`: what lying stores do to the shared model, with and
 //! without each robust aggregation rule.
 
-use crate::outputs::{emit, Output, TrainArgs};
+use crate::outputs::{emit, Output, TableArgs, TrainArgs};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use fedretail_core::RobustRule;
-use fedretail_data::TabularSpec;
 use fedretail_models::ClassifierKind;
 use fedretail_sim::byzantine::{render_byzantine, run_byzantine_on, ByzantineOptions};
-use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ModelArg {
@@ -18,16 +16,9 @@ pub enum ModelArg {
 
 #[derive(Args)]
 pub struct ByzantineArgs {
-    /// Tabular file (CSV or Parquet) with a binary target, e.g. ../shared/data/credit_data.csv.
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long, default_value = "Status")]
-    pub target: String,
-    #[arg(long, default_value = "bad")]
-    pub positive: String,
-    /// Column the file is first split by (its rows are then dealt into --stores at random).
-    #[arg(long, default_value = "Job")]
-    pub split_by: String,
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// Share of the file's rows held out to score on, stratified by the target.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
     /// Stores the rows are dealt into at random.
@@ -51,16 +42,12 @@ pub struct ByzantineArgs {
 }
 
 pub fn byzantine(rt: &tokio::runtime::Runtime, a: &ByzantineArgs) -> Result<()> {
-    let spec = TabularSpec {
-        target: a.target.clone(),
-        positive: a.positive.clone(),
-        split_by: a.split_by.clone(),
-        test_fraction: a.test_fraction,
-        seed: a.train.train_seed,
-        min_train_rows: a.train.min_train_rows,
-        min_category_rows: 5,
-        max_categories: 50,
-    };
+    let spec = a.table.spec(
+        a.test_fraction,
+        a.train.train_seed,
+        a.train.min_train_rows,
+        5,
+    );
     let rules = vec![
         RobustRule::Median,
         RobustRule::TrimmedMean { trim: a.trim },
@@ -82,8 +69,8 @@ pub fn byzantine(rt: &tokio::runtime::Runtime, a: &ByzantineArgs) -> Result<()> 
         rules,
     };
     let report = rt
-        .block_on(run_byzantine_on(&a.data, &spec, &options))
-        .with_context(|| format!("poisoning harness on {}", a.data.display()))?;
+        .block_on(run_byzantine_on(&a.table.data, &spec, &options))
+        .with_context(|| format!("poisoning harness on {}", a.table.data.display()))?;
     let summary = render_byzantine(&report);
     let page = |s: &str| fedretail_sim::analysis_pages::byzantine_page(&report, s);
     emit(&report, summary, page, "byzantine", &a.output)
