@@ -343,9 +343,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let d = fedretail_models::DEMAND_DIM;
     let mut means = vec![0.0; d];
     for (x, _, _) in data.train.iter() {
-        for (m, v) in means.iter_mut().zip(x) {
-            *m += v;
-        }
+        x.add_scaled(&mut means, 1.0);
     }
     let n = data.train.len().max(1) as f64;
     let features: serde_json::Map<String, serde_json::Value> =

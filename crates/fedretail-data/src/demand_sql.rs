@@ -4,7 +4,7 @@
 //! relative price, all relative to the series' own scale.
 
 use crate::error::{sql_err, DataError};
-use crate::source::{open_store, register_file, text_value, StoreSource};
+use crate::source::{materialize, open_store, register_file, text_value, StoreSource};
 use chrono::{Datelike, NaiveDate};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch,
@@ -201,23 +201,28 @@ fn naive_from(origin: i64) -> String {
     )
 }
 
-/// The feature query. Units are scaled by the mean over the days before the first
-/// validation day, so nothing a store picks or is scored on leaks into its features.
-fn feature_sql(o: &Origins) -> String {
-    format!(
-        r#"
+/// The dense day x category grid of units sold: every category the store sells, on
+/// every calendar day, zero where nothing sold. It is materialised once, since the
+/// feature query reads it three times.
+const GRID_SQL: &str = r#"
 WITH daily AS (
   SELECT category, CAST(timestamp AS DATE) AS day, SUM(quantity) AS units
   FROM transactions WHERE NOT is_refund GROUP BY category, CAST(timestamp AS DATE)
 ),
-cats AS (SELECT DISTINCT category FROM daily),
-grid AS (
-  SELECT c.category, k.day, k.day_index, k.dow, k.doy, k.public_holiday, k.shopping_event,
-         COALESCE(d.units, 0.0) AS units
-  FROM cats c CROSS JOIN calendar k
-  LEFT JOIN daily d ON d.category = c.category AND d.day = k.day
-),
-promo AS (
+cats AS (SELECT DISTINCT category FROM daily)
+SELECT c.category, k.day, k.day_index, k.dow, k.doy, k.public_holiday, k.shopping_event,
+       COALESCE(d.units, 0.0) AS units
+FROM cats c CROSS JOIN calendar k
+LEFT JOIN daily d ON d.category = c.category AND d.day = k.day
+"#;
+
+/// The feature query over `grid`. Units are scaled by the mean over the days before
+/// the first validation day, so nothing a store picks or is scored on leaks into its
+/// features.
+fn feature_sql(o: &Origins) -> String {
+    format!(
+        r#"
+WITH promo AS (
   SELECT g.category, g.day_index, MAX(p.discount) AS discount
   FROM grid g JOIN promotions p
     ON p.category = g.category AND g.day >= p.start_date AND g.day <= p.end_date
@@ -334,6 +339,7 @@ pub fn load_demand_dataset<'a>(
         ctx.register_table("calendar", Arc::new(calendar))
             .map_err(sql_err(&path, "building calendar"))?;
         register_promotions(&ctx, source).await?;
+        materialize(&ctx, "grid", GRID_SQL, &path, "computing the daily grid").await?;
         let batches = ctx
             .sql(&feature_sql(&origins))
             .await
@@ -386,8 +392,6 @@ struct Split {
     naive_abs: f64,
     naive_n: usize,
     x: Vec<f64>,
-    /// (position in the row, shared feature it copies) of the business type's terms.
-    typed: Vec<(usize, usize)>,
 }
 
 /// Where the terms of `business`'s block go in a row, and which shared feature each
@@ -405,18 +409,20 @@ fn typed_positions(business: Option<BusinessType>) -> Vec<(usize, usize)> {
 
 impl Split {
     fn new(business: Option<BusinessType>) -> Self {
-        let d = DEMAND_DIM;
+        // Rows keep the shared features; the business type's block copies its terms.
+        let rows = || {
+            DemandRows::with_copies(DEMAND_DIM, DEMAND_FEATURES.len(), typed_positions(business))
+        };
         Split {
-            train: DemandRows::new(d),
-            validation: DemandRows::new(d),
-            test: DemandRows::new(d),
-            future: DemandRows::new(d),
+            train: rows(),
+            validation: rows(),
+            test: rows(),
+            future: rows(),
             future_keys: Vec::new(),
             test_keys: Vec::new(),
             naive_abs: 0.0,
             naive_n: 0,
-            x: vec![0.0; d],
-            typed: typed_positions(business),
+            x: vec![0.0; DEMAND_FEATURES.len()],
         }
     }
 
@@ -444,9 +450,6 @@ impl Split {
         for i in 0..batch.num_rows() {
             for (xj, f) in self.x.iter_mut().zip(&features) {
                 *xj = f.value(i);
-            }
-            for &(to, from) in &self.typed {
-                self.x[to] = self.x[from];
             }
             let naive_i = if naive.is_null(i) {
                 0.0
@@ -482,7 +485,15 @@ impl Split {
         Ok(())
     }
 
-    fn into_dataset(self, store_id: &str, history_days: u32) -> DemandDataset {
+    fn into_dataset(mut self, store_id: &str, history_days: u32) -> DemandDataset {
+        for rows in [
+            &mut self.train,
+            &mut self.validation,
+            &mut self.test,
+            &mut self.future,
+        ] {
+            rows.shrink_to_fit();
+        }
         DemandDataset {
             store_id: store_id.to_string(),
             train: self.train,

@@ -1,5 +1,8 @@
 use crate::error::{sql_err, DataError};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use fedretail_core::BoxFuture;
 use fedretail_domain::schema::{
@@ -7,6 +10,7 @@ use fedretail_domain::schema::{
 };
 use fedretail_domain::BusinessType;
 use std::io::BufRead;
+use std::sync::Arc;
 
 /// The ground-truth file `fedretail generate` writes beside each store's export.
 pub const LABELS_FILE: &str = "anomaly_labels.csv";
@@ -162,8 +166,13 @@ pub(crate) async fn register_file(
     }
 }
 
-/// A DataFusion session over one store's data, with the canonical view
+/// A DataFusion session over one store's data, with the canonical table
 /// `transactions` (typed, validated) registered.
+///
+/// The export is read once: one scan types every column and flags rows that cannot
+/// be typed, and the typed rows are kept in memory for the task's queries. Only when
+/// a row is flagged does a second, slower query find the first bad line for the
+/// error message.
 pub fn open_store<'a>(source: &'a StoreSource) -> BoxFuture<'a, Result<SessionContext, DataError>> {
     Box::pin(async move {
         // One partition: stores are prepared in parallel already, and it keeps line
@@ -181,63 +190,131 @@ pub fn open_store<'a>(source: &'a StoreSource) -> BoxFuture<'a, Result<SessionCo
             .map_err(|e| DataError::BadView(e.to_string()))?;
         ctx.register_table("mapped_transactions", mapped.into_view())
             .map_err(sql_err(path, "registering view"))?;
-
-        let schema = ctx
-            .table("mapped_transactions")
-            .await
-            .map_err(sql_err(path, "reading view"))?
-            .schema()
-            .clone();
-        let present: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let present = mapped_columns(&ctx, path).await?;
         let has = |c: &str| present.iter().any(|p| p == c);
-        for col in TRANSACTION_COLUMNS.iter().filter(|c| c.required) {
-            if !has(col.name) {
-                return Err(DataError::MissingColumn {
-                    path: path.clone(),
-                    column: col.name.to_string(),
-                    present: present.join(", "),
-                });
-            }
-        }
-        validate(&ctx, path, &has).await?;
-
-        // Canonical typed view. Optional columns get their defaults.
-        let text = |c: &str| {
-            if has(c) {
-                format!("CAST({c} AS VARCHAR)")
-            } else {
-                "CAST(NULL AS VARCHAR)".into()
-            }
-        };
-        let refund = if has("is_refund") {
-            "COALESCE(TRY_CAST(is_refund AS BOOLEAN), false)".to_string()
-        } else {
-            "false".into()
-        };
-        let amount = if has("amount") {
-            "TRY_CAST(amount AS DOUBLE)".to_string()
-        } else {
-            "TRY_CAST(quantity AS DOUBLE) * TRY_CAST(unit_price AS DOUBLE)".into()
-        };
-        let canonical = format!(
-            "SELECT {store} AS store_id, CAST(transaction_id AS VARCHAR) AS transaction_id, \
-         CAST(timestamp AS TIMESTAMP) AS timestamp, NULLIF({customer}, '') AS customer_id, \
-         CAST(product_id AS VARCHAR) AS product_id, CAST(category AS VARCHAR) AS category, \
-         CAST(quantity AS DOUBLE) AS quantity, CAST(unit_price AS DOUBLE) AS unit_price, \
-         {amount} AS amount, {payment} AS payment_method, {refund} AS is_refund \
-         FROM mapped_transactions",
-            store = text("store_id"),
-            customer = text("customer_id"),
-            payment = text("payment_method"),
-        );
-        let df = ctx
-            .sql(&canonical)
+        let canonical = ctx
+            .sql(&canonical_sql(&has))
             .await
             .map_err(sql_err(path, "building canonical view"))?;
-        ctx.register_table("transactions", df.into_view())
+        let schema = Arc::new(canonical.schema().as_arrow().clone());
+        let batches = canonical
+            .collect()
+            .await
+            .map_err(sql_err(path, "reading transactions"))?;
+        if batches.iter().any(has_bad_row) {
+            validate(&ctx, path, &has).await?;
+        }
+        let table = typed_table(schema, batches).map_err(sql_err(path, "reading transactions"))?;
+        ctx.register_table("transactions", Arc::new(table))
             .map_err(sql_err(path, "registering view"))?;
         Ok(ctx)
     })
+}
+
+/// Run `sql` and register its result as the in-memory table `name`, for a
+/// result later queries read more than once.
+pub(crate) async fn materialize(
+    ctx: &SessionContext,
+    name: &str,
+    sql: &str,
+    path: &Path,
+    context: &'static str,
+) -> Result<(), DataError> {
+    let df = ctx.sql(sql).await.map_err(sql_err(path, context))?;
+    let planned = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(sql_err(path, context))?;
+    let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
+    let table = MemTable::try_new(schema, vec![batches]).map_err(sql_err(path, context))?;
+    ctx.register_table(name, Arc::new(table))
+        .map_err(sql_err(path, context))?;
+    Ok(())
+}
+
+/// The columns the store's view yields, after checking the required ones are there.
+async fn mapped_columns(ctx: &SessionContext, path: &Path) -> Result<Vec<String>, DataError> {
+    let schema = ctx
+        .table("mapped_transactions")
+        .await
+        .map_err(sql_err(path, "reading view"))?
+        .schema()
+        .clone();
+    let present: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    for col in TRANSACTION_COLUMNS.iter().filter(|c| c.required) {
+        if !present.iter().any(|p| p == col.name) {
+            return Err(DataError::MissingColumn {
+                path: path.to_path_buf(),
+                column: col.name.to_string(),
+                present: present.join(", "),
+            });
+        }
+    }
+    Ok(present)
+}
+
+/// The name of the flag column the canonical query adds (true on a row that fails a
+/// check); it is dropped before the table is registered.
+const BAD_ROW: &str = "bad_row";
+
+/// The canonical typed columns, optional ones defaulted, and the row's check flag.
+fn canonical_sql(has: &(dyn Fn(&str) -> bool + Sync)) -> String {
+    let text = |c: &str| {
+        if has(c) {
+            format!("CAST({c} AS VARCHAR)")
+        } else {
+            "CAST(NULL AS VARCHAR)".into()
+        }
+    };
+    let refund = if has("is_refund") {
+        "COALESCE(TRY_CAST(is_refund AS BOOLEAN), false)".to_string()
+    } else {
+        "false".into()
+    };
+    let amount = if has("amount") {
+        "TRY_CAST(amount AS DOUBLE)".to_string()
+    } else {
+        "TRY_CAST(quantity AS DOUBLE) * TRY_CAST(unit_price AS DOUBLE)".into()
+    };
+    let checks = value_checks(has);
+    let bad = if checks.is_empty() {
+        "false".to_string()
+    } else {
+        let any: Vec<&str> = checks.iter().map(|(_, _, c)| c.as_str()).collect();
+        format!("COALESCE({}, false)", any.join(" OR "))
+    };
+    format!(
+        "SELECT {store} AS store_id, CAST(transaction_id AS VARCHAR) AS transaction_id, \
+         TRY_CAST(timestamp AS TIMESTAMP) AS timestamp, NULLIF({customer}, '') AS customer_id, \
+         CAST(product_id AS VARCHAR) AS product_id, CAST(category AS VARCHAR) AS category, \
+         TRY_CAST(quantity AS DOUBLE) AS quantity, TRY_CAST(unit_price AS DOUBLE) AS unit_price, \
+         {amount} AS amount, {payment} AS payment_method, {refund} AS is_refund, \
+         {bad} AS {BAD_ROW} FROM mapped_transactions",
+        store = text("store_id"),
+        customer = text("customer_id"),
+        payment = text("payment_method"),
+    )
+}
+
+/// Whether any row of `batch` failed a check.
+fn has_bad_row(batch: &RecordBatch) -> bool {
+    use datafusion::arrow::array::AsArray;
+    batch
+        .column_by_name(BAD_ROW)
+        .and_then(|c| c.as_boolean_opt())
+        .is_some_and(|flags| flags.true_count() > 0)
+}
+
+/// The typed rows as an in-memory table, without the check flag. The batches'
+/// own schema is used when there are any (the plan's may differ in nullability).
+fn typed_table(planned: SchemaRef, batches: Vec<RecordBatch>) -> Result<MemTable, DataFusionError> {
+    let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
+    let keep: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| schema.field(i).name() != BAD_ROW)
+        .collect();
+    let batches = batches
+        .iter()
+        .map(|b| b.project(&keep))
+        .collect::<Result<Vec<_>, _>>()?;
+    MemTable::try_new(Arc::new(schema.project(&keep)?), vec![batches])
 }
 
 /// One check on one column: (column, "required" or the SQL type, the SQL condition
@@ -309,11 +386,7 @@ async fn validate(
 }
 
 /// The error for the first failing check of the (only) row in `batch`, if any fails.
-fn first_bad_value(
-    batch: &datafusion::arrow::array::RecordBatch,
-    checks: &[Check],
-    path: &Path,
-) -> Option<DataError> {
+fn first_bad_value(batch: &RecordBatch, checks: &[Check], path: &Path) -> Option<DataError> {
     use datafusion::arrow::array::{Array, AsArray};
     let row = text_value(batch.column(0), 0)
         .and_then(|v| v.parse::<u64>().ok())

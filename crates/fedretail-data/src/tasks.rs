@@ -49,7 +49,7 @@ pub fn build_local_task<'a>(
     Box::pin(async move { build_cached(store_id, source, spec, None).await })
 }
 
-/// Customer, receipt and churn features a store computed, by what they depend on: the
+/// Demand, customer, receipt and churn features a store computed, by what they depend on: the
 /// task's window options and the export's files as they were (size, modification time)
 /// with the store's view, so a queue of jobs on the same features computes them once
 /// and an export that changes is read again. Only the current version is kept.
@@ -129,7 +129,7 @@ async fn build_cached(
     let version = cache.map(|_| export_version(source)).unwrap_or_default();
     let cache = cache.map(|c| (c, version.as_str()));
     match spec.spec() {
-        TaskSpec::Demand(o) => demand(store_id, source, o).await,
+        TaskSpec::Demand(o) => demand(store_id, source, o, cache).await,
         TaskSpec::CustomerAnomaly(o) | TaskSpec::Segments(o) => {
             let (purpose, features) = match spec.spec() {
                 TaskSpec::Segments(_) => (ClusterPurpose::Segments, &SEGMENT_FEATURES[..]),
@@ -229,13 +229,20 @@ async fn demand(
     store_id: &str,
     source: &StoreSource,
     o: &DemandTaskOptions,
+    cache: Option<(&FeatureCache, &str)>,
 ) -> Result<Arc<dyn LocalTask>, DataError> {
     let spec = DemandSpec {
         holdout_days: o.holdout_days,
         horizon_days: o.horizon_days,
         validation_days: o.validation_days,
     };
-    let data = match load_demand_dataset(store_id, source, &spec).await {
+    let key = format!("demand|{store_id}|{spec:?}");
+    let load = async {
+        load_demand_dataset(store_id, source, &spec)
+            .await
+            .map(Arc::new)
+    };
+    let data = match through(cache, key, load).await {
         Err(e @ DataError::TooLittleHistory { .. }) => {
             return Err(DataError::CannotServe {
                 task: "demand",
@@ -248,7 +255,7 @@ async fn demand(
         interval: o.interval,
         ..Default::default()
     };
-    let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(Arc::new(data), options));
+    let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(data, options));
     if o.groups <= 1 {
         return Ok(task);
     }

@@ -5,7 +5,7 @@
 //! volume. Its gradient and Hessian are sums over rows, which is what makes the exact
 //! federated Newton solver possible.
 
-use crate::rows::DemandRows;
+use crate::rows::{DemandRows, Features};
 use fedretail_core::{pack_upper, FedNewton, L2Penalty, LocalSgd};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -15,13 +15,8 @@ use rand_chacha::ChaCha8Rng;
 const MAX_ETA: f64 = 20.0;
 
 #[inline]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-#[inline]
-pub fn eta(x: &[f64], w: &[f64]) -> f64 {
-    dot(x, w).min(MAX_ETA)
+pub fn eta(x: Features<'_>, w: &[f64]) -> f64 {
+    x.dot(w).min(MAX_ETA)
 }
 
 /// Expected units for each row.
@@ -51,34 +46,46 @@ pub fn row_losses(rows: &DemandRows, w: &[f64]) -> Vec<f64> {
 }
 
 /// Gradient and Hessian of the summed loss at `w`, packed as `[g, upper(H)]` and
-/// added into `out` (which must have the packed length). Rows are mostly zeros (one
-/// business type's block of many is set), so only pairs of non-zero features are
-/// visited; skipping a zero term leaves every sum as it was.
+/// added into `out` (which must have the packed length). A row can be non-zero only
+/// at the rows' positions (the shared features and one business type's block of
+/// many), so the sums are taken over those in a small dense matrix, added into the
+/// packed one once at the end.
 pub fn add_second_order_statistics(rows: &DemandRows, w: &[f64], out: &mut [f64]) {
     let d = w.len();
-    let (g, h) = out.split_at_mut(d);
-    // Where row i of the packed upper triangle starts, less i: entry (i, j) is at
-    // start[i] + j.
-    let start: Vec<usize> = (0..d)
-        .map(|i| i * d - i * i.saturating_sub(1) / 2 - i)
-        .collect();
-    let mut nonzero = Vec::with_capacity(d);
+    let positions = rows.positions();
+    let m = positions.len();
+    let mut g = vec![0.0; m];
+    let mut h = vec![0.0; m * m];
+    let mut a = vec![0.0; m];
     for (x, r, _) in rows.iter() {
-        nonzero.clear();
-        nonzero.extend(
-            x.iter()
-                .enumerate()
-                .filter(|(_, v)| **v != 0.0)
-                .map(|(i, _)| i),
-        );
+        x.active_into(&mut a);
         let mu = eta(x, w).exp();
         let resid = mu - r;
-        for (a, &i) in nonzero.iter().enumerate() {
-            g[i] += resid * x[i];
-            let mxi = mu * x[i];
-            for &j in &nonzero[a..] {
-                h[start[i] + j] += mxi * x[j];
+        for i in 0..m {
+            if a[i] == 0.0 {
+                continue;
             }
+            g[i] += resid * a[i];
+            let mxi = mu * a[i];
+            for (hij, aj) in h[i * m + i..(i + 1) * m].iter_mut().zip(&a[i..]) {
+                *hij += mxi * aj;
+            }
+        }
+    }
+    scatter_packed(&positions, &g, &h, d, out);
+}
+
+/// Add the small dense sums over `positions` into the packed `[g, upper(H)]` of a
+/// `d`-long model.
+fn scatter_packed(positions: &[usize], g: &[f64], h: &[f64], d: usize, out: &mut [f64]) {
+    let m = positions.len();
+    let (gout, hout) = out.split_at_mut(d);
+    // Entry (i, j), i <= j, of the packed upper triangle.
+    let at = |i: usize, j: usize| i * d - i * i.saturating_sub(1) / 2 - i + j;
+    for (a, &pa) in positions.iter().enumerate() {
+        gout[pa] += g[a];
+        for (b, &pb) in positions.iter().enumerate().skip(a) {
+            hout[at(pa.min(pb), pa.max(pb))] += h[a * m + b];
         }
     }
 }
@@ -164,9 +171,7 @@ pub fn sgd(rows: &DemandRows, w: &mut [f64], mask: &[bool], s: &LocalSgd) {
             for &i in batch {
                 let (x, r, _) = rows.row(i);
                 let resid = eta(x, w).exp() - r;
-                for (g, xi) in grad.iter_mut().zip(x) {
-                    *g += resid * xi;
-                }
+                x.add_scaled(&mut grad, resid);
             }
             s.step(w, &grad, 1.0 / batch.len() as f64, mask, &anchor);
         }
@@ -183,6 +188,10 @@ pub fn pack(g: &[f64], h: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
 
     fn toy_rows(n: usize, d: usize, seed: u64) -> DemandRows {
         use rand::Rng;
@@ -223,34 +232,40 @@ mod tests {
     }
 
     #[test]
-    fn statistics_over_non_zero_features_equal_the_dense_sums() {
-        // Half the features zero in each row, in a pattern that changes row by row.
+    fn statistics_over_kept_and_copied_features_equal_the_dense_sums() {
+        // Half the kept features zero in each row, in a pattern that changes row by
+        // row, and two of them copied to the end of an 8-long model.
         let dense = toy_rows(60, 6, 3);
-        let mut rows = DemandRows::new(6);
+        let mut rows = DemandRows::with_copies(8, 6, vec![(6, 0), (7, 2)]);
         for (i, (x, r, s)) in dense.iter().enumerate() {
-            let x: Vec<f64> = x
-                .iter()
-                .enumerate()
-                .map(|(j, v)| if j > 0 && (i + j) % 2 == 0 { 0.0 } else { *v })
+            let x: Vec<f64> = (0..6)
+                .map(|j| {
+                    if j > 0 && (i + j) % 2 == 0 {
+                        0.0
+                    } else {
+                        x.get(j)
+                    }
+                })
                 .collect();
             rows.push(&x, r * s, s, 0.0);
         }
-        let w = [0.1, -0.2, 0.05, 0.3, 0.0, -0.1];
-        let mut stats = vec![0.0; fedretail_core::newton_statistics_len(6)];
+        let w = [0.1, -0.2, 0.05, 0.3, 0.0, -0.1, 0.2, -0.3];
+        let mut stats = vec![0.0; fedretail_core::newton_statistics_len(8)];
         add_second_order_statistics(&rows, &w, &mut stats);
-        let mut g = [0.0; 6];
-        let mut h = [[0.0; 6]; 6];
+        let mut g = [0.0; 8];
+        let mut h = [[0.0; 8]; 8];
         for (x, r, _) in rows.iter() {
-            let mu = eta(x, &w).exp();
-            for i in 0..6 {
+            let x: Vec<f64> = (0..8).map(|j| x.get(j)).collect();
+            let mu = dot(&x, &w).min(MAX_ETA).exp();
+            for i in 0..8 {
                 g[i] += (mu - r) * x[i];
-                for j in 0..6 {
+                for j in 0..8 {
                     h[i][j] += mu * x[i] * x[j];
                 }
             }
         }
         let mut packed = g.to_vec();
-        for i in 0..6 {
+        for i in 0..8 {
             packed.extend_from_slice(&h[i][i..]);
         }
         for (a, b) in stats.iter().zip(&packed) {

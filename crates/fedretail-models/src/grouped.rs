@@ -172,7 +172,7 @@ mod tests {
     use fedretail_core::{newton_statistics_len, ModelParameters};
 
     fn task() -> GroupedTask {
-        let mut rows = DemandRows::default();
+        let mut rows = DemandRows::new(crate::DEMAND_DIM);
         for i in 0..40 {
             let mut x = vec![0.0; crate::DEMAND_DIM];
             x[0] = 1.0;

@@ -1,9 +1,20 @@
 //! The demand task's design matrix: feature rows and what scores a forecast.
+//!
+//! A demand row has the shared features and a copy of some of them in its business
+//! type's block; every other block is zero. Rows keep only the shared values and say
+//! once, for all rows, where the copies go, so a network of many stores holds a fifth
+//! of the dense matrix and the Newton statistics visit only the coordinates a store
+//! can touch.
 
 /// Rows of a design matrix, row-major, with what is needed to score forecasts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DemandRows {
+    /// Length of the model (of a dense row).
     d: usize,
+    /// Values kept per row: model positions `0..stored`.
+    stored: usize,
+    /// Further model positions that copy a kept value: (position, kept index).
+    copies: Vec<(usize, usize)>,
     x: Vec<f64>,
     /// Units relative to the series' scale (the model's target).
     r: Vec<f64>,
@@ -14,21 +25,99 @@ pub struct DemandRows {
     naive: Vec<f64>,
 }
 
+/// One row's features as the model sees them: the kept values at positions
+/// `0..kept.len()`, the copies at theirs, zero elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Features<'a> {
+    kept: &'a [f64],
+    copies: &'a [(usize, usize)],
+}
+
+impl<'a> Features<'a> {
+    /// `x . w` over the row's coordinates.
+    #[inline]
+    pub fn dot(&self, w: &[f64]) -> f64 {
+        let kept: f64 = self.kept.iter().zip(w).map(|(x, w)| x * w).sum();
+        let copied: f64 = self
+            .copies
+            .iter()
+            .map(|&(to, from)| self.kept[from] * w[to])
+            .sum();
+        kept + copied
+    }
+
+    /// `out += a x`.
+    #[inline]
+    pub fn add_scaled(&self, out: &mut [f64], a: f64) {
+        for (o, x) in out.iter_mut().zip(self.kept) {
+            *o += a * x;
+        }
+        for &(to, from) in self.copies {
+            out[to] += a * self.kept[from];
+        }
+    }
+
+    /// The value at model position `j`.
+    pub fn get(&self, j: usize) -> f64 {
+        if let Some(v) = self.kept.get(j) {
+            return *v;
+        }
+        self.copies
+            .iter()
+            .find(|(to, _)| *to == j)
+            .map_or(0.0, |&(_, from)| self.kept[from])
+    }
+
+    /// The row's values in `out`, kept values first, then the copies (the order of
+    /// [`DemandRows::positions`]).
+    #[inline]
+    pub fn active_into(&self, out: &mut [f64]) {
+        let (kept, copied) = out.split_at_mut(self.kept.len());
+        kept.copy_from_slice(self.kept);
+        for (o, &(_, from)) in copied.iter_mut().zip(self.copies) {
+            *o = self.kept[from];
+        }
+    }
+}
+
 impl DemandRows {
+    /// Dense rows of `d` features.
     pub fn new(d: usize) -> Self {
+        Self::with_copies(d, d, Vec::new())
+    }
+
+    /// Rows of a `d`-long model that keep the first `stored` features and copy
+    /// kept ones to further positions: `copies` lists (position, kept index).
+    pub fn with_copies(d: usize, stored: usize, copies: Vec<(usize, usize)>) -> Self {
+        debug_assert!(copies
+            .iter()
+            .all(|&(to, from)| to >= stored && to < d && from < stored));
         DemandRows {
             d,
+            stored,
+            copies,
             ..Default::default()
         }
     }
 
+    /// Add a row; `x` has the kept values only.
     pub fn push(&mut self, x: &[f64], units: f64, scale: f64, naive: f64) {
-        debug_assert_eq!(x.len(), self.d);
+        debug_assert_eq!(x.len(), self.stored);
         self.x.extend_from_slice(x);
         self.r.push(units / scale);
         self.scale.push(scale);
         self.units.push(units);
         self.naive.push(naive);
+    }
+
+    /// Give back the room kept for further rows (a network of many stores holds
+    /// every store's rows at once).
+    pub fn shrink_to_fit(&mut self) {
+        self.x.shrink_to_fit();
+        self.r.shrink_to_fit();
+        self.scale.shrink_to_fit();
+        self.units.shrink_to_fit();
+        self.naive.shrink_to_fit();
     }
 
     pub fn len(&self) -> usize {
@@ -39,26 +128,39 @@ impl DemandRows {
         self.r.is_empty()
     }
 
+    /// Length of the model the rows are for.
     pub fn n_features(&self) -> usize {
         self.d
     }
 
-    /// (features, relative target, scale) of row i.
-    #[inline]
-    pub fn row(&self, i: usize) -> (&[f64], f64, f64) {
-        (
-            &self.x[i * self.d..(i + 1) * self.d],
-            self.r[i],
-            self.scale[i],
-        )
+    /// Model positions a row can be non-zero at: the kept ones, then the copies.
+    pub fn positions(&self) -> Vec<usize> {
+        (0..self.stored)
+            .chain(self.copies.iter().map(|&(to, _)| to))
+            .collect()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&[f64], f64, f64)> + '_ {
+    /// (features, relative target, scale) of row i.
+    #[inline]
+    pub fn row(&self, i: usize) -> (Features<'_>, f64, f64) {
+        let kept = &self.x[i * self.stored..(i + 1) * self.stored];
+        (self.features(kept), self.r[i], self.scale[i])
+    }
+
+    #[inline]
+    fn features<'a>(&'a self, kept: &'a [f64]) -> Features<'a> {
+        Features {
+            kept,
+            copies: &self.copies,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Features<'_>, f64, f64)> + '_ {
         self.x
-            .chunks_exact(self.d.max(1))
+            .chunks_exact(self.stored.max(1))
             .zip(&self.r)
             .zip(&self.scale)
-            .map(|((x, &r), &s)| (x, r, s))
+            .map(|((x, &r), &s)| (self.features(x), r, s))
     }
 
     pub fn units(&self) -> &[f64] {
@@ -77,13 +179,30 @@ impl DemandRows {
             .map(|(y, f)| (y - f).abs())
             .sum()
     }
+}
 
-    /// Rows concatenated (the centralized reference pools stores this way).
-    pub fn extend_from(&mut self, other: &DemandRows) {
-        self.x.extend_from_slice(&other.x);
-        self.r.extend_from_slice(&other.r);
-        self.scale.extend_from_slice(&other.scale);
-        self.units.extend_from_slice(&other.units);
-        self.naive.extend_from_slice(&other.naive);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_and_copied_values_act_as_the_dense_row() {
+        // Model of 7: keep 3, copy kept 0 and 2 to positions 5 and 6.
+        let mut rows = DemandRows::with_copies(7, 3, vec![(5, 0), (6, 2)]);
+        rows.push(&[1.0, 2.0, 3.0], 4.0, 2.0, 0.0);
+        let dense = [1.0, 2.0, 3.0, 0.0, 0.0, 1.0, 3.0];
+        let w = [0.5, -1.0, 0.25, 9.0, 9.0, 2.0, -0.5];
+        let (x, r, s) = rows.row(0);
+        let want: f64 = dense.iter().zip(&w).map(|(a, b)| a * b).sum();
+        assert_eq!(x.dot(&w), want);
+        assert_eq!((r, s), (2.0, 2.0));
+        let mut out = [0.0; 7];
+        x.add_scaled(&mut out, 2.0);
+        assert_eq!(out, dense.map(|v| 2.0 * v));
+        assert_eq!((0..7).map(|j| x.get(j)).collect::<Vec<_>>(), dense);
+        assert_eq!(rows.positions(), vec![0, 1, 2, 5, 6]);
+        let mut active = [0.0; 5];
+        x.active_into(&mut active);
+        assert_eq!(active, [1.0, 2.0, 3.0, 1.0, 3.0]);
     }
 }

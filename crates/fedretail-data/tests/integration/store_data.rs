@@ -53,9 +53,10 @@ async fn generated_store_becomes_features() {
         .iter()
         .position(|f| *f == "promo_discount")
         .unwrap();
-    assert!(data.train.iter().any(|(x, _, _)| x[promo_col] > 0.0));
+    assert!(data.train.iter().any(|(x, _, _)| x.get(promo_col) > 0.0));
     for (x, r, s) in data.train.iter() {
-        assert!(x.iter().all(|v| v.is_finite()) && r >= 0.0 && s > 0.0);
+        let d = fedretail_models::DEMAND_DIM;
+        assert!((0..d).all(|j| x.get(j).is_finite()) && r >= 0.0 && s > 0.0);
     }
 }
 

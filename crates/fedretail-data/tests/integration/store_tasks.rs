@@ -212,3 +212,33 @@ async fn a_store_computes_its_features_once_until_its_export_changes() {
     );
     assert_eq!(export.cached_features(), 1, "the old version is dropped");
 }
+
+/// Demand jobs that differ only in how they train (one model or a tree of groups)
+/// share the store's demand features; another hold-out computes its own.
+#[tokio::test]
+async fn demand_jobs_on_the_same_split_share_their_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = &one_store(dir.path());
+    let export = StoreExport::new(store, StoreSource::from_dir(&dir.path().join(store)));
+    let one = TaskKind::Demand.default_spec().checked().unwrap();
+    let options = |groups, holdout_days| {
+        TaskSpec::Demand(DemandTaskOptions {
+            groups,
+            holdout_days,
+            ..Default::default()
+        })
+        .checked()
+        .unwrap()
+    };
+    let a = export.prepare(&one).await.unwrap();
+    let b = export.prepare(&options(2, 28)).await.unwrap();
+    assert_eq!(
+        export.cached_features(),
+        1,
+        "the grouped job reuses the rows"
+    );
+    assert_eq!(a.num_train_examples(), b.num_train_examples());
+    let c = export.prepare(&options(1, 14)).await.unwrap();
+    assert_eq!(export.cached_features(), 2);
+    assert!(c.num_train_examples() > a.num_train_examples());
+}
