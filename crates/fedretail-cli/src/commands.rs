@@ -273,7 +273,8 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let addr = (!args.no_dashboard).then_some(args.dashboard.as_str());
     let board = rt.block_on(watch::dashboard_server(addr, dashboard))?;
     let board = rt.spawn(board);
-    let report = rt.block_on(run_demo(&options, observer))?;
+    let mut report = rt.block_on(run_demo(&options, observer))?;
+    report.peak_rss_bytes = crate::scale::peak_rss_bytes();
     let html = args
         .html
         .clone()

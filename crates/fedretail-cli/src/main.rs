@@ -10,6 +10,7 @@ mod network;
 mod outputs;
 mod poisoning;
 mod progress;
+mod scale;
 mod watch;
 
 use clap::{Parser, Subcommand};

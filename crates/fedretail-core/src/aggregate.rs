@@ -1,4 +1,5 @@
 use crate::error::{AggregationError, UpdateRejection};
+use crate::par::{for_pieces_mut, map_pieces};
 
 /// One store's update as it arrived: f32 for bandwidth (FedAvg deltas) or f64 where
 /// precision matters (second-order statistics).
@@ -30,11 +31,11 @@ impl UpdateVector {
 
     /// L2 norm, accumulated in f64; NaN or infinite if any value is.
     pub fn l2_norm(&self) -> f64 {
-        let sq = match self {
-            UpdateVector::F32(v) => sum_of_squares(v),
-            UpdateVector::F64(v) => sum_of_squares(v),
+        let pieces = match self {
+            UpdateVector::F32(v) => map_pieces(v, sum_of_squares),
+            UpdateVector::F64(v) => map_pieces(v, sum_of_squares),
         };
-        sq.sqrt()
+        pieces.iter().sum::<f64>().sqrt()
     }
 
     pub fn to_f64(&self) -> Vec<f64> {
@@ -169,8 +170,13 @@ impl StreamingWeightedSum {
         Ok(())
     }
 
+    /// Each core folds its own stretch of the accumulator, so every element still
+    /// sees the updates in arrival order: the sum is the same on any number of cores.
     fn fold_pending(&mut self) {
-        fold_range(&mut self.acc, &self.pending, 0);
+        let pending = &self.pending;
+        for_pieces_mut(&mut self.acc, |acc, offset| {
+            fold_range(acc, pending, offset)
+        });
         self.pending.clear();
     }
 

@@ -27,6 +27,7 @@ mod error;
 mod fedavg;
 pub mod kmeans;
 mod newton;
+mod par;
 mod params;
 pub mod robust;
 mod sampling;

@@ -1,5 +1,6 @@
 use crate::aggregate::UpdateVector;
 use crate::error::UpdateRejection;
+use crate::par::map_pieces;
 
 /// Limits an update must respect before it may be aggregated.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -43,11 +44,15 @@ fn finite(update: &UpdateVector) -> Result<(), UpdateRejection> {
     }
 }
 
-fn check_finite<T: Copy + Into<f64>>(values: &[T]) -> Result<(), UpdateRejection> {
+fn check_finite<T: Copy + Into<f64> + Sync>(values: &[T]) -> Result<(), UpdateRejection> {
     // A branch-free `&` fold vectorises; the slow scan runs only to name the index.
-    let all_finite = values
-        .chunks(4096)
-        .all(|c| c.iter().fold(true, |ok, &v| ok & v.into().is_finite()));
+    let all_finite = map_pieces(values, |piece| {
+        piece
+            .chunks(4096)
+            .all(|c| c.iter().fold(true, |ok, &v| ok & v.into().is_finite()))
+    })
+    .into_iter()
+    .all(|ok| ok);
     if all_finite {
         return Ok(());
     }

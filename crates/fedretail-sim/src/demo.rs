@@ -430,6 +430,7 @@ fn demand_report(
         max_weight_gap_to_centralized: max_gap,
         privacy: outcome.privacy.clone(),
         status: outcome.status.clone(),
+        peak_rss_bytes: None,
     }
 }
 

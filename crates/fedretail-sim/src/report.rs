@@ -109,6 +109,9 @@ pub struct DemandReport {
     pub privacy: Option<fedretail_coordinator::PrivacyOutcome>,
     /// Why training ended (all rounds, or the privacy budget).
     pub status: String,
+    /// The process's peak resident memory, where the caller could read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {

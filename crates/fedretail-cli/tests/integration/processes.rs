@@ -272,6 +272,37 @@ fn bench_secagg_checks_its_sums_and_prints_json() {
     }
 }
 
+/// Two tiny sizes end to end: each generated, trained over gRPC by a child process,
+/// reported with its own figures, and its network removed afterwards.
+#[test]
+fn bench_scale_trains_each_size_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "scale", "--stores", "3,5", "--rounds", "2"])
+        .args(["--days", "120", "--volume", "0.3"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, n) in rows.iter().zip([3, 5]) {
+        assert_eq!(row["stores"], n);
+        assert_eq!(row["stores_trained"], n);
+        assert!(row["features_seconds"].as_f64().unwrap() > 0.0);
+        assert!(row["rounds_per_second"].as_f64().unwrap() > 0.0);
+        assert!(row["bytes_up"].as_f64().unwrap() > 0.0);
+        assert!(row["peak_rss_mib"].as_f64().unwrap() > 1.0);
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 /// `GET path` on 127.0.0.1:port; the body of a 200 answer.
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};

@@ -1,0 +1,117 @@
+//! `fedretail bench scale`: the whole demand job at growing network sizes. Each size
+//! is generated, then trained by a `fedretail demo` child process (a coordinator and
+//! one agent per store over gRPC on 127.0.0.1), so every size starts from a fresh
+//! process and its peak memory is its own.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What one size is run with.
+pub struct ScaleArgs {
+    pub stores: Vec<u32>,
+    pub rounds: u32,
+    pub days: u32,
+    pub volume: f64,
+    pub seed: u64,
+    pub dir: Option<PathBuf>,
+}
+
+pub fn run(args: ScaleArgs) -> Result<()> {
+    if args.stores.is_empty() || args.rounds == 0 {
+        bail!("give at least one network size and at least one round");
+    }
+    let root = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("fedretail-scale-{}", std::process::id()))
+    });
+    let mut rows = Vec::new();
+    for &n in &args.stores {
+        let dir = root.join(format!("scale-{n}"));
+        generate(&args, n, &dir)?;
+        let row = train(&args, n, &dir);
+        // The network is large and a later size does not need it.
+        let _ = std::fs::remove_dir_all(&dir);
+        let row = row?;
+        eprintln!("{n} stores: {}", row);
+        rows.push(row);
+    }
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let out = serde_json::json!({
+        "bench": "scale",
+        "strategy": "fedavg",
+        "rounds": args.rounds,
+        "days": args.days,
+        "volume": args.volume,
+        "seed": args.seed,
+        "rows": rows,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn fedretail() -> Result<Command> {
+    let exe = std::env::current_exe().context("finding the fedretail executable")?;
+    Ok(Command::new(exe))
+}
+
+fn generate(args: &ScaleArgs, n: u32, dir: &Path) -> Result<()> {
+    let status = fedretail()?
+        .args(["generate", "--stores", &n.to_string()])
+        .args(["--days", &args.days.to_string()])
+        .args(["--volume", &args.volume.to_string()])
+        .args(["--seed", &args.seed.to_string()])
+        .arg("--out")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running fedretail generate")?;
+    if !status.success() {
+        bail!("generating {n} stores failed ({status})");
+    }
+    Ok(())
+}
+
+/// One size's JSON row, from the demo's own report.
+fn train(args: &ScaleArgs, n: u32, dir: &Path) -> Result<serde_json::Value> {
+    let out = fedretail()?
+        .args(["demo", "--strategy", "fedavg", "--json", "--no-dashboard"])
+        .args(["--rounds", &args.rounds.to_string()])
+        .arg("--data")
+        .arg(dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running fedretail demo")?;
+    if !out.status.success() {
+        bail!("training {n} stores failed ({})", out.status);
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading the demo's JSON report")?;
+    let get = |k: &str| report.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let federated = get("federated_seconds");
+    let rounds = get("rounds");
+    let stores = report
+        .get("stores")
+        .and_then(|s| s.as_array())
+        .map_or(0, Vec::len);
+    Ok(serde_json::json!({
+        "stores": n,
+        "stores_trained": stores,
+        "wall_seconds": get("wall_seconds"),
+        "features_seconds": get("prepare_seconds"),
+        "federated_seconds": federated,
+        "rounds_per_second": rounds / federated,
+        "bytes_up": get("bytes_up"),
+        "bytes_down": get("bytes_down"),
+        "peak_rss_mib": get("peak_rss_bytes") / (1u64 << 20) as f64,
+    }))
+}
+
+/// This process's peak resident memory so far (Linux), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
