@@ -4,20 +4,22 @@
 //! relative price, all relative to the series' own scale.
 
 use crate::error::{sql_err, DataError};
-use crate::source::{materialize, open_store, register_file, text_value, StoreSource};
+use crate::plans::{add_input, plan, planning_session, run, StoreTables};
+use crate::source::{register_file, text_value, typed_transactions, StoreSource};
 use chrono::{Datelike, NaiveDate};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
-use datafusion::datasource::MemTable;
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use datafusion::error::Result as DfResult;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use fedretail_core::BoxFuture;
 use fedretail_domain::calendar::{is_public_holiday, shopping_event};
 use fedretail_domain::BusinessType;
 use fedretail_models::{DemandDataset, DemandRows, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Days of history a row needs before it can be used (a week, for the seasonal-naive
 /// forecast). Lags and windows use what history there is; a row without its 35-day
@@ -54,11 +56,11 @@ impl Default for DemandSpec {
     }
 }
 
-/// The store's calendar from its first to its last day, as a table.
-fn calendar_table(
+/// The store's calendar from its first to its last day.
+fn calendar_batch(
     first: NaiveDate,
     last: NaiveDate,
-) -> Result<MemTable, datafusion::error::DataFusionError> {
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(NaiveDate::MIN);
     let days: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
     let schema = Arc::new(Schema::new(vec![
@@ -90,42 +92,32 @@ fn calendar_table(
             days.iter().map(|d| Some(shopping_event(*d).is_some())),
         )),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    MemTable::try_new(schema, vec![vec![batch]])
+    RecordBatch::try_new(schema, columns)
 }
 
-async fn register_promotions(ctx: &SessionContext, source: &StoreSource) -> Result<(), DataError> {
-    match &source.promotions {
-        Some(path) => {
-            register_file(ctx, "raw_promotions", path).await?;
-            let sql = "SELECT CAST(category AS VARCHAR) AS category, CAST(start_date AS DATE) AS start_date, \
-                       CAST(end_date AS DATE) AS end_date, CAST(discount AS DOUBLE) AS discount FROM raw_promotions";
-            let df = ctx
-                .sql(sql)
-                .await
-                .map_err(sql_err(path, "reading promotions"))?;
-            // Materialise once so a bad promotion row is reported here, not mid-query.
-            let batches = df.collect().await.map_err(sql_err(
-                path,
-                "reading promotions (expected category, start_date, end_date, discount)",
-            ))?;
-            let schema = batches
-                .first()
-                .map(|b| b.schema())
-                .unwrap_or_else(|| Arc::new(promo_schema()));
-            let table = MemTable::try_new(schema, vec![batches])
-                .map_err(sql_err(path, "reading promotions"))?;
-            ctx.register_table("promotions", Arc::new(table))
-                .map_err(sql_err(path, "reading promotions"))?;
-        }
-        None => {
-            let table = MemTable::try_new(Arc::new(promo_schema()), vec![vec![]])
-                .map_err(sql_err(&source.transactions, "empty promotions"))?;
-            ctx.register_table("promotions", Arc::new(table))
-                .map_err(sql_err(&source.transactions, "empty promotions"))?;
-        }
-    }
-    Ok(())
+/// The store's promotion calendar, typed; none without a promotions file.
+async fn promotions(
+    ctx: &SessionContext,
+    source: &StoreSource,
+) -> Result<(SchemaRef, Vec<RecordBatch>), DataError> {
+    let Some(path) = &source.promotions else {
+        return Ok((Arc::new(promo_schema()), Vec::new()));
+    };
+    register_file(ctx, "raw_promotions", path).await?;
+    let sql = "SELECT CAST(category AS VARCHAR) AS category, CAST(start_date AS DATE) AS start_date, \
+               CAST(end_date AS DATE) AS end_date, CAST(discount AS DOUBLE) AS discount FROM raw_promotions";
+    let df = ctx
+        .sql(sql)
+        .await
+        .map_err(sql_err(path, "reading promotions"))?;
+    let planned = Arc::new(df.schema().as_arrow().clone());
+    // Materialise once so a bad promotion row is reported here, not mid-query.
+    let batches = df.collect().await.map_err(sql_err(
+        path,
+        "reading promotions (expected category, start_date, end_date, discount)",
+    ))?;
+    let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
+    Ok((schema, batches))
 }
 
 fn promo_schema() -> Schema {
@@ -171,39 +163,42 @@ fn season_centre(first: NaiveDate, days: i64) -> [f64; 4] {
     sum.map(|s| s / days.max(1) as f64)
 }
 
-/// The yearly features, centred on the scale's days (the season relative to the level
-/// the store's scale was set at) and zero in the training rows of a store that cannot
-/// learn them.
-fn yearly_sql(o: &Origins) -> String {
-    let names = ["year_sin1", "year_cos1", "year_sin2", "year_cos2"];
-    let terms = ["sin(2", "cos(2", "sin(4", "cos(4"];
-    let gate = if o.learns_season() {
-        String::new()
-    } else {
-        format!("CAST(day_index >= {} AS DOUBLE) * ", o.validation)
-    };
-    names
-        .iter()
-        .zip(terms)
-        .zip(o.season_centre)
-        .map(|((name, term), c)| {
-            format!("{gate}({term} * pi() * doy / 365.25) - ({c:.12})) AS {name}")
-        })
-        .collect::<Vec<_>>()
-        .join(",\n  ")
+impl Origins {
+    /// The store's origins as the one-row table `origins` the queries join.
+    fn batch(&self) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+        let int = |name: &str| Field::new(name, DataType::Int64, false);
+        let float = |name: &str| Field::new(name, DataType::Float64, false);
+        let schema = Arc::new(Schema::new(vec![
+            int("validation"),
+            int("test"),
+            int("future"),
+            float("centre1"),
+            float("centre2"),
+            float("centre3"),
+            float("centre4"),
+            Field::new("learns_season", DataType::Boolean, false),
+        ]));
+        let mut columns: Vec<ArrayRef> = [self.validation, self.test, self.future]
+            .into_iter()
+            .map(|v| Arc::new(Int64Array::from(vec![v])) as ArrayRef)
+            .collect();
+        columns.extend(
+            self.season_centre
+                .iter()
+                .map(|&c| Arc::new(Float64Array::from(vec![c])) as ArrayRef),
+        );
+        columns.push(Arc::new(BooleanArray::from(vec![self.learns_season()])));
+        RecordBatch::try_new(schema, columns)
+    }
 }
 
-/// The weekly seasonal-naive forecast from `origin`: the last observed same weekday.
-fn naive_from(origin: i64) -> String {
-    format!(
-        "CASE WHEN day_index - {origin} < 7 THEN lag7 WHEN day_index - {origin} < 14 THEN lag14 \
-         WHEN day_index - {origin} < 21 THEN lag21 ELSE lag28 END"
-    )
-}
+/// The first and last day with transactions.
+const DATE_RANGE_SQL: &str = "SELECT CAST(MIN(CAST(timestamp AS DATE)) AS VARCHAR), \
+     CAST(MAX(CAST(timestamp AS DATE)) AS VARCHAR) FROM transactions";
 
 /// The dense day x category grid of units sold: every category the store sells, on
 /// every calendar day, zero where nothing sold. It is materialised once, since the
-/// feature query reads it three times.
+/// history query reads it three times.
 const GRID_SQL: &str = r#"
 WITH daily AS (
   SELECT category, CAST(timestamp AS DATE) AS day, SUM(quantity) AS units
@@ -216,12 +211,10 @@ FROM cats c CROSS JOIN calendar k
 LEFT JOIN daily d ON d.category = c.category AND d.day = k.day
 "#;
 
-/// The feature query over `grid`. Units are scaled by the mean over the days before
-/// the first validation day, so nothing a store picks or is scored on leaks into its
-/// features.
-fn feature_sql(o: &Origins) -> String {
-    format!(
-        r#"
+/// Each grid row with its promotion, its series' scale and its history: lags and
+/// rolling means. Units are scaled by the mean over the days before the first
+/// validation day, so nothing a store picks or is scored on leaks into its features.
+const HISTORY_SQL: &str = r#"
 WITH promo AS (
   SELECT g.category, g.day_index, MAX(p.discount) AS discount
   FROM grid g JOIN promotions p
@@ -229,37 +222,74 @@ WITH promo AS (
   GROUP BY g.category, g.day_index
 ),
 scale AS (
-  SELECT category, GREATEST(AVG(units), 0.05) AS scale
-  FROM grid WHERE day_index < {validation} GROUP BY category
-),
-hist AS (
-  SELECT g.category, g.day, g.day_index, g.dow, g.doy, g.public_holiday, g.shopping_event, g.units,
-    COALESCE(pr.discount, 0.0) AS discount, s.scale,
-    LAG(g.units, 7) OVER w AS lag7, LAG(g.units, 14) OVER w AS lag14,
-    LAG(g.units, 21) OVER w AS lag21, LAG(g.units, 28) OVER w AS lag28,
-    LAG(g.units, 35) OVER w AS lag35,
-    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 34 PRECEDING AND 28 PRECEDING) AS mean7_lag28,
-    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 55 PRECEDING AND 28 PRECEDING) AS mean28_lag28,
-    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 83 PRECEDING AND 28 PRECEDING) AS mean56_lag28,
-    -- The same weekday over weeks 4-11 back: the series' own weekly profile.
-    AVG(g.units) OVER (PARTITION BY g.category, g.dow ORDER BY g.day_index ROWS BETWEEN 11 PRECEDING AND 4 PRECEDING) AS same_dow_mean,
-    -- A year ago: the week around this day, and the 28 days before the forecast origin.
-    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 367 PRECEDING AND 361 PRECEDING) AS year_ago_week,
-    AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 419 PRECEDING AND 392 PRECEDING) AS year_ago_base
-  FROM grid g
-  JOIN scale s ON s.category = g.category
-  LEFT JOIN promo pr ON pr.category = g.category AND pr.day_index = g.day_index
-  WINDOW w AS (PARTITION BY g.category ORDER BY g.day_index)
+  SELECT g.category, GREATEST(AVG(g.units), 0.05) AS scale
+  FROM grid g CROSS JOIN origins o WHERE g.day_index < o.validation GROUP BY g.category
 )
+SELECT g.category, g.day, g.day_index, g.dow, g.doy, g.public_holiday, g.shopping_event, g.units,
+  COALESCE(pr.discount, 0.0) AS discount, s.scale,
+  LAG(g.units, 7) OVER w AS lag7, LAG(g.units, 14) OVER w AS lag14,
+  LAG(g.units, 21) OVER w AS lag21, LAG(g.units, 28) OVER w AS lag28,
+  LAG(g.units, 35) OVER w AS lag35,
+  AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 34 PRECEDING AND 28 PRECEDING) AS mean7_lag28,
+  AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 55 PRECEDING AND 28 PRECEDING) AS mean28_lag28,
+  AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 83 PRECEDING AND 28 PRECEDING) AS mean56_lag28,
+  -- The same weekday over weeks 4-11 back: the series' own weekly profile.
+  AVG(g.units) OVER (PARTITION BY g.category, g.dow ORDER BY g.day_index ROWS BETWEEN 11 PRECEDING AND 4 PRECEDING) AS same_dow_mean,
+  -- A year ago: the week around this day, and the 28 days before the forecast origin.
+  AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 367 PRECEDING AND 361 PRECEDING) AS year_ago_week,
+  AVG(g.units) OVER (PARTITION BY g.category ORDER BY g.day_index ROWS BETWEEN 419 PRECEDING AND 392 PRECEDING) AS year_ago_base
+FROM grid g
+JOIN scale s ON s.category = g.category
+LEFT JOIN promo pr ON pr.category = g.category AND pr.day_index = g.day_index
+WINDOW w AS (PARTITION BY g.category ORDER BY g.day_index)
+"#;
+
+/// The weekly seasonal-naive forecast from the origin in column `origin`: the last
+/// observed same weekday.
+fn naive_from(origin: &str) -> String {
+    format!(
+        "CASE WHEN day_index - {origin} < 7 THEN lag7 WHEN day_index - {origin} < 14 THEN lag14 \
+         WHEN day_index - {origin} < 21 THEN lag21 ELSE lag28 END"
+    )
+}
+
+/// The yearly features, centred on the scale's days (the season relative to the level
+/// the store's scale was set at) and zero in the training rows of a store that cannot
+/// learn them (`learns_season`).
+fn yearly_sql() -> String {
+    let names = ["year_sin1", "year_cos1", "year_sin2", "year_cos2"];
+    let terms = ["sin(2", "cos(2", "sin(4", "cos(4"];
+    names
+        .iter()
+        .zip(terms)
+        .enumerate()
+        .map(|(k, (name, term))| {
+            format!(
+                "CASE WHEN learns_season OR day_index >= validation \
+                 THEN {term} * pi() * doy / 365.25) - centre{n} ELSE 0.0 END AS {name}",
+                n = k + 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n  ")
+}
+
+/// The feature rows, from the materialised `hist` and the store's `origins`. Planned
+/// apart from the history query: one query holding both costs DataFusion several
+/// times as much to plan. `origins` comes first: a cross join emits a batch per row
+/// of its first input.
+fn feature_sql() -> String {
+    format!(
+        r#"
 SELECT
   category,
   CAST(day_index AS DOUBLE) AS day_index,
   units, scale,
-  CAST(day_index >= {validation} AND day_index < {cutoff} AS DOUBLE) AS is_validation,
-  CAST(day_index >= {cutoff} AS DOUBLE) AS is_test,
-  CAST(day_index >= {end} AS DOUBLE) AS is_future,
+  CAST(day_index >= validation AND day_index < test AS DOUBLE) AS is_validation,
+  CAST(day_index >= test AS DOUBLE) AS is_test,
+  CAST(day_index >= future AS DOUBLE) AS is_future,
   CAST(day AS VARCHAR) AS day_text,
-  CASE WHEN day_index >= {end} THEN {naive_future} WHEN day_index >= {cutoff} THEN {naive_test}
+  CASE WHEN day_index >= future THEN {naive_future} WHEN day_index >= test THEN {naive_test}
        ELSE {naive_validation} END AS naive,
   ABS(units - lag7) AS abs_diff7,
   1.0 AS intercept,
@@ -279,19 +309,73 @@ SELECT
   COALESCE(ln((year_ago_week + 0.5) / (year_ago_base + 0.5)), 0.0) AS log_year_ago_change,
   CAST(year_ago_week IS NOT NULL AND year_ago_base IS NOT NULL AS DOUBLE) AS has_year_ago,
   CAST(lag35 IS NULL AS DOUBLE) AS missing_lags
-FROM hist
+FROM origins CROSS JOIN hist
 WHERE day_index >= {warm_up}
 ORDER BY category, day_index
 "#,
-        validation = o.validation,
-        cutoff = o.test,
-        end = o.future,
-        naive_future = naive_from(o.future),
-        naive_test = naive_from(o.test),
-        naive_validation = naive_from(o.validation),
-        yearly = yearly_sql(o),
+        naive_future = naive_from("future"),
+        naive_test = naive_from("test"),
+        naive_validation = naive_from("validation"),
+        yearly = yearly_sql(),
         warm_up = WARM_UP_DAYS - 1,
     )
+}
+
+/// The demand queries, planned once per shape of a store's inputs.
+struct DemandPlans {
+    date_range: Arc<dyn ExecutionPlan>,
+    grid: Arc<dyn ExecutionPlan>,
+    history: Arc<dyn ExecutionPlan>,
+    features: Arc<dyn ExecutionPlan>,
+}
+
+impl DemandPlans {
+    async fn plan(transactions: SchemaRef, promotions: SchemaRef) -> DfResult<Self> {
+        let calendar = calendar_batch(NaiveDate::MIN, NaiveDate::MIN)?.schema();
+        let origins = Origins {
+            validation: 0,
+            test: 0,
+            future: 0,
+            season_centre: [0.0; 4],
+        }
+        .batch()?
+        .schema();
+        let inputs = [
+            ("transactions", transactions),
+            ("promotions", promotions),
+            ("calendar", calendar),
+            ("origins", origins),
+        ];
+        let ctx = planning_session(&inputs)?;
+        let date_range = plan(&ctx, DATE_RANGE_SQL).await?;
+        let grid = plan(&ctx, GRID_SQL).await?;
+        add_input(&ctx, "grid", grid.schema())?;
+        let history = plan(&ctx, HISTORY_SQL).await?;
+        add_input(&ctx, "hist", history.schema())?;
+        let features = plan(&ctx, &feature_sql()).await?;
+        Ok(DemandPlans {
+            date_range,
+            grid,
+            history,
+            features,
+        })
+    }
+
+    /// The plans for these input schemas, planned on first use.
+    async fn for_inputs(transactions: &SchemaRef, promotions: &SchemaRef) -> DfResult<Arc<Self>> {
+        static PLANS: Mutex<Vec<(SchemaRef, SchemaRef, Arc<DemandPlans>)>> = Mutex::new(Vec::new());
+        let lock = || PLANS.lock().unwrap_or_else(|p| p.into_inner());
+        let found = lock()
+            .iter()
+            .find(|(t, p, _)| t == transactions && p == promotions)
+            .map(|(_, _, plans)| plans.clone());
+        if let Some(plans) = found {
+            return Ok(plans);
+        }
+        let plans = Arc::new(Self::plan(transactions.clone(), promotions.clone()).await?);
+        lock().push((transactions.clone(), promotions.clone(), plans.clone()));
+        Ok(plans)
+    }
 }
 
 /// Read, validate and featurise one store's data for the demand task.
@@ -301,52 +385,29 @@ pub fn load_demand_dataset<'a>(
     spec: &'a DemandSpec,
 ) -> BoxFuture<'a, Result<DemandDataset, DataError>> {
     Box::pin(async move {
-        if spec.holdout_days == 0 || spec.holdout_days > 365 {
-            return Err(DataError::Spec(format!(
-                "holdout_days must be in 1..=365, got {}",
-                spec.holdout_days
-            )));
-        }
-        let path = source.transactions.clone();
-        let ctx = open_store(source).await?;
-        let (first, last) = date_range(&ctx, &path).await?;
+        check_spec(spec)?;
+        let path = &source.transactions;
+        let (ctx, schema, transactions) = typed_transactions(source).await?;
+        let (promo_schema, promos) = promotions(&ctx, source).await?;
+        let plans = DemandPlans::for_inputs(&schema, &promo_schema)
+            .await
+            .map_err(sql_err(path, "planning demand features"))?;
+        let tables = StoreTables::default()
+            .with("transactions", transactions)
+            .with("promotions", promos);
+        let (first, last) = date_range(&plans, &tables, path).await?;
         let days = (last - first).num_days() + 1;
-        let needed = WARM_UP_DAYS + spec.holdout_days as i64 + 14;
-        if days < needed {
-            return Err(DataError::TooLittleHistory {
-                path,
-                days,
-                needed,
-                holdout: spec.holdout_days,
-            });
-        }
-        if spec.horizon_days > 28 {
-            return Err(DataError::Spec(format!(
-                "horizon_days must be at most 28 (features are known 28 days ahead), got {}",
-                spec.horizon_days
-            )));
-        }
-        let cutoff = days - spec.holdout_days as i64;
-        let validation = (spec.validation_days as i64).min((cutoff - WARM_UP_DAYS) / 2);
-        let origins = Origins {
-            validation: cutoff - validation.max(0),
-            test: cutoff,
-            future: days,
-            season_centre: season_centre(first, cutoff - validation.max(0)),
-        };
+        let origins = Origins::new(first, days, spec, path)?;
         let until = last + chrono::Duration::days(spec.horizon_days as i64);
-        let calendar = calendar_table(first, until).map_err(sql_err(&path, "building calendar"))?;
-        ctx.register_table("calendar", Arc::new(calendar))
-            .map_err(sql_err(&path, "building calendar"))?;
-        register_promotions(&ctx, source).await?;
-        materialize(&ctx, "grid", GRID_SQL, &path, "computing the daily grid").await?;
-        let batches = ctx
-            .sql(&feature_sql(&origins))
-            .await
-            .map_err(sql_err(&path, "computing demand features"))?
-            .collect()
-            .await
-            .map_err(sql_err(&path, "computing demand features"))?;
+        let built = || -> Result<_, datafusion::arrow::error::ArrowError> {
+            Ok((calendar_batch(first, until)?, origins.batch()?))
+        };
+        let (calendar, origins) =
+            built().map_err(|e| sql_err(path, "building calendar")(e.into()))?;
+        let tables = tables
+            .with("calendar", vec![calendar])
+            .with("origins", vec![origins]);
+        let batches = features(&plans, tables, path).await?;
         let mut split = Split::new(source.business_type);
         for batch in &batches {
             split.absorb(batch)?;
@@ -355,16 +416,73 @@ pub fn load_demand_dataset<'a>(
     })
 }
 
+fn check_spec(spec: &DemandSpec) -> Result<(), DataError> {
+    if spec.holdout_days == 0 || spec.holdout_days > 365 {
+        return Err(DataError::Spec(format!(
+            "holdout_days must be in 1..=365, got {}",
+            spec.holdout_days
+        )));
+    }
+    if spec.horizon_days > 28 {
+        return Err(DataError::Spec(format!(
+            "horizon_days must be at most 28 (features are known 28 days ahead), got {}",
+            spec.horizon_days
+        )));
+    }
+    Ok(())
+}
+
+impl Origins {
+    /// Where a store of `days` days from `first` starts its validation, held-out and
+    /// future days; too short a history for the spec is an error.
+    fn new(first: NaiveDate, days: i64, spec: &DemandSpec, path: &Path) -> Result<Self, DataError> {
+        let needed = WARM_UP_DAYS + spec.holdout_days as i64 + 14;
+        if days < needed {
+            return Err(DataError::TooLittleHistory {
+                path: path.to_path_buf(),
+                days,
+                needed,
+                holdout: spec.holdout_days,
+            });
+        }
+        let cutoff = days - spec.holdout_days as i64;
+        let validation = (spec.validation_days as i64).min((cutoff - WARM_UP_DAYS) / 2);
+        let validation = cutoff - validation.max(0);
+        Ok(Origins {
+            validation,
+            test: cutoff,
+            future: days,
+            season_centre: season_centre(first, validation),
+        })
+    }
+}
+
+/// The grid, its history, then the feature rows, each over the store's tables.
+async fn features(
+    plans: &DemandPlans,
+    tables: StoreTables,
+    path: &Path,
+) -> Result<Vec<RecordBatch>, DataError> {
+    let grid = run(&plans.grid, &tables)
+        .await
+        .map_err(sql_err(path, "computing the daily grid"))?;
+    let tables = tables.with("grid", grid);
+    let history = run(&plans.history, &tables)
+        .await
+        .map_err(sql_err(path, "computing lags"))?;
+    let tables = tables.with("hist", history);
+    run(&plans.features, &tables)
+        .await
+        .map_err(sql_err(path, "computing demand features"))
+}
+
 /// The first and last day with transactions.
 async fn date_range(
-    ctx: &SessionContext,
+    plans: &DemandPlans,
+    tables: &StoreTables,
     path: &Path,
 ) -> Result<(NaiveDate, NaiveDate), DataError> {
-    let range = ctx
-        .sql("SELECT CAST(MIN(CAST(timestamp AS DATE)) AS VARCHAR), CAST(MAX(CAST(timestamp AS DATE)) AS VARCHAR) FROM transactions")
-        .await
-        .map_err(sql_err(path, "finding date range"))?
-        .collect()
+    let range = run(&plans.date_range, tables)
         .await
         .map_err(sql_err(path, "finding date range"))?;
     range
@@ -552,15 +670,27 @@ mod tests {
     }
 
     #[test]
-    fn a_store_without_a_year_before_its_validation_days_does_not_teach_the_season() {
+    fn a_stores_origins_are_one_row_and_gate_the_season_at_a_year() {
         let first = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
-        let young = yearly_sql(&origins(200, first));
+        let learns = |o: &Origins| {
+            let batch = o.batch().unwrap();
+            assert_eq!(batch.num_rows(), 1);
+            batch
+                .column_by_name("learns_season")
+                .unwrap()
+                .as_boolean()
+                .value(0)
+        };
+        assert!(!learns(&origins(200, first)));
+        assert!(learns(&origins(400, first)));
+        // The yearly features read the gate and the centres from the origins row.
+        let yearly = yearly_sql();
         assert_eq!(
-            young.matches("CAST(day_index >= 200 AS DOUBLE) * ").count(),
+            yearly
+                .matches("learns_season OR day_index >= validation")
+                .count(),
             4
         );
-        let mature = yearly_sql(&origins(400, first));
-        assert!(!mature.contains("CAST(day_index"), "{mature}");
-        assert_eq!(mature.matches(" AS year_").count(), 4);
+        assert!((1..=4).all(|k| yearly.contains(&format!("centre{k} "))));
     }
 }

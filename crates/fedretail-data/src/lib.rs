@@ -17,6 +17,7 @@
 mod customer_sql;
 mod demand_sql;
 mod error;
+mod plans;
 mod source;
 mod tabular;
 mod tasks;

@@ -168,66 +168,59 @@ pub(crate) async fn register_file(
 
 /// A DataFusion session over one store's data, with the canonical table
 /// `transactions` (typed, validated) registered.
-///
-/// The export is read once: one scan types every column and flags rows that cannot
-/// be typed, and the typed rows are kept in memory for the task's queries. Only when
-/// a row is flagged does a second, slower query find the first bad line for the
-/// error message.
 pub fn open_store<'a>(source: &'a StoreSource) -> BoxFuture<'a, Result<SessionContext, DataError>> {
     Box::pin(async move {
-        // One partition: stores are prepared in parallel already, and it keeps line
-        // numbers of validation errors in file order.
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let path = &source.transactions;
-        register_file(&ctx, "raw_transactions", path).await?;
-        let view = source
-            .view_sql
-            .clone()
-            .unwrap_or_else(|| "SELECT * FROM raw_transactions".to_string());
-        let mapped = ctx
-            .sql(&view)
-            .await
-            .map_err(|e| DataError::BadView(e.to_string()))?;
-        ctx.register_table("mapped_transactions", mapped.into_view())
-            .map_err(sql_err(path, "registering view"))?;
-        let present = mapped_columns(&ctx, path).await?;
-        let has = |c: &str| present.iter().any(|p| p == c);
-        let canonical = ctx
-            .sql(&canonical_sql(&has))
-            .await
-            .map_err(sql_err(path, "building canonical view"))?;
-        let schema = Arc::new(canonical.schema().as_arrow().clone());
-        let batches = canonical
-            .collect()
-            .await
+        let (ctx, schema, batches) = typed_transactions(source).await?;
+        let table = MemTable::try_new(schema, vec![batches])
             .map_err(sql_err(path, "reading transactions"))?;
-        if batches.iter().any(has_bad_row) {
-            validate(&ctx, path, &has).await?;
-        }
-        let table = typed_table(schema, batches).map_err(sql_err(path, "reading transactions"))?;
         ctx.register_table("transactions", Arc::new(table))
             .map_err(sql_err(path, "registering view"))?;
         Ok(ctx)
     })
 }
 
-/// Run `sql` and register its result as the in-memory table `name`, for a
-/// result later queries read more than once.
-pub(crate) async fn materialize(
-    ctx: &SessionContext,
-    name: &str,
-    sql: &str,
-    path: &Path,
-    context: &'static str,
-) -> Result<(), DataError> {
-    let df = ctx.sql(sql).await.map_err(sql_err(path, context))?;
-    let planned = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(sql_err(path, context))?;
-    let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
-    let table = MemTable::try_new(schema, vec![batches]).map_err(sql_err(path, context))?;
-    ctx.register_table(name, Arc::new(table))
-        .map_err(sql_err(path, context))?;
-    Ok(())
+/// The store's transactions in the canonical columns, typed and validated, with the
+/// session they were read in (the export registered as `raw_transactions`).
+///
+/// The export is read once: one scan types every column and flags rows that cannot
+/// be typed. Only when a row is flagged does a second, slower query find the first
+/// bad line for the error message.
+pub(crate) async fn typed_transactions(
+    source: &StoreSource,
+) -> Result<(SessionContext, SchemaRef, Vec<RecordBatch>), DataError> {
+    // One partition: stores are prepared in parallel already, and it keeps line
+    // numbers of validation errors in file order.
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let path = &source.transactions;
+    register_file(&ctx, "raw_transactions", path).await?;
+    let view = source
+        .view_sql
+        .clone()
+        .unwrap_or_else(|| "SELECT * FROM raw_transactions".to_string());
+    let mapped = ctx
+        .sql(&view)
+        .await
+        .map_err(|e| DataError::BadView(e.to_string()))?;
+    ctx.register_table("mapped_transactions", mapped.into_view())
+        .map_err(sql_err(path, "registering view"))?;
+    let present = mapped_columns(&ctx, path).await?;
+    let has = |c: &str| present.iter().any(|p| p == c);
+    let canonical = ctx
+        .sql(&canonical_sql(&has))
+        .await
+        .map_err(sql_err(path, "building canonical view"))?;
+    let planned = Arc::new(canonical.schema().as_arrow().clone());
+    let batches = canonical
+        .collect()
+        .await
+        .map_err(sql_err(path, "reading transactions"))?;
+    if batches.iter().any(has_bad_row) {
+        validate(&ctx, path, &has).await?;
+    }
+    let (schema, batches) =
+        without_flag(planned, batches).map_err(sql_err(path, "reading transactions"))?;
+    Ok((ctx, schema, batches))
 }
 
 /// The columns the store's view yields, after checking the required ones are there.
@@ -303,9 +296,12 @@ fn has_bad_row(batch: &RecordBatch) -> bool {
         .is_some_and(|flags| flags.true_count() > 0)
 }
 
-/// The typed rows as an in-memory table, without the check flag. The batches'
-/// own schema is used when there are any (the plan's may differ in nullability).
-fn typed_table(planned: SchemaRef, batches: Vec<RecordBatch>) -> Result<MemTable, DataFusionError> {
+/// The typed rows without the check flag. The batches' own schema is used when there
+/// are any (the plan's may differ in nullability).
+fn without_flag(
+    planned: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), DataFusionError> {
     let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
     let keep: Vec<usize> = (0..schema.fields().len())
         .filter(|&i| schema.field(i).name() != BAD_ROW)
@@ -314,7 +310,7 @@ fn typed_table(planned: SchemaRef, batches: Vec<RecordBatch>) -> Result<MemTable
         .iter()
         .map(|b| b.project(&keep))
         .collect::<Result<Vec<_>, _>>()?;
-    MemTable::try_new(Arc::new(schema.project(&keep)?), vec![batches])
+    Ok((Arc::new(schema.project(&keep)?), batches))
 }
 
 /// One check on one column: (column, "required" or the SQL type, the SQL condition

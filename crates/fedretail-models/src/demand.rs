@@ -8,7 +8,7 @@ use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
 use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
 use std::sync::{Arc, OnceLock};
 
-pub use crate::rows::DemandRows;
+pub use crate::rows::{DemandRows, Features};
 pub use fedretail_core::task::{
     demand_feature_names, demand_layout, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS,
 };

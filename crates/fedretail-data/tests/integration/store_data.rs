@@ -143,3 +143,58 @@ async fn bad_files_get_precise_errors() {
         "{err}"
     );
 }
+
+/// The yearly terms of a store's training rows are zero until it has seen a year
+/// before its validation days; its validation rows always have them.
+#[tokio::test]
+async fn only_a_store_with_a_year_of_history_teaches_the_season() {
+    let seasonal = |x: fedretail_models::Features<'_>| (7..=10).any(|j| x.get(j) != 0.0);
+    for (days, teaches) in [(200, false), (500, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = NetworkConfig {
+            stores: 1,
+            days,
+            young_fraction: 0.0,
+            ..Default::default()
+        };
+        let summary = generate_network(&cfg, dir.path()).unwrap();
+        let id = &summary.stores[0].store_id;
+        let source = StoreSource::from_dir(&dir.path().join(id));
+        let data = load_demand_dataset(id, &source, &DemandSpec::default())
+            .await
+            .unwrap();
+        let trained = data.train.iter().any(|(x, _, _)| seasonal(x));
+        assert_eq!(trained, teaches, "{days} days");
+        let validated = data.validation.iter().all(|(x, _, _)| seasonal(x));
+        assert!(validated, "{days} days");
+    }
+}
+
+/// Stores share planned queries: a store's features are the same whether another
+/// store's ran before it or not.
+#[tokio::test]
+async fn a_stores_features_do_not_depend_on_the_store_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = NetworkConfig {
+        stores: 2,
+        days: 150,
+        young_fraction: 0.0,
+        seed: 9,
+        ..Default::default()
+    };
+    let summary = generate_network(&cfg, dir.path()).unwrap();
+    let load = |i: usize| {
+        let id = summary.stores[i].store_id.clone();
+        let source = StoreSource::from_dir(&dir.path().join(&id));
+        async move {
+            load_demand_dataset(&id, &source, &DemandSpec::default())
+                .await
+                .unwrap()
+        }
+    };
+    let first = load(0).await;
+    let other = load(1).await;
+    let again = load(0).await;
+    assert_eq!(first, again);
+    assert_ne!(first.train, other.train);
+}
