@@ -39,26 +39,7 @@ pub enum BenchCommand {
     /// with FedAvg by a `fedretail demo` child process over real gRPC. Features and
     /// training are timed apart; bytes, rounds per second and the child's peak memory
     /// are reported, one JSON row per size.
-    Scale {
-        /// Network sizes, in stores (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
-        stores: Vec<u32>,
-        /// FedAvg rounds.
-        #[arg(long, default_value_t = 10)]
-        rounds: u32,
-        /// Days of history of a full-history store.
-        #[arg(long, default_value_t = 180)]
-        days: u32,
-        /// Traffic multiplier (0.2: small stores).
-        #[arg(long, default_value_t = 0.2)]
-        volume: f64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Where the networks are generated (each is deleted after its run); a
-        /// scratch folder under the system's temporary directory by default.
-        #[arg(long)]
-        dir: Option<std::path::PathBuf>,
-    },
+    Scale(crate::scale::ScaleArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -74,21 +55,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             dropouts,
             seed,
         } => secagg(&stores, &dims, &dropouts, seed),
-        BenchCommand::Scale {
-            stores,
-            rounds,
-            days,
-            volume,
-            seed,
-            dir,
-        } => crate::scale::run(crate::scale::ScaleArgs {
-            stores,
-            rounds,
-            days,
-            volume,
-            seed,
-            dir,
-        }),
+        BenchCommand::Scale(args) => crate::scale::run(args),
     }
 }
 

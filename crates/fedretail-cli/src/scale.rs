@@ -7,13 +7,27 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// What one size is run with.
+/// What the sizes are run with.
+#[derive(clap::Args)]
 pub struct ScaleArgs {
+    /// Network sizes, in stores (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
     pub stores: Vec<u32>,
+    /// FedAvg rounds.
+    #[arg(long, default_value_t = 10)]
     pub rounds: u32,
+    /// Days of history of a full-history store.
+    #[arg(long, default_value_t = 180)]
     pub days: u32,
+    /// Traffic multiplier (0.2: small stores).
+    #[arg(long, default_value_t = 0.2)]
     pub volume: f64,
+    /// Seed of the generated networks.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Where the networks are generated (each is deleted after its run); a scratch
+    /// folder under the system's temporary directory by default.
+    #[arg(long)]
     pub dir: Option<PathBuf>,
 }
 
@@ -26,6 +40,11 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     });
     let mut rows = Vec::new();
     for &n in &args.stores {
+        if let Some(reason) = too_many_sockets(n) {
+            eprintln!("{n} stores: skipped, {reason}");
+            rows.push(serde_json::json!({ "stores": n, "skipped": reason }));
+            continue;
+        }
         let dir = root.join(format!("scale-{n}"));
         generate(&args, n, &dir)?;
         let row = train(&args, n, &dir);
@@ -106,6 +125,23 @@ fn train(args: &ScaleArgs, n: u32, dir: &Path) -> Result<serde_json::Value> {
         "bytes_down": get("bytes_down"),
         "peak_rss_mib": get("peak_rss_bytes") / (1u64 << 20) as f64,
     }))
+}
+
+/// Why a process here cannot hold `n` agents and the coordinator's end of each
+/// connection (two sockets a store), if it cannot.
+fn too_many_sockets(n: u32) -> Option<String> {
+    let limit = open_file_limit()?;
+    let needed = 2 * u64::from(n) + 256;
+    (needed > limit).then(|| {
+        format!("needs about {needed} open files and this process may open {limit} (ulimit -n)")
+    })
+}
+
+/// The soft limit on open files (Linux).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// This process's peak resident memory so far (Linux), in bytes.

@@ -67,21 +67,26 @@ pub fn spawn_agent(config: &Path) -> Child {
         .unwrap()
 }
 
-/// `fedretail generate ARGS --out NET`, which must succeed; its stdout.
-pub fn generate(net: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("generate")
-        .args(args)
-        .arg("--out")
-        .arg(net)
-        .output()
-        .unwrap();
+/// Run `cmd`, which must succeed; its stdout.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `fedretail generate ARGS --out NET`, which must succeed; its stdout.
+pub fn generate(net: &Path, args: &[&str]) -> String {
+    stdout_of(
+        Command::new(BIN)
+            .arg("generate")
+            .args(args)
+            .arg("--out")
+            .arg(net),
+    )
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {

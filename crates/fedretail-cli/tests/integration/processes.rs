@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{
-    free_port, generate, read_json, spawn_agent, spawn_coordinator, wait_all, write, BIN,
+    free_port, generate, read_json, spawn_agent, spawn_coordinator, stdout_of, wait_all, write, BIN,
 };
 
 #[test]
@@ -245,25 +245,17 @@ fn analyze_credit_writes_its_report_and_names_bad_input() {
 
 #[test]
 fn bench_secagg_checks_its_sums_and_prints_json() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "secagg",
-            "--stores",
-            "5,12",
-            "--dims",
-            "64",
-            "--dropouts",
-            "0,0.2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = stdout_of(Command::new(BIN).args([
+        "bench",
+        "secagg",
+        "--stores",
+        "5,12",
+        "--dims",
+        "64",
+        "--dropouts",
+        "0,0.2",
+    ]));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 4);
     for row in rows {
@@ -277,19 +269,14 @@ fn bench_secagg_checks_its_sums_and_prints_json() {
 #[test]
 fn bench_scale_trains_each_size_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["bench", "scale", "--stores", "3,5", "--rounds", "2"])
-        .args(["--days", "120", "--volume", "0.3"])
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new(BIN)
+            .args(["bench", "scale", "--stores", "3,5", "--rounds", "2"])
+            .args(["--days", "120", "--volume", "0.3"])
+            .arg("--dir")
+            .arg(dir.path()),
     );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for (row, n) in rows.iter().zip([3, 5]) {
