@@ -340,6 +340,32 @@ mod tests {
             .all(|(x, y)| (x - y).abs() <= 1e-9 * scale.max(1.0))
     }
 
+    /// Long enough that every core folds a stretch: each element still sees the
+    /// updates in arrival order, so the sum is the one-by-one sum bit for bit.
+    #[test]
+    fn a_fold_split_across_cores_is_the_sequential_sum_exactly() {
+        let len = 3 * BLOCK + 17;
+        let updates: Vec<(UpdateVector, f64)> = (0..11)
+            .map(|k| {
+                let v: Vec<f32> = (0..len)
+                    .map(|i| ((i * 7 + k) as f32 * 0.013).sin())
+                    .collect();
+                (UpdateVector::F32(v), 0.3 + k as f64)
+            })
+            .collect();
+        let mut s = StreamingWeightedSum::new(len);
+        let mut plain = vec![0.0f64; len];
+        for (u, w) in updates {
+            if let UpdateVector::F32(v) = &u {
+                for (p, &x) in plain.iter_mut().zip(v) {
+                    *p += w * x as f64;
+                }
+            }
+            s.push(u, w).unwrap();
+        }
+        assert_eq!(s.finish().weighted_sum, plain);
+    }
+
     #[test]
     fn the_sum_of_squares_in_lanes_matches_the_plain_sum_and_keeps_non_finite_values() {
         let v: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.37).sin()).collect();
