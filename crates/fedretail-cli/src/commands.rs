@@ -274,7 +274,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let board = rt.block_on(watch::dashboard_server(addr, dashboard))?;
     let board = rt.spawn(board);
     let mut report = rt.block_on(run_demo(&options, observer))?;
-    report.peak_rss_bytes = crate::scale::peak_rss_bytes();
+    report.peak_rss_bytes = crate::network::peak_rss_bytes();
     let html = args
         .html
         .clone()

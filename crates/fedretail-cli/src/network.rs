@@ -1,5 +1,5 @@
-//! What several commands share: the async runtime, and the synthetic network a
-//! command generates when it is given no data.
+//! What several commands share: the async runtime, the synthetic network a command
+//! generates when it is given no data, and the process's peak memory.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -94,4 +94,12 @@ pub(crate) fn ensure_network(
             Ok(out.to_path_buf())
         }
     }
+}
+
+/// This process's peak resident memory so far (Linux), in bytes.
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -108,8 +108,14 @@ fn train(args: &ScaleArgs, n: u32, dir: &Path) -> Result<serde_json::Value> {
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading the demo's JSON report")?;
     let get = |k: &str| report.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-    let federated = get("federated_seconds");
-    let rounds = get("rounds");
+    // The rounds' own seconds: the federated phase also connects the agents and
+    // computes each store's results.
+    let history = report.get("round_history").and_then(|h| h.as_array());
+    let round_seconds: f64 = history
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("seconds").and_then(|s| s.as_f64()))
+        .sum();
     let stores = report
         .get("stores")
         .and_then(|s| s.as_array())
@@ -119,8 +125,8 @@ fn train(args: &ScaleArgs, n: u32, dir: &Path) -> Result<serde_json::Value> {
         "stores_trained": stores,
         "wall_seconds": get("wall_seconds"),
         "features_seconds": get("prepare_seconds"),
-        "federated_seconds": federated,
-        "rounds_per_second": rounds / federated,
+        "federated_seconds": get("federated_seconds"),
+        "rounds_per_second": get("rounds") / round_seconds,
         "bytes_up": get("bytes_up"),
         "bytes_down": get("bytes_down"),
         "peak_rss_mib": get("peak_rss_bytes") / (1u64 << 20) as f64,
@@ -142,12 +148,4 @@ fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// This process's peak resident memory so far (Linux), in bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

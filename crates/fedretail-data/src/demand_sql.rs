@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use fedretail_core::BoxFuture;
@@ -399,11 +399,10 @@ pub fn load_demand_dataset<'a>(
         let days = (last - first).num_days() + 1;
         let origins = Origins::new(first, days, spec, path)?;
         let until = last + chrono::Duration::days(spec.horizon_days as i64);
-        let built = || -> Result<_, datafusion::arrow::error::ArrowError> {
-            Ok((calendar_batch(first, until)?, origins.batch()?))
-        };
-        let (calendar, origins) =
-            built().map_err(|e| sql_err(path, "building calendar")(e.into()))?;
+        let calendar = calendar_batch(first, until).and_then(|c| Ok((c, origins.batch()?)));
+        let (calendar, origins) = calendar
+            .map_err(DataFusionError::from)
+            .map_err(sql_err(path, "building calendar"))?;
         let tables = tables
             .with("calendar", vec![calendar])
             .with("origins", vec![origins]);
