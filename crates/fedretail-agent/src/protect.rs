@@ -6,7 +6,7 @@
 use crate::AgentError;
 use fedretail_privacy::clip_l2;
 use fedretail_privacy::secagg::{
-    sample_discrete_gaussian, FixedPoint, NeighbourGraph, SecAggConfig, SecAggError, SecAggStore,
+    sample_discrete_gaussian, FixedPoint, NeighbourGraph, SecAggError, SecAggStore,
 };
 use fedretail_proto::secagg as wire;
 use fedretail_proto::v1;
@@ -58,7 +58,8 @@ pub fn begin_secure(
     update: &[f64],
 ) -> Result<(SecureInput, v1::submit_sec_agg_request::Message), AgentError> {
     let bad = |e: String| AgentError::BadTask(format!("secure aggregation settings: {e}"));
-    let dimension = usize::try_from(params.dimension).map_err(|e| bad(e.to_string()))?;
+    let config = wire::config_from_wire(params).map_err(|e| bad(e.to_string()))?;
+    let dimension = config.dimension;
     if dimension != update.len() {
         return Err(bad(format!(
             "the round sums {dimension} values, this store's update has {}",
@@ -69,13 +70,6 @@ pub fn begin_secure(
     if !(sigma.is_finite() && sigma >= 0.0) {
         return Err(bad(format!("store noise {sigma} is not a valid deviation")));
     }
-    let config = SecAggConfig {
-        num_stores: params.num_stores,
-        dimension,
-        neighbours: params.neighbours,
-        threshold: params.threshold,
-        session: params.session,
-    };
     let fixed_point = FixedPoint::for_sum(params.num_stores, params.bound, params.sum_noise_stddev)
         .map_err(|e| bad(e.to_string()))?;
     let graph = std::sync::Arc::new(NeighbourGraph::new(&config));

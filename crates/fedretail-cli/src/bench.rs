@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use fedretail_core::{validate_update, StreamingWeightedSum, UpdateLimits, UpdateVector};
+use fedretail_privacy::secagg::MaskPrg;
 use std::time::Instant;
 
 #[derive(Subcommand)]
@@ -32,6 +33,10 @@ pub enum BenchCommand {
         /// masked input (comma-separated); the neighbour graph is sized for it.
         #[arg(long, value_delimiter = ',', default_value = "0,0.1,0.3")]
         dropouts: Vec<f64>,
+        /// Stream ciphers to expand the masks with (comma-separated): aes128_ctr
+        /// (hardware AES where the CPU has it), chacha20 (SIMD).
+        #[arg(long, value_delimiter = ',', default_value = "aes128_ctr,chacha20")]
+        prgs: Vec<MaskPrg>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -53,8 +58,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             stores,
             dims,
             dropouts,
+            prgs,
             seed,
-        } => secagg(&stores, &dims, &dropouts, seed),
+        } => secagg(&stores, &dims, &dropouts, &prgs, seed),
         BenchCommand::Scale(args) => crate::scale::run(args),
     }
 }
@@ -158,15 +164,29 @@ fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
-fn secagg(stores: &[u32], dims: &[usize], dropouts: &[f64], seed: u64) -> Result<()> {
+fn secagg(
+    stores: &[u32],
+    dims: &[usize],
+    dropouts: &[f64],
+    prgs: &[MaskPrg],
+    seed: u64,
+) -> Result<()> {
     let mut rows = Vec::new();
     for &n in stores {
         for &dim in dims {
             let mut state = seed | 1;
             let fedavg_seconds = fedavg_fold_seconds(n, dim, &mut state)?;
             for &rate in dropouts {
-                let case = SecAggCase { n, dim, rate, seed };
-                rows.push(case.run(fedavg_seconds, &mut state)?);
+                for &prg in prgs {
+                    let case = SecAggCase {
+                        n,
+                        dim,
+                        rate,
+                        prg,
+                        seed,
+                    };
+                    rows.push(case.run(fedavg_seconds, &mut state)?);
+                }
             }
         }
     }
@@ -191,11 +211,12 @@ fn fedavg_fold_seconds(n: u32, dim: usize, state: &mut u64) -> Result<f64> {
     Ok(seconds)
 }
 
-/// One SecAgg+ round: stores, dimension, dropout rate.
+/// One SecAgg+ round: stores, dimension, dropout rate, mask PRG.
 struct SecAggCase {
     n: u32,
     dim: usize,
     rate: f64,
+    prg: MaskPrg,
     seed: u64,
 }
 
@@ -203,8 +224,17 @@ impl SecAggCase {
     /// Runs the round (checking the unmasked sum is exact) and returns its JSON row.
     fn run(&self, fedavg_seconds: f64, state: &mut u64) -> Result<serde_json::Value> {
         use fedretail_privacy::secagg::{simulate_round, DropoutPlan, SecAggConfig};
-        let SecAggCase { n, dim, rate, seed } = *self;
-        let config = SecAggConfig::for_network_tolerating(n, dim, seed, rate)?;
+        let SecAggCase {
+            n,
+            dim,
+            rate,
+            prg,
+            seed,
+        } = *self;
+        let config = SecAggConfig {
+            prg,
+            ..SecAggConfig::for_network_tolerating(n, dim, seed, rate)?
+        };
         let dropped_count = (rate * n as f64).round() as usize;
         let mut order: Vec<u32> = (0..n).collect();
         for i in (1..order.len()).rev() {
@@ -232,13 +262,14 @@ impl SecAggCase {
         }
         let expansion = cost.store_bytes_up / (4 * dim) as f64;
         eprintln!(
-            "n={n:>5} d={dim:>7} drop={rate:.2} k={:>3}: store {:.3}s, coordinator {:.3}s (FedAvg {:.4}s), up {:.2}x",
+            "n={n:>5} d={dim:>7} drop={rate:.2} k={:>3} {prg:<10}: store {:.3}s, coordinator {:.3}s (FedAvg {:.4}s), round {wall:.3}s, up {:.2}x",
             config.neighbours, cost.store_seconds_mean, cost.coordinator_seconds, fedavg_seconds, expansion
         );
         Ok(serde_json::json!({
             "stores": n,
             "dimension": dim,
             "dropout_rate": rate,
+            "mask_prg": prg.name(),
             "dropped": dropped_count,
             "neighbours": config.neighbours,
             "threshold": config.threshold,

@@ -156,6 +156,9 @@ pub struct PrivacyArgs {
     /// Share of a round's stores expected to drop out (sizes the SecAgg+ graph).
     #[arg(long, default_value_t = 0.1)]
     pub expected_dropout: f64,
+    /// Stream cipher that expands SecAgg+ masks: aes128_ctr (hardware AES) or chacha20.
+    #[arg(long, default_value = "aes128_ctr")]
+    pub mask_prg: fedretail_privacy::secagg::MaskPrg,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -184,6 +187,7 @@ impl PrivacyArgs {
         };
         PrivacySettings {
             secure_aggregation: self.secure_aggregation,
+            mask_prg: self.mask_prg,
             expected_dropout: self.expected_dropout,
             clip: Some(self.clip.unwrap_or(0.5)),
             noise,

@@ -6,6 +6,7 @@ use fedretail_core::{
     FedNewton, FedNewtonConfig, ModelLayout, ModelParameters, RobustRule, SamplingConfig, Segment,
     ServerOpt, ServerOptimizer, Strategy, TaskSpec, UpdatePrecision,
 };
+use fedretail_privacy::secagg::MaskPrg;
 use fedretail_privacy::{ClipRule, Denominator, DpFedAvg, DpSettings, Sampling};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -260,12 +261,16 @@ pub struct JobConfig {
 /// noise_multiplier = 1.0      # noise std of the sum, in clips
 /// budget_epsilon = 8.0        # refuse any round that would spend more
 /// delta = 1e-5
+/// mask_prg = "aes128_ctr"     # or "chacha20" (faster on CPUs without hardware AES)
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacySettings {
     #[serde(default)]
     pub secure_aggregation: bool,
+    /// The stream cipher SecAgg+ masks are expanded with; every store uses the job's.
+    #[serde(default)]
+    pub mask_prg: MaskPrg,
     /// Share of a round's stores expected to drop out; sizes the SecAgg+ graph.
     #[serde(default = "default_dropout")]
     pub expected_dropout: f64,
@@ -308,6 +313,7 @@ impl Default for PrivacySettings {
     fn default() -> Self {
         PrivacySettings {
             secure_aggregation: false,
+            mask_prg: MaskPrg::default(),
             expected_dropout: default_dropout(),
             clip: None,
             noise: NoiseKind::None,

@@ -230,13 +230,16 @@ impl SecurePlan<'_> {
         let (settings, dimension) = (self.settings, self.dimension);
         let m = self.selected.len();
         let n = u32::try_from(m).map_err(|_| format!("{m} stores is too many for one round"))?;
-        let config = SecAggConfig::for_network_tolerating(
-            n,
-            dimension,
-            self.session,
-            settings.expected_dropout,
-        )
-        .map_err(|e| e.to_string())?;
+        let config = SecAggConfig {
+            prg: settings.mask_prg,
+            ..SecAggConfig::for_network_tolerating(
+                n,
+                dimension,
+                self.session,
+                settings.expected_dropout,
+            )
+            .map_err(|e| e.to_string())?
+        };
         let (fixed_point, params, mechanism) = self.encoding(n)?;
         let graph = Arc::new(NeighbourGraph::new(&config));
         let server = SecAggServer::new(config.clone(), graph).map_err(|e| e.to_string())?;
@@ -247,6 +250,7 @@ impl SecurePlan<'_> {
             threshold: config.threshold,
             store_index: 0,
             dimension: dimension as u64,
+            mask_prg: wire::mask_prg_to_wire(config.prg),
             ..params
         };
         let index = self

@@ -3,8 +3,8 @@
 
 use crate::v1;
 use fedretail_privacy::secagg::{
-    Advertisement, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind, UnmaskRequest,
-    UnmaskResponse,
+    Advertisement, EncryptedShare, MaskPrg, MaskedInput, RevealedShare, SecAggConfig, ShareKeys,
+    ShareKind, UnmaskRequest, UnmaskResponse,
 };
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -14,6 +14,37 @@ pub struct SecAggWireError(pub String);
 fn bytes32(field: &str, b: &[u8]) -> Result<[u8; 32], SecAggWireError> {
     b.try_into()
         .map_err(|_| SecAggWireError(format!("{field} must be 32 bytes, got {}", b.len())))
+}
+
+pub fn mask_prg_to_wire(prg: MaskPrg) -> i32 {
+    match prg {
+        MaskPrg::Aes128Ctr => v1::MaskPrg::Aes128Ctr as i32,
+        MaskPrg::ChaCha20 => v1::MaskPrg::Chacha20 as i32,
+    }
+}
+
+/// The round's config as a store reads it from its task; the protocol validates the rest.
+pub fn config_from_wire(p: &v1::SecureAggregation) -> Result<SecAggConfig, SecAggWireError> {
+    let prg = match v1::MaskPrg::try_from(p.mask_prg) {
+        Ok(v1::MaskPrg::Aes128Ctr) => MaskPrg::Aes128Ctr,
+        Ok(v1::MaskPrg::Chacha20) => MaskPrg::ChaCha20,
+        Err(_) => {
+            return Err(SecAggWireError(format!(
+                "unknown mask PRG {} (this agent knows aes128_ctr and chacha20)",
+                p.mask_prg
+            )))
+        }
+    };
+    let dimension = usize::try_from(p.dimension)
+        .map_err(|_| SecAggWireError(format!("dimension {} is too large", p.dimension)))?;
+    Ok(SecAggConfig {
+        num_stores: p.num_stores,
+        dimension,
+        neighbours: p.neighbours,
+        threshold: p.threshold,
+        session: p.session,
+        prg,
+    })
 }
 
 pub fn advertisement_to_wire(a: &Advertisement) -> v1::SecAggAdvertisement {

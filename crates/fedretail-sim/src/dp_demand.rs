@@ -228,6 +228,7 @@ fn run_setting(
         Noise::Secure { z, .. } => {
             let privacy = PrivacySettings {
                 secure_aggregation: true,
+                mask_prg: Default::default(),
                 expected_dropout: 0.0,
                 clip: Some(o.clip),
                 noise: NoiseKind::Distributed,

@@ -257,11 +257,15 @@ fn bench_secagg_checks_its_sums_and_prints_json() {
     ]));
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = json["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4);
+    // Two sizes x two dropout rates x both mask PRGs.
+    assert_eq!(rows.len(), 8);
     for row in rows {
         assert_eq!(row["secagg"]["sum_exact"], true);
         assert!(row["secagg"]["store_bytes_up"].as_f64().unwrap() > 4.0 * 64.0);
     }
+    let prgs: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r["mask_prg"].as_str()).collect();
+    assert_eq!(prgs, ["aes128_ctr", "chacha20"].into());
 }
 
 /// Two tiny sizes end to end: each generated, trained over gRPC by a child process,

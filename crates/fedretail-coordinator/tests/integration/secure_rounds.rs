@@ -8,7 +8,7 @@ use fedretail_coordinator::{
 };
 use fedretail_core::{LocalWork, ModelLayout, TaskKind};
 use fedretail_models::{demand_layout, FixedTasks, LocalTask, TaskError, TaskMetrics};
-use fedretail_privacy::secagg::{NeighbourGraph, SecAggConfig, SecAggStore};
+use fedretail_privacy::secagg::{NeighbourGraph, SecAggStore};
 use fedretail_privacy::{PrivacyBudget, PrivacyLedger, RoundMechanism};
 use fedretail_proto::secagg as wire;
 use fedretail_proto::v1::{
@@ -225,13 +225,7 @@ async fn secure_round_over_grpc_recovers_a_dropout_and_refuses_hostile_messages(
         plain.message()
     );
 
-    let config = SecAggConfig {
-        num_stores: params.num_stores,
-        dimension: params.dimension as usize,
-        neighbours: params.neighbours,
-        threshold: params.threshold,
-        session: params.session,
-    };
+    let config = wire::config_from_wire(&params).unwrap();
     let graph = Arc::new(NeighbourGraph::new(&config));
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     let (mut secagg, ad) = SecAggStore::new(config, graph, params.store_index, &mut rng).unwrap();
@@ -473,5 +467,41 @@ async fn noise_has_the_promised_size_central_distributed_and_local() {
         let p = outcome.privacy.unwrap();
         assert!(p.epsilon_spent.unwrap() > 0.0);
         assert_eq!(p.ledger.len(), 1);
+    }
+}
+
+/// The job's mask PRG reaches every agent: a secure round's sum under either cipher
+/// equals the plain clipped round's (if one side expanded masks with another cipher,
+/// nothing would cancel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_round_sums_exactly_under_either_mask_prg() {
+    let stores: Vec<(String, Vec<f64>, u64)> = (0..4)
+        .map(|i| (format!("s{i}"), update_of(i), 100 * (i as u64 + 1)))
+        .collect();
+    let mut results = Vec::new();
+    for privacy in [
+        "clip = 1.0\n",
+        "secure_aggregation = true\nclip = 1.0\nmask_prg = \"aes128_ctr\"\n",
+        "secure_aggregation = true\nclip = 1.0\nmask_prg = \"chacha20\"\n",
+    ] {
+        let toml = format!(
+            "[job]\nstrategy = \"fedavg\"\nrounds = 1\nmin_stores = 4\nexpected_stores = 4\n\
+             round_timeout_secs = 10\n[job.privacy]\n{privacy}"
+        );
+        let (addr, coordinator) = start(&toml, CheckpointStore::in_memory().unwrap()).await;
+        let mut agents = spawn_agents(&addr, &stores);
+        let outcome = coordinator.await.unwrap().unwrap();
+        while agents.join_next().await.is_some() {}
+        assert_eq!(outcome.rounds[0].participants.len(), 4, "{privacy}");
+        results.push(outcome.parameters);
+    }
+    for secure in &results[1..] {
+        let gap = secure
+            .iter()
+            .zip(&results[0])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        // The fixed-point encoding's rounding only.
+        assert!(gap < 1e-6, "secure and plain sums differ by {gap}");
     }
 }

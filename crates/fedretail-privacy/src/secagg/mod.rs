@@ -4,8 +4,9 @@
 //!
 //! The protocol is fedretail's own; every primitive comes from an audited crate: X25519
 //! key agreement (`x25519-dalek`), HKDF-SHA-256 key derivation (`hkdf`, `sha2`), masks
-//! expanded by the ChaCha20 stream cipher (`chacha20`, SIMD, in parallel chunks), shares encrypted to their holder with
-//! ChaCha20-Poly1305 (`chacha20poly1305`) and Shamir t-of-k sharing over GF(2^8)
+//! expanded by AES-128-CTR (`aes`, `ctr`: hardware AES where the CPU has it) or the
+//! ChaCha20 stream cipher (`chacha20`, SIMD), on all cores in parallel chunks; shares
+//! encrypted to their holder with ChaCha20-Poly1305 (`chacha20poly1305`) and Shamir t-of-k sharing over GF(2^8)
 //! (`blahaj`).
 //!
 //! The rounds, as in the paper:
@@ -35,6 +36,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use crypto::MaskPrg;
 pub use encoding::{sample_discrete_gaussian, FixedPoint};
 pub use graph::NeighbourGraph;
 pub use messages::{
@@ -66,6 +68,9 @@ pub struct SecAggConfig {
     /// Binds keys, ciphertexts and the graph to this round: a share replayed from
     /// another session does not decrypt.
     pub session: u64,
+    /// The stream cipher masks are expanded with.
+    #[serde(default)]
+    pub prg: MaskPrg,
 }
 
 impl SecAggConfig {
@@ -114,6 +119,7 @@ impl SecAggConfig {
             neighbours: k,
             threshold: k / 2 + 1,
             session,
+            prg: MaskPrg::default(),
         };
         config.validate()?;
         Ok(config)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use x25519_dalek::StaticSecret;
 
-use super::crypto::{commitment, pairwise_seed, public_key, remove_masks};
+use super::crypto::{commitment, pairwise_seed, public_key, remove_masks, Mask};
 use super::messages::{
     Advertisement, EncryptedShare, MaskedInput, ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse,
 };
@@ -350,20 +350,16 @@ impl SecAggServer {
     }
 
     /// Ends round 3: rebuilds and removes the masks, returns the sum of the survivors.
+    /// Secrets are rebuilt, keys agreed and masks expanded on all cores.
     pub fn finish(self) -> Result<SecAggOutcome, SecAggError> {
+        use rayon::prelude::*;
         self.enter(Stage::Unmasking, "finish")?;
         self.enough("answered the unmasking request", self.answered.len())?;
-        let mut masks = Vec::new();
-        for &u in &self.masked {
-            let seed = self.rebuild(u, ShareKind::SelfMaskSeed)?;
-            if commitment(&seed) != self.dealt[&u].0 {
-                return Err(SecAggError::BadReconstruction {
-                    owner: u,
-                    kind: ShareKind::SelfMaskSeed,
-                });
-            }
-            masks.push((seed, true));
-        }
+        let survivors: Vec<u32> = self.masked.iter().copied().collect();
+        let mut masks: Vec<Mask> = survivors
+            .par_iter()
+            .map(|&u| self.self_mask(u))
+            .collect::<Result<_, _>>()?;
         let dropped: Vec<u32> = self
             .dealt
             .keys()
@@ -372,52 +368,78 @@ impl SecAggServer {
             .collect();
         masks.extend(self.dropped_pair_masks(&dropped)?);
         let mut sum = self.sum.clone();
-        remove_masks(&mut sum, &masks);
+        remove_masks(&mut sum, &masks, self.config.prg);
         Ok(SecAggOutcome {
             sum,
-            survivors: self.masked.iter().copied().collect(),
+            survivors,
             dropped,
         })
     }
 
+    /// The self mask survivor `u` added, rebuilt from its shares and checked against
+    /// its commitment, as the mask that undoes it.
+    fn self_mask(&self, u: u32) -> Result<Mask, SecAggError> {
+        let seed = self.rebuild(u, ShareKind::SelfMaskSeed)?;
+        if commitment(&seed) != self.dealt[&u].0 {
+            return Err(SecAggError::BadReconstruction {
+                owner: u,
+                kind: ShareKind::SelfMaskSeed,
+            });
+        }
+        Ok(Mask {
+            seed,
+            subtract: true,
+        })
+    }
+
+    /// The mask key of dropped store `u`, rebuilt from its shares and checked against
+    /// the public key it advertised.
+    fn mask_key(&self, u: u32) -> Result<StaticSecret, SecAggError> {
+        let secret = StaticSecret::from(self.rebuild(u, ShareKind::MaskKey)?);
+        if public_key(&secret) != self.advertised[&u].mask_public_key {
+            return Err(SecAggError::BadReconstruction {
+                owner: u,
+                kind: ShareKind::MaskKey,
+            });
+        }
+        Ok(secret)
+    }
+
     /// The pairwise masks between each dropped store and its surviving neighbours, as
-    /// (seed, subtract) to undo them: the key agreements run on all cores.
-    fn dropped_pair_masks(&self, dropped: &[u32]) -> Result<Vec<([u8; 32], bool)>, SecAggError> {
+    /// masks that undo them: the rebuilds and key agreements run on all cores.
+    fn dropped_pair_masks(&self, dropped: &[u32]) -> Result<Vec<Mask>, SecAggError> {
         use rayon::prelude::*;
-        let mut pairs = Vec::new();
-        for &u in dropped {
-            let live: Vec<u32> = self
-                .graph
+        let live = |u: u32| {
+            self.graph
                 .neighbours(u)
                 .iter()
                 .copied()
                 .filter(|v| self.masked.contains(v))
-                .collect();
-            if live.is_empty() {
-                continue;
-            }
-            let secret = StaticSecret::from(self.rebuild(u, ShareKind::MaskKey)?);
-            if public_key(&secret) != self.advertised[&u].mask_public_key {
-                return Err(SecAggError::BadReconstruction {
-                    owner: u,
-                    kind: ShareKind::MaskKey,
-                });
-            }
-            let secret = Arc::new(secret);
-            pairs.extend(live.into_iter().map(|v| (u, v, secret.clone())));
-        }
+        };
+        let keys: Vec<(u32, StaticSecret)> = dropped
+            .par_iter()
+            .filter(|&&u| live(u).next().is_some())
+            .map(|&u| Ok((u, self.mask_key(u)?)))
+            .collect::<Result<_, SecAggError>>()?;
+        let pairs: Vec<(u32, u32, &StaticSecret)> = keys
+            .iter()
+            .flat_map(|(u, secret)| live(*u).map(move |v| (*u, v, secret)))
+            .collect();
         pairs
             .par_iter()
-            .map(|(u, v, secret)| {
-                let their = &self.advertised[v].mask_public_key;
-                let seed = pairwise_seed(secret, their, self.config.session, *u, *v).ok_or(
+            .map(|&(u, v, secret)| {
+                let their = &self.advertised[&v].mask_public_key;
+                let seed = pairwise_seed(secret, their, self.config.session, u, v).ok_or(
                     SecAggError::BadReconstruction {
-                        owner: *u,
+                        owner: u,
                         kind: ShareKind::MaskKey,
                     },
                 )?;
                 // Survivor v added the mask if v < u and subtracted it otherwise: undo.
-                Ok((seed, v < u))
+                Ok(Mask {
+                    seed,
+                    subtract: v < u,
+                })
             })
             .collect()
     }

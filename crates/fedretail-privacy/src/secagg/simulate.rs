@@ -2,14 +2,16 @@
 //! messages they would over the wire, with chosen stores vanishing at chosen stages.
 //! Used by the tests, the benchmark and the simulation harness.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-use super::messages::{Advertisement, EncryptedShare, MaskedInput, ShareKeys, UnmaskResponse};
+use super::messages::{
+    Advertisement, EncryptedShare, MaskedInput, ShareKeys, UnmaskRequest, UnmaskResponse,
+};
 use super::{NeighbourGraph, SecAggConfig, SecAggError, SecAggOutcome, SecAggServer, SecAggStore};
 
 /// Which stores vanish, and when.
@@ -82,10 +84,34 @@ fn time<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Runs `step` for each store in `todo` on all cores, as the stores of a real network
+/// compute side by side; each store's time is measured on its own. The results come
+/// back in `todo`'s order, so the coordinator receives them as it would one by one.
+fn run_stores<T: Send, M: Send>(
+    stores: &mut [SecAggStore],
+    todo: Vec<(u32, T)>,
+    step: impl Fn(&mut SecAggStore, T) -> Result<M, SecAggError> + Sync,
+) -> Vec<(u32, Duration, Result<M, SecAggError>)> {
+    use rayon::prelude::*;
+    let mut slots: Vec<Option<&mut SecAggStore>> = stores.iter_mut().map(Some).collect();
+    let work: Vec<(u32, &mut SecAggStore, T)> = todo
+        .into_iter()
+        .filter_map(|(u, t)| Some((u, slots.get_mut(u as usize)?.take()?, t)))
+        .collect();
+    work.into_par_iter()
+        .map(|(u, store, t)| {
+            let start = Instant::now();
+            let out = step(store, t);
+            (u, start.elapsed(), out)
+        })
+        .collect()
+}
+
 /// Every store and the coordinator of one round, with what each spent so far.
 struct SimulatedRound {
     server: SecAggServer,
-    stores: BTreeMap<u32, SecAggStore>,
+    /// Store `u` at index `u`.
+    stores: Vec<SecAggStore>,
     store_time: Vec<Duration>,
     up: Vec<usize>,
     down: Vec<usize>,
@@ -99,7 +125,7 @@ impl SimulatedRound {
         let n = config.num_stores as usize;
         let mut round = SimulatedRound {
             server: SecAggServer::new(config.clone(), graph.clone())?,
-            stores: BTreeMap::new(),
+            stores: Vec::with_capacity(n),
             store_time: vec![Duration::ZERO; n],
             up: vec![0; n],
             down: vec![0; n],
@@ -114,23 +140,25 @@ impl SimulatedRound {
             time(&mut round.coordinator, || {
                 round.server.receive_advertisement(ad)
             })?;
-            round.stores.insert(u, store);
+            round.stores.push(store);
         }
         Ok(round)
     }
 
     fn share_keys(&mut self, plan: &DropoutPlan) -> Result<(), SecAggError> {
         let neighbour_ads = time(&mut self.coordinator, || self.server.close_advertising())?;
-        for (u, ads) in &neighbour_ads {
-            if plan.before_sharing.contains(u) {
-                continue;
-            }
+        let todo: Vec<(u32, &Vec<Advertisement>)> = neighbour_ads
+            .iter()
+            .filter(|(u, _)| !plan.before_sharing.contains(u))
+            .map(|(u, ads)| (*u, ads))
+            .collect();
+        for (u, ads) in &todo {
             self.down[*u as usize] += ads.len() * ad_bytes();
-            let Some(store) = self.stores.get_mut(u) else {
-                continue;
-            };
-            let msg: ShareKeys = time(&mut self.store_time[*u as usize], || store.share_keys(ads))?;
-            self.up[*u as usize] += 4 + 32 + msg.shares.iter().map(share_bytes).sum::<usize>();
+        }
+        for (u, spent, msg) in run_stores(&mut self.stores, todo, |s, ads| s.share_keys(ads)) {
+            self.store_time[u as usize] += spent;
+            let msg: ShareKeys = msg?;
+            self.up[u as usize] += 4 + 32 + msg.shares.iter().map(share_bytes).sum::<usize>();
             time(&mut self.coordinator, || {
                 self.server.receive_share_keys(msg)
             })?;
@@ -138,6 +166,8 @@ impl SimulatedRound {
         Ok(())
     }
 
+    /// Stores mask their inputs a few at a time (two per core), so only that many
+    /// inputs are held at once.
     fn mask(
         &mut self,
         plan: &DropoutPlan,
@@ -146,41 +176,51 @@ impl SimulatedRound {
         mut observe: impl FnMut(&MaskedInput),
     ) -> Result<(), SecAggError> {
         let inboxes = time(&mut self.coordinator, || self.server.close_share_keys())?;
-        let mut words = vec![0u32; dimension];
-        for (u, inbox) in &inboxes {
-            if plan.before_masking.contains(u) {
-                continue;
+        let todo: Vec<(u32, &Vec<EncryptedShare>)> = inboxes
+            .iter()
+            .filter(|(u, _)| !plan.before_masking.contains(u))
+            .map(|(u, inbox)| (*u, inbox))
+            .collect();
+        for group in todo.chunks(2 * rayon::current_num_threads()) {
+            let work: Vec<_> = group
+                .iter()
+                .map(|&(u, inbox)| {
+                    self.down[u as usize] += inbox.iter().map(share_bytes).sum::<usize>();
+                    let mut words = vec![0u32; dimension];
+                    input(u, &mut words);
+                    (u, (inbox, words))
+                })
+                .collect();
+            let masked = run_stores(&mut self.stores, work, |s, (inbox, words)| {
+                s.masked_input(inbox, &words)
+            });
+            for (u, spent, msg) in masked {
+                self.store_time[u as usize] += spent;
+                let msg: MaskedInput = msg?;
+                self.up[u as usize] += 4 + 4 * msg.words.len();
+                observe(&msg);
+                time(&mut self.coordinator, || {
+                    self.server.receive_masked_input(&msg)
+                })?;
             }
-            self.down[*u as usize] += inbox.iter().map(share_bytes).sum::<usize>();
-            input(*u, &mut words);
-            let Some(store) = self.stores.get_mut(u) else {
-                continue;
-            };
-            let msg: MaskedInput = time(&mut self.store_time[*u as usize], || {
-                store.masked_input(inbox, &words)
-            })?;
-            self.up[*u as usize] += 4 + 4 * msg.words.len();
-            observe(&msg);
-            time(&mut self.coordinator, || {
-                self.server.receive_masked_input(&msg)
-            })?;
         }
         Ok(())
     }
 
     fn unmask(&mut self, plan: &DropoutPlan) -> Result<(), SecAggError> {
         let requests = time(&mut self.coordinator, || self.server.close_masked_input())?;
-        for (v, request) in &requests {
-            if plan.before_unmasking.contains(v) {
-                continue;
-            }
+        let todo: Vec<(u32, &UnmaskRequest)> = requests
+            .iter()
+            .filter(|(v, _)| !plan.before_unmasking.contains(v))
+            .map(|(v, request)| (*v, request))
+            .collect();
+        for (v, request) in &todo {
             self.down[*v as usize] += 4 * (request.survivors.len() + request.dropped.len());
-            let Some(store) = self.stores.get_mut(v) else {
-                continue;
-            };
-            let msg: UnmaskResponse =
-                time(&mut self.store_time[*v as usize], || store.unmask(request))?;
-            self.up[*v as usize] += 4 + msg.shares.iter().map(|s| 5 + s.share.len()).sum::<usize>();
+        }
+        for (v, spent, msg) in run_stores(&mut self.stores, todo, |s, r| s.unmask(r)) {
+            self.store_time[v as usize] += spent;
+            let msg: UnmaskResponse = msg?;
+            self.up[v as usize] += 4 + msg.shares.iter().map(|s| 5 + s.share.len()).sum::<usize>();
             time(&mut self.coordinator, || self.server.receive_unmask(msg))?;
         }
         Ok(())

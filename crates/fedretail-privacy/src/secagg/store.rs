@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use blahaj::{Share, Sharks};
-use x25519_dalek::StaticSecret;
+use x25519_dalek::{SharedSecret, StaticSecret};
 
-use super::crypto::{apply_mask, commitment, open, pairwise_seed, public_key, seal};
+use super::crypto::{
+    apply_mask, commitment, exchange, open, pairwise_seed, public_key, seal, Mask,
+};
 use super::messages::{
     Advertisement, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind, UnmaskRequest,
     UnmaskResponse,
@@ -51,6 +53,9 @@ pub struct SecAggStore {
     self_seed: [u8; 32],
     stage: Stage,
     neighbour_keys: BTreeMap<u32, Advertisement>,
+    /// X25519 of this store's cipher key with each neighbour's, computed once when
+    /// sealing the shares it deals and used again to open the shares it receives.
+    cipher_shared: BTreeMap<u32, SharedSecret>,
     held: BTreeMap<u32, HeldShares>,
 }
 
@@ -92,6 +97,7 @@ impl SecAggStore {
             self_seed,
             stage: Stage::Advertised,
             neighbour_keys: BTreeMap::new(),
+            cipher_shared: BTreeMap::new(),
             held: BTreeMap::new(),
         };
         Ok((store, advertisement))
@@ -145,23 +151,27 @@ impl SecAggStore {
         let seed_shares = dealer.dealer(&self.self_seed).take(keys.len());
         let key_shares = dealer.dealer(self.mask_secret.as_bytes()).take(keys.len());
         let mut shares = Vec::with_capacity(keys.len());
+        let mut cipher_shared = BTreeMap::new();
         for ((ad, seed_share), key_share) in keys.values().zip(seed_shares).zip(key_shares) {
             let mut plaintext = Vec::<u8>::from(&seed_share);
             plaintext.extend(Vec::<u8>::from(&key_share));
+            let low_order = || {
+                self.refuse(
+                    STAGE,
+                    format!("store {} sent a low-order public key", ad.store),
+                )
+            };
+            let shared =
+                exchange(&self.cipher_secret, &ad.cipher_public_key).ok_or_else(low_order)?;
             let ciphertext = seal(
-                &self.cipher_secret,
-                &ad.cipher_public_key,
+                &shared,
                 self.config.session,
                 self.index,
                 ad.store,
                 &plaintext,
             )
-            .ok_or_else(|| {
-                self.refuse(
-                    STAGE,
-                    format!("store {} sent a low-order public key", ad.store),
-                )
-            })?;
+            .ok_or_else(low_order)?;
+            cipher_shared.insert(ad.store, shared);
             shares.push(EncryptedShare {
                 from: self.index,
                 to: ad.store,
@@ -169,6 +179,7 @@ impl SecAggStore {
             });
         }
         self.neighbour_keys = keys;
+        self.cipher_shared = cipher_shared;
         self.stage = Stage::KeysShared;
         Ok(ShareKeys {
             store: self.index,
@@ -202,7 +213,12 @@ impl SecAggStore {
             )));
         }
         let mut words = input.to_vec();
-        apply_mask(&mut words, &self.self_seed, false);
+        let prg = self.config.prg;
+        let self_mask = Mask {
+            seed: self.self_seed,
+            subtract: false,
+        };
+        apply_mask(&mut words, self_mask, prg);
         for &v in held.keys() {
             let ad = &self.neighbour_keys[&v];
             let seed = pairwise_seed(
@@ -214,7 +230,8 @@ impl SecAggStore {
             )
             .ok_or_else(|| self.refuse(STAGE, format!("store {v} sent a low-order mask key")))?;
             // The lower index adds the pairwise mask, the higher subtracts: they cancel.
-            apply_mask(&mut words, &seed, self.index > v);
+            let subtract = self.index > v;
+            apply_mask(&mut words, Mask { seed, subtract }, prg);
         }
         self.held = held;
         self.stage = Stage::InputMasked;
@@ -236,7 +253,7 @@ impl SecAggStore {
             if share.to != self.index {
                 return Err(self.refuse(STAGE, format!("a share addressed to store {}", share.to)));
             }
-            let Some(ad) = self.neighbour_keys.get(&share.from) else {
+            let Some(shared) = self.cipher_shared.get(&share.from) else {
                 return Err(self.refuse(
                     STAGE,
                     format!(
@@ -250,8 +267,7 @@ impl SecAggStore {
                 to: share.to,
             };
             let plaintext = open(
-                &self.cipher_secret,
-                &ad.cipher_public_key,
+                shared,
                 self.config.session,
                 share.from,
                 share.to,

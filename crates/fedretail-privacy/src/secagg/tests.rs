@@ -15,6 +15,7 @@ fn complete(n: u32, dimension: usize) -> SecAggConfig {
         neighbours: k,
         threshold: k / 2 + 1,
         session: 99,
+        prg: MaskPrg::default(),
     }
 }
 
@@ -42,15 +43,17 @@ fn run(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// Complete graph: any dropouts that leave every store `t` surviving holders.
+    /// Complete graph: any dropouts that leave every store `t` surviving holders,
+    /// masks expanded by either PRG.
     #[test]
     fn unmasked_sum_equals_plain_sum_exactly(
         n in 3u32..14,
         d in 1usize..40,
         seed in any::<u64>(),
         drops in proptest::collection::vec((0u32..14, 0u8..2), 0..8),
+        prg in proptest::sample::select(MaskPrg::ALL.to_vec()),
     ) {
-        let config = complete(n, d);
+        let config = SecAggConfig { prg, ..complete(n, d) };
         let t = config.threshold;
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let inputs: Vec<Vec<u32>> = (0..n).map(|_| (0..d).map(|_| rng.random()).collect()).collect();
