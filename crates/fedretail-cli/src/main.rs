@@ -6,6 +6,7 @@ mod bench;
 mod certs;
 mod commands;
 mod deploy;
+mod ingest;
 mod network;
 mod outputs;
 mod poisoning;

@@ -8,7 +8,7 @@ use crate::machine::{ReadyAnswer, Refusal, RoundMachine};
 use crate::registry::Registration;
 use crate::shared::Shared;
 use fedretail_proto::v1::{self, coordinator_server::Coordinator};
-use fedretail_proto::{decode_tensor, summary_from_wire, ServiceError, PROTOCOL_VERSION};
+use fedretail_proto::{decode_update, summary_from_wire, ServiceError, PROTOCOL_VERSION};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -74,11 +74,11 @@ impl CoordinatorService {
         let tensor = req.update.as_ref().ok_or_else(|| {
             Refusal::Malformed(format!("update from '{store}' carries no tensor"))
         })?;
-        let update =
-            decode_tensor(tensor, check.len, self.shared.max_update_bytes).map_err(|e| {
-                Refusal::Malformed(format!("update from '{store}' for round {round}: {e}"))
-            })?;
-        RoundMachine::validate(&check, store, round, &update)?;
+        // Decoded and checked in one pass over the bytes.
+        let max_bytes = self.shared.max_update_bytes;
+        let update = decode_update(tensor, check.len, max_bytes, &check.limits()).map_err(|e| {
+            Refusal::Malformed(format!("update from '{store}' for round {round}: {e}"))
+        })?;
         crate::machine::check_metrics(store, &req.metrics)?;
         let loss = req.metrics.get(fedretail_proto::TRAIN_LOSS).copied();
         self.with_session(store, &req.session_id, |m| {

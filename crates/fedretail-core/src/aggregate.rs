@@ -1,4 +1,5 @@
 use crate::error::{AggregationError, UpdateRejection};
+use crate::kernels::{axpy_dispatch, axpy_fused_dispatch, sum_of_squares, FUSE};
 use crate::par::{for_pieces_mut, map_pieces};
 
 /// One store's update as it arrived: f32 for bandwidth (FedAvg deltas) or f64 where
@@ -76,8 +77,6 @@ const FOLD_BATCH: usize = 8;
 /// Accumulator elements per cache block: 1 MiB of f64, which stays in L2 while the
 /// batch's updates stream past it (measured fastest of 2K, 16K and 128K elements).
 const BLOCK: usize = 131072;
-/// f32 updates fused into one pass over an accumulator block.
-const FUSE: usize = 4;
 
 /// Streaming weighted sum: `sum += weight * update`, one update at a time as they
 /// arrive. Memory is O(model size) and independent of the number of stores.
@@ -172,12 +171,17 @@ impl StreamingWeightedSum {
 
     /// Each core folds its own stretch of the accumulator, so every element still
     /// sees the updates in arrival order: the sum is the same on any number of cores.
+    /// The folded updates' buffers are handed on to decode later updates into.
     fn fold_pending(&mut self) {
         let pending = &self.pending;
         for_pieces_mut(&mut self.acc, |acc, offset| {
             fold_range(acc, pending, offset)
         });
-        self.pending.clear();
+        for (update, _) in self.pending.drain(..) {
+            if let UpdateVector::F32(values) = update {
+                crate::buffers::give_f32(values);
+            }
+        }
     }
 
     /// Fold what is pending and return the aggregate.
@@ -190,25 +194,6 @@ impl StreamingWeightedSum {
             within_clip: self.within_clip,
         }
     }
-}
-
-/// Lanes of independent partial sums: a single running sum is one long dependency
-/// chain (about four cycles an element); eight let the loop vectorise.
-const LANES: usize = 8;
-
-/// Sum of squares in f64, over `LANES` partial sums.
-pub(crate) fn sum_of_squares<T: Copy + Into<f64>>(values: &[T]) -> f64 {
-    let mut lanes = [0.0f64; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(c) {
-            let v: f64 = v.into();
-            *lane += v * v;
-        }
-    }
-    let tail: f64 = rest.iter().map(|&v| v.into() * v.into()).sum();
-    lanes.iter().sum::<f64>() + tail
 }
 
 /// Fold `pending` into `acc`, which is the accumulator slice starting at `offset`.
@@ -241,75 +226,6 @@ fn fold_range(acc: &mut [f64], pending: &[(UpdateVector, f64)], offset: usize) {
         }
         start = end;
     }
-}
-
-#[inline(always)]
-fn axpy<T: Copy + Into<f64>>(acc: &mut [f64], x: &[T], w: f64) {
-    for (a, &v) in acc.iter_mut().zip(x) {
-        *a += w * v.into();
-    }
-}
-
-/// `acc += w * x`, with AVX2 when the CPU has it (checked once, cached by std): the
-/// f32 -> f64 widening makes this loop compute-bound on baseline x86-64.
-#[inline]
-fn axpy_dispatch<T: Copy + Into<f64>>(acc: &mut [f64], x: &[T], w: f64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the required CPU features were detected at run time.
-            unsafe { axpy_avx2(acc, x, w) };
-            return;
-        }
-    }
-    axpy(acc, x, w)
-}
-
-/// `acc += sum_k w_k * x_k` over `FUSE` updates in one pass. The additions happen in
-/// the same order as `FUSE` separate [`axpy`] calls, so the result is bit-identical.
-#[inline(always)]
-fn axpy_fused(acc: &mut [f64], group: &[(&[f32], f64)]) {
-    let n = acc.len();
-    let [(x0, w0), (x1, w1), (x2, w2), (x3, w3)]: [(&[f32], f64); FUSE] = match group.try_into() {
-        Ok(g) => g,
-        Err(_) => return group.iter().for_each(|&(x, w)| axpy(acc, x, w)),
-    };
-    let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
-    for i in 0..n {
-        let mut s = acc[i];
-        s += w0 * x0[i] as f64;
-        s += w1 * x1[i] as f64;
-        s += w2 * x2[i] as f64;
-        s += w3 * x3[i] as f64;
-        acc[i] = s;
-    }
-}
-
-#[inline]
-fn axpy_fused_dispatch(acc: &mut [f64], group: &[(&[f32], f64)]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the required CPU features were detected at run time.
-            unsafe { axpy_fused_avx2(acc, group) };
-            return;
-        }
-    }
-    axpy_fused(acc, group)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_fused_avx2(acc: &mut [f64], group: &[(&[f32], f64)]) {
-    axpy_fused(acc, group)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx2<T: Copy + Into<f64>>(acc: &mut [f64], x: &[T], w: f64) {
-    axpy(acc, x, w)
 }
 
 #[cfg(test)]
@@ -364,15 +280,6 @@ mod tests {
             s.push(u, w).unwrap();
         }
         assert_eq!(s.finish().weighted_sum, plain);
-    }
-
-    #[test]
-    fn the_sum_of_squares_in_lanes_matches_the_plain_sum_and_keeps_non_finite_values() {
-        let v: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.37).sin()).collect();
-        let plain: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
-        assert!((sum_of_squares(&v) - plain).abs() <= 1e-12 * plain);
-        assert!(sum_of_squares(&[1.0, f64::NAN, 2.0]).is_nan());
-        assert_eq!(sum_of_squares(&[3.0f64, 4.0]), 25.0);
     }
 
     proptest! {

@@ -22,9 +22,11 @@
 //! ```
 
 mod aggregate;
+mod buffers;
 pub mod clustered;
 mod error;
 mod fedavg;
+mod kernels;
 pub mod kmeans;
 mod newton;
 mod par;
@@ -41,6 +43,7 @@ pub use aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
 pub use clustered::{ClusteredNewton, ClusteredNewtonConfig};
 pub use error::{AggregationError, ConfigError, StrategyError, UpdateRejection};
 pub use fedavg::{FedAvg, FedAvgConfig};
+pub use kernels::WireFloat;
 pub use newton::{
     newton_statistics_len, pack_upper, unpack_upper, FedNewton, FedNewtonConfig, L2Penalty,
 };
@@ -50,7 +53,7 @@ pub use sampling::{SamplingConfig, StoreSampler};
 pub use server_opt::{ServerOpt, ServerOptimizer};
 pub use strategy::{Applied, LocalSgd, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
 pub use task::{CheckedTask, TaskKind, TaskMetrics, TaskSpec};
-pub use validate::{validate_update, UpdateLimits};
+pub use validate::{decode_checked, validate_update, UpdateLimits};
 
 /// A boxed future. The public async entry points of the crates that reach DataFusion
 /// or the network return one: an `async fn`'s body is compiled again in every crate

@@ -8,8 +8,9 @@
 //! optimisers) read, so each wraps any of them unchanged: the aggregate's weighted sum
 //! is the robust value times the total weight.
 
-use crate::aggregate::{sum_of_squares, Aggregate, StreamingWeightedSum, UpdateVector};
+use crate::aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
 use crate::error::{AggregationError, ConfigError, UpdateRejection};
+use crate::kernels::sum_of_squares;
 use serde::{Deserialize, Serialize};
 
 /// How the coordinator combines a round's updates when some stores may lie.

@@ -1,6 +1,7 @@
 use crate::aggregate::UpdateVector;
 use crate::error::UpdateRejection;
-use crate::par::map_pieces;
+use crate::kernels::{decode_sum_of_squares, WireFloat};
+use crate::par::{map_pieces, map_pieces_mut};
 
 /// Limits an update must respect before it may be aggregated.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -21,20 +22,59 @@ pub fn validate_update(
             got: update.len(),
         });
     }
-    if let Some(limit) = limits.max_l2_norm {
+    match limits.max_l2_norm {
         // One pass: a finite norm means every value is finite.
-        let norm = update.l2_norm();
-        if norm.is_finite() {
-            if norm > limit {
-                return Err(UpdateRejection::NormTooLarge { norm, limit });
-            }
-            return Ok(());
+        Some(_) => judge_norm(update.l2_norm(), limits, || finite(update)),
+        None => finite(update),
+    }
+}
+
+/// Decodes an update of little-endian values from its wire bytes and checks it
+/// against `limits`, in one pass over the bytes: each core decodes its piece an
+/// L1-sized chunk at a time and sums the chunk's squares while it is in cache. The
+/// values go into a spare buffer of a folded update when one is kept.
+pub fn decode_checked<T: WireFloat>(
+    bytes: &[u8],
+    expected_len: usize,
+    limits: &UpdateLimits,
+) -> Result<Vec<T>, UpdateRejection> {
+    if bytes.len() != expected_len.saturating_mul(T::BYTES) {
+        return Err(UpdateRejection::WrongLength {
+            expected: expected_len,
+            got: bytes.len() / T::BYTES,
+        });
+    }
+    // Every value is overwritten, so a spare buffer's stale contents never show.
+    let mut values = T::spare(expected_len).unwrap_or_else(|| vec![T::default(); expected_len]);
+    let sums = map_pieces_mut(&mut values, |piece, offset| {
+        let start = offset * T::BYTES;
+        decode_sum_of_squares(piece, &bytes[start..start + piece.len() * T::BYTES])
+    });
+    let norm = sums.iter().sum::<f64>().sqrt();
+    judge_norm(norm, limits, || check_finite(&values))?;
+    Ok(values)
+}
+
+/// The verdict on an update whose L2 norm is `norm`: a non-finite norm is a bad
+/// value (named by `name_bad`, the slow scan) or squares that overflowed.
+fn judge_norm(
+    norm: f64,
+    limits: &UpdateLimits,
+    name_bad: impl FnOnce() -> Result<(), UpdateRejection>,
+) -> Result<(), UpdateRejection> {
+    let limit = limits.max_l2_norm.unwrap_or(f64::INFINITY);
+    if norm.is_finite() {
+        if norm > limit {
+            return Err(UpdateRejection::NormTooLarge { norm, limit });
         }
-        // Name the bad value; all finite, the squares overflowed: far too large.
-        finite(update)?;
+        return Ok(());
+    }
+    name_bad()?;
+    // All finite, the squares overflowed: refused only under a bound.
+    if limits.max_l2_norm.is_some() {
         return Err(UpdateRejection::NormTooLarge { norm, limit });
     }
-    finite(update)
+    Ok(())
 }
 
 fn finite(update: &UpdateVector) -> Result<(), UpdateRejection> {
@@ -114,5 +154,77 @@ mod tests {
             validate_update(&huge, 2, &limits),
             Err(UpdateRejection::NormTooLarge { .. })
         ));
+    }
+
+    fn le_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn decoding_checks_length_values_and_norm() {
+        let limits = UpdateLimits {
+            max_l2_norm: Some(5.0),
+        };
+        let ok = decode_checked::<f32>(&le_bytes(&[3.0, 4.0]), 2, &limits).unwrap();
+        assert_eq!(ok, vec![3.0, 4.0]);
+        assert!(matches!(
+            decode_checked::<f32>(&le_bytes(&[3.0, 4.0]), 3, &limits),
+            Err(UpdateRejection::WrongLength {
+                expected: 3,
+                got: 2
+            })
+        ));
+        assert!(matches!(
+            decode_checked::<f32>(&le_bytes(&[3.0, 4.5]), 2, &limits),
+            Err(UpdateRejection::NormTooLarge { .. })
+        ));
+        let nan = le_bytes(&[1.0, 2.0, f32::NAN]);
+        for limits in [limits, UpdateLimits::default()] {
+            assert!(matches!(
+                decode_checked::<f32>(&nan, 3, &limits),
+                Err(UpdateRejection::NonFinite { index: 2, .. })
+            ));
+        }
+        // f64 squares that overflow: refused under a bound, kept without one.
+        let huge: Vec<u8> = [1e200f64, 1.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert!(matches!(
+            decode_checked::<f64>(&huge, 2, &limits),
+            Err(UpdateRejection::NormTooLarge { .. })
+        ));
+        assert!(decode_checked::<f64>(&huge, 2, &UpdateLimits::default()).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Decoding with the checks gives the values and verdict of decoding, then
+        /// validating, across the cores' pieces (lengths past two pieces included).
+        #[test]
+        fn decoding_checked_agrees_with_decoding_then_validating(
+            len in 0usize..300_000,
+            bad in proptest::option::of((0usize..300_000, 0u8..3)),
+            limit in proptest::option::of(1.0f64..2000.0),
+            seed in proptest::prelude::any::<u32>(),
+        ) {
+            let mut v: Vec<f32> = (0..len)
+                .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+                .collect();
+            if let Some((at, kind)) = bad.filter(|(at, _)| *at < len) {
+                v[at] = [f32::NAN, f32::INFINITY, 1e30][kind as usize];
+            }
+            let limits = UpdateLimits { max_l2_norm: limit };
+            let decoded = decode_checked::<f32>(&le_bytes(&v), len, &limits);
+            let update = UpdateVector::F32(v.clone());
+            let validated = validate_update(&update, len, &limits);
+            match (&decoded, &validated) {
+                (Ok(d), Ok(())) => proptest::prop_assert_eq!(d, &v),
+                (Err(a), Err(b)) => proptest::prop_assert_eq!(
+                    std::mem::discriminant(a),
+                    std::mem::discriminant(b)
+                ),
+                _ => proptest::prop_assert!(false, "{decoded:?} vs {validated:?}"),
+            }
+        }
     }
 }

@@ -1,5 +1,8 @@
 use crate::v1;
-use fedretail_core::{CheckedTask, ModelLayout, Segment, TaskSpec, UpdatePrecision, UpdateVector};
+use fedretail_core::{
+    decode_checked, CheckedTask, ModelLayout, Segment, TaskSpec, UpdateLimits, UpdatePrecision,
+    UpdateRejection, UpdateVector,
+};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
@@ -17,6 +20,8 @@ pub enum TensorError {
     TooLarge { bytes: usize, limit: usize },
     #[error("layout is missing or invalid: {0}")]
     BadLayout(String),
+    #[error(transparent)]
+    Rejected(#[from] UpdateRejection),
 }
 
 /// Largest task spec accepted from the wire; a real one is a few hundred bytes.
@@ -124,12 +129,23 @@ pub fn encode_update(values: &[f64], precision: UpdatePrecision) -> v1::Tensor {
     }
 }
 
-/// Decode a tensor, checking declared length, byte length and size limit. Values are
-/// not checked for finiteness here; that is the aggregator's validation.
+/// Decodes a tensor, checking its size limit, declared and byte lengths, and that every
+/// value is finite.
 pub fn decode_tensor(
     t: &v1::Tensor,
     expected_len: usize,
     max_bytes: usize,
+) -> Result<UpdateVector, TensorError> {
+    decode_update(t, expected_len, max_bytes, &UpdateLimits::default())
+}
+
+/// [`decode_tensor`], also refusing values beyond `limits`; the values are decoded
+/// and checked in one pass over the bytes.
+pub fn decode_update(
+    t: &v1::Tensor,
+    expected_len: usize,
+    max_bytes: usize,
+    limits: &UpdateLimits,
 ) -> Result<UpdateVector, TensorError> {
     if t.data.len() > max_bytes {
         return Err(TensorError::TooLarge {
@@ -156,19 +172,9 @@ pub fn decode_tensor(
         });
     }
     Ok(if per == 4 {
-        UpdateVector::F32(
-            t.data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
+        UpdateVector::F32(decode_checked(&t.data, expected_len, limits)?)
     } else {
-        UpdateVector::F64(
-            t.data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-        )
+        UpdateVector::F64(decode_checked(&t.data, expected_len, limits)?)
     })
 }
 

@@ -81,6 +81,17 @@ pub struct UpdateCheck {
     pub max_norm: Option<f64>,
 }
 
+impl UpdateCheck {
+    /// The limits an update's values must keep. Always a norm bound: finite values
+    /// whose squares overflow (1e200) would still make the weighted sum infinite and
+    /// fail the round for everyone.
+    pub fn limits(&self) -> UpdateLimits {
+        UpdateLimits {
+            max_l2_norm: Some(self.max_norm.unwrap_or(f64::MAX)),
+        }
+    }
+}
+
 impl RoundMachine {
     /// Opens round `setup.round`; returns how many stores were selected.
     pub fn open_round(
@@ -204,12 +215,7 @@ impl RoundMachine {
         round: u64,
         update: &UpdateVector,
     ) -> Result<(), Refusal> {
-        // Always a norm bound: finite values whose squares overflow (1e200) would
-        // still make the weighted sum infinite and fail the round for everyone.
-        let limits = UpdateLimits {
-            max_l2_norm: Some(check.max_norm.unwrap_or(f64::MAX)),
-        };
-        validate_update(update, check.len, &limits).map_err(|e| {
+        validate_update(update, check.len, &check.limits()).map_err(|e| {
             Refusal::Malformed(format!("update from '{store}' for round {round}: {e}"))
         })
     }
