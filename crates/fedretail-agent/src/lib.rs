@@ -146,6 +146,8 @@ pub struct StoreAgent {
     tasks: Arc<dyn TaskSource>,
     /// The task of the job being served: prepared once, reused every round.
     current: std::sync::Mutex<Option<CurrentTask>>,
+    /// A connection this agent shares with others (see [`StoreAgent::sharing`]).
+    shared: Option<Channel>,
 }
 
 /// A job's id, its task spec, and the task built for it.
@@ -163,10 +165,29 @@ impl StoreAgent {
             config,
             tasks,
             current: std::sync::Mutex::new(None),
+            shared: None,
         }
     }
 
+    /// Talks to the coordinator over `channel`, an HTTP/2 connection other agents in
+    /// this process use too, instead of opening its own. For simulations of more
+    /// stores than one process has sockets for; a real store has its own connection.
+    pub fn sharing(mut self, channel: Channel) -> Self {
+        self.shared = Some(channel);
+        self
+    }
+
     async fn connect(&self) -> Result<CoordinatorClient<Channel>, AgentError> {
+        let channel = match &self.shared {
+            Some(channel) => channel.clone(),
+            None => self.open_channel().await?,
+        };
+        Ok(CoordinatorClient::new(channel)
+            .max_decoding_message_size(self.config.max_message_bytes)
+            .max_encoding_message_size(self.config.max_message_bytes))
+    }
+
+    async fn open_channel(&self) -> Result<Channel, AgentError> {
         let endpoint = Endpoint::from_shared(self.config.coordinator_url.clone())
             .map_err(|e| {
                 AgentError::BadAddress(self.config.coordinator_url.clone(), e.to_string())
@@ -174,13 +195,7 @@ impl StoreAgent {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         let endpoint = self.with_tls(endpoint)?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| self.connect_error(&e))?;
-        Ok(CoordinatorClient::new(channel)
-            .max_decoding_message_size(self.config.max_message_bytes)
-            .max_encoding_message_size(self.config.max_message_bytes))
+        endpoint.connect().await.map_err(|e| self.connect_error(&e))
     }
 
     /// An https:// coordinator is trusted only if its certificate chains to the

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use fedretail_coordinator::{Dashboard, JobConfig, StrategyKind};
 use fedretail_data::{load_demand_dataset, DemandSpec, StoreSource};
 use fedretail_sim::{
-    demand_page, read_backtests, render_summary, run_demo, DemoEvent, DemoOptions,
+    demand_page, read_backtests, render_summary, run_demo, DemoEvent, DemoOptions, Wiring,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,6 +108,11 @@ pub struct DemoArgs {
     /// Keep coordinator checkpoints in this SQLite file (default: in memory).
     #[arg(long)]
     pub database: Option<PathBuf>,
+    /// The simulated stores share this many HTTP/2 connections to the coordinator
+    /// [default: one each, as real stores]; for networks larger than the process's
+    /// open-file limit allows (two sockets per store).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: Option<u32>,
     /// Write the full report as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -253,7 +258,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         holdout_days: args.holdout_days,
         validation_days: args.validation_days,
         job,
-        database: args.database.clone(),
+        wiring: Wiring {
+            database: args.database.clone(),
+            connections: args.connections.map(|k| k as usize),
+        },
         prepare_parallelism: 2,
         write_results: true,
         groups: args.groups,

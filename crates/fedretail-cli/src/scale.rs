@@ -1,7 +1,9 @@
 //! `fedretail bench scale`: the whole demand job at growing network sizes. Each size
 //! is generated, then trained by a `fedretail demo` child process (a coordinator and
 //! one agent per store over gRPC on 127.0.0.1), so every size starts from a fresh
-//! process and its peak memory is its own.
+//! process and its peak memory is its own. Each agent has its own connection unless
+//! the process's open-file limit cannot hold two sockets a store; then the agents
+//! share as many connections as it can hold, and the row says how many.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -40,14 +42,17 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     });
     let mut rows = Vec::new();
     for &n in &args.stores {
-        if let Some(reason) = too_many_sockets(n) {
-            eprintln!("{n} stores: skipped, {reason}");
-            rows.push(serde_json::json!({ "stores": n, "skipped": reason }));
-            continue;
-        }
+        let connections = match connections_for(n, open_file_limit()) {
+            Ok(k) => k,
+            Err(reason) => {
+                eprintln!("{n} stores: skipped, {reason}");
+                rows.push(serde_json::json!({ "stores": n, "skipped": reason }));
+                continue;
+            }
+        };
         let dir = root.join(format!("scale-{n}"));
         generate(&args, n, &dir)?;
-        let row = train(&args, n, &dir);
+        let row = train(&args, n, connections, &dir);
         // The network is large and a later size does not need it.
         let _ = std::fs::remove_dir_all(&dir);
         let row = row?;
@@ -93,12 +98,16 @@ fn generate(args: &ScaleArgs, n: u32, dir: &Path) -> Result<()> {
 }
 
 /// One size's JSON row, from the demo's own report.
-fn train(args: &ScaleArgs, n: u32, dir: &Path) -> Result<serde_json::Value> {
-    let out = fedretail()?
-        .args(["demo", "--strategy", "fedavg", "--json", "--no-dashboard"])
+fn train(args: &ScaleArgs, n: u32, connections: u32, dir: &Path) -> Result<serde_json::Value> {
+    let mut demo = fedretail()?;
+    demo.args(["demo", "--strategy", "fedavg", "--json", "--no-dashboard"])
         .args(["--rounds", &args.rounds.to_string()])
         .arg("--data")
-        .arg(dir)
+        .arg(dir);
+    if connections < n {
+        demo.args(["--connections", &connections.to_string()]);
+    }
+    let out = demo
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("running fedretail demo")?;
@@ -123,6 +132,7 @@ fn train(args: &ScaleArgs, n: u32, dir: &Path) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "stores": n,
         "stores_trained": stores,
+        "connections": connections,
         "wall_seconds": get("wall_seconds"),
         "features_seconds": get("prepare_seconds"),
         "federated_seconds": get("federated_seconds"),
@@ -133,14 +143,23 @@ fn train(args: &ScaleArgs, n: u32, dir: &Path) -> Result<serde_json::Value> {
     }))
 }
 
-/// Why a process here cannot hold `n` agents and the coordinator's end of each
-/// connection (two sockets a store), if it cannot.
-fn too_many_sockets(n: u32) -> Option<String> {
-    let limit = open_file_limit()?;
-    let needed = 2 * u64::from(n) + 256;
-    (needed > limit).then(|| {
-        format!("needs about {needed} open files and this process may open {limit} (ulimit -n)")
-    })
+/// Open files kept for everything but the agents' connections (exports, the
+/// checkpoint database, the runtime).
+const OTHER_FILES: u64 = 1024;
+
+/// How many connections `n` agents get: one each (two sockets a store, the agent's
+/// and the coordinator's end) if `limit` allows, else as many as it holds, shared.
+fn connections_for(n: u32, limit: Option<u64>) -> Result<u32, String> {
+    let Some(limit) = limit else {
+        return Ok(n);
+    };
+    let room = limit.saturating_sub(OTHER_FILES) / 2;
+    if room == 0 {
+        return Err(format!(
+            "this process may open {limit} files (ulimit -n), too few for any connection"
+        ));
+    }
+    Ok(room.min(u64::from(n)) as u32)
 }
 
 /// The soft limit on open files (Linux).
@@ -148,4 +167,17 @@ fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_share_connections_only_when_the_file_limit_is_short() {
+        assert_eq!(connections_for(1000, Some(20_000)), Ok(1000));
+        assert_eq!(connections_for(10_000, Some(20_000)), Ok(9488));
+        assert_eq!(connections_for(10_000, None), Ok(10_000));
+        assert!(connections_for(10, Some(100)).is_err());
+    }
 }

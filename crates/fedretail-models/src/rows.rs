@@ -4,7 +4,9 @@
 //! type's block; every other block is zero. Rows keep only the shared values and say
 //! once, for all rows, where the copies go, so a network of many stores holds a fifth
 //! of the dense matrix and the Newton statistics visit only the coordinates a store
-//! can touch.
+//! can touch. The kept values are stored as f32 (every product and sum is in f64):
+//! features are calendar flags, small counts and log-scaled history, for which seven
+//! digits are plenty, and the rows are most of what a simulated network holds.
 
 /// Rows of a design matrix, row-major, with what is needed to score forecasts.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -15,7 +17,7 @@ pub struct DemandRows {
     stored: usize,
     /// Further model positions that copy a kept value: (position, kept index).
     copies: Vec<(usize, usize)>,
-    x: Vec<f64>,
+    x: Vec<f32>,
     /// Units relative to the series' scale (the model's target).
     r: Vec<f64>,
     scale: Vec<f64>,
@@ -29,7 +31,7 @@ pub struct DemandRows {
 /// `0..kept.len()`, the copies at theirs, zero elsewhere.
 #[derive(Debug, Clone, Copy)]
 pub struct Features<'a> {
-    kept: &'a [f64],
+    kept: &'a [f32],
     copies: &'a [(usize, usize)],
 }
 
@@ -37,11 +39,16 @@ impl<'a> Features<'a> {
     /// `x . w` over the row's coordinates.
     #[inline]
     pub fn dot(&self, w: &[f64]) -> f64 {
-        let kept: f64 = self.kept.iter().zip(w).map(|(x, w)| x * w).sum();
+        let kept: f64 = self
+            .kept
+            .iter()
+            .zip(w)
+            .map(|(&x, w)| f64::from(x) * w)
+            .sum();
         let copied: f64 = self
             .copies
             .iter()
-            .map(|&(to, from)| self.kept[from] * w[to])
+            .map(|&(to, from)| f64::from(self.kept[from]) * w[to])
             .sum();
         kept + copied
     }
@@ -49,23 +56,23 @@ impl<'a> Features<'a> {
     /// `out += a x`.
     #[inline]
     pub fn add_scaled(&self, out: &mut [f64], a: f64) {
-        for (o, x) in out.iter_mut().zip(self.kept) {
-            *o += a * x;
+        for (o, &x) in out.iter_mut().zip(self.kept) {
+            *o += a * f64::from(x);
         }
         for &(to, from) in self.copies {
-            out[to] += a * self.kept[from];
+            out[to] += a * f64::from(self.kept[from]);
         }
     }
 
     /// The value at model position `j`.
     pub fn get(&self, j: usize) -> f64 {
-        if let Some(v) = self.kept.get(j) {
-            return *v;
+        if let Some(&v) = self.kept.get(j) {
+            return f64::from(v);
         }
         self.copies
             .iter()
             .find(|(to, _)| *to == j)
-            .map_or(0.0, |&(_, from)| self.kept[from])
+            .map_or(0.0, |&(_, from)| f64::from(self.kept[from]))
     }
 
     /// The row's values in `out`, kept values first, then the copies (the order of
@@ -73,9 +80,11 @@ impl<'a> Features<'a> {
     #[inline]
     pub fn active_into(&self, out: &mut [f64]) {
         let (kept, copied) = out.split_at_mut(self.kept.len());
-        kept.copy_from_slice(self.kept);
+        for (o, &x) in kept.iter_mut().zip(self.kept) {
+            *o = f64::from(x);
+        }
         for (o, &(_, from)) in copied.iter_mut().zip(self.copies) {
-            *o = self.kept[from];
+            *o = f64::from(self.kept[from]);
         }
     }
 }
@@ -100,10 +109,10 @@ impl DemandRows {
         }
     }
 
-    /// Add a row; `x` has the kept values only.
+    /// Add a row; `x` has the kept values only (stored to f32 precision).
     pub fn push(&mut self, x: &[f64], units: f64, scale: f64, naive: f64) {
         debug_assert_eq!(x.len(), self.stored);
-        self.x.extend_from_slice(x);
+        self.x.extend(x.iter().map(|&v| v as f32));
         self.r.push(units / scale);
         self.scale.push(scale);
         self.units.push(units);
@@ -148,7 +157,7 @@ impl DemandRows {
     }
 
     #[inline]
-    fn features<'a>(&'a self, kept: &'a [f64]) -> Features<'a> {
+    fn features<'a>(&'a self, kept: &'a [f32]) -> Features<'a> {
         Features {
             kept,
             copies: &self.copies,

@@ -1,4 +1,4 @@
-use crate::federation::{run_federation, SimStore};
+use crate::federation::{run_federation, SimStore, Wiring};
 use crate::prepare::{prepare_network, PreparedStore, SkippedStore};
 use crate::report::{group_by, summarize, DemandReport, StoreReport};
 use crate::SimError;
@@ -25,8 +25,8 @@ pub struct DemoOptions {
     /// Days before the held-out ones on which each store picks its forecaster.
     pub validation_days: u32,
     pub job: JobConfig,
-    /// Coordinator checkpoints; None keeps them in memory.
-    pub database: Option<PathBuf>,
+    /// Coordinator checkpoints and how the agents connect.
+    pub wiring: Wiring,
     /// Stores whose features are computed at once.
     pub prepare_parallelism: usize,
     /// Each store's agent writes its forecasts and model into `<store>/results/`.
@@ -43,7 +43,7 @@ impl DemoOptions {
             holdout_days: 28,
             validation_days: 28,
             job: JobConfig::default(),
-            database: None,
+            wiring: Wiring::default(),
             prepare_parallelism: 2,
             write_results: true,
             groups: 1,
@@ -204,7 +204,7 @@ async fn federate_demand(
     let run = run_federation(
         &sim_stores,
         vec![job],
-        options.database.as_deref(),
+        &options.wiring,
         Arc::new(move |e: &CoordinatorEvent| obs(&DemoEvent::Coordinator(e.clone()))),
     )
     .await?;

@@ -8,8 +8,8 @@ use crate::prepare::{business_type_of, store_dirs};
 use crate::{SimError, SkippedStore};
 use fedretail_agent::{AgentConfig, AgentError, AgentSummary, StoreAgent};
 use fedretail_coordinator::{
-    run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorEvent, JobConfig,
-    JobOutcome, StoreCredential,
+    run_coordinator_with, CheckpointStore, ConnectionLimits, CoordinatorConfig, CoordinatorEvent,
+    JobConfig, JobOutcome, StoreCredential,
 };
 use fedretail_core::{BoxFuture, CheckedTask};
 use fedretail_data::{StoreExport, StoreSource};
@@ -17,6 +17,7 @@ use fedretail_models::{DescribeFuture, PrepareFuture, TaskSource};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use tonic::transport::{Channel, Endpoint};
 
 /// One store as the simulated network runs it.
 #[derive(Clone)]
@@ -105,12 +106,50 @@ pub struct FederationRun {
     pub wall_seconds: f64,
 }
 
+/// How the simulated network is wired.
+#[derive(Debug, Clone, Default)]
+pub struct Wiring {
+    /// Coordinator checkpoints; None keeps them in memory.
+    pub database: Option<PathBuf>,
+    /// The agents share this many HTTP/2 connections (store `i` uses connection
+    /// `i % k`); None gives each its own, as real stores have. One process cannot
+    /// hold two sockets for each of 10,000 stores.
+    pub connections: Option<usize>,
+}
+
+impl Wiring {
+    /// Per-connection limits for the coordinator: stores sharing a connection each
+    /// keep a poll open on it, so it gets room for all of them.
+    fn limits(&self, stores: usize) -> ConnectionLimits {
+        let defaults = ConnectionLimits::default();
+        let Some(k) = self.connections else {
+            return defaults;
+        };
+        let per = 2 * stores.div_ceil(k.max(1));
+        ConnectionLimits {
+            max_concurrent_streams: (per as u32).max(defaults.max_concurrent_streams),
+            concurrency_per_connection: per.max(defaults.concurrency_per_connection),
+            ..defaults
+        }
+    }
+
+    /// The shared connections, opened lazily (on an agent's first request).
+    fn channels(&self, url: &str) -> Result<Vec<Channel>, SimError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| SimError::Runtime(format!("bad coordinator address {url}: {e}")))?
+            .tcp_nodelay(true);
+        Ok((0..self.connections.unwrap_or(0))
+            .map(|_| endpoint.connect_lazy())
+            .collect())
+    }
+}
+
 /// Runs `jobs` in order over a coordinator and one agent per store on 127.0.0.1.
 /// Every store is expected: a job starts once every store answered its prepare task.
 pub fn run_federation<'a>(
     stores: &'a [SimStore],
     mut jobs: Vec<JobConfig>,
-    database: Option<&'a Path>,
+    wiring: &'a Wiring,
     observer: Arc<dyn Fn(&CoordinatorEvent) + Send + Sync>,
 ) -> BoxFuture<'a, Result<FederationRun, SimError>> {
     Box::pin(async move {
@@ -134,10 +173,10 @@ pub fn run_federation<'a>(
         }
         let config = CoordinatorConfig {
             listen: addr.to_string(),
-            database: database.map(Path::to_path_buf).unwrap_or_default(),
+            database: wiring.database.clone().unwrap_or_default(),
             max_message_bytes: fedretail_proto::DEFAULT_MAX_MESSAGE_BYTES,
             max_store_rows: fedretail_coordinator::DEFAULT_MAX_STORE_ROWS,
-            limits: Default::default(),
+            limits: wiring.limits(stores.len()),
             tls: None,
             stores: credentials.clone(),
             open_token: None,
@@ -147,7 +186,7 @@ pub fn run_federation<'a>(
             jobs,
             jobs_dir: None,
         };
-        let checkpoints = match database {
+        let checkpoints = match &wiring.database {
             Some(path) => CheckpointStore::open(path),
             None => CheckpointStore::in_memory(),
         }
@@ -158,14 +197,20 @@ pub fn run_federation<'a>(
             checkpoints,
             observer,
         ));
+        let url = format!("http://{addr}");
+        let channels = wiring.channels(&url)?;
         let mut agents = tokio::task::JoinSet::new();
-        for (store, cred) in stores.iter().zip(&credentials) {
-            let mut cfg = AgentConfig::new(format!("http://{addr}"), store.store_id.clone());
+        for (i, (store, cred)) in stores.iter().zip(&credentials).enumerate() {
+            let mut cfg = AgentConfig::new(url.clone(), store.store_id.clone());
             cfg.token = cred.token.clone();
             cfg.business_type = store.business_type.clone();
             cfg.results_dir = store.results_dir.clone();
             let (id, tasks) = (store.store_id.clone(), store.tasks.clone());
-            agents.spawn(async move { (id, StoreAgent::new(cfg, tasks).run().await) });
+            let mut agent = StoreAgent::new(cfg, tasks);
+            if !channels.is_empty() {
+                agent = agent.sharing(channels[i % channels.len()].clone());
+            }
+            agents.spawn(async move { (id, agent.run().await) });
         }
         let outcomes = coordinator
             .await

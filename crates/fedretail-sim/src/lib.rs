@@ -37,6 +37,7 @@ pub use clustering::{
 };
 pub use demo::{run_demo, DemoEvent, DemoOptions};
 pub use dp_demand::{render_dp_demand, run_dp_demand, DpDemandOptions, DpDemandReport};
+pub use federation::Wiring;
 pub use network_jobs::{
     default_job, render_network_run, run_network_jobs, run_tabular_network, tabular_jobs,
     GroupMetrics, NetworkJobReport, NetworkRunReport, SILO_TABLE_FILE,

@@ -5,7 +5,9 @@
 //! own data (the federated model, and the model the store fits alone).
 
 use crate::classification::{ClassificationOptions, ClassificationReport};
-use crate::federation::{export_store, run_federation, stores_from_dir, FederationRun, SimStore};
+use crate::federation::{
+    export_store, run_federation, stores_from_dir, FederationRun, SimStore, Wiring,
+};
 use crate::SimError;
 use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StrategyKind};
 use fedretail_core::task::{ClassifierKind, TabularTaskOptions};
@@ -113,7 +115,7 @@ async fn run_stores(
         agent_failures,
         wall_seconds,
         ..
-    } = run_federation(stores, jobs, None, observer).await?;
+    } = run_federation(stores, jobs, &Wiring::default(), observer).await?;
     Ok(NetworkRunReport {
         data_dir: root.display().to_string(),
         wall_seconds,

@@ -2,7 +2,7 @@
 //! gRPC on 127.0.0.1.
 
 use fedretail_coordinator::{JobConfig, StrategyKind};
-use fedretail_sim::{render_summary, run_demo, DemoOptions};
+use fedretail_sim::{render_summary, run_demo, DemoOptions, Wiring};
 use fedretail_synth::{generate_network, NetworkConfig};
 use std::sync::Arc;
 
@@ -33,7 +33,11 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
             rounds: Some(8),
             ..JobConfig::default()
         },
-        database: Some(db.clone()),
+        // The agents share two connections (the CLI's demo tests give each its own).
+        wiring: Wiring {
+            database: Some(db.clone()),
+            connections: Some(2),
+        },
         ..DemoOptions::new(dir.path().to_path_buf())
     };
     let events = Arc::new(std::sync::Mutex::new(Vec::new()));

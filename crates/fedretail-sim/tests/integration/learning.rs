@@ -214,7 +214,7 @@ fn federated_newton_with_f32_free_transport_is_exact_per_step() {
 async fn a_robust_fedavg_job_over_grpc_equals_its_rule_in_process() {
     use fedretail_coordinator::{CheckedJob, JobConfig, StrategyKind};
     use fedretail_core::{RobustRule, TaskKind};
-    use fedretail_sim::federation::{run_federation, SimStore};
+    use fedretail_sim::federation::{run_federation, SimStore, Wiring};
     use fedretail_sim::inprocess::{run_guarded, Guards};
 
     let data: Vec<DemandDataset> = (0..4)
@@ -237,9 +237,14 @@ async fn a_robust_fedavg_job_over_grpc_equals_its_rule_in_process() {
             results_dir: None,
         })
         .collect();
-    let run = run_federation(&stores, vec![job.clone()], None, Arc::new(|_| {}))
-        .await
-        .unwrap();
+    let run = run_federation(
+        &stores,
+        vec![job.clone()],
+        &Wiring::default(),
+        Arc::new(|_| {}),
+    )
+    .await
+    .unwrap();
     let over_grpc = &run.outcomes[0].parameters;
     let in_process = |robust: Option<RobustRule>| {
         let checked = CheckedJob::new(job.clone()).unwrap();
