@@ -58,6 +58,13 @@ pub struct Aggregate {
     pub within_clip: usize,
 }
 
+/// A long accumulator goes back to be reused by a later round.
+impl Drop for Aggregate {
+    fn drop(&mut self) {
+        crate::buffers::give_f64(std::mem::take(&mut self.weighted_sum));
+    }
+}
+
 impl Aggregate {
     /// The weighted mean; None when nothing (or only zero weight) was aggregated.
     pub fn weighted_mean(&self) -> Option<Vec<f64>> {
@@ -92,7 +99,7 @@ pub struct StreamingWeightedSum {
 impl StreamingWeightedSum {
     pub fn new(len: usize) -> Self {
         StreamingWeightedSum {
-            acc: vec![0.0; len],
+            acc: crate::buffers::zeroed_f64(len),
             pending: Vec::with_capacity(FOLD_BATCH),
             total_weight: 0.0,
             num_updates: 0,
@@ -358,7 +365,7 @@ mod tests {
                 a.push(UpdateVector::F32(f), *w).unwrap();
                 b.push(UpdateVector::F64(back), *w).unwrap();
             }
-            prop_assert_eq!(a.finish().weighted_sum, b.finish().weighted_sum);
+            prop_assert_eq!(&a.finish().weighted_sum, &b.finish().weighted_sum);
         }
     }
 

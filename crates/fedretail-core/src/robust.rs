@@ -156,7 +156,7 @@ impl RobustSum {
             // Lengths and weights were checked on the way in.
             let _ = sum.push(u, w * scale);
         }
-        (sum.finish().weighted_sum, within)
+        (std::mem::take(&mut sum.finish().weighted_sum), within)
     }
 }
 
