@@ -1,7 +1,7 @@
 //! Spare buffers. A folded update's memory is handed to the next update's decode, and
 //! a finished round's accumulator to the next round's, so large vectors reuse warm
-//! pages instead of faulting in fresh ones: a page fault costs about 4 µs on this
-//! machine (a gigabyte a second), and faults were about 40 % of the ingest's time.
+//! pages instead of faulting in fresh ones: under `perf record`, faults were about
+//! 40 % of the ingest's time before.
 //! Memory stays O(model size): at most `MAX_SPARE` update buffers and
 //! `MAX_SPARE_ACCUMULATORS` accumulators are kept.
 

@@ -9,8 +9,8 @@ use rayon::prelude::*;
 const MIN_PER_THREAD: usize = 1 << 17;
 
 /// Length of each piece when `len` elements are split across the pool's threads
-/// (the whole slice when it is short). The pool's threads persist: a scoped spawn per
-/// call cost a quarter of a 4 MB update's fold on this machine.
+/// (the whole slice when it is short). The pool's threads persist, so a call does not
+/// pay for starting threads, as a scoped spawn per call did.
 fn piece_len(len: usize) -> usize {
     let threads = rayon::current_num_threads()
         .min(len / MIN_PER_THREAD)

@@ -114,7 +114,7 @@ pub(super) fn public_key(secret: &StaticSecret) -> [u8; 32] {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MaskPrg {
     /// AES-128 in counter mode, keyed by the seed's first 16 bytes: hardware AES
-    /// (AES-NI, ARMv8 crypto) where the CPU has it, about 4× ChaCha20 here, and a
+    /// (AES-NI, ARMv8 crypto) where the CPU has it, several times ChaCha20's speed, and a
     /// constant-time bitsliced fallback elsewhere.
     #[default]
     #[serde(rename = "aes128_ctr")]
