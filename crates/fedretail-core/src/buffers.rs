@@ -69,12 +69,18 @@ pub(crate) fn give_f32(values: Vec<f32>) {
 /// `len` zeros, in a kept accumulator when there is one (zeroing it is a fraction of
 /// faulting in fresh pages).
 pub(crate) fn zeroed_f64(len: usize) -> Vec<f64> {
-    match SPARE_F64.take(len) {
-        Some(mut acc) => {
-            acc.fill(0.0);
-            acc
+    SPARE_F64.zeroed(len)
+}
+
+impl SparePool<f64> {
+    fn zeroed(&self, len: usize) -> Vec<f64> {
+        match self.take(len) {
+            Some(mut acc) => {
+                acc.fill(0.0);
+                acc
+            }
+            None => vec![0.0; len],
         }
-        None => vec![0.0; len],
     }
 }
 
@@ -109,12 +115,15 @@ mod tests {
     }
 
     #[test]
-    fn an_accumulator_comes_back_zeroed() {
+    fn a_kept_accumulator_comes_back_zeroed() {
+        let pool = SparePool::<f64>::new(MAX_SPARE_ACCUMULATORS);
         let len = MIN_LEN + 777;
-        give_f64(vec![3.0; len]);
-        // Another test may have taken it first; either way the vector is all zeros.
-        let acc = zeroed_f64(len);
+        pool.give(vec![3.0; len]);
+        let acc = pool.zeroed(len);
         assert_eq!(acc.len(), len);
         assert!(acc.iter().all(|&v| v == 0.0));
+        // It was the kept one: the pool is empty again, and a miss is zeros too.
+        assert!(pool.take(len).is_none());
+        assert!(pool.zeroed(len).iter().all(|&v| v == 0.0));
     }
 }

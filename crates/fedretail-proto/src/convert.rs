@@ -20,6 +20,8 @@ pub enum TensorError {
     TooLarge { bytes: usize, limit: usize },
     #[error("layout is missing or invalid: {0}")]
     BadLayout(String),
+    #[error("tensor value at index {index} is not finite ({value})")]
+    NonFinite { index: usize, value: f64 },
     #[error(transparent)]
     Rejected(#[from] UpdateRejection),
 }
@@ -136,7 +138,13 @@ pub fn decode_tensor(
     expected_len: usize,
     max_bytes: usize,
 ) -> Result<UpdateVector, TensorError> {
-    decode_update(t, expected_len, max_bytes, &UpdateLimits::default())
+    // A model is not an update: name the bad value as the tensor's.
+    decode_update(t, expected_len, max_bytes, &UpdateLimits::default()).map_err(|e| match e {
+        TensorError::Rejected(UpdateRejection::NonFinite { index, value }) => {
+            TensorError::NonFinite { index, value }
+        }
+        other => other,
+    })
 }
 
 /// [`decode_tensor`], also refusing values beyond `limits`; the values are decoded
@@ -217,7 +225,7 @@ mod tests {
         }
 
         #[test]
-        fn f32_round_trip_is_exact(values in prop::collection::vec(any::<f32>(), 0..200)) {
+        fn f32_round_trip_is_exact(values in prop::collection::vec(any::<f32>().prop_filter("finite", |v| v.is_finite()), 0..200)) {
             let t = encode_f32(&values);
             let back = decode_tensor(&t, values.len(), usize::MAX).unwrap();
             match back {
@@ -284,5 +292,15 @@ mod tests {
             data: vec![],
         };
         assert_eq!(decode_tensor(&t, 0, 4), Err(TensorError::UnknownDType(0)));
+        let t = encode_f32(&[1.0, f32::INFINITY]);
+        let err = decode_tensor(&t, 2, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, TensorError::NonFinite { index: 1, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("tensor value at index 1"),
+            "{err}"
+        );
     }
 }
