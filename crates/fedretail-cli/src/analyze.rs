@@ -32,7 +32,7 @@ pub enum AnalyzeCommand {
     Churn(ChurnArgs),
     /// Gradient-inversion attack on single-record updates: no protection, DP-SGD at several epsilon, and a real SecAgg+ round (one masked input, and the sum the coordinator learns).
     Attack(AttackArgs),
-    /// Credit scoring from a tabular file split into lenders by a column (e.g. ../shared/data/credit_data.csv by Job): the in-process reference, then the same jobs over one agent per lender.
+    /// Credit scoring from a tabular file split into lenders by a column (e.g. ../shared/data/credit_data.csv by Job) or into N random silos (--split-by random:50): the in-process reference, then the same jobs over one agent per lender.
     Credit(CreditArgs),
     /// Poisoning: a share of the stores lie every round (sign flip, scaled updates, flipped labels, a huge claimed row count); pooled AUC of FedAvg under the plain mean and under each robust rule (median, trimmed mean, norm-bounded).
     Byzantine(crate::poisoning::ByzantineArgs),
@@ -566,7 +566,10 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
     let mut summary = format!(
         "in-process reference\n{}\nover gRPC: one coordinator, one agent per {}\n{}",
         render_classification(&reference),
-        a.table.split_by,
+        match a.table.split_by.strip_prefix(fedretail_data::RANDOM_SPLIT) {
+            Some(n) => format!("silo ({n} random silos)"),
+            None => a.table.split_by.clone(),
+        },
         render_network_run(&network)
     );
     for (id, g) in &gaps {

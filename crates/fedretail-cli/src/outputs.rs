@@ -34,7 +34,7 @@ pub struct TrainArgs {
     pub local_epochs: u32,
     /// At least this many mini-batch steps per party per round: a tiny party runs more
     /// epochs (0: every party runs --local-epochs).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 40)]
     pub min_local_steps: u32,
     /// FedProx: pull each party's local steps toward the global model with this
     /// strength (0 is FedAvg); helps when parties differ and run many local epochs.
@@ -170,7 +170,8 @@ pub struct TableArgs {
     /// Target value that counts as positive (the other must be the only other value).
     #[arg(long, default_value = "bad")]
     pub positive: String,
-    /// Column whose value names the silo (a lender, a store).
+    /// Column whose value names the silo (a lender, a store), or `random:N` for N
+    /// silos of (nearly) equal size dealt at random (many small parties).
     #[arg(long, default_value = "Job")]
     pub split_by: String,
 }

@@ -30,5 +30,7 @@ pub use customer_sql::{
 pub use demand_sql::{load_demand_dataset, DemandSpec};
 pub use error::DataError;
 pub use source::{declared_business_type_text, open_store, StoreSource, LABELS_FILE};
-pub use tabular::{load_tabular, write_silos, StoreTable, TabularSilo, TabularSpec, TabularTable};
+pub use tabular::{
+    load_tabular, write_silos, StoreTable, TabularSilo, TabularSpec, TabularTable, RANDOM_SPLIT,
+};
 pub use tasks::{build_local_task, describe_table, StoreExport};

@@ -28,7 +28,8 @@ pub struct TabularSpec {
     /// exactly one other value.
     pub positive: String,
     /// Column whose value names the silo (e.g. `Job`); rows without it are dropped.
-    /// It is not a feature (it is constant within a silo).
+    /// It is not a feature (it is constant within a silo). `random:N` deals the rows
+    /// into N random silos instead.
     pub split_by: String,
     /// Share of each silo held out for testing, stratified by the target.
     pub test_fraction: f64,
@@ -65,6 +66,17 @@ struct RawRow {
 }
 
 /// A table as read: every cell as text, with its line for error messages.
+/// `split_by` that deals the rows into N random silos (`random:50`).
+pub const RANDOM_SPLIT: &str = "random:";
+const RANDOM_SPLIT_SEED: u64 = 0x5EED_5110;
+
+/// Row indices of each silo, and the split column when there is one.
+struct SiloRows {
+    column: Option<usize>,
+    members: BTreeMap<String, Vec<usize>>,
+    dropped_rows: usize,
+}
+
 pub struct RawTable {
     path: PathBuf,
     columns: Vec<String>,
@@ -127,6 +139,59 @@ impl RawTable {
                 columns,
                 rows,
             })
+        })
+    }
+
+    /// The rows of each silo under `split_by`: a column's values (rows without one are
+    /// dropped), or `random:N`, N silos of (nearly) equal size dealt at random: a table
+    /// with no natural split made into many small parties.
+    fn silos(&self, split_by: &str) -> Result<SiloRows, DataError> {
+        if let Some(n) = split_by.strip_prefix(RANDOM_SPLIT) {
+            return self.random_silos(n);
+        }
+        let split = self.find(split_by)?;
+        let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut dropped_rows = 0;
+        for (i, r) in self.rows.iter().enumerate() {
+            match &r.cells[split] {
+                Some(s) => members.entry(s.clone()).or_default().push(i),
+                None => dropped_rows += 1,
+            }
+        }
+        Ok(SiloRows {
+            column: Some(split),
+            members,
+            dropped_rows,
+        })
+    }
+
+    fn random_silos(&self, n: &str) -> Result<SiloRows, DataError> {
+        let n: usize = n.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+            DataError::Spec(format!(
+                "split '{RANDOM_SPLIT}{n}': the number of silos must be a whole number >= 1"
+            ))
+        })?;
+        if n > self.rows.len() {
+            return Err(DataError::Spec(format!(
+                "split '{RANDOM_SPLIT}{n}': {} has only {} rows",
+                self.path.display(),
+                self.rows.len()
+            )));
+        }
+        // A fixed seed: the same file always deals the same silos.
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(RANDOM_SPLIT_SEED));
+        let width = n.to_string().len();
+        let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (k, &row) in order.iter().enumerate() {
+            let name = format!("silo-{:0width$}", k % n + 1);
+            members.entry(name).or_default().push(row);
+        }
+        members.values_mut().for_each(|rows| rows.sort_unstable());
+        Ok(SiloRows {
+            column: None,
+            members,
+            dropped_rows: 0,
         })
     }
 
@@ -410,19 +475,13 @@ pub fn load_tabular<'a>(
         }
         let table = RawTable::read(path).await?;
         let target = table.find(&spec.target)?;
-        let split = table.find(&spec.split_by)?;
+        let silos = table.silos(&spec.split_by)?;
         let labels = table.labels(target, &spec.positive)?;
         let features: Vec<usize> = (0..table.columns.len())
-            .filter(|&c| c != target && c != split)
+            .filter(|&c| c != target && Some(c) != silos.column)
             .collect();
-        let mut by_silo: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        let mut dropped_rows = 0;
-        for (i, r) in table.rows.iter().enumerate() {
-            match &r.cells[split] {
-                Some(s) => by_silo.entry(s.clone()).or_default().push(i),
-                None => dropped_rows += 1,
-            }
-        }
+        let dropped_rows = silos.dropped_rows;
+        let by_silo = silos.members;
         let silos: Vec<(String, Silo)> = by_silo
             .into_iter()
             .map(|(name, members)| {
@@ -474,19 +533,14 @@ pub fn write_silos<'a>(
 ) -> BoxFuture<'a, Result<Vec<(String, PathBuf)>, DataError>> {
     Box::pin(async move {
         let table = RawTable::read(path).await?;
-        let split = table.find(split_by)?;
-        let mut by_silo: BTreeMap<&str, Vec<&RawRow>> = BTreeMap::new();
-        for r in &table.rows {
-            if let Some(s) = &r.cells[split] {
-                by_silo.entry(s.as_str()).or_default().push(r);
-            }
-        }
+        let silos = table.silos(split_by)?;
+        let split = silos.column;
         let io = |p: &Path| {
             let path = p.to_path_buf();
             move |e: std::io::Error| DataError::Io { path, source: e }
         };
-        let mut out = Vec::with_capacity(by_silo.len());
-        for (k, (name, rows)) in by_silo.into_iter().enumerate() {
+        let mut out = Vec::with_capacity(silos.members.len());
+        for (k, (name, rows)) in silos.members.into_iter().enumerate() {
             // Folder names from data: keep them to safe characters, unique by position.
             let safe: String = name
                 .chars()
@@ -502,7 +556,7 @@ pub fn write_silos<'a>(
                 cells
                     .iter()
                     .enumerate()
-                    .filter(|(c, _)| *c != split)
+                    .filter(|(c, _)| Some(*c) != split)
                     .map(|(_, v)| v.clone().unwrap_or_default())
                     .collect()
             };
@@ -513,7 +567,7 @@ pub fn write_silos<'a>(
             };
             write(keep(&header))?;
             for r in rows {
-                write(keep(&r.cells))?;
+                write(keep(&table.rows[r].cells))?;
             }
             w.flush().map_err(io(&target))?;
             out.push((name.to_string(), dir));
@@ -572,6 +626,58 @@ mod tests {
         assert_eq!(t.silos[0].name, "fixed");
         assert_eq!(t.silos[0].train.len() + t.silos[0].test.len(), 30);
         assert!(t.silos.iter().all(|s| s.skipped.is_none()));
+    }
+
+    #[tokio::test]
+    async fn random_silos_deal_every_row_once_and_keep_every_column_as_a_feature() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("Status,Age,Job\n");
+        for i in 0..103 {
+            let status = if i % 3 == 0 { "bad" } else { "good" };
+            text.push_str(&format!("{status},{},fixed\n", 20 + i % 40));
+        }
+        let path = write(dir.path(), &text);
+        let random = TabularSpec {
+            split_by: "random:10".into(),
+            ..spec()
+        };
+        let t = load_tabular(&path, &random).await.unwrap();
+        assert_eq!(t.silos.len(), 10);
+        assert_eq!(t.silos[0].name, "silo-01");
+        let sizes: Vec<usize> = t
+            .silos
+            .iter()
+            .map(|s| s.train.len() + s.test.len())
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 103);
+        assert!(sizes.iter().all(|&n| n == 10 || n == 11), "{sizes:?}");
+        // No column names the silo, so `Job` stays a feature (constant here, so dropped
+        // as a category with one value or kept: either way not the split).
+        assert!(t.feature_names.iter().any(|f| f == "Age"));
+        // The same file deals the same silos, and the files written agree with them.
+        let again = load_tabular(&path, &random).await.unwrap();
+        assert_eq!(again.silos[3].train.len(), t.silos[3].train.len());
+        let written = write_silos(&path, "random:10", dir.path(), "t.csv")
+            .await
+            .unwrap();
+        assert_eq!(written.len(), 10);
+        let lines = |k: usize| {
+            std::fs::read_to_string(written[k].1.join("t.csv"))
+                .unwrap()
+                .lines()
+                .count()
+                - 1
+        };
+        assert_eq!((0..10).map(lines).sum::<usize>(), 103);
+        assert_eq!(lines(0), sizes[0]);
+        for bad in ["random:0", "random:x", "random:104"] {
+            let spec = TabularSpec {
+                split_by: bad.into(),
+                ..spec()
+            };
+            let e = load_tabular(&path, &spec).await.unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
     }
 
     #[tokio::test]

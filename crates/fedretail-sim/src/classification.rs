@@ -111,7 +111,7 @@ impl Default for ClassificationOptions {
         ClassificationOptions {
             rounds: 20,
             local_epochs: 1,
-            min_local_steps: 20,
+            min_local_steps: 40,
             batch_size: 32,
             learning_rate: 0.1,
             l2: 1e-4,

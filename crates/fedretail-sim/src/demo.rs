@@ -332,6 +332,7 @@ fn store_report(
         wape_federated: m("wape_federated"),
         wape_centralized: metrics::wape(central_err, actual),
         wape_personalized: m("wape_personalized"),
+        wape_ensemble: m("wape_ensemble"),
         mase_local: m("mase_local"),
         mase_federated: m("mase_federated"),
         mase_centralized: metrics::mase(central_err, ds.test.len(), ds.naive_scale),

@@ -20,6 +20,8 @@ pub struct StoreReport {
     pub wape_centralized: Option<f64>,
     /// The federated model fine-tuned at the store on its own rows.
     pub wape_personalized: Option<f64>,
+    /// The mean of the federated, personalized and local forecasts.
+    pub wape_ensemble: Option<f64>,
     pub mase_local: Option<f64>,
     pub mase_federated: Option<f64>,
     pub mase_centralized: Option<f64>,

@@ -202,3 +202,90 @@ fn a_credit_job_over_agent_processes_equals_the_in_process_newton_fit() {
         assert!(card["metrics"]["auc"].as_f64().unwrap() > 0.6, "{card}");
     }
 }
+
+/// FedProx and a server optimizer (FedAdam) over agent processes: each job's model is
+/// its in-process run's (the same local steps, proximal pull and server moments), so
+/// what the reference tests prove of the strategies holds over the wire too.
+#[test]
+fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
+    use fedretail_coordinator::{JobConfig, ServerOptimizerKind};
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("loans-all.csv");
+    std::fs::write(&table, loans()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let silos = rt
+        .block_on(write_silos(
+            &table,
+            "Lender",
+            &dir.path().join("lenders"),
+            fedretail_sim::SILO_TABLE_FILE,
+        ))
+        .unwrap();
+    let options = ClassificationOptions {
+        rounds: 6,
+        mlp_hidden: 3,
+        proximal_mu: 0.1,
+        server_optimizer: ServerOptimizerKind::Adam,
+        server_learning_rate: 0.03,
+        ..Default::default()
+    };
+    let reference = rt
+        .block_on(fedretail_sim::run_credit(
+            &table,
+            &spec(),
+            &options,
+            &|_| {},
+        ))
+        .unwrap();
+    let jobs: Vec<JobConfig> = fedretail_sim::tabular_jobs(&spec(), &options, &reference)
+        .into_iter()
+        .filter(|j| j.job_id != "credit-newton")
+        .map(|j| JobConfig {
+            min_stores: 3,
+            expected_stores: Some(4),
+            ..j
+        })
+        .collect();
+    assert_eq!(jobs.len(), 2);
+
+    let port = free_port();
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n",
+        dir.path().join("coordinator.db").display()
+    );
+    #[derive(serde::Serialize)]
+    struct Jobs {
+        jobs: Vec<JobConfig>,
+    }
+    let jobs = toml::to_string(&Jobs { jobs }).unwrap();
+    assert!(
+        jobs.contains("proximal_mu = 0.1") && jobs.contains("server_optimizer = \"adam\""),
+        "{jobs}"
+    );
+    text.push_str(&jobs);
+    for (s, _) in &silos {
+        text.push_str(&format!(
+            "\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"
+        ));
+    }
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut children: Vec<(String, Child)> = silos
+        .iter()
+        .map(|(name, folder)| (name.clone(), spawn_agent(dir.path(), port, name, folder)))
+        .collect();
+    let report = dir.path().join("outcome.json");
+    children.push(("coordinator".into(), spawn_coordinator(&config, &report)));
+    wait_all(&mut children, Duration::from_secs(120));
+
+    let outcome = read_json(&report);
+    let expected = [
+        ("credit-fedavg", reference.fedavg_parameters.clone()),
+        ("credit-mlp", reference.mlp_parameters.clone().unwrap()),
+    ];
+    for (job, (id, parameters)) in outcome["jobs"].as_array().unwrap().iter().zip(expected) {
+        assert_eq!(job["job_id"], id);
+        assert_eq!(job["failed"], false, "{id}: {}", job["status"]);
+        assert_same_model(job, &parameters, id);
+    }
+}
