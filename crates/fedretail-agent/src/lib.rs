@@ -711,23 +711,9 @@ fn read_train_task(
 /// The round's work as the coordinator sent it, checked.
 fn work_from_wire(work: Option<&v1::train_task::Work>) -> Result<LocalWork, AgentError> {
     Ok(match work {
-        Some(v1::train_task::Work::LocalEpochs(e)) => {
-            if !(e.proximal_mu >= 0.0 && e.proximal_mu.is_finite()) {
-                return Err(AgentError::BadTask(format!(
-                    "proximal_mu must be finite and >= 0, got {}",
-                    e.proximal_mu
-                )));
-            }
-            LocalWork::LocalEpochs(LocalSgd {
-                epochs: e.epochs.clamp(1, 1000),
-                batch_size: e.batch_size.max(1),
-                learning_rate: e.learning_rate,
-                l2: e.l2,
-                proximal_mu: e.proximal_mu,
-                seed: e.seed,
-                // Bounded like the epochs: a hostile task cannot pin the store's CPU.
-                min_steps: e.min_steps.min(100_000),
-            })
+        Some(v1::train_task::Work::LocalEpochs(e)) => LocalWork::LocalEpochs(sgd_from_wire(e)?),
+        Some(v1::train_task::Work::ClusteredLocalEpochs(e)) => {
+            LocalWork::ClusteredLocalEpochs(sgd_from_wire(e)?)
         }
         Some(v1::train_task::Work::SecondOrder(_)) => LocalWork::SecondOrderStatistics,
         Some(v1::train_task::Work::ClusterStatistics(_)) => LocalWork::ClusterStatistics,
@@ -735,6 +721,25 @@ fn work_from_wire(work: Option<&v1::train_task::Work>) -> Result<LocalWork, Agen
             LocalWork::ClusteredSecondOrderStatistics
         }
         None => return Err(AgentError::BadTask("training task names no work".into())),
+    })
+}
+
+fn sgd_from_wire(e: &v1::LocalEpochs) -> Result<LocalSgd, AgentError> {
+    if !(e.proximal_mu >= 0.0 && e.proximal_mu.is_finite()) {
+        return Err(AgentError::BadTask(format!(
+            "proximal_mu must be finite and >= 0, got {}",
+            e.proximal_mu
+        )));
+    }
+    Ok(LocalSgd {
+        epochs: e.epochs.clamp(1, 1000),
+        batch_size: e.batch_size.max(1),
+        learning_rate: e.learning_rate,
+        l2: e.l2,
+        proximal_mu: e.proximal_mu,
+        seed: e.seed,
+        // Bounded like the epochs: a hostile task cannot pin the store's CPU.
+        min_steps: e.min_steps.min(100_000),
     })
 }
 

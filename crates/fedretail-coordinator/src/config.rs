@@ -2,9 +2,10 @@ use fedretail_core::kmeans::{FedBisectingKMeans, KMeansConfig};
 use fedretail_core::tabular::TabularEncoding;
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, TabularTaskOptions, TaskKind};
 use fedretail_core::{
-    CheckedTask, ClusteredNewton, ClusteredNewtonConfig, ConfigError, FedAvg, FedAvgConfig,
-    FedNewton, FedNewtonConfig, ModelLayout, ModelParameters, RobustRule, SamplingConfig, Segment,
-    ServerOpt, ServerOptimizer, Strategy, TaskSpec, UpdatePrecision,
+    CheckedTask, ClusteredFedAvg, ClusteredFedAvgConfig, ClusteredNewton, ClusteredNewtonConfig,
+    ConfigError, FedAvg, FedAvgConfig, FedNewton, FedNewtonConfig, ModelLayout, ModelParameters,
+    RobustRule, SamplingConfig, Segment, ServerOpt, ServerOptimizer, Strategy, TaskSpec,
+    UpdatePrecision,
 };
 use fedretail_privacy::secagg::MaskPrg;
 use fedretail_privacy::{ClipRule, Denominator, DpFedAvg, DpSettings, Sampling};
@@ -491,7 +492,26 @@ impl FedAvgSettings {
         l2: f64,
     ) -> Result<Box<dyn Strategy>, ConfigError> {
         let opt = self.server_optimizer();
-        let fedavg = Box::new(FedAvg::try_new(FedAvgConfig {
+        let fedavg = Box::new(FedAvg::try_new(self.fedavg_config(
+            sampling,
+            l2,
+            opt.is_some(),
+        ))?);
+        Ok(match opt {
+            Some(opt) => Box::new(ServerOpt::try_new(fedavg, opt, self.server_learning_rate)?),
+            None => fedavg,
+        })
+    }
+
+    /// FedAvg's own settings; `optimized` when a server optimizer takes the rate
+    /// (plain FedAvg multiplies its mean by it).
+    pub fn fedavg_config(
+        &self,
+        sampling: SamplingConfig,
+        l2: f64,
+        optimized: bool,
+    ) -> FedAvgConfig {
+        FedAvgConfig {
             sampling,
             local_epochs: self.local_epochs,
             min_local_steps: self.min_local_steps,
@@ -499,8 +519,7 @@ impl FedAvgSettings {
             learning_rate: self.learning_rate,
             l2,
             proximal_mu: self.proximal_mu,
-            // The optimizer takes the rate; plain FedAvg multiplies its mean by it.
-            server_learning_rate: if opt.is_some() {
+            server_learning_rate: if optimized {
                 1.0
             } else {
                 self.server_learning_rate
@@ -510,11 +529,7 @@ impl FedAvgSettings {
             } else {
                 UpdatePrecision::F64
             },
-        })?);
-        Ok(match opt {
-            Some(opt) => Box::new(ServerOpt::try_new(fedavg, opt, self.server_learning_rate)?),
-            None => fedavg,
-        })
+        }
     }
 
     pub fn server_optimizer(&self) -> Option<ServerOptimizer> {
@@ -657,6 +672,29 @@ fn pending_layout() -> ModelLayout {
         .unwrap_or_else(|_| unreachable!("static layout"))
 }
 
+/// A grouped model's updates are sums of products in every group's block: no clip,
+/// noise or robust rule applies to them, and the server's step is FedAvg's own.
+fn check_grouped(config: &JobConfig, task: &CheckedTask) -> Result<(), ConfigError> {
+    if task.groups() <= 1 {
+        return Ok(());
+    }
+    let why = "none with task.groups > 1 (a grouped model's updates are per-group sums)";
+    if config.privacy.is_active() {
+        return Err(ConfigError::out_of_range("privacy", why, "[job.privacy]"));
+    }
+    if let Some(rule) = config.robust {
+        return Err(ConfigError::out_of_range("robust", why, rule.name()));
+    }
+    if config.fedavg.server_optimizer != ServerOptimizerKind::None {
+        return Err(ConfigError::out_of_range(
+            "fedavg.server_optimizer",
+            why,
+            format!("{:?}", config.fedavg.server_optimizer).to_lowercase(),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the job's robust rule can work with its strategy and privacy.
 fn check_defence(config: &JobConfig, strategy: StrategyKind) -> Result<(), ConfigError> {
     let Some(rule) = config.robust else {
@@ -698,15 +736,8 @@ fn check_pairing(checked: &CheckedTask, strategy: StrategyKind) -> Result<(), Co
         ) => true,
         _ => false,
     };
-    if ok && (checked.groups() <= 1 || strategy == StrategyKind::Newton) {
-        return Ok(());
-    }
     if ok {
-        return Err(ConfigError::out_of_range(
-            "strategy",
-            "newton when task.groups > 1 (one exact model per group)",
-            strategy.name(),
-        ));
+        return Ok(());
     }
     let requirement = match task {
         TaskSpec::Demand(_) => "newton or fedavg for task 'demand'",
@@ -766,6 +797,7 @@ impl CheckedJob {
         }
         config.privacy.validate(strategy)?;
         check_defence(&config, strategy)?;
+        check_grouped(&config, &task)?;
         if config.privacy.secure_aggregation && config.min_stores < 3 {
             return Err(ConfigError::out_of_range(
                 "min_stores",
@@ -865,6 +897,13 @@ impl CheckedJob {
                 l2: c.l2,
                 ..Default::default()
             })?),
+            StrategyKind::Fedavg if self.task.groups() > 1 => {
+                Box::new(ClusteredFedAvg::try_new(ClusteredFedAvgConfig {
+                    fedavg: c.fedavg.fedavg_config(sampling, c.l2 * 1e-4, false),
+                    max_groups: self.task.groups(),
+                    ..Default::default()
+                })?)
+            }
             StrategyKind::Fedavg => c.fedavg.strategy(sampling, c.l2 * 1e-4)?,
             StrategyKind::BisectingKmeans => {
                 let (max_iterations, seed) = match self.task.spec() {
@@ -891,7 +930,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_grouped_demand_job_trains_one_exact_model_per_group_and_only_with_newton() {
+    fn a_grouped_job_trains_a_model_per_group_by_newton_or_fedavg() {
         let toml = "[job.task]\nkind = \"demand\"\ngroups = 3\n";
         let jobs = CoordinatorConfig::from_toml(toml)
             .unwrap()
@@ -906,12 +945,25 @@ mod tests {
             "five nodes of the demand model and the tree"
         );
         let fedavg = "[job]\nstrategy = \"fedavg\"\n[job.task]\nkind = \"demand\"\ngroups = 2\n";
-        let e = CoordinatorConfig::from_toml(fedavg)
+        let jobs = CoordinatorConfig::from_toml(fedavg)
             .unwrap()
             .checked_jobs()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("newton when task.groups > 1"), "{e}");
+            .unwrap();
+        assert_eq!(jobs[0].build_strategy().unwrap().name(), "clustered_fedavg");
+        assert_eq!(jobs[0].layout, clustered_layout_of(2));
+        // Per-group sums take no clip, noise, robust rule or server optimizer.
+        for extra in [
+            "[job.privacy]\nsecure_aggregation = true\nclip = 1.0\n",
+            "[job.robust]\nrule = \"median\"\n",
+            "[job.fedavg]\nserver_optimizer = \"adam\"\n",
+        ] {
+            let e = CoordinatorConfig::from_toml(&format!("{fedavg}{extra}"))
+                .unwrap()
+                .checked_jobs()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("task.groups > 1"), "{e}");
+        }
         let many = "[job.task]\nkind = \"demand\"\ngroups = 9\n";
         let e = CoordinatorConfig::from_toml(many)
             .unwrap()
@@ -919,6 +971,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("task.groups") && e.contains('9'), "{e}");
+    }
+
+    fn clustered_layout_of(groups: usize) -> ModelLayout {
+        let demand = fedretail_core::task::demand_layout();
+        fedretail_core::clustered::clustered_layout(&demand, groups).unwrap()
     }
 
     #[test]

@@ -39,9 +39,9 @@ pub const MAX_GROUPS: usize = 8;
 /// Default [`ClusteredNewtonConfig::group_pull`].
 pub const GROUP_PULL: f64 = 20.0;
 
-const UNUSED: f64 = 0.0;
-const LEAF: f64 = 1.0;
-const SPLIT: f64 = 2.0;
+pub(crate) const UNUSED: f64 = 0.0;
+pub(crate) const LEAF: f64 = 1.0;
+pub(crate) const SPLIT: f64 = 2.0;
 
 /// Nodes of a tree with `max_groups` leaves.
 pub fn tree_nodes(max_groups: usize) -> usize {
@@ -50,11 +50,11 @@ pub fn tree_nodes(max_groups: usize) -> usize {
 
 /// Per node its state and its parent + 1, then rounds since the last split and whether
 /// splitting is over.
-fn meta_len(nodes: usize) -> usize {
+pub(crate) fn meta_len(nodes: usize) -> usize {
     2 * nodes + 2
 }
 
-fn check_groups(max_groups: usize) -> Result<(), ConfigError> {
+pub(crate) fn check_groups(max_groups: usize) -> Result<(), ConfigError> {
     if (1..=MAX_GROUPS).contains(&max_groups) {
         Ok(())
     } else {
@@ -250,11 +250,11 @@ impl<'a> ClusterTree<'a> {
         path
     }
 
-    fn rounds_since_split(&self) -> f64 {
+    pub(crate) fn rounds_since_split(&self) -> f64 {
         self.meta()[2 * self.nodes]
     }
 
-    fn splitting_over(&self) -> bool {
+    pub(crate) fn splitting_over(&self) -> bool {
         self.meta()[2 * self.nodes + 1] != 0.0
     }
 }
@@ -437,42 +437,55 @@ fn base_mask(layout: &ModelLayout, d: usize) -> Vec<bool> {
 }
 
 impl ClusteredNewton {
-    /// Count the round; at the end of a level split the leaf whose stores disagree most,
-    /// or say splitting is over when the tree is full or no leaf can split.
     fn grow(&self, next: &mut [f64], tree: &ClusterTree<'_>, sum: &[f64], d: usize) {
-        let nodes = tree_nodes(self.config.max_groups);
-        let meta_at = nodes * d;
-        let since = tree.rounds_since_split() + 1.0;
-        next[meta_at + 2 * nodes] = since;
-        if since < self.config.rounds_per_level as f64 || tree.splitting_over() {
-            return;
-        }
-        let leaves = tree.leaves();
-        let free: Vec<usize> = (0..nodes)
-            .filter(|&j| next[meta_at + j] == UNUSED)
-            .collect();
-        let best = leaves
-            .iter()
-            .filter_map(|&leaf| {
-                split_direction(block(sum, leaf, d), &self.config.newton)
-                    .map(|(score, delta)| (leaf, score, delta))
-            })
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        let (Some((leaf, _, delta)), [a, b, ..]) = (best, free.as_slice()) else {
-            next[meta_at + 2 * nodes + 1] = 1.0;
-            return;
-        };
-        let parent: Vec<f64> = next[leaf * d..(leaf + 1) * d].to_vec();
-        for (child, sign) in [(*a, 1.0), (*b, -1.0)] {
-            for k in 0..d {
-                next[child * d + k] = parent[k] + sign * delta[k];
-            }
-            next[meta_at + child] = LEAF;
-            next[meta_at + nodes + child] = (leaf + 1) as f64;
-        }
-        next[meta_at + leaf] = SPLIT;
-        next[meta_at + 2 * nodes] = 0.0;
+        let (groups, level) = (self.config.max_groups, self.config.rounds_per_level);
+        grow_tree(next, tree, d, groups, level, |leaf| {
+            split_direction(block(sum, leaf, d), &self.config.newton)
+        });
     }
+}
+
+/// Count the round; at the end of a level (`rounds_per_level` rounds) split the leaf
+/// whose stores disagree most (`split(leaf)`: how much, and the step from its model to
+/// a child's start), or say splitting is over when the tree is full or no leaf can
+/// split. Shared by the Newton and the FedAvg trees.
+pub(crate) fn grow_tree(
+    next: &mut [f64],
+    tree: &ClusterTree<'_>,
+    d: usize,
+    max_groups: usize,
+    rounds_per_level: u64,
+    split: impl Fn(usize) -> Option<(f64, Vec<f64>)>,
+) {
+    let nodes = tree_nodes(max_groups);
+    let meta_at = nodes * d;
+    let since = tree.rounds_since_split() + 1.0;
+    next[meta_at + 2 * nodes] = since;
+    if since < rounds_per_level as f64 || tree.splitting_over() {
+        return;
+    }
+    let free: Vec<usize> = (0..nodes)
+        .filter(|&j| next[meta_at + j] == UNUSED)
+        .collect();
+    let best = tree
+        .leaves()
+        .into_iter()
+        .filter_map(|leaf| split(leaf).map(|(score, delta)| (leaf, score, delta)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let (Some((leaf, _, delta)), [a, b, ..]) = (best, free.as_slice()) else {
+        next[meta_at + 2 * nodes + 1] = 1.0;
+        return;
+    };
+    let parent: Vec<f64> = next[leaf * d..(leaf + 1) * d].to_vec();
+    for (child, sign) in [(*a, 1.0), (*b, -1.0)] {
+        for k in 0..d {
+            next[child * d + k] = parent[k] + sign * delta[k];
+        }
+        next[meta_at + child] = LEAF;
+        next[meta_at + nodes + child] = (leaf + 1) as f64;
+    }
+    next[meta_at + leaf] = SPLIT;
+    next[meta_at + 2 * nodes] = 0.0;
 }
 
 /// How far a leaf's stores disagree and the step from its model to a child's start:
@@ -503,6 +516,8 @@ fn split_direction(b: Block<'_>, newton: &FedNewtonConfig) -> Option<(f64, Vec<f
     }
     Some((lambda, delta.iter().copied().collect()))
 }
+
+pub mod fedavg;
 
 #[cfg(test)]
 mod tests;

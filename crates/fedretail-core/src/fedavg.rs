@@ -41,6 +41,21 @@ impl Default for FedAvgConfig {
     }
 }
 
+impl FedAvgConfig {
+    /// Each store's local work in `round` (its shuffle seeded by the round).
+    pub fn local_sgd(&self, round: u64) -> LocalSgd {
+        LocalSgd {
+            epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            l2: self.l2,
+            proximal_mu: self.proximal_mu,
+            seed: self.sampling.seed.wrapping_add(round),
+            min_steps: self.min_local_steps,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FedAvg {
     config: FedAvgConfig,
@@ -105,15 +120,7 @@ impl Strategy for FedAvg {
     ) -> Result<RoundPlan, StrategyError> {
         Ok(RoundPlan {
             stores: self.sampler.sample(round, available)?,
-            work: LocalWork::LocalEpochs(LocalSgd {
-                epochs: self.config.local_epochs,
-                batch_size: self.config.batch_size,
-                learning_rate: self.config.learning_rate,
-                l2: self.config.l2,
-                proximal_mu: self.config.proximal_mu,
-                seed: self.config.sampling.seed.wrapping_add(round),
-                min_steps: self.config.min_local_steps,
-            }),
+            work: LocalWork::LocalEpochs(self.config.local_sgd(round)),
             precision: self.config.precision,
             server_clip: None,
         })

@@ -40,6 +40,7 @@ pub mod task;
 mod validate;
 
 pub use aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
+pub use clustered::fedavg::{ClusteredFedAvg, ClusteredFedAvgConfig};
 pub use clustered::{ClusteredNewton, ClusteredNewtonConfig};
 pub use error::{AggregationError, ConfigError, StrategyError, UpdateRejection};
 pub use fedavg::{FedAvg, FedAvgConfig};

@@ -83,6 +83,9 @@ pub enum LocalWork {
     /// Descend the clustered model's tree by training loss and send the Newton
     /// statistics of the leaf reached, in its block (see [`crate::clustered`]).
     ClusteredSecondOrderStatistics,
+    /// Descend the clustered model's tree by training loss, run local SGD on the leaf
+    /// reached and send its delta, in its block (see [`crate::clustered::fedavg`]).
+    ClusteredLocalEpochs(LocalSgd),
 }
 
 /// Who takes part in a round and with what work.

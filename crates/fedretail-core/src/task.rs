@@ -413,6 +413,9 @@ pub struct TabularTaskOptions {
     pub max_categories: usize,
     /// Seeds the store's split and the MLP's initial weights.
     pub seed: u64,
+    /// Up to this many groups of stores with a model each, found from the data
+    /// (clustered FedAvg or Newton; 1: one model for the network).
+    pub groups: u32,
     /// How rows become inputs; agreed from the stores' summaries before round 1 (the
     /// coordinator fills it in).
     pub encoding: Option<TabularEncoding>,
@@ -431,6 +434,7 @@ impl Default for TabularTaskOptions {
             min_category_rows: 5,
             max_categories: 50,
             seed: 7,
+            groups: 1,
             encoding: None,
         }
     }
@@ -513,6 +517,7 @@ fn check_tabular(o: &TabularTaskOptions) -> Result<(), ConfigError> {
     }
     in_unit("task.test_fraction", o.test_fraction)?;
     check_model(o.model)?;
+    clustered_layout(&o.model.layout(1), o.groups as usize)?;
     if !(2..=10_000).contains(&o.max_categories) {
         return Err(ConfigError::out_of_range(
             "task.max_categories",
@@ -668,6 +673,7 @@ impl CheckedTask {
     pub fn groups(&self) -> usize {
         match &self.0 {
             TaskSpec::Demand(o) => o.groups as usize,
+            TaskSpec::Tabular(o) => o.groups as usize,
             _ => 1,
         }
     }
@@ -683,6 +689,9 @@ impl CheckedTask {
             TaskSpec::Tabular(_) if dim == 0 => Err(ConfigError::Layout(
                 "a tabular task's model is shaped once the stores described their tables".into(),
             )),
+            TaskSpec::Tabular(o) if self.groups() > 1 => {
+                clustered_layout(&o.model.layout(dim), self.groups())
+            }
             TaskSpec::Tabular(o) => Ok(o.model.layout(dim)),
             _ => bisecting_kmeans_layout(self.clusters().unwrap_or(2), dim),
         }
@@ -696,6 +705,11 @@ impl CheckedTask {
                 clustered_initial(&ModelParameters::zeros(demand_layout()), self.groups())
             }
             TaskSpec::Demand(_) => Ok(ModelParameters::zeros(demand_layout())),
+            TaskSpec::Tabular(o) if self.groups() > 1 => {
+                let base = o.model.initial_parameters(dim, o.seed);
+                let base = ModelParameters::from_values(o.model.layout(dim), base)?;
+                clustered_initial(&base, self.groups())
+            }
             TaskSpec::Churn(ChurnTaskOptions { model, seed, .. })
             | TaskSpec::Tabular(TabularTaskOptions { model, seed, .. }) => {
                 ModelParameters::from_values(self.layout()?, model.initial_parameters(dim, *seed))

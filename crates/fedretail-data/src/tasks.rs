@@ -209,7 +209,7 @@ async fn tabular(
     let silo = table.silo();
     let (train, test) = silo.encode(encoding)?;
     let (rows, held_out) = silo.encode_all(encoding)?;
-    Ok(Arc::new(TabularTask {
+    let task: Arc<dyn LocalTask> = Arc::new(TabularTask {
         inner: ClassifierTask {
             name: "tabular",
             kind: o.model,
@@ -222,7 +222,18 @@ async fn tabular(
             lines: table.lines(),
             held_out,
         },
-    }))
+    });
+    grouped(task, o.groups)
+}
+
+/// The task itself, or with `groups > 1` a tree of group models around it.
+fn grouped(task: Arc<dyn LocalTask>, groups: u32) -> Result<Arc<dyn LocalTask>, DataError> {
+    if groups <= 1 {
+        return Ok(task);
+    }
+    GroupedTask::try_new(task, groups as usize)
+        .map(|t| Arc::new(t) as Arc<dyn LocalTask>)
+        .map_err(|e| DataError::Spec(e.to_string()))
 }
 
 async fn demand(
@@ -255,14 +266,7 @@ async fn demand(
         interval: o.interval,
         ..Default::default()
     };
-    let task: Arc<dyn LocalTask> = Arc::new(DemandTask::new(data, options));
-    if o.groups <= 1 {
-        return Ok(task);
-    }
-    // Clustered: the model is a tree of group models around the same store task.
-    GroupedTask::try_new(task, o.groups as usize)
-        .map(|t| Arc::new(t) as Arc<dyn LocalTask>)
-        .map_err(|e| DataError::Spec(e.to_string()))
+    grouped(Arc::new(DemandTask::new(data, options)), o.groups)
 }
 
 fn settings(o: &ClusterTaskOptions, clusters: usize) -> ClusterSettings {

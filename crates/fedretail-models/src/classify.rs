@@ -526,12 +526,15 @@ impl LocalTask for ClassifierTask {
                     work: "second-order statistics with an MLP (use FedAvg)",
                 })
             }
-            (LocalWork::ClusterStatistics | LocalWork::ClusteredSecondOrderStatistics, _) => {
-                Err(TaskError::UnsupportedWork {
-                    task: self.name,
-                    work: "cluster statistics (a grouped model wraps this task)",
-                })
-            }
+            (
+                LocalWork::ClusterStatistics
+                | LocalWork::ClusteredSecondOrderStatistics
+                | LocalWork::ClusteredLocalEpochs(_),
+                _,
+            ) => Err(TaskError::UnsupportedWork {
+                task: self.name,
+                work: "cluster statistics (a grouped model wraps this task)",
+            }),
         }
     }
 

@@ -186,12 +186,12 @@ impl LocalTask for DemandTask {
                 }
                 Ok(w.iter().zip(global).map(|(a, b)| a - b).collect())
             }
-            LocalWork::ClusterStatistics | LocalWork::ClusteredSecondOrderStatistics => {
-                Err(TaskError::UnsupportedWork {
-                    task: "demand",
-                    work: "cluster statistics (a grouped model wraps this task)",
-                })
-            }
+            LocalWork::ClusterStatistics
+            | LocalWork::ClusteredSecondOrderStatistics
+            | LocalWork::ClusteredLocalEpochs(_) => Err(TaskError::UnsupportedWork {
+                task: "demand",
+                work: "cluster statistics (a grouped model wraps this task)",
+            }),
         }
     }
 

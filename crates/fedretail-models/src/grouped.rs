@@ -6,6 +6,7 @@
 
 use crate::metrics::clearly_better;
 use crate::task::{LocalTask, StoreResults, TaskError, TaskMetrics};
+use fedretail_core::clustered::fedavg::{clustered_delta_len, write_leaf_delta};
 use fedretail_core::clustered::{
     clustered_layout, clustered_statistics_len, write_leaf_statistics, ClusterTree,
 };
@@ -120,22 +121,33 @@ impl LocalTask for GroupedTask {
     }
 
     fn compute_update(&self, global: &[f64], work: &LocalWork) -> Result<Vec<f64>, TaskError> {
-        if *work != LocalWork::ClusteredSecondOrderStatistics {
-            return Err(TaskError::UnsupportedWork {
-                task: self.inner.task_name(),
-                work: "anything but clustered Newton statistics on a grouped model",
-            });
-        }
         let tree = self.tree(global)?;
         let leaf = self.path(&tree).last().copied().unwrap_or(0);
         let d = self.inner.layout().len();
-        let stats = self
-            .inner
-            .compute_update(tree.model(leaf), &LocalWork::SecondOrderStatistics)?;
-        let mut out = vec![0.0; clustered_statistics_len(d, self.max_groups)];
-        let mask = self.inner.layout().regularization_mask();
-        write_leaf_statistics(&mut out, leaf, self.num_train_examples(), &stats, &mask);
-        Ok(out)
+        let rows = self.num_train_examples();
+        match work {
+            LocalWork::ClusteredSecondOrderStatistics => {
+                let stats = self
+                    .inner
+                    .compute_update(tree.model(leaf), &LocalWork::SecondOrderStatistics)?;
+                let mut out = vec![0.0; clustered_statistics_len(d, self.max_groups)];
+                let mask = self.inner.layout().regularization_mask();
+                write_leaf_statistics(&mut out, leaf, rows, &stats, &mask);
+                Ok(out)
+            }
+            LocalWork::ClusteredLocalEpochs(sgd) => {
+                let delta = self
+                    .inner
+                    .compute_update(tree.model(leaf), &LocalWork::LocalEpochs(*sgd))?;
+                let mut out = vec![0.0; clustered_delta_len(d, self.max_groups)];
+                write_leaf_delta(&mut out, leaf, rows, &delta);
+                Ok(out)
+            }
+            _ => Err(TaskError::UnsupportedWork {
+                task: self.inner.task_name(),
+                work: "anything but clustered Newton statistics or clustered local epochs on a grouped model",
+            }),
+        }
     }
 
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {

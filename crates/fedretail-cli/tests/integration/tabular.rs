@@ -289,3 +289,114 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
         assert_same_model(job, &parameters, id);
     }
 }
+
+/// Eight lenders of two kinds whose borrowers' risk runs opposite ways with income.
+fn two_kinds_of_loans() -> String {
+    let mut text = String::from("Status,Lender,Income,Age\n");
+    let mut state = 99u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    for lender in ["a1", "a2", "a3", "a4", "b1", "b2", "b3", "b4"] {
+        let sign = if lender.starts_with('a') { -1.0 } else { 1.0 };
+        for _ in 0..160 {
+            let income = 40.0 + 120.0 * next();
+            let age = 20.0 + 50.0 * next();
+            let z = sign * (income - 100.0) / 15.0 + (age - 45.0) / 40.0;
+            let bad = next() < 1.0 / (1.0 + (-z).exp());
+            let status = if bad { "bad" } else { "good" };
+            text.push_str(&format!("{status},{lender},{income:.1},{age:.0}\n"));
+        }
+    }
+    text
+}
+
+/// Clustered FedAvg over agent processes, beside one FedAvg model in the same run: the
+/// groups found from the lenders' data are their two kinds, and each kind scores its
+/// own held-out rows better with its group's model than with the single one.
+#[test]
+fn a_grouped_fedavg_job_over_agent_processes_finds_two_kinds_of_lender() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("loans-all.csv");
+    std::fs::write(&table, two_kinds_of_loans()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let silos = rt
+        .block_on(write_silos(
+            &table,
+            "Lender",
+            &dir.path().join("lenders"),
+            "loans.csv",
+        ))
+        .unwrap();
+    let port = free_port();
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n",
+        dir.path().join("coordinator.db").display()
+    );
+    for (job, groups) in [("one-model", 1), ("grouped", 2)] {
+        text.push_str(&format!(
+            "\n[[jobs]]\njob_id = \"{job}\"\nstrategy = \"fedavg\"\nrounds = 18\nmin_stores = 8\n\
+             [jobs.fedavg]\nlearning_rate = 0.3\nlocal_epochs = 2\n\
+             [jobs.task]\nkind = \"tabular\"\nfile = \"loans.csv\"\ntarget = \"Status\"\n\
+             positive = \"bad\"\ngroups = {groups}\n"
+        ));
+    }
+    for (s, _) in &silos {
+        text.push_str(&format!(
+            "\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"
+        ));
+    }
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut children: Vec<(String, Child)> = silos
+        .iter()
+        .map(|(name, folder)| (name.clone(), spawn_agent(dir.path(), port, name, folder)))
+        .collect();
+    let report = dir.path().join("outcome.json");
+    children.push(("coordinator".into(), spawn_coordinator(&config, &report)));
+    wait_all(&mut children, Duration::from_secs(120));
+
+    let outcome = read_json(&report);
+    let jobs = outcome["jobs"].as_array().unwrap();
+    let mean_auc = |job: &serde_json::Value, kind: char| {
+        let aucs: Vec<f64> = job["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["store_id"].as_str().unwrap().starts_with(kind))
+            .map(|e| e["metrics"]["auc"].as_f64().unwrap())
+            .collect();
+        assert_eq!(aucs.len(), 4, "{job}");
+        aucs.iter().sum::<f64>() / 4.0
+    };
+    let (one, grouped) = (&jobs[0], &jobs[1]);
+    assert_eq!(
+        grouped["strategy"], "clustered_fedavg",
+        "{}",
+        grouped["status"]
+    );
+    assert_eq!(grouped["failed"], false, "{}", grouped["status"]);
+    let leaf = |store: &str| {
+        grouped["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["store_id"] == store)
+            .map(|e| e["metrics"]["group_leaf"].as_f64().unwrap())
+            .unwrap()
+    };
+    for kind in ['a', 'b'] {
+        let leaves: Vec<f64> = (1..=4).map(|i| leaf(&format!("{kind}{i}"))).collect();
+        assert!(leaves.iter().all(|l| *l == leaves[0]), "{kind}: {leaves:?}");
+        let (single, own) = (mean_auc(one, kind), mean_auc(grouped, kind));
+        eprintln!("lenders {kind}: mean AUC {own:.3} grouped, {single:.3} one model");
+        assert!(
+            own > single + 0.05,
+            "{kind}: grouped {own}, one model {single}"
+        );
+    }
+    assert_ne!(leaf("a1"), leaf("b1"), "the two kinds share a group");
+}

@@ -4,7 +4,7 @@
 
 use super::{task_id, JobSlot, Phase, RoundMachine, RoundState};
 use crate::privacy::SecureStage;
-use fedretail_core::{LocalWork, UpdatePrecision};
+use fedretail_core::{LocalSgd, LocalWork, UpdatePrecision};
 use fedretail_proto::layout_to_wire;
 use fedretail_proto::v1::{self, poll_task_response::Outcome};
 
@@ -85,15 +85,10 @@ fn train_or_step(slot: &JobSlot, rs: &RoundState, store: &str) -> Option<Outcome
 
 fn work_to_wire(work: &LocalWork) -> v1::train_task::Work {
     match work {
-        LocalWork::LocalEpochs(s) => v1::train_task::Work::LocalEpochs(v1::LocalEpochs {
-            epochs: s.epochs,
-            batch_size: s.batch_size,
-            learning_rate: s.learning_rate,
-            l2: s.l2,
-            seed: s.seed,
-            proximal_mu: s.proximal_mu,
-            min_steps: s.min_steps,
-        }),
+        LocalWork::LocalEpochs(s) => v1::train_task::Work::LocalEpochs(sgd_to_wire(s)),
+        LocalWork::ClusteredLocalEpochs(s) => {
+            v1::train_task::Work::ClusteredLocalEpochs(sgd_to_wire(s))
+        }
         LocalWork::SecondOrderStatistics => {
             v1::train_task::Work::SecondOrder(v1::SecondOrderStatistics {})
         }
@@ -103,6 +98,18 @@ fn work_to_wire(work: &LocalWork) -> v1::train_task::Work {
         LocalWork::ClusteredSecondOrderStatistics => {
             v1::train_task::Work::ClusteredSecondOrder(v1::ClusteredSecondOrderStatistics {})
         }
+    }
+}
+
+fn sgd_to_wire(s: &LocalSgd) -> v1::LocalEpochs {
+    v1::LocalEpochs {
+        epochs: s.epochs,
+        batch_size: s.batch_size,
+        learning_rate: s.learning_rate,
+        l2: s.l2,
+        seed: s.seed,
+        proximal_mu: s.proximal_mu,
+        min_steps: s.min_steps,
     }
 }
 
