@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS privacy_ledger (
   entry TEXT NOT NULL,
   PRIMARY KEY (job_id, round)
 );
+CREATE TABLE IF NOT EXISTS privacy_charges (
+  job_id TEXT NOT NULL,
+  round INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  entry TEXT NOT NULL,
+  PRIMARY KEY (job_id, round, attempt)
+);
 CREATE TABLE IF NOT EXISTS failed_rounds (
   job_id TEXT NOT NULL,
   round INTEGER NOT NULL,
@@ -207,11 +214,41 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// The privacy ledger of a job, in round order.
+    /// Store the charge of an attempt at `round`, made before its stores were sent
+    /// anything they could release (they noise their own updates). It stays whether
+    /// the attempt completes, fails or is cut short by a crash.
+    pub fn save_charge(
+        &self,
+        job_id: &str,
+        round: u64,
+        entry: &LedgerEntry,
+    ) -> Result<(), CheckpointError> {
+        let json = serde_json::to_string(entry).map_err(|e| CheckpointError::Corrupt {
+            round,
+            reason: e.to_string(),
+        })?;
+        // Numbered per round in the order charged (a restarted coordinator counts its
+        // attempts afresh), so no charge ever replaces another.
+        self.conn().execute(
+            "INSERT INTO privacy_charges (job_id, round, attempt, entry)
+             VALUES (?1, ?2, (SELECT COALESCE(MAX(attempt), 0) + 1 FROM privacy_charges
+                              WHERE job_id = ?1 AND round = ?2), ?3)",
+            params![job_id, round as i64, json],
+        )?;
+        Ok(())
+    }
+
+    /// The privacy ledger of a job, in round order: what completed rounds spent and
+    /// every charge made before a release, failed attempts' included.
     pub fn ledger_entries(&self, job_id: &str) -> Result<Vec<LedgerEntry>, CheckpointError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT round, entry FROM privacy_ledger WHERE job_id = ?1 ORDER BY round")?;
+        let mut stmt = conn.prepare(
+            "SELECT round, entry FROM (
+               SELECT round, 0 AS attempt, entry FROM privacy_ledger WHERE job_id = ?1
+               UNION ALL
+               SELECT round, attempt, entry FROM privacy_charges WHERE job_id = ?1)
+             ORDER BY round, attempt",
+        )?;
         let rows = stmt.query_map(params![job_id], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })?;
@@ -380,5 +417,24 @@ mod tests {
         assert_eq!(ledger.len(), 1);
         assert_eq!(ledger[0].epsilon_after, 1.25);
         assert_eq!(ledger[0].rdp, vec![0.5, 0.25]);
+        // Charges made before release: two attempts at round 4 both stay, after the
+        // completed round 3, and survive a reopen.
+        for eps in [2.0, 2.5] {
+            let charge = LedgerEntry {
+                round: 4,
+                epsilon_after: eps,
+                ..ledger[0].clone()
+            };
+            s.save_charge("j", 4, &charge).unwrap();
+        }
+        drop(s);
+        let s = CheckpointStore::open(&path).unwrap();
+        let after: Vec<f64> = s
+            .ledger_entries("j")
+            .unwrap()
+            .iter()
+            .map(|e| e.epsilon_after)
+            .collect();
+        assert_eq!(after, vec![1.25, 2.0, 2.5]);
     }
 }

@@ -300,6 +300,13 @@ pub enum NoiseKind {
     Local,
 }
 
+impl NoiseKind {
+    /// Whether the stores noise their own updates (so what they send is a release).
+    pub fn at_stores(self) -> bool {
+        matches!(self, NoiseKind::Distributed | NoiseKind::Local)
+    }
+}
+
 fn default_dropout() -> f64 {
     0.1
 }

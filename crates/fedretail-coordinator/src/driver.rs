@@ -9,13 +9,13 @@ use crate::checkpoint::{CheckpointStore, RoundRecord};
 use crate::config::{CheckedJob, JobConfig, NoiseKind};
 use crate::events::CoordinatorEvent;
 use crate::jobs::JobQueue;
-use crate::machine::RoundError;
+use crate::machine::{RoundError, RoundLedger};
 use crate::round::{run_round, RoundDone, RoundInput};
 use crate::shared::Shared;
 use crate::CoordinatorError;
 use fedretail_core::tabular::merge_summaries;
 use fedretail_core::{ModelParameters, Strategy, TaskMetrics, TaskSpec};
-use fedretail_privacy::{PrivacyBudget, PrivacyLedger};
+use fedretail_privacy::{LedgerEntry, PrivacyBudget, PrivacyLedger, RoundMechanism};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -450,11 +450,16 @@ async fn train(
         let mut attempt = 0;
         let done = loop {
             attempt += 1;
+            let mut charging = ledger.as_deref_mut().map(|ledger| AttemptLedger {
+                ledger,
+                checkpoints,
+                job_id: job.job_id(),
+            });
             let input = RoundInput {
                 job,
                 global: &global,
                 round,
-                ledger: ledger.as_deref(),
+                ledger: charging.as_mut().map(|c| c as &mut dyn RoundLedger),
             };
             match run_round(shared, strategy, input).await {
                 Ok(done) => break done,
@@ -507,7 +512,42 @@ async fn train(
     })
 }
 
-/// Charges the ledger for a released round and stores it with the round, atomically.
+/// One attempt's view of the job's ledger: a charge made before release is stored at
+/// once, under the attempt, so a failed attempt or a crash keeps it.
+struct AttemptLedger<'a> {
+    ledger: &'a mut PrivacyLedger,
+    checkpoints: &'a CheckpointStore,
+    job_id: &'a str,
+}
+
+impl RoundLedger for AttemptLedger<'_> {
+    fn check(&self, round: u64, mechanism: &RoundMechanism) -> Result<(), RoundError> {
+        self.ledger
+            .check_round(round, mechanism)
+            .map(|_| ())
+            .map_err(|e| RoundError::Budget(e.to_string()))
+    }
+
+    fn charge_before_release(
+        &mut self,
+        round: u64,
+        mechanism: &RoundMechanism,
+    ) -> Result<LedgerEntry, RoundError> {
+        let entry = self
+            .ledger
+            .spend_round(round, mechanism)
+            .map_err(|e| RoundError::Budget(e.to_string()))?
+            .clone();
+        // Not stored, not released: the round does not open.
+        self.checkpoints
+            .save_charge(self.job_id, round, &entry)
+            .map_err(|e| RoundError::Failed(format!("the privacy charge was not stored: {e}")))?;
+        Ok(entry)
+    }
+}
+
+/// Charges the ledger for a released round (unless it was charged as it opened) and
+/// stores it with the round, atomically.
 fn commit_round(
     shared: &Shared,
     checkpoints: &CheckpointStore,
@@ -516,15 +556,19 @@ fn commit_round(
     ledger: Option<&mut PrivacyLedger>,
 ) -> Result<RoundRecord, CoordinatorError> {
     let mut record = done.record.clone();
-    let entry = match (ledger, &done.mechanism) {
-        (Some(l), Some(m)) => Some(
+    let entry = match (ledger, &done.mechanism, &done.charged) {
+        (_, _, Some(_)) => None,
+        (Some(l), Some(m), None) => Some(
             l.spend_round(record.round, m)
                 .map_err(|e| CoordinatorError::Privacy(e.to_string()))?
                 .clone(),
         ),
         _ => None,
     };
-    record.epsilon_spent = entry.as_ref().map(|e| e.epsilon_after);
+    record.epsilon_spent = entry
+        .as_ref()
+        .or(done.charged.as_ref())
+        .map(|e| e.epsilon_after);
     checkpoints.save_round(job.job_id(), &record, done.next.values(), entry.as_ref())?;
     (shared.observer)(&CoordinatorEvent::RoundCompleted {
         round: record.round,

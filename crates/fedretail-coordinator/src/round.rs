@@ -7,16 +7,18 @@
 use crate::checkpoint::RoundRecord;
 use crate::config::CheckedJob;
 use crate::events::CoordinatorEvent;
-use crate::machine::{RoundError, RoundSetup};
+use crate::machine::{RoundError, RoundLedger, RoundSetup};
 use crate::shared::Shared;
 use fedretail_core::{ModelParameters, Strategy, StrategyError};
-use fedretail_privacy::{PrivacyLedger, RoundMechanism};
+use fedretail_privacy::{LedgerEntry, RoundMechanism};
 use std::time::Instant;
 
 pub(crate) struct RoundDone {
     pub record: RoundRecord,
     pub next: ModelParameters,
     pub mechanism: Option<RoundMechanism>,
+    /// Charged when the attempt opened (the stores noise their own updates).
+    pub charged: Option<LedgerEntry>,
 }
 
 /// What one round works from.
@@ -24,7 +26,7 @@ pub(crate) struct RoundInput<'a> {
     pub job: &'a CheckedJob,
     pub global: &'a ModelParameters,
     pub round: u64,
-    pub ledger: Option<&'a PrivacyLedger>,
+    pub ledger: Option<&'a mut dyn RoundLedger>,
 }
 
 /// Waits until the round's current stage is answered by every store, or the
@@ -41,7 +43,7 @@ async fn wait_stage(shared: &Shared, job: &CheckedJob) {
 pub(crate) async fn run_round(
     shared: &Shared,
     strategy: &mut dyn Strategy,
-    input: RoundInput<'_>,
+    mut input: RoundInput<'_>,
 ) -> Result<RoundDone, RoundError> {
     let (job, round) = (input.job, input.round);
     let round_start = Instant::now();
@@ -54,7 +56,10 @@ pub(crate) async fn run_round(
             global: input.global,
             available: &available,
             privacy,
-            ledger: input.ledger,
+            ledger: input
+                .ledger
+                .as_deref_mut()
+                .map(|l| l as &mut dyn RoundLedger),
             robust: job.config.robust,
         };
         m.open_round(strategy, setup)
@@ -98,5 +103,6 @@ pub(crate) async fn run_round(
         record,
         next: applied.parameters,
         mechanism: closed.mechanism,
+        charged: closed.charged,
     })
 }

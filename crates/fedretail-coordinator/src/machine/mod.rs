@@ -16,7 +16,7 @@ mod secure;
 mod tasks;
 
 pub use refusal::Refusal;
-pub use round::{Closed, RoundError, RoundSetup, TrainOrder};
+pub use round::{Closed, RoundError, RoundLedger, RoundSetup, TrainOrder};
 
 use crate::privacy::{RoundPrivacy, SecureRound};
 use fedretail_core::tabular::TableSummary;
@@ -69,6 +69,9 @@ pub(crate) struct RoundState {
     pub server_clip: Option<f64>,
     /// Clipping, noise and secure aggregation for this round, if the job asks for any.
     pub privacy: Option<RoundPrivacy>,
+    /// The ledger's charge for this attempt, made before any task went out (stores
+    /// noise their own updates).
+    pub charged: Option<fedretail_privacy::LedgerEntry>,
     /// Weighted sum of the training losses stores sent with plain updates, and the weight.
     pub loss: (f64, f64),
 }

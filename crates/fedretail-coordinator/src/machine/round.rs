@@ -11,7 +11,7 @@ use fedretail_core::{
     validate_update, Aggregate, LocalWork, ModelParameters, RobustRule, RoundAggregator, Strategy,
     UpdateLimits, UpdatePrecision, UpdateVector,
 };
-use fedretail_privacy::{PrivacyLedger, RoundMechanism};
+use fedretail_privacy::{LedgerEntry, RoundMechanism};
 use fedretail_proto::encode_f64;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -33,6 +33,20 @@ impl From<String> for RoundError {
     }
 }
 
+/// The job's privacy ledger as a round sees it.
+pub trait RoundLedger: Send {
+    /// Whether `round` under `mechanism` stays within the budget.
+    fn check(&self, round: u64, mechanism: &RoundMechanism) -> Result<(), RoundError>;
+    /// Charge `round` under `mechanism` now, durably, before any store is sent the
+    /// task: stores that noise their own updates release them as they reply, so the
+    /// charge must not wait for the round to complete (or survive a crash).
+    fn charge_before_release(
+        &mut self,
+        round: u64,
+        mechanism: &RoundMechanism,
+    ) -> Result<LedgerEntry, RoundError>;
+}
+
 /// What a round starts from.
 pub struct RoundSetup<'a> {
     pub round: u64,
@@ -41,7 +55,7 @@ pub struct RoundSetup<'a> {
     pub available: &'a [String],
     /// The job's `[job.privacy]`, when it asks for any.
     pub privacy: Option<&'a PrivacySettings>,
-    pub ledger: Option<&'a PrivacyLedger>,
+    pub ledger: Option<&'a mut dyn RoundLedger>,
     /// The job's robust rule against lying stores (None: the streaming weighted mean).
     pub robust: Option<RobustRule>,
 }
@@ -56,6 +70,9 @@ pub struct Closed {
     pub train_loss: Option<f64>,
     pub aggregate: Aggregate,
     pub mechanism: Option<RoundMechanism>,
+    /// The charge made when the round opened (stores noise their own updates); the
+    /// round is then not charged again when it completes.
+    pub charged: Option<LedgerEntry>,
 }
 
 /// A selected store's training task, as a store (or an in-process run) reads it.
@@ -97,7 +114,7 @@ impl RoundMachine {
     pub fn open_round(
         &mut self,
         strategy: &mut dyn Strategy,
-        setup: RoundSetup<'_>,
+        mut setup: RoundSetup<'_>,
     ) -> Result<usize, RoundError> {
         let Some(slot) = self.job.as_ref() else {
             return Err(RoundError::Failed("no job is open".into()));
@@ -121,7 +138,7 @@ impl RoundMachine {
                 )
             })
             .collect();
-        let privacy = plan_privacy(&setup, &tasks, &weights, update_len)?;
+        let (privacy, charged) = plan_privacy(&mut setup, &tasks, &weights, update_len)?;
         let secure = privacy.as_ref().is_some_and(|p| p.secure.is_some());
         let selected = tasks.len();
         self.phase = Phase::Training(Box::new(RoundState {
@@ -139,6 +156,7 @@ impl RoundMachine {
             precision: plan.precision,
             server_clip: plan.server_clip,
             privacy,
+            charged,
             loss: (0.0, 0.0),
         }));
         Ok(selected)
@@ -280,27 +298,33 @@ impl RoundMachine {
             train_loss: (weight > 0.0).then(|| sum / weight),
             aggregate,
             mechanism: privacy.and_then(|p: RoundPrivacy| p.mechanism),
+            charged: rs.charged.take(),
         })
     }
 }
 
-/// The round's privacy plan, checked against the ledger's budget.
+/// The round's privacy plan, checked against the ledger's budget; when the stores
+/// noise their own updates, the round charged before any of them is sent its task.
 fn plan_privacy(
-    setup: &RoundSetup<'_>,
+    setup: &mut RoundSetup<'_>,
     tasks: &BTreeMap<String, String>,
     weights: &BTreeMap<String, f64>,
     update_len: usize,
-) -> Result<Option<RoundPrivacy>, RoundError> {
+) -> Result<(Option<RoundPrivacy>, Option<LedgerEntry>), RoundError> {
     let Some(settings) = setup.privacy.filter(|p| p.is_active()) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let stores: Vec<String> = tasks.keys().cloned().collect();
     let p = plan_round(settings, &stores, weights, update_len, rand::random())?;
-    if let (Some(l), Some(m)) = (setup.ledger, &p.mechanism) {
-        l.check_round(setup.round, m)
-            .map_err(|e| RoundError::Budget(e.to_string()))?;
+    let (Some(ledger), Some(m)) = (setup.ledger.as_deref_mut(), &p.mechanism) else {
+        return Ok((Some(p), None));
+    };
+    if !settings.noise.at_stores() {
+        ledger.check(setup.round, m)?;
+        return Ok((Some(p), None));
     }
-    Ok(Some(p))
+    let entry = ledger.charge_before_release(setup.round, m)?;
+    Ok((Some(p), Some(entry)))
 }
 
 /// The round in progress, if `task_id` is `store`'s current, unanswered task in it.

@@ -505,3 +505,62 @@ async fn a_secure_round_sums_exactly_under_either_mask_prg() {
         assert!(gap < 1e-6, "secure and plain sums differ by {gap}");
     }
 }
+
+/// Stores that noise their own updates release them as they reply, so every attempt
+/// is charged before its tasks go out and stays charged if it then fails: here a
+/// round whose third store sends an update the coordinator refuses, with two others
+/// already in. The charge is stored at once, so a restarted coordinator keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_fails_after_noised_updates_arrived_stays_charged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("job.db");
+    let toml = "[job]\nstrategy = \"fedavg\"\nrounds = 3\nmin_stores = 3\nexpected_stores = 3\n\
+                round_timeout_secs = 10\nround_attempts = 1\n\
+                [job.privacy]\nclip = 1.0\nnoise = \"local\"\nnoise_multiplier = 2\n\
+                budget_epsilon = 50\ndelta = 1e-5\n";
+    let stores: Vec<(String, Vec<f64>, u64)> = (1..3)
+        .map(|i| (format!("s{i}"), update_of(i), 100))
+        .collect();
+    let (addr, coordinator) = start(toml, CheckpointStore::open(&db).unwrap()).await;
+    let mut agents = spawn_agents(&addr, &stores);
+    // The third store's update is one value short: refused, and its agent stops.
+    let mut cfg = AgentConfig::new(addr.clone(), "s3".to_string());
+    cfg.poll_wait = std::time::Duration::from_millis(500);
+    let short = Arc::new(FixedStore {
+        update: vec![0.01; d() - 1],
+        rows: 100,
+    });
+    let task = Arc::new(FixedTasks::new().with(TaskKind::Demand, short));
+    agents.spawn(async move {
+        let refused = StoreAgent::new(cfg, task).run().await;
+        assert!(refused.is_err(), "the short update was taken");
+    });
+    let outcome = coordinator.await.unwrap().unwrap();
+    while agents.join_next().await.is_some() {}
+    assert!(outcome.failed, "{}", outcome.status);
+    assert!(outcome.rounds.is_empty());
+    let privacy = outcome.privacy.expect("privacy in the outcome");
+    assert_eq!(
+        privacy.ledger.len(),
+        1,
+        "the failed attempt is on the ledger"
+    );
+    let spent = privacy.epsilon_spent.expect("something spent");
+    let mut reference = PrivacyLedger::new(PrivacyBudget {
+        epsilon: 50.0,
+        delta: 1e-5,
+    })
+    .unwrap();
+    let one = reference
+        .spend_round(
+            1,
+            &RoundMechanism::Gaussian {
+                noise_multiplier: 2.0,
+            },
+        )
+        .unwrap()
+        .epsilon_after;
+    assert!((spent - one).abs() < 1e-9, "{spent} vs {one}");
+    let stored = CheckpointStore::open(&db).unwrap();
+    assert_eq!(stored.ledger_entries(&outcome.job_id).unwrap().len(), 1);
+}
