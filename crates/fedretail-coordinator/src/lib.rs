@@ -44,6 +44,7 @@ mod registry;
 mod round;
 pub mod service;
 mod shared;
+mod size_limits;
 
 pub use checkpoint::{CheckpointError, CheckpointStore, RoundRecord};
 pub use config::{
@@ -126,6 +127,13 @@ pub fn run_coordinator_with<'a>(
         let limits = &config.limits;
         let secs = std::time::Duration::from_secs;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let sized = {
+            let shared = shared.clone();
+            size_limits::SizeLimitLayer {
+                limit: Arc::new(move |path: &str| size_limits::limit_for(&shared, path, max)),
+                wait: secs(limits.request_timeout_secs),
+            }
+        };
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(limits.max_concurrent_streams)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
@@ -140,6 +148,7 @@ pub fn run_coordinator_with<'a>(
         }
         let server = tokio::spawn(
             builder
+                .layer(sized)
                 .add_service(
                     fedretail_proto::v1::coordinator_server::CoordinatorServer::new(svc)
                         .max_decoding_message_size(max)

@@ -231,15 +231,32 @@ async fn bad_updates_are_refused_and_the_job_completes() {
     )
     .await;
     assert_eq!(code, Code::InvalidArgument);
-    // Oversize message: refused by the transport's size limit before it is decoded.
+    // Oversize message: refused from its length prefix, before it is buffered.
     let huge = vec![0.0f64; (1 << 20) / 8 + 1000];
     let (code, msg) = code_of(
         &mut a.client.clone(),
         submit(&a, &task_a, encode_f64(&huge)),
     )
     .await;
-    assert_eq!(code, Code::OutOfRange, "{msg}");
-    assert!(msg.contains("too large"), "{msg}");
+    assert_eq!(code, Code::ResourceExhausted, "{msg}");
+    assert!(
+        msg.contains("SubmitUpdate") && msg.contains("over the limit"),
+        "{msg}"
+    );
+    // Each kind of message has its own limit: a registration of 100 KiB is refused
+    // though the transport would take a megabyte.
+    let mut raw = CoordinatorClient::connect(addr.clone()).await.unwrap();
+    let e = raw
+        .register_store(v1::RegisterStoreRequest {
+            protocol_version: PROTOCOL_VERSION,
+            store_id: "a".into(),
+            token: "x".repeat(100 << 10),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("RegisterStore"), "{}", e.message());
     // Store a using b's task, an unknown session, an old round.
     let (code, msg) = code_of(
         &mut a.client.clone(),
