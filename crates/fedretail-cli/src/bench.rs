@@ -45,6 +45,10 @@ pub enum BenchCommand {
     /// training are timed apart; bytes, rounds per second and the child's peak memory
     /// are reported, one JSON row per size.
     Scale(crate::scale::ScaleArgs),
+    /// Many agents connected at once to one coordinator process on 127.0.0.1, each on
+    /// its own connection, through a FedAvg job: the coordinator's peak memory and
+    /// round latency (the agents answer at once, so the coordinator is what is timed).
+    Load(crate::load::LoadArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -62,6 +66,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             seed,
         } => secagg(&stores, &dims, &dropouts, &prgs, seed),
         BenchCommand::Scale(args) => crate::scale::run(args),
+        BenchCommand::Load(args) => crate::load::run(args),
     }
 }
 

@@ -7,6 +7,7 @@ mod certs;
 mod commands;
 mod deploy;
 mod ingest;
+mod load;
 mod network;
 mod outputs;
 mod poisoning;

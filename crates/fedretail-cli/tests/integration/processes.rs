@@ -295,6 +295,24 @@ fn bench_scale_trains_each_size_and_reports_it() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// Many agents on their own connections against a coordinator process: every agent
+/// takes part in every round, and the coordinator's own memory and round times are
+/// reported.
+#[test]
+fn bench_load_runs_every_agent_through_every_round() {
+    let out =
+        stdout_of(Command::new(BIN).args(["bench", "load", "--agents", "30", "--rounds", "2"]));
+    let row: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(row["status"], "completed 2 rounds", "{row}");
+    assert_eq!(row["participants_per_round"], serde_json::json!([30, 30]));
+    assert!(
+        row["coordinator_peak_rss_bytes"].as_f64().unwrap() > 1e6,
+        "{row}"
+    );
+    let median = row["round_seconds_median"].as_f64().unwrap();
+    assert!(median > 0.0 && median <= row["round_seconds_max"].as_f64().unwrap());
+}
+
 /// `GET path` on 127.0.0.1:port; the body of a 200 answer.
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
