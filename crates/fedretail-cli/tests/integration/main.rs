@@ -5,6 +5,7 @@
 mod browser;
 mod common;
 mod jobs;
+mod kills;
 mod processes;
 mod tabular;
 mod tls;
