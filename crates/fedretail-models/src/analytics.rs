@@ -6,8 +6,8 @@
 //! from [`LocalTask::evaluate`] travel.
 
 use crate::classify::{
-    classification_metrics, predict_proba, sgd, stratified_split, ClassifierKind, ClassifierTask,
-    LabeledRows,
+    classification_metrics, predict_proba, sgd, stratified_split, with_own_head, ClassifierKind,
+    ClassifierTask, LabeledRows,
 };
 use crate::clustering::{silhouette, ClusterTask, PointSet};
 use crate::metrics::ranking::{precision_at_k, roc_auc};
@@ -416,6 +416,8 @@ impl LabelledClusterTask {
 
 /// Epochs a store may fine-tune the federated classifier on its own rows.
 const FINE_TUNE_EPOCHS: u32 = 20;
+/// The pull of a store's own head toward the federated one (see [`with_own_head`]).
+pub const OWN_HEAD_PULL: f64 = 10.0;
 
 /// The federated model fine-tuned on the store's own training rows, with early
 /// stopping: a fifth of them (by class) held back for validation, one epoch of the
@@ -552,6 +554,12 @@ impl<S: Scoring> ScoringTask<S> {
             m.insert("auc_personalized".into(), v);
         }
         m.insert("personalized_epochs".into(), f64::from(epochs));
+        // FedPer's split: the shared hidden layer, the store's own output layer.
+        let head = with_own_head(self.inner.kind, global, &self.inner.train, OWN_HEAD_PULL);
+        let p = predict_proba(self.inner.kind, &head, &self.inner.test);
+        if let Some(v) = roc_auc(&p, self.inner.test.labels()) {
+            m.insert("auc_own_head".into(), v);
+        }
         self.scoring.add_metrics(&self.inner, &mut m);
         Ok((m, personal))
     }

@@ -232,6 +232,70 @@ pub fn with_own_intercept(
     out
 }
 
+/// FedPer's split (Arivazhagan et al. 2019) applied at the store: the shared body
+/// (the MLP's hidden layer) kept as federated, the head (its output layer: weights and
+/// bias) refitted on the party's own training rows, pulled toward the federated head
+/// with strength `pull` (a prior, so a small party stays near it). Exact: with the body
+/// fixed the head is a logistic regression on the hidden activations, solved by Newton.
+/// For a logistic model the head is the whole model. Returns the personal model.
+pub fn with_own_head(kind: ClassifierKind, w: &[f64], rows: &LabeledRows, pull: f64) -> Vec<f64> {
+    let d = rows.dim();
+    let (start, width) = match kind {
+        ClassifierKind::Logistic => (0, d + 1),
+        ClassifierKind::Mlp { hidden } => (hidden * d + hidden, hidden + 1),
+    };
+    if w.len() != start + width || rows.is_empty() {
+        return w.to_vec();
+    }
+    let net = Net { kind, dim: d, w };
+    let mut hidden = vec![0.0; hidden_len(kind)];
+    // Each row's head inputs: the features (logistic) or hidden activations, then 1.
+    let inputs: Vec<Vec<f64>> = (0..rows.len())
+        .map(|i| {
+            let x = rows.row(i).0;
+            let mut z = match kind {
+                ClassifierKind::Logistic => x.to_vec(),
+                ClassifierKind::Mlp { .. } => {
+                    net.logit(x, &mut hidden);
+                    hidden.clone()
+                }
+            };
+            z.push(1.0);
+            z
+        })
+        .collect();
+    let prior = &w[start..];
+    let head = fit_head(&inputs, rows.labels(), prior, pull);
+    let mut out = w.to_vec();
+    out[start..].copy_from_slice(&head);
+    out
+}
+
+/// Newton on `sum log loss(y, z . v) + pull/2 |v - prior|^2`, from the prior.
+fn fit_head(inputs: &[Vec<f64>], labels: &[bool], prior: &[f64], pull: f64) -> Vec<f64> {
+    let k = prior.len();
+    let mut v = nalgebra::DVector::from_column_slice(prior);
+    for _ in 0..30 {
+        let mut g = (&v - nalgebra::DVector::from_column_slice(prior)) * pull;
+        let mut h = nalgebra::DMatrix::<f64>::identity(k, k) * pull.max(1e-6);
+        for (z, &y) in inputs.iter().zip(labels) {
+            let z = nalgebra::DVector::from_column_slice(z);
+            let p = sigmoid(z.dot(&v));
+            g += &z * (p - f64::from(u8::from(y)));
+            h += &z * z.transpose() * (p * (1.0 - p));
+        }
+        let Some(step) = h.cholesky().map(|c| c.solve(&g)) else {
+            break;
+        };
+        let step = step.map(|s| s.clamp(-5.0, 5.0));
+        v -= &step;
+        if step.amax() < 1e-10 {
+            break;
+        }
+    }
+    v.iter().copied().collect()
+}
+
 /// Mini-batch SGD on the mean log loss plus `l2/2 |w|^2` on regularised segments (and
 /// FedProx's `mu/2 |w - w_start|^2`), in place. The shuffle depends only on the seed.
 pub fn sgd(kind: ClassifierKind, rows: &LabeledRows, w: &mut [f64], s: &LocalSgd) {
@@ -592,6 +656,48 @@ mod tests {
         let shared = ClassifierKind::Logistic.initial_parameters(2, 5);
         let kept = with_own_intercept(ClassifierKind::Logistic, &shared, &rows, 1e12);
         assert!((kept[2] - shared[2]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn an_own_head_keeps_the_body_fits_the_party_and_stays_home_under_a_strong_pull() {
+        let rows = toy(300, 5);
+        let kind = ClassifierKind::Mlp { hidden: 3 };
+        let d = rows.dim();
+        let w: Vec<f64> = (0..3 * d + 3 + 4)
+            .map(|i| 0.1 * ((i % 5) as f64 - 2.0))
+            .collect();
+        let own = with_own_head(kind, &w, &rows, 1e-3);
+        let body = 3 * d + 3;
+        assert_eq!(&own[..body], &w[..body], "the body is shared as it came");
+        assert!(
+            loss(kind, &own, &rows) < loss(kind, &w, &rows),
+            "the head fits the rows"
+        );
+        // Under a very strong pull the head stays the federated one.
+        let home = with_own_head(kind, &w, &rows, 1e9);
+        let moved = home
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(moved < 1e-5, "{moved}");
+        // For a logistic model the head is all of it: the party's own penalized fit,
+        // whose gradient vanishes.
+        let lr = ClassifierKind::Logistic;
+        let fit = with_own_head(lr, &vec![0.0; d + 1], &rows, 1e-3);
+        let mut grad = vec![0.0; d + 1];
+        for i in 0..rows.len() {
+            let (x, y) = rows.row(i);
+            for (g, e) in grad.iter_mut().zip(example_gradient(lr, &fit, x, y)) {
+                *g += e;
+            }
+        }
+        let pen: f64 = grad
+            .iter()
+            .zip(&fit)
+            .map(|(g, v)| (g + 1e-3 * v).abs())
+            .fold(0.0, f64::max);
+        assert!(pen < 1e-6, "{pen}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use fedretail_data::{
 };
 use fedretail_models::classify::{
     classification_metrics, dp_sgd, dp_sgd_schedule, predict_proba, sgd, stratified_split,
-    with_own_intercept, DpSgdConfig,
+    with_own_head, with_own_intercept, DpSgdConfig,
 };
 use fedretail_models::metrics::ranking::{accuracy, roc_auc, roc_curve};
 use fedretail_models::{ClassifierKind, ClassifierTask, LabeledRows, LocalTask};
@@ -173,6 +173,10 @@ pub struct ClassificationReport {
     /// (its output bias refitted on its own training rows; everything else shared).
     pub pooled_auc_newton_own_intercept: Option<f64>,
     pub pooled_auc_mlp_own_intercept: Option<f64>,
+    /// The federated MLP with each party's own head (FedPer's split: the hidden layer
+    /// shared, the output layer refitted on the party's rows, pulled toward the
+    /// federated one).
+    pub pooled_auc_mlp_own_head: Option<f64>,
     /// The seed's rule `standardized recency > 1`, where the task has it (churn).
     pub pooled_auc_rule: Option<f64>,
     pub pooled_accuracy_local: Option<f64>,
@@ -285,6 +289,7 @@ pub fn run_classification(
         pooled_auc_mlp_centralized: pooled.auc(7).filter(|_| has_mlp),
         pooled_auc_newton_own_intercept: pooled.auc(8),
         pooled_auc_mlp_own_intercept: pooled.auc(9).filter(|_| has_mlp),
+        pooled_auc_mlp_own_head: pooled.auc(10).filter(|_| has_mlp),
         pooled_auc_rule: rule_auc,
         pooled_accuracy_local: pooled.accuracy(0),
         pooled_accuracy_federated: pooled.accuracy(1),
@@ -531,7 +536,7 @@ impl Trainer<'_> {
 /// FedAvg, centralized, Newton, centralized Newton, then the MLP's local, FedAvg and
 /// centralized.
 #[derive(Default)]
-struct Pooled<'a>([Vec<(Vec<f64>, &'a LabeledRows)>; 10]);
+struct Pooled<'a>([Vec<(Vec<f64>, &'a LabeledRows)>; 11]);
 
 impl Pooled<'_> {
     fn scores(&self, k: usize) -> (Vec<f64>, Vec<bool>) {
@@ -576,6 +581,8 @@ impl Pooled<'_> {
 
 /// Pull of a party's own intercept toward the shared one (a prior worth one example).
 const OWN_INTERCEPT_PULL: f64 = 1.0;
+/// The pull of a party's own MLP head toward the federated one, as at a store.
+const OWN_HEAD_PULL: f64 = fedretail_models::analytics::OWN_HEAD_PULL;
 
 fn evaluate_silos<'a>(
     parties: &'a [Party],
@@ -611,6 +618,8 @@ fn evaluate_silos<'a>(
             }
             let own = with_own_intercept(m.kind, &m.fed, &p.train, OWN_INTERCEPT_PULL);
             pooled.0[9].push((predict_proba(m.kind, &own, &p.test), &p.test));
+            let head = with_own_head(m.kind, &m.fed, &p.train, OWN_HEAD_PULL);
+            pooled.0[10].push((predict_proba(m.kind, &head, &p.test), &p.test));
         }
         silos.push(silo);
     }
@@ -857,6 +866,10 @@ fn render_pooled(r: &ClassificationReport) -> String {
             f(r.pooled_auc_mlp_local),
             f(r.pooled_auc_mlp_federated),
             f(r.pooled_auc_mlp_centralized)
+        ));
+        s.push_str(&format!(
+            "  own head (FedPer)     MLP {}   (hidden layer shared, output layer refitted by each party)\n",
+            f(r.pooled_auc_mlp_own_head)
         ));
     }
     if r.pooled_auc_rule.is_some() {

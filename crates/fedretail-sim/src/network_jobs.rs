@@ -254,6 +254,7 @@ fn columns(task: &str) -> &'static [(&'static str, &'static str)] {
             ("auc_local", "AUC local"),
             ("auc", "AUC fed"),
             ("auc_personalized", "AUC pers"),
+            ("auc_own_head", "AUC head"),
             ("accuracy", "accuracy"),
             ("rows_scored", "rows"),
         ],
