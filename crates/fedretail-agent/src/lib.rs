@@ -138,6 +138,8 @@ pub struct AgentSummary {
     pub failed_rounds: u32,
     /// Rounds that asked for less privacy than this store's floor (it sent nothing).
     pub rounds_refused: u32,
+    /// Updates the coordinator refused (the store sat those rounds out).
+    pub updates_refused: u32,
     pub jobs: Vec<JobReport>,
 }
 
@@ -157,7 +159,14 @@ struct Session {
     client: CoordinatorClient<Channel>,
     session_id: String,
     secure: Option<PendingSecure>,
+    /// Updates the coordinator refused in a row (reset by one it takes).
+    refused_in_a_row: u32,
 }
+
+/// Refused updates in a row after which the agent stops: one refusal is a round lost
+/// (a bad batch of data, a model that diverged once), several in a row mean this
+/// store's updates cannot be taken and it should say so rather than go on sending.
+pub const MAX_REFUSED_IN_A_ROW: u32 = 3;
 
 impl StoreAgent {
     pub fn new(config: AgentConfig, tasks: Arc<dyn TaskSource>) -> Self {
@@ -266,6 +275,7 @@ impl StoreAgent {
             client,
             session_id: resp.into_inner().session_id,
             secure: None,
+            refused_in_a_row: 0,
         })
     }
 
@@ -520,11 +530,36 @@ impl StoreAgent {
                 .collect(),
         };
         match s.client.submit_update(req).await {
-            Ok(_) => summary.rounds_trained += 1,
+            Ok(_) => {
+                summary.rounds_trained += 1;
+                s.refused_in_a_row = 0;
+            }
             // The round closed without us, or this was a resend: move on.
             Err(st) if is_stale(&st) => {}
-            Err(st) => return Err(classify(&st)),
+            Err(st) => return self.refused_update(s, t.round, &st, summary),
         }
+        Ok(())
+    }
+
+    /// A refused update loses this store its round, not the job: it says why and
+    /// goes on, unless its updates have been refused `MAX_REFUSED_IN_A_ROW` times.
+    fn refused_update(
+        &self,
+        s: &mut Session,
+        round: u64,
+        status: &tonic::Status,
+        summary: &mut AgentSummary,
+    ) -> Result<(), AgentError> {
+        let e = ServiceError::from_status(status);
+        if !matches!(e.kind, ErrorKind::InvalidUpdate | ErrorKind::TooLarge) {
+            return Err(classify(status));
+        }
+        s.refused_in_a_row += 1;
+        summary.updates_refused += 1;
+        if s.refused_in_a_row >= MAX_REFUSED_IN_A_ROW {
+            return Err(AgentError::Refused(e));
+        }
+        tracing::warn!(store = %self.config.store_id, "round {round}: update refused, sitting the round out: {}", e.message);
         Ok(())
     }
 

@@ -532,8 +532,9 @@ async fn an_attempt_that_fails_after_noised_updates_arrived_stays_charged() {
     });
     let task = Arc::new(FixedTasks::new().with(TaskKind::Demand, short));
     agents.spawn(async move {
-        let refused = StoreAgent::new(cfg, task).run().await;
-        assert!(refused.is_err(), "the short update was taken");
+        // Its one refused update ends the job (one attempt a round), not the agent.
+        let summary = StoreAgent::new(cfg, task).run().await.unwrap();
+        assert_eq!(summary.updates_refused, 1);
     });
     let outcome = coordinator.await.unwrap().unwrap();
     while agents.join_next().await.is_some() {}
@@ -563,4 +564,58 @@ async fn an_attempt_that_fails_after_noised_updates_arrived_stays_charged() {
     assert!((spent - one).abs() < 1e-9, "{spent} vs {one}");
     let stored = CheckpointStore::open(&db).unwrap();
     assert_eq!(stored.ledger_entries(&outcome.job_id).unwrap().len(), 1);
+}
+
+/// A store whose update is refused once carries on: it polls again and, its task for
+/// that round still open, sends a good update, and takes part in the rounds after.
+/// One bad update does not end its agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_update_is_refused_once_carries_on() {
+    struct FirstBad {
+        calls: std::sync::atomic::AtomicU32,
+    }
+    impl LocalTask for FirstBad {
+        fn task_name(&self) -> &'static str {
+            "demand"
+        }
+        fn layout(&self) -> ModelLayout {
+            demand_layout()
+        }
+        fn num_train_examples(&self) -> u64 {
+            100
+        }
+        fn compute_update(&self, _: &[f64], _: &LocalWork) -> Result<Vec<f64>, TaskError> {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(vec![0.01; if n == 0 { d() - 1 } else { d() }])
+        }
+        fn evaluate(&self, _: &[f64]) -> Result<TaskMetrics, TaskError> {
+            Ok(TaskMetrics::new())
+        }
+    }
+    let toml = "[job]\nstrategy = \"fedavg\"\nrounds = 3\nmin_stores = 2\nexpected_stores = 3\n\
+                round_timeout_secs = 10\n";
+    let stores: Vec<(String, Vec<f64>, u64)> = (1..3)
+        .map(|i| (format!("s{i}"), update_of(i), 100))
+        .collect();
+    let (addr, coordinator) = start(toml, CheckpointStore::in_memory().unwrap()).await;
+    let mut agents = spawn_agents(&addr, &stores);
+    let mut cfg = AgentConfig::new(addr.clone(), "flaky".to_string());
+    cfg.poll_wait = std::time::Duration::from_millis(500);
+    let task = Arc::new(FixedTasks::new().with(
+        TaskKind::Demand,
+        Arc::new(FirstBad { calls: 0.into() }) as Arc<dyn LocalTask>,
+    ));
+    let flaky = tokio::spawn(async move { StoreAgent::new(cfg, task).run().await });
+    let outcome = coordinator.await.unwrap().unwrap();
+    while agents.join_next().await.is_some() {}
+    let summary = flaky.await.unwrap().expect("the agent carried on");
+    assert_eq!(summary.updates_refused, 1);
+    assert_eq!(summary.rounds_trained, 3);
+    assert!(!outcome.failed, "{}", outcome.status);
+    let with_flaky: Vec<bool> = outcome
+        .rounds
+        .iter()
+        .map(|r| r.participants.iter().any(|p| p == "flaky"))
+        .collect();
+    assert_eq!(with_flaky, vec![true, true, true]);
 }
