@@ -69,6 +69,9 @@ pub struct AgentConfig {
     /// The network's CA certificate (PEM) for an https:// coordinator: the agent
     /// talks only to a coordinator whose certificate chains to it.
     pub ca_certificate: Option<Vec<u8>>,
+    /// The store's own certificate and key (PEM, from `fedretail enroll`), presented to
+    /// a coordinator that requires mutual TLS: then the certificate is who it is.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl AgentConfig {
@@ -84,6 +87,7 @@ impl AgentConfig {
             results_dir: None,
             privacy_floor: PrivacyFloor::default(),
             ca_certificate: None,
+            identity: None,
         }
     }
 }
@@ -220,7 +224,10 @@ impl StoreAgent {
                 "https:// needs the network's CA certificate to check the coordinator's".into(),
             )
         })?;
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = &self.config.identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
         endpoint
             .tls_config(tls)
             .map_err(|e| AgentError::BadAddress(url.clone(), error_chain(&e)))
@@ -254,6 +261,13 @@ impl StoreAgent {
                     "the coordinator did not speak plain HTTP/2 ({}); if it serves TLS, use https:// with the network's CA certificate (ca = \"ca.pem\")",
                     status.message()
                 ),
+            );
+        }
+        let chain = error_chain(status);
+        if chain.contains("CertificateRequired") && self.config.identity.is_none() {
+            return AgentError::BadAddress(
+                url.clone(),
+                "the coordinator requires each store's certificate (mutual TLS): set cert and key in this store's config, as `fedretail enroll` printed them".into(),
             );
         }
         classify(status)

@@ -28,14 +28,21 @@ pub struct Issued {
     pub key: String,
 }
 
-/// A new CA, and a server certificate for `names` (plus localhost and 127.0.0.1).
-pub fn issue(names: &[String]) -> Result<Issued> {
+/// The network CA's parameters: the same every time, so that with the CA's key they
+/// make the issuer of its certificate again (`enroll` signs with them).
+fn ca_params() -> Result<CertificateParams> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params
         .distinguished_name
         .push(DnType::CommonName, "fedretail network CA");
+    Ok(ca_params)
+}
+
+/// A new CA, and a server certificate for `names` (plus localhost and 127.0.0.1).
+pub fn issue(names: &[String]) -> Result<Issued> {
+    let ca_params = ca_params()?;
     let ca_key = KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let mut all: Vec<String> = names.to_vec();
@@ -91,6 +98,98 @@ pub fn certs(args: CertsArgs) -> Result<()> {
     println!(
         "each store's agent config:\n  coordinator = \"https://{host}:50051\"\n  ca = \"ca.pem\""
     );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EnrollArgs {
+    /// The folder `fedretail certs` wrote (its ca.pem and ca-key.pem sign the store's
+    /// certificate); the store's files go to its `stores/` folder.
+    #[arg(long, default_value = "fedretail-certs")]
+    pub certs: PathBuf,
+    /// The store's id, as in the coordinator's [[stores]] and the store's own config.
+    #[arg(long)]
+    pub store: String,
+    /// Replace the store's certificate if it has one.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A store's certificate (its identity under mutual TLS) and key, and the SHA-256 of
+/// the certificate the coordinator pins it by.
+pub struct Enrolled {
+    pub cert: String,
+    pub key: String,
+    pub sha256: String,
+}
+
+/// A client certificate for `store`, signed by the CA whose key is `ca_key_pem`.
+pub fn enroll_store(ca_key_pem: &str, store: &str) -> Result<Enrolled> {
+    use sha2::Digest;
+    let ca_key = KeyPair::from_pem(ca_key_pem).context("reading the CA's key")?;
+    let issuer = Issuer::new(ca_params()?, &ca_key);
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, store);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let sha256 = sha2::Sha256::digest(cert.der())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Enrolled {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        sha256,
+    })
+}
+
+pub fn enroll(args: EnrollArgs) -> Result<()> {
+    anyhow::ensure!(
+        !args.store.is_empty()
+            && args.store.len() <= 128
+            && args
+                .store
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "store id must be 1-128 characters of letters, digits, '-', '_' or '.'"
+    );
+    let ca_key_path = args.certs.join("ca-key.pem");
+    let ca_key = std::fs::read_to_string(&ca_key_path).with_context(|| {
+        format!(
+            "reading {} (run `fedretail certs --out {}` first)",
+            ca_key_path.display(),
+            args.certs.display()
+        )
+    })?;
+    let dir = args.certs.join("stores");
+    let (cert_path, key_path) = (
+        dir.join(format!("{}.pem", args.store)),
+        dir.join(format!("{}-key.pem", args.store)),
+    );
+    if cert_path.exists() && !args.force {
+        anyhow::bail!(
+            "{} exists; pass --force to issue a new one (the coordinator must then pin the new certificate_sha256)",
+            cert_path.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let e = enroll_store(&ca_key, &args.store)?;
+    write_private(&cert_path, &e.cert, false)?;
+    write_private(&key_path, &e.key, true)?;
+    let store = &args.store;
+    println!(
+        "wrote {} and {} (give both to {store}, with ca.pem)",
+        cert_path.display(),
+        key_path.display()
+    );
+    println!("certificate sha256 {}", e.sha256);
+    println!(
+        "coordinator.toml:\n  [tls]\n  client_ca = \"{}\"   # mutual TLS: every agent shows a certificate\n  [[stores]]\n  store_id = \"{store}\"\n  certificate_sha256 = \"{}\"",
+        args.certs.join("ca.pem").display(),
+        e.sha256
+    );
+    println!("{store}'s agent config:\n  cert = \"{store}.pem\"\n  key = \"{store}-key.pem\"\n  ca = \"ca.pem\"");
     Ok(())
 }
 

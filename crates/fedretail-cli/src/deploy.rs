@@ -288,6 +288,12 @@ pub struct AgentFile {
     /// coordinator's certificate must chain to it. Needed for an https:// coordinator.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// The store's certificate and key (PEM, from `fedretail enroll`), for a coordinator
+    /// that requires mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     /// Talk plain HTTP to a coordinator on another machine (the token crosses the
     /// network in clear). Only for a network you trust.
     #[serde(default)]
@@ -310,6 +316,8 @@ impl AgentFile {
         rebase(&mut file.data.transactions);
         for p in [
             &mut file.ca,
+            &mut file.cert,
+            &mut file.key,
             &mut file.data.promotions,
             &mut file.data.labels,
             &mut file.data.tables_dir,
@@ -359,6 +367,24 @@ fn agent_tls(file: &AgentFile) -> Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
+/// The store's own certificate and key, when its file names them (both or neither).
+fn agent_identity(file: &AgentFile) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("reading the store's {what} {}", p.display()))
+    };
+    match (&file.cert, &file.key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            anyhow::ensure!(
+                file.coordinator.starts_with("https://"),
+                "cert and key are for mutual TLS: the coordinator must be https://"
+            );
+            Ok(Some((read(cert, "certificate")?, read(key, "key")?)))
+        }
+        _ => anyhow::bail!("set both cert and key (from `fedretail enroll`), or neither"),
+    }
+}
+
 #[derive(Args)]
 pub struct AgentArgs {
     /// Agent configuration (TOML): coordinator address, store id, token, data files
@@ -378,6 +404,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     }
     cfg.results_dir = Some(file.results_dir());
     cfg.ca_certificate = agent_tls(&file)?;
+    cfg.identity = agent_identity(&file)?;
     let data = file.data.clone().with_business_type(&file.business_type);
     let tasks = Arc::new(StoreExport::new(&file.store_id, data));
     eprintln!(

@@ -39,6 +39,9 @@ enum Command {
     Agent(deploy::AgentArgs),
     /// Make the network's own CA and the coordinator's TLS certificate.
     Certs(certs::CertsArgs),
+    /// Issue a store its certificate (its identity under mutual TLS), signed by the
+    /// network's CA, and print the fingerprint the coordinator pins it by.
+    Enroll(certs::EnrollArgs),
     /// Score a store's current data with a saved model (no coordinator needed).
     Predict(deploy::PredictArgs),
     /// Check a store's export and show the features it yields (nothing leaves the machine).
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Coordinator(a) => deploy::coordinator(a),
         Command::Agent(a) => deploy::agent(a),
         Command::Certs(a) => certs::certs(a),
+        Command::Enroll(a) => certs::enroll(a),
         Command::Predict(a) => deploy::predict(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Analyze(a) => analyze::run(a),

@@ -55,13 +55,24 @@ impl StrategyKind {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Mutual TLS: every agent must present a certificate this CA signed (`fedretail
+    /// enroll` issues them); a store with a `certificate_sha256` must present that one.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
-/// A store allowed to join, with its pre-shared token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A store allowed to join: its pre-shared token, its enrolled certificate, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StoreCredential {
     pub store_id: String,
+    /// Empty when the certificate alone is the store's identity.
+    #[serde(default)]
     pub token: String,
+    /// SHA-256 (hex) of the certificate `fedretail enroll` issued the store: under
+    /// mutual TLS it must present exactly that one.
+    #[serde(default)]
+    pub certificate_sha256: Option<String>,
 }
 
 /// The coordinator's configuration file (TOML).
@@ -614,6 +625,23 @@ impl CoordinatorConfig {
         if self.max_stores == 0 {
             return Err(ConfigError::out_of_range("max_stores", ">= 1", 0));
         }
+        let client_ca = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        for c in &self.stores {
+            if c.token.is_empty() && c.certificate_sha256.is_none() {
+                return Err(ConfigError::out_of_range(
+                    "stores.token",
+                    "a token or a certificate_sha256",
+                    &c.store_id,
+                ));
+            }
+            if c.certificate_sha256.is_some() && !client_ca {
+                return Err(ConfigError::out_of_range(
+                    "tls.client_ca",
+                    "set when a store is known by its certificate (mutual TLS)",
+                    &c.store_id,
+                ));
+            }
+        }
         if self.stores.is_empty() && self.open_token.is_none() && !self.open_registration {
             return Err(ConfigError::out_of_range(
                 "stores",
@@ -978,6 +1006,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("task.groups") && e.contains('9'), "{e}");
+    }
+
+    #[test]
+    fn a_store_known_by_its_certificate_needs_mutual_tls_and_every_store_a_credential() {
+        let pinned = "[[stores]]\nstore_id = \"s1\"\ncertificate_sha256 = \"ab\"\n";
+        let e = CoordinatorConfig::from_toml(pinned)
+            .unwrap()
+            .check_admission()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.client_ca"), "{e}");
+        let with_ca =
+            format!("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n{pinned}");
+        assert!(CoordinatorConfig::from_toml(&with_ca)
+            .unwrap()
+            .check_admission()
+            .is_ok());
+        let bare = "[[stores]]\nstore_id = \"s1\"\n";
+        let e = CoordinatorConfig::from_toml(bare)
+            .unwrap()
+            .check_admission()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a token or a certificate_sha256"), "{e}");
     }
 
     fn clustered_layout_of(groups: usize) -> ModelLayout {

@@ -107,7 +107,15 @@ fn server_tls(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, Coo
     };
     let (cert, key) = (read(&files.cert, "certificate")?, read(&files.key, "key")?);
     let identity = tonic::transport::Identity::from_pem(cert, key);
-    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+    let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    Ok(match &files.client_ca {
+        // Every agent must then present a certificate the network's CA signed.
+        Some(ca) => tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            ca,
+            "client CA certificate",
+        )?)),
+        None => tls,
+    })
 }
 
 /// As [`run_coordinator`], with an explicit checkpoint store (tests use an in-memory one).

@@ -2,7 +2,7 @@
 //! enrolment token), each store's current session, and whether it is still polling.
 //! The registry outlives jobs: a store registers once and serves job after job.
 
-use crate::config::CoordinatorConfig;
+use crate::config::{CoordinatorConfig, StoreCredential};
 use crate::machine::Refusal;
 use fedretail_proto::PROTOCOL_VERSION;
 use std::collections::{BTreeMap, HashMap};
@@ -23,12 +23,14 @@ pub(crate) struct StoreEntry {
 pub(crate) struct Registration<'a> {
     pub store_id: &'a str,
     pub token: &'a str,
+    /// SHA-256 (hex) of the certificate the store presented under mutual TLS.
+    pub certificate: Option<&'a str>,
     pub business_type: &'a str,
     pub protocol_version: u32,
 }
 
 pub(crate) struct StoreRegistry {
-    credentials: HashMap<String, String>,
+    credentials: HashMap<String, StoreCredential>,
     open_token: Option<String>,
     max_stores: usize,
     pub stores: BTreeMap<String, StoreEntry>,
@@ -40,7 +42,7 @@ impl StoreRegistry {
             credentials: config
                 .stores
                 .iter()
-                .map(|c| (c.store_id.clone(), c.token.clone()))
+                .map(|c| (c.store_id.clone(), c.clone()))
                 .collect(),
             open_token: config.open_token.clone(),
             max_stores: config.max_stores,
@@ -57,13 +59,24 @@ impl StoreRegistry {
             return Err(Refusal::BadStoreId);
         }
         if !self.credentials.is_empty() {
-            return match self.credentials.get(r.store_id) {
-                None => Err(Refusal::NotInNetwork(r.store_id.to_string())),
-                Some(t) if !constant_time_eq(t, r.token) => {
-                    Err(Refusal::WrongToken(r.store_id.to_string()))
-                }
-                Some(_) => self.check_room(r.store_id),
+            let Some(c) = self.credentials.get(r.store_id) else {
+                return Err(Refusal::NotInNetwork(r.store_id.to_string()));
             };
+            if let Some(expected) = &c.certificate_sha256 {
+                let presented = r.certificate.unwrap_or("");
+                if !constant_time_eq(&expected.to_ascii_lowercase(), presented) {
+                    return Err(Refusal::WrongCertificate {
+                        store: r.store_id.to_string(),
+                        presented: r
+                            .certificate
+                            .map_or("none".into(), |p| format!("sha256 {p}")),
+                    });
+                }
+            }
+            if !c.token.is_empty() && !constant_time_eq(&c.token, r.token) {
+                return Err(Refusal::WrongToken(r.store_id.to_string()));
+            }
+            return self.check_room(r.store_id);
         }
         if let Some(t) = &self.open_token {
             if !constant_time_eq(t, r.token) {
@@ -167,6 +180,7 @@ mod tests {
         Registration {
             store_id,
             token,
+            certificate: None,
             business_type: "grocery",
             protocol_version: PROTOCOL_VERSION,
         }

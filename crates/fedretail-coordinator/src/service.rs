@@ -111,6 +111,19 @@ impl CoordinatorService {
     }
 }
 
+/// SHA-256 (hex) of the certificate the peer presented under mutual TLS, if any.
+fn presented_certificate<T>(request: &Request<T>) -> Option<String> {
+    use sha2::Digest;
+    let certs = request.peer_certs()?;
+    let leaf = certs.first()?;
+    Some(
+        sha2::Sha256::digest(leaf.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
 fn ready_answer(answer: Option<v1::submit_ready_request::Answer>) -> ReadyAnswer {
     use v1::submit_ready_request::Answer;
     match answer {
@@ -130,11 +143,13 @@ impl Coordinator for CoordinatorService {
         request: Request<v1::RegisterStoreRequest>,
     ) -> Result<Response<v1::RegisterStoreResponse>, Status> {
         let peer = request.remote_addr().map(|a| a.ip());
+        let certificate = presented_certificate(&request);
         let req = request.into_inner();
         self.shared.count_up(&req);
         let r = Registration {
             store_id: &req.store_id,
             token: &req.token,
+            certificate: certificate.as_deref(),
             business_type: &req.business_type,
             protocol_version: req.protocol_version,
         };
@@ -149,7 +164,10 @@ impl Coordinator for CoordinatorService {
         };
         if let (
             Err(
-                Refusal::WrongToken(_) | Refusal::WrongEnrolmentToken(_) | Refusal::NotInNetwork(_),
+                Refusal::WrongToken(_)
+                | Refusal::WrongEnrolmentToken(_)
+                | Refusal::WrongCertificate { .. }
+                | Refusal::NotInNetwork(_),
             ),
             Some(ip),
         ) = (&admitted, peer)

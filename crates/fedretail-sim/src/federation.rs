@@ -165,6 +165,7 @@ pub fn run_federation<'a>(
             .map(|s| StoreCredential {
                 store_id: s.store_id.clone(),
                 token: format!("{:032x}", rand::random::<u128>()),
+                ..Default::default()
             })
             .collect();
         for job in &mut jobs {

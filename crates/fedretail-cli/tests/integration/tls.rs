@@ -173,3 +173,109 @@ fn a_coordinator_refuses_plain_http_off_this_machine_unless_told_insecure() {
         "{err}"
     );
 }
+
+/// `fedretail enroll`: the store's certificate and the fingerprint the coordinator pins.
+fn enroll(certs: &Path, store: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["enroll", "--certs"])
+        .arg(certs)
+        .args(["--store", store])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("certificate sha256 "))
+        .unwrap_or_else(|| panic!("no fingerprint in {text}"))
+        .to_string()
+}
+
+/// An agent config for `store` that shows `cert_of`'s certificate (no token).
+fn enrolled_agent(dir: &Path, store: &str, port: u16, cert_of: Option<&str>) -> std::path::PathBuf {
+    let cfg = dir.join(format!("{store}-as-{}.toml", cert_of.unwrap_or("none")));
+    let identity = cert_of
+        .map(|c| format!("cert = \"certs/stores/{c}.pem\"\nkey = \"certs/stores/{c}-key.pem\"\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &cfg,
+        format!(
+            "coordinator = \"https://localhost:{port}\"\nstore_id = \"{store}\"\nca = \"certs/ca.pem\"\n\
+             {identity}reconnect_for_secs = 10\nresults_dir = \"net/{store}/results\"\n\
+             [data]\ntransactions = \"net/{store}/transactions.csv\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Mutual TLS: each store's certificate, issued by `fedretail enroll`, is its identity
+/// (no token). A store showing no certificate, or another enrolled store's, is refused
+/// with the reason; the stores showing their own train.
+#[test]
+fn stores_enrolled_by_certificate_join_under_mutual_tls_and_impostors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certs(&d.join("certs"));
+    let stores = ["store-001", "store-002"];
+    let pins: Vec<String> = stores.iter().map(|s| enroll(&d.join("certs"), s)).collect();
+    enroll(&d.join("certs"), "store-009");
+    generate(
+        &d.join("net"),
+        &[
+            "--stores",
+            "2",
+            "--days",
+            "200",
+            "--young-fraction",
+            "0",
+            "--late-joiners",
+            "0",
+        ],
+    );
+    let port = free_port();
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n[tls]\ncert = \"{c}/coordinator.pem\"\n\
+         key = \"{c}/coordinator-key.pem\"\nclient_ca = \"{c}/ca.pem\"\n[[jobs]]\njob_id = \"demand\"\n\
+         task = \"demand\"\nrounds = 2\nmin_stores = 2\nexpected_stores = 2\nround_timeout_secs = 60\n\
+         registration_timeout_secs = 60\n",
+        d.join("coordinator.db").display(),
+        c = d.join("certs").display(),
+    );
+    for (s, pin) in stores.iter().zip(&pins) {
+        text.push_str(&format!(
+            "[[stores]]\nstore_id = \"{s}\"\ncertificate_sha256 = \"{pin}\"\n"
+        ));
+    }
+    let config = d.join("coordinator.toml");
+    std::fs::write(&config, text).unwrap();
+    let report = d.join("outcome.json");
+    let mut children = vec![(
+        "coordinator".to_string(),
+        spawn_coordinator(&config, &report),
+    )];
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (ok, err) = run_agent(&enrolled_agent(d, stores[0], port, Some("store-009")));
+    assert!(
+        !ok && err.contains("must present the certificate it was enrolled with"),
+        "{err}"
+    );
+    let (ok, err) = run_agent(&enrolled_agent(d, stores[0], port, None));
+    assert!(
+        !ok && err.contains("requires each store's certificate"),
+        "{err}"
+    );
+
+    for s in stores {
+        let cfg = enrolled_agent(d, s, port, Some(s));
+        children.push((s.to_string(), spawn_agent(&cfg)));
+    }
+    wait_all(&mut children, Duration::from_secs(120));
+    let job = &read_json(&report)["jobs"][0];
+    assert_eq!(job["failed"], false, "{}", job["status"]);
+    assert_eq!(job["evaluations"].as_array().unwrap().len(), 2);
+}

@@ -20,6 +20,8 @@ pub enum Refusal {
     WrongToken(String),
     #[error("wrong enrolment token from store '{0}'")]
     WrongEnrolmentToken(String),
+    #[error("store '{store}' must present the certificate it was enrolled with; it presented {presented}")]
+    WrongCertificate { store: String, presented: String },
     #[error("store speaks protocol version {0}, this coordinator speaks {PROTOCOL_VERSION}")]
     Protocol(u32),
     #[error("store id must be 1-128 characters of letters, digits, '-', '_' or '.'")]
@@ -50,6 +52,7 @@ impl Refusal {
             Refusal::StaleSession(_) => "stale_session",
             Refusal::NotInNetwork(_) => "not_in_network",
             Refusal::WrongToken(_) => "wrong_token",
+            Refusal::WrongCertificate { .. } => "wrong_certificate",
             Refusal::WrongEnrolmentToken(_) => "wrong_enrolment_token",
             Refusal::Protocol(_) => "protocol_version",
             Refusal::BadStoreId => "bad_store_id",
@@ -67,7 +70,9 @@ impl Refusal {
             Refusal::Unregistered(_) | Refusal::StaleSession(_) | Refusal::NotInNetwork(_) => {
                 ErrorKind::UnknownStore
             }
-            Refusal::WrongToken(_) | Refusal::WrongEnrolmentToken(_) => ErrorKind::Unauthenticated,
+            Refusal::WrongToken(_)
+            | Refusal::WrongEnrolmentToken(_)
+            | Refusal::WrongCertificate { .. } => ErrorKind::Unauthenticated,
             Refusal::Protocol(_) => ErrorKind::Incompatible,
             Refusal::BadStoreId | Refusal::Malformed(_) => ErrorKind::InvalidUpdate,
             Refusal::NotCurrent(_) => ErrorKind::StaleTask,

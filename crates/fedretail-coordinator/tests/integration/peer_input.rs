@@ -40,6 +40,7 @@ async fn start(
         .map(|s| StoreCredential {
             store_id: s.to_string(),
             token: format!("secret-{s}"),
+            ..Default::default()
         })
         .collect();
     let handle = tokio::spawn(run_coordinator_with(
