@@ -108,6 +108,31 @@ fn spawn_agent(dir: &Path, port: u16, store: &str, folder: &Path) -> Child {
         .unwrap()
 }
 
+/// Runs `jobs` (TOML `[[jobs]]` tables) on a coordinator process with one agent process
+/// per lender in `silos`, each known by its token; the coordinator's outcome.
+fn run_lenders(dir: &Path, silos: &[(String, PathBuf)], jobs: &str) -> serde_json::Value {
+    let port = free_port();
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n{jobs}",
+        dir.join("coordinator.db").display()
+    );
+    for (s, _) in silos {
+        text.push_str(&format!(
+            "\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"
+        ));
+    }
+    let config = dir.join("coordinator.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut children: Vec<(String, Child)> = silos
+        .iter()
+        .map(|(name, folder)| (name.clone(), spawn_agent(dir, port, name, folder)))
+        .collect();
+    let report = dir.join("outcome.json");
+    children.push(("coordinator".into(), spawn_coordinator(&config, &report)));
+    wait_all(&mut children, Duration::from_secs(120));
+    read_json(&report)
+}
+
 #[test]
 fn a_credit_job_over_agent_processes_equals_the_in_process_newton_fit() {
     let dir = tempfile::tempdir().unwrap();
@@ -248,11 +273,6 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
         .collect();
     assert_eq!(jobs.len(), 2);
 
-    let port = free_port();
-    let mut text = format!(
-        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n",
-        dir.path().join("coordinator.db").display()
-    );
     #[derive(serde::Serialize)]
     struct Jobs {
         jobs: Vec<JobConfig>,
@@ -262,23 +282,7 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
         jobs.contains("proximal_mu = 0.1") && jobs.contains("server_optimizer = \"adam\""),
         "{jobs}"
     );
-    text.push_str(&jobs);
-    for (s, _) in &silos {
-        text.push_str(&format!(
-            "\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"
-        ));
-    }
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut children: Vec<(String, Child)> = silos
-        .iter()
-        .map(|(name, folder)| (name.clone(), spawn_agent(dir.path(), port, name, folder)))
-        .collect();
-    let report = dir.path().join("outcome.json");
-    children.push(("coordinator".into(), spawn_coordinator(&config, &report)));
-    wait_all(&mut children, Duration::from_secs(120));
-
-    let outcome = read_json(&report);
+    let outcome = run_lenders(dir.path(), &silos, &jobs);
     let expected = [
         ("credit-fedavg", reference.fedavg_parameters.clone()),
         ("credit-mlp", reference.mlp_parameters.clone().unwrap()),
@@ -331,35 +335,16 @@ fn a_grouped_fedavg_job_over_agent_processes_finds_two_kinds_of_lender() {
             "loans.csv",
         ))
         .unwrap();
-    let port = free_port();
-    let mut text = format!(
-        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n",
-        dir.path().join("coordinator.db").display()
-    );
+    let mut jobs = String::new();
     for (job, groups) in [("one-model", 1), ("grouped", 2)] {
-        text.push_str(&format!(
+        jobs.push_str(&format!(
             "\n[[jobs]]\njob_id = \"{job}\"\nstrategy = \"fedavg\"\nrounds = 18\nmin_stores = 8\n\
              [jobs.fedavg]\nlearning_rate = 0.3\nlocal_epochs = 2\n\
              [jobs.task]\nkind = \"tabular\"\nfile = \"loans.csv\"\ntarget = \"Status\"\n\
              positive = \"bad\"\ngroups = {groups}\n"
         ));
     }
-    for (s, _) in &silos {
-        text.push_str(&format!(
-            "\n[[stores]]\nstore_id = \"{s}\"\ntoken = \"token-{s}\"\n"
-        ));
-    }
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut children: Vec<(String, Child)> = silos
-        .iter()
-        .map(|(name, folder)| (name.clone(), spawn_agent(dir.path(), port, name, folder)))
-        .collect();
-    let report = dir.path().join("outcome.json");
-    children.push(("coordinator".into(), spawn_coordinator(&config, &report)));
-    wait_all(&mut children, Duration::from_secs(120));
-
-    let outcome = read_json(&report);
+    let outcome = run_lenders(dir.path(), &silos, &jobs);
     let jobs = outcome["jobs"].as_array().unwrap();
     let mean_auc = |job: &serde_json::Value, kind: char| {
         let aucs: Vec<f64> = job["evaluations"]
