@@ -108,6 +108,17 @@ fn spawn_agent(dir: &Path, port: u16, store: &str, folder: &Path) -> Child {
         .unwrap()
 }
 
+/// The whole table written to `dir`, and one folder per lender with its rows as `file`.
+fn lenders(dir: &Path, text: &str, file: &str) -> (PathBuf, Vec<(String, PathBuf)>) {
+    let table = dir.join("loans-all.csv");
+    std::fs::write(&table, text).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let silos = rt
+        .block_on(write_silos(&table, "Lender", &dir.join("lenders"), file))
+        .unwrap();
+    (table, silos)
+}
+
 /// Runs `jobs` (TOML `[[jobs]]` tables) on a coordinator process with one agent process
 /// per lender in `silos`, each known by its token; the coordinator's outcome.
 fn run_lenders(dir: &Path, silos: &[(String, PathBuf)], jobs: &str) -> serde_json::Value {
@@ -136,22 +147,13 @@ fn run_lenders(dir: &Path, silos: &[(String, PathBuf)], jobs: &str) -> serde_jso
 #[test]
 fn a_credit_job_over_agent_processes_equals_the_in_process_newton_fit() {
     let dir = tempfile::tempdir().unwrap();
-    let table = dir.path().join("loans-all.csv");
-    std::fs::write(&table, loans()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let silos = rt
-        .block_on(write_silos(
-            &table,
-            "Lender",
-            &dir.path().join("lenders"),
-            "loans.csv",
-        ))
-        .unwrap();
+    let (table, silos) = lenders(dir.path(), &loans(), "loans.csv");
     let options = ClassificationOptions {
         mlp_hidden: 0,
         ..Default::default()
     };
-    let reference = rt
+    let reference = tokio::runtime::Runtime::new()
+        .unwrap()
         .block_on(fedretail_sim::run_credit(
             &table,
             &spec(),
@@ -235,17 +237,7 @@ fn a_credit_job_over_agent_processes_equals_the_in_process_newton_fit() {
 fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
     use fedretail_coordinator::{JobConfig, ServerOptimizerKind};
     let dir = tempfile::tempdir().unwrap();
-    let table = dir.path().join("loans-all.csv");
-    std::fs::write(&table, loans()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let silos = rt
-        .block_on(write_silos(
-            &table,
-            "Lender",
-            &dir.path().join("lenders"),
-            fedretail_sim::SILO_TABLE_FILE,
-        ))
-        .unwrap();
+    let (table, silos) = lenders(dir.path(), &loans(), fedretail_sim::SILO_TABLE_FILE);
     let options = ClassificationOptions {
         rounds: 6,
         mlp_hidden: 3,
@@ -254,7 +246,8 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
         server_learning_rate: 0.03,
         ..Default::default()
     };
-    let reference = rt
+    let reference = tokio::runtime::Runtime::new()
+        .unwrap()
         .block_on(fedretail_sim::run_credit(
             &table,
             &spec(),
@@ -324,17 +317,7 @@ fn two_kinds_of_loans() -> String {
 #[test]
 fn a_grouped_fedavg_job_over_agent_processes_finds_two_kinds_of_lender() {
     let dir = tempfile::tempdir().unwrap();
-    let table = dir.path().join("loans-all.csv");
-    std::fs::write(&table, two_kinds_of_loans()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let silos = rt
-        .block_on(write_silos(
-            &table,
-            "Lender",
-            &dir.path().join("lenders"),
-            "loans.csv",
-        ))
-        .unwrap();
+    let (_, silos) = lenders(dir.path(), &two_kinds_of_loans(), "loans.csv");
     let mut jobs = String::new();
     for (job, groups) in [("one-model", 1), ("grouped", 2)] {
         jobs.push_str(&format!(
