@@ -307,9 +307,31 @@ impl ClusteredNewton {
 
     /// Parameters of one node's model, from the tree's layout.
     fn base_len(&self, layout_len: usize) -> usize {
-        let nodes = tree_nodes(self.config.max_groups);
-        layout_len.saturating_sub(meta_len(nodes)) / nodes
+        node_len(layout_len, self.config.max_groups)
     }
+}
+
+/// Parameters of one node's model in a tree of `max_groups` leaves whose layout has
+/// `layout_len` values.
+pub(crate) fn node_len(layout_len: usize, max_groups: usize) -> usize {
+    let nodes = tree_nodes(max_groups);
+    layout_len.saturating_sub(meta_len(nodes)) / nodes
+}
+
+/// The largest eigenvalue of a symmetric matrix and its unit eigenvector; None when
+/// it is not positive (no spread to split along).
+pub(crate) fn top_eigenpair(m: DMatrix<f64>) -> Option<(f64, DVector<f64>)> {
+    let eig = m.symmetric_eigen();
+    let (top, lambda) = eig
+        .eigenvalues
+        .iter()
+        .copied()
+        .enumerate()
+        .max_by(|x, y| x.1.total_cmp(&y.1))?;
+    if lambda.is_nan() || lambda <= 1e-12 {
+        return None;
+    }
+    Some((lambda, eig.eigenvectors.column(top).into_owned()))
 }
 
 /// A leaf's statistics, split into their parts.
@@ -499,17 +521,8 @@ fn split_direction(b: Block<'_>, newton: &FedNewtonConfig) -> Option<(f64, Vec<f
     }
     let d = b.gradient.len();
     let s = DMatrix::from_row_slice(d, d, &unpack_upper(b.outer, d));
-    let eig = s.symmetric_eigen();
-    let (top, lambda) = eig
-        .eigenvalues
-        .iter()
-        .copied()
-        .enumerate()
-        .max_by(|x, y| x.1.total_cmp(&y.1))?;
-    if lambda.is_nan() || lambda <= 1e-12 {
-        return None;
-    }
-    let mut delta: DVector<f64> = eig.eigenvectors.column(top) * (lambda / b.stores).sqrt();
+    let (lambda, v) = top_eigenpair(s)?;
+    let mut delta: DVector<f64> = v * (lambda / b.stores).sqrt();
     let norm = delta.norm();
     if norm > newton.max_step {
         delta *= newton.max_step / norm;

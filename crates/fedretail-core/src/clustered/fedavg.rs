@@ -13,7 +13,7 @@
 //!
 //! With one group it is [`FedAvg`] with f64 updates, bit for bit (tested).
 
-use super::{check_groups, grow_tree, meta_len, tree_nodes, ClusterTree};
+use super::{check_groups, grow_tree, node_len, top_eigenpair, tree_nodes, ClusterTree};
 use crate::aggregate::Aggregate;
 use crate::error::{ConfigError, StrategyError};
 use crate::fedavg::{FedAvg, FedAvgConfig};
@@ -114,8 +114,7 @@ impl ClusteredFedAvg {
 
     /// Parameters of one node's model, from the tree's layout.
     fn base_len(&self, layout_len: usize) -> usize {
-        let nodes = tree_nodes(self.config.max_groups);
-        layout_len.saturating_sub(meta_len(nodes)) / nodes
+        node_len(layout_len, self.config.max_groups)
     }
 }
 
@@ -199,17 +198,8 @@ fn spread(b: DeltaBlock<'_>) -> Option<(f64, Vec<f64>)> {
             cov[(i, j)] -= mean[i] * mean[j];
         }
     }
-    let eig = cov.symmetric_eigen();
-    let (top, lambda) = eig
-        .eigenvalues
-        .iter()
-        .copied()
-        .enumerate()
-        .max_by(|x, y| x.1.total_cmp(&y.1))?;
-    if lambda.is_nan() || lambda <= 1e-12 {
-        return None;
-    }
-    let delta = eig.eigenvectors.column(top) * lambda.sqrt();
+    let (lambda, v) = top_eigenpair(cov)?;
+    let delta = v * lambda.sqrt();
     Some((lambda, delta.iter().copied().collect()))
 }
 
