@@ -26,7 +26,9 @@ mod results;
 mod store_page;
 
 pub use floor::PrivacyFloor;
-pub use protect::{begin_secure, check_privacy, protect_update, secure_step, SecureInput};
+pub use protect::{
+    begin_secure, check_privacy, protect_update, secure_step, SecAggTrust, SecureInput,
+};
 
 pub use fedretail_models::{FixedTasks, PrepareFuture, TaskSource};
 pub use results::{read_model, write_results, ModelFile, ResultsError, MODEL_FORMAT};
@@ -72,6 +74,8 @@ pub struct AgentConfig {
     /// The store's own certificate and key (PEM, from `fedretail enroll`), presented to
     /// a coordinator that requires mutual TLS: then the certificate is who it is.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The store's SecAgg+ signing identity and the roster it checks neighbours by.
+    pub secagg_trust: SecAggTrust,
 }
 
 impl AgentConfig {
@@ -88,6 +92,7 @@ impl AgentConfig {
             privacy_floor: PrivacyFloor::default(),
             ca_certificate: None,
             identity: None,
+            secagg_trust: SecAggTrust::default(),
         }
     }
 }
@@ -521,7 +526,7 @@ impl StoreAgent {
         .await
         .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
         if let Some(params) = &t.secure {
-            let (input, message) = begin_secure(params, &update)?;
+            let (input, message) = begin_secure(params, &update, &self.config.secagg_trust)?;
             s.secure = Some(PendingSecure {
                 task_id: t.task_id.clone(),
                 input,

@@ -6,19 +6,31 @@
 use crate::AgentError;
 use fedretail_privacy::clip_l2;
 use fedretail_privacy::secagg::{
-    sample_discrete_gaussian, FixedPoint, NeighbourGraph, SecAggError, SecAggStore,
+    sample_discrete_gaussian, FixedPoint, NeighbourGraph, Roster, SecAggError, SecAggStore,
+    StoreIdentity,
 };
 use fedretail_proto::secagg as wire;
 use fedretail_proto::v1;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};
+use std::sync::Arc;
 
 /// The store's half of a SecAgg+ round in progress: its secrets and its encoded,
 /// clipped (and, under distributed DP, noised) update, which never leaves unmasked.
 pub struct SecureInput {
     store: SecAggStore,
     words: Vec<u32>,
+}
+
+/// A store's long-term SecAgg+ identity, which signs its key advertisements, and the
+/// network roster it checks every neighbour's advertisement against. With a roster the
+/// store deals no share unless every neighbour's keys carry an enrolled store's
+/// signature for this round: a coordinator cannot swap in keys of its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SecAggTrust {
+    pub identity: Option<Arc<StoreIdentity>>,
+    pub roster: Option<Roster>,
 }
 
 pub fn check_privacy(p: &v1::UpdatePrivacy) -> Result<(), AgentError> {
@@ -56,6 +68,7 @@ pub fn protect_update(update: &mut [f64], p: &v1::UpdatePrivacy) {
 pub fn begin_secure(
     params: &v1::SecureAggregation,
     update: &[f64],
+    trust: &SecAggTrust,
 ) -> Result<(SecureInput, v1::submit_sec_agg_request::Message), AgentError> {
     let bad = |e: String| AgentError::BadTask(format!("secure aggregation settings: {e}"));
     let config = wire::config_from_wire(params).map_err(|e| bad(e.to_string()))?;
@@ -75,8 +88,15 @@ pub fn begin_secure(
     let graph = std::sync::Arc::new(NeighbourGraph::new(&config));
     // Secrets from a ChaCha20 stream seeded by the OS-seeded thread generator.
     let mut rng = ChaCha20Rng::from_rng(&mut rand::rng());
-    let (store, ad) = SecAggStore::new(config, graph, params.store_index, &mut rng)
+    let session = config.session;
+    let (mut store, mut ad) = SecAggStore::new(config, graph, params.store_index, &mut rng)
         .map_err(|e| bad(e.to_string()))?;
+    if let Some(identity) = &trust.identity {
+        identity.sign(&mut ad, session);
+    }
+    if let Some(roster) = &trust.roster {
+        store = store.with_roster(roster.clone());
+    }
     let mut words = vec![0u32; dimension];
     fixed_point.encode_into(update, &mut words, &mut rng);
     if sigma > 0.0 {

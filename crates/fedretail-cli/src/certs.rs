@@ -177,11 +177,13 @@ pub fn enroll(args: EnrollArgs) -> Result<()> {
     let e = enroll_store(&ca_key, &args.store)?;
     write_private(&cert_path, &e.cert, false)?;
     write_private(&key_path, &e.key, true)?;
+    let (identity_path, roster) = enroll_signing(&args.certs, &dir, &args.store)?;
     let store = &args.store;
     println!(
-        "wrote {} and {} (give both to {store}, with ca.pem)",
+        "wrote {}, {} and {} (give all three to {store}, with ca.pem)",
         cert_path.display(),
-        key_path.display()
+        key_path.display(),
+        identity_path.display()
     );
     println!("certificate sha256 {}", e.sha256);
     println!(
@@ -189,8 +191,38 @@ pub fn enroll(args: EnrollArgs) -> Result<()> {
         args.certs.join("ca.pem").display(),
         e.sha256
     );
-    println!("{store}'s agent config:\n  cert = \"{store}.pem\"\n  key = \"{store}-key.pem\"\n  ca = \"ca.pem\"");
+    println!("{store}'s agent config:\n  cert = \"{store}.pem\"\n  key = \"{store}-key.pem\"\n  ca = \"ca.pem\"\n  secagg_identity = \"{store}-secagg.json\"   # signs its SecAgg+ keys\n  roster_key = \"{roster}\"   # every store's: check neighbours' SecAgg+ keys");
     Ok(())
+}
+
+/// The network's roster authority, kept beside the CA's key (created on first use):
+/// it signs each enrolled store's SecAgg+ verifying key.
+fn roster_authority(certs: &Path) -> Result<fedretail_privacy::secagg::RosterAuthority> {
+    use fedretail_privacy::secagg::RosterAuthority;
+    let path = certs.join("roster-key.hex");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return RosterAuthority::from_hex(&text).with_context(|| path.display().to_string());
+    }
+    let authority = RosterAuthority::generate(&mut rand::rng());
+    write_private(&path, &authority.to_hex(), true)?;
+    write_private(
+        &certs.join("roster.pub"),
+        &authority.roster().to_hex(),
+        false,
+    )?;
+    Ok(authority)
+}
+
+/// Writes the store's SecAgg+ signing identity; returns its path and the roster's
+/// public key every agent checks neighbours by.
+fn enroll_signing(certs: &Path, dir: &Path, store: &str) -> Result<(PathBuf, String)> {
+    let authority = roster_authority(certs)?;
+    let identity = authority.enroll(store, &mut rand::rng());
+    let path = dir.join(format!("{store}-secagg.json"));
+    write_private(&path, &identity.to_json(), true)?;
+    Ok((path, authority.roster().to_hex()))
 }
 
 /// Writes `text`; a key only the owner can read.

@@ -294,6 +294,15 @@ pub struct AgentFile {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// The store's SecAgg+ signing identity (JSON, from `fedretail enroll`): it signs
+    /// the store's key advertisements so neighbours can tell they are its own.
+    #[serde(default)]
+    pub secagg_identity: Option<PathBuf>,
+    /// The network roster's public key (hex, printed by `fedretail enroll`). With it
+    /// the store deals no SecAgg+ share unless every neighbour's keys are signed by an
+    /// enrolled store: a coordinator cannot swap in keys of its own.
+    #[serde(default)]
+    pub roster_key: Option<String>,
     /// Talk plain HTTP to a coordinator on another machine (the token crosses the
     /// network in clear). Only for a network you trust.
     #[serde(default)]
@@ -318,6 +327,7 @@ impl AgentFile {
             &mut file.ca,
             &mut file.cert,
             &mut file.key,
+            &mut file.secagg_identity,
             &mut file.data.promotions,
             &mut file.data.labels,
             &mut file.data.tables_dir,
@@ -385,6 +395,41 @@ fn agent_identity(file: &AgentFile) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
     }
 }
 
+/// The store's SecAgg+ identity and the roster, each checked here so a wrong file is
+/// named at start rather than in the middle of a round.
+fn secagg_trust(file: &AgentFile) -> Result<fedretail_agent::SecAggTrust> {
+    use fedretail_privacy::secagg::{Roster, StoreIdentity};
+    let roster = file
+        .roster_key
+        .as_deref()
+        .map(Roster::from_hex)
+        .transpose()
+        .context("roster_key")?;
+    let identity = match &file.secagg_identity {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading secagg_identity {}", path.display()))?;
+            let identity = StoreIdentity::from_json(&text)
+                .with_context(|| format!("secagg_identity {}", path.display()))?;
+            anyhow::ensure!(
+                identity.store_id() == file.store_id,
+                "secagg_identity {} was issued to '{}', this agent is '{}'",
+                path.display(),
+                identity.store_id(),
+                file.store_id
+            );
+            if let Some(r) = &roster {
+                identity.check_against(r).with_context(|| {
+                    format!("secagg_identity {} against roster_key", path.display())
+                })?;
+            }
+            Some(std::sync::Arc::new(identity))
+        }
+    };
+    Ok(fedretail_agent::SecAggTrust { identity, roster })
+}
+
 #[derive(Args)]
 pub struct AgentArgs {
     /// Agent configuration (TOML): coordinator address, store id, token, data files
@@ -405,6 +450,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     cfg.results_dir = Some(file.results_dir());
     cfg.ca_certificate = agent_tls(&file)?;
     cfg.identity = agent_identity(&file)?;
+    cfg.secagg_trust = secagg_trust(&file)?;
     let data = file.data.clone().with_business_type(&file.business_type);
     let tasks = Arc::new(StoreExport::new(&file.store_id, data));
     eprintln!(

@@ -3,8 +3,8 @@
 
 use crate::v1;
 use fedretail_privacy::secagg::{
-    Advertisement, EncryptedShare, MaskPrg, MaskedInput, RevealedShare, SecAggConfig, ShareKeys,
-    ShareKind, UnmaskRequest, UnmaskResponse,
+    AdSignature, Advertisement, EncryptedShare, MaskPrg, MaskedInput, RevealedShare, SecAggConfig,
+    ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse,
 };
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -52,6 +52,12 @@ pub fn advertisement_to_wire(a: &Advertisement) -> v1::SecAggAdvertisement {
         store: a.store,
         cipher_public_key: a.cipher_public_key.to_vec(),
         mask_public_key: a.mask_public_key.to_vec(),
+        signed: a.signed.as_ref().map(|s| v1::SecAggSignature {
+            signer: s.signer.clone(),
+            verifying_key: s.verifying_key.to_vec(),
+            credential: s.credential.clone(),
+            signature: s.signature.clone(),
+        }),
     }
 }
 
@@ -62,6 +68,31 @@ pub fn advertisement_from_wire(
         store: a.store,
         cipher_public_key: bytes32("cipher public key", &a.cipher_public_key)?,
         mask_public_key: bytes32("mask public key", &a.mask_public_key)?,
+        signed: a.signed.as_ref().map(signature_from_wire).transpose()?,
+    })
+}
+
+/// Sizes are checked here; whether the signature holds, by the neighbour.
+fn signature_from_wire(s: &v1::SecAggSignature) -> Result<AdSignature, SecAggWireError> {
+    if s.signer.len() > 128 {
+        return Err(SecAggWireError(format!(
+            "signer id is {} bytes, at most 128",
+            s.signer.len()
+        )));
+    }
+    for (field, b) in [("credential", &s.credential), ("signature", &s.signature)] {
+        if b.len() != 64 {
+            return Err(SecAggWireError(format!(
+                "{field} must be 64 bytes, got {}",
+                b.len()
+            )));
+        }
+    }
+    Ok(AdSignature {
+        signer: s.signer.clone(),
+        verifying_key: bytes32("verifying key", &s.verifying_key)?,
+        credential: s.credential.clone(),
+        signature: s.signature.clone(),
     })
 }
 
@@ -169,6 +200,7 @@ mod tests {
             store: 3,
             cipher_public_key: [7; 32],
             mask_public_key: [9; 32],
+            signed: None,
         };
         assert_eq!(
             advertisement_from_wire(&advertisement_to_wire(&ad)).unwrap(),

@@ -4,7 +4,9 @@
 //! clipping and the streaming aggregate are therefore the coordinator's, not a copy;
 //! only the transport is missing. Tests use it to check learning against references.
 
-use fedretail_agent::{begin_secure, check_privacy, protect_update, secure_step, SecureInput};
+use fedretail_agent::{
+    begin_secure, check_privacy, protect_update, secure_step, SecAggTrust, SecureInput,
+};
 use fedretail_coordinator::machine::{Closed, RoundError, RoundSetup, TrainOrder};
 use fedretail_coordinator::{PrivacySettings, RoundMachine};
 use fedretail_core::{ModelParameters, RobustRule, Strategy, UpdatePrecision, UpdateVector};
@@ -164,8 +166,8 @@ impl Network<'_> {
             run.bytes_up += width * update.len() as u64;
             match &task.secure {
                 Some(params) => {
-                    let (input, message) =
-                        begin_secure(params, &update).map_err(|e| e.to_string())?;
+                    let (input, message) = begin_secure(params, &update, &SecAggTrust::default())
+                        .map_err(|e| e.to_string())?;
                     machine
                         .accept_secagg(&order.store, &order.task_id, round, Some(message))
                         .map_err(|e| e.to_string())?;

@@ -194,11 +194,18 @@ fn enroll(certs: &Path, store: &str) -> String {
         .to_string()
 }
 
-/// An agent config for `store` that shows `cert_of`'s certificate (no token).
+/// An agent config for `store` that shows `cert_of`'s certificate (no token) and signs
+/// its SecAgg+ keys with its own enrolled identity, checking neighbours by the roster.
 fn enrolled_agent(dir: &Path, store: &str, port: u16, cert_of: Option<&str>) -> std::path::PathBuf {
     let cfg = dir.join(format!("{store}-as-{}.toml", cert_of.unwrap_or("none")));
+    let roster = std::fs::read_to_string(dir.join("certs/roster.pub")).unwrap();
     let identity = cert_of
-        .map(|c| format!("cert = \"certs/stores/{c}.pem\"\nkey = \"certs/stores/{c}-key.pem\"\n"))
+        .map(|c| {
+            format!(
+                "cert = \"certs/stores/{c}.pem\"\nkey = \"certs/stores/{c}-key.pem\"\n\
+                 secagg_identity = \"certs/stores/{store}-secagg.json\"\nroster_key = \"{roster}\"\n"
+            )
+        })
         .unwrap_or_default();
     std::fs::write(
         &cfg,
@@ -214,20 +221,21 @@ fn enrolled_agent(dir: &Path, store: &str, port: u16, cert_of: Option<&str>) -> 
 
 /// Mutual TLS: each store's certificate, issued by `fedretail enroll`, is its identity
 /// (no token). A store showing no certificate, or another enrolled store's, is refused
-/// with the reason; the stores showing their own train.
+/// with the reason; the stores showing their own train under SecAgg+, each signing its
+/// keys with the identity `enroll` issued and checking every neighbour's.
 #[test]
 fn stores_enrolled_by_certificate_join_under_mutual_tls_and_impostors_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     certs(&d.join("certs"));
-    let stores = ["store-001", "store-002"];
+    let stores = ["store-001", "store-002", "store-003"];
     let pins: Vec<String> = stores.iter().map(|s| enroll(&d.join("certs"), s)).collect();
     enroll(&d.join("certs"), "store-009");
     generate(
         &d.join("net"),
         &[
             "--stores",
-            "2",
+            "3",
             "--days",
             "200",
             "--young-fraction",
@@ -240,8 +248,8 @@ fn stores_enrolled_by_certificate_join_under_mutual_tls_and_impostors_are_refuse
     let mut text = format!(
         "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n[tls]\ncert = \"{c}/coordinator.pem\"\n\
          key = \"{c}/coordinator-key.pem\"\nclient_ca = \"{c}/ca.pem\"\n[[jobs]]\njob_id = \"demand\"\n\
-         task = \"demand\"\nrounds = 2\nmin_stores = 2\nexpected_stores = 2\nround_timeout_secs = 60\n\
-         registration_timeout_secs = 60\n",
+         task = \"demand\"\nstrategy = \"fedavg\"\nrounds = 2\nmin_stores = 3\nexpected_stores = 3\nround_timeout_secs = 60\n\
+         registration_timeout_secs = 60\n[jobs.privacy]\nsecure_aggregation = true\nclip = 10.0\n",
         d.join("coordinator.db").display(),
         c = d.join("certs").display(),
     );
@@ -269,6 +277,19 @@ fn stores_enrolled_by_certificate_join_under_mutual_tls_and_impostors_are_refuse
         !ok && err.contains("requires each store's certificate"),
         "{err}"
     );
+    // Another store's signing identity is named at start, before any connection.
+    let borrowed = enrolled_agent(d, stores[0], port, Some(stores[0]));
+    let text = std::fs::read_to_string(&borrowed).unwrap();
+    std::fs::write(
+        &borrowed,
+        text.replace("store-001-secagg", "store-009-secagg"),
+    )
+    .unwrap();
+    let (ok, err) = run_agent(&borrowed);
+    assert!(
+        !ok && err.contains("was issued to 'store-009', this agent is 'store-001'"),
+        "{err}"
+    );
 
     for s in stores {
         let cfg = enrolled_agent(d, s, port, Some(s));
@@ -277,5 +298,12 @@ fn stores_enrolled_by_certificate_join_under_mutual_tls_and_impostors_are_refuse
     wait_all(&mut children, Duration::from_secs(120));
     let job = &read_json(&report)["jobs"][0];
     assert_eq!(job["failed"], false, "{}", job["status"]);
-    assert_eq!(job["evaluations"].as_array().unwrap().len(), 2);
+    assert_eq!(job["evaluations"].as_array().unwrap().len(), 3);
+    for round in job["rounds"].as_array().unwrap() {
+        assert_eq!(
+            round["participants"].as_array().unwrap().len(),
+            3,
+            "{round}"
+        );
+    }
 }

@@ -2,13 +2,13 @@
 //! and real store agents on 127.0.0.1, with stores whose updates are known, so that the
 //! model the coordinator ends with can be checked exactly against the plain arithmetic.
 
-use fedretail_agent::{AgentConfig, StoreAgent};
+use fedretail_agent::{AgentConfig, SecAggTrust, StoreAgent};
 use fedretail_coordinator::{
     run_coordinator_with, CheckpointStore, CoordinatorConfig, CoordinatorError, JobOutcome,
 };
 use fedretail_core::{LocalWork, ModelLayout, TaskKind};
 use fedretail_models::{demand_layout, FixedTasks, LocalTask, TaskError, TaskMetrics};
-use fedretail_privacy::secagg::{NeighbourGraph, SecAggStore};
+use fedretail_privacy::secagg::{NeighbourGraph, RosterAuthority, SecAggStore};
 use fedretail_privacy::{PrivacyBudget, PrivacyLedger, RoundMechanism};
 use fedretail_proto::secagg as wire;
 use fedretail_proto::v1::{
@@ -95,16 +95,32 @@ async fn start(
 
 fn spawn_agents(addr: &str, stores: &[(String, Vec<f64>, u64)]) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
-    for (id, update, rows) in stores.iter().cloned() {
-        let mut cfg = AgentConfig::new(addr.to_string(), id);
-        cfg.poll_wait = std::time::Duration::from_millis(500);
-        let task: Arc<dyn LocalTask> = Arc::new(FixedStore { update, rows });
-        let task = Arc::new(FixedTasks::new().with(TaskKind::Demand, task));
+    for (agent, _) in fixed_agents(addr, stores, |_| SecAggTrust::default()) {
         set.spawn(async move {
-            StoreAgent::new(cfg, task).run().await.unwrap();
+            agent.run().await.unwrap();
         });
     }
     set
+}
+
+/// One agent per store, each with the SecAgg+ trust `trust` gives its id.
+fn fixed_agents(
+    addr: &str,
+    stores: &[(String, Vec<f64>, u64)],
+    trust: impl Fn(&str) -> SecAggTrust,
+) -> Vec<(StoreAgent, String)> {
+    stores
+        .iter()
+        .cloned()
+        .map(|(id, update, rows)| {
+            let mut cfg = AgentConfig::new(addr.to_string(), id.clone());
+            cfg.poll_wait = std::time::Duration::from_millis(500);
+            cfg.secagg_trust = trust(&id);
+            let task: Arc<dyn LocalTask> = Arc::new(FixedStore { update, rows });
+            let task = Arc::new(FixedTasks::new().with(TaskKind::Demand, task));
+            (StoreAgent::new(cfg, task), id)
+        })
+        .collect()
 }
 
 struct Peer {
@@ -618,4 +634,72 @@ async fn an_agent_whose_update_is_refused_once_carries_on() {
         .map(|r| r.participants.iter().any(|p| p == "flaky"))
         .collect();
     assert_eq!(with_flaky, vec![true, true, true]);
+}
+
+/// Enrolled stores sign their SecAgg+ keys and check each other's over the real
+/// transport: four signing stores sum exactly as a plain round does. When one seat's
+/// keys come unsigned (as a coordinator substituting its own keys would send them),
+/// every store that checks signatures leaves the round before dealing a share, and
+/// no round completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_stores_sign_their_keys_and_refuse_a_round_with_unsigned_ones() {
+    let stores: Vec<(String, Vec<f64>, u64)> = (0..4)
+        .map(|i| (format!("s{i}"), update_of(i), 100 * (i as u64 + 1)))
+        .collect();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
+    let authority = RosterAuthority::generate(&mut rng);
+    let identities: std::collections::BTreeMap<String, _> = stores
+        .iter()
+        .map(|(id, _, _)| (id.clone(), Arc::new(authority.enroll(id, &mut rng))))
+        .collect();
+    let trust = |signing: bool| {
+        let identities = identities.clone();
+        let roster = authority.roster();
+        move |id: &str| SecAggTrust {
+            identity: identities
+                .get(id)
+                .filter(|_| signing || id != "s3")
+                .cloned(),
+            roster: Some(roster.clone()),
+        }
+    };
+    let mut models = Vec::new();
+    for (privacy, all_sign) in [
+        ("clip = 1.0\n", true),
+        ("secure_aggregation = true\nclip = 1.0\n", true),
+        ("secure_aggregation = true\nclip = 1.0\n", false),
+    ] {
+        let toml = format!(
+            "[job]\nstrategy = \"fedavg\"\nrounds = 1\nmin_stores = 4\nexpected_stores = 4\n\
+             round_timeout_secs = 3\nround_attempts = 1\n[job.privacy]\n{privacy}"
+        );
+        let (addr, coordinator) = start(&toml, CheckpointStore::in_memory().unwrap()).await;
+        let mut agents = tokio::task::JoinSet::new();
+        for (agent, id) in fixed_agents(&addr, &stores, trust(all_sign)) {
+            agents.spawn(async move { (id, agent.run().await.unwrap()) });
+        }
+        let outcome = coordinator.await.unwrap();
+        let summaries: Vec<_> = agents.join_all().await;
+        if all_sign {
+            let outcome = outcome.unwrap();
+            assert_eq!(outcome.rounds[0].participants.len(), 4, "{privacy}");
+            models.push(outcome.parameters);
+            continue;
+        }
+        assert!(
+            outcome.map_or(true, |o| o.rounds.is_empty()),
+            "a round completed with an unsigned seat"
+        );
+        for (id, summary) in summaries {
+            if id != "s3" {
+                assert_eq!(summary.secure_rounds_abandoned, 1, "{id}: {summary:?}");
+            }
+        }
+    }
+    let gap = models[1]
+        .iter()
+        .zip(&models[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(gap < 1e-6, "signed secure and plain sums differ by {gap}");
 }

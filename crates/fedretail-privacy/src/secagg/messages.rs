@@ -11,6 +11,22 @@ pub struct Advertisement {
     pub cipher_public_key: [u8; 32],
     /// Agrees the seed of the pairwise mask between two stores.
     pub mask_public_key: [u8; 32],
+    /// The store's long-term signature over these keys, when the network enrols
+    /// stores (see `identity`).
+    #[serde(default)]
+    pub signed: Option<AdSignature>,
+}
+
+/// Who signed an advertisement, the roster's credential for them, and the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdSignature {
+    /// The signer's store id, as enrolled.
+    pub signer: String,
+    pub verifying_key: [u8; 32],
+    /// The roster's Ed25519 signature over the signer's id and verifying key (64 bytes).
+    pub credential: Vec<u8>,
+    /// The signer's Ed25519 signature over the keys, index and session (64 bytes).
+    pub signature: Vec<u8>,
 }
 
 /// One store's shares for one neighbour, readable by that neighbour only.

@@ -20,6 +20,11 @@
 //! 3. *Unmask*: every survivor reveals, for each neighbour, the share of `b` if that
 //!    neighbour survived or the share of its mask key if it dropped, never both.
 //!
+//! Where the network enrols stores (`identity`), every advertisement is signed with
+//! the store's long-term key and a neighbour deals no share until each advertisement's
+//! signature and roster credential check out, so the coordinator cannot substitute
+//! keys of its own.
+//!
 //! The coordinator rebuilds the self masks of survivors and the pairwise masks of the
 //! dropped, checks each rebuilt secret against its commitment or public key (a tampered
 //! share is caught here, a tampered or replayed ciphertext already at decryption), and
@@ -29,6 +34,7 @@
 mod crypto;
 mod encoding;
 mod graph;
+mod identity;
 mod messages;
 mod server;
 mod simulate;
@@ -39,9 +45,10 @@ mod tests;
 pub use crypto::MaskPrg;
 pub use encoding::{sample_discrete_gaussian, FixedPoint};
 pub use graph::NeighbourGraph;
+pub use identity::{Roster, RosterAuthority, StoreIdentity};
 pub use messages::{
-    Advertisement, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind, UnmaskRequest,
-    UnmaskResponse,
+    AdSignature, Advertisement, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind,
+    UnmaskRequest, UnmaskResponse,
 };
 pub use server::{SecAggOutcome, SecAggServer};
 pub use simulate::{simulate_round, simulate_round_observed, DropoutPlan, RoundCost};
@@ -197,6 +204,8 @@ pub enum SecAggError {
     BadCiphertext { from: u32, to: u32 },
     #[error("the rebuilt {kind} of store {owner} does not match its commitment: a share was tampered with")]
     BadReconstruction { owner: u32, kind: ShareKind },
+    #[error("the key advertisement of store {store} is refused: {reason}")]
+    BadAdvertisement { store: u32, reason: String },
     #[error("input has {got} words, the round expects {expected}")]
     Dimension { expected: usize, got: usize },
 }

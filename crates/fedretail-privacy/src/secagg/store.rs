@@ -15,7 +15,7 @@ use super::messages::{
     Advertisement, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind, UnmaskRequest,
     UnmaskResponse,
 };
-use super::{NeighbourGraph, SecAggConfig, SecAggError};
+use super::{NeighbourGraph, Roster, SecAggConfig, SecAggError};
 
 /// Bytes of one serialised share of a 32-byte secret: the x coordinate, then 32 y bytes.
 const SHARE_BYTES: usize = 33;
@@ -57,6 +57,8 @@ pub struct SecAggStore {
     /// sealing the shares it deals and used again to open the shares it receives.
     cipher_shared: BTreeMap<u32, SharedSecret>,
     held: BTreeMap<u32, HeldShares>,
+    /// When set, every neighbour's advertisement must be signed by an enrolled store.
+    roster: Option<Roster>,
 }
 
 impl SecAggStore {
@@ -87,6 +89,7 @@ impl SecAggStore {
             store: index,
             cipher_public_key: public_key(&cipher_secret),
             mask_public_key: public_key(&mask_secret),
+            signed: None,
         };
         let store = SecAggStore {
             config,
@@ -99,8 +102,36 @@ impl SecAggStore {
             neighbour_keys: BTreeMap::new(),
             cipher_shared: BTreeMap::new(),
             held: BTreeMap::new(),
+            roster: None,
         };
         Ok((store, advertisement))
+    }
+
+    /// Requires every neighbour's key advertisement to be signed, for this round, by a
+    /// distinct store the roster enrolled; otherwise no share is dealt to anyone.
+    pub fn with_roster(mut self, roster: Roster) -> Self {
+        self.roster = Some(roster);
+        self
+    }
+
+    /// Refuses the round unless each advertisement carries a valid signature, each
+    /// from a different enrolled store (one store cannot fill two seats).
+    fn check_signatures(&self, ads: &BTreeMap<u32, Advertisement>) -> Result<(), SecAggError> {
+        let Some(roster) = &self.roster else {
+            return Ok(());
+        };
+        let mut signers = std::collections::BTreeSet::new();
+        for ad in ads.values() {
+            let refuse = |reason: String| SecAggError::BadAdvertisement {
+                store: ad.store,
+                reason,
+            };
+            let (signer, _) = roster.verify(ad, self.config.session).map_err(refuse)?;
+            if !signers.insert(signer.clone()) {
+                return Err(refuse(format!("'{signer}' already holds another seat")));
+            }
+        }
+        Ok(())
     }
 
     pub fn index(&self) -> u32 {
@@ -139,6 +170,7 @@ impl SecAggStore {
                 return Err(self.refuse(STAGE, format!("store {} advertised twice", ad.store)));
             }
         }
+        self.check_signatures(&keys)?;
         let t = self.config.threshold as usize;
         if keys.len() < t {
             return Err(SecAggError::TooManyDropouts(format!(

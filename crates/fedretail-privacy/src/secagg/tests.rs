@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -377,7 +377,7 @@ mod hostile {
         ) {
             let (mut round, ads) = Round::new(11);
             let _ = round.server.receive_advertisement(Advertisement {
-                store, cipher_public_key: key, mask_public_key: key,
+                store, cipher_public_key: key, mask_public_key: key, signed: None,
             });
             for ad in ads {
                 let _ = round.server.receive_advertisement(ad);
@@ -432,4 +432,142 @@ mod hostile {
             }
         }
     }
+}
+
+/// Five enrolled stores that sign their advertisements and require signed neighbours.
+fn signed_round(session: u64) -> (Round, Vec<Advertisement>) {
+    let (mut round, mut ads) = Round::new(session);
+    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    let authority = RosterAuthority::generate(&mut rng);
+    for (u, ad) in ads.iter_mut().enumerate() {
+        let identity = authority.enroll(&format!("store-{u}"), &mut rng);
+        identity.check_against(&authority.roster()).unwrap();
+        identity.sign(ad, session);
+    }
+    let roster = authority.roster();
+    round.stores = round
+        .stores
+        .into_iter()
+        .map(|s| s.with_roster(roster.clone()))
+        .collect();
+    (round, ads)
+}
+
+fn advertise(round: &mut Round, ads: Vec<Advertisement>) -> BTreeMap<u32, Vec<Advertisement>> {
+    for ad in ads {
+        round.server.receive_advertisement(ad).unwrap();
+    }
+    round.server.close_advertising().unwrap()
+}
+
+#[test]
+fn signed_advertisements_run_a_round_to_the_exact_sum() {
+    let (mut round, ads) = signed_round(11);
+    let neighbour_ads = advertise(&mut round, ads);
+    for (u, ads) in &neighbour_ads {
+        let msg = round.stores[*u as usize].share_keys(ads).unwrap();
+        round.server.receive_share_keys(msg).unwrap();
+    }
+    for (u, inbox) in round.server.close_share_keys().unwrap() {
+        let msg = round.stores[u as usize]
+            .masked_input(&inbox, &[u, 1, 0, 2])
+            .unwrap();
+        round.server.receive_masked_input(&msg).unwrap();
+    }
+    for (v, req) in round.server.close_masked_input().unwrap() {
+        let resp = round.stores[v as usize].unmask(&req).unwrap();
+        round.server.receive_unmask(resp).unwrap();
+    }
+    assert_eq!(round.server.finish().unwrap().sum, vec![10, 5, 0, 10]);
+}
+
+/// What store 0 is told store 1 advertised, after `tamper`; the error store 0 gives.
+fn store_zero_refuses(session: u64, tamper: impl Fn(&mut Advertisement)) -> String {
+    let (mut round, ads) = signed_round(session);
+    let mut neighbour_ads = advertise(&mut round, ads);
+    let seen = neighbour_ads.get_mut(&0).unwrap();
+    tamper(seen.iter_mut().find(|a| a.store == 1).unwrap());
+    let err = round.stores[0].share_keys(seen).unwrap_err();
+    assert!(
+        matches!(err, SecAggError::BadAdvertisement { store: 1, .. }),
+        "{err}"
+    );
+    err.to_string()
+}
+
+#[test]
+fn a_coordinator_that_swaps_a_key_is_caught_before_any_share_is_dealt() {
+    // Without enrolment (the protocol as it was), a swapped key is simply used: the
+    // coordinator then holds the key store 0 seals store 1's shares with.
+    let (mut plain, ads) = Round::new(12);
+    let mut neighbour_ads = advertise(&mut plain, ads);
+    let own_key = [9u8; 32];
+    let seen = neighbour_ads.get_mut(&0).unwrap();
+    seen.iter_mut()
+        .find(|a| a.store == 1)
+        .unwrap()
+        .cipher_public_key = own_key;
+    assert!(plain.stores[0].share_keys(seen).is_ok());
+
+    let swapped = store_zero_refuses(12, |a| a.cipher_public_key = own_key);
+    assert!(swapped.contains("altered or replayed"), "{swapped}");
+    let unsigned = store_zero_refuses(12, |a| a.signed = None);
+    assert!(unsigned.contains("not signed"), "{unsigned}");
+
+    // Re-signed with a key the coordinator enrolled under a roster of its own.
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let rogue = RosterAuthority::generate(&mut rng).enroll("store-1", &mut rng);
+    let forged = store_zero_refuses(12, |a| {
+        a.cipher_public_key = own_key;
+        rogue.sign(a, 12);
+    });
+    assert!(
+        forged.contains("not issued by this network's roster"),
+        "{forged}"
+    );
+
+    // Store 1's genuine advertisement from another round.
+    let (_, old) = signed_round(13);
+    let replayed = store_zero_refuses(12, |a| *a = old[1].clone());
+    assert!(replayed.contains("altered or replayed"), "{replayed}");
+}
+
+#[test]
+fn one_enrolled_store_cannot_fill_two_seats() {
+    let (mut round, mut ads) = signed_round(14);
+    // Store 2's seat signed with store 1's identity (a Sybil seat).
+    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    let authority = RosterAuthority::generate(&mut rng);
+    let _zero = authority.enroll("store-0", &mut rng);
+    let one = authority.enroll("store-1", &mut rng);
+    one.sign(&mut ads[2], 14);
+    let neighbour_ads = advertise(&mut round, ads);
+    let err = round.stores[0].share_keys(&neighbour_ads[&0]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("'store-1' already holds another seat"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_store_identity_survives_its_file_and_is_checked_against_the_roster() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let authority = RosterAuthority::generate(&mut rng);
+    let identity = authority.enroll("corner-shop", &mut rng);
+    let back = StoreIdentity::from_json(&identity.to_json()).unwrap();
+    assert_eq!(back.store_id(), "corner-shop");
+    back.check_against(&authority.roster()).unwrap();
+    let roster = Roster::from_hex(&authority.roster().to_hex()).unwrap();
+    assert_eq!(roster, authority.roster());
+    let other = RosterAuthority::generate(&mut rng).roster();
+    let err = back.check_against(&other).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not issued by the configured roster"),
+        "{err}"
+    );
+    let err = Roster::from_hex("abcd").unwrap_err();
+    assert!(err.to_string().contains("must be 32 bytes"), "{err}");
+    assert!(StoreIdentity::from_json("{}").is_err());
 }
