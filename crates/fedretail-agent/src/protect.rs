@@ -21,6 +21,8 @@ use std::sync::Arc;
 pub struct SecureInput {
     store: SecAggStore,
     words: Vec<u32>,
+    /// Signs the survivor set in the consistency check.
+    identity: Option<Arc<StoreIdentity>>,
 }
 
 /// A store's long-term SecAgg+ identity, which signs its key advertisements, and the
@@ -106,7 +108,15 @@ pub fn begin_secure(
     }
     let message =
         v1::submit_sec_agg_request::Message::Advertisement(wire::advertisement_to_wire(&ad));
-    Ok((SecureInput { store, words }, message))
+    let identity = trust.identity.clone();
+    Ok((
+        SecureInput {
+            store,
+            words,
+            identity,
+        },
+        message,
+    ))
 }
 
 /// Answers one SecAgg+ step; the bool says it was the last (unmasking).
@@ -143,11 +153,19 @@ pub fn secure_step(
                 false,
             ))
         }
+        Some(Step::Confirm(c)) => {
+            let identity = pending.identity.as_deref().ok_or(
+                "asked to confirm the survivor set, but this store has no signing identity (secagg_identity)",
+            )?;
+            let confirmation = pending.store.confirm(&c.survivors, identity).map_err(e)?;
+            Ok((
+                Message::Confirmation(wire::confirmation_to_wire(&confirmation)),
+                false,
+            ))
+        }
         Some(Step::Unmask(r)) => {
-            let response = pending
-                .store
-                .unmask(&wire::unmask_request_from_wire(r))
-                .map_err(e)?;
+            let request = wire::unmask_request_from_wire(r).map_err(|e| e.to_string())?;
+            let response = pending.store.unmask(&request).map_err(e)?;
             Ok((
                 Message::Unmask(wire::unmask_response_to_wire(&response)),
                 true,

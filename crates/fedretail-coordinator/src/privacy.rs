@@ -41,6 +41,8 @@ pub(crate) enum SecureStage {
     Advertising,
     SharingKeys,
     Masking,
+    /// The consistency check: survivors sign the survivor set (enrolled stores only).
+    Confirming,
     Unmasking,
 }
 
@@ -50,6 +52,7 @@ impl SecureStage {
             SecureStage::Advertising => "key advertisement",
             SecureStage::SharingKeys => "encrypted key shares",
             SecureStage::Masking => "masked input",
+            SecureStage::Confirming => "survivor confirmation",
             SecureStage::Unmasking => "unmasking shares",
         }
     }
@@ -111,8 +114,23 @@ impl SecureRound {
                     })
                     .collect()
             }
-            SecureStage::Masking => {
-                let requests = server.close_masked_input()?;
+            SecureStage::Masking if server.checks_consistency() => {
+                let survivors = server.close_masked_input_to_confirm()?;
+                self.stage = SecureStage::Confirming;
+                let confirm = v1::SecAggConfirm {
+                    survivors: survivors.clone(),
+                };
+                survivors
+                    .into_iter()
+                    .map(|i| (i, Step::Confirm(confirm.clone())))
+                    .collect()
+            }
+            SecureStage::Masking | SecureStage::Confirming => {
+                let requests = if self.stage == SecureStage::Masking {
+                    server.close_masked_input()?
+                } else {
+                    server.close_confirming()?
+                };
                 self.stage = SecureStage::Unmasking;
                 requests
                     .into_iter()

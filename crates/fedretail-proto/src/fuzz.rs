@@ -7,7 +7,7 @@
 
 use crate::convert::{decode_tensor, job_from_wire, layout_from_wire, summary_from_wire};
 use crate::secagg::{
-    advertisement_from_wire, masked_input_from_wire, share_keys_from_wire,
+    advertisement_from_wire, confirmation_from_wire, masked_input_from_wire, share_keys_from_wire,
     unmask_request_from_wire, unmask_response_from_wire,
 };
 use crate::v1;
@@ -137,6 +137,9 @@ fn secagg_reads(m: v1::SubmitSecAggRequest) {
         }
         Some(M::Unmask(u)) => {
             let _ = unmask_response_from_wire(u);
+        }
+        Some(M::Confirmation(c)) => {
+            let _ = confirmation_from_wire(&c);
         }
         None => {}
     }

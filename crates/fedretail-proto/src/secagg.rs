@@ -3,8 +3,8 @@
 
 use crate::v1;
 use fedretail_privacy::secagg::{
-    AdSignature, Advertisement, EncryptedShare, MaskPrg, MaskedInput, RevealedShare, SecAggConfig,
-    ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse,
+    AdSignature, Advertisement, Confirmation, EncryptedShare, MaskPrg, MaskedInput, RevealedShare,
+    SecAggConfig, ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse,
 };
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -52,12 +52,16 @@ pub fn advertisement_to_wire(a: &Advertisement) -> v1::SecAggAdvertisement {
         store: a.store,
         cipher_public_key: a.cipher_public_key.to_vec(),
         mask_public_key: a.mask_public_key.to_vec(),
-        signed: a.signed.as_ref().map(|s| v1::SecAggSignature {
-            signer: s.signer.clone(),
-            verifying_key: s.verifying_key.to_vec(),
-            credential: s.credential.clone(),
-            signature: s.signature.clone(),
-        }),
+        signed: a.signed.as_ref().map(signature_to_wire),
+    }
+}
+
+fn signature_to_wire(s: &AdSignature) -> v1::SecAggSignature {
+    v1::SecAggSignature {
+        signer: s.signer.clone(),
+        verifying_key: s.verifying_key.to_vec(),
+        credential: s.credential.clone(),
+        signature: s.signature.clone(),
     }
 }
 
@@ -146,14 +150,40 @@ pub fn unmask_request_to_wire(r: &UnmaskRequest) -> v1::SecAggUnmaskRequest {
     v1::SecAggUnmaskRequest {
         survivors: r.survivors.clone(),
         dropped: r.dropped.clone(),
+        confirmations: r.confirmations.iter().map(confirmation_to_wire).collect(),
     }
 }
 
-pub fn unmask_request_from_wire(r: v1::SecAggUnmaskRequest) -> UnmaskRequest {
-    UnmaskRequest {
+pub fn unmask_request_from_wire(
+    r: v1::SecAggUnmaskRequest,
+) -> Result<UnmaskRequest, SecAggWireError> {
+    Ok(UnmaskRequest {
         survivors: r.survivors,
         dropped: r.dropped,
+        confirmations: r
+            .confirmations
+            .iter()
+            .map(confirmation_from_wire)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+pub fn confirmation_to_wire(c: &Confirmation) -> v1::SecAggConfirmation {
+    v1::SecAggConfirmation {
+        store: c.store,
+        signed: Some(signature_to_wire(&c.signed)),
     }
+}
+
+pub fn confirmation_from_wire(c: &v1::SecAggConfirmation) -> Result<Confirmation, SecAggWireError> {
+    let signed = c
+        .signed
+        .as_ref()
+        .ok_or_else(|| SecAggWireError("a confirmation without its signature".into()))?;
+    Ok(Confirmation {
+        store: c.store,
+        signed: signature_from_wire(signed)?,
+    })
 }
 
 pub fn unmask_response_to_wire(m: &UnmaskResponse) -> v1::SecAggUnmaskResponse {

@@ -127,6 +127,10 @@ impl SecureRound {
                 server.receive_masked_input(&wire::masked_input_from_wire(m))
             }
             Some(Message::Unmask(m)) => server.receive_unmask(wire::unmask_response_from_wire(m)),
+            Some(Message::Confirmation(c)) => {
+                let c = wire::confirmation_from_wire(&c).map_err(|e| bad(e.to_string()))?;
+                server.receive_confirmation(c)
+            }
             None => return Err(bad("the message is empty".into())),
         };
         result.map_err(|e| bad(e.to_string()))?;
@@ -141,6 +145,7 @@ fn stage_matches(stage: SecureStage, message: &Option<Message>) -> bool {
         (SecureStage::Advertising, Some(Message::Advertisement(_)))
             | (SecureStage::SharingKeys, Some(Message::ShareKeys(_)))
             | (SecureStage::Masking, Some(Message::MaskedInput(_)))
+            | (SecureStage::Confirming, Some(Message::Confirmation(_)))
             | (SecureStage::Unmasking, Some(Message::Unmask(_)))
     )
 }
@@ -151,6 +156,7 @@ fn claimed_index(message: &Option<Message>) -> Option<u32> {
         Some(Message::ShareKeys(m)) => Some(m.store),
         Some(Message::MaskedInput(m)) => Some(m.store),
         Some(Message::Unmask(m)) => Some(m.store),
+        Some(Message::Confirmation(c)) => Some(c.store),
         None => None,
     }
 }
@@ -162,6 +168,7 @@ fn message_name(message: &Option<Message>) -> &'static str {
         Some(Message::ShareKeys(_)) => "key shares",
         Some(Message::MaskedInput(_)) => "a masked input",
         Some(Message::Unmask(_)) => "unmasking shares",
+        Some(Message::Confirmation(_)) => "a survivor confirmation",
     }
 }
 

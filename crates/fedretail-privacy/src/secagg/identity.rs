@@ -12,11 +12,12 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::messages::{AdSignature, Advertisement};
+use super::messages::{AdSignature, Advertisement, Confirmation};
 use super::SecAggError;
 
 const CREDENTIAL_CONTEXT: &[u8] = b"fedretail roster credential v1\0";
 const ADVERTISEMENT_CONTEXT: &[u8] = b"fedretail secagg advertisement v1\0";
+const SURVIVORS_CONTEXT: &[u8] = b"fedretail secagg survivors v1\0";
 
 /// What the roster signs: the store's id and its verifying key.
 fn credential_message(store_id: &str, verifying_key: &[u8; 32]) -> Vec<u8> {
@@ -34,6 +35,17 @@ fn advertisement_message(ad: &Advertisement, session: u64) -> Vec<u8> {
     m.extend(ad.store.to_le_bytes());
     m.extend(ad.cipher_public_key);
     m.extend(ad.mask_public_key);
+    m
+}
+
+/// What a store signs in the consistency check: the survivor set it was shown, from
+/// its seat, in this session.
+fn survivors_message(session: u64, seat: u32, survivors: &[u32]) -> Vec<u8> {
+    let mut m = SURVIVORS_CONTEXT.to_vec();
+    m.extend(session.to_le_bytes());
+    m.extend(seat.to_le_bytes());
+    m.extend((survivors.len() as u32).to_le_bytes());
+    survivors.iter().for_each(|u| m.extend(u.to_le_bytes()));
     m
 }
 
@@ -113,11 +125,44 @@ impl Roster {
     }
 
     /// Checks that `ad` was signed for this `session` by a store the roster enrolled;
-    /// returns the signer's id and verifying key.
-    pub fn verify(&self, ad: &Advertisement, session: u64) -> Result<(String, [u8; 32]), String> {
+    /// returns the signer's id.
+    pub fn verify(&self, ad: &Advertisement, session: u64) -> Result<String, String> {
         let Some(s) = &ad.signed else {
             return Err("its key advertisement is not signed (this store requires signed keys from every neighbour)".into());
         };
+        self.verify_signed(s, &advertisement_message(ad, session))
+            .map_err(|e| {
+                e.unwrap_or_else(|| {
+                    format!(
+                        "the signature of '{}' does not cover these keys for this round: the keys were altered or replayed",
+                        s.signer
+                    )
+                })
+            })
+    }
+
+    /// Checks a confirmation: the store in `seat` signed exactly `survivors` for this
+    /// session, and the roster enrolled it. Returns the signer's id.
+    pub fn verify_confirmation(
+        &self,
+        c: &Confirmation,
+        session: u64,
+        survivors: &[u32],
+    ) -> Result<String, String> {
+        let message = survivors_message(session, c.store, survivors);
+        self.verify_signed(&c.signed, &message).map_err(|e| {
+            e.unwrap_or_else(|| {
+                format!(
+                    "'{}' (seat {}) did not sign this survivor set",
+                    c.signed.signer, c.store
+                )
+            })
+        })
+    }
+
+    /// The credential, then the signature over `message`. Err(None) when only the
+    /// signature fails, so the caller can say what it was meant to cover.
+    fn verify_signed(&self, s: &AdSignature, message: &[u8]) -> Result<String, Option<String>> {
         let credential = signature(&s.credential, "credential")?;
         let enrolled = self
             .key
@@ -127,27 +172,21 @@ impl Roster {
             )
             .is_ok();
         if !enrolled {
-            return Err(format!(
+            return Err(Some(format!(
                 "its credential for '{}' was not issued by this network's roster",
                 s.signer
-            ));
+            )));
         }
         let key = VerifyingKey::from_bytes(&s.verifying_key)
             .map_err(|e| format!("its verifying key is not a valid Ed25519 key: {e}"))?;
         let signature = signature(&s.signature, "signature")?;
-        key.verify(&advertisement_message(ad, session), &signature)
-            .map_err(|_| {
-                format!(
-                    "the signature of '{}' does not cover these keys for this round: the keys were altered or replayed",
-                    s.signer
-                )
-            })?;
-        Ok((s.signer.clone(), s.verifying_key))
+        key.verify(message, &signature).map_err(|_| None)?;
+        Ok(s.signer.clone())
     }
 }
 
-fn signature(bytes: &[u8], what: &str) -> Result<Signature, String> {
-    Signature::from_slice(bytes).map_err(|_| format!("its {what} is not 64 bytes"))
+fn signature(bytes: &[u8], what: &str) -> Result<Signature, Option<String>> {
+    Signature::from_slice(bytes).map_err(|_| Some(format!("its {what} is not 64 bytes")))
 }
 
 /// A store's long-term identity: its id, signing key and the roster's credential.
@@ -232,12 +271,23 @@ impl StoreIdentity {
     /// Signs this round's advertisement, binding its keys to the session and index.
     pub fn sign(&self, ad: &mut Advertisement, session: u64) {
         ad.signed = None;
-        let signature = self.key.sign(&advertisement_message(ad, session));
-        ad.signed = Some(AdSignature {
+        ad.signed = Some(self.signed(&advertisement_message(ad, session)));
+    }
+
+    /// Signs the survivor set the coordinator showed this store (seat `seat`).
+    pub fn confirm(&self, session: u64, seat: u32, survivors: &[u32]) -> Confirmation {
+        Confirmation {
+            store: seat,
+            signed: self.signed(&survivors_message(session, seat, survivors)),
+        }
+    }
+
+    fn signed(&self, message: &[u8]) -> AdSignature {
+        AdSignature {
             signer: self.store_id.clone(),
             verifying_key: self.key.verifying_key().to_bytes(),
             credential: self.credential.to_vec(),
-            signature: signature.to_bytes().to_vec(),
-        });
+            signature: self.key.sign(message).to_bytes().to_vec(),
+        }
     }
 }

@@ -54,12 +54,25 @@ pub struct MaskedInput {
     pub words: Vec<u32>,
 }
 
+/// The consistency check, survivor to coordinator: the store in seat `store` signed
+/// the survivor set it was shown. Relayed to the stores that then unmask, so each can
+/// see that the neighbours of every store it answers about were told the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub store: u32,
+    pub signed: AdSignature,
+}
+
 /// Round 3, coordinator to one survivor: which of its neighbours survived and which
 /// dropped after dealing their shares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskRequest {
     pub survivors: Vec<u32>,
     pub dropped: Vec<u32>,
+    /// Under the consistency check: the confirmations of the survivor set from the
+    /// neighbours of this store's neighbours; empty otherwise.
+    #[serde(default)]
+    pub confirmations: Vec<Confirmation>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

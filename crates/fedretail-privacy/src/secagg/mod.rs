@@ -47,8 +47,8 @@ pub use encoding::{sample_discrete_gaussian, FixedPoint};
 pub use graph::NeighbourGraph;
 pub use identity::{Roster, RosterAuthority, StoreIdentity};
 pub use messages::{
-    AdSignature, Advertisement, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind,
-    UnmaskRequest, UnmaskResponse,
+    AdSignature, Advertisement, Confirmation, EncryptedShare, MaskedInput, RevealedShare,
+    ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse,
 };
 pub use server::{SecAggOutcome, SecAggServer};
 pub use simulate::{simulate_round, simulate_round_observed, DropoutPlan, RoundCost};

@@ -10,7 +10,8 @@ use x25519_dalek::StaticSecret;
 
 use super::crypto::{commitment, pairwise_seed, public_key, remove_masks, Mask};
 use super::messages::{
-    Advertisement, EncryptedShare, MaskedInput, ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse,
+    Advertisement, Confirmation, EncryptedShare, MaskedInput, ShareKeys, ShareKind, UnmaskRequest,
+    UnmaskResponse,
 };
 use super::store::rebuild_secret;
 use super::{NeighbourGraph, SecAggConfig, SecAggError};
@@ -20,6 +21,7 @@ enum Stage {
     Advertising,
     SharingKeys,
     Masking,
+    Confirming,
     Unmasking,
 }
 
@@ -29,6 +31,7 @@ impl Stage {
             Stage::Advertising => "advertising",
             Stage::SharingKeys => "sharing keys",
             Stage::Masking => "collecting masked inputs",
+            Stage::Confirming => "confirming survivors",
             Stage::Unmasking => "unmasking",
         }
     }
@@ -55,6 +58,9 @@ pub struct SecAggServer {
     requests: BTreeMap<u32, UnmaskRequest>,
     revealed: BTreeMap<(u32, ShareKindKey), Vec<Vec<u8>>>,
     answered: BTreeSet<u32>,
+    /// Under the consistency check, the survivors' signed confirmations; None when the
+    /// round runs without one.
+    confirmations: Option<BTreeMap<u32, Confirmation>>,
 }
 
 /// `ShareKind` as an ordered map key.
@@ -82,7 +88,15 @@ impl SecAggServer {
             requests: BTreeMap::new(),
             revealed: BTreeMap::new(),
             answered: BTreeSet::new(),
+            confirmations: None,
         })
+    }
+
+    /// Whether the round runs the consistency check between masking and unmasking: it
+    /// does when every store that advertised signed its keys with a long-term identity
+    /// (decided when advertising closes), since those stores can sign the survivor set.
+    pub fn checks_consistency(&self) -> bool {
+        self.confirmations.is_some()
     }
 
     pub fn config(&self) -> &SecAggConfig {
@@ -143,6 +157,9 @@ impl SecAggServer {
                 .filter_map(|v| self.advertised.get(v).cloned())
                 .collect();
             out.insert(u, ads);
+        }
+        if self.advertised.values().all(|a| a.signed.is_some()) {
+            self.confirmations = Some(BTreeMap::new());
         }
         self.stage = Stage::SharingKeys;
         Ok(out)
@@ -247,6 +264,72 @@ impl SecAggServer {
     /// be needed has enough surviving holders; if not, aborts here.
     pub fn close_masked_input(&mut self) -> Result<BTreeMap<u32, UnmaskRequest>, SecAggError> {
         self.enter(Stage::Masking, "close masked input")?;
+        if self.checks_consistency() {
+            return Err(SecAggError::OutOfOrder {
+                stage: "close masked input (this round confirms survivors first)",
+                current: self.stage.name(),
+            });
+        }
+        self.plan_unmasking()?;
+        self.stage = Stage::Unmasking;
+        Ok(self.requests.clone())
+    }
+
+    /// Ends round 2 of a round with the consistency check: the survivor set every
+    /// survivor is asked to sign.
+    pub fn close_masked_input_to_confirm(&mut self) -> Result<Vec<u32>, SecAggError> {
+        self.enter(Stage::Masking, "close masked input")?;
+        self.plan_unmasking()?;
+        self.stage = Stage::Confirming;
+        Ok(self.masked.iter().copied().collect())
+    }
+
+    /// Takes a survivor's signature on the survivor set. The stores check signatures
+    /// themselves; here only that it comes from a survivor, once.
+    pub fn receive_confirmation(&mut self, c: Confirmation) -> Result<(), SecAggError> {
+        const STAGE: &str = "confirm survivors";
+        self.enter(Stage::Confirming, STAGE)?;
+        let refuse = |reason: &str| SecAggError::Refused {
+            stage: STAGE,
+            store: c.store,
+            reason: reason.to_string(),
+        };
+        if !self.masked.contains(&c.store) {
+            return Err(refuse("is not a survivor of this round"));
+        }
+        let confirmations = self.confirmations.get_or_insert_with(BTreeMap::new);
+        if confirmations.contains_key(&c.store) {
+            return Err(refuse("already confirmed (a replay?)"));
+        }
+        confirmations.insert(c.store, c);
+        Ok(())
+    }
+
+    /// Ends the consistency check: each survivor's unmask request, carrying the
+    /// confirmations of its neighbours' neighbours (what it needs to check).
+    pub fn close_confirming(&mut self) -> Result<BTreeMap<u32, UnmaskRequest>, SecAggError> {
+        self.enter(Stage::Confirming, "close confirming")?;
+        let confirmations = self.confirmations.take().unwrap_or_default();
+        self.enough("confirmed the survivors", confirmations.len())?;
+        for (v, request) in self.requests.iter_mut() {
+            let mut seats = BTreeSet::new();
+            for &u in request.survivors.iter().chain(&request.dropped) {
+                seats.extend(self.graph.neighbours(u).iter().copied());
+            }
+            seats.remove(v);
+            seats.insert(*v);
+            request.confirmations = seats
+                .iter()
+                .filter_map(|w| confirmations.get(w).cloned())
+                .collect();
+        }
+        self.stage = Stage::Unmasking;
+        Ok(self.requests.clone())
+    }
+
+    /// The checks and per-store requests that end masking, with or without the
+    /// consistency check.
+    fn plan_unmasking(&mut self) -> Result<(), SecAggError> {
         self.enough("sent masked inputs", self.masked.len())?;
         let t = self.config.threshold as usize;
         for &u in self.dealt.keys() {
@@ -278,11 +361,15 @@ impl SecAggServer {
                 }
             }
             survivors.sort_unstable();
-            out.insert(v, UnmaskRequest { survivors, dropped });
+            let request = UnmaskRequest {
+                survivors,
+                dropped,
+                confirmations: Vec::new(),
+            };
+            out.insert(v, request);
         }
-        self.requests = out.clone();
-        self.stage = Stage::Unmasking;
-        Ok(out)
+        self.requests = out;
+        Ok(())
     }
 
     /// Neighbours of `u` that dealt (so hold `u`'s shares) and survived.

@@ -12,10 +12,10 @@ use super::crypto::{
     apply_mask, commitment, exchange, open, pairwise_seed, public_key, seal, Mask,
 };
 use super::messages::{
-    Advertisement, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind, UnmaskRequest,
-    UnmaskResponse,
+    Advertisement, Confirmation, EncryptedShare, MaskedInput, RevealedShare, ShareKeys, ShareKind,
+    UnmaskRequest, UnmaskResponse,
 };
-use super::{NeighbourGraph, Roster, SecAggConfig, SecAggError};
+use super::{NeighbourGraph, Roster, SecAggConfig, SecAggError, StoreIdentity};
 
 /// Bytes of one serialised share of a 32-byte secret: the x coordinate, then 32 y bytes.
 const SHARE_BYTES: usize = 33;
@@ -25,6 +25,7 @@ enum Stage {
     Advertised,
     KeysShared,
     InputMasked,
+    Confirmed,
     Done,
 }
 
@@ -34,6 +35,7 @@ impl Stage {
             Stage::Advertised => "advertised",
             Stage::KeysShared => "keys shared",
             Stage::InputMasked => "input masked",
+            Stage::Confirmed => "survivors confirmed",
             Stage::Done => "done",
         }
     }
@@ -57,8 +59,11 @@ pub struct SecAggStore {
     /// sealing the shares it deals and used again to open the shares it receives.
     cipher_shared: BTreeMap<u32, SharedSecret>,
     held: BTreeMap<u32, HeldShares>,
-    /// When set, every neighbour's advertisement must be signed by an enrolled store.
+    /// When set, every neighbour's advertisement must be signed by an enrolled store,
+    /// and unmasking waits for the consistency check.
     roster: Option<Roster>,
+    /// The survivor set this store signed in the consistency check.
+    confirmed: Vec<u32>,
 }
 
 impl SecAggStore {
@@ -103,6 +108,7 @@ impl SecAggStore {
             cipher_shared: BTreeMap::new(),
             held: BTreeMap::new(),
             roster: None,
+            confirmed: Vec::new(),
         };
         Ok((store, advertisement))
     }
@@ -126,7 +132,7 @@ impl SecAggStore {
                 store: ad.store,
                 reason,
             };
-            let (signer, _) = roster.verify(ad, self.config.session).map_err(refuse)?;
+            let signer = roster.verify(ad, self.config.session).map_err(refuse)?;
             if !signers.insert(signer.clone()) {
                 return Err(refuse(format!("'{signer}' already holds another seat")));
             }
@@ -321,12 +327,48 @@ impl SecAggStore {
         Ok(held)
     }
 
+    /// The consistency check (between masking and unmasking): signs, once, the set of
+    /// stores whose masked inputs the coordinator says it holds. Each store signs one
+    /// set per round, so the coordinator cannot show two neighbourhoods two stories.
+    pub fn confirm(
+        &mut self,
+        survivors: &[u32],
+        identity: &StoreIdentity,
+    ) -> Result<Confirmation, SecAggError> {
+        const STAGE: &str = "confirm survivors";
+        self.enter(Stage::InputMasked, STAGE)?;
+        let ordered = survivors.windows(2).all(|w| w[0] < w[1]);
+        let in_round = survivors.iter().all(|&u| u < self.config.num_stores);
+        if !ordered || !in_round || survivors.binary_search(&self.index).is_err() {
+            self.stage = Stage::Done;
+            return Err(self.refuse(
+                STAGE,
+                "the survivor set is not increasing store indices of this round including this store".into(),
+            ));
+        }
+        self.confirmed = survivors.to_vec();
+        self.stage = Stage::Confirmed;
+        Ok(identity.confirm(self.config.session, self.index, survivors))
+    }
+
     /// Round 3: for each neighbour, the share of its self-mask seed if it survived or of
     /// its mask key if it dropped. Answered once; an inconsistent request ends the round
-    /// for this store without revealing anything.
+    /// for this store without revealing anything. With a roster, only after the
+    /// consistency check, and only about stores whose own neighbours confirmed the set.
     pub fn unmask(&mut self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
         const STAGE: &str = "unmask";
-        self.enter(Stage::InputMasked, STAGE)?;
+        let expected = match (&self.roster, self.stage) {
+            (_, Stage::Confirmed) => Stage::Confirmed,
+            (None, _) => Stage::InputMasked,
+            (Some(_), _) => {
+                self.stage = Stage::Done;
+                return Err(self.refuse(
+                    STAGE,
+                    "asked to unmask before the survivor set was confirmed (this store requires the consistency check)".into(),
+                ));
+            }
+        };
+        self.enter(expected, STAGE)?;
         self.stage = Stage::Done;
         let mut seen = std::collections::BTreeSet::new();
         for &u in request.survivors.iter().chain(&request.dropped) {
@@ -359,6 +401,9 @@ impl SecAggStore {
                 self.index
             )));
         }
+        if let Some(roster) = &self.roster {
+            self.check_consistency(roster, request)?;
+        }
         let mut shares = Vec::new();
         for &u in &request.survivors {
             if let Some(h) = self.held.get(&u) {
@@ -382,6 +427,59 @@ impl SecAggStore {
             store: self.index,
             shares,
         })
+    }
+}
+
+impl SecAggStore {
+    /// The request must agree with the survivor set this store signed, and for every
+    /// store it asks about, `t` distinct enrolled stores among that store's own
+    /// neighbours must have signed the same set. Since `t > k/2`, two stories about one
+    /// store would need an honest neighbour of it to have signed both.
+    fn check_consistency(
+        &self,
+        roster: &Roster,
+        request: &UnmaskRequest,
+    ) -> Result<(), SecAggError> {
+        const STAGE: &str = "unmask";
+        let signed = |u: &u32| self.confirmed.binary_search(u).is_ok();
+        let contradicts =
+            request.survivors.iter().any(|u| !signed(u)) || request.dropped.iter().any(signed);
+        if contradicts {
+            return Err(self.refuse(
+                STAGE,
+                "the request contradicts the survivor set this store confirmed".into(),
+            ));
+        }
+        let mut valid = BTreeMap::new();
+        for c in &request.confirmations {
+            if valid.contains_key(&c.store) {
+                continue;
+            }
+            let verdict = roster.verify_confirmation(c, self.config.session, &self.confirmed);
+            valid.insert(c.store, verdict.ok());
+        }
+        let t = self.config.threshold as usize;
+        for &u in request.survivors.iter().chain(&request.dropped) {
+            if u == self.index {
+                continue;
+            }
+            let signers: std::collections::BTreeSet<&String> = self
+                .graph
+                .neighbours(u)
+                .iter()
+                .filter_map(|w| valid.get(w).and_then(Option::as_ref))
+                .collect();
+            if signers.len() < t {
+                return Err(self.refuse(
+                    STAGE,
+                    format!(
+                        "only {} of store {u}'s neighbours confirmed the survivor set, {t} must: the coordinator may be telling stores different stories",
+                        signers.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -248,6 +248,7 @@ fn a_store_never_reveals_both_shares_of_a_neighbour() {
     let greedy = UnmaskRequest {
         survivors: vec![0, 1, 2, 3, 4],
         dropped: vec![1],
+        confirmations: vec![],
     };
     let err = round.stores[0].unmask(&greedy).unwrap_err();
     assert!(err.to_string().contains("listed twice"), "{err}");
@@ -256,16 +257,19 @@ fn a_store_never_reveals_both_shares_of_a_neighbour() {
         .unmask(&UnmaskRequest {
             survivors: vec![0],
             dropped: vec![1, 2, 3, 4],
+            confirmations: vec![],
         })
         .unwrap_err();
     assert!(matches!(err, SecAggError::OutOfOrder { .. }), "{err}");
     let honest = UnmaskRequest {
         survivors: vec![0, 1, 2, 3, 4],
         dropped: vec![],
+        confirmations: vec![],
     };
     let err = round.stores[1].unmask(&UnmaskRequest {
         survivors: vec![1],
         dropped: vec![0, 2, 3, 4],
+        confirmations: vec![],
     });
     // Too few survivors to answer safely: refused, nothing revealed.
     assert!(matches!(err, Err(SecAggError::TooManyDropouts(_))));
@@ -415,7 +419,7 @@ mod hostile {
                     honest.push(*u);
                 }
             }
-            let request = UnmaskRequest { survivors, dropped };
+            let request = UnmaskRequest { survivors, dropped, confirmations: vec![] };
             let _ = round.stores[1].unmask(&request);
             let _ = round.server.receive_unmask(UnmaskResponse { store, shares: reveals });
             if let Ok(requests) = round.server.close_masked_input() {
@@ -434,15 +438,18 @@ mod hostile {
     }
 }
 
-/// Five enrolled stores that sign their advertisements and require signed neighbours.
-fn signed_round(session: u64) -> (Round, Vec<Advertisement>) {
+/// Five enrolled stores that sign their advertisements and require signed neighbours,
+/// with their identities.
+fn signed_round(session: u64) -> (Round, Vec<Advertisement>, Vec<StoreIdentity>) {
     let (mut round, mut ads) = Round::new(session);
     let mut rng = ChaCha20Rng::seed_from_u64(77);
     let authority = RosterAuthority::generate(&mut rng);
+    let mut identities = Vec::new();
     for (u, ad) in ads.iter_mut().enumerate() {
         let identity = authority.enroll(&format!("store-{u}"), &mut rng);
         identity.check_against(&authority.roster()).unwrap();
         identity.sign(ad, session);
+        identities.push(identity);
     }
     let roster = authority.roster();
     round.stores = round
@@ -450,7 +457,7 @@ fn signed_round(session: u64) -> (Round, Vec<Advertisement>) {
         .into_iter()
         .map(|s| s.with_roster(roster.clone()))
         .collect();
-    (round, ads)
+    (round, ads, identities)
 }
 
 fn advertise(round: &mut Round, ads: Vec<Advertisement>) -> BTreeMap<u32, Vec<Advertisement>> {
@@ -460,10 +467,11 @@ fn advertise(round: &mut Round, ads: Vec<Advertisement>) -> BTreeMap<u32, Vec<Ad
     round.server.close_advertising().unwrap()
 }
 
-#[test]
-fn signed_advertisements_run_a_round_to_the_exact_sum() {
-    let (mut round, ads) = signed_round(11);
+/// A signed round up to its consistency check: every store has masked `[u, 1, 0, 2]`.
+fn signed_round_to_confirming(session: u64) -> (Round, Vec<StoreIdentity>) {
+    let (mut round, ads, identities) = signed_round(session);
     let neighbour_ads = advertise(&mut round, ads);
+    assert!(round.server.checks_consistency());
     for (u, ads) in &neighbour_ads {
         let msg = round.stores[*u as usize].share_keys(ads).unwrap();
         round.server.receive_share_keys(msg).unwrap();
@@ -474,16 +482,110 @@ fn signed_advertisements_run_a_round_to_the_exact_sum() {
             .unwrap();
         round.server.receive_masked_input(&msg).unwrap();
     }
-    for (v, req) in round.server.close_masked_input().unwrap() {
+    (round, identities)
+}
+
+#[test]
+fn signed_advertisements_and_the_consistency_check_run_a_round_to_the_exact_sum() {
+    let (mut round, identities) = signed_round_to_confirming(11);
+    // Without the consistency check there is no way on to unmasking.
+    assert!(round.server.close_masked_input().is_err());
+    let survivors = round.server.close_masked_input_to_confirm().unwrap();
+    assert_eq!(survivors, vec![0, 1, 2, 3, 4]);
+    for (u, identity) in identities.iter().enumerate() {
+        let c = round.stores[u].confirm(&survivors, identity).unwrap();
+        round.server.receive_confirmation(c).unwrap();
+    }
+    for (v, req) in round.server.close_confirming().unwrap() {
+        assert_eq!(req.confirmations.len(), 5);
         let resp = round.stores[v as usize].unmask(&req).unwrap();
         round.server.receive_unmask(resp).unwrap();
     }
     assert_eq!(round.server.finish().unwrap().sum, vec![10, 5, 0, 10]);
 }
 
+/// The attack the consistency check is for: the coordinator tells stores 0 and 1 that
+/// store 4 dropped (to collect shares of its mask key) and the others that it survived
+/// (to collect shares of its self-mask seed). Each honest store signs one story; no
+/// story about store 4 gets `t` of its neighbours' signatures, so no one answers.
+#[test]
+fn a_coordinator_telling_two_stories_about_who_dropped_gets_no_share() {
+    let (mut round, identities) = signed_round_to_confirming(15);
+    let t = 3; // complete graph of 5: k = 4, t = 3
+    let (told_dropped, told_survived) = (vec![0u32, 1, 2, 3], vec![0u32, 1, 2, 3, 4]);
+    let mut confirmations = Vec::new();
+    for (u, identity) in identities.iter().enumerate() {
+        let story = if u < 2 { &told_dropped } else { &told_survived };
+        confirmations.push(round.stores[u].confirm(story, identity).unwrap());
+    }
+    let greedy = UnmaskRequest {
+        survivors: vec![0, 1, 2, 3],
+        dropped: vec![4],
+        confirmations: confirmations.clone(),
+    };
+    // Store 0 signed the "dropped" story; of store 1's neighbours (0, 2, 3, 4) only
+    // store 0 signed it, so store 0 will not answer about store 1 (or anyone).
+    let err = round.stores[0].unmask(&greedy).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "only 1 of store 1's neighbours confirmed the survivor set, {t} must"
+        )),
+        "{err}"
+    );
+    // Store 2, told that everyone survived, refuses too: stores 0 and 1 signed the
+    // other story, so only stores 2 and 4 vouch for this one among store 3's neighbours.
+    let honest = UnmaskRequest {
+        survivors: vec![0, 1, 2, 3, 4],
+        dropped: vec![],
+        confirmations,
+    };
+    let err = round.stores[2].unmask(&honest).unwrap_err().to_string();
+    assert!(
+        err.contains("only 2 of store 3's neighbours confirmed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn under_a_roster_a_store_unmasks_only_after_confirming_and_only_what_it_signed() {
+    let (mut round, identities) = signed_round_to_confirming(16);
+    let all = vec![0u32, 1, 2, 3, 4];
+    let skip = UnmaskRequest {
+        survivors: all.clone(),
+        dropped: vec![],
+        confirmations: vec![],
+    };
+    let err = round.stores[0].unmask(&skip).unwrap_err().to_string();
+    assert!(
+        err.contains("before the survivor set was confirmed"),
+        "{err}"
+    );
+
+    round.stores[1].confirm(&all, &identities[1]).unwrap();
+    let contradicting = UnmaskRequest {
+        survivors: vec![1, 2, 3, 4],
+        dropped: vec![0],
+        confirmations: vec![],
+    };
+    let err = round.stores[1]
+        .unmask(&contradicting)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("contradicts the survivor set this store confirmed"),
+        "{err}"
+    );
+
+    // A survivor set that leaves the store itself out is not signed.
+    let err = round.stores[2]
+        .confirm(&[0, 1], &identities[2])
+        .unwrap_err();
+    assert!(err.to_string().contains("including this store"), "{err}");
+}
+
 /// What store 0 is told store 1 advertised, after `tamper`; the error store 0 gives.
 fn store_zero_refuses(session: u64, tamper: impl Fn(&mut Advertisement)) -> String {
-    let (mut round, ads) = signed_round(session);
+    let (mut round, ads, _) = signed_round(session);
     let mut neighbour_ads = advertise(&mut round, ads);
     let seen = neighbour_ads.get_mut(&0).unwrap();
     tamper(seen.iter_mut().find(|a| a.store == 1).unwrap());
@@ -527,14 +629,14 @@ fn a_coordinator_that_swaps_a_key_is_caught_before_any_share_is_dealt() {
     );
 
     // Store 1's genuine advertisement from another round.
-    let (_, old) = signed_round(13);
+    let (_, old, _) = signed_round(13);
     let replayed = store_zero_refuses(12, |a| *a = old[1].clone());
     assert!(replayed.contains("altered or replayed"), "{replayed}");
 }
 
 #[test]
 fn one_enrolled_store_cannot_fill_two_seats() {
-    let (mut round, mut ads) = signed_round(14);
+    let (mut round, mut ads, _) = signed_round(14);
     // Store 2's seat signed with store 1's identity (a Sybil seat).
     let mut rng = ChaCha20Rng::seed_from_u64(77);
     let authority = RosterAuthority::generate(&mut rng);
