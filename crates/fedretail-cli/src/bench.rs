@@ -37,6 +37,10 @@ pub enum BenchCommand {
         /// (hardware AES where the CPU has it), chacha20 (SIMD).
         #[arg(long, value_delimiter = ',', default_value = "aes128_ctr,chacha20")]
         prgs: Vec<MaskPrg>,
+        /// Enrolled stores: each signs its keys (Ed25519), checks its neighbours'
+        /// against the roster, and the round runs the consistency check.
+        #[arg(long)]
+        signed: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -63,8 +67,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             dims,
             dropouts,
             prgs,
+            signed,
             seed,
-        } => secagg(&stores, &dims, &dropouts, &prgs, seed),
+        } => secagg(&stores, &dims, &dropouts, &prgs, signed, seed),
         BenchCommand::Scale(args) => crate::scale::run(args),
         BenchCommand::Load(args) => crate::load::run(args),
     }
@@ -82,6 +87,7 @@ fn secagg(
     dims: &[usize],
     dropouts: &[f64],
     prgs: &[MaskPrg],
+    signed: bool,
     seed: u64,
 ) -> Result<()> {
     let mut rows = Vec::new();
@@ -96,6 +102,7 @@ fn secagg(
                         dim,
                         rate,
                         prg,
+                        signed,
                         seed,
                     };
                     rows.push(case.run(fedavg_seconds, &mut state)?);
@@ -130,18 +137,22 @@ struct SecAggCase {
     dim: usize,
     rate: f64,
     prg: MaskPrg,
+    signed: bool,
     seed: u64,
 }
 
 impl SecAggCase {
     /// Runs the round (checking the unmasked sum is exact) and returns its JSON row.
     fn run(&self, fedavg_seconds: f64, state: &mut u64) -> Result<serde_json::Value> {
-        use fedretail_privacy::secagg::{simulate_round, DropoutPlan, SecAggConfig};
+        use fedretail_privacy::secagg::{
+            simulate_round, simulate_signed_round, DropoutPlan, SecAggConfig,
+        };
         let SecAggCase {
             n,
             dim,
             rate,
             prg,
+            signed,
             seed,
         } = *self;
         let config = SecAggConfig {
@@ -163,12 +174,17 @@ impl SecAggCase {
         let mut expected = vec![0u32; dim];
         let mut input_state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let started = Instant::now();
-        let (outcome, cost) = simulate_round(&config, &plan, seed, |_, words| {
+        let input = |_: u32, words: &mut [u32]| {
             for (w, e) in words.iter_mut().zip(expected.iter_mut()) {
                 *w = xorshift(&mut input_state) as u32;
                 *e = e.wrapping_add(*w);
             }
-        })?;
+        };
+        let (outcome, cost) = if signed {
+            simulate_signed_round(&config, &plan, seed, input)?
+        } else {
+            simulate_round(&config, &plan, seed, input)?
+        };
         let wall = started.elapsed().as_secs_f64();
         if outcome.sum != expected {
             bail!("SecAgg+ sum differs from the plain sum for n={n}, d={dim}, dropout={rate}");
@@ -183,6 +199,7 @@ impl SecAggCase {
             "dimension": dim,
             "dropout_rate": rate,
             "mask_prg": prg.name(),
+            "signed": signed,
             "dropped": dropped_count,
             "neighbours": config.neighbours,
             "threshold": config.threshold,

@@ -187,11 +187,15 @@ pub(super) fn finish_secure(
     let outcome = server
         .finish()
         .map_err(|e| format!("secure aggregation: {e}"))?;
-    let survivors: Vec<String> = outcome
-        .survivors
-        .iter()
-        .filter_map(|&i| sec.stores.get(i as usize).cloned())
-        .collect();
+    let name = |i: &u32| sec.stores.get(*i as usize).cloned();
+    let survivors: Vec<String> = outcome.survivors.iter().filter_map(name).collect();
+    let culprits: Vec<String> = outcome.culprits.iter().filter_map(name).collect();
+    if !culprits.is_empty() {
+        tracing::warn!(
+            "secure aggregation: {} revealed shares that do not fit the committed secrets; the sum was rebuilt from other stores' shares",
+            culprits.join(", ")
+        );
+    }
     if survivors.len() < privacy.min_survivors {
         return Err(format!(
             "{} stores survived secure aggregation; the distributed noise was calibrated for at least {}",

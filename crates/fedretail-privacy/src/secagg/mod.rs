@@ -28,7 +28,10 @@
 //! The coordinator rebuilds the self masks of survivors and the pairwise masks of the
 //! dropped, checks each rebuilt secret against its commitment or public key (a tampered
 //! share is caught here, a tampered or replayed ciphertext already at decryption), and
-//! subtracts them. If any needed secret has fewer than `t` shares, the round aborts with
+//! subtracts them. A secret whose first `t` shares do not rebuild it is rebuilt from
+//! other sets of `t`, and the stores whose shares did not fit are named in the outcome
+//! (`culprits`), so one store revealing garbage cannot abort every round.
+//! If any needed secret has fewer than `t` shares, the round aborts with
 //! [`SecAggError::TooManyDropouts`] and returns nothing but the error.
 
 mod crypto;
@@ -36,6 +39,7 @@ mod encoding;
 mod graph;
 mod identity;
 mod messages;
+mod recover;
 mod server;
 mod simulate;
 mod store;
@@ -51,7 +55,9 @@ pub use messages::{
     ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse,
 };
 pub use server::{SecAggOutcome, SecAggServer};
-pub use simulate::{simulate_round, simulate_round_observed, DropoutPlan, RoundCost};
+pub use simulate::{
+    simulate_round, simulate_round_observed, simulate_signed_round, DropoutPlan, RoundCost,
+};
 pub use store::SecAggStore;
 
 use serde::{Deserialize, Serialize};

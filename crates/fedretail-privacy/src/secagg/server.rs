@@ -13,7 +13,7 @@ use super::messages::{
     Advertisement, Confirmation, EncryptedShare, MaskedInput, ShareKeys, ShareKind, UnmaskRequest,
     UnmaskResponse,
 };
-use super::store::rebuild_secret;
+use super::recover::{rebuild_checked, Rebuilt};
 use super::{NeighbourGraph, SecAggConfig, SecAggError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,9 @@ pub struct SecAggOutcome {
     pub survivors: Vec<u32>,
     /// Stores that dealt their shares but sent no masked input.
     pub dropped: Vec<u32>,
+    /// Stores that revealed a share that does not fit the committed secret; the sum
+    /// was rebuilt without it.
+    pub culprits: Vec<u32>,
 }
 
 pub struct SecAggServer {
@@ -56,12 +59,16 @@ pub struct SecAggServer {
     masked: BTreeSet<u32>,
     sum: Vec<u32>,
     requests: BTreeMap<u32, UnmaskRequest>,
-    revealed: BTreeMap<(u32, ShareKindKey), Vec<Vec<u8>>>,
+    /// Per (owner, kind): who revealed which share, so a bad one can be traced.
+    revealed: BTreeMap<(u32, ShareKindKey), Vec<Revealed>>,
     answered: BTreeSet<u32>,
     /// Under the consistency check, the survivors' signed confirmations; None when the
     /// round runs without one.
     confirmations: Option<BTreeMap<u32, Confirmation>>,
 }
+
+/// A revealed share and the store that revealed it.
+type Revealed = (u32, Vec<u8>);
 
 /// `ShareKind` as an ordered map key.
 type ShareKindKey = u8;
@@ -413,17 +420,24 @@ impl SecAggServer {
             self.revealed
                 .entry((share.owner, kind_key(share.kind)))
                 .or_default()
-                .push(share.share);
+                .push((store, share.share));
         }
         self.answered.insert(store);
         Ok(())
     }
 
-    fn rebuild(&self, owner: u32, kind: ShareKind) -> Result<[u8; 32], SecAggError> {
-        let shares: Vec<&[u8]> = self
+    /// Rebuilds `owner`'s secret of `kind`, one that passes `check`, routing around
+    /// bad shares (see `recover`); also returns who revealed them.
+    fn rebuild(
+        &self,
+        owner: u32,
+        kind: ShareKind,
+        check: impl Fn(&[u8; 32]) -> bool,
+    ) -> Result<Rebuilt, SecAggError> {
+        let shares: Vec<(u32, &[u8])> = self
             .revealed
             .get(&(owner, kind_key(kind)))
-            .map(|v| v.iter().map(Vec::as_slice).collect())
+            .map(|v| v.iter().map(|(from, s)| (*from, s.as_slice())).collect())
             .unwrap_or_default();
         if shares.len() < self.config.threshold as usize {
             return Err(SecAggError::TooManyDropouts(format!(
@@ -432,7 +446,8 @@ impl SecAggServer {
                 self.config.threshold
             )));
         }
-        rebuild_secret(self.config.threshold, &shares)
+        let seed = self.config.session ^ ((owner as u64) << 1 | kind_key(kind) as u64);
+        rebuild_checked(self.config.threshold, &shares, seed, check)
             .ok_or(SecAggError::BadReconstruction { owner, kind })
     }
 
@@ -443,58 +458,64 @@ impl SecAggServer {
         self.enter(Stage::Unmasking, "finish")?;
         self.enough("answered the unmasking request", self.answered.len())?;
         let survivors: Vec<u32> = self.masked.iter().copied().collect();
-        let mut masks: Vec<Mask> = survivors
+        let rebuilt: Vec<(Mask, Vec<u32>)> = survivors
             .par_iter()
             .map(|&u| self.self_mask(u))
             .collect::<Result<_, _>>()?;
+        let (mut masks, mut culprits): (Vec<Mask>, Vec<Vec<u32>>) = rebuilt.into_iter().unzip();
         let dropped: Vec<u32> = self
             .dealt
             .keys()
             .copied()
             .filter(|u| !self.masked.contains(u))
             .collect();
-        masks.extend(self.dropped_pair_masks(&dropped)?);
+        let (pair_masks, key_culprits) = self.dropped_pair_masks(&dropped)?;
+        masks.extend(pair_masks);
+        culprits.extend(key_culprits);
+        let mut culprits: Vec<u32> = culprits.into_iter().flatten().collect();
+        culprits.sort_unstable();
+        culprits.dedup();
         let mut sum = self.sum.clone();
         remove_masks(&mut sum, &masks, self.config.prg);
         Ok(SecAggOutcome {
             sum,
             survivors,
             dropped,
+            culprits,
         })
     }
 
     /// The self mask survivor `u` added, rebuilt from its shares and checked against
     /// its commitment, as the mask that undoes it.
-    fn self_mask(&self, u: u32) -> Result<Mask, SecAggError> {
-        let seed = self.rebuild(u, ShareKind::SelfMaskSeed)?;
-        if commitment(&seed) != self.dealt[&u].0 {
-            return Err(SecAggError::BadReconstruction {
-                owner: u,
-                kind: ShareKind::SelfMaskSeed,
-            });
-        }
-        Ok(Mask {
-            seed,
+    fn self_mask(&self, u: u32) -> Result<(Mask, Vec<u32>), SecAggError> {
+        let committed = self.dealt[&u].0;
+        let rebuilt = self.rebuild(u, ShareKind::SelfMaskSeed, |seed| {
+            commitment(seed) == committed
+        })?;
+        let mask = Mask {
+            seed: rebuilt.secret,
             subtract: true,
-        })
+        };
+        Ok((mask, rebuilt.culprits))
     }
 
     /// The mask key of dropped store `u`, rebuilt from its shares and checked against
     /// the public key it advertised.
-    fn mask_key(&self, u: u32) -> Result<StaticSecret, SecAggError> {
-        let secret = StaticSecret::from(self.rebuild(u, ShareKind::MaskKey)?);
-        if public_key(&secret) != self.advertised[&u].mask_public_key {
-            return Err(SecAggError::BadReconstruction {
-                owner: u,
-                kind: ShareKind::MaskKey,
-            });
-        }
-        Ok(secret)
+    fn mask_key(&self, u: u32) -> Result<(StaticSecret, Vec<u32>), SecAggError> {
+        let advertised = self.advertised[&u].mask_public_key;
+        let rebuilt = self.rebuild(u, ShareKind::MaskKey, |secret| {
+            public_key(&StaticSecret::from(*secret)) == advertised
+        })?;
+        Ok((StaticSecret::from(rebuilt.secret), rebuilt.culprits))
     }
 
     /// The pairwise masks between each dropped store and its surviving neighbours, as
     /// masks that undo them: the rebuilds and key agreements run on all cores.
-    fn dropped_pair_masks(&self, dropped: &[u32]) -> Result<Vec<Mask>, SecAggError> {
+    /// Also returns, per dropped store, who revealed bad shares of its key.
+    fn dropped_pair_masks(
+        &self,
+        dropped: &[u32],
+    ) -> Result<(Vec<Mask>, Vec<Vec<u32>>), SecAggError> {
         use rayon::prelude::*;
         let live = |u: u32| {
             self.graph
@@ -503,11 +524,15 @@ impl SecAggServer {
                 .copied()
                 .filter(|v| self.masked.contains(v))
         };
-        let keys: Vec<(u32, StaticSecret)> = dropped
+        let rebuilt: Vec<(u32, (StaticSecret, Vec<u32>))> = dropped
             .par_iter()
             .filter(|&&u| live(u).next().is_some())
             .map(|&u| Ok((u, self.mask_key(u)?)))
             .collect::<Result<_, SecAggError>>()?;
+        let (keys, culprits): (Vec<(u32, StaticSecret)>, Vec<Vec<u32>>) = rebuilt
+            .into_iter()
+            .map(|(u, (key, culprits))| ((u, key), culprits))
+            .unzip();
         let pairs: Vec<(u32, u32, &StaticSecret)> = keys
             .iter()
             .flat_map(|(u, secret)| live(*u).map(move |v| (*u, v, secret)))
@@ -528,6 +553,7 @@ impl SecAggServer {
                     subtract: v < u,
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(|masks| (masks, culprits))
     }
 }

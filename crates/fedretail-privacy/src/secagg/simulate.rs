@@ -10,9 +10,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use super::messages::{
-    Advertisement, EncryptedShare, MaskedInput, ShareKeys, UnmaskRequest, UnmaskResponse,
+    AdSignature, Advertisement, Confirmation, EncryptedShare, MaskedInput, ShareKeys,
+    UnmaskRequest, UnmaskResponse,
 };
-use super::{NeighbourGraph, SecAggConfig, SecAggError, SecAggOutcome, SecAggServer, SecAggStore};
+use super::{
+    NeighbourGraph, RosterAuthority, SecAggConfig, SecAggError, SecAggOutcome, SecAggServer,
+    SecAggStore, StoreIdentity,
+};
 
 /// Which stores vanish, and when.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +51,14 @@ fn ad_bytes() -> usize {
 fn share_bytes(s: &EncryptedShare) -> usize {
     8 + s.ciphertext.len()
 }
+fn signature_bytes(s: &Option<AdSignature>) -> usize {
+    s.as_ref().map_or(0, |s| {
+        s.signer.len() + 32 + s.credential.len() + s.signature.len()
+    })
+}
+fn confirmation_bytes(c: &Confirmation) -> usize {
+    4 + signature_bytes(&Some(c.signed.clone()))
+}
 
 /// Runs one round. `input(store, words)` fills a store's encoded input when that store
 /// masks it, so no more than one input is held at a time.
@@ -68,8 +80,30 @@ pub fn simulate_round_observed(
     input: impl FnMut(u32, &mut [u32]),
     observe: impl FnMut(&MaskedInput),
 ) -> Result<(SecAggOutcome, RoundCost), SecAggError> {
+    run_round(config, plan, seed, false, input, observe)
+}
+
+/// [`simulate_round`] with enrolled stores: each signs its advertisement, checks its
+/// neighbours' against the roster, and the round runs the consistency check.
+pub fn simulate_signed_round(
+    config: &SecAggConfig,
+    plan: &DropoutPlan,
+    seed: u64,
+    input: impl FnMut(u32, &mut [u32]),
+) -> Result<(SecAggOutcome, RoundCost), SecAggError> {
+    run_round(config, plan, seed, true, input, |_| {})
+}
+
+fn run_round(
+    config: &SecAggConfig,
+    plan: &DropoutPlan,
+    seed: u64,
+    signed: bool,
+    input: impl FnMut(u32, &mut [u32]),
+    observe: impl FnMut(&MaskedInput),
+) -> Result<(SecAggOutcome, RoundCost), SecAggError> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut round = SimulatedRound::advertise(config, &mut rng)?;
+    let mut round = SimulatedRound::advertise(config, &mut rng, signed)?;
     round.share_keys(plan)?;
     round.mask(plan, config.dimension, input, observe)?;
     round.unmask(plan)?;
@@ -116,11 +150,18 @@ struct SimulatedRound {
     up: Vec<usize>,
     down: Vec<usize>,
     coordinator: Duration,
+    /// Store `u`'s long-term identity, when the stores are enrolled.
+    identities: Vec<StoreIdentity>,
 }
 
 impl SimulatedRound {
-    /// Every store draws its keys and advertises them.
-    fn advertise(config: &SecAggConfig, rng: &mut ChaCha20Rng) -> Result<Self, SecAggError> {
+    /// Every store draws its keys and advertises them (signed, when enrolled; the
+    /// enrolment itself is a one-off and not timed).
+    fn advertise(
+        config: &SecAggConfig,
+        rng: &mut ChaCha20Rng,
+        signed: bool,
+    ) -> Result<Self, SecAggError> {
         let graph = Arc::new(NeighbourGraph::new(config));
         let n = config.num_stores as usize;
         let mut round = SimulatedRound {
@@ -130,13 +171,25 @@ impl SimulatedRound {
             up: vec![0; n],
             down: vec![0; n],
             coordinator: Duration::ZERO,
+            identities: Vec::new(),
         };
+        let authority = signed.then(|| RosterAuthority::generate(rng));
         for u in 0..config.num_stores {
+            let identity = authority
+                .as_ref()
+                .map(|a| a.enroll(&format!("store-{u:05}"), rng));
             let (store, ad): (SecAggStore, Advertisement) =
                 time(&mut round.store_time[u as usize], || {
-                    SecAggStore::new(config.clone(), graph.clone(), u, rng)
+                    let (mut store, mut ad) =
+                        SecAggStore::new(config.clone(), graph.clone(), u, rng)?;
+                    if let (Some(a), Some(identity)) = (&authority, &identity) {
+                        identity.sign(&mut ad, config.session);
+                        store = store.with_roster(a.roster());
+                    }
+                    Ok::<_, SecAggError>((store, ad))
                 })?;
-            round.up[u as usize] += ad_bytes();
+            round.identities.extend(identity);
+            round.up[u as usize] += ad_bytes() + signature_bytes(&ad.signed);
             time(&mut round.coordinator, || {
                 round.server.receive_advertisement(ad)
             })?;
@@ -153,7 +206,10 @@ impl SimulatedRound {
             .map(|(u, ads)| (*u, ads))
             .collect();
         for (u, ads) in &todo {
-            self.down[*u as usize] += ads.len() * ad_bytes();
+            self.down[*u as usize] += ads
+                .iter()
+                .map(|a| ad_bytes() + signature_bytes(&a.signed))
+                .sum::<usize>();
         }
         for (u, spent, msg) in run_stores(&mut self.stores, todo, |s, ads| s.share_keys(ads)) {
             self.store_time[u as usize] += spent;
@@ -207,15 +263,52 @@ impl SimulatedRound {
         Ok(())
     }
 
+    /// The consistency check, when the stores are enrolled: each survivor that stays
+    /// signs the survivor set.
+    fn confirm(&mut self, plan: &DropoutPlan) -> Result<(), SecAggError> {
+        let survivors = time(&mut self.coordinator, || {
+            self.server.close_masked_input_to_confirm()
+        })?;
+        let identities = &self.identities;
+        let todo: Vec<(u32, &StoreIdentity)> = survivors
+            .iter()
+            .filter(|v| !plan.before_unmasking.contains(v))
+            .filter_map(|&v| Some((v, identities.get(v as usize)?)))
+            .collect();
+        let confirmed = run_stores(&mut self.stores, todo, |s, identity| {
+            s.confirm(&survivors, identity)
+        });
+        for (v, spent, c) in confirmed {
+            self.store_time[v as usize] += spent;
+            self.down[v as usize] += 4 * survivors.len();
+            let c = c?;
+            self.up[v as usize] += confirmation_bytes(&c);
+            time(&mut self.coordinator, || {
+                self.server.receive_confirmation(c)
+            })?;
+        }
+        Ok(())
+    }
+
     fn unmask(&mut self, plan: &DropoutPlan) -> Result<(), SecAggError> {
-        let requests = time(&mut self.coordinator, || self.server.close_masked_input())?;
+        let requests = if self.server.checks_consistency() {
+            self.confirm(plan)?;
+            time(&mut self.coordinator, || self.server.close_confirming())?
+        } else {
+            time(&mut self.coordinator, || self.server.close_masked_input())?
+        };
         let todo: Vec<(u32, &UnmaskRequest)> = requests
             .iter()
             .filter(|(v, _)| !plan.before_unmasking.contains(v))
             .map(|(v, request)| (*v, request))
             .collect();
         for (v, request) in &todo {
-            self.down[*v as usize] += 4 * (request.survivors.len() + request.dropped.len());
+            self.down[*v as usize] += 4 * (request.survivors.len() + request.dropped.len())
+                + request
+                    .confirmations
+                    .iter()
+                    .map(confirmation_bytes)
+                    .sum::<usize>();
         }
         for (v, spent, msg) in run_stores(&mut self.stores, todo, |s, r| s.unmask(r)) {
             self.store_time[v as usize] += spent;

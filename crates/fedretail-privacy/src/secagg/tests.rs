@@ -276,9 +276,10 @@ fn a_store_never_reveals_both_shares_of_a_neighbour() {
     assert!(round.stores[2].unmask(&honest).is_ok());
 }
 
-#[test]
-fn a_tampered_revealed_share_is_caught_by_the_commitment() {
-    let (mut round, inboxes) = Round::to_masking(6);
+/// Stores in `liars` flip a bit of every share they reveal, each its own bit (errors
+/// that cancel would rebuild the right secret); the round's outcome.
+fn round_with_lying_revealers(session: u64, liars: &[u32]) -> Result<SecAggOutcome, SecAggError> {
+    let (mut round, inboxes) = Round::to_masking(session);
     for (u, inbox) in &inboxes {
         let msg = round.stores[*u as usize]
             .masked_input(inbox, &[1; 4])
@@ -288,18 +289,34 @@ fn a_tampered_revealed_share_is_caught_by_the_commitment() {
     let requests = round.server.close_masked_input().unwrap();
     for (v, req) in &requests {
         let mut resp = round.stores[*v as usize].unmask(req).unwrap();
-        if *v == 0 {
+        if liars.contains(v) {
             for share in &mut resp.shares {
-                share.share[5] ^= 1;
+                share.share[5 + *v as usize] ^= 1 << v;
             }
         }
         round.server.receive_unmask(resp).unwrap();
     }
-    let err = round.server.finish().unwrap_err();
+    round.server.finish()
+}
+
+/// One store revealing bad shares costs the round nothing: the coordinator finds `t`
+/// shares that rebuild each committed secret, names the culprit and unmasks the exact
+/// sum. Two liars among a secret's four holders leave only two good shares (t = 3),
+/// and the round aborts rather than unmask anything wrong.
+#[test]
+fn a_store_revealing_bad_shares_is_named_and_routed_around() {
+    let outcome = round_with_lying_revealers(6, &[0]).unwrap();
+    assert_eq!(outcome.sum, vec![5; 4]);
+    assert_eq!(outcome.culprits, vec![0]);
+    let err = round_with_lying_revealers(6, &[0, 1]).unwrap_err();
     assert!(
         matches!(err, SecAggError::BadReconstruction { .. }),
         "{err}"
     );
+    assert!(round_with_lying_revealers(6, &[])
+        .unwrap()
+        .culprits
+        .is_empty());
 }
 
 #[test]
@@ -672,4 +689,28 @@ fn a_store_identity_survives_its_file_and_is_checked_against_the_roster() {
     let err = Roster::from_hex("abcd").unwrap_err();
     assert!(err.to_string().contains("must be 32 bytes"), "{err}");
     assert!(StoreIdentity::from_json("{}").is_err());
+}
+
+/// Enrolled stores on a sparse graph, losing stores before masking and before
+/// unmasking: the consistency check passes for every honest store and the sum is exact.
+#[test]
+fn a_signed_sparse_round_with_dropouts_sums_exactly() {
+    let config = SecAggConfig::for_network(40, 6, 21).unwrap();
+    assert!(config.neighbours < 39, "the graph should be sparse");
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let inputs: Vec<Vec<u32>> = (0..40)
+        .map(|_| (0..6).map(|_| rng.random()).collect())
+        .collect();
+    let plan = DropoutPlan {
+        before_masking: [3, 17].into(),
+        before_unmasking: [25].into(),
+        ..Default::default()
+    };
+    let (outcome, _) = simulate_signed_round(&config, &plan, 9, |u, words| {
+        words.copy_from_slice(&inputs[u as usize])
+    })
+    .unwrap();
+    let counted: Vec<u32> = (0..40).filter(|u| ![3, 17].contains(u)).collect();
+    assert_eq!(outcome.survivors, counted);
+    assert_eq!(outcome.sum, plain_sum(&inputs, &counted));
 }
