@@ -36,6 +36,8 @@ pub enum AnalyzeCommand {
     Credit(CreditArgs),
     /// Poisoning: a share of the stores lie every round (sign flip, scaled updates, flipped labels, a huge claimed row count); pooled AUC of FedAvg under the plain mean and under each robust rule (median, trimmed mean, norm-bounded).
     Byzantine(crate::poisoning::ByzantineArgs),
+    /// Poisoning of demand forecasting: a share of a network's stores lie every round of a FedAvg demand job (the same attacks; sales inflated tenfold for the data attack); pooled WAPE on the honest stores' held-out days under the plain mean and each robust rule.
+    ByzantineDemand(crate::poisoning::ByzantineDemandArgs),
     /// Store-level differential privacy for demand forecasting: DP-FedAvg at several epsilon against no DP (central noise with adaptive clipping, or --secure: SecAgg+ with distributed discrete Gaussian noise). Needs many stores, e.g. --stores 300.
     DpDemand(DpDemandArgs),
 }
@@ -176,7 +178,7 @@ pub struct AttackArgs {
     pub output: Output,
 }
 
-fn spinner() -> ProgressBar {
+pub(crate) fn spinner() -> ProgressBar {
     let b = ProgressBar::new_spinner();
     b.set_style(
         ProgressStyle::with_template("{spinner} {prefix:>12} {msg}")
@@ -364,10 +366,14 @@ pub fn run(command: AnalyzeCommand) -> Result<()> {
         AnalyzeCommand::DpDemand(a) => dp_demand(&rt, &a),
         AnalyzeCommand::Credit(a) => credit(&rt, &a),
         AnalyzeCommand::Byzantine(a) => crate::poisoning::byzantine(&rt, &a),
+        AnalyzeCommand::ByzantineDemand(a) => {
+            let dir = network_dir(&a.source)?;
+            crate::poisoning::byzantine_demand(&rt, &a, dir)
+        }
     }
 }
 
-fn network_dir(source: &SyntheticArgs) -> Result<PathBuf> {
+pub(crate) fn network_dir(source: &SyntheticArgs) -> Result<PathBuf> {
     ensure_network(&source.data, &source.generate_into, &source.network)
 }
 

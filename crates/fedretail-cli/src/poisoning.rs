@@ -7,6 +7,10 @@ use clap::{Args, ValueEnum};
 use fedretail_core::RobustRule;
 use fedretail_models::ClassifierKind;
 use fedretail_sim::byzantine::{render_byzantine, run_byzantine_on, ByzantineOptions};
+use fedretail_sim::byzantine_demand::{
+    render_byzantine_demand, run_byzantine_demand, DemandByzantineOptions,
+};
+use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ModelArg {
@@ -74,4 +78,57 @@ pub fn byzantine(rt: &tokio::runtime::Runtime, a: &ByzantineArgs) -> Result<()> 
     let summary = render_byzantine(&report);
     let page = |s: &str| fedretail_sim::analysis_pages::byzantine_page(&report, s);
     emit(&report, summary, page, "byzantine", &a.output)
+}
+
+#[derive(Args)]
+pub struct ByzantineDemandArgs {
+    #[command(flatten)]
+    pub source: crate::analyze::SyntheticArgs,
+    /// Share of the stores that lie every round (rounded up; under half).
+    #[arg(long, default_value_t = 0.2)]
+    pub attackers: f64,
+    #[arg(long, default_value_t = 30)]
+    pub rounds: u64,
+    /// Seed of the pick of liars and of the training.
+    #[arg(long, default_value_t = 1)]
+    pub train_seed: u64,
+    /// trimmed_mean: share of the values dropped at each end, per coordinate.
+    #[arg(long, default_value_t = 0.2)]
+    pub trim: f64,
+    /// norm_bounded: the largest update norm, as a multiple of the round's median.
+    #[arg(long, default_value_t = 1.0)]
+    pub factor: f64,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+pub fn byzantine_demand(
+    rt: &tokio::runtime::Runtime,
+    a: &ByzantineDemandArgs,
+    dir: PathBuf,
+) -> Result<()> {
+    let rules = vec![
+        RobustRule::Median,
+        RobustRule::TrimmedMean { trim: a.trim },
+        RobustRule::NormBounded { factor: a.factor },
+    ];
+    for r in &rules {
+        r.check()?;
+    }
+    let options = DemandByzantineOptions {
+        attacker_share: a.attackers,
+        rounds: a.rounds,
+        seed: a.train_seed,
+        rules,
+        ..DemandByzantineOptions::new(dir.clone())
+    };
+    let bar = crate::analyze::spinner();
+    bar.set_message("poisoning harness: preparing the stores, then training each attack");
+    let report = rt
+        .block_on(run_byzantine_demand(&options))
+        .with_context(|| format!("poisoning harness on {}", dir.display()))?;
+    bar.finish_and_clear();
+    let summary = render_byzantine_demand(&report);
+    let page = |s: &str| fedretail_sim::analysis_pages::byzantine_demand_page(&report, s);
+    emit(&report, summary, page, "byzantine-demand", &a.output)
 }

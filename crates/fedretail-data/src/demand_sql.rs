@@ -17,7 +17,9 @@ use datafusion::prelude::SessionContext;
 use fedretail_core::BoxFuture;
 use fedretail_domain::calendar::{is_public_holiday, shopping_event};
 use fedretail_domain::BusinessType;
-use fedretail_models::{DemandDataset, DemandRows, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS};
+use fedretail_models::{
+    DemandDataset, DemandRows, RowKeysBuilder, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS,
+};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -504,8 +506,8 @@ struct Split {
     validation: DemandRows,
     test: DemandRows,
     future: DemandRows,
-    future_keys: Vec<(String, String)>,
-    test_keys: Vec<(String, String)>,
+    future_keys: RowKeysBuilder,
+    test_keys: RowKeysBuilder,
     naive_abs: f64,
     naive_n: usize,
     x: Vec<f64>,
@@ -535,8 +537,8 @@ impl Split {
             validation: rows(),
             test: rows(),
             future: rows(),
-            future_keys: Vec::new(),
-            test_keys: Vec::new(),
+            future_keys: RowKeysBuilder::default(),
+            test_keys: RowKeysBuilder::default(),
             naive_abs: 0.0,
             naive_n: 0,
             x: vec![0.0; DEMAND_FEATURES.len()],
@@ -573,19 +575,17 @@ impl Split {
             } else {
                 naive.value(i)
             };
-            let key = || {
-                (
-                    text_value(category, i).unwrap_or_default(),
-                    text_value(day, i).unwrap_or_default(),
-                )
+            let key = |keys: &mut RowKeysBuilder| {
+                let category = text_value(category, i).unwrap_or_default();
+                keys.push(&category, &text_value(day, i).unwrap_or_default());
             };
             if is_future.value(i) > 0.5 {
                 self.future.push(&self.x, 0.0, scale.value(i), naive_i);
-                self.future_keys.push(key());
+                key(&mut self.future_keys);
             } else if is_test.value(i) > 0.5 {
                 self.test
                     .push(&self.x, units.value(i), scale.value(i), naive_i);
-                self.test_keys.push(key());
+                key(&mut self.test_keys);
             } else {
                 let rows = if is_validation.value(i) > 0.5 {
                     &mut self.validation
@@ -617,8 +617,8 @@ impl Split {
             validation: self.validation,
             test: self.test,
             future: self.future,
-            future_keys: self.future_keys,
-            test_keys: self.test_keys,
+            future_keys: self.future_keys.finish(),
+            test_keys: self.test_keys.finish(),
             naive_scale: if self.naive_n > 0 {
                 self.naive_abs / self.naive_n as f64
             } else {

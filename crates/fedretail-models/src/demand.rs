@@ -3,6 +3,7 @@
 //! module holds the prepared rows, the model layout and the [`DemandTask`].
 
 use crate::glm;
+use crate::keys::RowKeys;
 use crate::metrics::{bias, clearly_better, mase, wape};
 use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
 use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
@@ -26,9 +27,9 @@ pub struct DemandDataset {
     /// Rows for the days after the store's history (units unknown, zero), to forecast.
     pub future: DemandRows,
     /// (category, ISO date) of each future row.
-    pub future_keys: Vec<(String, String)>,
+    pub future_keys: RowKeys,
     /// (category, ISO date) of each held-out row (may be empty: then no backtest table).
-    pub test_keys: Vec<(String, String)>,
+    pub test_keys: RowKeys,
     /// In-sample mean absolute error of the weekly seasonal-naive forecast (MASE scale).
     pub naive_scale: f64,
     /// Days of history the store has.
@@ -578,8 +579,8 @@ fn forecast_table(
     for ((category, date), mu) in data.future_keys.iter().zip(future) {
         let half = z * (dispersion * mu).sqrt();
         table.push(vec![
-            date.clone(),
-            category.clone(),
+            date.to_string(),
+            category.to_string(),
             format!("{mu:.2}"),
             format!("{:.2}", (mu - half).max(0.0)),
             format!("{:.2}", mu + half),
@@ -607,8 +608,8 @@ fn backtest_table(data: &DemandDataset, held_out: &[f64], chosen: &str) -> Resul
     let truth = data.test.units().iter().zip(data.test.naive());
     for (((category, date), mu), (units, naive)) in rows.zip(truth) {
         table.push(vec![
-            date.clone(),
-            category.clone(),
+            date.to_string(),
+            category.to_string(),
             format!("{units:.0}"),
             format!("{mu:.2}"),
             format!("{naive:.2}"),

@@ -21,6 +21,7 @@ pub mod clustering;
 pub mod demand;
 pub mod glm;
 pub mod grouped;
+mod keys;
 pub mod metrics;
 mod rows;
 mod source;
@@ -39,5 +40,6 @@ pub use demand::{
 };
 pub use fedretail_core::LocalWork;
 pub use grouped::GroupedTask;
+pub use keys::{RowKeys, RowKeysBuilder};
 pub use source::{DescribeFuture, FixedTasks, PrepareFuture, TaskSource};
 pub use task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};

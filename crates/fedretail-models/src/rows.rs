@@ -7,9 +7,19 @@
 //! can touch. The kept values are stored as f32 (every product and sum is in f64):
 //! features are calendar flags, small counts and log-scaled history, for which seven
 //! digits are plenty, and the rows are most of what a simulated network holds.
+//!
+//! Most kept values are exactly 0 or 1 (weekday and holiday flags, the intercept, a
+//! price at its usual level), so a row keeps a 2-bit code per value for its first
+//! [`CODED`] values (0: stored, 1: zero, 2: one) and stores only the others. A value
+//! reads back with the same bits either way, so every product and sum is unchanged.
+
+/// Values per row with a 2-bit code in the row's code word.
+const CODED: usize = 32;
+const ZERO: u64 = 1;
+const ONE: u64 = 2;
 
 /// Rows of a design matrix, row-major, with what is needed to score forecasts.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DemandRows {
     /// Length of the model (of a dense row).
     d: usize,
@@ -17,7 +27,11 @@ pub struct DemandRows {
     stored: usize,
     /// Further model positions that copy a kept value: (position, kept index).
     copies: Vec<(usize, usize)>,
-    x: Vec<f32>,
+    /// Per row, the 2-bit code of each of its first [`CODED`] kept values.
+    codes: Vec<u64>,
+    /// Where each row's stored values start in `packed` (one entry more than rows).
+    starts: Vec<u32>,
+    packed: Vec<f32>,
     /// The series' scale; the model's target is units relative to it, computed on use
     /// (the same division as storing it, so the same bits, and 8 bytes a row less).
     scale: Vec<f64>,
@@ -27,28 +41,69 @@ pub struct DemandRows {
     naive: Vec<f64>,
 }
 
+impl Default for DemandRows {
+    fn default() -> Self {
+        DemandRows::new(0)
+    }
+}
+
 /// One row's features as the model sees them: the kept values at positions
-/// `0..kept.len()`, the copies at theirs, zero elsewhere.
+/// `0..stored`, the copies at theirs, zero elsewhere.
 #[derive(Debug, Clone, Copy)]
 pub struct Features<'a> {
-    kept: &'a [f32],
+    codes: u64,
+    packed: &'a [f32],
+    stored: usize,
     copies: &'a [(usize, usize)],
 }
 
 impl<'a> Features<'a> {
+    /// Kept value `j`, from its code or the stored values.
+    #[inline]
+    fn value(&self, j: usize) -> f32 {
+        if j < CODED {
+            match (self.codes >> (2 * j)) & 3 {
+                ZERO => return 0.0,
+                ONE => return 1.0,
+                _ => {}
+            }
+        }
+        // Stored values before j: j minus the coded ones among the first min(j, CODED).
+        let before = j.min(CODED);
+        let mask = if before == CODED {
+            u64::MAX
+        } else {
+            (1u64 << (2 * before)) - 1
+        };
+        let special = (self.codes | (self.codes >> 1)) & 0x5555_5555_5555_5555 & mask;
+        self.packed[j - special.count_ones() as usize]
+    }
+
+    /// The kept values in order, decoded as they are read: a coded value is its
+    /// code less one (zero, one), any other the next stored value.
+    #[inline]
+    fn kept(&self) -> impl Iterator<Item = f32> + '_ {
+        let mut codes = self.codes;
+        let mut stored = self.packed.iter();
+        (0..self.stored).map(move |j| {
+            let code = if j < CODED { codes & 3 } else { 0 };
+            codes >>= 2;
+            if code == 0 {
+                stored.next().copied().unwrap_or(0.0)
+            } else {
+                (code - 1) as f32
+            }
+        })
+    }
+
     /// `x . w` over the row's coordinates.
     #[inline]
     pub fn dot(&self, w: &[f64]) -> f64 {
-        let kept: f64 = self
-            .kept
-            .iter()
-            .zip(w)
-            .map(|(&x, w)| f64::from(x) * w)
-            .sum();
+        let kept: f64 = self.kept().zip(w).map(|(x, w)| f64::from(x) * w).sum();
         let copied: f64 = self
             .copies
             .iter()
-            .map(|&(to, from)| f64::from(self.kept[from]) * w[to])
+            .map(|&(to, from)| f64::from(self.value(from)) * w[to])
             .sum();
         kept + copied
     }
@@ -56,35 +111,35 @@ impl<'a> Features<'a> {
     /// `out += a x`.
     #[inline]
     pub fn add_scaled(&self, out: &mut [f64], a: f64) {
-        for (o, &x) in out.iter_mut().zip(self.kept) {
+        for (o, x) in out.iter_mut().zip(self.kept()) {
             *o += a * f64::from(x);
         }
         for &(to, from) in self.copies {
-            out[to] += a * f64::from(self.kept[from]);
+            out[to] += a * f64::from(self.value(from));
         }
     }
 
     /// The value at model position `j`.
     pub fn get(&self, j: usize) -> f64 {
-        if let Some(&v) = self.kept.get(j) {
-            return f64::from(v);
+        if j < self.stored {
+            return f64::from(self.value(j));
         }
         self.copies
             .iter()
             .find(|(to, _)| *to == j)
-            .map_or(0.0, |&(_, from)| f64::from(self.kept[from]))
+            .map_or(0.0, |&(_, from)| f64::from(self.value(from)))
     }
 
     /// The row's values in `out`, kept values first, then the copies (the order of
     /// [`DemandRows::positions`]).
     #[inline]
     pub fn active_into(&self, out: &mut [f64]) {
-        let (kept, copied) = out.split_at_mut(self.kept.len());
-        for (o, &x) in kept.iter_mut().zip(self.kept) {
+        let (kept, copied) = out.split_at_mut(self.stored);
+        for (o, x) in kept.iter_mut().zip(self.kept()) {
             *o = f64::from(x);
         }
         for (o, &(_, from)) in copied.iter_mut().zip(self.copies) {
-            *o = f64::from(self.kept[from]);
+            *o = f64::from(self.value(from));
         }
     }
 }
@@ -105,14 +160,34 @@ impl DemandRows {
             d,
             stored,
             copies,
-            ..Default::default()
+            codes: Vec::new(),
+            starts: vec![0],
+            packed: Vec::new(),
+            scale: Vec::new(),
+            units: Vec::new(),
+            naive: Vec::new(),
         }
     }
 
     /// Add a row; `x` has the kept values only (stored to f32 precision).
     pub fn push(&mut self, x: &[f64], units: f64, scale: f64, naive: f64) {
         debug_assert_eq!(x.len(), self.stored);
-        self.x.extend(x.iter().map(|&v| v as f32));
+        let mut codes = 0u64;
+        for (j, &v) in x.iter().enumerate() {
+            let v = v as f32;
+            // By bits, so -0.0 is stored rather than read back as +0.0.
+            let code = match v.to_bits() {
+                0 if j < CODED => ZERO,
+                b if b == 1f32.to_bits() && j < CODED => ONE,
+                _ => {
+                    self.packed.push(v);
+                    0
+                }
+            };
+            codes |= code << (2 * j.min(CODED - 1));
+        }
+        self.codes.push(codes);
+        self.starts.push(self.packed.len() as u32);
         self.scale.push(scale);
         self.units.push(units);
         self.naive.push(naive);
@@ -121,7 +196,9 @@ impl DemandRows {
     /// Give back the room kept for further rows (a network of many stores holds
     /// every store's rows at once).
     pub fn shrink_to_fit(&mut self) {
-        self.x.shrink_to_fit();
+        self.codes.shrink_to_fit();
+        self.starts.shrink_to_fit();
+        self.packed.shrink_to_fit();
         self.scale.shrink_to_fit();
         self.units.shrink_to_fit();
         self.naive.shrink_to_fit();
@@ -150,29 +227,35 @@ impl DemandRows {
     /// (features, relative target, scale) of row i.
     #[inline]
     pub fn row(&self, i: usize) -> (Features<'_>, f64, f64) {
-        let kept = &self.x[i * self.stored..(i + 1) * self.stored];
         let scale = self.scale[i];
-        (self.features(kept), self.units[i] / scale, scale)
+        (self.features(i), self.units[i] / scale, scale)
     }
 
     #[inline]
-    fn features<'a>(&'a self, kept: &'a [f32]) -> Features<'a> {
+    fn features(&self, i: usize) -> Features<'_> {
+        let (start, end) = (self.starts[i] as usize, self.starts[i + 1] as usize);
         Features {
-            kept,
+            codes: self.codes[i],
+            packed: &self.packed[start..end],
+            stored: self.stored,
             copies: &self.copies,
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Features<'_>, f64, f64)> + '_ {
-        self.x
-            .chunks_exact(self.stored.max(1))
-            .zip(&self.units)
-            .zip(&self.scale)
-            .map(|((x, &u), &s)| (self.features(x), u / s, s))
+        (0..self.len()).map(|i| self.row(i))
     }
 
     pub fn units(&self) -> &[f64] {
         &self.units
+    }
+
+    /// The same rows with every row's units times `factor`: a store that lies about
+    /// what it sold (the poisoning harness's data attack).
+    pub fn with_units_scaled(&self, factor: f64) -> DemandRows {
+        let mut rows = self.clone();
+        rows.units.iter_mut().for_each(|u| *u *= factor);
+        rows
     }
 
     pub fn naive(&self) -> &[f64] {
@@ -192,6 +275,55 @@ impl DemandRows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows of 40 kept values (past the coded 32) mixing 0, 1, -0 and others read
+    /// back with the bits they were stored with, and act as the dense f32 row.
+    #[test]
+    fn coded_values_read_back_bit_for_bit() {
+        let stored = 40;
+        let mut rows = DemandRows::with_copies(45, stored, vec![(41, 3), (44, 35)]);
+        let mut dense = Vec::new();
+        let mut state = 7u64;
+        for _ in 0..50 {
+            let x: Vec<f64> = (0..stored)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    match state >> 61 {
+                        0 | 1 => 0.0,
+                        2 | 3 => 1.0,
+                        4 => -0.0,
+                        _ => (state >> 20) as f64 / 1e12 - 2.0,
+                    }
+                })
+                .collect();
+            rows.push(&x, 3.0, 1.5, 0.0);
+            dense.push(x);
+        }
+        let w: Vec<f64> = (0..45).map(|j| j as f64 * 0.1 - 2.0).collect();
+        for (i, x) in dense.iter().enumerate() {
+            let (f, _, _) = rows.row(i);
+            let mut full = vec![0.0f64; 45];
+            for (j, &v) in x.iter().enumerate() {
+                let v = v as f32;
+                assert_eq!(
+                    f.get(j).to_bits(),
+                    f64::from(v).to_bits(),
+                    "row {i} value {j}"
+                );
+                full[j] = f64::from(v);
+            }
+            full[41] = full[3];
+            full[44] = full[35];
+            let kept: f64 = full[..stored].iter().zip(&w).map(|(a, b)| a * b).sum();
+            let copied = 0.0 + full[41] * w[41] + full[44] * w[44];
+            assert_eq!(f.dot(&w), kept + copied);
+            let mut active = vec![0.0; stored + 2];
+            f.active_into(&mut active);
+            assert_eq!(active[stored], full[41]);
+        }
+    }
 
     #[test]
     fn kept_and_copied_values_act_as_the_dense_row() {

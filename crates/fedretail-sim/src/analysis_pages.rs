@@ -5,6 +5,7 @@
 
 use crate::attack::AttackReport;
 use crate::byzantine::{Attack, ByzantineReport};
+use crate::byzantine_demand::{cell_text, DemandByzantineReport};
 use crate::classification::{ClassificationReport, SiloReport};
 use crate::clustering::{
     AnomalyReport, ClusterDescription, GroupScores, SegmentReport, StoreSegmentReport,
@@ -267,6 +268,32 @@ pub fn byzantine_page(r: &ByzantineReport, summary: &str) -> Page {
 }
 
 /// Jobs run over agents: the coordinator's job report, then the summary.
+pub fn byzantine_demand_page(r: &DemandByzantineReport, summary: &str) -> Page {
+    let subtitle = format!(
+        "{} stores, {} lying every round · {:.1} s",
+        r.stores,
+        r.attackers.len(),
+        r.wall_seconds
+    );
+    let mut page = Page::new("fedretail poisoning harness: demand").subtitle(&subtitle);
+    let mut names = vec!["mean"];
+    names.extend(r.options.rules.iter().map(|x| x.name()));
+    let rows = Attack::ALL
+        .iter()
+        .map(|&attack| {
+            std::iter::once(attack.name().to_string())
+                .chain(names.iter().map(|n| cell_text(r, attack, n)))
+                .collect()
+        })
+        .collect();
+    let mut columns = vec!["attack"];
+    columns.extend(&names);
+    page.section("Pooled WAPE on the honest stores' held-out days (points above the clean run)")
+        .table(&columns, rows);
+    printed(&mut page, summary);
+    page
+}
+
 pub fn network_run_page(r: &NetworkRunReport, summary: &str) -> Page {
     let outcomes: Vec<_> = r.jobs.iter().map(|j| j.job.clone()).collect();
     let mut page = fedretail_coordinator::outcomes_page(&outcomes);

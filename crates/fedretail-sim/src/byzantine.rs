@@ -304,9 +304,9 @@ fn flipped(rows: &LabeledRows) -> LabeledRows {
 }
 
 /// A store that lies: its honest task, with what it sends changed.
-struct Liar {
-    inner: Arc<dyn LocalTask>,
-    attack: Attack,
+pub(crate) struct Liar {
+    pub inner: Arc<dyn LocalTask>,
+    pub attack: Attack,
 }
 
 impl LocalTask for Liar {

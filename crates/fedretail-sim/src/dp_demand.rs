@@ -119,7 +119,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// (median WAPE over stores, pooled WAPE) of `model` on the stores' held-out days.
-fn wapes(stores: &[PreparedStore], model: &dyn Fn(usize) -> Vec<f64>) -> (f64, f64) {
+pub(crate) fn wapes(stores: &[PreparedStore], model: &dyn Fn(usize) -> Vec<f64>) -> (f64, f64) {
     let (mut per_store, mut err_sum, mut actual_sum) = (Vec::new(), 0.0, 0.0);
     for (i, s) in stores.iter().enumerate() {
         let err = test_errors(&s.dataset, &model(i));

@@ -16,6 +16,7 @@
 pub mod analysis_pages;
 pub mod attack;
 pub mod byzantine;
+pub mod byzantine_demand;
 pub mod classification;
 pub mod clustering;
 mod demo;
