@@ -162,6 +162,31 @@ pub(crate) struct RoundPrivacy {
     pub mechanism: Option<RoundMechanism>,
 }
 
+impl RoundPrivacy {
+    /// The largest L2 norm the survivors' unmasked sum can have when every one of them
+    /// clipped its input: the clipped inputs, times their weights; the noise the stores
+    /// add, with a margin a Gaussian's norm passes with probability below 1e-14
+    /// (`sigma (sqrt(d) + 8)`); and one fixed-point unit of rounding per store and
+    /// coordinate. None without a clip (nothing bounds an input then).
+    pub fn plausible_sum_norm(&self, survivors: &[String], dimension: usize) -> Option<f64> {
+        let clip = self.update.clip;
+        let sec = self.secure.as_ref()?;
+        if clip <= 0.0 {
+            return None;
+        }
+        let weight = |s: &String| self.weights.get(s).copied().unwrap_or(0.0);
+        let inputs: f64 = survivors.iter().map(|s| weight(s) * clip).sum();
+        let local: f64 = survivors
+            .iter()
+            .map(|s| (weight(s) * self.update.local_noise_stddev).powi(2))
+            .sum();
+        let sigma = (sec.params.sum_noise_stddev.powi(2) + local).sqrt();
+        let root_d = (dimension as f64).sqrt();
+        let rounding = survivors.len() as f64 * root_d / sec.fixed_point.scale();
+        Some(inputs + sigma * (root_d + 8.0) + rounding)
+    }
+}
+
 /// Plans the privacy of a round of `selected` stores (in index order) whose updates
 /// have `dimension` values and whose plain aggregation weights are `weights`.
 pub(crate) fn plan_round(

@@ -219,11 +219,35 @@ pub(super) fn finish_secure(
         .iter()
         .map(|s| privacy.weights.get(s).copied().unwrap_or(0.0))
         .sum();
+    let weighted_sum = sec.fixed_point.decode(&outcome.sum);
+    check_bounded(privacy, &survivors, &weighted_sum)?;
     let aggregate = Aggregate {
-        weighted_sum: sec.fixed_point.decode(&outcome.sum),
+        weighted_sum,
         total_weight,
         num_updates: survivors.len(),
         within_clip: 0,
     };
     Ok((survivors, dropped, aggregate))
+}
+
+/// Nobody can check one masked input, but the sum can be checked: a sum longer than
+/// the survivors' clipped inputs and noise can make means some store masked an input
+/// outside its clip. The round is refused, so the model never takes the step.
+fn check_bounded(
+    privacy: &RoundPrivacy,
+    survivors: &[String],
+    sum: &[f64],
+) -> Result<(), RoundError> {
+    let Some(max) = privacy.plausible_sum_norm(survivors, sum.len()) else {
+        return Ok(());
+    };
+    let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if norm > max {
+        return Err(format!(
+            "secure aggregation: the unmasked sum has norm {norm:.4}, more than the {} survivors' clipped inputs and noise can reach ({max:.4}): a store masked an input outside its clip; the round is refused",
+            survivors.len()
+        )
+        .into());
+    }
+    Ok(())
 }

@@ -180,6 +180,14 @@ impl Peer {
         panic!("no task for {}", self.store);
     }
 
+    /// The next SecAgg+ step the coordinator sends this peer.
+    async fn step(&mut self) -> v1::sec_agg_step::Step {
+        match self.poll().await {
+            Outcome::Secagg(s) => s.step.expect("a step"),
+            other => panic!("expected a SecAgg+ step, got {other:?}"),
+        }
+    }
+
     async fn send(&mut self, task: &str, round: u64, m: Message) -> Result<(), (Code, String)> {
         self.client
             .submit_sec_agg(v1::SubmitSecAggRequest {
@@ -702,4 +710,83 @@ async fn enrolled_stores_sign_their_keys_and_refuse_a_round_with_unsigned_ones()
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
     assert!(gap < 1e-6, "signed secure and plain sums differ by {gap}");
+}
+
+/// A store that skips its clip and masks an input fifty times too long cannot be
+/// seen in its masked input, but it shows in the sum: the coordinator refuses the
+/// round rather than take the step, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masked_input_outside_its_clip_shows_in_the_sum_and_the_round_is_refused() {
+    use fedretail_privacy::secagg::FixedPoint;
+    use v1::sec_agg_step::Step;
+    let toml = "[job]\nstrategy = \"fedavg\"\nrounds = 1\nmin_stores = 4\nexpected_stores = 4\n\
+                round_timeout_secs = 10\nround_attempts = 1\nregistration_timeout_secs = 30\n\
+                [job.privacy]\nsecure_aggregation = true\nclip = 1.0\n";
+    let (addr, coordinator) = start(toml, CheckpointStore::in_memory().unwrap()).await;
+    let stores: Vec<(String, Vec<f64>, u64)> = (0..3)
+        .map(|i| (format!("s{i}"), update_of(i), 100))
+        .collect();
+    let mut agents = spawn_agents(&addr, &stores);
+
+    let mut peer = Peer::join(&addr, "cheat").await;
+    let Outcome::Train(task) = peer.poll().await else {
+        panic!("expected a training task")
+    };
+    let params = task.secure.expect("a secure round");
+    let (id, round) = (task.task_id.clone(), task.round);
+    let config = wire::config_from_wire(&params).unwrap();
+    let graph = Arc::new(NeighbourGraph::new(&config));
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+    let (mut secagg, ad) = SecAggStore::new(config, graph, params.store_index, &mut rng).unwrap();
+    let ad = Message::Advertisement(wire::advertisement_to_wire(&ad));
+    peer.send(&id, round, ad).await.unwrap();
+    let Step::ShareKeys(n) = peer.step().await else {
+        panic!("expected the neighbours' keys")
+    };
+    let ads: Vec<_> = n
+        .advertisements
+        .iter()
+        .map(|a| wire::advertisement_from_wire(a).unwrap())
+        .collect();
+    let keys = wire::share_keys_to_wire(&secagg.share_keys(&ads).unwrap());
+    peer.send(&id, round, Message::ShareKeys(keys))
+        .await
+        .unwrap();
+    let Step::MaskedInput(inbox) = peer.step().await else {
+        panic!("expected the inbox")
+    };
+    // An honest, clipped input, then every encoded value fifty times over.
+    let fp = FixedPoint::for_sum(params.num_stores, params.bound, params.sum_noise_stddev).unwrap();
+    let mut words = vec![0u32; d()];
+    fp.encode_into(&clipped(update_of(3), 1.0), &mut words, &mut rng);
+    words
+        .iter_mut()
+        .for_each(|w| *w = (*w as i32).wrapping_mul(50) as u32);
+    let shares: Vec<_> = inbox
+        .shares
+        .into_iter()
+        .map(wire::share_from_wire)
+        .collect();
+    let masked = wire::masked_input_to_wire(secagg.masked_input(&shares, &words).unwrap());
+    peer.send(&id, round, Message::MaskedInput(masked))
+        .await
+        .unwrap();
+    let Step::Unmask(request) = peer.step().await else {
+        panic!("expected the unmask request")
+    };
+    let request = wire::unmask_request_from_wire(request).unwrap();
+    let response = wire::unmask_response_to_wire(&secagg.unmask(&request).unwrap());
+    peer.send(&id, round, Message::Unmask(response))
+        .await
+        .unwrap();
+
+    let status = match coordinator.await.unwrap() {
+        Ok(outcome) => {
+            assert!(outcome.rounds.is_empty(), "the step was taken");
+            outcome.status
+        }
+        Err(e) => e.to_string(),
+    };
+    while agents.join_next().await.is_some() {}
+    assert!(status.contains("outside its clip"), "{status}");
 }
