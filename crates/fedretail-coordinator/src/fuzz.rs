@@ -44,8 +44,17 @@ fn value() -> impl Strategy<Value = f64> {
     ]
 }
 
+/// Cases per target: 512 in the test suite; CI's fuzz step sets
+/// `FEDRETAIL_FUZZ_CASES` for a longer bounded run.
+fn cases() -> u32 {
+    std::env::var("FEDRETAIL_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn a_mutated_config_is_refused_or_read(edits in proptest::collection::vec((0usize..CONFIG.len(), any::<u8>()), 0..4)) {

@@ -60,8 +60,17 @@ fn agent_reads(t: &v1::TrainTask) {
     let _ = job_from_wire(t.job.as_ref());
 }
 
+/// Cases per target: 512 in the test suite; CI's fuzz step sets
+/// `FEDRETAIL_FUZZ_CASES` for a longer bounded run.
+fn cases() -> u32 {
+    std::env::var("FEDRETAIL_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn arbitrary_bytes_as_any_wire_message_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
