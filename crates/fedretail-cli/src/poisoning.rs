@@ -52,14 +52,7 @@ pub fn byzantine(rt: &tokio::runtime::Runtime, a: &ByzantineArgs) -> Result<()> 
         a.train.min_train_rows,
         5,
     );
-    let rules = vec![
-        RobustRule::Median,
-        RobustRule::TrimmedMean { trim: a.trim },
-        RobustRule::NormBounded { factor: a.factor },
-    ];
-    for r in &rules {
-        r.check()?;
-    }
+    let rules = robust_rules(a.trim, a.factor)?;
     let options = ByzantineOptions {
         stores: a.stores,
         attacker_share: a.attackers,
@@ -107,14 +100,7 @@ pub fn byzantine_demand(
     a: &ByzantineDemandArgs,
     dir: PathBuf,
 ) -> Result<()> {
-    let rules = vec![
-        RobustRule::Median,
-        RobustRule::TrimmedMean { trim: a.trim },
-        RobustRule::NormBounded { factor: a.factor },
-    ];
-    for r in &rules {
-        r.check()?;
-    }
+    let rules = robust_rules(a.trim, a.factor)?;
     let options = DemandByzantineOptions {
         attacker_share: a.attackers,
         rounds: a.rounds,
@@ -131,4 +117,17 @@ pub fn byzantine_demand(
     let summary = render_byzantine_demand(&report);
     let page = |s: &str| fedretail_sim::analysis_pages::byzantine_demand_page(&report, s);
     emit(&report, summary, page, "byzantine-demand", &a.output)
+}
+
+/// The robust rules measured, with the command's trim and factor, each checked.
+fn robust_rules(trim: f64, factor: f64) -> Result<Vec<RobustRule>> {
+    let rules = vec![
+        RobustRule::Median,
+        RobustRule::TrimmedMean { trim },
+        RobustRule::NormBounded { factor },
+    ];
+    for r in &rules {
+        r.check()?;
+    }
+    Ok(rules)
 }

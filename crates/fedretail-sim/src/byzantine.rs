@@ -8,7 +8,7 @@ use crate::classification::{ClassificationOptions, Party};
 use crate::inprocess::{run_guarded, Guards};
 use crate::SimError;
 use fedretail_core::{
-    LocalWork, ModelLayout, ModelParameters, RobustRule, SamplingConfig, TaskMetrics,
+    LocalWork, ModelLayout, ModelParameters, RobustRule, SamplingConfig, Strategy, TaskMetrics,
 };
 use fedretail_models::classify::predict_proba;
 use fedretail_models::metrics::ranking::roc_auc;
@@ -78,13 +78,18 @@ impl Default for ByzantineOptions {
             attacker_share: 0.2,
             model: ClassifierKind::Logistic,
             training: ClassificationOptions::default(),
-            rules: vec![
-                RobustRule::Median,
-                RobustRule::TrimmedMean { trim: 0.2 },
-                RobustRule::NormBounded { factor: 1.0 },
-            ],
+            rules: default_rules(),
         }
     }
+}
+
+/// The robust rules the harnesses measure beside the plain mean.
+pub fn default_rules() -> Vec<RobustRule> {
+    vec![
+        RobustRule::Median,
+        RobustRule::TrimmedMean { trim: 0.2 },
+        RobustRule::NormBounded { factor: 1.0 },
+    ]
 }
 
 /// One attack under one aggregation rule.
@@ -237,9 +242,8 @@ fn train(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let lies = i < liars && attack != Attack::None;
             let mut train = p.train.clone();
-            if lies && attack == Attack::LabelFlip {
+            if i < liars && attack == Attack::LabelFlip {
                 train = flipped(&train);
             }
             let honest: Arc<dyn LocalTask> = Arc::new(ClassifierTask {
@@ -249,15 +253,7 @@ fn train(
                 test: p.test.clone(),
                 dp: None,
             });
-            let task = if lies {
-                Arc::new(Liar {
-                    inner: honest,
-                    attack,
-                }) as Arc<dyn LocalTask>
-            } else {
-                honest
-            };
-            (p.name.clone(), task)
+            (p.name.clone(), honest)
         })
         .collect();
     let sampling = SamplingConfig {
@@ -278,20 +274,54 @@ fn train(
         kind.initial_parameters(stores[0].train.dim(), o.seed),
     )
     .map_err(|e| e.to_string())?;
-    let guards = Guards {
-        privacy: None,
-        robust: rule,
+    let liars = Liars {
+        count: liars,
+        attack,
+        rule,
     };
-    run_guarded(
-        strategy.as_mut(),
-        &tasks,
-        init,
-        o.rounds,
-        guards,
-        &mut |_, _| false,
-    )
-    .map(|run| run.parameters.into_values())
-    .map_err(|e| e.to_string())
+    liars.train(tasks, strategy.as_mut(), init, o.rounds)
+}
+
+/// Who lies in a run, how, and the rule the coordinator aggregates with.
+pub(crate) struct Liars {
+    /// The first `count` stores lie.
+    pub count: usize,
+    pub attack: Attack,
+    pub rule: Option<RobustRule>,
+}
+
+impl Liars {
+    /// Wraps the liars' honest tasks (already changed by a data attack) in [`Liar`]s
+    /// and trains through the coordinator's round machine; the final model.
+    pub fn train(
+        &self,
+        tasks: Vec<(String, Arc<dyn LocalTask>)>,
+        strategy: &mut dyn Strategy,
+        init: ModelParameters,
+        rounds: u64,
+    ) -> Result<Vec<f64>, String> {
+        let tasks: Vec<(String, Arc<dyn LocalTask>)> = tasks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, inner))| {
+                if i >= self.count || self.attack == Attack::None {
+                    return (name, inner);
+                }
+                let liar = Liar {
+                    inner,
+                    attack: self.attack,
+                };
+                (name, Arc::new(liar) as Arc<dyn LocalTask>)
+            })
+            .collect();
+        let guards = Guards {
+            privacy: None,
+            robust: self.rule,
+        };
+        run_guarded(strategy, &tasks, init, rounds, guards, &mut |_, _| false)
+            .map(|run| run.parameters.into_values())
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn flipped(rows: &LabeledRows) -> LabeledRows {
@@ -304,9 +334,9 @@ fn flipped(rows: &LabeledRows) -> LabeledRows {
 }
 
 /// A store that lies: its honest task, with what it sends changed.
-pub(crate) struct Liar {
-    pub inner: Arc<dyn LocalTask>,
-    pub attack: Attack,
+struct Liar {
+    inner: Arc<dyn LocalTask>,
+    attack: Attack,
 }
 
 impl LocalTask for Liar {

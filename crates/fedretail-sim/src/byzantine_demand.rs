@@ -5,9 +5,8 @@
 //! coordinator's own round machine and the liars are task wrappers, so they send what
 //! a modified agent could send and nothing more.
 
-use crate::byzantine::{Attack, Liar};
+use crate::byzantine::{default_rules, Attack, Liars};
 use crate::dp_demand::wapes;
-use crate::inprocess::{run_guarded, Guards};
 use crate::prepare::{prepare_network, PreparedStore};
 use crate::SimError;
 use fedretail_coordinator::FedAvgSettings;
@@ -44,11 +43,7 @@ impl DemandByzantineOptions {
             attacker_share: 0.2,
             rounds: 30,
             seed: 1,
-            rules: vec![
-                RobustRule::Median,
-                RobustRule::TrimmedMean { trim: 0.2 },
-                RobustRule::NormBounded { factor: 1.0 },
-            ],
+            rules: default_rules(),
         }
     }
 }
@@ -168,17 +163,8 @@ fn train(
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let lies = i < liars && attack != Attack::None;
-            let honest = store_task(&s.dataset, lies && attack == Attack::LabelFlip);
-            let task = if lies {
-                Arc::new(Liar {
-                    inner: honest,
-                    attack,
-                }) as Arc<dyn LocalTask>
-            } else {
-                honest
-            };
-            (s.store_id.clone(), task)
+            let inflate = i < liars && attack == Attack::LabelFlip;
+            (s.store_id.clone(), store_task(&s.dataset, inflate))
         })
         .collect();
     let sampling = SamplingConfig {
@@ -193,20 +179,12 @@ fn train(
     let layout = demand_layout();
     let init = ModelParameters::from_values(layout.clone(), vec![0.0; layout.len()])
         .map_err(|e| e.to_string())?;
-    let guards = Guards {
-        privacy: None,
-        robust: rule,
+    let liars = Liars {
+        count: liars,
+        attack,
+        rule,
     };
-    run_guarded(
-        strategy.as_mut(),
-        &tasks,
-        init,
-        options.rounds,
-        guards,
-        &mut |_, _| false,
-    )
-    .map(|run| run.parameters.into_values())
-    .map_err(|e| e.to_string())
+    liars.train(tasks, strategy.as_mut(), init, options.rounds)
 }
 
 /// The table: pooled WAPE per attack (rows) and aggregation (columns), with how much
