@@ -1,9 +1,9 @@
 //! `fedretail analyze …`: the analytics tasks (anomaly detection, customer segments,
 //! churn, credit scoring), each local vs federated vs a centralized yardstick.
 
-use crate::network::{ensure_network, NetworkArgs};
+use crate::network::SyntheticArgs;
 use crate::outputs::{emit, Output, TableArgs, TrainArgs};
-use crate::progress::DemoProgress;
+use crate::progress::{spinner, DemoProgress};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use fedretail_coordinator::JobConfig;
@@ -16,7 +16,7 @@ use fedretail_sim::{
     run_anomaly, run_churn, run_credit, run_network_jobs, run_segments, ClassificationEvent,
     ClusteringEvent, ClusteringOptions,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,18 +64,6 @@ pub struct DpDemandArgs {
     pub secure: bool,
     #[command(flatten)]
     pub output: Output,
-}
-
-#[derive(Args)]
-pub struct SyntheticArgs {
-    /// Network directory (one sub-directory per store); generated when absent.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Where a generated network is written.
-    #[arg(long, default_value = "fedretail-data/demo-network")]
-    pub generate_into: PathBuf,
-    #[command(flatten)]
-    pub network: NetworkArgs,
 }
 
 #[derive(Args)]
@@ -176,16 +164,6 @@ pub struct AttackArgs {
     pub stores_per_sum: usize,
     #[command(flatten)]
     pub output: Output,
-}
-
-pub(crate) fn spinner() -> ProgressBar {
-    let b = ProgressBar::new_spinner();
-    b.set_style(
-        ProgressStyle::with_template("{spinner} {prefix:>12} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    b.enable_steady_tick(std::time::Duration::from_millis(120));
-    b
 }
 
 /// A clustering job with the command's options: exact federated bisecting k-means, or
@@ -366,20 +344,13 @@ pub fn run(command: AnalyzeCommand) -> Result<()> {
         AnalyzeCommand::DpDemand(a) => dp_demand(&rt, &a),
         AnalyzeCommand::Credit(a) => credit(&rt, &a),
         AnalyzeCommand::Byzantine(a) => crate::poisoning::byzantine(&rt, &a),
-        AnalyzeCommand::ByzantineDemand(a) => {
-            let dir = network_dir(&a.source)?;
-            crate::poisoning::byzantine_demand(&rt, &a, dir)
-        }
+        AnalyzeCommand::ByzantineDemand(a) => crate::poisoning::byzantine_demand(&rt, &a),
     }
-}
-
-pub(crate) fn network_dir(source: &SyntheticArgs) -> Result<PathBuf> {
-    ensure_network(&source.data, &source.generate_into, &source.network)
 }
 
 /// Customer anomalies (exact and the seed's meta-model) and receipt anomalies.
 fn anomaly(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
-    let dir = network_dir(&a.source)?;
+    let dir = a.source.dir()?;
     if !a.in_process {
         let jobs = vec![
             cluster_job(a, TaskKind::CustomerAnomaly, a.clusters, ClusterFit::Exact),
@@ -405,7 +376,7 @@ fn anomaly(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
 }
 
 fn segments(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
-    let dir = network_dir(&a.source)?;
+    let dir = a.source.dir()?;
     if !a.in_process {
         let jobs = vec![
             cluster_job(a, TaskKind::Segments, a.clusters, ClusterFit::Exact),
@@ -431,7 +402,7 @@ fn segments(rt: &tokio::runtime::Runtime, a: &ClusterArgs) -> Result<()> {
 }
 
 fn churn(rt: &tokio::runtime::Runtime, a: &ChurnArgs) -> Result<()> {
-    let dir = network_dir(&a.source)?;
+    let dir = a.source.dir()?;
     if !a.in_process {
         return over_network(dir, churn_jobs(a), "churn", &a.output);
     }
@@ -478,7 +449,7 @@ fn attack(rt: &tokio::runtime::Runtime, a: &AttackArgs) -> Result<()> {
 }
 
 fn dp_demand(rt: &tokio::runtime::Runtime, a: &DpDemandArgs) -> Result<()> {
-    let dir = network_dir(&a.source)?;
+    let dir = a.source.dir()?;
     let mut options = fedretail_sim::DpDemandOptions::new(dir.clone());
     options.epsilons = a.epsilons.clone();
     options.delta = a.delta;

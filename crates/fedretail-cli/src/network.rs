@@ -80,6 +80,26 @@ pub(crate) fn generate_into(
     Ok(summary)
 }
 
+/// A network to analyze: the one at `--data`, or a synthetic one generated.
+#[derive(Args)]
+pub struct SyntheticArgs {
+    /// Network directory (one sub-directory per store); generated when absent.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where a generated network is written.
+    #[arg(long, default_value = "fedretail-data/demo-network")]
+    pub generate_into: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+impl SyntheticArgs {
+    /// The network's directory, generated first when `--data` is not given.
+    pub fn dir(&self) -> Result<PathBuf> {
+        ensure_network(&self.data, &self.generate_into, &self.network)
+    }
+}
+
 /// The network at `data`, or a synthetic one written to `generate_into`.
 pub(crate) fn ensure_network(
     data: &Option<PathBuf>,

@@ -10,7 +10,6 @@ use fedretail_sim::byzantine::{render_byzantine, run_byzantine_on, ByzantineOpti
 use fedretail_sim::byzantine_demand::{
     render_byzantine_demand, run_byzantine_demand, DemandByzantineOptions,
 };
-use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ModelArg {
@@ -76,7 +75,7 @@ pub fn byzantine(rt: &tokio::runtime::Runtime, a: &ByzantineArgs) -> Result<()> 
 #[derive(Args)]
 pub struct ByzantineDemandArgs {
     #[command(flatten)]
-    pub source: crate::analyze::SyntheticArgs,
+    pub source: crate::network::SyntheticArgs,
     /// Share of the stores that lie every round (rounded up; under half).
     #[arg(long, default_value_t = 0.2)]
     pub attackers: f64,
@@ -95,11 +94,8 @@ pub struct ByzantineDemandArgs {
     pub output: Output,
 }
 
-pub fn byzantine_demand(
-    rt: &tokio::runtime::Runtime,
-    a: &ByzantineDemandArgs,
-    dir: PathBuf,
-) -> Result<()> {
+pub fn byzantine_demand(rt: &tokio::runtime::Runtime, a: &ByzantineDemandArgs) -> Result<()> {
+    let dir = a.source.dir()?;
     let rules = robust_rules(a.trim, a.factor)?;
     let options = DemandByzantineOptions {
         attacker_share: a.attackers,
@@ -108,7 +104,7 @@ pub fn byzantine_demand(
         rules,
         ..DemandByzantineOptions::new(dir.clone())
     };
-    let bar = crate::analyze::spinner();
+    let bar = crate::progress::spinner();
     bar.set_message("poisoning harness: preparing the stores, then training each attack");
     let report = rt
         .block_on(run_byzantine_demand(&options))

@@ -11,6 +11,17 @@ pub struct DemoProgress {
     rounds: Mutex<Option<ProgressBar>>,
 }
 
+/// A spinner with a prefix and a message, for work of unknown length.
+pub(crate) fn spinner() -> ProgressBar {
+    let b = ProgressBar::new_spinner();
+    b.set_style(
+        ProgressStyle::with_template("{spinner} {prefix:>12} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    b
+}
+
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
