@@ -176,15 +176,11 @@ impl DemandRows {
         for (j, &v) in x.iter().enumerate() {
             let v = v as f32;
             // By bits, so -0.0 is stored rather than read back as +0.0.
-            let code = match v.to_bits() {
-                0 if j < CODED => ZERO,
-                b if b == 1f32.to_bits() && j < CODED => ONE,
-                _ => {
-                    self.packed.push(v);
-                    0
-                }
-            };
-            codes |= code << (2 * j.min(CODED - 1));
+            match v.to_bits() {
+                0 if j < CODED => codes |= ZERO << (2 * j),
+                b if b == 1f32.to_bits() && j < CODED => codes |= ONE << (2 * j),
+                _ => self.packed.push(v),
+            }
         }
         self.codes.push(codes);
         self.starts.push(self.packed.len() as u32);

@@ -45,8 +45,10 @@ pub(super) fn rebuild_checked(
             culprits: Vec::new(),
         });
     }
-    let leave_one_out = (0..=t.min(shares.len() - 1))
-        .filter(|_| shares.len() > t)
+    let leave_one_out = (shares.len() > t)
+        .then_some(0..=t)
+        .into_iter()
+        .flatten()
         .map(|skip| (0..=t).filter(|&i| i != skip).collect::<Vec<usize>>());
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let random = (0..RANDOM_TRIES).map(|_| {

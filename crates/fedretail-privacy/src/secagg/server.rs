@@ -318,13 +318,11 @@ impl SecAggServer {
         self.enter(Stage::Confirming, "close confirming")?;
         let confirmations = self.confirmations.take().unwrap_or_default();
         self.enough("confirmed the survivors", confirmations.len())?;
-        for (v, request) in self.requests.iter_mut() {
+        for request in self.requests.values_mut() {
             let mut seats = BTreeSet::new();
             for &u in request.survivors.iter().chain(&request.dropped) {
                 seats.extend(self.graph.neighbours(u).iter().copied());
             }
-            seats.remove(v);
-            seats.insert(*v);
             request.confirmations = seats
                 .iter()
                 .filter_map(|w| confirmations.get(w).cloned())

@@ -51,13 +51,13 @@ fn ad_bytes() -> usize {
 fn share_bytes(s: &EncryptedShare) -> usize {
     8 + s.ciphertext.len()
 }
-fn signature_bytes(s: &Option<AdSignature>) -> usize {
-    s.as_ref().map_or(0, |s| {
+fn signature_bytes(s: Option<&AdSignature>) -> usize {
+    s.map_or(0, |s| {
         s.signer.len() + 32 + s.credential.len() + s.signature.len()
     })
 }
 fn confirmation_bytes(c: &Confirmation) -> usize {
-    4 + signature_bytes(&Some(c.signed.clone()))
+    4 + signature_bytes(Some(&c.signed))
 }
 
 /// Runs one round. `input(store, words)` fills a store's encoded input when that store
@@ -189,7 +189,7 @@ impl SimulatedRound {
                     Ok::<_, SecAggError>((store, ad))
                 })?;
             round.identities.extend(identity);
-            round.up[u as usize] += ad_bytes() + signature_bytes(&ad.signed);
+            round.up[u as usize] += ad_bytes() + signature_bytes(ad.signed.as_ref());
             time(&mut round.coordinator, || {
                 round.server.receive_advertisement(ad)
             })?;
@@ -208,7 +208,7 @@ impl SimulatedRound {
         for (u, ads) in &todo {
             self.down[*u as usize] += ads
                 .iter()
-                .map(|a| ad_bytes() + signature_bytes(&a.signed))
+                .map(|a| ad_bytes() + signature_bytes(a.signed.as_ref()))
                 .sum::<usize>();
         }
         for (u, spent, msg) in run_stores(&mut self.stores, todo, |s, ads| s.share_keys(ads)) {
