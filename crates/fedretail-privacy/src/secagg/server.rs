@@ -318,18 +318,28 @@ impl SecAggServer {
         self.enter(Stage::Confirming, "close confirming")?;
         let confirmations = self.confirmations.take().unwrap_or_default();
         self.enough("confirmed the survivors", confirmations.len())?;
-        for request in self.requests.values_mut() {
+        // The confirmations go out with the requests only: the coordinator's own copy
+        // of each request (what `receive_unmask` checks against) does not need them.
+        let mut out = BTreeMap::new();
+        for (&v, request) in &self.requests {
             let mut seats = BTreeSet::new();
             for &u in request.survivors.iter().chain(&request.dropped) {
                 seats.extend(self.graph.neighbours(u).iter().copied());
             }
-            request.confirmations = seats
+            let confirmations = seats
                 .iter()
                 .filter_map(|w| confirmations.get(w).cloned())
                 .collect();
+            out.insert(
+                v,
+                UnmaskRequest {
+                    confirmations,
+                    ..request.clone()
+                },
+            );
         }
         self.stage = Stage::Unmasking;
-        Ok(self.requests.clone())
+        Ok(out)
     }
 
     /// The checks and per-store requests that end masking, with or without the
