@@ -58,12 +58,45 @@ pub const DEMAND_FEATURES: &[&str] = &[
 /// copied into the block of the store's declared business type.
 pub const DEMAND_TYPE_TERMS: &[&str] = DEMAND_FEATURES.split_at(13).0;
 
-/// Length of the demand model: the shared features, then one block of
-/// [`DEMAND_TYPE_TERMS`] per business type (in `BusinessType::ALL` order).
-pub const DEMAND_DIM: usize =
-    DEMAND_FEATURES.len() + BusinessType::ALL.len() * DEMAND_TYPE_TERMS.len();
+/// Terms each category of goods has its own effect on, whatever store sells it: its
+/// yearly season (ice cream peaks in July, heating in January, at every store). They
+/// are the first yearly harmonic, copied into the block of the row's category bucket.
+pub const DEMAND_CATEGORY_TERMS: &[&str] = &["year_sin1", "year_cos1"];
 
-/// Names of every demand parameter, in model order (`florist:shopping_event`, ...).
+/// Buckets category names are hashed into. Stores name their categories freely, so
+/// the network agrees on no list; two categories that share a bucket share a season.
+/// 128 buckets keep a network of 40 category names to about 6 such pairs expected
+/// while the exact path's Hessian stays under 1 MB.
+pub const DEMAND_CATEGORY_BUCKETS: usize = 128;
+
+/// Where the business-type blocks start.
+pub const DEMAND_TYPE_START: usize = DEMAND_FEATURES.len();
+
+/// Where the category-season blocks start.
+pub const DEMAND_CATEGORY_START: usize =
+    DEMAND_TYPE_START + BusinessType::ALL.len() * DEMAND_TYPE_TERMS.len();
+
+/// Length of the demand model: the shared features, one block of
+/// [`DEMAND_TYPE_TERMS`] per business type (in `BusinessType::ALL` order), then one
+/// block of [`DEMAND_CATEGORY_TERMS`] per category bucket.
+pub const DEMAND_DIM: usize =
+    DEMAND_CATEGORY_START + DEMAND_CATEGORY_BUCKETS * DEMAND_CATEGORY_TERMS.len();
+
+/// The bucket of a category name: FNV-1a of its trimmed, lower-case bytes, so every
+/// store puts the same name in the same bucket on any machine and release.
+pub fn demand_category_bucket(category: &str) -> usize {
+    let hash = category
+        .trim()
+        .bytes()
+        .map(|b| b.to_ascii_lowercase())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    (hash % DEMAND_CATEGORY_BUCKETS as u64) as usize
+}
+
+/// Names of every demand parameter, in model order (`florist:shopping_event`, ...,
+/// `category_17:year_sin1`, ...).
 pub fn demand_feature_names() -> Vec<String> {
     let shared = DEMAND_FEATURES.iter().map(|f| f.to_string());
     let typed = BusinessType::ALL.into_iter().flat_map(|b| {
@@ -71,7 +104,12 @@ pub fn demand_feature_names() -> Vec<String> {
             .iter()
             .map(move |t| format!("{}:{t}", b.as_str()))
     });
-    shared.chain(typed).collect()
+    let categories = (0..DEMAND_CATEGORY_BUCKETS).flat_map(|k| {
+        DEMAND_CATEGORY_TERMS
+            .iter()
+            .map(move |t| format!("category_{k}:{t}"))
+    });
+    shared.chain(typed).chain(categories).collect()
 }
 
 /// The seed's four customer features, plus the share of a customer's receipts that
@@ -115,6 +153,11 @@ pub fn demand_layout() -> ModelLayout {
         Segment::new(
             "business_type",
             BusinessType::ALL.len() * DEMAND_TYPE_TERMS.len(),
+            true,
+        ),
+        Segment::new(
+            "category_season",
+            DEMAND_CATEGORY_BUCKETS * DEMAND_CATEGORY_TERMS.len(),
             true,
         ),
     ])

@@ -18,8 +18,10 @@ use fedretail_core::BoxFuture;
 use fedretail_domain::calendar::{is_public_holiday, shopping_event};
 use fedretail_domain::BusinessType;
 use fedretail_models::{
-    DemandDataset, DemandRows, RowKeysBuilder, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS,
+    demand_category_bucket, DemandDataset, DemandRows, RowKeysBuilder, DEMAND_CATEGORY_START,
+    DEMAND_CATEGORY_TERMS, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_START, DEMAND_TYPE_TERMS,
 };
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +29,11 @@ use std::sync::{Arc, Mutex};
 /// forecast). Lags and windows use what history there is; a row without its 35-day
 /// lag says so (`missing_lags`), so a store with weeks of history keeps its rows.
 const WARM_UP_DAYS: i64 = 7;
+
+/// Days before the validation ones a series' scale is the mean over: a year, so the
+/// scale is the level of the latest full season, not of a store's early days (a store
+/// that grew 15 % a year would otherwise sit a store-specific step above its scale).
+const SCALE_DAYS: i64 = 364;
 
 /// What to forecast and how much to hold out.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -134,6 +141,8 @@ fn promo_schema() -> Schema {
 /// Day indices where forecasts start: the first validation day, the first held-out
 /// day and the first day after the history.
 struct Origins {
+    /// The first day the series' scale is the mean over.
+    scale_from: i64,
     validation: i64,
     test: i64,
     future: i64,
@@ -171,6 +180,7 @@ impl Origins {
         let int = |name: &str| Field::new(name, DataType::Int64, false);
         let float = |name: &str| Field::new(name, DataType::Float64, false);
         let schema = Arc::new(Schema::new(vec![
+            int("scale_from"),
             int("validation"),
             int("test"),
             int("future"),
@@ -180,7 +190,7 @@ impl Origins {
             float("centre4"),
             Field::new("learns_season", DataType::Boolean, false),
         ]));
-        let mut columns: Vec<ArrayRef> = [self.validation, self.test, self.future]
+        let mut columns: Vec<ArrayRef> = [self.scale_from, self.validation, self.test, self.future]
             .into_iter()
             .map(|v| Arc::new(Int64Array::from(vec![v])) as ArrayRef)
             .collect();
@@ -225,7 +235,8 @@ WITH promo AS (
 ),
 scale AS (
   SELECT g.category, GREATEST(AVG(g.units), 0.05) AS scale
-  FROM grid g CROSS JOIN origins o WHERE g.day_index < o.validation GROUP BY g.category
+  FROM grid g CROSS JOIN origins o
+  WHERE g.day_index >= o.scale_from AND g.day_index < o.validation GROUP BY g.category
 )
 SELECT g.category, g.day, g.day_index, g.dow, g.doy, g.public_holiday, g.shopping_event, g.units,
   COALESCE(pr.discount, 0.0) AS discount, s.scale,
@@ -335,6 +346,7 @@ impl DemandPlans {
     async fn plan(transactions: SchemaRef, promotions: SchemaRef) -> DfResult<Self> {
         let calendar = calendar_batch(NaiveDate::MIN, NaiveDate::MIN)?.schema();
         let origins = Origins {
+            scale_from: 0,
             validation: 0,
             test: 0,
             future: 0,
@@ -449,11 +461,16 @@ impl Origins {
         let cutoff = days - spec.holdout_days as i64;
         let validation = (spec.validation_days as i64).min((cutoff - WARM_UP_DAYS) / 2);
         let validation = cutoff - validation.max(0);
+        let scale_from = (validation - SCALE_DAYS).max(0);
         Ok(Origins {
+            scale_from,
             validation,
             test: cutoff,
             future: days,
-            season_centre: season_centre(first, validation),
+            season_centre: season_centre(
+                first + chrono::Duration::days(scale_from),
+                validation - scale_from,
+            ),
         })
     }
 }
@@ -511,6 +528,12 @@ struct Split {
     naive_abs: f64,
     naive_n: usize,
     x: Vec<f64>,
+    /// Where the store's business-type block goes (every row copies it).
+    typed: Vec<(usize, usize)>,
+    /// Each category's copy set, the same index in all four row sets.
+    categories: HashMap<String, u16>,
+    /// The last category seen and its set: rows come a category at a time.
+    last: (String, u16),
 }
 
 /// Where the terms of `business`'s block go in a row, and which shared feature each
@@ -520,18 +543,44 @@ fn typed_positions(business: Option<BusinessType>) -> Vec<(usize, usize)> {
     let Some(k) = business.and_then(|b| BusinessType::ALL.iter().position(|t| *t == b)) else {
         return Vec::new();
     };
-    let start = DEMAND_FEATURES.len() + k * DEMAND_TYPE_TERMS.len();
+    let start = DEMAND_TYPE_START + k * DEMAND_TYPE_TERMS.len();
     (0..DEMAND_TYPE_TERMS.len())
         .map(|j| (start + j, j))
         .collect()
 }
 
+/// Text of row `i` of a text column, borrowed where the column is a string array.
+fn text_ref(column: &ArrayRef, i: usize) -> std::borrow::Cow<'_, str> {
+    if column.is_null(i) {
+        return "".into();
+    }
+    if let Some(text) = column.as_string_opt::<i32>() {
+        return text.value(i).into();
+    }
+    if let Some(text) = column.as_string_view_opt() {
+        return text.value(i).into();
+    }
+    text_value(column, i).unwrap_or_default().into()
+}
+
+/// Where a category's season terms go in a row, and which shared feature each copies.
+fn category_positions(category: &str) -> impl Iterator<Item = (usize, usize)> {
+    let start =
+        DEMAND_CATEGORY_START + demand_category_bucket(category) * DEMAND_CATEGORY_TERMS.len();
+    DEMAND_CATEGORY_TERMS
+        .iter()
+        .enumerate()
+        .map(move |(j, term)| {
+            let from = DEMAND_FEATURES.iter().position(|f| f == term);
+            (start + j, from.unwrap_or_default())
+        })
+}
+
 impl Split {
     fn new(business: Option<BusinessType>) -> Self {
-        // Rows keep the shared features; the business type's block copies its terms.
-        let rows = || {
-            DemandRows::with_copies(DEMAND_DIM, DEMAND_FEATURES.len(), typed_positions(business))
-        };
+        // Rows keep the shared features; the business type's block copies its terms,
+        // and so does the season block of the row's category (a copy set each).
+        let rows = || DemandRows::with_copies(DEMAND_DIM, DEMAND_FEATURES.len(), Vec::new());
         Split {
             train: rows(),
             validation: rows(),
@@ -542,7 +591,43 @@ impl Split {
             naive_abs: 0.0,
             naive_n: 0,
             x: vec![0.0; DEMAND_FEATURES.len()],
+            typed: typed_positions(business),
+            categories: HashMap::new(),
+            last: (String::new(), u16::MAX),
         }
+    }
+
+    /// The copy set of `category`'s rows, added to all four row sets on first sight.
+    fn copy_set(&mut self, category: &str) -> u16 {
+        if self.last.1 != u16::MAX && self.last.0 == category {
+            return self.last.1;
+        }
+        let set = self.new_or_known_set(category);
+        self.last = (category.to_string(), set);
+        set
+    }
+
+    fn new_or_known_set(&mut self, category: &str) -> u16 {
+        if let Some(&set) = self.categories.get(category) {
+            return set;
+        }
+        let copies: Vec<_> = self
+            .typed
+            .iter()
+            .copied()
+            .chain(category_positions(category))
+            .collect();
+        let mut set = 0;
+        for rows in [
+            &mut self.train,
+            &mut self.validation,
+            &mut self.test,
+            &mut self.future,
+        ] {
+            set = rows.add_copy_set(copies.clone());
+        }
+        self.categories.insert(category.to_string(), set);
+        set
     }
 
     fn absorb(&mut self, batch: &RecordBatch) -> Result<(), DataError> {
@@ -570,6 +655,7 @@ impl Split {
             for (xj, f) in self.x.iter_mut().zip(&features) {
                 *xj = f.value(i);
             }
+            let set = self.copy_set(&text_ref(category, i));
             let naive_i = if naive.is_null(i) {
                 0.0
             } else {
@@ -580,11 +666,12 @@ impl Split {
                 keys.push(&category, &text_value(day, i).unwrap_or_default());
             };
             if is_future.value(i) > 0.5 {
-                self.future.push(&self.x, 0.0, scale.value(i), naive_i);
+                self.future
+                    .push_in(set, &self.x, 0.0, scale.value(i), naive_i);
                 key(&mut self.future_keys);
             } else if is_test.value(i) > 0.5 {
                 self.test
-                    .push(&self.x, units.value(i), scale.value(i), naive_i);
+                    .push_in(set, &self.x, units.value(i), scale.value(i), naive_i);
                 key(&mut self.test_keys);
             } else {
                 let rows = if is_validation.value(i) > 0.5 {
@@ -592,7 +679,7 @@ impl Split {
                 } else {
                     &mut self.train
                 };
-                rows.push(&self.x, units.value(i), scale.value(i), naive_i);
+                rows.push_in(set, &self.x, units.value(i), scale.value(i), naive_i);
                 if !diff7.is_null(i) {
                     self.naive_abs += diff7.value(i);
                     self.naive_n += 1;
@@ -635,6 +722,7 @@ mod tests {
 
     fn origins(validation: i64, first: NaiveDate) -> Origins {
         Origins {
+            scale_from: 0,
             validation,
             test: validation + 28,
             future: validation + 56,

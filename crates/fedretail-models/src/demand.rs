@@ -9,9 +9,10 @@ use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
 use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
 use std::sync::{Arc, OnceLock};
 
-pub use crate::rows::{DemandRows, Features};
+pub use crate::rows::{ActivePositions, DemandRows, Features};
 pub use fedretail_core::task::{
-    demand_feature_names, demand_layout, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS,
+    demand_category_bucket, demand_feature_names, demand_layout, DEMAND_CATEGORY_START,
+    DEMAND_CATEGORY_TERMS, DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_START, DEMAND_TYPE_TERMS,
 };
 
 /// One store's prepared demand data.

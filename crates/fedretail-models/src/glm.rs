@@ -5,7 +5,7 @@
 //! volume. Its gradient and Hessian are sums over rows, which is what makes the exact
 //! federated Newton solver possible.
 
-use crate::rows::{DemandRows, Features};
+use crate::rows::{ActivePositions, DemandRows, Features};
 use fedretail_core::{pack_upper, FedNewton, L2Penalty, LocalSgd};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -47,32 +47,46 @@ pub fn row_losses(rows: &DemandRows, w: &[f64]) -> Vec<f64> {
 
 /// Gradient and Hessian of the summed loss at `w`, packed as `[g, upper(H)]` and
 /// added into `out` (which must have the packed length). A row can be non-zero only
-/// at the rows' positions (the shared features and one business type's block of
-/// many), so the sums are taken over those in a small dense matrix, added into the
-/// packed one once at the end.
+/// at the rows' positions (the shared features, one business type's block of many and
+/// its categories' season blocks), so the sums are taken over those in a small dense
+/// matrix, added into the packed one once at the end.
 pub fn add_second_order_statistics(rows: &DemandRows, w: &[f64], out: &mut [f64]) {
-    let d = w.len();
-    let positions = rows.positions();
-    let m = positions.len();
+    let at = rows.active_positions();
+    add_statistics_at(rows, &at, w, &at.positions, w.len(), out);
+}
+
+/// The sums over `at`'s positions, added at `slots` (one per position) of the packed
+/// statistics of a `len`-long vector.
+fn add_statistics_at(
+    rows: &DemandRows,
+    at: &ActivePositions,
+    w: &[f64],
+    slots: &[usize],
+    len: usize,
+    out: &mut [f64],
+) {
+    let m = at.positions.len();
     let mut g = vec![0.0; m];
     let mut h = vec![0.0; m * m];
     let mut a = vec![0.0; m];
+    // The row's non-zero values: about half of its positions (flags, other blocks).
+    let mut nz = Vec::with_capacity(m);
     for (x, r, _) in rows.iter() {
-        x.active_into(&mut a);
+        x.active_into(at, &mut a);
+        nz.clear();
+        nz.extend((0..m).filter(|&i| a[i] != 0.0));
         let mu = eta(x, w).exp();
         let resid = mu - r;
-        for i in 0..m {
-            if a[i] == 0.0 {
-                continue;
-            }
+        for (k, &i) in nz.iter().enumerate() {
             g[i] += resid * a[i];
             let mxi = mu * a[i];
-            for (hij, aj) in h[i * m + i..(i + 1) * m].iter_mut().zip(&a[i..]) {
-                *hij += mxi * aj;
+            let hi = &mut h[i * m..(i + 1) * m];
+            for &j in &nz[k..] {
+                hi[j] += mxi * a[j];
             }
         }
     }
-    scatter_packed(&positions, &g, &h, d, out);
+    scatter_packed(slots, &g, &h, len, out);
 }
 
 /// Add the small dense sums over `positions` into the packed `[g, upper(H)]` of a
@@ -116,7 +130,10 @@ pub fn fit_newton(
 }
 
 /// Newton from `start` under `penalty` (with a center, this fine-tunes a model toward
-/// local data while pulling it toward the center).
+/// local data while pulling it toward the center). Only the coordinates some row can
+/// touch are solved for: the others sit at the penalty's center (zero without one),
+/// where the full solve puts them, so a store's fit costs its own few dozen
+/// coordinates, not the network's model.
 pub fn fit_newton_from(
     sources: &[&DemandRows],
     start: &[f64],
@@ -126,25 +143,48 @@ pub fn fit_newton_from(
     tol: f64,
 ) -> (Vec<f64>, usize) {
     let d = start.len();
+    let ats: Vec<ActivePositions> = sources.iter().map(|r| r.active_positions()).collect();
+    let mut union: Vec<usize> = ats.iter().flat_map(|a| a.positions.clone()).collect();
+    union.sort_unstable();
+    union.dedup();
+    let slots: Vec<Vec<usize>> = ats
+        .iter()
+        .map(|a| {
+            let slot = |p: &usize| union.binary_search(p).unwrap_or_default();
+            a.positions.iter().map(slot).collect()
+        })
+        .collect();
     let mut w = start.to_vec();
-    let mut stats = vec![0.0; fedretail_core::newton_statistics_len(d)];
+    for j in 0..d {
+        if penalty.mask[j] && union.binary_search(&j).is_err() {
+            w[j] = penalty.center.map_or(0.0, |c| c[j]);
+        }
+    }
+    let sub = |v: &[f64]| -> Vec<f64> { union.iter().map(|&p| v[p]).collect() };
+    let mask: Vec<bool> = union.iter().map(|&p| penalty.mask[p]).collect();
+    let center = penalty.center.map(sub);
+    let sub_penalty = L2Penalty {
+        mask: &mask,
+        l2: penalty.l2,
+        center: center.as_deref(),
+    };
+    let m = union.len();
+    let mut stats = vec![0.0; fedretail_core::newton_statistics_len(m)];
     for iter in 1..=max_iter {
         stats.iter_mut().for_each(|s| *s = 0.0);
-        for rows in sources {
-            add_second_order_statistics(rows, &w, &mut stats);
+        for ((rows, at), slots) in sources.iter().zip(&ats).zip(&slots) {
+            add_statistics_at(rows, at, &w, slots, m, &mut stats);
         }
-        let (g, h) = stats.split_at(d);
-        let Some(next) = FedNewton::newton_step(&w, g, h, penalty, max_step) else {
+        let (g, h) = stats.split_at(m);
+        let Some(next) = FedNewton::newton_step(&sub(&w), g, h, &sub_penalty, max_step) else {
             return (w, iter);
         };
-        let step: f64 = next
-            .iter()
-            .zip(&w)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt();
-        w = next;
-        if step < tol {
+        let mut step = 0.0;
+        for (&p, v) in union.iter().zip(next) {
+            step += (v - w[p]) * (v - w[p]);
+            w[p] = v;
+        }
+        if step.sqrt() < tol {
             return (w, iter);
         }
     }

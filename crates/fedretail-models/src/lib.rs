@@ -35,8 +35,9 @@ pub use analytics::{
 pub use classify::{example_gradient, ClassifierKind, ClassifierTask, LabeledRows};
 pub use clustering::{ClusterTask, PointSet};
 pub use demand::{
-    demand_feature_names, demand_layout, DemandDataset, DemandRows, DemandTask, Features,
-    DEMAND_DIM, DEMAND_FEATURES, DEMAND_TYPE_TERMS,
+    demand_category_bucket, demand_feature_names, demand_layout, ActivePositions, DemandDataset,
+    DemandRows, DemandTask, Features, DEMAND_CATEGORY_START, DEMAND_CATEGORY_TERMS, DEMAND_DIM,
+    DEMAND_FEATURES, DEMAND_TYPE_START, DEMAND_TYPE_TERMS,
 };
 pub use fedretail_core::LocalWork;
 pub use grouped::GroupedTask;

@@ -1,10 +1,10 @@
 //! The demand task's design matrix: feature rows and what scores a forecast.
 //!
 //! A demand row has the shared features and a copy of some of them in its business
-//! type's block; every other block is zero. Rows keep only the shared values and say
-//! once, for all rows, where the copies go, so a network of many stores holds a fifth
-//! of the dense matrix and the Newton statistics visit only the coordinates a store
-//! can touch. The kept values are stored as f32 (every product and sum is in f64):
+//! type's block and its category's season block; every other block is zero. Rows keep
+//! only the shared values and name a copy set, said once for all rows that share it,
+//! so a network of many stores holds a small part of the dense matrix and the Newton
+//! statistics visit only the coordinates a store can touch. The kept values are stored as f32 (every product and sum is in f64):
 //! features are calendar flags, small counts and log-scaled history, for which seven
 //! digits are plenty, and the rows are most of what a simulated network holds.
 //!
@@ -25,8 +25,12 @@ pub struct DemandRows {
     d: usize,
     /// Values kept per row: model positions `0..stored`.
     stored: usize,
-    /// Further model positions that copy a kept value: (position, kept index).
-    copies: Vec<(usize, usize)>,
+    /// Sets of further model positions that copy a kept value: (position, kept
+    /// index). Each row names its set: the store's business-type block, say, and the
+    /// season block of the row's category.
+    copy_sets: Vec<Vec<(usize, usize)>>,
+    /// Per row, its set of copies.
+    set_of: Vec<u16>,
     /// Per row, the 2-bit code of each of its first [`CODED`] kept values.
     codes: Vec<u64>,
     /// Where each row's stored values start in `packed` (one entry more than rows).
@@ -54,7 +58,18 @@ pub struct Features<'a> {
     codes: u64,
     packed: &'a [f32],
     stored: usize,
+    set: usize,
     copies: &'a [(usize, usize)],
+}
+
+/// Where each kept value and copy of a set of rows goes among the positions the rows
+/// can be non-zero at ([`DemandRows::active_positions`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivePositions {
+    /// Model positions: the kept ones, then every set's copies, ascending.
+    pub positions: Vec<usize>,
+    /// Per copy set, the index in `positions` of each of its copies.
+    slots: Vec<Vec<usize>>,
 }
 
 impl<'a> Features<'a> {
@@ -130,16 +145,16 @@ impl<'a> Features<'a> {
             .map_or(0.0, |&(_, from)| f64::from(self.value(from)))
     }
 
-    /// The row's values in `out`, kept values first, then the copies (the order of
-    /// [`DemandRows::positions`]).
+    /// The row's values at `at`'s positions in `out`, zero at other sets' copies.
     #[inline]
-    pub fn active_into(&self, out: &mut [f64]) {
+    pub fn active_into(&self, at: &ActivePositions, out: &mut [f64]) {
         let (kept, copied) = out.split_at_mut(self.stored);
         for (o, x) in kept.iter_mut().zip(self.kept()) {
             *o = f64::from(x);
         }
-        for (o, &(_, from)) in copied.iter_mut().zip(self.copies) {
-            *o = f64::from(self.value(from));
+        copied.fill(0.0);
+        for (&slot, &(_, from)) in at.slots[self.set].iter().zip(self.copies) {
+            out[slot] = f64::from(self.value(from));
         }
     }
 }
@@ -159,7 +174,8 @@ impl DemandRows {
         DemandRows {
             d,
             stored,
-            copies,
+            copy_sets: vec![copies],
+            set_of: Vec::new(),
             codes: Vec::new(),
             starts: vec![0],
             packed: Vec::new(),
@@ -169,9 +185,25 @@ impl DemandRows {
         }
     }
 
-    /// Add a row; `x` has the kept values only (stored to f32 precision).
+    /// Add a set of copies (position, kept index) for rows to name; its index.
+    pub fn add_copy_set(&mut self, copies: Vec<(usize, usize)>) -> u16 {
+        debug_assert!(copies
+            .iter()
+            .all(|&(to, from)| to >= self.stored && to < self.d && from < self.stored));
+        self.copy_sets.push(copies);
+        u16::try_from(self.copy_sets.len() - 1).unwrap_or(u16::MAX)
+    }
+
+    /// Add a row with the first set of copies; `x` has the kept values only (stored
+    /// to f32 precision).
     pub fn push(&mut self, x: &[f64], units: f64, scale: f64, naive: f64) {
+        self.push_in(0, x, units, scale, naive);
+    }
+
+    /// Add a row whose copies are set `set` (from [`DemandRows::add_copy_set`]).
+    pub fn push_in(&mut self, set: u16, x: &[f64], units: f64, scale: f64, naive: f64) {
         debug_assert_eq!(x.len(), self.stored);
+        debug_assert!(usize::from(set) < self.copy_sets.len());
         let mut codes = 0u64;
         for (j, &v) in x.iter().enumerate() {
             let v = v as f32;
@@ -183,6 +215,7 @@ impl DemandRows {
             }
         }
         self.codes.push(codes);
+        self.set_of.push(set);
         self.starts.push(self.packed.len() as u32);
         self.scale.push(scale);
         self.units.push(units);
@@ -193,6 +226,7 @@ impl DemandRows {
     /// every store's rows at once).
     pub fn shrink_to_fit(&mut self) {
         self.codes.shrink_to_fit();
+        self.set_of.shrink_to_fit();
         self.starts.shrink_to_fit();
         self.packed.shrink_to_fit();
         self.scale.shrink_to_fit();
@@ -213,11 +247,29 @@ impl DemandRows {
         self.d
     }
 
-    /// Model positions a row can be non-zero at: the kept ones, then the copies.
+    /// Model positions a row can be non-zero at: the kept ones, then every set's
+    /// copies, ascending.
     pub fn positions(&self) -> Vec<usize> {
-        (0..self.stored)
-            .chain(self.copies.iter().map(|&(to, _)| to))
-            .collect()
+        self.active_positions().positions
+    }
+
+    /// The positions a row can be non-zero at, and where each set's copies go in them.
+    pub fn active_positions(&self) -> ActivePositions {
+        let mut copied: Vec<usize> = self.copy_sets.iter().flatten().map(|&(to, _)| to).collect();
+        copied.sort_unstable();
+        copied.dedup();
+        let slots = self
+            .copy_sets
+            .iter()
+            .map(|set| {
+                let slot = |to| self.stored + copied.binary_search(&to).unwrap_or(0);
+                set.iter().map(|&(to, _)| slot(to)).collect()
+            })
+            .collect();
+        ActivePositions {
+            positions: (0..self.stored).chain(copied).collect(),
+            slots,
+        }
     }
 
     /// (features, relative target, scale) of row i.
@@ -230,11 +282,13 @@ impl DemandRows {
     #[inline]
     fn features(&self, i: usize) -> Features<'_> {
         let (start, end) = (self.starts[i] as usize, self.starts[i + 1] as usize);
+        let set = usize::from(self.set_of[i]);
         Features {
             codes: self.codes[i],
             packed: &self.packed[start..end],
             stored: self.stored,
-            copies: &self.copies,
+            set,
+            copies: &self.copy_sets[set],
         }
     }
 
@@ -316,7 +370,7 @@ mod tests {
             let copied = 0.0 + full[41] * w[41] + full[44] * w[44];
             assert_eq!(f.dot(&w), kept + copied);
             let mut active = vec![0.0; stored + 2];
-            f.active_into(&mut active);
+            f.active_into(&rows.active_positions(), &mut active);
             assert_eq!(active[stored], full[41]);
         }
     }
@@ -338,7 +392,38 @@ mod tests {
         assert_eq!((0..7).map(|j| x.get(j)).collect::<Vec<_>>(), dense);
         assert_eq!(rows.positions(), vec![0, 1, 2, 5, 6]);
         let mut active = [0.0; 5];
-        x.active_into(&mut active);
+        x.active_into(&rows.active_positions(), &mut active);
         assert_eq!(active, [1.0, 2.0, 3.0, 1.0, 3.0]);
+    }
+
+    #[test]
+    fn rows_of_different_copy_sets_copy_to_their_own_positions() {
+        // Model of 8: keep 2; every row copies kept 0 to 2; set a copies kept 1 to 4,
+        // set b to 6 (two categories' season blocks, say).
+        let mut rows = DemandRows::with_copies(8, 2, Vec::new());
+        let a = rows.add_copy_set(vec![(2, 0), (4, 1)]);
+        let b = rows.add_copy_set(vec![(2, 0), (6, 1)]);
+        rows.push_in(a, &[1.0, 3.0], 1.0, 1.0, 0.0);
+        rows.push_in(b, &[1.0, 5.0], 1.0, 1.0, 0.0);
+        let at = rows.active_positions();
+        assert_eq!(at.positions, vec![0, 1, 2, 4, 6]);
+        let dense = [
+            [1.0, 3.0, 1.0, 0.0, 3.0, 0.0, 0.0, 0.0],
+            [1.0, 5.0, 1.0, 0.0, 0.0, 0.0, 5.0, 0.0],
+        ];
+        let w: Vec<f64> = (0..8).map(|j| j as f64 - 2.5).collect();
+        for (i, want) in dense.iter().enumerate() {
+            let (x, _, _) = rows.row(i);
+            assert_eq!((0..8).map(|j| x.get(j)).collect::<Vec<_>>(), want);
+            let dot: f64 = want.iter().zip(&w).map(|(a, b)| a * b).sum();
+            assert_eq!(x.dot(&w), dot);
+            let mut out = [0.0; 8];
+            x.add_scaled(&mut out, 1.0);
+            assert_eq!(&out, want);
+            let mut active = [9.0; 5];
+            x.active_into(&at, &mut active);
+            let expected: Vec<f64> = at.positions.iter().map(|&p| want[p]).collect();
+            assert_eq!(active.to_vec(), expected);
+        }
     }
 }

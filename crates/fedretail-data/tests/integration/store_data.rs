@@ -60,6 +60,57 @@ async fn generated_store_becomes_features() {
     }
 }
 
+/// Two years of a store selling ice cream in summer and heating in winter: each
+/// category's rows copy the yearly terms into its own season block, and the store's
+/// own fit learns opposite seasons there.
+#[tokio::test]
+async fn each_category_learns_its_own_season_in_its_own_block() {
+    use fedretail_models::{
+        demand_category_bucket, demand_layout, glm, DEMAND_CATEGORY_START, DEMAND_FEATURES,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = String::from(HEADER);
+    let start = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+    for i in 0..730 {
+        let day = start + chrono::Duration::days(i);
+        // cos of the day of year: +1 in January, -1 in July.
+        let winter = (2.0 * std::f64::consts::PI * i as f64 / 365.25).cos();
+        for (category, season) in [("Ice Cream", -winter), ("heating", winter)] {
+            let units = (8.0 * (0.8 * season).exp()).round() as i64;
+            if units > 0 {
+                body.push_str(&format!(
+                    "r{i}{category},{day} 10:00:00,p,{category},{units},2.0\n"
+                ));
+            }
+        }
+    }
+    let data = load(write(dir.path(), "export.csv", &body)).await.unwrap();
+    let (ice, heat) = (
+        demand_category_bucket("ice cream"),
+        demand_category_bucket("heating"),
+    );
+    assert_ne!(ice, heat);
+    let cos1 = |bucket: usize| DEMAND_CATEGORY_START + 2 * bucket + 1;
+    let kept_cos1 = DEMAND_FEATURES
+        .iter()
+        .position(|f| *f == "year_cos1")
+        .unwrap();
+    // A row has its yearly term in its own category's block and nothing in the other's.
+    for (x, _, _) in data.train.iter() {
+        let (at_ice, at_heat) = (x.get(cos1(ice)), x.get(cos1(heat)));
+        assert!(at_ice == 0.0 || at_heat == 0.0);
+        assert_eq!(at_ice + at_heat, x.get(kept_cos1));
+    }
+    let mask = demand_layout().regularization_mask();
+    let (w, _) = glm::fit_newton(&[&data.train], &mask, 1.0, 2.0, 50, 1e-9);
+    assert!(
+        w[cos1(ice)] < -0.2 && w[cos1(heat)] > 0.2,
+        "{} {}",
+        w[cos1(ice)],
+        w[cos1(heat)]
+    );
+}
+
 #[tokio::test]
 async fn a_view_maps_differently_named_columns() {
     let dir = tempfile::tempdir().unwrap();
