@@ -272,6 +272,44 @@ mod tests {
     }
 
     #[test]
+    fn a_fit_over_the_rows_own_coordinates_equals_the_full_fit() {
+        // A 10-long model: rows keep 4, two copy sets (two categories) copy kept 1
+        // to 5 or 7; positions 4, 6, 8 and 9 no row touches.
+        let dense = toy_rows(80, 4, 5);
+        let mut rows = DemandRows::with_copies(10, 4, Vec::new());
+        let sets = [
+            rows.add_copy_set(vec![(5, 1)]),
+            rows.add_copy_set(vec![(7, 1)]),
+        ];
+        let mut full = DemandRows::new(10);
+        for (i, (x, r, s)) in dense.iter().enumerate() {
+            let kept: Vec<f64> = (0..4).map(|j| x.get(j)).collect();
+            rows.push_in(sets[i % 2], &kept, r * s, s, 0.0);
+            let mut all = kept.clone();
+            all.resize(10, 0.0);
+            all[[5, 7][i % 2]] = kept[1];
+            full.push(&all, r * s, s, 0.0);
+        }
+        let mask: Vec<bool> = (0..10).map(|j| j > 0).collect();
+        let center: Vec<f64> = (0..10).map(|j| 0.05 * j as f64).collect();
+        for center in [None, Some(center.as_slice())] {
+            let penalty = L2Penalty {
+                mask: &mask,
+                l2: 2.0,
+                center,
+            };
+            let start = center.map_or(vec![0.0; 10], <[f64]>::to_vec);
+            let (sub, _) = fit_newton_from(&[&rows], &start, &penalty, 2.0, 50, 1e-12);
+            let (all, _) = fit_newton_from(&[&full], &start, &penalty, 2.0, 50, 1e-12);
+            for (a, b) in sub.iter().zip(&all) {
+                assert!((a - b).abs() < 1e-10, "{sub:?} vs {all:?}");
+            }
+            assert_eq!(sub[8], start[8]);
+            assert!(sub[5] != start[5] && sub[7] != start[7]);
+        }
+    }
+
+    #[test]
     fn statistics_over_kept_and_copied_features_equal_the_dense_sums() {
         // Half the kept features zero in each row, in a pattern that changes row by
         // row, and two of them copied to the end of an 8-long model.
