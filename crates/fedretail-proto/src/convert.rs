@@ -22,6 +22,8 @@ pub enum TensorError {
     BadLayout(String),
     #[error("tensor value at index {index} is not finite ({value})")]
     NonFinite { index: usize, value: f64 },
+    #[error("sparse tensor's indices: {0}")]
+    BadIndices(String),
     #[error(transparent)]
     Rejected(#[from] UpdateRejection),
 }
@@ -105,6 +107,7 @@ pub fn encode_f32(values: &[f32]) -> v1::Tensor {
         dtype: v1::Dtype::F32 as i32,
         len: values.len() as u64,
         data,
+        indices: Vec::new(),
     }
 }
 
@@ -117,17 +120,49 @@ pub fn encode_f64(values: &[f64]) -> v1::Tensor {
         dtype: v1::Dtype::F64 as i32,
         len: values.len() as u64,
         data,
+        indices: Vec::new(),
     }
 }
 
-/// Encode an f64 update at the precision the task asked for.
+/// Encode an f64 update at the precision the task asked for; sparse when that is
+/// smaller (a position costs 4 bytes beside its value).
 pub fn encode_update(values: &[f64], precision: UpdatePrecision) -> v1::Tensor {
+    let per = match precision {
+        UpdatePrecision::F64 => 8,
+        UpdatePrecision::F32 => 4,
+    };
+    let nonzero = values.iter().filter(|v| v.to_bits() != 0).count();
+    if nonzero * (per + 4) < values.len() * per && values.len() <= u32::MAX as usize {
+        return encode_sparse(values, precision);
+    }
     match precision {
         UpdatePrecision::F64 => encode_f64(values),
         UpdatePrecision::F32 => {
             let f: Vec<f32> = values.iter().map(|&v| v as f32).collect();
             encode_f32(&f)
         }
+    }
+}
+
+/// The values that are not +0.0 (by bits, so -0.0 is kept) and their positions.
+fn encode_sparse(values: &[f64], precision: UpdatePrecision) -> v1::Tensor {
+    let (mut data, mut indices) = (Vec::new(), Vec::new());
+    for (i, &v) in values.iter().enumerate().filter(|(_, v)| v.to_bits() != 0) {
+        indices.extend_from_slice(&(i as u32).to_le_bytes());
+        match precision {
+            UpdatePrecision::F64 => data.extend_from_slice(&v.to_le_bytes()),
+            UpdatePrecision::F32 => data.extend_from_slice(&(v as f32).to_le_bytes()),
+        }
+    }
+    let dtype = match precision {
+        UpdatePrecision::F64 => v1::Dtype::F64,
+        UpdatePrecision::F32 => v1::Dtype::F32,
+    };
+    v1::Tensor {
+        dtype: dtype as i32,
+        len: values.len() as u64,
+        data,
+        indices,
     }
 }
 
@@ -155,9 +190,10 @@ pub fn decode_update(
     max_bytes: usize,
     limits: &UpdateLimits,
 ) -> Result<UpdateVector, TensorError> {
-    if t.data.len() > max_bytes {
+    let bytes = t.data.len().saturating_add(t.indices.len());
+    if bytes > max_bytes {
         return Err(TensorError::TooLarge {
-            bytes: t.data.len(),
+            bytes,
             limit: max_bytes,
         });
     }
@@ -166,6 +202,9 @@ pub fn decode_update(
         Ok(v1::Dtype::F64) => 8,
         _ => return Err(TensorError::UnknownDType(t.dtype)),
     };
+    if !t.indices.is_empty() {
+        return decode_sparse(t, expected_len, per, limits);
+    }
     if (t.data.len() as u64) != t.len.saturating_mul(per as u64) {
         return Err(TensorError::LengthMismatch {
             declared: t.len,
@@ -184,6 +223,80 @@ pub fn decode_update(
     } else {
         UpdateVector::F64(decode_checked(&t.data, expected_len, limits)?)
     })
+}
+
+/// A sparse tensor: its positions checked (whole u32s, strictly increasing, inside
+/// the length), its values decoded and checked against `limits` (the norm of the
+/// values is the norm of the vector), then put in place in a zeroed vector.
+fn decode_sparse(
+    t: &v1::Tensor,
+    expected_len: usize,
+    per: usize,
+    limits: &UpdateLimits,
+) -> Result<UpdateVector, TensorError> {
+    if t.len != expected_len as u64 {
+        return Err(TensorError::WrongLength {
+            expected: expected_len,
+            got: t.len,
+        });
+    }
+    if !t.indices.len().is_multiple_of(4) {
+        let n = t.indices.len();
+        return Err(TensorError::BadIndices(format!(
+            "{n} bytes is not whole u32s"
+        )));
+    }
+    let n = t.indices.len() / 4;
+    if t.data.len() != n * per {
+        return Err(TensorError::LengthMismatch {
+            declared: n as u64,
+            bytes: t.data.len(),
+            per,
+        });
+    }
+    let positions = sparse_positions(&t.indices, expected_len)?;
+    // A bad value is named by its position in the vector, not in the list.
+    let at_position = |e: UpdateRejection| match e {
+        UpdateRejection::NonFinite { index, value } => UpdateRejection::NonFinite {
+            index: positions.get(index).copied().unwrap_or(index),
+            value,
+        },
+        other => other,
+    };
+    Ok(if per == 4 {
+        let values: Vec<f32> = decode_checked(&t.data, n, limits).map_err(at_position)?;
+        UpdateVector::F32(scatter(&positions, &values, expected_len))
+    } else {
+        let values: Vec<f64> = decode_checked(&t.data, n, limits).map_err(at_position)?;
+        UpdateVector::F64(scatter(&positions, &values, expected_len))
+    })
+}
+
+fn sparse_positions(indices: &[u8], len: usize) -> Result<Vec<usize>, TensorError> {
+    let mut positions = Vec::with_capacity(indices.len() / 4);
+    for (k, chunk) in indices.chunks_exact(4).enumerate() {
+        let i = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as usize;
+        if i >= len {
+            return Err(TensorError::BadIndices(format!(
+                "position {i} (entry {k}) is outside a vector of {len}"
+            )));
+        }
+        if positions.last().is_some_and(|&last| i <= last) {
+            return Err(TensorError::BadIndices(format!(
+                "position {i} (entry {k}) does not follow the one before it"
+            )));
+        }
+        positions.push(i);
+    }
+    Ok(positions)
+}
+
+fn scatter<T: Copy + Default>(positions: &[usize], values: &[T], len: usize) -> Vec<T> {
+    let mut out = vec![T::default(); len];
+    for (&i, &v) in positions.iter().zip(values) {
+        out[i] = v;
+    }
+    out
 }
 
 pub fn layout_to_wire(layout: &ModelLayout) -> v1::ModelLayout {
@@ -236,7 +349,7 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(dtype in -2i32..4, len in 0u64..100, data in prop::collection::vec(any::<u8>(), 0..400)) {
-            let t = v1::Tensor { dtype, len, data };
+            let t = v1::Tensor { dtype, len, data, indices: Vec::new() };
             let _ = decode_tensor(&t, len as usize, 1 << 20);
         }
     }
@@ -290,6 +403,7 @@ mod tests {
             dtype: 0,
             len: 0,
             data: vec![],
+            indices: vec![],
         };
         assert_eq!(decode_tensor(&t, 0, 4), Err(TensorError::UnknownDType(0)));
         let t = encode_f32(&[1.0, f32::INFINITY]);
@@ -302,5 +416,63 @@ mod tests {
             err.to_string().starts_with("tensor value at index 1"),
             "{err}"
         );
+    }
+
+    /// A vector that is mostly zeros goes sparse and comes back with the same bits,
+    /// -0.0 included; a dense one stays dense.
+    #[test]
+    fn mostly_zero_updates_go_sparse_and_come_back_bit_for_bit() {
+        let mut v = vec![0.0; 1000];
+        v[3] = 1.5;
+        v[500] = -0.0;
+        v[999] = -2.25e-300;
+        for precision in [UpdatePrecision::F64, UpdatePrecision::F32] {
+            let t = encode_update(&v, precision);
+            assert_eq!(t.indices.len(), 12);
+            let back = decode_update(&t, 1000, 1 << 20, &UpdateLimits::default()).unwrap();
+            let want: Vec<u64> = match precision {
+                UpdatePrecision::F64 => v.iter().map(|x| x.to_bits()).collect(),
+                UpdatePrecision::F32 => v.iter().map(|&x| f64::from(x as f32).to_bits()).collect(),
+            };
+            let got: Vec<u64> = back.to_f64().iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want);
+        }
+        let dense: Vec<f64> = (0..100).map(|i| i as f64 + 1.0).collect();
+        assert!(encode_update(&dense, UpdatePrecision::F64)
+            .indices
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_sparse_tensors_are_named() {
+        let mut v = vec![0.0; 100];
+        v[10] = 3.0;
+        v[20] = 4.0;
+        let good = encode_update(&v, UpdatePrecision::F64);
+        let limits = UpdateLimits::default();
+        let decode = |t: &v1::Tensor| decode_update(t, 100, 1 << 20, &limits);
+        let with_indices = |ix: &[u32]| v1::Tensor {
+            indices: ix.iter().flat_map(|i| i.to_le_bytes()).collect(),
+            ..good.clone()
+        };
+        let err = decode(&with_indices(&[20, 10])).unwrap_err();
+        assert!(err.to_string().contains("does not follow"), "{err}");
+        let err = decode(&with_indices(&[10, 100])).unwrap_err();
+        assert!(err.to_string().contains("outside a vector of 100"), "{err}");
+        let err = decode(&with_indices(&[10])).unwrap_err();
+        assert!(matches!(err, TensorError::LengthMismatch { .. }), "{err}");
+        let mut partial = good.clone();
+        partial.indices.pop();
+        assert!(matches!(decode(&partial), Err(TensorError::BadIndices(_))));
+        let mut bad = v.clone();
+        bad[20] = f64::NAN;
+        let err = decode(&encode_update(&bad, UpdatePrecision::F64)).unwrap_err();
+        assert!(err.to_string().contains("index 20"), "{err}");
+        // The norm of the values is the vector's: 5 > 4.9 is refused.
+        let bounded = UpdateLimits {
+            max_l2_norm: Some(4.9),
+        };
+        assert!(decode_update(&good, 100, 1 << 20, &bounded).is_err());
+        assert_eq!(decode(&good).unwrap().to_f64(), v);
     }
 }

@@ -46,8 +46,17 @@ fn tensor() -> impl Strategy<Value = v1::Tensor> {
         -1i32..4,
         prop_oneof![0u64..50, Just(u64::MAX)],
         proptest::collection::vec(any::<u8>(), 0..200),
+        prop_oneof![
+            Just(Vec::new()),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        ],
     )
-        .prop_map(|(dtype, len, data)| v1::Tensor { dtype, len, data })
+        .prop_map(|(dtype, len, data, indices)| v1::Tensor {
+            dtype,
+            len,
+            data,
+            indices,
+        })
 }
 
 /// What an agent does with a training task: the layout, the model, the job.

@@ -217,6 +217,16 @@ async fn bad_updates_are_refused_and_the_job_completes() {
     .await;
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("index 3"), "{msg}");
+    // A sparse tensor whose positions run backwards.
+    let mut few = vec![0.0; good.len()];
+    few[5] = 1.0;
+    few[9] = 2.0;
+    let mut sparse = fedretail_proto::encode_update(&few, fedretail_core::UpdatePrecision::F64);
+    sparse.indices.extend_from_slice(&0u32.to_le_bytes());
+    sparse.data.extend_from_slice(&1.0f64.to_le_bytes());
+    let (code, msg) = code_of(&mut a.client.clone(), submit(&a, &task_a, sparse)).await;
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("does not follow the one before it"), "{msg}");
     // Unknown dtype.
     let (code, _) = code_of(
         &mut a.client.clone(),
@@ -227,6 +237,7 @@ async fn bad_updates_are_refused_and_the_job_completes() {
                 dtype: 0,
                 len: 0,
                 data: vec![],
+                indices: vec![],
             },
         ),
     )
