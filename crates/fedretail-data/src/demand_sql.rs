@@ -224,8 +224,9 @@ LEFT JOIN daily d ON d.category = c.category AND d.day = k.day
 "#;
 
 /// Each grid row with its promotion, its series' scale and its history: lags and
-/// rolling means. Units are scaled by the mean over the days before the first
-/// validation day, so nothing a store picks or is scored on leaks into its features.
+/// rolling means. Units are scaled by the mean over the year before the first
+/// validation day ([`SCALE_DAYS`]), so nothing a store picks or is scored on leaks
+/// into its features.
 const HISTORY_SQL: &str = r#"
 WITH promo AS (
   SELECT g.category, g.day_index, MAX(p.discount) AS discount
