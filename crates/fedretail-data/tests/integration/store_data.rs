@@ -111,6 +111,27 @@ async fn each_category_learns_its_own_season_in_its_own_block() {
     );
 }
 
+/// A store that doubled its sales after a year: its series' scale is the mean of the
+/// year before the validation days, not of all its history.
+#[tokio::test]
+async fn a_series_scale_is_its_last_years_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = String::from(HEADER);
+    let start = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+    for i in 0..730 {
+        let day = start + chrono::Duration::days(i);
+        let units = if i < 365 { 10 } else { 20 };
+        body.push_str(&format!("r{i},{day} 10:00:00,p,bread,{units},2.0\n"));
+    }
+    let data = load(write(dir.path(), "export.csv", &body)).await.unwrap();
+    // Validation starts on day 674; the year before it is days 310-673: 55 days of
+    // 10 and 309 of 20 (all history would give 14.6).
+    let want = (55.0 * 10.0 + 309.0 * 20.0) / 364.0;
+    for (_, _, scale) in data.train.iter() {
+        assert!((scale - want).abs() < 1e-9, "{scale} vs {want}");
+    }
+}
+
 #[tokio::test]
 async fn a_view_maps_differently_named_columns() {
     let dir = tempfile::tempdir().unwrap();
