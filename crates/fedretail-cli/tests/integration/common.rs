@@ -39,6 +39,19 @@ pub fn wait_all(children: &mut [(String, Child)], limit: Duration) {
     }
 }
 
+/// Waits until something listens on 127.0.0.1:`port` (a coordinator just spawned):
+/// a fixed sleep is too short on a machine busy with other tests.
+pub fn wait_for_port(port: u16, limit: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "nothing listens on {port} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn write(path: &Path, body: &str) {
     std::fs::write(path, body).unwrap();
 }

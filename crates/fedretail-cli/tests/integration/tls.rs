@@ -5,7 +5,7 @@
 //! that says why.
 
 use crate::common::{
-    free_port, generate, read_json, spawn_agent, spawn_coordinator, wait_all, BIN,
+    free_port, generate, read_json, spawn_agent, spawn_coordinator, wait_all, wait_for_port, BIN,
 };
 use std::path::Path;
 use std::process::Command;
@@ -92,7 +92,7 @@ fn agents_that_trust_the_networks_ca_train_over_tls_and_the_rest_are_told_why_no
         "coordinator".to_string(),
         spawn_coordinator(&config, &report),
     )];
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_port(port, Duration::from_secs(60));
 
     // Refused before the job starts: each says why, and the job waits for the real ones.
     let plain = agent_config(d, stores[0], &format!("http://127.0.0.1:{port}"), None);
@@ -265,7 +265,7 @@ fn stores_enrolled_by_certificate_join_under_mutual_tls_and_impostors_are_refuse
         "coordinator".to_string(),
         spawn_coordinator(&config, &report),
     )];
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_port(port, Duration::from_secs(60));
 
     let (ok, err) = run_agent(&enrolled_agent(d, stores[0], port, Some("store-009")));
     assert!(
