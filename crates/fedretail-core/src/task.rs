@@ -459,6 +459,10 @@ pub struct TabularTaskOptions {
     /// Up to this many groups of stores with a model each, found from the data
     /// (clustered FedAvg or Newton; 1: one model for the network).
     pub groups: u32,
+    /// FedPer: each store keeps the MLP's output layer (its head) out of averaging and
+    /// trains it on its own rows from round to round; the network shares the body.
+    #[serde(default)]
+    pub personal_head: bool,
     /// How rows become inputs; agreed from the stores' summaries before round 1 (the
     /// coordinator fills it in).
     pub encoding: Option<TabularEncoding>,
@@ -478,6 +482,7 @@ impl Default for TabularTaskOptions {
             max_categories: 50,
             seed: 7,
             groups: 1,
+            personal_head: false,
             encoding: None,
         }
     }
@@ -561,6 +566,13 @@ fn check_tabular(o: &TabularTaskOptions) -> Result<(), ConfigError> {
     in_unit("task.test_fraction", o.test_fraction)?;
     check_model(o.model)?;
     clustered_layout(&o.model.layout(1), o.groups as usize)?;
+    if o.personal_head && (o.model == ClassifierKind::Logistic || o.groups > 1) {
+        return Err(ConfigError::out_of_range(
+            "task.personal_head",
+            "with model = \"mlp\" and groups = 1 (the head is the MLP's output layer)",
+            "true",
+        ));
+    }
     if !(2..=10_000).contains(&o.max_categories) {
         return Err(ConfigError::out_of_range(
             "task.max_categories",
@@ -765,6 +777,26 @@ impl CheckedTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_personal_head_needs_one_mlp() {
+        let tabular = |model, groups| TabularTaskOptions {
+            target: "y".into(),
+            positive: "1".into(),
+            model,
+            groups,
+            personal_head: true,
+            ..TabularTaskOptions::default()
+        };
+        let mlp = ClassifierKind::Mlp { hidden: 4 };
+        assert!(TaskSpec::Tabular(tabular(mlp, 1)).checked().is_ok());
+        for (model, groups) in [(ClassifierKind::Logistic, 1), (mlp, 2)] {
+            let err = TaskSpec::Tabular(tabular(model, groups))
+                .checked()
+                .unwrap_err();
+            assert!(err.to_string().contains("task.personal_head"), "{err}");
+        }
+    }
 
     #[test]
     fn every_kind_round_trips_through_json_with_defaults() {

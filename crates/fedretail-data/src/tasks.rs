@@ -34,7 +34,7 @@ use fedretail_models::classify::stratified_split;
 use fedretail_models::demand::DemandOptions;
 use fedretail_models::{
     ChurnScoring, ChurnTask, ClassifierTask, ClusterPurpose, ClusterSettings, DemandTask,
-    GroupedTask, LabeledRows, LabelledClusterTask, LocalTask, TableScoring, TabularTask,
+    GroupedTask, LabeledRows, LabelledClusterTask, LocalTask, OwnHead, TableScoring, TabularTask,
 };
 use std::any::Any;
 use std::collections::HashMap;
@@ -216,6 +216,11 @@ async fn tabular(
             train,
             test,
             dp: None,
+            own_head: if o.personal_head {
+                OwnHead::on()
+            } else {
+                OwnHead::off()
+            },
         },
         scoring: TableScoring {
             rows,
@@ -416,6 +421,7 @@ async fn churn(
             train,
             test,
             dp: None,
+            own_head: OwnHead::off(),
         },
         scoring: ChurnScoring {
             current_ids: today.customer_ids,

@@ -545,6 +545,8 @@ impl<S: Scoring> ScoringTask<S> {
     /// model, and the fine-tuned model.
     fn scored(&self, global: &[f64]) -> Result<(TaskMetrics, Vec<f64>), TaskError> {
         let mut m = self.inner.evaluate(global)?;
+        // Under FedPer the store's model has its own head; everything below starts there.
+        let global = &self.inner.model_for(global);
         if let Some(v) = store_alone_auc(&self.inner) {
             m.insert("auc_local".into(), v);
         }
@@ -730,6 +732,7 @@ mod tests {
             train,
             test: LabeledRows::new(1),
             dp: None,
+            own_head: crate::classify::OwnHead::off(),
         };
         let global = vec![0.5, -2.0];
         let (same, epochs) = fine_tune(&inner, &global, 0);

@@ -510,6 +510,55 @@ pub fn stratified_split(
     (train, test)
 }
 
+/// FedPer (Arivazhagan et al. 2019): the store keeps the MLP's output layer (its head)
+/// out of averaging. It trains the shared body with its own head, sends the body's
+/// delta only, and keeps its head from round to round of the job, in memory.
+#[derive(Debug, Default)]
+pub struct OwnHead {
+    enabled: bool,
+    head: std::sync::Mutex<Option<Vec<f64>>>,
+}
+
+impl OwnHead {
+    /// The whole model is averaged (FedAvg).
+    pub fn off() -> Self {
+        OwnHead::default()
+    }
+
+    /// The head stays at the store.
+    pub fn on() -> Self {
+        OwnHead {
+            enabled: true,
+            ..OwnHead::default()
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.enabled
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<f64>>> {
+        self.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Clone for OwnHead {
+    fn clone(&self) -> Self {
+        OwnHead {
+            enabled: self.enabled,
+            head: std::sync::Mutex::new(self.lock().clone()),
+        }
+    }
+}
+
+/// Where the head starts in a `kind` model over `dim` inputs: the MLP's output layer.
+fn head_start(kind: ClassifierKind, dim: usize) -> Option<usize> {
+    match kind {
+        ClassifierKind::Logistic => None,
+        ClassifierKind::Mlp { hidden } => Some(hidden * dim + hidden),
+    }
+}
+
 /// A store's (or lender's) classification task: its own train and test rows.
 #[derive(Debug, Clone)]
 pub struct ClassifierTask {
@@ -519,9 +568,48 @@ pub struct ClassifierTask {
     pub test: LabeledRows,
     /// Customer-level DP for local epochs; the store's own choice.
     pub dp: Option<DpSgdConfig>,
+    /// FedPer: the MLP's head stays at the store.
+    pub own_head: OwnHead,
 }
 
 impl ClassifierTask {
+    /// The model this store uses under the network's `global` one: the global model,
+    /// with the store's own head once it has one (FedPer).
+    pub fn model_for(&self, global: &[f64]) -> Vec<f64> {
+        let mut w = global.to_vec();
+        if let (Some(start), Some(head)) = (
+            head_start(self.kind, self.train.dim()),
+            self.own_head.lock().as_ref(),
+        ) {
+            if w.len() == start + head.len() {
+                w[start..].copy_from_slice(head);
+            }
+        }
+        w
+    }
+
+    /// Local epochs from `global` (with the store's own head under FedPer); the delta
+    /// to send, whose head part is zero under FedPer (the trained head stays here).
+    fn local_epochs(&self, global: &[f64], s: &LocalSgd) -> Result<Vec<f64>, TaskError> {
+        let start = self.model_for(global);
+        let mut w = start.clone();
+        match self.dp {
+            None => sgd(self.kind, &self.train, &mut w, s),
+            Some(dp) => dp_sgd(self.kind, &self.train, &mut w, s, dp)?,
+        }
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(TaskError::Diverged(format!(
+                "parameter {i} is not finite; lower the learning rate"
+            )));
+        }
+        let mut delta: Vec<f64> = w.iter().zip(&start).map(|(a, b)| a - b).collect();
+        if let Some(h) = head_start(self.kind, self.train.dim()).filter(|_| self.own_head.is_on()) {
+            *self.own_head.lock() = Some(w[h..].to_vec());
+            delta[h..].iter_mut().for_each(|d| *d = 0.0);
+        }
+        Ok(delta)
+    }
+
     fn check_len(&self, global: &[f64]) -> Result<(), TaskError> {
         let expected = self.kind.layout(self.train.dim()).len();
         if global.len() != expected {
@@ -542,7 +630,7 @@ impl LocalTask for ClassifierTask {
 
     fn train_loss(&self, global: &[f64]) -> Option<f64> {
         self.check_len(global).ok()?;
-        let p = predict_proba(self.kind, global, &self.train);
+        let p = predict_proba(self.kind, &self.model_for(global), &self.train);
         mean_log_loss(&p, self.train.labels()).filter(|l| l.is_finite())
     }
 
@@ -560,19 +648,11 @@ impl LocalTask for ClassifierTask {
             return Err(TaskError::NoTrainingRows(self.name));
         }
         match (work, self.kind) {
-            (LocalWork::LocalEpochs(s), kind) => {
-                let mut w = global.to_vec();
-                match self.dp {
-                    None => sgd(kind, &self.train, &mut w, s),
-                    Some(dp) => dp_sgd(kind, &self.train, &mut w, s, dp)?,
-                }
-                if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-                    return Err(TaskError::Diverged(format!(
-                        "parameter {i} is not finite; lower the learning rate"
-                    )));
-                }
-                Ok(w.iter().zip(global).map(|(a, b)| a - b).collect())
-            }
+            (LocalWork::LocalEpochs(s), _) => self.local_epochs(global, s),
+            (_, _) if self.own_head.is_on() => Err(TaskError::UnsupportedWork {
+                task: self.name,
+                work: "anything but local epochs with a head kept at the store (FedPer)",
+            }),
             (LocalWork::SecondOrderStatistics, _) if self.dp.is_some() => {
                 Err(TaskError::UnsupportedWork {
                     task: self.name,
@@ -604,7 +684,11 @@ impl LocalTask for ClassifierTask {
 
     fn evaluate(&self, global: &[f64]) -> Result<TaskMetrics, TaskError> {
         self.check_len(global)?;
-        Ok(classification_metrics(self.kind, global, &self.test))
+        Ok(classification_metrics(
+            self.kind,
+            &self.model_for(global),
+            &self.test,
+        ))
     }
 }
 
@@ -726,6 +810,89 @@ mod tests {
         }
     }
 
+    fn mlp_task(rows: LabeledRows, own_head: OwnHead) -> ClassifierTask {
+        ClassifierTask {
+            name: "t",
+            kind: ClassifierKind::Mlp { hidden: 4 },
+            train: rows.clone(),
+            test: rows,
+            dp: None,
+            own_head,
+        }
+    }
+
+    /// `rounds` of FedAvg over `tasks` (equal weights) from the MLP's initial model.
+    fn fedavg_rounds(tasks: &[&ClassifierTask], rounds: u64) -> Vec<f64> {
+        let mut global = ClassifierKind::Mlp { hidden: 4 }.initial_parameters(2, 3);
+        for r in 0..rounds {
+            let work = LocalWork::LocalEpochs(LocalSgd {
+                epochs: 2,
+                learning_rate: 0.2,
+                seed: r,
+                ..LocalSgd::default()
+            });
+            let deltas: Vec<Vec<f64>> = tasks
+                .iter()
+                .map(|t| t.compute_update(&global, &work).unwrap())
+                .collect();
+            for (j, g) in global.iter_mut().enumerate() {
+                *g += deltas.iter().map(|d| d[j]).sum::<f64>() / tasks.len() as f64;
+            }
+        }
+        global
+    }
+
+    /// With one store, FedPer is FedAvg: the body moves as FedAvg's, bit for bit, and
+    /// the head the store keeps is the head FedAvg averages in (to rounding: FedAvg's is
+    /// `global + (local - global)`). The shared head's delta is zero.
+    #[test]
+    fn with_one_store_fedper_is_fedavg() {
+        let plain = mlp_task(toy(120, 8), OwnHead::off());
+        let fedper = mlp_task(toy(120, 8), OwnHead::on());
+        let want = fedavg_rounds(&[&plain], 4);
+        let global = fedavg_rounds(&[&fedper], 4);
+        let start = head_start(fedper.kind, 2).unwrap();
+        assert_eq!(global[..start], want[..start]);
+        let own = fedper.model_for(&global);
+        for (a, b) in own[start..].iter().zip(&want[start..]) {
+            assert!((a - b).abs() < 1e-12, "{own:?} vs {want:?}");
+        }
+        let initial = ClassifierKind::Mlp { hidden: 4 }.initial_parameters(2, 3);
+        assert_eq!(
+            global[start..],
+            initial[start..],
+            "the shared head never moves"
+        );
+    }
+
+    /// Two stores whose labels run opposite ways with the same inputs: one averaged
+    /// head cannot serve both, a head each can.
+    #[test]
+    fn stores_with_opposite_labels_are_served_by_their_own_heads() {
+        let flipped = |rows: &LabeledRows| {
+            let mut out = LabeledRows::new(2);
+            for i in 0..rows.len() {
+                let (x, y) = rows.row(i);
+                out.push(x, !y);
+            }
+            out
+        };
+        let a = toy(300, 9);
+        let b = flipped(&toy(300, 10));
+        let auc = |t: &ClassifierTask, global: &[f64]| t.evaluate(global).unwrap()["auc"];
+        let (pa, pb) = (
+            mlp_task(a.clone(), OwnHead::off()),
+            mlp_task(b.clone(), OwnHead::off()),
+        );
+        let plain = fedavg_rounds(&[&pa, &pb], 30);
+        let (fa, fb) = (mlp_task(a, OwnHead::on()), mlp_task(b, OwnHead::on()));
+        let fedper = fedavg_rounds(&[&fa, &fb], 30);
+        let (plain_a, plain_b) = (auc(&pa, &plain), auc(&pb, &plain));
+        let (own_a, own_b) = (auc(&fa, &fedper), auc(&fb, &fedper));
+        assert!(plain_a.min(plain_b) < 0.7, "{plain_a} {plain_b}");
+        assert!(own_a.min(own_b) > 0.8, "{own_a} {own_b}");
+    }
+
     #[test]
     fn gradients_match_finite_differences() {
         let rows = toy(30, 1);
@@ -813,6 +980,7 @@ mod tests {
     #[test]
     fn mlp_cannot_be_asked_for_newton_statistics() {
         let task = ClassifierTask {
+            own_head: OwnHead::off(),
             name: "churn",
             kind: ClassifierKind::Mlp { hidden: 2 },
             train: toy(10, 1),

@@ -32,7 +32,7 @@ pub use analytics::{
     ChurnScoring, ChurnTask, ClusterPurpose, ClusterSettings, LabelledClusterTask, Scoring,
     ScoringTask, TableScoring, TabularTask,
 };
-pub use classify::{example_gradient, ClassifierKind, ClassifierTask, LabeledRows};
+pub use classify::{example_gradient, ClassifierKind, ClassifierTask, LabeledRows, OwnHead};
 pub use clustering::{ClusterTask, PointSet};
 pub use demand::{
     demand_category_bucket, demand_feature_names, demand_layout, ActivePositions, DemandDataset,

@@ -12,7 +12,9 @@ use fedretail_core::{
 };
 use fedretail_models::classify::predict_proba;
 use fedretail_models::metrics::ranking::roc_auc;
-use fedretail_models::{ClassifierKind, ClassifierTask, LabeledRows, LocalTask, TaskError};
+use fedretail_models::{
+    ClassifierKind, ClassifierTask, LabeledRows, LocalTask, OwnHead, TaskError,
+};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -252,6 +254,7 @@ fn train(
                 train,
                 test: p.test.clone(),
                 dp: None,
+                own_head: OwnHead::off(),
             });
             (p.name.clone(), honest)
         })

@@ -21,7 +21,7 @@ use fedretail_models::classify::{
     with_own_head, with_own_intercept, DpSgdConfig,
 };
 use fedretail_models::metrics::ranking::{accuracy, roc_auc, roc_curve};
-use fedretail_models::{ClassifierKind, ClassifierTask, LabeledRows, LocalTask};
+use fedretail_models::{ClassifierKind, ClassifierTask, LabeledRows, LocalTask, OwnHead};
 use fedretail_privacy::{calibrate_noise_multiplier, RdpAccountant};
 use std::path::Path;
 use std::sync::Arc;
@@ -387,6 +387,7 @@ impl Trainer<'_> {
                     train: p.train.clone(),
                     test: p.test.clone(),
                     dp: if private { *dp } else { None },
+                    own_head: OwnHead::off(),
                 });
                 (p.name.clone(), t)
             })
@@ -500,6 +501,7 @@ impl Trainer<'_> {
                 train: self.pooled_train.clone(),
                 test: LabeledRows::new(self.dim),
                 dp: None,
+                own_head: OwnHead::off(),
             }),
         )];
         let newton_central = self.newton(&pooled)?;

@@ -368,3 +368,44 @@ fn a_grouped_fedavg_job_over_agent_processes_finds_two_kinds_of_lender() {
     }
     assert_ne!(leaf("a1"), leaf("b1"), "the two kinds share a group");
 }
+
+/// FedPer over agent processes: eight lenders of two kinds whose risk runs opposite
+/// ways with income share an MLP's body and keep their own heads. Each kind is
+/// served far better than by the averaged MLP, which has to split the difference.
+#[test]
+fn fedper_heads_kept_at_the_lenders_serve_both_kinds_over_agent_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, silos) = lenders(dir.path(), &two_kinds_of_loans(), "loans.csv");
+    let mut jobs = String::new();
+    for (job, personal) in [("mlp", false), ("fedper", true)] {
+        jobs.push_str(&format!(
+            "\n[[jobs]]\njob_id = \"{job}\"\nstrategy = \"fedavg\"\nrounds = 18\nmin_stores = 8\n\
+             [jobs.fedavg]\nlearning_rate = 0.3\nlocal_epochs = 2\n\
+             [jobs.task]\nkind = \"tabular\"\nfile = \"loans.csv\"\ntarget = \"Status\"\n\
+             positive = \"bad\"\nmodel = {{ mlp = {{ hidden = 4 }} }}\npersonal_head = {personal}\n"
+        ));
+    }
+    let outcome = run_lenders(dir.path(), &silos, &jobs);
+    let jobs = outcome["jobs"].as_array().unwrap();
+    let mean_auc = |job: &serde_json::Value, kind: char| {
+        assert_eq!(job["failed"], false, "{}", job["status"]);
+        let aucs: Vec<f64> = job["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["store_id"].as_str().unwrap().starts_with(kind))
+            .map(|e| e["metrics"]["auc"].as_f64().unwrap())
+            .collect();
+        assert_eq!(aucs.len(), 4, "{job}");
+        aucs.iter().sum::<f64>() / 4.0
+    };
+    for kind in ['a', 'b'] {
+        let (plain, fedper) = (mean_auc(&jobs[0], kind), mean_auc(&jobs[1], kind));
+        eprintln!("lenders {kind}: mean AUC {fedper:.3} FedPer, {plain:.3} FedAvg MLP");
+        assert!(fedper > 0.8, "{kind}: FedPer {fedper}");
+        assert!(
+            fedper > plain + 0.05,
+            "{kind}: FedPer {fedper}, FedAvg {plain}"
+        );
+    }
+}
