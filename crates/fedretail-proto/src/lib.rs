@@ -26,8 +26,10 @@ pub use convert::{
 pub use error::{ErrorKind, ServiceError};
 
 /// Protocol version spoken by this build; registration refuses any other. (3: SecAgg+
-/// masks are expanded with the IETF ChaCha20 stream cipher, no longer `rand_chacha`.)
-pub const PROTOCOL_VERSION: u32 = 3;
+/// masks are expanded with the IETF ChaCha20 stream cipher, no longer `rand_chacha`.
+/// 4: an update may be a sparse tensor, and the demand model has a season block per
+/// category bucket.)
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Default largest message accepted (64 MiB): enough for a 10M-parameter f32 update.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
