@@ -203,7 +203,7 @@ pub fn decode_update(
         _ => return Err(TensorError::UnknownDType(t.dtype)),
     };
     if !t.indices.is_empty() {
-        return decode_sparse(t, expected_len, per, limits);
+        return decode_sparse(t, expected_len, per, max_bytes, limits);
     }
     if (t.data.len() as u64) != t.len.saturating_mul(per as u64) {
         return Err(TensorError::LengthMismatch {
@@ -227,17 +227,26 @@ pub fn decode_update(
 
 /// A sparse tensor: its positions checked (whole u32s, strictly increasing, inside
 /// the length), its values decoded and checked against `limits` (the norm of the
-/// values is the norm of the vector), then put in place in a zeroed vector.
+/// values is the norm of the vector), then put in place in a zeroed vector. It may not
+/// expand beyond `max_bytes` of dense values: a few bytes must not claim gigabytes.
 fn decode_sparse(
     t: &v1::Tensor,
     expected_len: usize,
     per: usize,
+    max_bytes: usize,
     limits: &UpdateLimits,
 ) -> Result<UpdateVector, TensorError> {
     if t.len != expected_len as u64 {
         return Err(TensorError::WrongLength {
             expected: expected_len,
             got: t.len,
+        });
+    }
+    let dense = expected_len.saturating_mul(per);
+    if dense > max_bytes {
+        return Err(TensorError::TooLarge {
+            bytes: dense,
+            limit: max_bytes,
         });
     }
     if !t.indices.len().is_multiple_of(4) {
@@ -474,5 +483,13 @@ mod tests {
         };
         assert!(decode_update(&good, 100, 1 << 20, &bounded).is_err());
         assert_eq!(decode(&good).unwrap().to_f64(), v);
+        // A few bytes may not claim a vector larger than a dense one could carry.
+        let huge = v1::Tensor {
+            len: 1 << 40,
+            ..good.clone()
+        };
+        let err = decode_update(&huge, 1 << 40, 1 << 20, &limits).unwrap_err();
+        assert!(matches!(err, TensorError::TooLarge { .. }), "{err}");
+        assert!(decode_update(&good, 100, 799, &limits).is_err());
     }
 }
