@@ -311,6 +311,30 @@ fn two_kinds_of_loans() -> String {
     text
 }
 
+/// An 18-round FedAvg job over the eight lenders' `loans.csv`, with `task` (TOML
+/// lines) added to its task.
+fn lender_fedavg_job(job: &str, task: &str) -> String {
+    format!(
+        "\n[[jobs]]\njob_id = \"{job}\"\nstrategy = \"fedavg\"\nrounds = 18\nmin_stores = 8\n\
+         [jobs.fedavg]\nlearning_rate = 0.3\nlocal_epochs = 2\n\
+         [jobs.task]\nkind = \"tabular\"\nfile = \"loans.csv\"\ntarget = \"Status\"\n\
+         positive = \"bad\"\n{task}\n"
+    )
+}
+
+/// The mean held-out AUC of `job` at the four lenders of `kind` ('a' or 'b').
+fn mean_auc(job: &serde_json::Value, kind: char) -> f64 {
+    let aucs: Vec<f64> = job["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["store_id"].as_str().unwrap().starts_with(kind))
+        .map(|e| e["metrics"]["auc"].as_f64().unwrap())
+        .collect();
+    assert_eq!(aucs.len(), 4, "{job}");
+    aucs.iter().sum::<f64>() / 4.0
+}
+
 /// Clustered FedAvg over agent processes, beside one FedAvg model in the same run: the
 /// groups found from the lenders' data are their two kinds, and each kind scores its
 /// own held-out rows better with its group's model than with the single one.
@@ -318,28 +342,11 @@ fn two_kinds_of_loans() -> String {
 fn a_grouped_fedavg_job_over_agent_processes_finds_two_kinds_of_lender() {
     let dir = tempfile::tempdir().unwrap();
     let (_, silos) = lenders(dir.path(), &two_kinds_of_loans(), "loans.csv");
-    let mut jobs = String::new();
-    for (job, groups) in [("one-model", 1), ("grouped", 2)] {
-        jobs.push_str(&format!(
-            "\n[[jobs]]\njob_id = \"{job}\"\nstrategy = \"fedavg\"\nrounds = 18\nmin_stores = 8\n\
-             [jobs.fedavg]\nlearning_rate = 0.3\nlocal_epochs = 2\n\
-             [jobs.task]\nkind = \"tabular\"\nfile = \"loans.csv\"\ntarget = \"Status\"\n\
-             positive = \"bad\"\ngroups = {groups}\n"
-        ));
-    }
+    let jobs = [("one-model", "groups = 1"), ("grouped", "groups = 2")]
+        .map(|(job, task)| lender_fedavg_job(job, task))
+        .concat();
     let outcome = run_lenders(dir.path(), &silos, &jobs);
     let jobs = outcome["jobs"].as_array().unwrap();
-    let mean_auc = |job: &serde_json::Value, kind: char| {
-        let aucs: Vec<f64> = job["evaluations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["store_id"].as_str().unwrap().starts_with(kind))
-            .map(|e| e["metrics"]["auc"].as_f64().unwrap())
-            .collect();
-        assert_eq!(aucs.len(), 4, "{job}");
-        aucs.iter().sum::<f64>() / 4.0
-    };
     let (one, grouped) = (&jobs[0], &jobs[1]);
     assert_eq!(
         grouped["strategy"], "clustered_fedavg",
@@ -376,29 +383,18 @@ fn a_grouped_fedavg_job_over_agent_processes_finds_two_kinds_of_lender() {
 fn fedper_heads_kept_at_the_lenders_serve_both_kinds_over_agent_processes() {
     let dir = tempfile::tempdir().unwrap();
     let (_, silos) = lenders(dir.path(), &two_kinds_of_loans(), "loans.csv");
-    let mut jobs = String::new();
-    for (job, personal) in [("mlp", false), ("fedper", true)] {
-        jobs.push_str(&format!(
-            "\n[[jobs]]\njob_id = \"{job}\"\nstrategy = \"fedavg\"\nrounds = 18\nmin_stores = 8\n\
-             [jobs.fedavg]\nlearning_rate = 0.3\nlocal_epochs = 2\n\
-             [jobs.task]\nkind = \"tabular\"\nfile = \"loans.csv\"\ntarget = \"Status\"\n\
-             positive = \"bad\"\nmodel = {{ mlp = {{ hidden = 4 }} }}\npersonal_head = {personal}\n"
-        ));
-    }
+    let mlp = "model = { mlp = { hidden = 4 } }";
+    let jobs = [
+        ("mlp", format!("{mlp}\npersonal_head = false")),
+        ("fedper", format!("{mlp}\npersonal_head = true")),
+    ]
+    .map(|(job, task)| lender_fedavg_job(job, &task))
+    .concat();
     let outcome = run_lenders(dir.path(), &silos, &jobs);
     let jobs = outcome["jobs"].as_array().unwrap();
-    let mean_auc = |job: &serde_json::Value, kind: char| {
+    for job in jobs {
         assert_eq!(job["failed"], false, "{}", job["status"]);
-        let aucs: Vec<f64> = job["evaluations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["store_id"].as_str().unwrap().starts_with(kind))
-            .map(|e| e["metrics"]["auc"].as_f64().unwrap())
-            .collect();
-        assert_eq!(aucs.len(), 4, "{job}");
-        aucs.iter().sum::<f64>() / 4.0
-    };
+    }
     for kind in ['a', 'b'] {
         let (plain, fedper) = (mean_auc(&jobs[0], kind), mean_auc(&jobs[1], kind));
         eprintln!("lenders {kind}: mean AUC {fedper:.3} FedPer, {plain:.3} FedAvg MLP");
