@@ -1,51 +1,9 @@
 use crate::error::{AggregationError, UpdateRejection};
-use crate::kernels::{axpy_dispatch, axpy_fused_dispatch, sum_of_squares, FUSE};
-use crate::par::{for_pieces_mut, map_pieces};
-
-/// One store's update as it arrived: f32 for bandwidth (FedAvg deltas) or f64 where
-/// precision matters (second-order statistics).
-#[derive(Debug, Clone, PartialEq)]
-pub enum UpdateVector {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
-impl UpdateVector {
-    pub fn len(&self) -> usize {
-        match self {
-            UpdateVector::F32(v) => v.len(),
-            UpdateVector::F64(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes of payload this update carries.
-    pub fn payload_bytes(&self) -> usize {
-        match self {
-            UpdateVector::F32(v) => v.len() * 4,
-            UpdateVector::F64(v) => v.len() * 8,
-        }
-    }
-
-    /// L2 norm, accumulated in f64; NaN or infinite if any value is.
-    pub fn l2_norm(&self) -> f64 {
-        let pieces = match self {
-            UpdateVector::F32(v) => map_pieces(v, sum_of_squares),
-            UpdateVector::F64(v) => map_pieces(v, sum_of_squares),
-        };
-        pieces.iter().sum::<f64>().sqrt()
-    }
-
-    pub fn to_f64(&self) -> Vec<f64> {
-        match self {
-            UpdateVector::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            UpdateVector::F64(v) => v.clone(),
-        }
-    }
-}
+use crate::kernels::{axpy_dispatch, axpy_fused_dispatch, BLOCK, FUSE};
+use crate::par::for_pieces_mut;
+use crate::update::UpdateVector;
+use crate::validate::UpdateLimits;
+use crate::wire_fold::{self, Entry};
 
 /// The result of aggregating one round: the weighted sum of updates and what went in.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,16 +39,23 @@ impl Aggregate {
 /// per update, which is what makes aggregation run near memory bandwidth. Memory stays
 /// O(model size): at most this many updates are held, however many stores reply.
 const FOLD_BATCH: usize = 8;
-/// Accumulator elements per cache block: 1 MiB of f64, which stays in L2 while the
-/// batch's updates stream past it (measured fastest of 2K, 16K and 128K elements).
-const BLOCK: usize = 131072;
+
+/// The verdict on an update pushed in its wire bytes ([`StreamingWeightedSum::push_wire`]),
+/// known once its batch is folded: its ticket, and why it was refused if it was.
+pub type Verdict = (u64, Result<(), UpdateRejection>);
 
 /// Streaming weighted sum: `sum += weight * update`, one update at a time as they
-/// arrive. Memory is O(model size) and independent of the number of stores.
+/// arrive. Memory is O(model size) and independent of the number of stores: the
+/// accumulator, a second one while updates are folded from their wire bytes, and one
+/// fold batch of updates.
 #[derive(Debug)]
 pub struct StreamingWeightedSum {
     acc: Vec<f64>,
-    pending: Vec<(UpdateVector, f64)>,
+    /// Where a batch with wire updates is folded to (`back = acc + batch`) before
+    /// their verdicts are known; empty until the first such batch.
+    back: Vec<f64>,
+    pending: Vec<(Entry, f64)>,
+    verdicts: Vec<Verdict>,
     total_weight: f64,
     num_updates: usize,
     within_clip: usize,
@@ -100,7 +65,9 @@ impl StreamingWeightedSum {
     pub fn new(len: usize) -> Self {
         StreamingWeightedSum {
             acc: crate::buffers::zeroed_f64(len),
+            back: Vec::new(),
             pending: Vec::with_capacity(FOLD_BATCH),
+            verdicts: Vec::new(),
             total_weight: 0.0,
             num_updates: 0,
             within_clip: 0,
@@ -115,8 +82,53 @@ impl StreamingWeightedSum {
         self.acc.is_empty()
     }
 
+    /// Updates in the sum, and decoded ones waiting in the batch (wire updates count
+    /// once they are judged).
     pub fn num_updates(&self) -> usize {
         self.num_updates
+    }
+
+    /// Adds `weight * update` for an update still in its wire bytes (little-endian
+    /// f32), checking its values against `limits` (finite, norm) in the same pass over
+    /// the bytes that folds it. It is folded with its batch, so its verdict comes later,
+    /// from [`Self::take_verdicts`], under `ticket`. A refused update leaves the sum bit
+    /// for bit as if it had never been pushed. Refused here, at once: bytes that are
+    /// not the model's length, a bad weight.
+    pub fn push_wire(
+        &mut self,
+        bytes: Vec<u8>,
+        weight: f64,
+        limits: UpdateLimits,
+        ticket: u64,
+    ) -> Result<(), AggregationError> {
+        if bytes.len() != self.acc.len().saturating_mul(4) {
+            return Err(UpdateRejection::WrongLength {
+                expected: self.acc.len(),
+                got: bytes.len() / 4,
+            }
+            .into());
+        }
+        check_weight(weight)?;
+        let entry = Entry::Wire {
+            bytes,
+            limits,
+            ticket,
+        };
+        self.pending.push((entry, weight));
+        if self.pending.len() == FOLD_BATCH {
+            self.fold_pending();
+        }
+        Ok(())
+    }
+
+    /// The verdicts on wire updates whose batch has been folded, since the last call.
+    pub fn take_verdicts(&mut self) -> Vec<Verdict> {
+        std::mem::take(&mut self.verdicts)
+    }
+
+    /// Folds the batch now, so every wire update pushed so far has its verdict.
+    pub fn settle(&mut self) {
+        self.fold_pending();
     }
 
     /// Add `weight * update`. Refuses (and leaves the sum untouched) an update of the
@@ -164,12 +176,10 @@ impl StreamingWeightedSum {
             }
             .into());
         }
-        if !weight.is_finite() || weight < 0.0 {
-            return Err(UpdateRejection::BadWeight(weight).into());
-        }
+        check_weight(weight)?;
         self.total_weight += weight;
         self.num_updates += 1;
-        self.pending.push((update, weight * scale));
+        self.pending.push((Entry::Decoded(update), weight * scale));
         if self.pending.len() == FOLD_BATCH {
             self.fold_pending();
         }
@@ -180,20 +190,53 @@ impl StreamingWeightedSum {
     /// sees the updates in arrival order: the sum is the same on any number of cores.
     /// The folded updates' buffers are handed on to decode later updates into.
     fn fold_pending(&mut self) {
-        let pending = &self.pending;
-        for_pieces_mut(&mut self.acc, |acc, offset| {
-            fold_range(acc, pending, offset)
-        });
-        for (update, _) in self.pending.drain(..) {
-            if let UpdateVector::F32(values) = update {
+        if self.pending.iter().any(|(e, _)| e.is_wire()) {
+            self.fold_judged();
+        } else {
+            let pending = &self.pending;
+            for_pieces_mut(&mut self.acc, |acc, offset| {
+                fold_range(acc, pending, offset)
+            });
+        }
+        for (entry, _) in self.pending.drain(..) {
+            if let Entry::Decoded(UpdateVector::F32(values)) = entry {
                 crate::buffers::give_f32(values);
             }
         }
     }
 
-    /// Fold what is pending and return the aggregate.
+    /// A batch with wire updates: folded into `back` while their values are checked;
+    /// the refused ones taken out and the batch folded again; then `back` becomes the
+    /// sum. `acc` is only read, so nothing needs undoing.
+    fn fold_judged(&mut self) {
+        if self.back.len() != self.acc.len() {
+            self.back = crate::buffers::zeroed_f64(self.acc.len());
+        }
+        let squares = wire_fold::fold_from(&mut self.back, &self.acc, &self.pending);
+        let refused = wire_fold::judge(&self.pending, &squares);
+        for (at, why) in refused.iter().rev() {
+            if let (Entry::Wire { ticket, .. }, _) = self.pending.remove(*at) {
+                self.verdicts.push((ticket, Err(why.clone())));
+            }
+        }
+        if !refused.is_empty() {
+            wire_fold::fold_from(&mut self.back, &self.acc, &self.pending);
+        }
+        std::mem::swap(&mut self.acc, &mut self.back);
+        for (entry, weight) in &self.pending {
+            if let Entry::Wire { ticket, .. } = entry {
+                self.total_weight += weight;
+                self.num_updates += 1;
+                self.verdicts.push((*ticket, Ok(())));
+            }
+        }
+    }
+
+    /// Fold what is pending and return the aggregate (verdicts not yet taken are
+    /// dropped: call [`Self::settle`] and [`Self::take_verdicts`] first to have them).
     pub fn finish(mut self) -> Aggregate {
         self.fold_pending();
+        crate::buffers::give_f64(std::mem::take(&mut self.back));
         Aggregate {
             weighted_sum: self.acc,
             total_weight: self.total_weight,
@@ -203,8 +246,16 @@ impl StreamingWeightedSum {
     }
 }
 
-/// Fold `pending` into `acc`, which is the accumulator slice starting at `offset`.
-fn fold_range(acc: &mut [f64], pending: &[(UpdateVector, f64)], offset: usize) {
+fn check_weight(weight: f64) -> Result<(), UpdateRejection> {
+    if !weight.is_finite() || weight < 0.0 {
+        return Err(UpdateRejection::BadWeight(weight));
+    }
+    Ok(())
+}
+
+/// Fold `pending` (all decoded) into `acc`, which is the accumulator slice starting
+/// at `offset`.
+fn fold_range(acc: &mut [f64], pending: &[(Entry, f64)], offset: usize) {
     let n = acc.len();
     let mut start = 0;
     while start < n {
@@ -215,13 +266,14 @@ fn fold_range(acc: &mut [f64], pending: &[(UpdateVector, f64)], offset: usize) {
         // block is loaded and stored once per FUSE updates; f64 ones go one by one.
         let mut fused: [(&[f32], f64); FOLD_BATCH] = [(&[], 0.0); FOLD_BATCH];
         let mut num_fused = 0;
-        for (update, w) in pending {
-            match update {
-                UpdateVector::F32(v) => {
+        for (entry, w) in pending {
+            match entry {
+                Entry::Decoded(UpdateVector::F32(v)) => {
                     fused[num_fused] = (&v[lo..hi], *w);
                     num_fused += 1;
                 }
-                UpdateVector::F64(v) => axpy_dispatch(block, &v[lo..hi], *w),
+                Entry::Decoded(UpdateVector::F64(v)) => axpy_dispatch(block, &v[lo..hi], *w),
+                Entry::Wire { .. } => {}
             }
         }
         let mut groups = fused[..num_fused].chunks_exact(FUSE);
@@ -234,6 +286,9 @@ fn fold_range(acc: &mut [f64], pending: &[(UpdateVector, f64)], offset: usize) {
         start = end;
     }
 }
+
+#[cfg(test)]
+mod wire_tests;
 
 #[cfg(test)]
 mod tests {

@@ -37,9 +37,11 @@ mod server_opt;
 mod strategy;
 pub mod tabular;
 pub mod task;
+mod update;
 mod validate;
+mod wire_fold;
 
-pub use aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
+pub use aggregate::{Aggregate, StreamingWeightedSum, Verdict};
 pub use clustered::fedavg::{ClusteredFedAvg, ClusteredFedAvgConfig};
 pub use clustered::{ClusteredNewton, ClusteredNewtonConfig};
 pub use error::{AggregationError, ConfigError, StrategyError, UpdateRejection};
@@ -54,6 +56,7 @@ pub use sampling::{SamplingConfig, StoreSampler};
 pub use server_opt::{ServerOpt, ServerOptimizer};
 pub use strategy::{Applied, LocalSgd, LocalWork, RoundPlan, StoreId, Strategy, UpdatePrecision};
 pub use task::{CheckedTask, TaskKind, TaskMetrics, TaskSpec};
+pub use update::UpdateVector;
 pub use validate::{decode_checked, validate_update, UpdateLimits};
 
 /// A boxed future. The public async entry points of the crates that reach DataFusion

@@ -8,9 +8,10 @@
 //! optimisers) read, so each wraps any of them unchanged: the aggregate's weighted sum
 //! is the robust value times the total weight.
 
-use crate::aggregate::{Aggregate, StreamingWeightedSum, UpdateVector};
+use crate::aggregate::{Aggregate, StreamingWeightedSum};
 use crate::error::{AggregationError, ConfigError, UpdateRejection};
 use crate::kernels::sum_of_squares;
+use crate::update::UpdateVector;
 use serde::{Deserialize, Serialize};
 
 /// How the coordinator combines a round's updates when some stores may lie.
@@ -210,6 +211,22 @@ impl RoundAggregator {
         match self {
             RoundAggregator::Streaming(s) => s.push_clipped(update, weight, clip),
             RoundAggregator::Robust(r) => r.push(update, weight).map(|()| true),
+        }
+    }
+
+    /// The streaming sum, which takes updates in their wire bytes
+    /// ([`StreamingWeightedSum::push_wire`]); a robust rule needs every update decoded.
+    pub fn streaming(&self) -> Option<&StreamingWeightedSum> {
+        match self {
+            RoundAggregator::Streaming(s) => Some(s),
+            RoundAggregator::Robust(_) => None,
+        }
+    }
+
+    pub fn streaming_mut(&mut self) -> Option<&mut StreamingWeightedSum> {
+        match self {
+            RoundAggregator::Streaming(s) => Some(s),
+            RoundAggregator::Robust(_) => None,
         }
     }
 

@@ -1,7 +1,7 @@
-use crate::aggregate::UpdateVector;
 use crate::error::UpdateRejection;
 use crate::kernels::{decode_sum_of_squares, WireFloat};
 use crate::par::{map_pieces, map_pieces_mut};
+use crate::update::UpdateVector;
 
 /// Limits an update must respect before it may be aggregated.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -57,7 +57,7 @@ pub fn decode_checked<T: WireFloat>(
 
 /// The verdict on an update whose L2 norm is `norm`: a non-finite norm is a bad
 /// value (named by `name_bad`, the slow scan) or squares that overflowed.
-fn judge_norm(
+pub(crate) fn judge_norm(
     norm: f64,
     limits: &UpdateLimits,
     name_bad: impl FnOnce() -> Result<(), UpdateRejection>,
@@ -75,6 +75,20 @@ fn judge_norm(
         return Err(UpdateRejection::NormTooLarge { norm, limit });
     }
     Ok(())
+}
+
+/// Names the first non-finite value of little-endian f32 wire bytes (the slow scan,
+/// run only once a sum of squares came out non-finite).
+pub(crate) fn name_non_finite_wire(bytes: &[u8]) -> Result<(), UpdateRejection> {
+    match bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le(b) as f64)
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+    {
+        Some((index, value)) => Err(UpdateRejection::NonFinite { index, value }),
+        None => Ok(()),
+    }
 }
 
 fn finite(update: &UpdateVector) -> Result<(), UpdateRejection> {

@@ -206,9 +206,10 @@ fn spread(b: DeltaBlock<'_>) -> Option<(f64, Vec<f64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{StreamingWeightedSum, UpdateVector};
+    use crate::aggregate::StreamingWeightedSum;
     use crate::clustered::{clustered_initial, clustered_layout};
     use crate::params::Segment;
+    use crate::update::UpdateVector;
 
     fn base(d: usize) -> ModelParameters {
         let layout = ModelLayout::new(vec![Segment::new("w", d, true)]).unwrap();

@@ -1,6 +1,7 @@
 use super::*;
-use crate::aggregate::{StreamingWeightedSum, UpdateVector};
+use crate::aggregate::StreamingWeightedSum;
 use crate::newton::pack_upper;
+use crate::update::UpdateVector;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
