@@ -75,7 +75,7 @@ proptest! {
     #[test]
     fn hostile_updates_are_refused_and_leave_the_round_as_if_unsent(
         updates in proptest::collection::vec(
-            (0usize..4, any::<bool>(), 0u64..3, proptest::collection::vec(value(), 0..5), any::<bool>()),
+            (0usize..4, any::<bool>(), 0u64..3, proptest::collection::vec(value(), 0..5), 0u8..3),
             0..10,
         ),
         robust in any::<bool>(),
@@ -98,18 +98,27 @@ proptest! {
         let orders = m.train_orders();
         let names = ["a", "b", "c", ""];
         let mut accepted: Vec<Vec<f64>> = Vec::new();
-        for (who, real_task, round, values, f32) in updates {
+        let mut waiting = Vec::new();
+        // kind: 0 f64, 1 f32 decoded, 2 f32 folded from its wire bytes.
+        for (who, real_task, round, values, kind) in updates {
             let store = names[who];
             let task = orders
                 .iter()
                 .find(|o| o.store == store && real_task)
                 .map_or("forged".to_string(), |o| o.task_id.clone());
-            let update = if f32 {
+            let Ok(check) = m.update_check(store, &task, round) else { continue };
+            if kind == 2 {
+                let bytes = values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
+                if let Ok(verdict) = m.fold_wire_update(store, &task, round, bytes, check.limits(), None) {
+                    waiting.push(verdict);
+                }
+                continue;
+            }
+            let update = if kind == 1 {
                 UpdateVector::F32(values.iter().map(|v| *v as f32).collect())
             } else {
                 UpdateVector::F64(values.clone())
             };
-            let Ok(check) = m.update_check(store, &task, round) else { continue };
             if RoundMachine::validate(&check, store, round, &update).is_err() {
                 continue;
             }
@@ -117,9 +126,14 @@ proptest! {
                 accepted.push(update.to_f64());
             }
         }
-        prop_assert!(accepted.len() <= 2, "one update per selected store");
         let closed = m.close_round(Duration::from_secs(1)).unwrap();
-        prop_assert_eq!(closed.aggregate.num_updates, accepted.len());
+        let folded = waiting
+            .into_iter()
+            .map(|mut v| matches!(v.try_recv(), Ok(Ok(_))))
+            .filter(|ok| *ok)
+            .count();
+        prop_assert!(accepted.len() + folded <= 2, "one update per selected store");
+        prop_assert_eq!(closed.aggregate.num_updates, accepted.len() + folded);
         prop_assert!(closed.aggregate.weighted_sum.iter().all(|v| v.is_finite()));
     }
 }

@@ -4,14 +4,20 @@
 //! place, with `fedretail-proto`'s error mapping; a refused message changes nothing.
 
 use crate::events::CoordinatorEvent;
-use crate::machine::{ReadyAnswer, Refusal, RoundMachine};
+use crate::machine::{ReadyAnswer, Refusal, RoundMachine, WireVerdict};
 use crate::registry::Registration;
 use crate::shared::Shared;
 use fedretail_proto::v1::{self, coordinator_server::Coordinator};
-use fedretail_proto::{decode_update, summary_from_wire, ServiceError, PROTOCOL_VERSION};
+use fedretail_proto::{
+    decode_update, summary_from_wire, take_dense_f32, ServiceError, PROTOCOL_VERSION,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
+
+/// Longest a reply waits for its update's fold batch to fill before the batch is
+/// folded as it is: a small round's last updates, a lone resend.
+const SETTLE_AFTER: Duration = Duration::from_millis(200);
 
 /// Longest a poll may wait before answering `Wait`.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
@@ -64,26 +70,55 @@ impl CoordinatorService {
         r.into()
     }
 
-    /// Checks, decodes, validates and folds a store's update.
-    fn take_update(&self, req: &v1::SubmitUpdateRequest) -> Result<(usize, usize), Refusal> {
+    /// Checks a store's update and folds it: a dense f32 one straight from its bytes,
+    /// checked in the pass that folds it, with its batch (its verdict comes later);
+    /// any other decoded and checked in one pass over its bytes, then folded.
+    fn take_update(&self, mut req: v1::SubmitUpdateRequest) -> Result<Taken, Refusal> {
         let (store, round) = (req.store_id.as_str(), req.round);
         // Cheap checks under the lock; decoding and validation (O(model size)) outside it.
         let check = self.with_session(store, &req.session_id, |m| {
             m.update_check(store, &req.task_id, round)
         })?;
-        let tensor = req.update.as_ref().ok_or_else(|| {
+        let mut tensor = req.update.take().ok_or_else(|| {
             Refusal::Malformed(format!("update from '{store}' carries no tensor"))
-        })?;
-        // Decoded and checked in one pass over the bytes.
-        let max_bytes = self.shared.max_update_bytes;
-        let update = decode_update(tensor, check.len, max_bytes, &check.limits()).map_err(|e| {
-            Refusal::Malformed(format!("update from '{store}' for round {round}: {e}"))
         })?;
         crate::machine::check_metrics(store, &req.metrics)?;
         let loss = req.metrics.get(fedretail_proto::TRAIN_LOSS).copied();
+        let max_bytes = self.shared.max_update_bytes;
+        let malformed =
+            |e| Refusal::Malformed(format!("update from '{store}' for round {round}: {e}"));
+        if check.wire {
+            if let Some(bytes) =
+                take_dense_f32(&mut tensor, check.len, max_bytes).map_err(malformed)?
+            {
+                let verdict = self.with_session(store, &req.session_id, |m| {
+                    m.fold_wire_update(store, &req.task_id, round, bytes, check.limits(), loss)
+                })?;
+                // The round may close on this update: the driver must look before the
+                // reply waits for the verdict, which the close settles.
+                self.shared.progress.notify_one();
+                return Ok(Taken::Later(verdict));
+            }
+        }
+        let update =
+            decode_update(&tensor, check.len, max_bytes, &check.limits()).map_err(malformed)?;
         self.with_session(store, &req.session_id, |m| {
             m.fold_update(store, &req.task_id, round, update, loss)
         })
+        .map(Taken::Now)
+    }
+
+    /// The verdict on an update in the fold batch: when the batch fills or the round
+    /// closes, or after [`SETTLE_AFTER`], when this reply has the batch folded as it is.
+    async fn verdict(
+        &self,
+        mut verdict: tokio::sync::oneshot::Receiver<WireVerdict>,
+    ) -> Result<WireVerdict, tokio::sync::oneshot::error::RecvError> {
+        if let Ok(v) = tokio::time::timeout(SETTLE_AFTER, &mut verdict).await {
+            return v;
+        }
+        self.shared.lock().machine.settle_wire_updates();
+        verdict.await
     }
 
     /// Counts and wraps a reply; wakes the driver, which may be waiting for it.
@@ -109,6 +144,12 @@ impl CoordinatorService {
         }
         Ok(next)
     }
+}
+
+/// A taken update: folded now (received, selected), or waiting in the fold batch.
+enum Taken {
+    Now((usize, usize)),
+    Later(tokio::sync::oneshot::Receiver<WireVerdict>),
 }
 
 /// SHA-256 (hex) of the certificate the peer presented under mutual TLS, if any.
@@ -228,10 +269,23 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<v1::SubmitUpdateResponse>, Status> {
         let req = request.into_inner();
         self.shared.count_up(&req);
-        let (received, selected) = self.take_update(&req).map_err(|e| self.refused(e))?;
+        let (round, store_id) = (req.round, req.store_id.clone());
+        let taken = self.take_update(req).map_err(|e| self.refused(e))?;
+        let (received, selected) = match taken {
+            Taken::Now(counts) => counts,
+            Taken::Later(verdict) => self
+                .verdict(verdict)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal::NotCurrent(format!(
+                        "round {round} closed before the update from '{store_id}' was folded"
+                    )))
+                })
+                .map_err(|e| self.refused(e))?,
+        };
         (self.shared.observer)(&CoordinatorEvent::UpdateAccepted {
-            round: req.round,
-            store_id: req.store_id.clone(),
+            round,
+            store_id,
             received,
             selected,
         });

@@ -190,6 +190,36 @@ pub fn decode_update(
     max_bytes: usize,
     limits: &UpdateLimits,
 ) -> Result<UpdateVector, TensorError> {
+    let per = bytes_per_value(t, max_bytes)?;
+    if !t.indices.is_empty() {
+        return decode_sparse(t, expected_len, per, max_bytes, limits);
+    }
+    check_dense_length(t, expected_len, per)?;
+    Ok(if per == 4 {
+        UpdateVector::F32(decode_checked(&t.data, expected_len, limits)?)
+    } else {
+        UpdateVector::F64(decode_checked(&t.data, expected_len, limits)?)
+    })
+}
+
+/// Takes the bytes of a dense f32 tensor, its sizes checked as [`decode_update`]
+/// checks them, for a caller that checks the values as it folds them; None (the
+/// tensor untouched) for any other tensor, which goes through [`decode_update`].
+pub fn take_dense_f32(
+    t: &mut v1::Tensor,
+    expected_len: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<u8>>, TensorError> {
+    let per = bytes_per_value(t, max_bytes)?;
+    if per != 4 || !t.indices.is_empty() {
+        return Ok(None);
+    }
+    check_dense_length(t, expected_len, per)?;
+    Ok(Some(std::mem::take(&mut t.data)))
+}
+
+/// The tensor's size limit, then its dtype's bytes per value.
+fn bytes_per_value(t: &v1::Tensor, max_bytes: usize) -> Result<usize, TensorError> {
     let bytes = t.data.len().saturating_add(t.indices.len());
     if bytes > max_bytes {
         return Err(TensorError::TooLarge {
@@ -197,14 +227,15 @@ pub fn decode_update(
             limit: max_bytes,
         });
     }
-    let per = match v1::Dtype::try_from(t.dtype) {
-        Ok(v1::Dtype::F32) => 4,
-        Ok(v1::Dtype::F64) => 8,
-        _ => return Err(TensorError::UnknownDType(t.dtype)),
-    };
-    if !t.indices.is_empty() {
-        return decode_sparse(t, expected_len, per, max_bytes, limits);
+    match v1::Dtype::try_from(t.dtype) {
+        Ok(v1::Dtype::F32) => Ok(4),
+        Ok(v1::Dtype::F64) => Ok(8),
+        _ => Err(TensorError::UnknownDType(t.dtype)),
     }
+}
+
+/// A dense tensor's declared length against its bytes and the model's length.
+fn check_dense_length(t: &v1::Tensor, expected_len: usize, per: usize) -> Result<(), TensorError> {
     if (t.data.len() as u64) != t.len.saturating_mul(per as u64) {
         return Err(TensorError::LengthMismatch {
             declared: t.len,
@@ -218,11 +249,7 @@ pub fn decode_update(
             got: t.len,
         });
     }
-    Ok(if per == 4 {
-        UpdateVector::F32(decode_checked(&t.data, expected_len, limits)?)
-    } else {
-        UpdateVector::F64(decode_checked(&t.data, expected_len, limits)?)
-    })
+    Ok(())
 }
 
 /// A sparse tensor: its positions checked (whole u32s, strictly increasing, inside

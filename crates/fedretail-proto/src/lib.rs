@@ -21,7 +21,7 @@ pub mod v1 {
 pub use convert::{
     decode_tensor, decode_update, encode_f32, encode_f64, encode_update, job_from_wire,
     job_to_wire, layout_from_wire, layout_to_wire, summary_from_wire, summary_to_wire,
-    JobContextError, TensorError, MAX_SUMMARY_BYTES, MAX_TASK_SPEC_BYTES,
+    take_dense_f32, JobContextError, TensorError, MAX_SUMMARY_BYTES, MAX_TASK_SPEC_BYTES,
 };
 pub use error::{ErrorKind, ServiceError};
 

@@ -14,9 +14,11 @@ mod refusal;
 mod round;
 mod secure;
 mod tasks;
+mod wire;
 
 pub use refusal::Refusal;
 pub use round::{Closed, RoundError, RoundLedger, RoundSetup, TrainOrder};
+pub use wire::WireVerdict;
 
 use crate::privacy::{RoundPrivacy, SecureRound};
 use fedretail_core::tabular::TableSummary;
@@ -74,6 +76,9 @@ pub(crate) struct RoundState {
     pub charged: Option<fedretail_privacy::LedgerEntry>,
     /// Weighted sum of the training losses stores sent with plain updates, and the weight.
     pub loss: (f64, f64),
+    /// Updates taken in their wire bytes, waiting for their batch's verdict, by ticket.
+    pub awaiting: BTreeMap<u64, wire::Awaiting>,
+    pub next_ticket: u64,
 }
 
 impl RoundState {
@@ -504,6 +509,60 @@ mod tests {
             m.update_check("b", &b.task_id, 1).is_err(),
             "the round is closed"
         );
+    }
+
+    /// Updates taken in their wire bytes wait for their batch's verdict; the round's
+    /// close settles it: a bad one is refused, uncounted and out of the sum.
+    #[test]
+    fn wire_updates_get_their_verdict_when_the_round_closes() {
+        let n = wire::ONE_PASS_MIN_VALUES;
+        let layout = ModelLayout::new(vec![Segment::new("w", n, true)]).unwrap();
+        let ready = [("a", 10), ("b", 30)]
+            .map(|(s, r)| (s.to_string(), r))
+            .into();
+        let mut m = RoundMachine::with_ready_stores("job", layout.clone(), ready);
+        let global = ModelParameters::zeros(layout);
+        let orders = open(&mut m, &mut FedAvg::new(FedAvgConfig::default()), &global);
+        let check = m.update_check("a", &orders[0].task_id, 1).unwrap();
+        assert!(check.wire);
+        let update = |first: f32| -> Vec<u8> {
+            let v = (0..n).map(|i| if i == 0 { first } else { i as f32 * 1e-3 });
+            v.flat_map(|x| x.to_le_bytes()).collect()
+        };
+        let mut send = |store: &str, task: &str, bytes: Vec<u8>, loss: f64| {
+            m.fold_wire_update(store, task, 1, bytes, check.limits(), Some(loss))
+        };
+        let mut a = send("a", &orders[0].task_id, update(f32::NAN), 2.0).unwrap();
+        let mut b = send("b", &orders[1].task_id, update(4.0), 6.0).unwrap();
+        assert!(
+            a.try_recv().is_err() && b.try_recv().is_err(),
+            "not yet folded"
+        );
+        let again = send("a", &orders[0].task_id, update(1.0), 2.0);
+        assert!(
+            matches!(again, Err(Refusal::Replay(_))),
+            "a counts until judged"
+        );
+        assert!(
+            m.round_stage_done(),
+            "the round may close on waiting updates"
+        );
+        let closed = m.close_round(Duration::from_secs(1)).unwrap();
+        let refused = a.try_recv().unwrap().unwrap_err().to_string();
+        assert!(
+            refused.contains("'a'") && refused.contains("index 0"),
+            "{refused}"
+        );
+        assert_eq!(b.try_recv().unwrap().unwrap(), (1, 2));
+        let mean = closed.aggregate.weighted_mean().unwrap();
+        assert_eq!(mean[..2], [4.0, 1e-3f32 as f64]);
+        assert_eq!(
+            closed.train_loss,
+            Some(6.0),
+            "a refused update's loss is left out"
+        );
+        assert_eq!(closed.participants, vec!["b"]);
+        assert_eq!(closed.dropped.len(), 1);
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct TrainOrder {
 pub struct UpdateCheck {
     pub len: usize,
     pub max_norm: Option<f64>,
+    /// A dense f32 update may be folded from its wire bytes, checked in the same pass
+    /// ([`RoundMachine::fold_wire_update`]): the streaming sum, no clipping here, and
+    /// a model long enough for it to matter.
+    pub wire: bool,
 }
 
 impl UpdateCheck {
@@ -158,6 +162,8 @@ impl RoundMachine {
             privacy,
             charged,
             loss: (0.0, 0.0),
+            awaiting: BTreeMap::new(),
+            next_ticket: 0,
         }));
         Ok(selected)
     }
@@ -222,6 +228,9 @@ impl RoundMachine {
         Ok(UpdateCheck {
             len: rs.update_len,
             max_norm,
+            wire: rs.server_clip.is_none()
+                && rs.aggregator.streaming().is_some()
+                && rs.update_len >= super::wire::ONE_PASS_MIN_VALUES,
         })
     }
 
@@ -279,6 +288,7 @@ impl RoundMachine {
         let (participants, dropped, aggregate) = match privacy.as_mut() {
             Some(p) if p.secure.is_some() => super::secure::finish_secure(p, &no_reply)?,
             _ => {
+                super::wire::settle(&mut rs);
                 let participants: Vec<String> = rs.received.iter().cloned().collect();
                 let dropped = rs
                     .tasks
