@@ -4,7 +4,7 @@
 use crate::network::SyntheticArgs;
 use crate::outputs::{emit, Output, TableArgs, TrainArgs};
 use crate::progress::{spinner, DemoProgress};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use fedretail_coordinator::JobConfig;
 use fedretail_core::task::{ChurnTaskOptions, ClassifierKind, ClusterFit, ClusterTaskOptions};
@@ -130,6 +130,11 @@ pub struct CreditArgs {
     /// Only the in-process reference (no coordinator, no agents).
     #[arg(long)]
     pub in_process: bool,
+    /// Over the agents, also train the MLP FedPer-style (job `credit-mlp-fedper`): the
+    /// body shared, each lender's output layer trained and kept at the lender. Not in
+    /// the in-process reference.
+    #[arg(long, conflicts_with = "in_process")]
+    pub personal_head: bool,
     /// Where each lender's rows are written as its own export, with its results.
     #[arg(long, default_value = "fedretail-data/credit-network")]
     pub work_dir: PathBuf,
@@ -503,7 +508,10 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
         let summary = render_classification(&reference);
         return emit(&reference, summary, page, "credit", &a.output);
     }
-    let jobs = fedretail_sim::tabular_jobs(&spec, &options, &reference);
+    if a.personal_head && a.train.mlp_hidden == 0 {
+        bail!("--personal-head trains the MLP's head per lender: it needs --mlp-hidden above 0");
+    }
+    let jobs = fedretail_sim::tabular_jobs(&spec, &options, &reference, a.personal_head);
     let progress = Arc::new(DemoProgress::new());
     let p = progress.clone();
     let observer = Arc::new(move |e: &fedretail_coordinator::CoordinatorEvent| p.on_coordinator(e));

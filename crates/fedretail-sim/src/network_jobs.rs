@@ -129,20 +129,24 @@ pub const SILO_TABLE_FILE: &str = "table.csv";
 
 /// The credit jobs `analyze credit` runs over agents, matching the in-process
 /// reference's settings: exact Newton on the logistic regression, FedAvg of the
-/// logistic regression, and FedAvg of the MLP. `reference` gives the pooled training
-/// rows, which scale the Newton penalty to the same objective.
+/// logistic regression, and FedAvg of the MLP; with `personal_head`, the MLP again
+/// FedPer-style (each silo keeps its own output layer; no in-process reference).
+/// `reference` gives the pooled training rows, which scale the Newton penalty to the
+/// same objective.
 pub fn tabular_jobs(
     spec: &TabularSpec,
     options: &ClassificationOptions,
     reference: &ClassificationReport,
+    personal_head: bool,
 ) -> Vec<JobConfig> {
     let pooled_train: usize = reference.silos.iter().map(|s| s.train_rows).sum();
-    let task = |model| {
+    let task = |model, personal_head| {
         TaskSpec::Tabular(TabularTaskOptions {
             file: SILO_TABLE_FILE.into(),
             target: spec.target.clone(),
             positive: spec.positive.clone(),
             model,
+            personal_head,
             test_fraction: spec.test_fraction,
             min_train_rows: spec.min_train_rows,
             min_category_rows: spec.min_category_rows,
@@ -153,7 +157,7 @@ pub fn tabular_jobs(
     };
     let job = |id: &str, model, strategy, rounds: u64, l2: f64, learning_rate: f64| JobConfig {
         job_id: id.into(),
-        task: task(model),
+        task: task(model, false),
         strategy: Some(strategy),
         rounds: Some(rounds as u32),
         l2,
@@ -185,16 +189,25 @@ pub fn tabular_jobs(
         ),
     ];
     if options.mlp_hidden > 0 {
-        jobs.push(job(
-            "credit-mlp",
-            ClassifierKind::Mlp {
-                hidden: options.mlp_hidden,
-            },
-            StrategyKind::Fedavg,
-            options.rounds,
-            options.l2 / 1e-4,
-            options.mlp_learning_rate,
-        ));
+        let mlp = ClassifierKind::Mlp {
+            hidden: options.mlp_hidden,
+        };
+        let mlp_job = |id| {
+            job(
+                id,
+                mlp,
+                StrategyKind::Fedavg,
+                options.rounds,
+                options.l2 / 1e-4,
+                options.mlp_learning_rate,
+            )
+        };
+        jobs.push(mlp_job("credit-mlp"));
+        if personal_head {
+            let mut fedper = mlp_job("credit-mlp-fedper");
+            fedper.task = task(mlp, true);
+            jobs.push(fedper);
+        }
     }
     jobs
 }

@@ -236,6 +236,7 @@ fn a_credit_job_over_agent_processes_equals_the_in_process_newton_fit() {
 #[test]
 fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
     use fedretail_coordinator::{JobConfig, ServerOptimizerKind};
+    use fedretail_core::TaskSpec;
     let dir = tempfile::tempdir().unwrap();
     let (table, silos) = lenders(dir.path(), &loans(), fedretail_sim::SILO_TABLE_FILE);
     let options = ClassificationOptions {
@@ -255,7 +256,21 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
             &|_| {},
         ))
         .unwrap();
-    let jobs: Vec<JobConfig> = fedretail_sim::tabular_jobs(&spec(), &options, &reference)
+    // With personal heads, the MLP again, FedPer-style, and nothing else changes.
+    let with_heads = fedretail_sim::tabular_jobs(&spec(), &options, &reference, true);
+    let ids: Vec<&str> = with_heads.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "credit-newton",
+            "credit-fedavg",
+            "credit-mlp",
+            "credit-mlp-fedper"
+        ]
+    );
+    let heads = |j: &JobConfig| matches!(&j.task, TaskSpec::Tabular(t) if t.personal_head);
+    assert!(heads(&with_heads[3]) && !with_heads[..3].iter().any(heads));
+    let jobs: Vec<JobConfig> = fedretail_sim::tabular_jobs(&spec(), &options, &reference, false)
         .into_iter()
         .filter(|j| j.job_id != "credit-newton")
         .map(|j| JobConfig {
