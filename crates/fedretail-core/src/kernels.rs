@@ -204,8 +204,9 @@ unsafe fn fold_wire_avx2<const K: usize>(
     let n = dst.len();
     let whole = n - n % 4;
     assert!(xs.iter().all(|x| x.len() >= 4 * n) && src.is_none_or(|s| s.len() >= n));
-    let start = src.map_or(dst.as_ptr(), |s| s.as_ptr());
+    // Both from one raw pointer when folding in place: reads and writes alias.
     let out = dst.as_mut_ptr();
+    let start = src.map_or(out.cast_const(), |s| s.as_ptr());
     let w = ws.map(|w| _mm256_set1_pd(w));
     let mut q = [_mm256_setzero_pd(); K];
     let mut i = 0;
