@@ -66,8 +66,7 @@ pub(crate) fn judge(batch: &[(Entry, f64)], squares: &[f64]) -> Vec<(usize, Upda
 }
 
 /// [`fold_from`] over the accumulator slice starting at `offset`, a cache block at a
-/// time. Consecutive wire entries go `WIRE_FUSE` at a time; the first group of a block
-/// reads `src`, so the block is copied only when the batch starts with a decoded one.
+/// time.
 fn fold_piece(dst: &mut [f64], src: &[f64], batch: &[(Entry, f64)], offset: usize) -> Vec<f64> {
     let mut squares = vec![0.0; batch.len()];
     let n = dst.len();
@@ -75,43 +74,47 @@ fn fold_piece(dst: &mut [f64], src: &[f64], batch: &[(Entry, f64)], offset: usiz
     while start < n {
         let end = (start + BLOCK).min(n);
         let (d, s) = (&mut dst[start..end], &src[start..end]);
-        let (lo, hi) = (offset + start, offset + end);
-        let mut started = false;
-        let mut i = 0;
-        while i < batch.len() {
-            let run = batch[i..]
-                .iter()
-                .take(WIRE_FUSE)
-                .take_while(|(e, _)| e.is_wire())
-                .count();
-            if run > 0 {
-                let from = (!started).then_some(s);
-                let group = &batch[i..i + run];
-                let q = fold_wire_group(d, from, group, 4 * lo..4 * hi);
-                for (total, part) in squares[i..i + run].iter_mut().zip(q) {
-                    *total += part;
-                }
-                started = true;
-                i += run;
-                continue;
-            }
-            if !started {
-                d.copy_from_slice(s);
-                started = true;
-            }
-            match &batch[i] {
-                (Entry::Decoded(UpdateVector::F32(v)), w) => axpy_dispatch(d, &v[lo..hi], *w),
-                (Entry::Decoded(UpdateVector::F64(v)), w) => axpy_dispatch(d, &v[lo..hi], *w),
-                (Entry::Wire { .. }, _) => {}
-            }
-            i += 1;
-        }
-        if !started {
-            d.copy_from_slice(s);
-        }
+        fold_block(d, s, batch, offset + start, &mut squares);
         start = end;
     }
     squares
+}
+
+/// `d = s + batch` over one block, whose first element is the update's element `lo`;
+/// adds each wire entry's squares to `squares`. Consecutive wire entries go
+/// `WIRE_FUSE` at a time; the first group reads `s`, so the block is copied only when
+/// the batch starts with a decoded entry.
+fn fold_block(d: &mut [f64], s: &[f64], batch: &[(Entry, f64)], lo: usize, squares: &mut [f64]) {
+    let hi = lo + d.len();
+    let mut started = false;
+    let mut i = 0;
+    while i < batch.len() {
+        let run = batch[i..]
+            .iter()
+            .take(WIRE_FUSE)
+            .take_while(|(e, _)| e.is_wire())
+            .count();
+        if run == 0 && !started {
+            d.copy_from_slice(s);
+        }
+        if run > 0 {
+            let from = (!started).then_some(s);
+            let q = fold_wire_group(d, from, &batch[i..i + run], 4 * lo..4 * hi);
+            for (total, part) in squares[i..i + run].iter_mut().zip(q) {
+                *total += part;
+            }
+        } else if let (Entry::Decoded(update), w) = &batch[i] {
+            match update {
+                UpdateVector::F32(v) => axpy_dispatch(d, &v[lo..hi], *w),
+                UpdateVector::F64(v) => axpy_dispatch(d, &v[lo..hi], *w),
+            }
+        }
+        started = true;
+        i += run.max(1);
+    }
+    if !started {
+        d.copy_from_slice(s);
+    }
 }
 
 /// Wire updates folded in one pass over an accumulator block: a whole batch, so the
