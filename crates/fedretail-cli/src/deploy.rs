@@ -399,6 +399,15 @@ fn agent_identity(file: &AgentFile) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
 /// named at start rather than in the middle of a round.
 fn secagg_trust(file: &AgentFile) -> Result<fedretail_agent::SecAggTrust> {
     use fedretail_privacy::secagg::{Roster, StoreIdentity};
+    // Neighbours that check signatures refuse this store's unsigned keys, and the
+    // round fails for all of them: the half-configuration is refused here instead.
+    anyhow::ensure!(
+        file.roster_key.is_none() || file.secagg_identity.is_some(),
+        "roster_key is set but secagg_identity is not: an enrolled store signs its SecAgg+ keys \
+         with the identity `fedretail enroll` wrote ({}-secagg.json); add secagg_identity, or \
+         remove roster_key",
+        file.store_id
+    );
     let roster = file
         .roster_key
         .as_deref()
@@ -549,6 +558,20 @@ pub fn predict(args: PredictArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_roster_key_without_an_identity_to_sign_with_is_refused() {
+        let file: AgentFile = toml::from_str(
+            "coordinator = \"http://127.0.0.1:50051\"\nstore_id = \"s1\"\n\
+             roster_key = \"00\"\n[data]\ntransactions = \"t.csv\"\n",
+        )
+        .unwrap();
+        let err = secagg_trust(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("secagg_identity is not") && err.contains("s1-secagg.json"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn only_this_machines_addresses_count_as_loopback() {
