@@ -80,12 +80,12 @@ pub(crate) fn judge_norm(
 /// Names the first non-finite value of little-endian f32 wire bytes (the slow scan,
 /// run only once a sum of squares came out non-finite).
 pub(crate) fn name_non_finite_wire(bytes: &[u8]) -> Result<(), UpdateRejection> {
-    match bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le(b) as f64)
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
-    {
+    name_non_finite(bytes.chunks_exact(4).map(|b| f32::from_le(b) as f64))
+}
+
+/// The first value that is not finite, as a rejection naming its index.
+fn name_non_finite(values: impl Iterator<Item = f64>) -> Result<(), UpdateRejection> {
+    match values.enumerate().find(|(_, v)| !v.is_finite()) {
         Some((index, value)) => Err(UpdateRejection::NonFinite { index, value }),
         None => Ok(()),
     }
@@ -110,13 +110,7 @@ fn check_finite<T: Copy + Into<f64> + Sync>(values: &[T]) -> Result<(), UpdateRe
     if all_finite {
         return Ok(());
     }
-    let (index, value) = values
-        .iter()
-        .map(|&v| v.into())
-        .enumerate()
-        .find(|(_, v): &(usize, f64)| !v.is_finite())
-        .unwrap_or((0, f64::NAN));
-    Err(UpdateRejection::NonFinite { index, value })
+    name_non_finite(values.iter().map(|&v| v.into()))
 }
 
 #[cfg(test)]
