@@ -4,9 +4,10 @@
 
 use crate::glm;
 use crate::keys::RowKeys;
-use crate::metrics::{bias, clearly_better, mase, wape};
+use crate::metrics::{bias, clearly_better, mase, mean_and_se, wape};
 use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
 use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 pub use crate::rows::{ActivePositions, DemandRows, Features};
@@ -427,6 +428,7 @@ impl DemandTask {
         });
         let mut test = Scorer::new(&data.test, "", data.naive_scale);
         let mut pick = None;
+        let (mut local_errors, mut kept_errors) = (None, None);
         for f in self.candidates() {
             let predictor = match &fitted {
                 Some(fitted) => fitted.predictor(f),
@@ -434,12 +436,22 @@ impl DemandTask {
                 None => Predictor::Naive,
             };
             test.score(&mut m, f.metric(), &predictor);
+            if f == Forecaster::Local {
+                local_errors = Some(test.row_errors());
+            }
             if f == forecaster {
                 test.score(&mut m, "forecast", &predictor);
+                kept_errors = Some(test.row_errors());
                 pick = Some(Pick {
                     forecaster,
                     predictor,
                 });
+            }
+        }
+        if let (Some(local), Some(kept)) = (local_errors, kept_errors) {
+            if let Some((mean, se)) = gain_per_day(&data.test_keys, &local, &kept) {
+                m.insert("gain_over_local_per_day".into(), mean);
+                m.insert("gain_over_local_se".into(), se);
             }
         }
         m.insert(format!("forecast_by_{}", forecaster.name()), 1.0);
@@ -510,6 +522,22 @@ impl DemandTask {
             }
         }
     }
+}
+
+/// What the kept forecast saves over the local-only one on the held-out days: the
+/// mean per day of the local absolute error minus the kept one, and its standard
+/// error. Days, not rows, are the draws: a day's categories share its ups and downs
+/// (rows are their own days when the store gave no keys).
+fn gain_per_day(keys: &RowKeys, local: &[f64], kept: &[f64]) -> Option<(f64, f64)> {
+    let saved = local.iter().zip(kept).map(|(l, k)| l - k);
+    if keys.len() != local.len() {
+        return mean_and_se(&saved.collect::<Vec<_>>());
+    }
+    let mut by_day: BTreeMap<&str, f64> = BTreeMap::new();
+    for ((_, day), s) in keys.iter().zip(saved) {
+        *by_day.entry(day).or_default() += s;
+    }
+    mean_and_se(&by_day.into_values().collect::<Vec<_>>())
 }
 
 /// A forecaster's score on the validation days.
@@ -675,6 +703,33 @@ mod tests {
         assert_eq!(mb["wape_forecast"], mb["wape_naive"]);
         assert_eq!(mb["bias_forecast"], mb["bias_naive"]);
         assert!(mb["wape_naive"] > mb["wape_local"]);
+        // What the pick saves over the store's own forecast: a loss here, per row
+        // (these rows have no keys, so each is its own day).
+        let per_row = (mb["abs_error_local"] - mb["abs_error_forecast"]) / 28.0;
+        assert!((mb["gain_over_local_per_day"] - per_row).abs() < 1e-9);
+        assert!(per_row < 0.0 && mb["gain_over_local_se"] > 0.0);
+    }
+
+    #[test]
+    fn the_gain_over_local_is_summed_per_day_before_its_noise_is_measured() {
+        let keys: RowKeys = [("a", "d1"), ("b", "d1"), ("a", "d2"), ("b", "d2")]
+            .into_iter()
+            .map(|(c, d)| (c.to_string(), d.to_string()))
+            .collect();
+        let local = [3.0, 1.0, 2.0, 2.0];
+        let kept = [1.0, 0.0, 1.0, 0.0];
+        // Days save 3 and 3: a gain of 3 per day with no spread between days...
+        assert_eq!(gain_per_day(&keys, &local, &kept), Some((3.0, 0.0)));
+        // ...where rows alone (without keys) would show a spread.
+        let (mean, se) = gain_per_day(&RowKeys::default(), &local, &kept).unwrap();
+        assert_eq!(mean, 1.5);
+        assert!(se > 0.0);
+        // One day is no measure of noise.
+        let one_day: RowKeys = [("a", "d1"), ("b", "d1")]
+            .into_iter()
+            .map(|(c, d)| (c.to_string(), d.to_string()))
+            .collect();
+        assert_eq!(gain_per_day(&one_day, &local[..2], &kept[..2]), None);
     }
 
     #[test]

@@ -70,14 +70,19 @@ pub fn normal_quantile(p: f64) -> f64 {
 /// error: the one-standard-error rule, so that a choice does not follow the noise of a
 /// few weeks of one store's days.
 pub fn clearly_better(base: &[f64], other: &[f64]) -> bool {
-    let n = base.len().min(other.len());
+    let d: Vec<f64> = base.iter().zip(other).map(|(b, o)| b - o).collect();
+    mean_and_se(&d).is_some_and(|(mean, se)| mean > se)
+}
+
+/// Mean of `values` and its standard error; None for fewer than two.
+pub fn mean_and_se(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
     if n < 2 {
-        return false;
+        return None;
     }
-    let d = || base.iter().zip(other).map(|(b, o)| b - o);
-    let mean = d().sum::<f64>() / n as f64;
-    let var = d().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
-    mean > (var / n as f64).sqrt()
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let var = values.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
+    Some((mean, (var / n as f64).sqrt()))
 }
 
 #[cfg(test)]
@@ -98,6 +103,18 @@ mod tests {
                 normal_quantile(p)
             );
         }
+    }
+
+    #[test]
+    fn mean_and_standard_error() {
+        assert_eq!(mean_and_se(&[1.0]), None);
+        let (mean, se) = mean_and_se(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(mean, 2.5);
+        // Sample variance 5/3 over 4 values.
+        assert!((se - (5.0f64 / 12.0).sqrt()).abs() < 1e-12);
+        // A gain of one standard error exactly is not clearly better.
+        assert!(!clearly_better(&[1.0, 3.0], &[1.0, 1.0]));
+        assert!(clearly_better(&[2.0, 2.1], &[1.0, 1.0]));
     }
 
     #[test]

@@ -44,7 +44,10 @@ pub use network_jobs::{
     GroupMetrics, NetworkJobReport, NetworkRunReport, SILO_TABLE_FILE,
 };
 pub use prepare::{prepare_network, PreparedStore, SkippedStore};
-pub use report::{privacy_line, render_summary, DemandReport, GroupSummary, StoreReport};
+pub use report::{
+    kept_vs_local, privacy_line, render_summary, summarize, DemandReport, GroupSummary,
+    StoreReport, CLEARLY_BEYOND_SE,
+};
 pub use report_page::{demand_page, read_backtests, Backtest};
 
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,10 @@ pub struct StoreReport {
     pub chosen: Option<String>,
     /// The chosen forecast's WAPE on the held-out days (equal to `wape_forecast`).
     pub wape_chosen: Option<f64>,
+    /// The chosen forecast against the store's own (local-only) one on the held-out
+    /// days: `better` or `worse` where the absolute error it saves per day is beyond
+    /// [`CLEARLY_BEYOND_SE`] standard errors, else `same` (within the days' noise).
+    pub kept_vs_local: Option<String>,
     /// With a model per group of stores: the group (leaf of the tree) the store joined,
     /// and the depth of the shared model it kept (0: the network's; 1 or more: its
     /// group's), chosen on its validation days.
@@ -72,6 +76,10 @@ pub struct GroupSummary {
     pub forecast_beats_local: usize,
     /// Stores whose kept forecast has a held-out WAPE no worse than seasonal naive.
     pub forecast_not_worse_than_naive: usize,
+    /// Stores whose kept forecast is clearly better / clearly worse than their own
+    /// (`kept_vs_local`); the rest are within the noise of their held-out days.
+    pub forecast_clearly_better_than_local: usize,
+    pub forecast_clearly_worse_than_local: usize,
     /// Stores whose federated WAPE is below their local-only WAPE.
     pub federated_beats_local: usize,
     /// Stores whose personalised WAPE is below their local-only WAPE.
@@ -129,7 +137,8 @@ pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-pub(crate) fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
+/// Medians and counts over `stores`, named `group`.
+pub fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
     let col =
         |f: fn(&StoreReport) -> Option<f64>| median(stores.iter().filter_map(|s| f(s)).collect());
     GroupSummary {
@@ -153,6 +162,8 @@ pub(crate) fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
             |s| (s.wape_forecast, s.wape_seasonal_naive),
             |f, n| f <= n,
         ),
+        forecast_clearly_better_than_local: verdicts(stores, "better"),
+        forecast_clearly_worse_than_local: verdicts(stores, "worse"),
         federated_beats_local: count(stores, |s| (s.wape_federated, s.wape_local), |f, l| f < l),
         personalized_beats_local: count(
             stores,
@@ -160,6 +171,31 @@ pub(crate) fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
             |p, l| p < l,
         ),
     }
+}
+
+/// How many standard errors of the per-day difference make a store's kept forecast
+/// clearly better or worse than its own: about 95 % two-sided, so a store whose
+/// forecasts differ only by chance is called `same` 19 times in 20.
+pub const CLEARLY_BEYOND_SE: f64 = 2.0;
+
+/// `better`, `same` or `worse`: the kept forecast against the store's own, from the
+/// absolute error it saves per held-out day (`mean`) and that mean's standard error.
+pub fn kept_vs_local(mean: f64, se: f64) -> &'static str {
+    if mean > CLEARLY_BEYOND_SE * se && mean > 0.0 {
+        "better"
+    } else if -mean > CLEARLY_BEYOND_SE * se && mean < 0.0 {
+        "worse"
+    } else {
+        "same"
+    }
+}
+
+/// Stores whose `kept_vs_local` is `verdict`.
+fn verdicts(stores: &[&StoreReport], verdict: &str) -> usize {
+    stores
+        .iter()
+        .filter(|s| s.kept_vs_local.as_deref() == Some(verdict))
+        .count()
 }
 
 /// Stores with both figures of `pair` where `holds`.
@@ -278,7 +314,7 @@ pub fn render_summary(r: &DemandReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Demand forecasting, {} stores, {} rounds of {}; held-out {} days; WAPE on them (lower is better), medians; kept: the forecaster each store picked on its validation days; gain: what joining gains a store, the median of (own - kept) / own:",
+        "Demand forecasting, {} stores, {} rounds of {}; held-out {} days; WAPE on them (lower is better), medians; kept: the forecaster each store picked on its validation days; gain: what joining gains a store, the median of (own - kept) / own; kept vs own: stores where kept is clearly better / within the noise / clearly worse than own (the error it saves per held-out day, beyond two standard errors):",
         r.stores.len(),
         r.rounds,
         r.strategy,
@@ -287,7 +323,7 @@ pub fn render_summary(r: &DemandReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13}",
+        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13} {:>12}",
         "group",
         "stores",
         "naive",
@@ -300,7 +336,8 @@ pub fn render_summary(r: &DemandReport) -> String {
         "kept bias",
         "fed < local",
         "kept < local",
-        "kept <= naive"
+        "kept <= naive",
+        "kept vs own"
     );
     for g in &r.by_business_type {
         s.push_str(&group_line(g));
@@ -368,7 +405,7 @@ pub fn render_summary(r: &DemandReport) -> String {
 
 fn group_line(g: &GroupSummary) -> String {
     format!(
-        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13}\n",
+        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13} {:>12}\n",
         g.group,
         g.stores,
         pct(g.median_wape_seasonal_naive),
@@ -381,6 +418,12 @@ fn group_line(g: &GroupSummary) -> String {
         signed_pct(g.median_bias_forecast),
         format!("{}/{}", g.federated_beats_local, g.stores),
         format!("{}/{}", g.forecast_beats_local, g.stores),
-        format!("{}/{}", g.forecast_not_worse_than_naive, g.stores)
+        format!("{}/{}", g.forecast_not_worse_than_naive, g.stores),
+        format!(
+            "{}/{}/{}",
+            g.forecast_clearly_better_than_local,
+            g.stores - g.forecast_clearly_better_than_local - g.forecast_clearly_worse_than_local,
+            g.forecast_clearly_worse_than_local
+        )
     )
 }

@@ -144,11 +144,18 @@ fn summary(section: &mut Section, r: &DemandReport) {
             format!("{} of {}", o.forecast_beats_local, o.stores),
         ),
         (
+            "kept clearly better / clearly worse than own".into(),
+            format!(
+                "{} / {} of {}",
+                o.forecast_clearly_better_than_local, o.forecast_clearly_worse_than_local, o.stores
+            ),
+        ),
+        (
             "kept no worse than naive".into(),
             format!("{} of {}", o.forecast_not_worse_than_naive, o.stores),
         ),
     ]);
-    section.text("WAPE is the absolute forecast error over the held-out days as a share of units sold (lower is better). Each store keeps a forecaster (federated, personalized, its own, seasonal naive, or the ensemble of federated, personalized and its own) by its validation days, the days before the held-out ones: the federated model, unless another beat it there by more than one standard error. The held-out days play no part in the pick, so the held-out figures are honest. Gain is what joining gains a store: the median over stores of (own WAPE - kept WAPE) / own WAPE.");
+    section.text("WAPE is the absolute forecast error over the held-out days as a share of units sold (lower is better). Each store keeps a forecaster (federated, personalized, its own, seasonal naive, or the ensemble of federated, personalized and its own) by its validation days, the days before the held-out ones: the federated model, unless another beat it there by more than one standard error. The held-out days play no part in the pick, so the held-out figures are honest. Gain is what joining gains a store: the median over stores of (own WAPE - kept WAPE) / own WAPE. Kept is clearly better (or worse) than own where the absolute error it saves per held-out day is beyond two standard errors of that mean; otherwise the two are the same within the noise of the store's days.");
 }
 
 fn groups(section: &mut Section, r: &DemandReport) {
@@ -192,6 +199,14 @@ fn groups(section: &mut Section, r: &DemandReport) {
                 signed(g.median_gain_over_local),
                 format!("{}/{}", g.forecast_beats_local, g.stores),
                 format!("{}/{}", g.forecast_not_worse_than_naive, g.stores),
+                format!(
+                    "{} / {} / {}",
+                    g.forecast_clearly_better_than_local,
+                    g.stores
+                        - g.forecast_clearly_better_than_local
+                        - g.forecast_clearly_worse_than_local,
+                    g.forecast_clearly_worse_than_local
+                ),
             ]
         })
         .collect();
@@ -207,6 +222,7 @@ fn groups(section: &mut Section, r: &DemandReport) {
             "gain",
             "kept < own",
             "kept <= naive",
+            "kept vs own: better / same / worse",
         ],
         rows,
     );

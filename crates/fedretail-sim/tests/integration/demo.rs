@@ -2,7 +2,10 @@
 //! gRPC on 127.0.0.1.
 
 use fedretail_coordinator::{JobConfig, StrategyKind};
-use fedretail_sim::{render_summary, run_demo, DemoOptions, Wiring};
+use fedretail_sim::{
+    kept_vs_local, render_summary, run_demo, summarize, DemoOptions, StoreReport, Wiring,
+    CLEARLY_BEYOND_SE,
+};
 use fedretail_synth::{generate_network, NetworkConfig};
 use std::sync::Arc;
 
@@ -122,6 +125,7 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
         "wape_centralized",
         "chosen",
         "wape_chosen",
+        "kept_vs_local",
     ] {
         assert!(
             json["stores"][0].get(key).is_some(),
@@ -218,7 +222,15 @@ async fn young_stores_and_a_cold_start_are_served_better_by_the_network_than_alo
             "{chosen}"
         );
         assert_eq!(s.wape_chosen, s.wape_forecast);
+        // A store that kept its own forecast saves nothing on any day.
+        let verdict = s.kept_vs_local.as_deref().unwrap();
+        assert!(["better", "same", "worse"].contains(&verdict), "{verdict}");
+        if chosen == "local" {
+            assert_eq!(verdict, "same", "{}", s.store_id);
+        }
     }
+    let o = &report.overall;
+    assert!(o.forecast_clearly_better_than_local <= o.forecast_beats_local);
 }
 
 /// Office-district stores (busy on working days, quiet at weekends and in summer) that
@@ -289,4 +301,37 @@ async fn a_grouped_model_finds_undeclared_office_stores_and_fits_each_group_exac
         .map(|g| g.group.as_str())
         .collect();
     assert_eq!(districts, ["office", "other"]);
+}
+
+fn judged(kept_vs_local: &str, local: f64, kept: f64) -> StoreReport {
+    StoreReport {
+        kept_vs_local: Some(kept_vs_local.into()),
+        wape_local: Some(local),
+        wape_forecast: Some(kept),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn only_a_gain_or_loss_beyond_two_standard_errors_is_called_clear() {
+    assert_eq!(CLEARLY_BEYOND_SE, 2.0);
+    assert_eq!(kept_vs_local(2.1, 1.0), "better");
+    assert_eq!(kept_vs_local(1.9, 1.0), "same");
+    assert_eq!(kept_vs_local(-2.1, 1.0), "worse");
+    // A store that kept its own forecast: nothing saved on any day.
+    assert_eq!(kept_vs_local(0.0, 0.0), "same");
+}
+
+#[test]
+fn a_group_counts_its_clear_gains_and_losses_apart_from_its_wins() {
+    let stores = [
+        judged("better", 0.3, 0.2),
+        judged("same", 0.3, 0.29),
+        judged("same", 0.3, 0.31),
+        judged("worse", 0.3, 0.4),
+    ];
+    let g = summarize("all", &stores.iter().collect::<Vec<_>>());
+    assert_eq!(g.forecast_beats_local, 2);
+    assert_eq!(g.forecast_clearly_better_than_local, 1);
+    assert_eq!(g.forecast_clearly_worse_than_local, 1);
 }
