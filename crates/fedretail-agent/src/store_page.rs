@@ -5,6 +5,7 @@
 //! and the name of its CSV.
 
 use fedretail_core::TaskKind;
+use fedretail_models::metrics::{kept_vs_local, CLEARLY_BEYOND_SE};
 use fedretail_models::{ResultTable, StoreResults};
 use fedretail_report::{LineChart, Page, Series};
 use std::collections::BTreeMap;
@@ -53,9 +54,56 @@ fn first_and_last(days: &[(String, Vec<f64>)]) -> String {
     }
 }
 
+/// A forecaster as the shop owner would name it.
+fn forecaster_in_words(name: &str) -> &'static str {
+    match name {
+        "federated" => "the network's shared model",
+        "cluster" => "the shared model of the stores most like yours",
+        "personalized" => "the network's model fine-tuned on your own days",
+        "local" => "your own model, trained on your data alone",
+        "seasonal_naive" => "the same day last week",
+        "ensemble" => "the average of the network's, the fine-tuned and your own model",
+        _ => "an unnamed forecaster",
+    }
+}
+
+/// What the store keeps and what joining the network did for it, in words, from the
+/// store's own metrics (None when it has not scored its forecasts).
+fn forecast_verdict(m: &BTreeMap<String, f64>) -> Option<String> {
+    let kept = m.keys().find_map(|k| k.strip_prefix("forecast_by_"))?;
+    let pct = |k: &str| m.get(k).map(|v| format!("{:.1} %", v * 100.0));
+    let mut text = format!(
+        "You keep {}, chosen on the days just before the held-out ones (the network's shared model, unless another forecaster did clearly better on them).",
+        forecaster_in_words(kept)
+    );
+    if let (Some(kept_off), Some(own), Some(naive)) =
+        (pct("wape_forecast"), pct("wape_local"), pct("wape_naive"))
+    {
+        text += &format!(
+            " On the held-out days it was off by {kept_off} of the units you sold; your own model alone by {own}, and the same day last week by {naive}."
+        );
+    }
+    let gain = m
+        .get("gain_over_local_per_day")
+        .zip(m.get("gain_over_local_se"));
+    if let (Some((&mean, &se)), false) = (gain, kept == "local") {
+        // "Give or take" is the band a difference must leave to count as clear.
+        let (units, band) = (mean.abs(), CLEARLY_BEYOND_SE * se);
+        text += &match kept_vs_local(mean, se) {
+            "better" => format!(" Joining the network made your forecast clearly better: {units:.1} fewer units off a day (give or take {band:.1})."),
+            "worse" => format!(" On these days your own model would have done clearly better: it was {units:.1} fewer units off a day (give or take {band:.1})."),
+            _ => format!(" Against your own model the difference, {units:.1} units a day, is within the day-to-day ups and downs of your sales (give or take {band:.1})."),
+        };
+    }
+    Some(text)
+}
+
 fn demand_charts(page: &mut Page, results: &StoreResults) {
     let table = |name: &str| results.tables.iter().find(|t| t.name == name);
     let section = page.section("Your forecast");
+    if let Some(text) = forecast_verdict(&results.metrics) {
+        section.text(&text);
+    }
     let past = ["actual_units", "forecast_units", "naive_units"];
     if let Some(days) = table("backtest").and_then(|t| daily_sums(t, &past)) {
         let svg = day_chart(
@@ -129,6 +177,46 @@ pub fn store_page(heading: &PageHeading<'_>, results: &StoreResults) -> Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metrics(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn the_verdict_names_the_kept_forecast_and_what_joining_did_for_the_store() {
+        let scored = [
+            ("wape_forecast", 0.25),
+            ("wape_local", 0.4),
+            ("wape_naive", 0.5),
+        ];
+        let with = |kept: &str, mean: f64, se: f64| {
+            let mut m = metrics(&scored);
+            m.insert(format!("forecast_by_{kept}"), 1.0);
+            m.insert("gain_over_local_per_day".into(), mean);
+            m.insert("gain_over_local_se".into(), se);
+            forecast_verdict(&m).unwrap()
+        };
+        let better = with("federated", 3.0, 1.0);
+        assert!(better.contains("the network's shared model"), "{better}");
+        assert!(better.contains("off by 25.0 %") && better.contains("alone by 40.0 %"));
+        assert!(better.contains("clearly better: 3.0 fewer units off a day (give or take 2.0)"));
+        let worse = with("personalized", -3.0, 1.0);
+        assert!(
+            worse.contains("your own model would have done clearly better"),
+            "{worse}"
+        );
+        let same = with("ensemble", 1.0, 1.0);
+        assert!(
+            same.contains("within the day-to-day ups and downs"),
+            "{same}"
+        );
+        // Keeping its own model, a store is told nothing about gaining over it.
+        let own = with("local", 0.0, 0.0);
+        assert!(own.contains("your own model, trained on your data alone"));
+        assert!(!own.contains("a day"), "{own}");
+        // A store that scored nothing gets no verdict.
+        assert_eq!(forecast_verdict(&metrics(&scored)), None);
+    }
 
     #[test]
     fn daily_sums_add_up_categories_in_date_order_and_refuse_bad_tables() {

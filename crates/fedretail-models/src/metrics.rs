@@ -74,6 +74,23 @@ pub fn clearly_better(base: &[f64], other: &[f64]) -> bool {
     mean_and_se(&d).is_some_and(|(mean, se)| mean > se)
 }
 
+/// How many standard errors of the per-day difference make a store's kept forecast
+/// clearly better or worse than its own: about 95 % two-sided, so a store whose
+/// forecasts differ only by chance is called `same` 19 times in 20.
+pub const CLEARLY_BEYOND_SE: f64 = 2.0;
+
+/// `better`, `same` or `worse`: the kept forecast against the store's own, from the
+/// absolute error it saves per held-out day (`mean`) and that mean's standard error.
+pub fn kept_vs_local(mean: f64, se: f64) -> &'static str {
+    if mean > CLEARLY_BEYOND_SE * se && mean > 0.0 {
+        "better"
+    } else if -mean > CLEARLY_BEYOND_SE * se && mean < 0.0 {
+        "worse"
+    } else {
+        "same"
+    }
+}
+
 /// Mean of `values` and its standard error; None for fewer than two.
 pub fn mean_and_se(values: &[f64]) -> Option<(f64, f64)> {
     let n = values.len();
@@ -115,6 +132,15 @@ mod tests {
         // A gain of one standard error exactly is not clearly better.
         assert!(!clearly_better(&[1.0, 3.0], &[1.0, 1.0]));
         assert!(clearly_better(&[2.0, 2.1], &[1.0, 1.0]));
+    }
+
+    #[test]
+    fn only_a_gain_or_loss_beyond_two_standard_errors_is_called_clear() {
+        assert_eq!(kept_vs_local(2.1, 1.0), "better");
+        assert_eq!(kept_vs_local(1.9, 1.0), "same");
+        assert_eq!(kept_vs_local(-2.1, 1.0), "worse");
+        // A store that kept its own forecast: nothing saved on any day.
+        assert_eq!(kept_vs_local(0.0, 0.0), "same");
     }
 
     #[test]

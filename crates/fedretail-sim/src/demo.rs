@@ -1,6 +1,6 @@
 use crate::federation::{run_federation, SimStore, Wiring};
 use crate::prepare::{prepare_network, PreparedStore, SkippedStore};
-use crate::report::{group_by, kept_vs_local, summarize, DemandReport, StoreReport};
+use crate::report::{group_by, summarize, DemandReport, StoreReport};
 use crate::SimError;
 use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StoreEvaluation};
 use fedretail_core::clustered::{group_penalty, ClusterTree};
@@ -344,7 +344,7 @@ fn store_report(
         wape_chosen: m("wape_forecast"),
         kept_vs_local: m("gain_over_local_per_day")
             .zip(m("gain_over_local_se"))
-            .map(|(mean, se)| kept_vs_local(mean, se).to_string()),
+            .map(|(mean, se)| metrics::kept_vs_local(mean, se).to_string()),
         group: m("group_leaf").map(|v| v as u32),
         group_depth: m("group_depth").map(|v| v as u32),
         district: None,

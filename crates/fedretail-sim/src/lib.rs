@@ -45,8 +45,7 @@ pub use network_jobs::{
 };
 pub use prepare::{prepare_network, PreparedStore, SkippedStore};
 pub use report::{
-    kept_vs_local, privacy_line, render_summary, summarize, DemandReport, GroupSummary,
-    StoreReport, CLEARLY_BEYOND_SE,
+    privacy_line, render_summary, summarize, DemandReport, GroupSummary, StoreReport,
 };
 pub use report_page::{demand_page, read_backtests, Backtest};
 

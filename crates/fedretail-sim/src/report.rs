@@ -37,7 +37,7 @@ pub struct StoreReport {
     pub wape_chosen: Option<f64>,
     /// The chosen forecast against the store's own (local-only) one on the held-out
     /// days: `better` or `worse` where the absolute error it saves per day is beyond
-    /// [`CLEARLY_BEYOND_SE`] standard errors, else `same` (within the days' noise).
+    /// [`fedretail_models::metrics::CLEARLY_BEYOND_SE`] standard errors, else `same` (within the days' noise).
     pub kept_vs_local: Option<String>,
     /// With a model per group of stores: the group (leaf of the tree) the store joined,
     /// and the depth of the shared model it kept (0: the network's; 1 or more: its
@@ -170,23 +170,6 @@ pub fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
             |s| (s.wape_personalized, s.wape_local),
             |p, l| p < l,
         ),
-    }
-}
-
-/// How many standard errors of the per-day difference make a store's kept forecast
-/// clearly better or worse than its own: about 95 % two-sided, so a store whose
-/// forecasts differ only by chance is called `same` 19 times in 20.
-pub const CLEARLY_BEYOND_SE: f64 = 2.0;
-
-/// `better`, `same` or `worse`: the kept forecast against the store's own, from the
-/// absolute error it saves per held-out day (`mean`) and that mean's standard error.
-pub fn kept_vs_local(mean: f64, se: f64) -> &'static str {
-    if mean > CLEARLY_BEYOND_SE * se && mean > 0.0 {
-        "better"
-    } else if -mean > CLEARLY_BEYOND_SE * se && mean < 0.0 {
-        "worse"
-    } else {
-        "same"
     }
 }
 
