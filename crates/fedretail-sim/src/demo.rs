@@ -87,10 +87,12 @@ pub fn run_demo<'a>(
         let base_start = Instant::now();
         let stores_for_baseline = stores.clone();
         let l2 = options.job.l2;
-        let centralized =
-            tokio::task::spawn_blocking(move || centralized_fit(&stores_for_baseline, l2))
-                .await
-                .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
+        let Baselines {
+            centralized,
+            by_type,
+        } = tokio::task::spawn_blocking(move || baselines(&stores_for_baseline, l2))
+            .await
+            .map_err(|e| SimError::Runtime(format!("baseline fit failed: {e}")))?;
         let max_gap = if options.groups > 1 {
             grouped_gap(&outcome, &stores, l2, options.groups)
         } else {
@@ -109,6 +111,10 @@ pub fn run_demo<'a>(
             .filter_map(|ev| {
                 let store = by_id.get(ev.store_id.as_str())?;
                 let mut r = store_report(ev, store, &centralized, options.holdout_days);
+                let actual = store.dataset.test.units().iter().sum();
+                r.wape_centralized_by_type = by_type
+                    .get(&store.business_type)
+                    .and_then(|w| metrics::wape(test_errors(&store.dataset, w), actual));
                 r.district = offices.as_ref().map(|o| {
                     let office = o.contains(&r.store_id);
                     (if office { "office" } else { "other" }).to_string()
@@ -331,6 +337,7 @@ fn store_report(
         wape_local: m("wape_local"),
         wape_federated: m("wape_federated"),
         wape_centralized: metrics::wape(central_err, actual),
+        wape_centralized_by_type: None,
         wape_personalized: m("wape_personalized"),
         wape_ensemble: m("wape_ensemble"),
         mase_local: m("mase_local"),
@@ -435,6 +442,36 @@ fn demand_report(
         privacy: outcome.privacy.clone(),
         status: outcome.status.clone(),
         peak_rss_bytes: None,
+    }
+}
+
+/// The yardsticks that pool rows, which exist only in this harness.
+struct Baselines {
+    /// One model on every store's rows.
+    centralized: Vec<f64>,
+    /// One model per declared business type on its stores' rows: what clustering by
+    /// declared metadata into separate models would give at best.
+    by_type: std::collections::HashMap<String, Vec<f64>>,
+}
+
+fn baselines(stores: &[PreparedStore], l2: f64) -> Baselines {
+    let mut types: Vec<&str> = stores.iter().map(|s| s.business_type.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    let by_type = types
+        .into_iter()
+        .map(|t| {
+            let of_type: Vec<PreparedStore> = stores
+                .iter()
+                .filter(|s| s.business_type == t)
+                .cloned()
+                .collect();
+            (t.to_string(), centralized_fit(&of_type, l2))
+        })
+        .collect();
+    Baselines {
+        centralized: centralized_fit(stores, l2),
+        by_type,
     }
 }
 

@@ -18,6 +18,10 @@ pub struct StoreReport {
     pub wape_local: Option<f64>,
     pub wape_federated: Option<f64>,
     pub wape_centralized: Option<f64>,
+    /// A model of the store's declared business type alone, fitted on the pooled rows
+    /// of that type's stores: clustering by declared metadata into separate models, at
+    /// best (a yardstick of this harness; the network model has per-type blocks).
+    pub wape_centralized_by_type: Option<f64>,
     /// The federated model fine-tuned at the store on its own rows.
     pub wape_personalized: Option<f64>,
     /// The mean of the federated, personalized and local forecasts.
@@ -274,6 +278,24 @@ fn kept_forecasts_line(stores: &[StoreReport]) -> String {
     )
 }
 
+/// A separate model per declared business type against the network's one model.
+fn by_type_line(stores: &[StoreReport]) -> String {
+    let pairs: Vec<(f64, f64)> = stores
+        .iter()
+        .filter_map(|s| s.wape_centralized_by_type.zip(s.wape_centralized))
+        .collect();
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let lower = pairs.iter().filter(|(t, c)| t < c).count();
+    format!(
+        "  a separate model per business type (each fitted on its type's pooled rows, in this harness only): median WAPE {} against {} for the one network model (centralized); lower at {lower} of {} stores\n",
+        pct(median(pairs.iter().map(|p| p.0).collect())),
+        pct(median(pairs.iter().map(|p| p.1).collect())),
+        pairs.len()
+    )
+}
+
 /// With a model per group: how many stores joined each group, and how many kept their
 /// group's model rather than the network's.
 fn groups_line(stores: &[StoreReport]) -> String {
@@ -362,6 +384,7 @@ pub fn render_summary(r: &DemandReport) -> String {
         },
         r.max_weight_gap_to_centralized
     );
+    s.push_str(&by_type_line(&r.stores));
     s.push_str(&groups_line(&r.stores));
     s.push_str(&kept_forecasts_line(&r.stores));
     if let Some(p) = &r.privacy {

@@ -95,6 +95,12 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
         summary.contains("federated") && summary.contains("store-999"),
         "{summary}"
     );
+    // Every store is also scored under a separate model of its declared type.
+    assert!(report
+        .stores
+        .iter()
+        .all(|s| s.wape_centralized_by_type.is_some()));
+    assert!(summary.contains("a separate model per business type"));
     assert!(events
         .lock()
         .unwrap()
