@@ -21,6 +21,7 @@
 //! ```
 
 mod floor;
+mod kept_state;
 mod protect;
 mod results;
 mod store_page;
@@ -416,8 +417,43 @@ impl StoreAgent {
                 job_id: job_id.clone(),
                 reason,
             })?;
+        self.restore_kept_state(&job_id, task.as_ref());
         *self.lock_current() = Some((job_id, spec, task.clone()));
         Ok(task)
+    }
+
+    /// Gives a newly built task what it kept before a restart, if it saved anything;
+    /// a file that does not fit is reported and the task starts afresh.
+    fn restore_kept_state(&self, job_id: &str, task: &dyn LocalTask) {
+        let Some(dir) = &self.config.results_dir else {
+            return;
+        };
+        let restored = match kept_state::load_kept_state(dir, job_id) {
+            Ok(None) => return,
+            Ok(Some(values)) => task.restore_state(&values).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match restored {
+            Ok(()) => {
+                tracing::info!(store = %self.config.store_id, "job '{job_id}': carrying on from the state kept before a restart")
+            }
+            Err(e) => {
+                tracing::warn!(store = %self.config.store_id, "job '{job_id}': starting afresh, the kept state does not fit: {e}")
+            }
+        }
+    }
+
+    /// Saves what the task keeps between rounds, where the store keeps its results.
+    fn save_kept_state(&self, job: Option<&v1::JobContext>, state: Option<Vec<f64>>) {
+        let (Some(dir), Some(values)) = (&self.config.results_dir, state) else {
+            return;
+        };
+        let Ok((job_id, _)) = job_from_wire(job) else {
+            return;
+        };
+        if let Err(e) = kept_state::save_kept_state(dir, &job_id, &values) {
+            tracing::warn!(store = %self.config.store_id, "job '{job_id}': {e}");
+        }
     }
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<CurrentTask>> {
@@ -515,16 +551,17 @@ impl StoreAgent {
         // The training loss goes out only with a plain update: beside a clipped and
         // noised or a masked one it would be a figure the protection does not cover.
         let report_loss = privacy.is_none() && t.secure.is_none();
-        let (update, loss) = tokio::task::spawn_blocking(move || {
+        let (update, loss, kept) = tokio::task::spawn_blocking(move || {
             let loss = report_loss.then(|| worker.train_loss(&global)).flatten();
             let mut update = worker.compute_update(&global, &work)?;
             if let Some(p) = &privacy {
                 protect_update(&mut update, p);
             }
-            Ok::<_, fedretail_models::TaskError>((update, loss))
+            Ok::<_, fedretail_models::TaskError>((update, loss, worker.kept_state()))
         })
         .await
         .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
+        self.save_kept_state(t.job.as_ref(), kept);
         if let Some(params) = &t.secure {
             let (input, message) = begin_secure(params, &update, &self.config.secagg_trust)?;
             s.secure = Some(PendingSecure {

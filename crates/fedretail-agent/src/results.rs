@@ -126,7 +126,7 @@ struct ModelCard<'a> {
     files: Vec<String>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ResultsError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ResultsError> {
     let err = |source| ResultsError::Write {
         path: path.to_path_buf(),
         source,
@@ -146,14 +146,10 @@ fn csv_bytes(table: &ResultTable) -> Result<Vec<u8>, std::io::Error> {
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-/// Writes a job's results under `dir/<job id>/` and returns that folder.
-pub fn write_results(
-    dir: &Path,
-    model: &ModelFile,
-    results: &StoreResults,
-) -> Result<PathBuf, ResultsError> {
-    let safe: String = model
-        .job_id
+/// The folder of job `job_id` under `dir`: its id with anything but letters, digits
+/// and `-_.` replaced, and no leading dots.
+pub(crate) fn job_folder(dir: &Path, job_id: &str) -> PathBuf {
+    let safe: String = job_id
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
@@ -163,7 +159,16 @@ pub fn write_results(
             }
         })
         .collect();
-    let folder = dir.join(safe.trim_start_matches('.'));
+    dir.join(safe.trim_start_matches('.'))
+}
+
+/// Writes a job's results under `dir/<job id>/` and returns that folder.
+pub fn write_results(
+    dir: &Path,
+    model: &ModelFile,
+    results: &StoreResults,
+) -> Result<PathBuf, ResultsError> {
+    let folder = job_folder(dir, &model.job_id);
     std::fs::create_dir_all(&folder).map_err(|source| ResultsError::Write {
         path: folder.clone(),
         source,

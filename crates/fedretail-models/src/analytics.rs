@@ -529,6 +529,14 @@ impl<S: Scoring> LocalTask for ScoringTask<S> {
         Ok(self.scored(global)?.0)
     }
 
+    fn kept_state(&self) -> Option<Vec<f64>> {
+        self.inner.kept_state()
+    }
+
+    fn restore_state(&self, state: &[f64]) -> Result<(), TaskError> {
+        self.inner.restore_state(state)
+    }
+
     /// The store scores its rows with the federated model fine-tuned on them (the
     /// federated model itself where fine-tuning did not help on its validation rows).
     fn results(&self, global: &[f64]) -> Result<StoreResults, TaskError> {

@@ -690,6 +690,33 @@ impl LocalTask for ClassifierTask {
             &self.test,
         ))
     }
+
+    fn kept_state(&self) -> Option<Vec<f64>> {
+        self.own_head.lock().clone()
+    }
+
+    fn restore_state(&self, state: &[f64]) -> Result<(), TaskError> {
+        let refuse = |reason: String| TaskError::KeptState {
+            task: self.name,
+            reason,
+        };
+        let dim = self.train.dim();
+        let Some(start) = head_start(self.kind, dim).filter(|_| self.own_head.is_on()) else {
+            return Err(refuse("it keeps no head of its own (FedPer is off)".into()));
+        };
+        let expected = self.kind.layout(dim).len() - start;
+        if state.len() != expected {
+            return Err(refuse(format!(
+                "a head of {} values, where this model's has {expected}",
+                state.len()
+            )));
+        }
+        if let Some(i) = state.iter().position(|v| !v.is_finite()) {
+            return Err(refuse(format!("value {i} of the head is not finite")));
+        }
+        *self.own_head.lock() = Some(state.to_vec());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -891,6 +918,31 @@ mod tests {
         let (own_a, own_b) = (auc(&fa, &fedper), auc(&fb, &fedper));
         assert!(plain_a.min(plain_b) < 0.7, "{plain_a} {plain_b}");
         assert!(own_a.min(own_b) > 0.8, "{own_a} {own_b}");
+    }
+
+    #[test]
+    fn a_restored_head_serves_the_store_as_the_one_it_trained() {
+        let trained = mlp_task(toy(120, 8), OwnHead::on());
+        assert_eq!(trained.kept_state(), None, "nothing kept before a round");
+        let global = fedavg_rounds(&[&trained], 3);
+        let head = trained.kept_state().unwrap();
+        // A new task over the same rows (the agent after a restart) takes the head back.
+        let restarted = mlp_task(toy(120, 8), OwnHead::on());
+        restarted.restore_state(&head).unwrap();
+        assert_eq!(restarted.model_for(&global), trained.model_for(&global));
+        // What does not fit is refused by name, and the head is left as it was.
+        let short = restarted.restore_state(&head[1..]).unwrap_err().to_string();
+        assert!(
+            short.contains(&format!("{} values", head.len() - 1)),
+            "{short}"
+        );
+        let mut bad = head.clone();
+        bad[0] = f64::NAN;
+        let nan = restarted.restore_state(&bad).unwrap_err().to_string();
+        assert!(nan.contains("value 0"), "{nan}");
+        assert_eq!(restarted.kept_state(), Some(head.clone()));
+        let plain = mlp_task(toy(120, 8), OwnHead::off());
+        assert!(plain.restore_state(&head).is_err());
     }
 
     #[test]

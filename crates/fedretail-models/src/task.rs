@@ -23,6 +23,8 @@ pub enum TaskError {
     Diverged(String),
     #[error("the coordinator's model is malformed: {0}")]
     InvalidModel(String),
+    #[error("the state kept for task '{task}' does not fit it: {reason}")]
+    KeptState { task: &'static str, reason: String },
 }
 
 /// A table a store keeps from a job (forecasts, flagged receipts, segments, scores):
@@ -79,6 +81,20 @@ pub trait LocalTask: Send + Sync {
     /// fitted on), for choosing among shared models; None where the task has none.
     fn validation_losses(&self, _global: &[f64]) -> Option<Vec<f64>> {
         None
+    }
+    /// What the store keeps between rounds outside the shared model (a FedPer head),
+    /// for the agent to save against a restart; None while it keeps nothing. It never
+    /// leaves the store.
+    fn kept_state(&self) -> Option<Vec<f64>> {
+        None
+    }
+    /// Takes back what [`LocalTask::kept_state`] gave, after a restart; an error when
+    /// it does not fit this task.
+    fn restore_state(&self, _state: &[f64]) -> Result<(), TaskError> {
+        Err(TaskError::KeptState {
+            task: self.task_name(),
+            reason: "this task keeps nothing between rounds".into(),
+        })
     }
     /// What the store keeps from the final model: tables for its results folder. They
     /// never leave the store.

@@ -410,6 +410,14 @@ fn fedper_heads_kept_at_the_lenders_serve_both_kinds_over_agent_processes() {
     for job in jobs {
         assert_eq!(job["failed"], false, "{}", job["status"]);
     }
+    // Each lender saved its head where it keeps its results, for a restart to carry
+    // on from: the output layer of a 4-unit MLP, 5 values. The averaged MLP keeps none.
+    for (_, folder) in &silos {
+        let kept = folder.join("results/fedper/kept_state.json");
+        let state: serde_json::Value = read_json(&kept);
+        assert_eq!(state["values"].as_array().unwrap().len(), 5, "{state}");
+        assert!(!folder.join("results/mlp/kept_state.json").exists());
+    }
     for kind in ['a', 'b'] {
         let (plain, fedper) = (mean_auc(&jobs[0], kind), mean_auc(&jobs[1], kind));
         eprintln!("lenders {kind}: mean AUC {fedper:.3} FedPer, {plain:.3} FedAvg MLP");
