@@ -69,6 +69,44 @@ pub fn spawn_coordinator(config: &Path, report: &Path) -> Child {
         .unwrap()
 }
 
+/// Starts `cmd` with its stderr read line by line into the returned channel (keep
+/// the channel until the process ends: once it is dropped nothing drains the pipe).
+pub fn spawn_logged(cmd: &mut Command) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Lines from `lines` until one for which `done` holds; panics after `limit`.
+pub fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the process went quiet before the line awaited");
+        if done(&line) {
+            return;
+        }
+    }
+}
+
 /// Starts `fedretail agent --config CONFIG`, output discarded.
 pub fn spawn_agent(config: &Path) -> Child {
     Command::new(BIN)

@@ -9,13 +9,13 @@ use fedretail_core::kmeans::{fit_bisecting_kmeans, ClusterTree, KMeansConfig};
 use fedretail_core::SamplingConfig;
 use fedretail_data::{load_customer_points, CustomerFeatureSet, FeatureWindow, StoreSource};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use crate::common::{
-    assert_same_model, free_port, read_json, spawn_agent, spawn_coordinator, wait_all, BIN,
+    assert_same_model, free_port, read_json, spawn_agent, spawn_coordinator, spawn_logged,
+    wait_all, wait_for_line, BIN,
 };
 const STORES: [&str; 3] = ["store-001", "store-002", "store-003"];
 /// A till without customer ids: store-001's sales with the customer column dropped.
@@ -453,25 +453,13 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
 
 /// Starts the coordinator with its stderr read line by line on a thread.
 fn start_coordinator(config: &Path, report: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["coordinator", "--config"])
-        .arg(config)
-        .arg("--report")
-        .arg(report)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (child, rx)
+    spawn_logged(
+        Command::new(BIN)
+            .args(["coordinator", "--config"])
+            .arg(config)
+            .arg("--report")
+            .arg(report),
+    )
 }
 
 #[test]
@@ -484,17 +472,11 @@ fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
     let report = dir.path().join("outcome.json");
     let (mut first, lines) = start_coordinator(&config, &report);
     // Kill it (SIGKILL) once the second job has completed two rounds.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut in_second = false;
-    loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the coordinator went quiet before the second job's second round");
-        in_second |= line.starts_with("job customer-anomaly: task");
-        if in_second && line.starts_with("round 2 done") {
-            break;
-        }
-    }
+    let in_second = std::cell::Cell::new(false);
+    wait_for_line(&lines, Duration::from_secs(180), |line| {
+        in_second.set(in_second.get() || line.starts_with("job customer-anomaly: task"));
+        in_second.get() && line.starts_with("round 2 done")
+    });
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(!report.exists(), "a killed coordinator wrote no report");

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{assert_same_model, free_port, read_json, spawn_coordinator, wait_all, BIN};
+use crate::common::{
+    assert_same_model, free_port, read_json, spawn_coordinator, spawn_logged, wait_all,
+    wait_for_line, BIN,
+};
 
 /// Three lenders of a few hundred loans and one with ten: income and age drive the
 /// risk, home ownership a little, and a loan id is unique per row.
@@ -123,6 +126,19 @@ fn lenders(dir: &Path, text: &str, file: &str) -> (PathBuf, Vec<(String, PathBuf
 /// per lender in `silos`, each known by its token; the coordinator's outcome.
 fn run_lenders(dir: &Path, silos: &[(String, PathBuf)], jobs: &str) -> serde_json::Value {
     let port = free_port();
+    let config = lenders_coordinator(dir, port, silos, jobs);
+    let mut children: Vec<(String, Child)> = silos
+        .iter()
+        .map(|(name, folder)| (name.clone(), spawn_agent(dir, port, name, folder)))
+        .collect();
+    let report = dir.join("outcome.json");
+    children.push(("coordinator".into(), spawn_coordinator(&config, &report)));
+    wait_all(&mut children, Duration::from_secs(120));
+    read_json(&report)
+}
+
+/// A coordinator config on `port` running `jobs` for the lenders `silos`.
+fn lenders_coordinator(dir: &Path, port: u16, silos: &[(String, PathBuf)], jobs: &str) -> PathBuf {
     let mut text = format!(
         "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\n{jobs}",
         dir.join("coordinator.db").display()
@@ -134,14 +150,7 @@ fn run_lenders(dir: &Path, silos: &[(String, PathBuf)], jobs: &str) -> serde_jso
     }
     let config = dir.join("coordinator.toml");
     std::fs::write(&config, text).unwrap();
-    let mut children: Vec<(String, Child)> = silos
-        .iter()
-        .map(|(name, folder)| (name.clone(), spawn_agent(dir, port, name, folder)))
-        .collect();
-    let report = dir.join("outcome.json");
-    children.push(("coordinator".into(), spawn_coordinator(&config, &report)));
-    wait_all(&mut children, Duration::from_secs(120));
-    read_json(&report)
+    config
 }
 
 #[test]
@@ -427,4 +436,67 @@ fn fedper_heads_kept_at_the_lenders_serve_both_kinds_over_agent_processes() {
             "{kind}: FedPer {fedper}, FedAvg {plain}"
         );
     }
+}
+
+/// A lender killed (SIGKILL) in the middle of a FedPer job and started again carries
+/// on with the head it trained: the agent takes back what it saved in its results
+/// folder, and the job finishes with it.
+#[test]
+fn a_lender_restarted_mid_job_carries_on_with_its_own_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, silos) = lenders(dir.path(), &two_kinds_of_loans(), "loans.csv");
+    // Seven of eight lenders make a round, and a round missing one closes in 5 s.
+    let job = lender_fedavg_job(
+        "fedper",
+        "model = { mlp = { hidden = 4 } }\npersonal_head = true",
+    )
+    .replace("rounds = 18", "rounds = 40")
+    .replace("min_stores = 8", "min_stores = 7\nround_timeout_secs = 5.0");
+    let port = free_port();
+    let config = lenders_coordinator(dir.path(), port, &silos, &job);
+    let mut children: Vec<(String, Child)> = silos
+        .iter()
+        .map(|(name, folder)| (name.clone(), spawn_agent(dir.path(), port, name, folder)))
+        .collect();
+    let report = dir.path().join("outcome.json");
+    let (coordinator, lines) = spawn_logged(
+        Command::new(BIN)
+            .args(["coordinator", "--config"])
+            .arg(&config)
+            .arg("--report")
+            .arg(&report),
+    );
+    wait_for_line(&lines, Duration::from_secs(120), |l| {
+        l.starts_with("round 4 done")
+    });
+    let (name, mut first) = children.remove(0);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let kept = silos[0].1.join("results/fedper/kept_state.json");
+    assert!(kept.exists(), "{name} saved no head before it was killed");
+    let (again, log) = spawn_logged(
+        Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(dir.path().join(format!("{name}.toml")))
+            .env("FEDRETAIL_LOG", "info"),
+    );
+    children.push((name.clone(), again));
+    children.push(("coordinator".into(), coordinator));
+    wait_all(&mut children, Duration::from_secs(180));
+    let log: Vec<String> = log.try_iter().collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("carrying on from the state kept before a restart")),
+        "{log:#?}"
+    );
+    let outcome = read_json(&report);
+    let job = &outcome["jobs"][0];
+    assert_eq!(job["failed"], false, "{}", job["status"]);
+    let evaluated = job["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["store_id"] == name.as_str());
+    assert!(evaluated, "the restarted {name} was not evaluated: {job}");
+    drop(lines);
 }
