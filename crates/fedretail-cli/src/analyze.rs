@@ -130,10 +130,10 @@ pub struct CreditArgs {
     /// Only the in-process reference (no coordinator, no agents).
     #[arg(long)]
     pub in_process: bool,
-    /// Over the agents, also train the MLP FedPer-style (job `credit-mlp-fedper`): the
-    /// body shared, each lender's output layer trained and kept at the lender. Not in
-    /// the in-process reference.
-    #[arg(long, conflicts_with = "in_process")]
+    /// Also train the MLP FedPer-style (job `credit-mlp-fedper` over the agents, and
+    /// in the in-process reference): the body shared, each lender's output layer
+    /// trained and kept at the lender.
+    #[arg(long)]
     pub personal_head: bool,
     /// Where each lender's rows are written as its own export, with its results.
     #[arg(long, default_value = "fedretail-data/credit-network")]
@@ -492,7 +492,13 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
         a.train.min_train_rows,
         a.min_category_rows,
     );
-    let options = a.train.options();
+    if a.personal_head && a.train.mlp_hidden == 0 {
+        bail!("--personal-head trains the MLP's head per lender: it needs --mlp-hidden above 0");
+    }
+    let options = fedretail_sim::classification::ClassificationOptions {
+        personal_head: a.personal_head,
+        ..a.train.options()
+    };
     let bar = spinner();
     let reference = rt
         .block_on(run_credit(
@@ -507,9 +513,6 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
         let page = |s: &str| analysis_pages::classification_page(&reference, s);
         let summary = render_classification(&reference);
         return emit(&reference, summary, page, "credit", &a.output);
-    }
-    if a.personal_head && a.train.mlp_hidden == 0 {
-        bail!("--personal-head trains the MLP's head per lender: it needs --mlp-hidden above 0");
     }
     let jobs = fedretail_sim::tabular_jobs(&spec, &options, &reference, a.personal_head);
     let progress = Arc::new(DemoProgress::new());
@@ -528,6 +531,7 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
         ("credit-newton", Some(&reference.newton_parameters)),
         ("credit-fedavg", Some(&reference.fedavg_parameters)),
         ("credit-mlp", reference.mlp_parameters.as_ref()),
+        ("credit-mlp-fedper", reference.fedper_parameters.as_ref()),
     ];
     let mut gaps = BTreeMap::new();
     for (id, expected) in references {

@@ -66,6 +66,9 @@ pub struct ClassificationOptions {
     pub server_learning_rate: f64,
     /// FedProx's proximal strength in every party's local steps (0: FedAvg).
     pub proximal_mu: f64,
+    /// Also train the MLP FedPer-style: the body shared, each party's output layer
+    /// trained and kept at the party through every round.
+    pub personal_head: bool,
 }
 
 impl ClassificationOptions {
@@ -124,6 +127,7 @@ impl Default for ClassificationOptions {
             server_optimizer: ServerOptimizerKind::None,
             server_learning_rate: 1.0,
             proximal_mu: 0.0,
+            personal_head: false,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct SiloReport {
     pub auc_centralized: Option<f64>,
     pub auc_mlp_local: Option<f64>,
     pub auc_mlp_federated: Option<f64>,
+    /// With `personal_head`: the FedPer MLP, with the party's own trained head.
+    pub auc_mlp_fedper: Option<f64>,
     pub auc_rule: Option<f64>,
     pub accuracy_local: Option<f64>,
     pub accuracy_federated: Option<f64>,
@@ -177,6 +183,9 @@ pub struct ClassificationReport {
     /// shared, the output layer refitted on the party's rows, pulled toward the
     /// federated one).
     pub pooled_auc_mlp_own_head: Option<f64>,
+    /// With `personal_head`: FedPer proper, each party's head trained with the body
+    /// through every round and kept at the party.
+    pub pooled_auc_mlp_fedper: Option<f64>,
     /// The seed's rule `standardized recency > 1`, where the task has it (churn).
     pub pooled_auc_rule: Option<f64>,
     pub pooled_accuracy_local: Option<f64>,
@@ -190,6 +199,8 @@ pub struct ClassificationReport {
     pub newton_parameters: Vec<f64>,
     pub fedavg_parameters: Vec<f64>,
     pub mlp_parameters: Option<Vec<f64>>,
+    /// With `personal_head`: the FedPer job's shared model (the head part never moves).
+    pub fedper_parameters: Option<Vec<f64>>,
     /// Per-party DP-SGD settings and ε spent, when customer-level DP is on.
     pub privacy: Option<Vec<PartyPrivacy>>,
     /// Pooled ROC curves of the main models, for the report's plot.
@@ -290,6 +301,7 @@ pub fn run_classification(
         pooled_auc_newton_own_intercept: pooled.auc(8),
         pooled_auc_mlp_own_intercept: pooled.auc(9).filter(|_| has_mlp),
         pooled_auc_mlp_own_head: pooled.auc(10).filter(|_| has_mlp),
+        pooled_auc_mlp_fedper: pooled.auc(11),
         pooled_auc_rule: rule_auc,
         pooled_accuracy_local: pooled.accuracy(0),
         pooled_accuracy_federated: pooled.accuracy(1),
@@ -298,6 +310,10 @@ pub fn run_classification(
         newton_max_parameter_gap: max_gap(&logistic.newton, &logistic.newton_central),
         newton_parameters: logistic.newton,
         fedavg_parameters: logistic.fed.parameters.into_values(),
+        fedper_parameters: mlp
+            .as_ref()
+            .and_then(|m| m.fedper.as_ref())
+            .map(|f| f.body.clone()),
         mlp_parameters: mlp.map(|m| m.fed),
         privacy,
         roc,
@@ -364,6 +380,13 @@ struct Mlp {
     fed: Vec<f64>,
     central: Vec<f64>,
     local: Vec<Vec<f64>>,
+    fedper: Option<FedPerRun>,
+}
+
+/// FedPer's outcome: the shared model, and each party's model with its own head.
+struct FedPerRun {
+    body: Vec<f64>,
+    models: Vec<Vec<f64>>,
 }
 
 /// What every model of a run is trained from.
@@ -377,17 +400,34 @@ struct Trainer<'a> {
 
 impl Trainer<'_> {
     fn tasks(&self, kind: ClassifierKind, private: bool) -> Vec<(String, Arc<dyn LocalTask>)> {
+        self.classifiers(kind, private, false)
+            .into_iter()
+            .map(|(name, t)| (name, t as Arc<dyn LocalTask>))
+            .collect()
+    }
+
+    /// Each party's classifier, with a head of its own when `own_head`.
+    fn classifiers(
+        &self,
+        kind: ClassifierKind,
+        private: bool,
+        own_head: bool,
+    ) -> Vec<(String, Arc<ClassifierTask>)> {
         self.parties
             .iter()
             .zip(&self.party_dp)
             .map(|(p, dp)| {
-                let t: Arc<dyn LocalTask> = Arc::new(ClassifierTask {
+                let t = Arc::new(ClassifierTask {
                     name: "classify",
                     kind,
                     train: p.train.clone(),
                     test: p.test.clone(),
                     dp: if private { *dp } else { None },
-                    own_head: OwnHead::off(),
+                    own_head: if own_head {
+                        OwnHead::on()
+                    } else {
+                        OwnHead::off()
+                    },
                 });
                 (p.name.clone(), t)
             })
@@ -395,6 +435,30 @@ impl Trainer<'_> {
     }
 
     fn fedavg(&self, kind: ClassifierKind, learning_rate: f64) -> Result<InProcessRun, SimError> {
+        self.fedavg_on(kind, learning_rate, &self.tasks(kind, true))
+    }
+
+    /// FedPer: FedAvg of the body while each party trains and keeps its own head.
+    fn fedper(&self, kind: ClassifierKind, learning_rate: f64) -> Result<FedPerRun, SimError> {
+        let parties = self.classifiers(kind, true, true);
+        let stores: Vec<(String, Arc<dyn LocalTask>)> = parties
+            .iter()
+            .map(|(name, t)| (name.clone(), t.clone() as Arc<dyn LocalTask>))
+            .collect();
+        let body = self
+            .fedavg_on(kind, learning_rate, &stores)?
+            .parameters
+            .into_values();
+        let models = parties.iter().map(|(_, t)| t.model_for(&body)).collect();
+        Ok(FedPerRun { body, models })
+    }
+
+    fn fedavg_on(
+        &self,
+        kind: ClassifierKind,
+        learning_rate: f64,
+        stores: &[(String, Arc<dyn LocalTask>)],
+    ) -> Result<InProcessRun, SimError> {
         let o = self.options;
         let sampling = SamplingConfig {
             fraction: 1.0,
@@ -411,11 +475,7 @@ impl Trainer<'_> {
             kind.initial_parameters(self.dim, o.seed),
         )
         .map_err(err)?;
-        let stores = self.tasks(kind, true);
-        run_until(strategy.as_mut(), &stores, init, o.rounds, &mut |_, _| {
-            false
-        })
-        .map_err(err)
+        run_until(strategy.as_mut(), stores, init, o.rounds, &mut |_, _| false).map_err(err)
     }
 
     /// SGD on one party's (or the pooled) rows, one epoch per "round", reshuffled each
@@ -525,11 +585,18 @@ impl Trainer<'_> {
         on_event(ClassificationEvent::Stage(
             "MLP: FedAvg, local and centralized",
         ));
+        let fedper = if self.options.personal_head {
+            on_event(ClassificationEvent::Stage("MLP: FedPer"));
+            Some(self.fedper(kind, rate)?)
+        } else {
+            None
+        };
         Ok(Some(Mlp {
             kind,
             fed: self.fedavg(kind, rate)?.parameters.into_values(),
             central: self.local_sgd(kind, &self.pooled_train, rate, None)?,
             local: self.each_party(kind, rate)?,
+            fedper,
         }))
     }
 }
@@ -538,7 +605,7 @@ impl Trainer<'_> {
 /// FedAvg, centralized, Newton, centralized Newton, then the MLP's local, FedAvg and
 /// centralized.
 #[derive(Default)]
-struct Pooled<'a>([Vec<(Vec<f64>, &'a LabeledRows)>; 11]);
+struct Pooled<'a>([Vec<(Vec<f64>, &'a LabeledRows)>; 12]);
 
 impl Pooled<'_> {
     fn scores(&self, k: usize) -> (Vec<f64>, Vec<bool>) {
@@ -622,6 +689,10 @@ fn evaluate_silos<'a>(
             pooled.0[9].push((predict_proba(m.kind, &own, &p.test), &p.test));
             let head = with_own_head(m.kind, &m.fed, &p.train, OWN_HEAD_PULL);
             pooled.0[10].push((predict_proba(m.kind, &head, &p.test), &p.test));
+            if let Some(own) = m.fedper.as_ref().map(|f| &f.models[i]) {
+                silo.auc_mlp_fedper = metric(m.kind, own, &p.test, "auc");
+                pooled.0[11].push((predict_proba(m.kind, own, &p.test), &p.test));
+            }
         }
         silos.push(silo);
     }
@@ -658,6 +729,7 @@ fn silo_report(p: &Party, i: usize, l: &Logistic, rule_column: Option<usize>) ->
         auc_centralized: metric(lr, &l.central, &p.test, "auc"),
         auc_mlp_local: None,
         auc_mlp_federated: None,
+        auc_mlp_fedper: None,
         auc_rule: rule_scores
             .as_ref()
             .and_then(|s| roc_auc(s, p.test.labels())),
@@ -873,6 +945,12 @@ fn render_pooled(r: &ClassificationReport) -> String {
             "  own head (FedPer)     MLP {}   (hidden layer shared, output layer refitted by each party)\n",
             f(r.pooled_auc_mlp_own_head)
         ));
+        if r.pooled_auc_mlp_fedper.is_some() {
+            s.push_str(&format!(
+                "  FedPer, trained       MLP {}   (each party's head trained with the body every round, kept at the party)\n",
+                f(r.pooled_auc_mlp_fedper)
+            ));
+        }
     }
     if r.pooled_auc_rule.is_some() {
         s.push_str(&format!(

@@ -239,9 +239,10 @@ fn a_credit_job_over_agent_processes_equals_the_in_process_newton_fit() {
     }
 }
 
-/// FedProx and a server optimizer (FedAdam) over agent processes: each job's model is
-/// its in-process run's (the same local steps, proximal pull and server moments), so
-/// what the reference tests prove of the strategies holds over the wire too.
+/// FedProx and a server optimizer (FedAdam) over agent processes, and FedPer on top:
+/// each job's model is its in-process run's (the same local steps, proximal pull,
+/// server moments and heads kept at the lenders), so what the reference tests prove of
+/// the strategies holds over the wire too.
 #[test]
 fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
     use fedretail_coordinator::{JobConfig, ServerOptimizerKind};
@@ -254,6 +255,7 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
         proximal_mu: 0.1,
         server_optimizer: ServerOptimizerKind::Adam,
         server_learning_rate: 0.03,
+        personal_head: true,
         ..Default::default()
     };
     let reference = tokio::runtime::Runtime::new()
@@ -279,7 +281,7 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
     );
     let heads = |j: &JobConfig| matches!(&j.task, TaskSpec::Tabular(t) if t.personal_head);
     assert!(heads(&with_heads[3]) && !with_heads[..3].iter().any(heads));
-    let jobs: Vec<JobConfig> = fedretail_sim::tabular_jobs(&spec(), &options, &reference, false)
+    let jobs: Vec<JobConfig> = with_heads
         .into_iter()
         .filter(|j| j.job_id != "credit-newton")
         .map(|j| JobConfig {
@@ -288,7 +290,7 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
             ..j
         })
         .collect();
-    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs.len(), 3);
 
     #[derive(serde::Serialize)]
     struct Jobs {
@@ -303,11 +305,29 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
     let expected = [
         ("credit-fedavg", reference.fedavg_parameters.clone()),
         ("credit-mlp", reference.mlp_parameters.clone().unwrap()),
+        (
+            "credit-mlp-fedper",
+            reference.fedper_parameters.clone().unwrap(),
+        ),
     ];
     for (job, (id, parameters)) in outcome["jobs"].as_array().unwrap().iter().zip(expected) {
         assert_eq!(job["job_id"], id);
         assert_eq!(job["failed"], false, "{id}: {}", job["status"]);
         assert_same_model(job, &parameters, id);
+    }
+    // The heads too: each lender's AUC under its own head is its in-process party's.
+    let fedper = &outcome["jobs"][2];
+    for silo in &reference.silos {
+        let at_lender = fedper["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["store_id"] == silo.silo.as_str())
+            .map(|e| e["metrics"]["auc"].as_f64().unwrap());
+        let (Some(wire), Some(own)) = (at_lender, silo.auc_mlp_fedper) else {
+            panic!("{}: no FedPer AUC over the wire or in process", silo.silo);
+        };
+        assert!((wire - own).abs() < 1e-9, "{}: {wire} vs {own}", silo.silo);
     }
 }
 
