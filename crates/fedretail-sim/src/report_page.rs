@@ -261,6 +261,7 @@ fn per_store(section: &mut Section, r: &DemandReport) {
                 s.chosen.clone().unwrap_or_default(),
                 pct(s.wape_chosen),
                 pct(s.bias_forecast),
+                s.kept_vs_local.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -277,6 +278,7 @@ fn per_store(section: &mut Section, r: &DemandReport) {
             "chosen",
             "chosen WAPE",
             "kept bias",
+            "kept vs own",
         ],
         rows,
     );
