@@ -18,7 +18,7 @@ mod wire;
 
 pub use refusal::Refusal;
 pub use round::{Closed, RoundError, RoundLedger, RoundSetup, TrainOrder};
-pub use wire::WireVerdict;
+pub use wire::{WireVerdict, ONE_PASS_MIN_VALUES};
 
 use crate::privacy::{RoundPrivacy, SecureRound};
 use fedretail_core::tabular::TableSummary;

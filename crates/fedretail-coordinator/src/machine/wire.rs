@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 /// Updates shorter than this are decoded and checked on arrival: that takes
 /// microseconds, less than their reply would wait for a batch.
-pub(crate) const ONE_PASS_MIN_VALUES: usize = 1 << 15;
+pub const ONE_PASS_MIN_VALUES: usize = 1 << 15;
 
 /// (received, selected) once the update is in the sum, or why it was refused.
 pub type WireVerdict = Result<(usize, usize), Refusal>;

@@ -206,7 +206,9 @@ async fn bad_updates_are_refused_and_the_job_completes() {
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("index 7 is not finite"), "{msg}");
     // In f32 the update is folded from its bytes with its batch and checked in that
-    // pass; the reply waits for the batch (here, until it is settled as it is).
+    // pass; the reply waits for the batch (here, until it is settled as it is). Only
+    // an update this long takes that path.
+    assert!(good.len() >= fedretail_coordinator::machine::ONE_PASS_MIN_VALUES);
     let f32s: Vec<f32> = good
         .iter()
         .enumerate()
