@@ -15,6 +15,8 @@ const FILE: &str = "kept_state.json";
 struct KeptState {
     format: String,
     job_id: String,
+    /// The round whose training left this state.
+    round: u64,
     values: Vec<f64>,
 }
 
@@ -23,8 +25,14 @@ pub fn kept_state_path(dir: &Path, job_id: &str) -> PathBuf {
     job_folder(dir, job_id).join(FILE)
 }
 
-/// Saves `values` as job `job_id`'s state (replacing the last in one rename).
-pub fn save_kept_state(dir: &Path, job_id: &str, values: &[f64]) -> Result<(), ResultsError> {
+/// Saves `values`, left by round `round`, as job `job_id`'s state (replacing the last
+/// in one rename).
+pub fn save_kept_state(
+    dir: &Path,
+    job_id: &str,
+    round: u64,
+    values: &[f64],
+) -> Result<(), ResultsError> {
     let path = kept_state_path(dir, job_id);
     if let Some(folder) = path.parent() {
         std::fs::create_dir_all(folder).map_err(|source| ResultsError::Write {
@@ -35,6 +43,7 @@ pub fn save_kept_state(dir: &Path, job_id: &str, values: &[f64]) -> Result<(), R
     let state = KeptState {
         format: FORMAT.into(),
         job_id: job_id.into(),
+        round,
         values: values.to_vec(),
     };
     let text = serde_json::to_string(&state).map_err(|e| ResultsError::Write {
@@ -44,8 +53,8 @@ pub fn save_kept_state(dir: &Path, job_id: &str, values: &[f64]) -> Result<(), R
     write_atomic(&path, text.as_bytes())
 }
 
-/// Job `job_id`'s saved state; None when it saved none.
-pub fn load_kept_state(dir: &Path, job_id: &str) -> Result<Option<Vec<f64>>, ResultsError> {
+/// Job `job_id`'s saved state and the round that left it; None when it saved none.
+pub fn load_kept_state(dir: &Path, job_id: &str) -> Result<Option<(u64, Vec<f64>)>, ResultsError> {
     let path = kept_state_path(dir, job_id);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -74,7 +83,21 @@ pub fn load_kept_state(dir: &Path, job_id: &str) -> Result<Option<Vec<f64>>, Res
             state.job_id
         )));
     }
-    Ok(Some(state.values))
+    Ok(Some((state.round, state.values)))
+}
+
+/// What job `job_id` kept before a restart, for a task built for `round`: None when
+/// it saved nothing; an error (to report) when the file is unreadable or is from this
+/// round or later (a past run's of a job by the same id).
+pub fn kept_before(dir: &Path, job_id: &str, round: u64) -> Result<Option<Vec<f64>>, String> {
+    match load_kept_state(dir, job_id) {
+        Ok(None) => Ok(None),
+        Ok(Some((saved, _))) if saved >= round => Err(format!(
+            "it is from round {saved}, not before round {round}: a past run's"
+        )),
+        Ok(Some((_, values))) => Ok(Some(values)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -86,8 +109,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(load_kept_state(dir.path(), "job/1").unwrap().is_none());
         let values = [0.1, -2.5e-7, 3.0];
-        save_kept_state(dir.path(), "job/1", &values).unwrap();
-        let back = load_kept_state(dir.path(), "job/1").unwrap().unwrap();
+        save_kept_state(dir.path(), "job/1", 4, &values).unwrap();
+        let (round, back) = load_kept_state(dir.path(), "job/1").unwrap().unwrap();
+        assert_eq!(round, 4);
         assert_eq!(back.len(), 3);
         for (a, b) in back.iter().zip(values) {
             assert!((a - b).abs() <= 1e-15 * b.abs(), "{a} {b}");
@@ -99,5 +123,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(FILE), "{e}");
+    }
+
+    #[test]
+    fn only_a_state_from_an_earlier_round_is_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(kept_before(dir.path(), "j", 5), Ok(None));
+        save_kept_state(dir.path(), "j", 4, &[1.0, 2.0]).unwrap();
+        assert_eq!(kept_before(dir.path(), "j", 5), Ok(Some(vec![1.0, 2.0])));
+        // A new run of a job by the same id starts over at round 1.
+        let e = kept_before(dir.path(), "j", 1).unwrap_err();
+        assert!(e.contains("round 4") && e.contains("past run"), "{e}");
+        assert!(kept_before(dir.path(), "j", 4).is_err());
     }
 }

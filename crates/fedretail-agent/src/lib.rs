@@ -396,10 +396,13 @@ impl StoreAgent {
         }
     }
 
-    /// The task of job `job`, prepared from the store's data (once per job).
+    /// The task of job `job`, prepared from the store's data (once per job). Built
+    /// for a round (`round`) rather than at the job's start, it takes back what the
+    /// store kept of the job before a restart.
     async fn task_for(
         &self,
         job: Option<&v1::JobContext>,
+        round: Option<u64>,
     ) -> Result<Arc<dyn LocalTask>, AgentError> {
         let (job_id, spec) = job_from_wire(job).map_err(|e| AgentError::BadTask(e.to_string()))?;
         if let Some((id, cached_spec, task)) = self.lock_current().as_ref() {
@@ -417,21 +420,25 @@ impl StoreAgent {
                 job_id: job_id.clone(),
                 reason,
             })?;
-        self.restore_kept_state(&job_id, task.as_ref());
+        if let Some(round) = round {
+            self.restore_kept_state(&job_id, task.as_ref(), round);
+        }
         *self.lock_current() = Some((job_id, spec, task.clone()));
         Ok(task)
     }
 
-    /// Gives a newly built task what it kept before a restart, if it saved anything;
-    /// a file that does not fit is reported and the task starts afresh.
-    fn restore_kept_state(&self, job_id: &str, task: &dyn LocalTask) {
+    /// Gives a task built for `round` what it kept before a restart, if it saved
+    /// anything in an earlier round (a state from this round or later is a past run's
+    /// of a job by the same id); a file that does not fit is reported and the task
+    /// starts afresh.
+    fn restore_kept_state(&self, job_id: &str, task: &dyn LocalTask, round: u64) {
         let Some(dir) = &self.config.results_dir else {
             return;
         };
-        let restored = match kept_state::load_kept_state(dir, job_id) {
+        let restored = match kept_state::kept_before(dir, job_id, round) {
             Ok(None) => return,
             Ok(Some(values)) => task.restore_state(&values).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         match restored {
             Ok(()) => {
@@ -444,14 +451,14 @@ impl StoreAgent {
     }
 
     /// Saves what the task keeps between rounds, where the store keeps its results.
-    fn save_kept_state(&self, job: Option<&v1::JobContext>, state: Option<Vec<f64>>) {
+    fn save_kept_state(&self, job: Option<&v1::JobContext>, round: u64, state: Option<Vec<f64>>) {
         let (Some(dir), Some(values)) = (&self.config.results_dir, state) else {
             return;
         };
         let Ok((job_id, _)) = job_from_wire(job) else {
             return;
         };
-        if let Err(e) = kept_state::save_kept_state(dir, &job_id, &values) {
+        if let Err(e) = kept_state::save_kept_state(dir, &job_id, round, &values) {
             tracing::warn!(store = %self.config.store_id, "job '{job_id}': {e}");
         }
     }
@@ -479,7 +486,7 @@ impl StoreAgent {
         } else if p.describe {
             self.describe(p.job.as_ref()).await
         } else {
-            match self.task_for(p.job.as_ref()).await {
+            match self.task_for(p.job.as_ref(), None).await {
                 Ok(task) => Answer::NumTrainExamples(task.num_train_examples()),
                 Err(AgentError::CannotServe { reason, .. }) => Answer::CannotServe(reason),
                 Err(e) => Answer::CannotServe(e.to_string()),
@@ -534,7 +541,7 @@ impl StoreAgent {
         t: v1::TrainTask,
         summary: &mut AgentSummary,
     ) -> Result<(), AgentError> {
-        let task = self.task_for(t.job.as_ref()).await?;
+        let task = self.task_for(t.job.as_ref(), Some(t.round)).await?;
         let (global, work, precision) =
             read_train_task(task.as_ref(), &t, self.config.max_message_bytes)?;
         let privacy = t.privacy;
@@ -561,7 +568,7 @@ impl StoreAgent {
         })
         .await
         .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
-        self.save_kept_state(t.job.as_ref(), kept);
+        self.save_kept_state(t.job.as_ref(), t.round, kept);
         if let Some(params) = &t.secure {
             let (input, message) = begin_secure(params, &update, &self.config.secagg_trust)?;
             s.secure = Some(PendingSecure {
@@ -663,7 +670,7 @@ impl StoreAgent {
         t: v1::EvaluateTask,
         summary: &mut AgentSummary,
     ) -> Result<(), AgentError> {
-        let task = self.task_for(t.job.as_ref()).await?;
+        let task = self.task_for(t.job.as_ref(), Some(t.round)).await?;
         let layout =
             layout_from_wire(t.layout.as_ref()).map_err(|e| AgentError::BadTask(e.to_string()))?;
         check_layout(task.as_ref(), &layout)?;
