@@ -514,7 +514,7 @@ fn credit(rt: &tokio::runtime::Runtime, a: &CreditArgs) -> Result<()> {
         let summary = render_classification(&reference);
         return emit(&reference, summary, page, "credit", &a.output);
     }
-    let jobs = fedretail_sim::tabular_jobs(&spec, &options, &reference, a.personal_head);
+    let jobs = fedretail_sim::tabular_jobs(&spec, &options, &reference);
     let progress = Arc::new(DemoProgress::new());
     let p = progress.clone();
     let observer = Arc::new(move |e: &fedretail_coordinator::CoordinatorEvent| p.on_coordinator(e));

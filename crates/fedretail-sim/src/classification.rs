@@ -603,7 +603,7 @@ impl Trainer<'_> {
 
 /// Every model's scores on every party's test rows, pooled per model: local,
 /// FedAvg, centralized, Newton, centralized Newton, then the MLP's local, FedAvg and
-/// centralized.
+/// centralized, the own intercepts (Newton, MLP), the MLP's own head, and FedPer.
 #[derive(Default)]
 struct Pooled<'a>([Vec<(Vec<f64>, &'a LabeledRows)>; 12]);
 

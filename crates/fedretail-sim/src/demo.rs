@@ -110,11 +110,11 @@ pub fn run_demo<'a>(
             .iter()
             .filter_map(|ev| {
                 let store = by_id.get(ev.store_id.as_str())?;
-                let mut r = store_report(ev, store, &centralized, options.holdout_days);
-                let actual = store.dataset.test.units().iter().sum();
-                r.wape_centralized_by_type = by_type
-                    .get(&store.business_type)
-                    .and_then(|w| metrics::wape(test_errors(&store.dataset, w), actual));
+                let yardsticks = Yardsticks {
+                    centralized: &centralized,
+                    of_type: by_type.get(&store.business_type).map(Vec::as_slice),
+                };
+                let mut r = store_report(ev, store, &yardsticks, options.holdout_days);
                 r.district = offices.as_ref().map(|o| {
                     let office = o.contains(&r.store_id);
                     (if office { "office" } else { "other" }).to_string()
@@ -306,17 +306,24 @@ fn grouped_gap(outcome: &JobOutcome, stores: &[PreparedStore], l2: f64, groups: 
     gap
 }
 
-/// One store's figures: what it reported, and the centralized yardstick on its days.
+/// The pooled models a store is measured against: the whole network's, and its
+/// declared business type's.
+struct Yardsticks<'a> {
+    centralized: &'a [f64],
+    of_type: Option<&'a [f64]>,
+}
+
+/// One store's figures: what it reported, and the centralized yardsticks on its days.
 fn store_report(
     ev: &StoreEvaluation,
     store: &PreparedStore,
-    centralized: &[f64],
+    yardsticks: &Yardsticks<'_>,
     holdout_days: u32,
 ) -> StoreReport {
     let ds = &store.dataset;
     let m = |k: &str| ev.metrics.get(k).copied();
     let actual: f64 = ds.test.units().iter().sum();
-    let central_err = test_errors(ds, centralized);
+    let central_err = test_errors(ds, yardsticks.centralized);
     let n_cat = (ds.test.len() / holdout_days as usize).max(1);
     let train_days = (ds.train.len() / n_cat).max(1);
     let units_per_day = ds.train.units().iter().sum::<f64>() / train_days as f64;
@@ -337,7 +344,9 @@ fn store_report(
         wape_local: m("wape_local"),
         wape_federated: m("wape_federated"),
         wape_centralized: metrics::wape(central_err, actual),
-        wape_centralized_by_type: None,
+        wape_centralized_by_type: yardsticks
+            .of_type
+            .and_then(|w| metrics::wape(test_errors(ds, w), actual)),
         wape_personalized: m("wape_personalized"),
         wape_ensemble: m("wape_ensemble"),
         mase_local: m("mase_local"),

@@ -129,15 +129,14 @@ pub const SILO_TABLE_FILE: &str = "table.csv";
 
 /// The credit jobs `analyze credit` runs over agents, matching the in-process
 /// reference's settings: exact Newton on the logistic regression, FedAvg of the
-/// logistic regression, and FedAvg of the MLP; with `personal_head`, the MLP again
-/// FedPer-style (each silo keeps its own output layer; no in-process reference).
+/// logistic regression, and FedAvg of the MLP; with `options.personal_head`, the MLP
+/// again FedPer-style (each silo keeps its own output layer).
 /// `reference` gives the pooled training rows, which scale the Newton penalty to the
 /// same objective.
 pub fn tabular_jobs(
     spec: &TabularSpec,
     options: &ClassificationOptions,
     reference: &ClassificationReport,
-    personal_head: bool,
 ) -> Vec<JobConfig> {
     let pooled_train: usize = reference.silos.iter().map(|s| s.train_rows).sum();
     let task = |model, personal_head| {
@@ -203,7 +202,7 @@ pub fn tabular_jobs(
             )
         };
         jobs.push(mlp_job("credit-mlp"));
-        if personal_head {
+        if options.personal_head {
             let mut fedper = mlp_job("credit-mlp-fedper");
             fedper.task = task(mlp, true);
             jobs.push(fedper);

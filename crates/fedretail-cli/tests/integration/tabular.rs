@@ -268,7 +268,7 @@ fn fedprox_and_fedadam_jobs_over_agent_processes_equal_their_in_process_runs() {
         ))
         .unwrap();
     // With personal heads, the MLP again, FedPer-style, and nothing else changes.
-    let with_heads = fedretail_sim::tabular_jobs(&spec(), &options, &reference, true);
+    let with_heads = fedretail_sim::tabular_jobs(&spec(), &options, &reference);
     let ids: Vec<&str> = with_heads.iter().map(|j| j.job_id.as_str()).collect();
     assert_eq!(
         ids,
