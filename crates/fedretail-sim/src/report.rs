@@ -83,6 +83,7 @@ pub struct GroupSummary {
     /// Stores whose kept forecast is clearly better / clearly worse than their own
     /// (`kept_vs_local`); the rest are within the noise of their held-out days.
     pub forecast_clearly_better_than_local: usize,
+    pub forecast_same_as_local: usize,
     pub forecast_clearly_worse_than_local: usize,
     /// Stores whose federated WAPE is below their local-only WAPE.
     pub federated_beats_local: usize,
@@ -167,6 +168,7 @@ pub fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
             |f, n| f <= n,
         ),
         forecast_clearly_better_than_local: verdicts(stores, "better"),
+        forecast_same_as_local: verdicts(stores, "same"),
         forecast_clearly_worse_than_local: verdicts(stores, "worse"),
         federated_beats_local: count(stores, |s| (s.wape_federated, s.wape_local), |f, l| f < l),
         personalized_beats_local: count(
@@ -425,11 +427,19 @@ fn group_line(g: &GroupSummary) -> String {
         format!("{}/{}", g.federated_beats_local, g.stores),
         format!("{}/{}", g.forecast_beats_local, g.stores),
         format!("{}/{}", g.forecast_not_worse_than_naive, g.stores),
-        format!(
-            "{}/{}/{}",
-            g.forecast_clearly_better_than_local,
-            g.stores - g.forecast_clearly_better_than_local - g.forecast_clearly_worse_than_local,
-            g.forecast_clearly_worse_than_local
-        )
+        g.kept_vs_own("/")
     )
+}
+
+impl GroupSummary {
+    /// Stores whose kept forecast is clearly better, the same, clearly worse than own.
+    pub fn kept_vs_own(&self, separator: &str) -> String {
+        [
+            self.forecast_clearly_better_than_local,
+            self.forecast_same_as_local,
+            self.forecast_clearly_worse_than_local,
+        ]
+        .map(|n| n.to_string())
+        .join(separator)
+    }
 }

@@ -199,14 +199,7 @@ fn groups(section: &mut Section, r: &DemandReport) {
                 signed(g.median_gain_over_local),
                 format!("{}/{}", g.forecast_beats_local, g.stores),
                 format!("{}/{}", g.forecast_not_worse_than_naive, g.stores),
-                format!(
-                    "{} / {} / {}",
-                    g.forecast_clearly_better_than_local,
-                    g.stores
-                        - g.forecast_clearly_better_than_local
-                        - g.forecast_clearly_worse_than_local,
-                    g.forecast_clearly_worse_than_local
-                ),
+                g.kept_vs_own(" / "),
             ]
         })
         .collect();

@@ -327,4 +327,5 @@ fn a_group_counts_its_clear_gains_and_losses_apart_from_its_wins() {
     assert_eq!(g.forecast_beats_local, 2);
     assert_eq!(g.forecast_clearly_better_than_local, 1);
     assert_eq!(g.forecast_clearly_worse_than_local, 1);
+    assert_eq!(g.kept_vs_own("/"), "1/2/1");
 }
