@@ -280,6 +280,22 @@ fn kept_forecasts_line(stores: &[StoreReport]) -> String {
     )
 }
 
+/// What joining did for the stores, in words, from their kept-vs-own verdicts.
+fn verdict_line(all: &GroupSummary, holdout_days: u32) -> String {
+    let judged = all.forecast_clearly_better_than_local
+        + all.forecast_same_as_local
+        + all.forecast_clearly_worse_than_local;
+    if judged == 0 {
+        return String::new();
+    }
+    format!(
+        "  joining made the forecast clearly better at {} of {judged} stores and clearly worse at {}; at the other {} the difference is within the noise of their {holdout_days} held-out days\n",
+        all.forecast_clearly_better_than_local,
+        all.forecast_clearly_worse_than_local,
+        all.forecast_same_as_local
+    )
+}
+
 /// A separate model per declared business type against the network's one model.
 fn by_type_line(stores: &[StoreReport]) -> String {
     let pairs: Vec<(f64, f64)> = stores
@@ -389,6 +405,7 @@ pub fn render_summary(r: &DemandReport) -> String {
     s.push_str(&by_type_line(&r.stores));
     s.push_str(&groups_line(&r.stores));
     s.push_str(&kept_forecasts_line(&r.stores));
+    s.push_str(&verdict_line(&r.overall, r.holdout_days));
     if let Some(p) = &r.privacy {
         s.push_str(&privacy_line(p));
         if let Some(reason) = &p.stopped_by_budget {

@@ -101,6 +101,7 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
         .iter()
         .all(|s| s.wape_centralized_by_type.is_some()));
     assert!(summary.contains("a separate model per business type"));
+    assert!(summary.contains("joining made the forecast clearly better at"));
     assert!(events
         .lock()
         .unwrap()
