@@ -90,6 +90,21 @@ pub fn spawn_logged(cmd: &mut Command) -> (Child, std::sync::mpsc::Receiver<Stri
     (child, rx)
 }
 
+/// Starts `fedretail coordinator --config CONFIG --report REPORT` with its stderr
+/// read line by line (see [`spawn_logged`]).
+pub fn spawn_coordinator_logged(
+    config: &Path,
+    report: &Path,
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    spawn_logged(
+        Command::new(BIN)
+            .args(["coordinator", "--config"])
+            .arg(config)
+            .arg("--report")
+            .arg(report),
+    )
+}
+
 /// Lines from `lines` until one for which `done` holds; panics after `limit`.
 pub fn wait_for_line(
     lines: &std::sync::mpsc::Receiver<String>,

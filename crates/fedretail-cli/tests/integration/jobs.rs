@@ -10,12 +10,12 @@ use fedretail_core::SamplingConfig;
 use fedretail_data::{load_customer_points, CustomerFeatureSet, FeatureWindow, StoreSource};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use crate::common::{
-    assert_same_model, free_port, read_json, spawn_agent, spawn_coordinator, spawn_logged,
-    wait_all, wait_for_line, BIN,
+    assert_same_model, free_port, read_json, spawn_agent, spawn_coordinator,
+    spawn_coordinator_logged, wait_all, wait_for_line,
 };
 const STORES: [&str; 3] = ["store-001", "store-002", "store-003"];
 /// A till without customer ids: store-001's sales with the customer column dropped.
@@ -451,17 +451,6 @@ fn one_coordinator_runs_four_jobs_against_the_same_agent_processes() {
     check_groups_equal_centralized(&net, &jobs[5]);
 }
 
-/// Starts the coordinator with its stderr read line by line on a thread.
-fn start_coordinator(config: &Path, report: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
-    spawn_logged(
-        Command::new(BIN)
-            .args(["coordinator", "--config"])
-            .arg(config)
-            .arg("--report")
-            .arg(report),
-    )
-}
-
 #[test]
 fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -470,7 +459,7 @@ fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
     let config = coordinator_config(dir.path(), port);
     let mut agents = spawn_agents(dir.path(), port);
     let report = dir.path().join("outcome.json");
-    let (mut first, lines) = start_coordinator(&config, &report);
+    let (mut first, lines) = spawn_coordinator_logged(&config, &report);
     // Kill it (SIGKILL) once the second job has completed two rounds.
     let in_second = std::cell::Cell::new(false);
     wait_for_line(&lines, Duration::from_secs(180), |line| {
@@ -481,7 +470,7 @@ fn a_coordinator_killed_mid_job_resumes_it_and_runs_the_rest() {
     first.wait().unwrap();
     assert!(!report.exists(), "a killed coordinator wrote no report");
 
-    let (second, lines) = start_coordinator(&config, &report);
+    let (second, lines) = spawn_coordinator_logged(&config, &report);
     agents.push(("coordinator".into(), second));
     wait_all(&mut agents, Duration::from_secs(300));
     let log: Vec<String> = lines.iter().collect();

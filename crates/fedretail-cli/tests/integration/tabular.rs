@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{
-    assert_same_model, free_port, read_json, spawn_coordinator, spawn_logged, wait_all,
-    wait_for_line, BIN,
+    assert_same_model, free_port, read_json, spawn_coordinator, spawn_coordinator_logged,
+    spawn_logged, wait_all, wait_for_line, BIN,
 };
 
 /// Three lenders of a few hundred loans and one with ten: income and age drive the
@@ -479,13 +479,7 @@ fn a_lender_restarted_mid_job_carries_on_with_its_own_head() {
         .map(|(name, folder)| (name.clone(), spawn_agent(dir.path(), port, name, folder)))
         .collect();
     let report = dir.path().join("outcome.json");
-    let (coordinator, lines) = spawn_logged(
-        Command::new(BIN)
-            .args(["coordinator", "--config"])
-            .arg(&config)
-            .arg("--report")
-            .arg(&report),
-    );
+    let (coordinator, lines) = spawn_coordinator_logged(&config, &report);
     wait_for_line(&lines, Duration::from_secs(120), |l| {
         l.starts_with("round 4 done")
     });
