@@ -15,9 +15,19 @@ const FILE: &str = "kept_state.json";
 struct KeptState {
     format: String,
     job_id: String,
+    /// The run of the job (the coordinator's run id; empty where it gave none).
+    #[serde(default)]
+    run_id: String,
     /// The round whose training left this state.
     round: u64,
     values: Vec<f64>,
+}
+
+/// Which run of which job a kept state belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRun {
+    pub job_id: String,
+    pub run_id: String,
 }
 
 /// Where job `job_id` keeps its state under the results folder `dir`.
@@ -25,15 +35,15 @@ pub fn kept_state_path(dir: &Path, job_id: &str) -> PathBuf {
     job_folder(dir, job_id).join(FILE)
 }
 
-/// Saves `values`, left by round `round`, as job `job_id`'s state (replacing the last
-/// in one rename).
+/// Saves `values`, left by round `round`, as the state of `run` (replacing the last in
+/// one rename).
 pub fn save_kept_state(
     dir: &Path,
-    job_id: &str,
+    run: &JobRun,
     round: u64,
     values: &[f64],
 ) -> Result<(), ResultsError> {
-    let path = kept_state_path(dir, job_id);
+    let path = kept_state_path(dir, &run.job_id);
     if let Some(folder) = path.parent() {
         std::fs::create_dir_all(folder).map_err(|source| ResultsError::Write {
             path: folder.to_path_buf(),
@@ -42,7 +52,8 @@ pub fn save_kept_state(
     }
     let state = KeptState {
         format: FORMAT.into(),
-        job_id: job_id.into(),
+        job_id: run.job_id.clone(),
+        run_id: run.run_id.clone(),
         round,
         values: values.to_vec(),
     };
@@ -53,8 +64,25 @@ pub fn save_kept_state(
     write_atomic(&path, text.as_bytes())
 }
 
-/// Job `job_id`'s saved state and the round that left it; None when it saved none.
-pub fn load_kept_state(dir: &Path, job_id: &str) -> Result<Option<(u64, Vec<f64>)>, ResultsError> {
+/// Saves one round's kept state of one job, logging (not failing the round) when the
+/// write fails: a lost file only means a restart starts the head over.
+pub struct KeptStateSaver {
+    pub dir: PathBuf,
+    pub run: JobRun,
+    pub round: u64,
+    pub store_id: String,
+}
+
+impl KeptStateSaver {
+    pub fn save(&self, values: &[f64]) {
+        if let Err(e) = save_kept_state(&self.dir, &self.run, self.round, values) {
+            tracing::warn!(store = %self.store_id, "job '{}': {e}", self.run.job_id);
+        }
+    }
+}
+
+/// Job `job_id`'s saved state; None when it saved none.
+fn load_kept_state(dir: &Path, job_id: &str) -> Result<Option<KeptState>, ResultsError> {
     let path = kept_state_path(dir, job_id);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -83,37 +111,55 @@ pub fn load_kept_state(dir: &Path, job_id: &str) -> Result<Option<(u64, Vec<f64>
             state.job_id
         )));
     }
-    Ok(Some((state.round, state.values)))
+    Ok(Some(state))
 }
 
-/// What job `job_id` kept before a restart, for a task built for `round`: None when
-/// it saved nothing; an error (to report) when the file is unreadable or is from this
-/// round or later (a past run's of a job by the same id).
-pub fn kept_before(dir: &Path, job_id: &str, round: u64) -> Result<Option<Vec<f64>>, String> {
-    match load_kept_state(dir, job_id) {
-        Ok(None) => Ok(None),
-        Ok(Some((saved, _))) if saved >= round => Err(format!(
-            "it is from round {saved}, not before round {round}: a past run's"
-        )),
-        Ok(Some((_, values))) => Ok(Some(values)),
-        Err(e) => Err(e.to_string()),
+/// What `run` kept before a restart, for a task built for `round`: None when it saved
+/// nothing; an error (to report) when the file is unreadable or is a past run's of a
+/// job by the same id (another run id, or from this round or later).
+pub fn kept_before(dir: &Path, run: &JobRun, round: u64) -> Result<Option<Vec<f64>>, String> {
+    let saved = match load_kept_state(dir, &run.job_id) {
+        Ok(None) => return Ok(None),
+        Ok(Some(saved)) => saved,
+        Err(e) => return Err(e.to_string()),
+    };
+    if saved.run_id != run.run_id {
+        return Err(format!(
+            "it is from run '{}', not this run '{}': a past run's",
+            saved.run_id, run.run_id
+        ));
     }
+    if saved.round >= round {
+        return Err(format!(
+            "it is from round {}, not before round {round}: a past run's",
+            saved.round
+        ));
+    }
+    Ok(Some(saved.values))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn run(job_id: &str, run_id: &str) -> JobRun {
+        JobRun {
+            job_id: job_id.into(),
+            run_id: run_id.into(),
+        }
+    }
+
     #[test]
     fn a_saved_state_comes_back_and_a_broken_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
+        let r = run("job/1", "r1");
         assert!(load_kept_state(dir.path(), "job/1").unwrap().is_none());
         let values = [0.1, -2.5e-7, 3.0];
-        save_kept_state(dir.path(), "job/1", 4, &values).unwrap();
-        let (round, back) = load_kept_state(dir.path(), "job/1").unwrap().unwrap();
-        assert_eq!(round, 4);
-        assert_eq!(back.len(), 3);
-        for (a, b) in back.iter().zip(values) {
+        save_kept_state(dir.path(), &r, 4, &values).unwrap();
+        let back = load_kept_state(dir.path(), "job/1").unwrap().unwrap();
+        assert_eq!((back.round, back.run_id.as_str()), (4, "r1"));
+        assert_eq!(back.values.len(), 3);
+        for (a, b) in back.values.iter().zip(values) {
             assert!((a - b).abs() <= 1e-15 * b.abs(), "{a} {b}");
         }
         // The file sits in the job's results folder, by its safe name.
@@ -126,14 +172,32 @@ mod tests {
     }
 
     #[test]
-    fn only_a_state_from_an_earlier_round_is_taken_back() {
+    fn only_a_state_from_an_earlier_round_of_the_same_run_is_taken_back() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(kept_before(dir.path(), "j", 5), Ok(None));
-        save_kept_state(dir.path(), "j", 4, &[1.0, 2.0]).unwrap();
-        assert_eq!(kept_before(dir.path(), "j", 5), Ok(Some(vec![1.0, 2.0])));
-        // A new run of a job by the same id starts over at round 1.
-        let e = kept_before(dir.path(), "j", 1).unwrap_err();
+        let r = run("j", "r1");
+        assert_eq!(kept_before(dir.path(), &r, 5), Ok(None));
+        save_kept_state(dir.path(), &r, 4, &[1.0, 2.0]).unwrap();
+        assert_eq!(kept_before(dir.path(), &r, 5), Ok(Some(vec![1.0, 2.0])));
+        // A new run of a job by the same id starts over at round 1...
+        let e = kept_before(dir.path(), &r, 1).unwrap_err();
         assert!(e.contains("round 4") && e.contains("past run"), "{e}");
-        assert!(kept_before(dir.path(), "j", 4).is_err());
+        assert!(kept_before(dir.path(), &r, 4).is_err());
+        // ...or, from another coordinator, at any round: its run id tells it apart.
+        let e = kept_before(dir.path(), &run("j", "r2"), 9).unwrap_err();
+        assert!(e.contains("'r1'") && e.contains("'r2'"), "{e}");
+    }
+
+    #[test]
+    fn a_file_from_before_run_ids_belongs_to_a_run_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = kept_state_path(dir.path(), "j");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let old = r#"{"format":"fedretail-kept-state/1","job_id":"j","round":2,"values":[0.5]}"#;
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(
+            kept_before(dir.path(), &run("j", ""), 3),
+            Ok(Some(vec![0.5]))
+        );
+        assert!(kept_before(dir.path(), &run("j", "r1"), 3).is_err());
     }
 }

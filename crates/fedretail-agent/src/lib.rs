@@ -27,6 +27,7 @@ mod results;
 mod store_page;
 
 pub use floor::PrivacyFloor;
+use kept_state::{JobRun, KeptStateSaver};
 pub use protect::{
     begin_secure, check_privacy, protect_update, secure_step, SecAggTrust, SecureInput,
 };
@@ -420,8 +421,12 @@ impl StoreAgent {
                 job_id: job_id.clone(),
                 reason,
             })?;
-        if let Some(round) = round {
-            self.restore_kept_state(&job_id, task.as_ref(), round);
+        if let (Some(round), Some(job)) = (round, job) {
+            let run = JobRun {
+                job_id: job_id.clone(),
+                run_id: job.run_id.clone(),
+            };
+            self.restore_kept_state(&run, task.as_ref(), round);
         }
         *self.lock_current() = Some((job_id, spec, task.clone()));
         Ok(task)
@@ -431,11 +436,12 @@ impl StoreAgent {
     /// anything in an earlier round (a state from this round or later is a past run's
     /// of a job by the same id); a file that does not fit is reported and the task
     /// starts afresh.
-    fn restore_kept_state(&self, job_id: &str, task: &dyn LocalTask, round: u64) {
+    fn restore_kept_state(&self, run: &JobRun, task: &dyn LocalTask, round: u64) {
         let Some(dir) = &self.config.results_dir else {
             return;
         };
-        let restored = match kept_state::kept_before(dir, job_id, round) {
+        let job_id = &run.job_id;
+        let restored = match kept_state::kept_before(dir, run, round) {
             Ok(None) => return,
             Ok(Some(values)) => task.restore_state(&values).map_err(|e| e.to_string()),
             Err(e) => Err(e),
@@ -450,17 +456,18 @@ impl StoreAgent {
         }
     }
 
-    /// Saves what the task keeps between rounds, where the store keeps its results.
-    fn save_kept_state(&self, job: Option<&v1::JobContext>, round: u64, state: Option<Vec<f64>>) {
-        let (Some(dir), Some(values)) = (&self.config.results_dir, state) else {
-            return;
-        };
-        let Ok((job_id, _)) = job_from_wire(job) else {
-            return;
-        };
-        if let Err(e) = kept_state::save_kept_state(dir, &job_id, round, &values) {
-            tracing::warn!(store = %self.config.store_id, "job '{job_id}': {e}");
-        }
+    /// Where what the task keeps between rounds is saved (the store's results folder),
+    /// when the agent has one and the job is named.
+    fn kept_state_saver(&self, job: Option<&v1::JobContext>, round: u64) -> Option<KeptStateSaver> {
+        let dir = self.config.results_dir.clone()?;
+        let (job_id, _) = job_from_wire(job).ok()?;
+        let run_id = job?.run_id.clone();
+        Some(KeptStateSaver {
+            dir,
+            run: JobRun { job_id, run_id },
+            round,
+            store_id: self.config.store_id.clone(),
+        })
     }
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<CurrentTask>> {
@@ -558,17 +565,21 @@ impl StoreAgent {
         // The training loss goes out only with a plain update: beside a clipped and
         // noised or a masked one it would be a figure the protection does not cover.
         let report_loss = privacy.is_none() && t.secure.is_none();
-        let (update, loss, kept) = tokio::task::spawn_blocking(move || {
+        let keeper = self.kept_state_saver(t.job.as_ref(), t.round);
+        let (update, loss) = tokio::task::spawn_blocking(move || {
             let loss = report_loss.then(|| worker.train_loss(&global)).flatten();
             let mut update = worker.compute_update(&global, &work)?;
             if let Some(p) = &privacy {
                 protect_update(&mut update, p);
             }
-            Ok::<_, fedretail_models::TaskError>((update, loss, worker.kept_state()))
+            // A file write: on the training thread, not the runtime's.
+            if let (Some(keeper), Some(values)) = (keeper, worker.kept_state()) {
+                keeper.save(&values);
+            }
+            Ok::<_, fedretail_models::TaskError>((update, loss))
         })
         .await
         .map_err(|e| AgentError::BadTask(format!("training thread failed: {e}")))??;
-        self.save_kept_state(t.job.as_ref(), t.round, kept);
         if let Some(params) = &t.secure {
             let (input, message) = begin_secure(params, &update, &self.config.secagg_trust)?;
             s.secure = Some(PendingSecure {

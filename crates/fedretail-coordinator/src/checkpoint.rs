@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   job_id TEXT PRIMARY KEY,
   config TEXT NOT NULL,
   status TEXT NOT NULL,
-  outcome TEXT
+  outcome TEXT,
+  run_id TEXT
 );
 CREATE TABLE IF NOT EXISTS rounds (
   job_id TEXT NOT NULL,
@@ -86,6 +87,20 @@ CREATE TABLE IF NOT EXISTS failed_rounds (
   reason TEXT NOT NULL
 );
 ";
+
+/// Gives a database written before jobs had run ids their column (its jobs get one when
+/// next started).
+fn add_run_ids(conn: &Connection) -> Result<(), CheckpointError> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('jobs') WHERE name = 'run_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN run_id TEXT")?;
+    }
+    Ok(())
+}
 
 fn to_blob(values: &[f64]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -138,6 +153,7 @@ impl CheckpointStore {
             .map_err(in_use)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        add_run_ids(&conn)?;
         Ok(CheckpointStore {
             conn: std::sync::Mutex::new(conn),
         })
@@ -163,13 +179,22 @@ impl CheckpointStore {
             .optional()?)
     }
 
-    pub fn start_job(&self, job_id: &str, config_json: &str) -> Result<(), CheckpointError> {
-        self.conn().execute(
-            "INSERT INTO jobs (job_id, config, status) VALUES (?1, ?2, 'running')
-             ON CONFLICT(job_id) DO UPDATE SET config = excluded.config, status = 'running'",
-            params![job_id, config_json],
+    /// Marks the job running with `config_json`; its run id: the one it was first
+    /// started with in this database (a resumed job is the same run), else a new one.
+    pub fn start_job(&self, job_id: &str, config_json: &str) -> Result<String, CheckpointError> {
+        let fresh = format!("{:032x}", rand::random::<u128>());
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO jobs (job_id, config, status, run_id) VALUES (?1, ?2, 'running', ?3)
+             ON CONFLICT(job_id) DO UPDATE SET config = excluded.config, status = 'running',
+               run_id = COALESCE(jobs.run_id, excluded.run_id)",
+            params![job_id, config_json, fresh],
         )?;
-        Ok(())
+        Ok(conn.query_row(
+            "SELECT run_id FROM jobs WHERE job_id = ?1",
+            params![job_id],
+            |r| r.get::<_, String>(0),
+        )?)
     }
 
     /// Store a completed round, and what it spent of the privacy budget, atomically:
@@ -365,6 +390,36 @@ mod tests {
         );
         drop(first);
         assert!(CheckpointStore::open(&path).is_ok());
+    }
+
+    #[test]
+    fn a_job_keeps_its_run_id_across_restarts_and_old_databases_gain_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            // A database from before run ids.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, config TEXT NOT NULL,
+                 status TEXT NOT NULL, outcome TEXT);
+                 INSERT INTO jobs VALUES ('old', '{}', 'running', NULL);",
+            )
+            .unwrap();
+        }
+        let (old, first) = {
+            let s = CheckpointStore::open(&path).unwrap();
+            let old = s.start_job("old", "{}").unwrap();
+            assert_eq!(old.len(), 32);
+            assert_eq!(s.start_job("old", "{}").unwrap(), old);
+            (old, s.start_job("j", "{}").unwrap())
+        };
+        assert_ne!(old, first);
+        let s = CheckpointStore::open(&path).unwrap();
+        assert_eq!(s.start_job("old", "{}").unwrap(), old);
+        assert_eq!(s.start_job("j", r#"{"changed":1}"#).unwrap(), first);
+        // Another coordinator's database runs a job by the same id as another run.
+        let other = CheckpointStore::in_memory().unwrap();
+        assert_ne!(other.start_job("j", "{}").unwrap(), first);
     }
 
     #[test]

@@ -225,7 +225,7 @@ async fn drive_job(
     };
     let mut strategy: Box<dyn Strategy> = job.build_strategy()?;
     check_same_privacy(checkpoints, job)?;
-    checkpoints.start_job(
+    let run_id = checkpoints.start_job(
         job.job_id(),
         &serde_json::to_string(&job.config).unwrap_or_default(),
     )?;
@@ -236,7 +236,7 @@ async fn drive_job(
         budget_epsilon: job.config.privacy.budget_epsilon,
     });
     let described;
-    let job = match describe(shared, job).await {
+    let job = match describe(shared, job, &run_id).await {
         Ok(None) => job,
         Ok(Some(j)) => {
             described = j;
@@ -251,7 +251,7 @@ async fn drive_job(
     };
     let mut ledger = restore_ledger(checkpoints, job)?;
     let (global, first_round, resumed_after_round) = resume(checkpoints, job)?;
-    shared.open_job(job);
+    shared.open_job(job, &run_id);
     let trained = match wait_ready(shared, job).await {
         Ok(()) => {
             let start = (global, first_round);
@@ -380,14 +380,18 @@ fn unstarted(job: &CheckedJob, strategy: &str, reason: String) -> JobOutcome {
 /// A job whose model is shaped by the stores' data (a tabular task) first asks every
 /// store to describe its table, and merges the descriptions into the encoding it then
 /// trains with. Ok(None): nothing to describe. Err: why the job cannot run.
-async fn describe(shared: &Shared, job: &CheckedJob) -> Result<Option<CheckedJob>, String> {
+async fn describe(
+    shared: &Shared,
+    job: &CheckedJob,
+    run_id: &str,
+) -> Result<Option<CheckedJob>, String> {
     let TaskSpec::Tabular(o) = job.task.spec() else {
         return Ok(None);
     };
     if !job.task.needs_description() {
         return Ok(None);
     }
-    shared.open_job(job);
+    shared.open_job(job, run_id);
     wait_ready(shared, job).await?;
     let encoding = merge_summaries(&shared.summaries(), o.max_categories)
         .map_err(|e| format!("the stores' tables cannot be encoded: {e}"))?;

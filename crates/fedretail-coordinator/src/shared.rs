@@ -85,9 +85,10 @@ impl Shared {
         let _ = tokio::time::timeout_at(until, self.progress.notified()).await;
     }
 
-    /// Makes `job` the current job: every store is asked to prepare it.
-    pub(crate) fn open_job(&self, job: &CheckedJob) {
+    /// Makes `job` (its run `run_id`) the current job: every store is asked to prepare it.
+    pub(crate) fn open_job(&self, job: &CheckedJob, run_id: &str) {
         let mut wire = job_to_wire(job.job_id(), job.task.spec());
+        wire.run_id = run_id.to_string();
         wire.privacy = Some(crate::privacy::job_privacy_to_wire(&job.config.privacy));
         let describe = job.task.needs_description();
         self.transition(|m| m.open_job(job.job_id(), wire, job.layout.clone(), describe));

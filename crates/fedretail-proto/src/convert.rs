@@ -30,6 +30,8 @@ pub enum TensorError {
 
 /// Largest task spec accepted from the wire; a real one is a few hundred bytes.
 pub const MAX_TASK_SPEC_BYTES: usize = 64 << 10;
+/// Longest run id a store accepts (a coordinator's are 32 hex digits).
+pub const MAX_RUN_ID_BYTES: usize = 64;
 
 /// Largest table summary a store may send (JSON).
 pub const MAX_SUMMARY_BYTES: usize = 256 << 10;
@@ -68,6 +70,8 @@ pub enum JobContextError {
     Missing,
     #[error("task spec of {0} bytes exceeds the limit of {MAX_TASK_SPEC_BYTES}")]
     TooLarge(usize),
+    #[error("run id of {0} bytes exceeds the limit of {MAX_RUN_ID_BYTES}")]
+    RunIdTooLong(usize),
     #[error("task spec is not a known task with valid options: {0}")]
     BadSpec(String),
 }
@@ -79,6 +83,7 @@ pub fn job_to_wire(job_id: &str, spec: &TaskSpec) -> v1::JobContext {
         // A TaskSpec is plain data: serializing it cannot fail.
         task_spec: serde_json::to_string(spec).unwrap_or_default(),
         privacy: None,
+        run_id: String::new(),
     }
 }
 
@@ -89,6 +94,9 @@ pub fn job_from_wire(
     let job = job.ok_or(JobContextError::Missing)?;
     if job.task_spec.len() > MAX_TASK_SPEC_BYTES {
         return Err(JobContextError::TooLarge(job.task_spec.len()));
+    }
+    if job.run_id.len() > MAX_RUN_ID_BYTES {
+        return Err(JobContextError::RunIdTooLong(job.run_id.len()));
     }
     let spec: TaskSpec = serde_json::from_str(&job.task_spec)
         .map_err(|e| JobContextError::BadSpec(e.to_string()))?;
@@ -399,20 +407,28 @@ mod tests {
         let bad = v1::JobContext {
             job_id: "x".into(),
             task_spec: r#"{"kind":"teleport"}"#.into(),
-            privacy: None,
+            ..Default::default()
         };
         let e = job_from_wire(Some(&bad)).unwrap_err().to_string();
         assert!(e.contains("teleport"), "{e}");
         let huge = v1::JobContext {
             job_id: "x".into(),
             task_spec: " ".repeat(MAX_TASK_SPEC_BYTES + 1),
-            privacy: None,
+            ..Default::default()
         };
         assert!(matches!(
             job_from_wire(Some(&huge)),
             Err(JobContextError::TooLarge(_))
         ));
         assert_eq!(job_from_wire(None), Err(JobContextError::Missing));
+        let long_run = v1::JobContext {
+            run_id: "r".repeat(MAX_RUN_ID_BYTES + 1),
+            ..wire
+        };
+        assert_eq!(
+            job_from_wire(Some(&long_run)),
+            Err(JobContextError::RunIdTooLong(MAX_RUN_ID_BYTES + 1))
+        );
     }
 
     #[test]

@@ -121,7 +121,7 @@ proptest! {
         let t = v1::TrainTask {
             layout: Some(layout),
             global: Some(global),
-            job: Some(v1::JobContext { job_id, task_spec: spec, privacy: None }),
+            job: Some(v1::JobContext { job_id, task_spec: spec, ..Default::default() }),
             ..Default::default()
         };
         agent_reads(&t);
