@@ -1,6 +1,7 @@
 use crate::federation::{run_federation, SimStore, Wiring};
 use crate::prepare::{prepare_network, PreparedStore, SkippedStore};
 use crate::report::{group_by, summarize, DemandReport, StoreReport};
+use crate::truth::ExpectedUnits;
 use crate::SimError;
 use fedretail_coordinator::{CoordinatorEvent, JobConfig, JobOutcome, StoreEvaluation};
 use fedretail_core::clustered::{group_penalty, ClusterTree};
@@ -115,6 +116,8 @@ pub fn run_demo<'a>(
                     of_type: by_type.get(&store.business_type).map(Vec::as_slice),
                 };
                 let mut r = store_report(ev, store, &yardsticks, options.holdout_days);
+                r.wape_expected = ExpectedUnits::read(&options.data_dir.join(&r.store_id))
+                    .and_then(|truth| truth.wape_on_test(&store.dataset));
                 r.district = offices.as_ref().map(|o| {
                     let office = o.contains(&r.store_id);
                     (if office { "office" } else { "other" }).to_string()
@@ -347,6 +350,7 @@ fn store_report(
         wape_centralized_by_type: yardsticks
             .of_type
             .and_then(|w| metrics::wape(test_errors(ds, w), actual)),
+        wape_expected: None,
         wape_personalized: m("wape_personalized"),
         wape_ensemble: m("wape_ensemble"),
         mase_local: m("mase_local"),

@@ -27,6 +27,7 @@ mod network_jobs;
 mod prepare;
 mod report;
 mod report_page;
+mod truth;
 
 pub use classification::{
     render_classification, run_churn, run_classification, run_credit, ClassificationEvent,

@@ -22,6 +22,10 @@ pub struct StoreReport {
     /// of that type's stores: clustering by declared metadata into separate models, at
     /// best (a yardstick of this harness; the network model has per-type blocks).
     pub wape_centralized_by_type: Option<f64>,
+    /// On a synthetic network: the WAPE of the generator's expected demand on the
+    /// held-out days, what is left being the days' own noise: the floor of any forecast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wape_expected: Option<f64>,
     /// The federated model fine-tuned at the store on its own rows.
     pub wape_personalized: Option<f64>,
     /// The mean of the federated, personalized and local forecasts.
@@ -74,6 +78,18 @@ pub struct GroupSummary {
     pub median_wape_forecast: Option<f64>,
     pub median_mase_forecast: Option<f64>,
     pub median_bias_forecast: Option<f64>,
+    /// On a synthetic network: the floor (`wape_expected`), and how far above it the
+    /// store's own and its kept forecasts are (median WAPE points): what any forecaster
+    /// could still win.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median_wape_expected: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median_local_above_expected: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median_forecast_above_expected: Option<f64>,
+    /// Stores where even the floor has a lower held-out WAPE than the store's own model:
+    /// the most stores any forecaster could beat it at, but by luck.
+    pub expected_beats_local: usize,
     /// What joining gains a store: the median of (own WAPE - kept WAPE) / own WAPE.
     pub median_gain_over_local: Option<f64>,
     /// Stores whose kept forecast has a lower held-out WAPE than their local-only one.
@@ -157,6 +173,9 @@ pub fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
         median_wape_forecast: col(|s| s.wape_forecast),
         median_mase_forecast: col(|s| s.mase_forecast),
         median_bias_forecast: col(|s| s.bias_forecast),
+        median_wape_expected: col(|s| s.wape_expected),
+        median_local_above_expected: col(|s| Some(s.wape_local? - s.wape_expected?)),
+        median_forecast_above_expected: col(|s| Some(s.wape_forecast? - s.wape_expected?)),
         median_gain_over_local: col(|s| match (s.wape_local, s.wape_forecast) {
             (Some(own), Some(kept)) if own > 0.0 => Some((own - kept) / own),
             _ => None,
@@ -171,6 +190,7 @@ pub fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
         forecast_same_as_local: verdicts(stores, "same"),
         forecast_clearly_worse_than_local: verdicts(stores, "worse"),
         federated_beats_local: count(stores, |s| (s.wape_federated, s.wape_local), |f, l| f < l),
+        expected_beats_local: count(stores, |s| (s.wape_expected, s.wape_local), |e, l| e < l),
         personalized_beats_local: count(
             stores,
             |s| (s.wape_personalized, s.wape_local),
@@ -296,6 +316,34 @@ fn verdict_line(all: &GroupSummary, holdout_days: u32) -> String {
     )
 }
 
+/// On a synthetic network: how far each history band's own and kept forecasts are
+/// above the generator's expected demand, the most any forecaster could still win.
+fn floor_line(bands: &[GroupSummary], all: &GroupSummary) -> String {
+    let Some(floor) = all.median_wape_expected else {
+        return String::new();
+    };
+    let points = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.1}", x * 100.0));
+    let per_band: Vec<String> = bands
+        .iter()
+        .filter(|g| g.median_local_above_expected.is_some())
+        .map(|g| {
+            format!(
+                "{} {} -> {}",
+                g.group,
+                points(g.median_local_above_expected),
+                points(g.median_forecast_above_expected)
+            )
+        })
+        .collect();
+    format!(
+        "  the generator's expected demand (a floor: only the days' own noise is left) has median WAPE {} and beats the store's own model at {} of {} stores; WAPE points above it, own model -> kept forecast (medians): {}\n",
+        pct(Some(floor)),
+        all.expected_beats_local,
+        all.stores,
+        per_band.join("; ")
+    )
+}
+
 /// A separate model per declared business type against the network's one model.
 fn by_type_line(stores: &[StoreReport]) -> String {
     let pairs: Vec<(f64, f64)> = stores
@@ -406,6 +454,7 @@ pub fn render_summary(r: &DemandReport) -> String {
     s.push_str(&groups_line(&r.stores));
     s.push_str(&kept_forecasts_line(&r.stores));
     s.push_str(&verdict_line(&r.overall, r.holdout_days));
+    s.push_str(&floor_line(&r.by_history_band, &r.overall));
     if let Some(p) = &r.privacy {
         s.push_str(&privacy_line(p));
         if let Some(reason) = &p.stopped_by_budget {

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use store::StoreProfile;
+pub use store::{StoreProfile, EXPECTED_UNITS_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {

@@ -18,6 +18,22 @@ pub(crate) struct CategorySpec {
     pub quantity: f64,
 }
 
+impl CategorySpec {
+    /// Expected lines of this category on day of year `doy` at `discount` off, per
+    /// line of the store's day: its share, its season and the promotion's lift.
+    pub fn line_rate(&self, doy: f64, discount: f64, promo_elasticity: f64) -> f64 {
+        let season = (self.season
+            * (2.0 * std::f64::consts::PI * (doy - self.peak_day) / 365.25).cos())
+        .exp();
+        self.share * season * (1.0 - discount).powf(-promo_elasticity)
+    }
+
+    /// Expected units per line (a line is one unit plus a Poisson number of extras).
+    pub fn mean_quantity(&self) -> f64 {
+        self.quantity.max(1.0)
+    }
+}
+
 pub(crate) struct BusinessSpec {
     pub median_receipts: f64,
     pub items_per_receipt: f64,

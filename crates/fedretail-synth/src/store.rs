@@ -62,6 +62,9 @@ struct PendingRefund {
 /// Price elasticity of promoted demand: 20 % off lifts units by 1.8x.
 const PROMO_ELASTICITY: f64 = 2.6;
 
+/// Where a synthetic store's expected units (the generator's truth) are written.
+pub const EXPECTED_UNITS_FILE: &str = "expected_units.csv";
+
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SynthError + '_ {
     move |source| SynthError::Io {
         path: path.to_path_buf(),
@@ -102,6 +105,13 @@ pub(crate) fn write_store(
             promo_by_day[(d - start) as usize][pr.category] = pr.discount;
         }
     }
+    write_expected_units(
+        &dir.join(EXPECTED_UNITS_FILE),
+        p,
+        &spec,
+        start,
+        &promo_by_day,
+    )?;
     let customers = draw_customers(p, &spec, &mut rng, start, end)?;
     // Anomaly set-up: a few refund abusers (card-testing days are drawn day by day).
     let abusers: Vec<usize> = if config.anomalies {
@@ -212,6 +222,35 @@ fn draw_customers(
             }
         })
         .collect())
+}
+
+/// The generator's expected units of every category on every day, before the day's
+/// own noise: the best forecast any model could make, for measuring how far a
+/// forecast is from it. The truth of a synthetic network; never a store's input.
+fn write_expected_units(
+    path: &Path,
+    p: &StoreProfile,
+    spec: &BusinessSpec,
+    start: i64,
+    promo_by_day: &[Vec<f64>],
+) -> Result<(), SynthError> {
+    let mut w = BufWriter::new(File::create(path).map_err(io_err(path))?);
+    writeln!(w, "date,category,expected_units").map_err(io_err(path))?;
+    for (offset, discounts) in promo_by_day.iter().enumerate() {
+        let date = day_to_date(start + offset as i64);
+        let years = offset as f64 / 365.0;
+        let mut m = day_multiplier(spec, date, years, p.growth_per_year, 1.0);
+        if p.office {
+            m *= office_season(date.ordinal() as f64);
+        }
+        let lines = p.mean_daily_receipts * spec.items_per_receipt * m;
+        let doy = date.ordinal() as f64;
+        for (c, discount) in spec.categories.iter().zip(discounts) {
+            let units = lines * c.line_rate(doy, *discount, PROMO_ELASTICITY) * c.mean_quantity();
+            writeln!(w, "{date},{},{units:.4}", c.name).map_err(io_err(path))?;
+        }
+    }
+    w.flush().map_err(io_err(path))
 }
 
 /// A day's demand multiplier: weekday, growth, holidays, shopping events, noise.
@@ -349,11 +388,8 @@ impl<'a> StoreWriter<'a> {
         lines.clear();
         let doy = date.ordinal() as f64;
         for (ci, c) in self.spec.categories.iter().enumerate() {
-            let season =
-                (c.season * (2.0 * std::f64::consts::PI * (doy - c.peak_day) / 365.25).cos()).exp();
             let discount = discounts[ci];
-            let promo = (1.0 - discount).powf(-PROMO_ELASTICITY);
-            let lambda = lines_per_day * c.share * season * promo;
+            let lambda = lines_per_day * c.line_rate(doy, discount, PROMO_ELASTICITY);
             let n = if lambda > 0.0 {
                 Poisson::new(lambda)
                     .map(|d| d.sample(&mut self.rng) as u64)
@@ -672,6 +708,44 @@ mod tests {
         assert!(young > 10 && young < 80, "{young} young stores");
         let other = crate::plan_network(&NetworkConfig { seed: 1, ..cfg });
         assert_ne!(plan, other);
+    }
+
+    #[test]
+    fn the_expected_units_add_up_to_what_was_sold() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = NetworkConfig {
+            stores: 2,
+            days: 300,
+            young_fraction: 0.0,
+            anomalies: false,
+            ..Default::default()
+        };
+        let summary = generate_network(&cfg, dir.path()).unwrap();
+        for s in &summary.stores {
+            let store = dir.path().join(&s.store_id);
+            let column_sum = |file: &str, col: usize, keep: &dyn Fn(&csv::StringRecord) -> bool| {
+                let mut r = csv::Reader::from_path(store.join(file)).unwrap();
+                r.records()
+                    .map(Result::unwrap)
+                    .filter(|rec| keep(rec))
+                    .map(|rec| rec[col].parse::<f64>().unwrap())
+                    .sum::<f64>()
+            };
+            let sold = column_sum("transactions.csv", 6, &|r| &r[10] == "false");
+            let expected = column_sum(super::EXPECTED_UNITS_FILE, 2, &|_| true);
+            let rows = std::fs::read_to_string(store.join(super::EXPECTED_UNITS_FILE))
+                .unwrap()
+                .lines()
+                .count();
+            let categories = super::spec(s.business_type).categories.len();
+            assert_eq!(rows, 1 + 300 * categories);
+            // The day noise has mean 1: over 300 days the two agree closely.
+            assert!(
+                (sold / expected - 1.0).abs() < 0.05,
+                "{}: sold {sold}, expected {expected}",
+                s.store_id
+            );
+        }
     }
 
     #[test]

@@ -101,6 +101,19 @@ async fn demo_runs_over_grpc_and_matches_the_centralized_model() {
         .iter()
         .all(|s| s.wape_centralized_by_type.is_some()));
     assert!(summary.contains("a separate model per business type"));
+    // The generator's expected demand is a floor: below the store's seasonal naive,
+    // and in the median below every fitted model.
+    for s in &report.stores {
+        let floor = s.wape_expected.unwrap();
+        assert!(
+            floor < s.wape_seasonal_naive.unwrap(),
+            "{}: {floor}",
+            s.store_id
+        );
+    }
+    let floor = report.overall.median_wape_expected.unwrap();
+    assert!(floor < fed && floor < report.overall.median_wape_local.unwrap());
+    assert!(summary.contains("the generator's expected demand"));
     assert!(summary.contains("joining made the forecast clearly better at"));
     assert!(events
         .lock()
