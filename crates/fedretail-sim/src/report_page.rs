@@ -156,6 +156,9 @@ fn summary(section: &mut Section, r: &DemandReport) {
         ),
     ]);
     section.text("WAPE is the absolute forecast error over the held-out days as a share of units sold (lower is better). Each store keeps a forecaster (federated, personalized, its own, seasonal naive, or the ensemble of federated, personalized and its own) by its validation days, the days before the held-out ones: the federated model, unless another beat it there by more than one standard error. The held-out days play no part in the pick, so the held-out figures are honest. Gain is what joining gains a store: the median over stores of (own WAPE - kept WAPE) / own WAPE. Kept is clearly better (or worse) than own where the absolute error it saves per held-out day is beyond two standard errors of that mean; otherwise the two are the same within the noise of the store's days.");
+    if o.median_wape_expected.is_some() {
+        section.text(&format!("Floor (a synthetic network only): the WAPE of the generator's own expected demand on the held-out days. What is left is the days' own noise, which no forecaster can know, so no forecast beats the floor but by luck; even the floor beats a store's own model at {} of {} stores.", o.expected_beats_local, o.stores));
+    }
 }
 
 fn groups(section: &mut Section, r: &DemandReport) {
@@ -196,6 +199,7 @@ fn groups(section: &mut Section, r: &DemandReport) {
                 pct(g.median_wape_federated),
                 pct(g.median_wape_personalized),
                 pct(g.median_wape_forecast),
+                pct(g.median_wape_expected),
                 signed(g.median_gain_over_local),
                 format!("{}/{}", g.forecast_beats_local, g.stores),
                 format!("{}/{}", g.forecast_not_worse_than_naive, g.stores),
@@ -212,6 +216,7 @@ fn groups(section: &mut Section, r: &DemandReport) {
             "federated",
             "personalized",
             "kept",
+            "floor",
             "gain",
             "kept < own",
             "kept <= naive",
@@ -253,6 +258,7 @@ fn per_store(section: &mut Section, r: &DemandReport) {
                 pct(s.wape_personalized),
                 s.chosen.clone().unwrap_or_default(),
                 pct(s.wape_chosen),
+                pct(s.wape_expected),
                 pct(s.bias_forecast),
                 s.kept_vs_local.clone().unwrap_or_default(),
             ]
@@ -270,6 +276,7 @@ fn per_store(section: &mut Section, r: &DemandReport) {
             "personalized",
             "chosen",
             "chosen WAPE",
+            "floor",
             "kept bias",
             "kept vs own",
         ],
