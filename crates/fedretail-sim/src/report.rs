@@ -87,6 +87,10 @@ pub struct GroupSummary {
     pub median_local_above_expected: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub median_forecast_above_expected: Option<f64>,
+    /// The gain over its own model a store would get from the floor itself, the median of
+    /// (own WAPE - floor) / own WAPE: the most `median_gain_over_local` could be but by luck.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median_gain_at_floor: Option<f64>,
     /// Stores where even the floor has a lower held-out WAPE than the store's own model:
     /// the most stores any forecaster could beat it at, but by luck.
     pub expected_beats_local: usize,
@@ -176,6 +180,10 @@ pub fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
         median_wape_expected: col(|s| s.wape_expected),
         median_local_above_expected: col(|s| Some(s.wape_local? - s.wape_expected?)),
         median_forecast_above_expected: col(|s| Some(s.wape_forecast? - s.wape_expected?)),
+        median_gain_at_floor: col(|s| match (s.wape_local, s.wape_expected) {
+            (Some(own), Some(floor)) if own > 0.0 => Some((own - floor) / own),
+            _ => None,
+        }),
         median_gain_over_local: col(|s| match (s.wape_local, s.wape_forecast) {
             (Some(own), Some(kept)) if own > 0.0 => Some((own - kept) / own),
             _ => None,
@@ -316,9 +324,9 @@ fn verdict_line(all: &GroupSummary, holdout_days: u32) -> String {
     )
 }
 
-/// On a synthetic network: how far each history band's own and kept forecasts are
-/// above the generator's expected demand, the most any forecaster could still win.
-fn floor_line(bands: &[GroupSummary], all: &GroupSummary) -> String {
+/// On a synthetic network: how far each band's own and kept forecasts are above the
+/// generator's expected demand, the most any forecaster could still win.
+fn floor_line(bands: &[&GroupSummary], all: &GroupSummary) -> String {
     let Some(floor) = all.median_wape_expected else {
         return String::new();
     };
@@ -328,10 +336,11 @@ fn floor_line(bands: &[GroupSummary], all: &GroupSummary) -> String {
         .filter(|g| g.median_local_above_expected.is_some())
         .map(|g| {
             format!(
-                "{} {} -> {}",
+                "{} {} -> {} (gain at the floor {})",
                 g.group,
                 points(g.median_local_above_expected),
-                points(g.median_forecast_above_expected)
+                points(g.median_forecast_above_expected),
+                signed_pct(g.median_gain_at_floor)
             )
         })
         .collect();
@@ -454,7 +463,8 @@ pub fn render_summary(r: &DemandReport) -> String {
     s.push_str(&groups_line(&r.stores));
     s.push_str(&kept_forecasts_line(&r.stores));
     s.push_str(&verdict_line(&r.overall, r.holdout_days));
-    s.push_str(&floor_line(&r.by_history_band, &r.overall));
+    let bands: Vec<&GroupSummary> = r.by_size_band.iter().chain(&r.by_history_band).collect();
+    s.push_str(&floor_line(&bands, &r.overall));
     if let Some(p) = &r.privacy {
         s.push_str(&privacy_line(p));
         if let Some(reason) = &p.stopped_by_budget {
