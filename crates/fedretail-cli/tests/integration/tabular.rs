@@ -488,6 +488,13 @@ fn a_lender_restarted_mid_job_carries_on_with_its_own_head() {
     first.wait().unwrap();
     let kept = silos[0].1.join("results/fedper/kept_state.json");
     assert!(kept.exists(), "{name} saved no head before it was killed");
+    // The head is the coordinator's run of the job's: its run id came over the wire.
+    let run_id = |path: &std::path::Path| read_json(path)["run_id"].as_str().unwrap().to_string();
+    let run = run_id(&kept);
+    assert!(
+        run.len() == 32 && run.chars().all(|c| c.is_ascii_hexdigit()),
+        "{run}"
+    );
     let (again, log) = spawn_logged(
         Command::new(BIN)
             .args(["agent", "--config"])
@@ -512,5 +519,8 @@ fn a_lender_restarted_mid_job_carries_on_with_its_own_head() {
         .iter()
         .any(|e| e["store_id"] == name.as_str());
     assert!(evaluated, "the restarted {name} was not evaluated: {job}");
+    for (_, folder) in &silos {
+        assert_eq!(run_id(&folder.join("results/fedper/kept_state.json")), run);
+    }
     drop(lines);
 }
