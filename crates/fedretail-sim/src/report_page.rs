@@ -168,13 +168,17 @@ fn groups(section: &mut Section, r: &DemandReport) {
         ("history band", &r.by_history_band),
     ];
     for (what, groups) in bands {
-        let columns: [Column<'_, GroupSummary>; 5] = [
+        let mut columns: Vec<Column<'_, GroupSummary>> = vec![
             ("seasonal naive", |g| percent(g.median_wape_seasonal_naive)),
             ("own model", |g| percent(g.median_wape_local)),
             ("federated", |g| percent(g.median_wape_federated)),
             ("personalized", |g| percent(g.median_wape_personalized)),
             ("kept", |g| percent(g.median_wape_forecast)),
         ];
+        // Only a synthetic network has a floor to draw.
+        if r.overall.median_wape_expected.is_some() {
+            columns.push(("floor", |g| percent(g.median_wape_expected)));
+        }
         let label = |g: &GroupSummary| format!("{} ({})", g.group, g.stores);
         let title = format!("Median WAPE by {what}");
         let chart = BarChart::of_rows(&title, "WAPE %", groups, label, &columns);
