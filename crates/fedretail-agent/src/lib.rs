@@ -432,10 +432,10 @@ impl StoreAgent {
         Ok(task)
     }
 
-    /// Gives a task built for `round` what it kept before a restart, if it saved
-    /// anything in an earlier round (a state from this round or later is a past run's
-    /// of a job by the same id); a file that does not fit is reported and the task
-    /// starts afresh.
+    /// Gives a task built for `round` of `run` what it kept before a restart, if it
+    /// saved anything in an earlier round of the same run (a state from another run, or
+    /// from this round or later, is a past run's of a job by the same id); a file that
+    /// does not fit is reported and the task starts afresh.
     fn restore_kept_state(&self, run: &JobRun, task: &dyn LocalTask, round: u64) {
         let Some(dir) = &self.config.results_dir else {
             return;

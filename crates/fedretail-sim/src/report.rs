@@ -93,7 +93,8 @@ pub struct GroupSummary {
     pub median_gain_at_floor: Option<f64>,
     /// Stores where even the floor has a lower held-out WAPE than the store's own model:
     /// the most stores any forecaster could beat it at, but by luck.
-    pub expected_beats_local: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_beats_local: Option<usize>,
     /// What joining gains a store: the median of (own WAPE - kept WAPE) / own WAPE.
     pub median_gain_over_local: Option<f64>,
     /// Stores whose kept forecast has a lower held-out WAPE than their local-only one.
@@ -198,7 +199,10 @@ pub fn summarize(group: &str, stores: &[&StoreReport]) -> GroupSummary {
         forecast_same_as_local: verdicts(stores, "same"),
         forecast_clearly_worse_than_local: verdicts(stores, "worse"),
         federated_beats_local: count(stores, |s| (s.wape_federated, s.wape_local), |f, l| f < l),
-        expected_beats_local: count(stores, |s| (s.wape_expected, s.wape_local), |e, l| e < l),
+        expected_beats_local: stores
+            .iter()
+            .any(|s| s.wape_expected.is_some())
+            .then(|| count(stores, |s| (s.wape_expected, s.wape_local), |e, l| e < l)),
         personalized_beats_local: count(
             stores,
             |s| (s.wape_personalized, s.wape_local),
@@ -327,7 +331,7 @@ fn verdict_line(all: &GroupSummary, holdout_days: u32) -> String {
 /// On a synthetic network: how far each band's own and kept forecasts are above the
 /// generator's expected demand, the most any forecaster could still win.
 fn floor_line(bands: &[&GroupSummary], all: &GroupSummary) -> String {
-    let Some(floor) = all.median_wape_expected else {
+    let (Some(floor), Some(beats)) = (all.median_wape_expected, all.expected_beats_local) else {
         return String::new();
     };
     let points = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.1}", x * 100.0));
@@ -347,7 +351,7 @@ fn floor_line(bands: &[&GroupSummary], all: &GroupSummary) -> String {
     format!(
         "  the generator's expected demand (a floor: only the days' own noise is left) has median WAPE {} and beats the store's own model at {} of {} stores; WAPE points above it, own model -> kept forecast (medians): {}\n",
         pct(Some(floor)),
-        all.expected_beats_local,
+        beats,
         all.stores,
         per_band.join("; ")
     )

@@ -156,8 +156,8 @@ fn summary(section: &mut Section, r: &DemandReport) {
         ),
     ]);
     section.text("WAPE is the absolute forecast error over the held-out days as a share of units sold (lower is better). Each store keeps a forecaster (federated, personalized, its own, seasonal naive, or the ensemble of federated, personalized and its own) by its validation days, the days before the held-out ones: the federated model, unless another beat it there by more than one standard error. The held-out days play no part in the pick, so the held-out figures are honest. Gain is what joining gains a store: the median over stores of (own WAPE - kept WAPE) / own WAPE. Kept is clearly better (or worse) than own where the absolute error it saves per held-out day is beyond two standard errors of that mean; otherwise the two are the same within the noise of the store's days.");
-    if o.median_wape_expected.is_some() {
-        section.text(&format!("Floor (a synthetic network only): the WAPE of the generator's own expected demand on the held-out days. What is left is the days' own noise, which no forecaster can know, so no forecast beats the floor but by luck; even the floor beats a store's own model at {} of {} stores.", o.expected_beats_local, o.stores));
+    if let Some(beats) = o.expected_beats_local {
+        section.text(&format!("Floor (a synthetic network only): the WAPE of the generator's own expected demand on the held-out days. What is left is the days' own noise, which no forecaster can know, so no forecast beats the floor but by luck; even the floor beats a store's own model at {beats} of {} stores.", o.stores));
     }
 }
 
