@@ -429,6 +429,17 @@ fn demand_report(
             |s| &s.size_band,
             &["small", "medium", "large"],
         ),
+        small_and_young: summarize(
+            "small, under 6 months",
+            &refs
+                .iter()
+                .copied()
+                .filter(|s| {
+                    let young = HISTORY_BANDS[..2].contains(&history_band(s.history_days));
+                    s.size_band == "small" && young
+                })
+                .collect::<Vec<_>>(),
+        ),
         by_history_band: group_by(
             &store_reports,
             |s| history_band(s.history_days),

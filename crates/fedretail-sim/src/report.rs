@@ -131,6 +131,9 @@ pub struct DemandReport {
     pub by_business_type: Vec<GroupSummary>,
     pub by_size_band: Vec<GroupSummary>,
     pub by_history_band: Vec<GroupSummary>,
+    /// The stores with the least data: small (under 50 units a day) and under 6 months
+    /// of history, the ones the federation is most for.
+    pub small_and_young: GroupSummary,
     /// By district (office or other) on a synthetic network that has office stores.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub by_district: Vec<GroupSummary>,
@@ -407,7 +410,7 @@ pub fn render_summary(r: &DemandReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13} {:>12}",
+        "  {:<21} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13} {:>12}",
         "group",
         "stores",
         "naive",
@@ -431,7 +434,8 @@ pub fn render_summary(r: &DemandReport) -> String {
         s.push_str(&group_line(g));
     }
     s.push('\n');
-    for g in r.by_history_band.iter().chain(std::iter::once(&r.overall)) {
+    let last = [&r.small_and_young, &r.overall];
+    for g in r.by_history_band.iter().chain(last) {
         s.push_str(&group_line(g));
     }
     if !r.by_district.is_empty() {
@@ -467,7 +471,9 @@ pub fn render_summary(r: &DemandReport) -> String {
     s.push_str(&groups_line(&r.stores));
     s.push_str(&kept_forecasts_line(&r.stores));
     s.push_str(&verdict_line(&r.overall, r.holdout_days));
-    let bands: Vec<&GroupSummary> = r.by_size_band.iter().chain(&r.by_history_band).collect();
+    let bands: Vec<&GroupSummary> = (r.by_size_band.iter().chain(&r.by_history_band))
+        .chain(std::iter::once(&r.small_and_young))
+        .collect();
     s.push_str(&floor_line(&bands, &r.overall));
     if let Some(p) = &r.privacy {
         s.push_str(&privacy_line(p));
@@ -493,7 +499,7 @@ pub fn render_summary(r: &DemandReport) -> String {
 
 fn group_line(g: &GroupSummary) -> String {
     format!(
-        "  {:<14} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13} {:>12}\n",
+        "  {:<21} {:>6} {:>8} {:>8} {:>10} {:>12} {:>13} {:>8} {:>8} {:>11} {:>12} {:>13} {:>13} {:>12}\n",
         g.group,
         g.stores,
         pct(g.median_wape_seasonal_naive),

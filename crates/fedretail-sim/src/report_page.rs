@@ -193,7 +193,7 @@ fn groups(section: &mut Section, r: &DemandReport) {
         .iter()
         .chain(&r.by_size_band)
         .chain(&r.by_history_band)
-        .chain(std::iter::once(&r.overall))
+        .chain([&r.small_and_young, &r.overall])
         .map(|g| {
             vec![
                 g.group.clone(),
