@@ -1,5 +1,5 @@
 use crate::analyze::DemoTask;
-use crate::network::{generate_into, runtime, NetworkArgs};
+use crate::network::{generate_into, runtime, NetworkArgs, SyntheticArgs};
 use crate::progress::DemoProgress;
 use crate::watch;
 use anyhow::{bail, Context, Result};
@@ -67,14 +67,8 @@ pub struct DemoArgs {
     /// keeps its results in `<network>/<store>/results/<job>/`.
     #[arg(long, value_enum, default_value = "demand")]
     pub task: DemoTask,
-    /// Use this network directory instead of generating one.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Where a generated network is written.
-    #[arg(long, default_value = "fedretail-data/demo-network")]
-    pub generate_into: PathBuf,
     #[command(flatten)]
-    pub network: NetworkArgs,
+    pub source: SyntheticArgs,
     /// Federated algorithm [default: newton; fedavg when any privacy option is set].
     #[arg(long, value_enum)]
     pub strategy: Option<StrategyArg>,
@@ -204,21 +198,7 @@ impl PrivacyArgs {
 }
 
 pub fn demo(args: DemoArgs) -> Result<()> {
-    let data_dir = match &args.data {
-        Some(d) => d.clone(),
-        None => {
-            let summary = generate_into(&args.network, &args.generate_into)?;
-            if !args.json {
-                eprintln!(
-                    "generated {} stores ({} lines) in {}",
-                    summary.stores.len(),
-                    summary.lines,
-                    args.generate_into.display()
-                );
-            }
-            args.generate_into.clone()
-        }
-    };
+    let data_dir = args.source.dir()?;
     if args.task != DemoTask::Demand {
         return crate::analyze::demo_task(args.task, data_dir, args.report.clone(), args.json);
     }

@@ -80,10 +80,10 @@ pub(crate) fn generate_into(
     Ok(summary)
 }
 
-/// A network to analyze: the one at `--data`, or a synthetic one generated.
+/// A network to run on: the one at `--data`, or a synthetic one generated.
 #[derive(Args)]
 pub struct SyntheticArgs {
-    /// Network directory (one sub-directory per store); generated when absent.
+    /// Network directory (one sub-directory per store) instead of a generated one.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Where a generated network is written.
@@ -96,28 +96,17 @@ pub struct SyntheticArgs {
 impl SyntheticArgs {
     /// The network's directory, generated first when `--data` is not given.
     pub fn dir(&self) -> Result<PathBuf> {
-        ensure_network(&self.data, &self.generate_into, &self.network)
-    }
-}
-
-/// The network at `data`, or a synthetic one written to `generate_into`.
-pub(crate) fn ensure_network(
-    data: &Option<PathBuf>,
-    out: &std::path::Path,
-    network: &NetworkArgs,
-) -> Result<PathBuf> {
-    match data {
-        Some(d) => Ok(d.clone()),
-        None => {
-            let summary = generate_into(network, out)?;
+        let Some(data) = &self.data else {
+            let summary = generate_into(&self.network, &self.generate_into)?;
             eprintln!(
                 "generated {} stores ({} lines) in {}",
                 summary.stores.len(),
                 summary.lines,
-                out.display()
+                self.generate_into.display()
             );
-            Ok(out.to_path_buf())
-        }
+            return Ok(self.generate_into.clone());
+        };
+        Ok(data.clone())
     }
 }
 
