@@ -4,7 +4,7 @@
 
 use crate::glm;
 use crate::keys::RowKeys;
-use crate::metrics::{bias, clearly_better, mase, mean_and_se, wape};
+use crate::metrics::{bias, clearly_better, mase, mean_and_se, mean_and_serial_se, wape};
 use crate::task::{LocalTask, ResultTable, StoreResults, TaskError, TaskMetrics};
 use fedretail_core::{newton_statistics_len, LocalWork, ModelLayout};
 use std::collections::BTreeMap;
@@ -526,8 +526,9 @@ impl DemandTask {
 
 /// What the kept forecast saves over the local-only one on the held-out days: the
 /// mean per day of the local absolute error minus the kept one, and its standard
-/// error. Days, not rows, are the draws: a day's categories share its ups and downs
-/// (rows are their own days when the store gave no keys).
+/// error. Days, not rows, are the draws: a day's categories share its ups and downs,
+/// and neighbouring days each other's, so the error is Newey-West's over the days in
+/// order (rows are their own days when the store gave no keys).
 fn gain_per_day(keys: &RowKeys, local: &[f64], kept: &[f64]) -> Option<(f64, f64)> {
     let saved = local.iter().zip(kept).map(|(l, k)| l - k);
     if keys.len() != local.len() {
@@ -537,7 +538,8 @@ fn gain_per_day(keys: &RowKeys, local: &[f64], kept: &[f64]) -> Option<(f64, f64
     for ((_, day), s) in keys.iter().zip(saved) {
         *by_day.entry(day).or_default() += s;
     }
-    mean_and_se(&by_day.into_values().collect::<Vec<_>>())
+    // ISO dates sort in time order.
+    mean_and_serial_se(&by_day.into_values().collect::<Vec<_>>())
 }
 
 /// A forecaster's score on the validation days.

@@ -102,6 +102,29 @@ pub fn mean_and_se(values: &[f64]) -> Option<(f64, f64)> {
     Some((mean, (var / n as f64).sqrt()))
 }
 
+/// Mean of a series in time order and its Newey-West standard error: a day's gain is
+/// like the day before's (the same promotion, the same weather), and the plain standard
+/// error would count such days as independent evidence. Bartlett weights over
+/// `4 (n / 100)^(2/9)` lags (3 for four weeks); None for fewer than two values.
+pub fn mean_and_serial_se(series: &[f64]) -> Option<(f64, f64)> {
+    let n = series.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = series.iter().sum::<f64>() / n as f64;
+    let autocovariance = |lag: usize| {
+        let pairs = series.iter().zip(&series[lag..]);
+        pairs.map(|(a, b)| (a - mean) * (b - mean)).sum::<f64>() / n as f64
+    };
+    let lags = ((4.0 * (n as f64 / 100.0).powf(2.0 / 9.0)) as usize).min(n - 1);
+    let mut long_run = autocovariance(0) * n as f64 / (n - 1) as f64;
+    for lag in 1..=lags {
+        let weight = 1.0 - lag as f64 / (lags + 1) as f64;
+        long_run += 2.0 * weight * autocovariance(lag);
+    }
+    Some((mean, (long_run.max(0.0) / n as f64).sqrt()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +143,28 @@ mod tests {
                 normal_quantile(p)
             );
         }
+    }
+
+    #[test]
+    fn a_series_that_runs_in_spells_has_a_wider_serial_standard_error() {
+        assert_eq!(mean_and_serial_se(&[1.0]), None);
+        // By hand: one lag at n = 4, autocovariance 0.3125 at weight 1/2.
+        let (mean, se) = mean_and_serial_se(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(mean, 2.5);
+        assert!(
+            (se - ((5.0 / 3.0 + 0.3125) / 4.0f64).sqrt()).abs() < 1e-12,
+            "{se}"
+        );
+        // Four weeks in spells of four like days, and the same days alternating.
+        let spells: Vec<f64> = (0..28)
+            .map(|d| if (d / 4) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let alternating: Vec<f64> = (0..28)
+            .map(|d| if d % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let plain = mean_and_se(&spells).unwrap().1;
+        assert!(mean_and_serial_se(&spells).unwrap().1 > 1.25 * plain);
+        assert!(mean_and_serial_se(&alternating).unwrap().1 < plain);
     }
 
     #[test]
