@@ -30,6 +30,16 @@ pub struct JobRun {
     pub run_id: String,
 }
 
+impl JobRun {
+    /// The run a job context from the coordinator names.
+    pub fn of(job: &fedretail_proto::v1::JobContext) -> Self {
+        JobRun {
+            job_id: job.job_id.clone(),
+            run_id: job.run_id.clone(),
+        }
+    }
+}
+
 /// Where job `job_id` keeps its state under the results folder `dir`.
 pub fn kept_state_path(dir: &Path, job_id: &str) -> PathBuf {
     job_folder(dir, job_id).join(FILE)

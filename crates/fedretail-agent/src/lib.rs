@@ -422,11 +422,7 @@ impl StoreAgent {
                 reason,
             })?;
         if let (Some(round), Some(job)) = (round, job) {
-            let run = JobRun {
-                job_id: job_id.clone(),
-                run_id: job.run_id.clone(),
-            };
-            self.restore_kept_state(&run, task.as_ref(), round);
+            self.restore_kept_state(&JobRun::of(job), task.as_ref(), round);
         }
         *self.lock_current() = Some((job_id, spec, task.clone()));
         Ok(task)
@@ -460,11 +456,10 @@ impl StoreAgent {
     /// when the agent has one and the job is named.
     fn kept_state_saver(&self, job: Option<&v1::JobContext>, round: u64) -> Option<KeptStateSaver> {
         let dir = self.config.results_dir.clone()?;
-        let (job_id, _) = job_from_wire(job).ok()?;
-        let run_id = job?.run_id.clone();
+        // The job context was checked when its task was built for this round.
         Some(KeptStateSaver {
             dir,
-            run: JobRun { job_id, run_id },
+            run: JobRun::of(job?),
             round,
             store_id: self.config.store_id.clone(),
         })

@@ -114,10 +114,9 @@ pub fn run_demo<'a>(
                 let yardsticks = Yardsticks {
                     centralized: &centralized,
                     of_type: by_type.get(&store.business_type).map(Vec::as_slice),
+                    expected: ExpectedUnits::read(&options.data_dir.join(&store.store_id)),
                 };
                 let mut r = store_report(ev, store, &yardsticks, options.holdout_days);
-                r.wape_expected = ExpectedUnits::read(&options.data_dir.join(&r.store_id))
-                    .and_then(|truth| truth.wape_on_test(&store.dataset));
                 r.district = offices.as_ref().map(|o| {
                     let office = o.contains(&r.store_id);
                     (if office { "office" } else { "other" }).to_string()
@@ -309,11 +308,13 @@ fn grouped_gap(outcome: &JobOutcome, stores: &[PreparedStore], l2: f64, groups: 
     gap
 }
 
-/// The pooled models a store is measured against: the whole network's, and its
-/// declared business type's.
+/// What a store is measured against: the pooled models (the whole network's, and its
+/// declared business type's) and, on a synthetic network, the generator's expected
+/// demand (the floor).
 struct Yardsticks<'a> {
     centralized: &'a [f64],
     of_type: Option<&'a [f64]>,
+    expected: Option<ExpectedUnits>,
 }
 
 /// One store's figures: what it reported, and the centralized yardsticks on its days.
@@ -350,7 +351,10 @@ fn store_report(
         wape_centralized_by_type: yardsticks
             .of_type
             .and_then(|w| metrics::wape(test_errors(ds, w), actual)),
-        wape_expected: None,
+        wape_expected: yardsticks
+            .expected
+            .as_ref()
+            .and_then(|truth| truth.wape_on_test(ds)),
         wape_personalized: m("wape_personalized"),
         wape_ensemble: m("wape_ensemble"),
         mase_local: m("mase_local"),
